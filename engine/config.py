@@ -1,0 +1,58 @@
+"""Engine and batching configuration: flat, frozen, validated at construction (cheap checks only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Policy = Literal["static", "continuous"]
+POLICIES: tuple[str, ...] = ("static", "continuous")
+
+
+class ConfigError(ValueError):
+    """Bad user input in a configuration; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The batching knobs a sweep varies."""
+
+    policy: Policy = "continuous"
+    max_batch_size: int = 8
+    max_wait_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown policy {self.policy!r}; use one of: {', '.join(POLICIES)}")
+        if int(self.max_batch_size) != self.max_batch_size or self.max_batch_size < 1:
+            raise ConfigError(f"batch size must be an integer >= 1, got {self.max_batch_size}")
+        if not self.max_wait_ms >= 0:  # also rejects NaN
+            raise ConfigError(f"max wait must be >= 0 ms, got {self.max_wait_ms}")
+
+    @property
+    def label(self) -> str:
+        """Short label, e.g. `continuous/b8/w5ms`, used in logs and legends."""
+        return f"{self.policy}/b{self.max_batch_size}/w{self.max_wait_ms:g}ms"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything needed to build a local engine: the model, where it runs, and how it batches."""
+
+    model: str = "builtin:tiny"
+    device: str = "auto"  # auto = cuda, then mps, then cpu
+    dtype: str = "auto"  # auto = bf16 on CUDA, fp32 elsewhere
+    trust_remote_code: bool = False
+    # KV-cache budget in tokens; None derives it (free device memory on CUDA, cpu_kv_cache_gb on CPU)
+    kv_budget_tokens: int | None = None
+    cpu_kv_cache_gb: float = 2.0
+    gpu_memory_utilization: float = 0.85
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kv_budget_tokens is not None and self.kv_budget_tokens < 1:
+            raise ConfigError(f"KV budget must be >= 1 token, got {self.kv_budget_tokens}")
+        if self.cpu_kv_cache_gb <= 0:
+            raise ConfigError(f"cpu_kv_cache_gb must be > 0, got {self.cpu_kv_cache_gb}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("gpu_memory_utilization must be in (0, 1]")

@@ -1,0 +1,135 @@
+"""The engine's step loop, shared by the real engine (wall clock, torch runner) and the
+simulator (virtual clock, cost model): the scheduler plans, the executor runs, the core commits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.scheduler import Plan, Scheduler
+from engine.sequence import Sequence, SeqStatus
+
+
+class Executor(Protocol):
+    """Runs plans. Holds one row per running sequence (its KV cache, its last token)."""
+
+    def prefill(self, seqs: list[Sequence]) -> list[int]:
+        """Add `seqs` to the batch, run their prompts, return each one's first token."""
+        ...
+
+    def decode(self, seqs: list[Sequence]) -> list[int]:
+        """Run one decode step over the rows of `seqs`, return each one's next token."""
+        ...
+
+    def release(self, seqs: list[Sequence]) -> None:
+        """Drop the rows of `seqs` (finished, failed or cancelled); unknown ones are ignored."""
+        ...
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One executed step, for realised batch size and step-time statistics."""
+
+    start_s: float
+    duration_s: float
+    phase: str  # "prefill" | "decode"
+    num_seqs: int
+    num_tokens: int  # tokens processed: prompt tokens for prefill, one per row for decode
+
+
+SeqCallback = Callable[[Sequence], None]
+
+
+class EngineCore:
+    """Drives a Scheduler and an Executor one step at a time, stamping times from `clock`."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        executor: Executor,
+        clock: Clock,
+        eos_token_id: int | None = None,
+        on_token: SeqCallback | None = None,
+        on_finish: SeqCallback | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.executor = executor
+        self.clock = clock
+        self.eos_token_id = eos_token_id
+        self.on_token = on_token
+        self.on_finish = on_finish
+        self.steps: list[StepRecord] = []
+
+    def add(self, seq: Sequence) -> None:
+        """Queue `seq`; one that can never fit the KV budget finishes at once as failed."""
+        if not self.scheduler.add(seq):
+            seq.done_s = self.clock.now()
+            self._notify_finish(seq)
+
+    def step(self) -> Plan:
+        """Plan and run one step; an idle plan (with its wake-up time) is returned unexecuted."""
+        plan = self.scheduler.schedule(self.clock.now())
+        if plan.is_idle:
+            return plan
+        seqs = list(plan.prefill or plan.decode)
+        start_s = self.clock.now()
+        try:
+            tokens = (self.executor.prefill if plan.prefill else self.executor.decode)(seqs)
+        except Exception as exc:  # OOM or a model error: fail this step's requests, stay usable
+            self.fail(seqs, f"{type(exc).__name__}: {exc}")
+            return plan
+        end_s = self.clock.now()
+        num_tokens = sum(s.num_prompt_tokens for s in seqs) if plan.prefill else len(seqs)
+        phase = "prefill" if plan.prefill else "decode"
+        self.steps.append(StepRecord(start_s, end_s - start_s, phase, len(seqs), num_tokens))
+        self._commit(seqs, tokens, end_s)
+        return plan
+
+    def fail(self, seqs: list[Sequence], reason: str, finish_reason: str = "error") -> None:
+        """End `seqs` without completing them (error or cancellation) and free their rows."""
+        seqs = [s for s in seqs if not s.is_finished]
+        try:
+            self.executor.release(seqs)
+        finally:
+            now_s = self.clock.now()
+            for seq in seqs:
+                seq.status = SeqStatus.FAILED
+                seq.finish_reason = finish_reason
+                seq.error = reason
+                seq.done_s = now_s
+            self.scheduler.finish(seqs)
+            for seq in seqs:
+                self._notify_finish(seq)
+
+    def _commit(self, seqs: list[Sequence], tokens: list[int], now_s: float) -> None:
+        finished: list[Sequence] = []
+        for seq, token in zip(seqs, tokens, strict=True):
+            seq.output_ids.append(token)
+            seq.token_times_s.append(now_s)
+            if self.on_token is not None:
+                self.on_token(seq)
+            reason = self._finish_reason(seq, token)
+            if reason is not None:
+                seq.status, seq.finish_reason, seq.done_s = SeqStatus.FINISHED, reason, now_s
+                finished.append(seq)
+        if finished:
+            self.executor.release(finished)
+            self.scheduler.finish(finished)
+            for seq in finished:
+                self._notify_finish(seq)
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        if seq.num_output_tokens >= seq.params.max_new_tokens:
+            return "length"
+        if not seq.params.ignore_eos and token == self.eos_token_id:
+            return "stop"
+        return None
+
+    def _notify_finish(self, seq: Sequence) -> None:
+        if self.on_finish is not None:
+            self.on_finish(seq)

@@ -1,0 +1,128 @@
+"""The batching scheduler: a pure state machine (no torch, no clock reads).
+
+It plans, the executor runs the plan, the core commits the tokens. `now` is always passed in,
+so the same code runs under the wall clock (the real engine) and a virtual clock (tests, the
+simulator) with identical batching semantics.
+
+KV memory model: the runner keeps one right-aligned, left-padded cache, so a batch occupies
+`rows x longest row` tokens. A batch is admitted only if, even when every row reaches its
+`max_new_tokens`, `num_rows * max(max_num_tokens)` stays within the budget.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.config import SchedulerConfig
+from engine.sequence import Sequence, SeqStatus
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One step: prefill the joining sequences, or decode the running ones, or wait.
+
+    Exactly one of `prefill` / `decode` is non-empty, or both are empty and `wake_at_s`
+    says when waiting work becomes due (None: nothing to do until a new arrival).
+    """
+
+    prefill: tuple[Sequence, ...] = ()
+    decode: tuple[Sequence, ...] = ()
+    wake_at_s: float | None = None
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.prefill and not self.decode
+
+
+@dataclass
+class Scheduler:
+    """Decides what to admit and what to run next for the `static` or `continuous` policy."""
+
+    config: SchedulerConfig
+    kv_budget_tokens: int
+    waiting: deque[Sequence] = field(default_factory=deque)
+    running: list[Sequence] = field(default_factory=list)
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.config.max_wait_ms / 1000.0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def can_ever_fit(self, seq: Sequence) -> bool:
+        return seq.max_num_tokens <= self.kv_budget_tokens
+
+    def add(self, seq: Sequence) -> bool:
+        """Queue a sequence; a sequence that could never fit the KV budget is failed at once."""
+        if not self.can_ever_fit(seq):
+            seq.status = SeqStatus.FAILED
+            seq.finish_reason = "error"
+            seq.error = (
+                f"request needs {seq.max_num_tokens} KV tokens (prompt {seq.num_prompt_tokens} + "
+                f"max_new_tokens {seq.params.max_new_tokens}) but the KV budget is "
+                f"{self.kv_budget_tokens}; shorten it or raise the KV budget"
+            )
+            return False
+        seq.status = SeqStatus.WAITING
+        self.waiting.append(seq)
+        return True
+
+    def schedule(self, now_s: float) -> Plan:
+        """Plan the next step at time `now_s`."""
+        if self.config.policy == "static":
+            return self._schedule_static(now_s)
+        return self._schedule_continuous(now_s)
+
+    def finish(self, seqs: list[Sequence]) -> None:
+        """Forget finished or failed sequences (they leave the batch)."""
+        gone = {id(s) for s in seqs}
+        self.running = [s for s in self.running if id(s) not in gone]
+        if any(id(s) in gone for s in self.waiting):
+            self.waiting = deque(s for s in self.waiting if id(s) not in gone)
+
+    def _schedule_static(self, now_s: float) -> Plan:
+        # Request-level batching: a formed batch runs to completion before the next one forms.
+        if self.running:
+            return Plan(decode=tuple(self.running))
+        return self._admit(now_s, num_free=self.config.max_batch_size)
+
+    def _schedule_continuous(self, now_s: float) -> Plan:
+        # Iteration-level batching: joiners are prefilled between decode steps.
+        num_free = self.config.max_batch_size - len(self.running)
+        plan = self._admit(now_s, num_free) if num_free > 0 else Plan()
+        if not plan.is_idle or not self.running:
+            return plan
+        return Plan(decode=tuple(self.running), wake_at_s=plan.wake_at_s)
+
+    def _admit(self, now_s: float, num_free: int) -> Plan:
+        """Admit waiting sequences once enough wait to fill the free slots or the oldest is due."""
+        if not self.waiting:
+            return Plan()
+        due_at_s = self.waiting[0].sent_s + self.max_wait_s
+        # 1 ns slack: sums of float step times must not miss a deadline by rounding error.
+        if len(self.waiting) < num_free and now_s + 1e-9 < due_at_s:
+            return Plan(wake_at_s=due_at_s)
+        joining = self._take_fitting(num_free)
+        if not joining:  # head waits for running sequences to free KV memory
+            return Plan()
+        for seq in joining:
+            seq.status = SeqStatus.RUNNING
+            seq.admitted_s = now_s
+        self.running.extend(joining)
+        return Plan(prefill=tuple(joining))
+
+    def _take_fitting(self, num_free: int) -> list[Sequence]:
+        # FIFO: stop at the first sequence that does not fit, so none is starved.
+        joining: list[Sequence] = []
+        longest = max((s.max_num_tokens for s in self.running), default=0)
+        while self.waiting and len(joining) < num_free:
+            head = self.waiting[0]
+            num_rows = len(self.running) + len(joining) + 1
+            if num_rows * max(longest, head.max_num_tokens) > self.kv_budget_tokens:
+                break
+            longest = max(longest, head.max_num_tokens)
+            joining.append(self.waiting.popleft())
+        return joining

@@ -1,0 +1,146 @@
+"""Plain records that cross package seams: request timelines in, trial metrics out.
+
+Everything here is a frozen dataclass of plain values, so metrics, the store, the analysis and
+the UI can exchange them without torch, ORM rows or clocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+STATS: tuple[str, ...] = ("p50", "p90", "p95", "p99", "mean")
+# Latency metrics, all in milliseconds; every one is reported at every stat in STATS.
+LATENCY_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_wait_ms", "service_ms")
+THROUGHPUT_METRICS: tuple[str, ...] = (
+    "requests_per_s", "output_tokens_per_s", "total_tokens_per_s", "goodput_rps",
+)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request's timeline, seconds on one clock (the trial's), as the engine stamped it.
+
+    scheduled_s: when the load generator meant to send it; sent_s: when it was sent;
+    admitted_s: when it joined a batch (None for external servers, which don't say);
+    token_times_s: arrival time of each output token; done_s: completion (or failure) time.
+    """
+
+    request_id: int
+    scheduled_s: float
+    sent_s: float
+    admitted_s: float | None
+    token_times_s: tuple[float, ...]
+    done_s: float | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    error: str | None = None
+
+    @property
+    def is_ok(self) -> bool:
+        return self.error is None and self.done_s is not None
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Summary of one latency metric in ms."""
+
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    mean: float
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One point of a sweep grid: batching knobs x load level x repetition."""
+
+    policy: str
+    batch_size: int
+    max_wait_ms: float
+    concurrency: int | None = None  # closed loop: C virtual users, no think time
+    rate: float | None = None  # open loop: mean arrivals per second
+    burstiness: float = 1.0  # gamma shape; 1 = Poisson
+    repetition: int = 0
+
+    @property
+    def load_label(self) -> str:
+        """`concurrent@8` or `poisson@2.00` / `gamma(0.5)@2.00`, as GuideLLM labels loads."""
+        if self.concurrency is not None:
+            return f"concurrent@{self.concurrency}"
+        kind = "poisson" if self.burstiness == 1 else f"gamma({self.burstiness:g})"
+        return f"{kind}@{self.rate:.2f}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.policy}/b{self.batch_size}/w{self.max_wait_ms:g}ms/{self.load_label}"
+
+
+@dataclass(frozen=True)
+class TrialMetrics:
+    """Everything one trial measured over its window (warm-up excluded). None = no samples."""
+
+    requests_completed: int
+    requests_failed: int
+    duration_s: float
+    requests_per_s: float
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    ttft_ms: Dist | None
+    tpot_ms: Dist | None
+    itl_ms: Dist | None
+    e2e_ms: Dist | None
+    queue_wait_ms: Dist | None
+    service_ms: Dist | None
+    goodput_rps: float
+    slo_attainment: float
+    mean_batch_size: float
+    peak_memory_mb: float | None
+    saturated: bool
+    slos: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {percentile, max_ms}
+
+    def to_dict(self) -> dict:
+        """JSON-ready nested dict (the `tradeoff trial --json` shape)."""
+        return asdict(self)
+
+    def flat(self) -> dict[str, float | int | bool | None]:
+        """Flat `metric_stat` keys (e.g. `ttft_ms_p99`) for tables, the store and the analysis."""
+        out: dict[str, float | int | bool | None] = {}
+        for key, value in asdict(self).items():
+            if key in LATENCY_METRICS:
+                for stat in STATS:
+                    out[f"{key}_{stat}"] = None if value is None else value[stat]
+            elif key != "slos":
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class SLO:
+    """One service-level objective, resolved to an absolute threshold: `metric` at `percentile` <= max_ms."""
+
+    metric: str  # "ttft_ms" | "tpot_ms" | "e2e_ms"
+    percentile: str  # one of STATS, e.g. "p90"
+    max_ms: float
+
+    @property
+    def key(self) -> str:
+        """The flat metrics key this SLO reads, e.g. `ttft_ms_p90`."""
+        return f"{self.metric}_{self.percentile}"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One stored trial as the store hands it out (never an ORM row)."""
+
+    trial_id: int
+    sweep_id: int
+    config: TrialConfig
+    status: str  # "done" | "failed" | "running"
+    metrics: dict[str, float | int | bool | None]  # TrialMetrics.flat(); empty when failed
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
