@@ -160,9 +160,10 @@ def classify(
     95% intervals overlap one frontier point's on both axes. A point missing either metric
     is `dominated` (it cannot be placed). O(n log n + n * frontier size).
     """
-    pairs = [p.point(throughput_key, latency_key) for p in points]
-    usable = [i for i, pair in enumerate(pairs) if pair is not None]
-    on_front = {usable[j] for j in frontier([pairs[i] for i in usable])}  # type: ignore[misc]
+    pairs = {i: p.point(throughput_key, latency_key) for i, p in enumerate(points)}
+    usable = {i: pair for i, pair in pairs.items() if pair is not None}
+    indices = list(usable)
+    on_front = {indices[j] for j in frontier(list(usable.values()))}
     front = [points[i] for i in sorted(on_front)]
     labels = []
     for i, p in enumerate(points):

@@ -1,0 +1,329 @@
+"""Render a Recommendation as a config for tradeoff itself or for a real server: pure strings.
+
+Formats (`FORMATS`): `json` and `yaml` (tradeoff's own document, read back by
+`tradeoff serve --config` and `tradeoff trial --config`), `vllm` (a `vllm serve` command line),
+`triton` (a config.pbtxt fragment), `ray-serve` (a Python deployment), `torchserve`
+(model-config.yaml). Every format carries the expected metrics, the SLOs and the provenance;
+where a server lacks a knob, a comment says so rather than inventing a mapping.
+
+The json / yaml document (schema version 1):
+
+    version: 1
+    engine:                      # what `tradeoff serve` / `tradeoff trial` read back
+      model: str                 # HF id, local path or builtin:tiny
+      policy: static | continuous
+      max_batch_size: int >= 1
+      max_wait_ms: float >= 0
+    load: {concurrency: int} | {rate: float, burstiness: float}   # as measured
+    expected_metrics: {...}      # means over repetitions, nested like `tradeoff trial --json`
+    slos: [{metric, percentile, max_ms, value, passed, margin_ms}, ...]
+    feasible: bool               # false: the nearest miss, no config met the SLOs
+    explanation: str
+    provenance: {model, device, sweep_id, date, profile, tradeoff_version}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import textwrap
+from collections.abc import Callable
+from datetime import date, datetime
+
+import yaml
+
+from engine.config import POLICIES
+from experiments.recommend import Recommendation, config_to_dict, fmt_value, latency_label
+from experiments.records import TrialConfig
+
+FORMATS: tuple[str, ...] = ("json", "yaml", "vllm", "triton", "ray-serve", "torchserve")
+PROVENANCE_KEYS: tuple[str, ...] = (
+    "model", "device", "sweep_id", "date", "profile", "tradeoff_version",
+)
+_REQUIRED_PROVENANCE = PROVENANCE_KEYS[:4]  # profile and version may be unknown (None)
+SCHEMA_VERSION = 1
+_PER_REQUEST = (
+    "measured with continuous (iteration-level) batching, but {server} batches per request "
+    "(a batch runs to completion before the next forms), so the measured numbers won't "
+    "transfer exactly; re-measure against the real server."
+)
+
+
+def export_config(rec: Recommendation, fmt: str, provenance: dict) -> str:
+    """The recommendation rendered in `fmt` (one of FORMATS), with metrics, SLOs and provenance."""
+    if fmt not in _RENDERERS:
+        raise ValueError(f"unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    if rec.config is None:
+        raise ValueError(f"nothing to export: {rec.explanation}")
+    return _RENDERERS[fmt](rec, _checked_provenance(provenance))
+
+
+def _checked_provenance(provenance: dict) -> dict:
+    missing = [k for k in _REQUIRED_PROVENANCE if provenance.get(k) in (None, "")]
+    if missing:
+        raise ValueError(f"export provenance lacks {', '.join(missing)}")
+    return _plain_dict({**dict.fromkeys(PROVENANCE_KEYS), **provenance})
+
+
+def _plain_dict(mapping: dict) -> dict:
+    return {str(k): _plain(v) for k, v in mapping.items()}
+
+
+def _plain(value: object) -> object:
+    # Only JSON scalars travel; dates become ISO strings, NaN/inf become null.
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return _plain_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def config_document(rec: Recommendation, provenance: dict) -> dict:
+    """The json / yaml document described in the module docstring."""
+    full = rec.to_dict()
+    config = full["config"]
+    engine = {"model": provenance["model"], "policy": config["policy"],
+              "max_batch_size": config["batch_size"], "max_wait_ms": config["max_wait_ms"]}
+    load = {k: v for k, v in config.items() if k in ("concurrency", "rate", "burstiness")}
+    return _plain_dict({
+        "version": SCHEMA_VERSION, "engine": engine, "load": load,
+        "expected_metrics": full["metrics"], "slos": full["slos"],
+        "feasible": rec.feasible, "explanation": rec.explanation, "provenance": provenance,
+    })
+
+
+def _render_json(rec: Recommendation, provenance: dict) -> str:
+    return json.dumps(config_document(rec, provenance), indent=2, allow_nan=False) + "\n"
+
+
+def _render_yaml(rec: Recommendation, provenance: dict) -> str:
+    head = _comments([
+        "tradeoff config: run it with `tradeoff serve --config FILE` or "
+        "`tradeoff trial --config FILE`.",
+        *_warning(rec),
+    ])
+    return head + yaml.safe_dump(config_document(rec, provenance), sort_keys=False)
+
+
+def load_exported_config(text: str) -> dict:
+    """Validate an exported json / yaml document; return policy, batch_size, max_wait_ms, model."""
+    try:
+        doc = _parse_document(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"exported config is not valid YAML or JSON: {exc}") from exc
+    engine = doc.get("engine") if isinstance(doc, dict) else None
+    if not isinstance(engine, dict):
+        raise ValueError("exported config needs an `engine:` mapping with model, policy, "
+                         "max_batch_size and max_wait_ms")
+    return {"policy": _policy(engine), "batch_size": _batch_size(engine),
+            "max_wait_ms": _max_wait_ms(engine), "model": _model(engine)}
+
+
+def _parse_document(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:  # not JSON: YAML (a superset in practice) says what is wrong
+        return yaml.safe_load(text)
+
+
+def _policy(engine: dict) -> str:
+    policy = engine.get("policy")
+    if policy not in POLICIES:
+        raise ValueError(f"engine.policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    return policy
+
+
+def _batch_size(engine: dict) -> int:
+    size = engine.get("max_batch_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"engine.max_batch_size must be an integer >= 1, got {size!r}")
+    return size
+
+
+def _max_wait_ms(engine: dict) -> float:
+    wait = engine.get("max_wait_ms")
+    valid = isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait >= 0
+    if not valid or not math.isfinite(wait):
+        raise ValueError(f"engine.max_wait_ms must be a number >= 0, got {wait!r}")
+    return float(wait)
+
+
+def _model(engine: dict) -> str:
+    model = engine.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"engine.model must be a non-empty string, got {model!r}")
+    return model
+
+
+def _comments(notes: list[str]) -> str:
+    """Notes as `# ` comment lines wrapped at 96 columns (no line breaks survive inside)."""
+    lines = [line for note in notes
+             for line in textwrap.wrap(" ".join(note.split()), 96, break_on_hyphens=False)]
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def _warning(rec: Recommendation) -> list[str]:
+    if rec.feasible:
+        return []
+    return ["WARNING: no measured config met the SLOs; this is the nearest miss."]
+
+
+def _common_notes(rec: Recommendation, provenance: dict, target: str) -> list[str]:
+    p = provenance
+    return [
+        f"tradeoff recommendation for {target}: {rec.explanation}",
+        *_warning(rec),
+        f"provenance: model {p['model']}, device {p['device']}, sweep {p['sweep_id']}, "
+        f"{p['date']}, profile {p['profile'] or 'unknown'}, "
+        f"tradeoff {p['tradeoff_version'] or 'unknown'}.",
+        _expected_note(rec),
+        *[_slo_note(c) for c in rec.to_dict()["slos"]],
+    ]
+
+
+_EXPECTED = (
+    ("ttft_ms_p50", "p50 TTFT {} ms"), ("ttft_ms_p90", "p90 TTFT {} ms"),
+    ("tpot_ms_p90", "p90 TPOT {} ms"), ("e2e_ms_p90", "p90 E2E {} ms"),
+    ("output_tokens_per_s", "{} output tokens/s"), ("requests_per_s", "{} req/s"),
+    ("goodput_rps", "goodput {} req/s"),
+)
+
+
+def _expected_note(rec: Recommendation) -> str:
+    n = rec.point.n if rec.point else 1
+    parts = [text.format(fmt_value(v)) for key, text in _EXPECTED
+             if (v := rec.metrics.get(key)) is not None]
+    runs = f"mean of {n} runs" if n > 1 else "1 run"
+    load = _load_words(_config(rec))
+    return f"expected ({runs} on tradeoff's engine, {load}): {', '.join(parts)}."
+
+
+def _slo_note(check: dict) -> str:
+    label = latency_label(f"{check['metric']}_{check['percentile']}")
+    verdict = "met" if check["passed"] else "MISSED"
+    value = "unmeasured" if check["value"] is None else f"{fmt_value(check['value'])} ms"
+    return f"SLO {label} <= {fmt_value(check['max_ms'])} ms: {verdict} ({value})."
+
+
+def _load_words(config: TrialConfig) -> str:
+    load = config_to_dict(config)
+    if "concurrency" in load:
+        return f"closed loop at concurrency {load['concurrency']}"
+    return f"open loop at {load['rate']:g} req/s, burstiness {load['burstiness']:g}"
+
+
+def _config(rec: Recommendation) -> TrialConfig:
+    if rec.config is None:  # export_config checked; this keeps the type honest
+        raise ValueError(f"nothing to export: {rec.explanation}")
+    return rec.config
+
+
+def _render_vllm(rec: Recommendation, provenance: dict) -> str:
+    c = _config(rec)
+    notes = [*_common_notes(rec, provenance, "vLLM"),
+             f"--max-num-seqs {c.batch_size}: the most sequences vLLM runs in one iteration, "
+             "tradeoff's max batch size.",
+             _vllm_wait_note(c.max_wait_ms),
+             f"The load ({_load_words(c)}) is a client-side setting; vLLM has no flag for it."]
+    if c.policy != "continuous":
+        notes.append("policy static has no vLLM equivalent: vLLM always batches continuously "
+                     "(iteration-level), so the measured static-batching numbers won't transfer.")
+    model = str(provenance["model"])
+    if model.startswith("builtin:"):
+        notes.append(f"{model} is tradeoff's built-in test model; put a Hugging Face model id.")
+    return _comments(notes) + f"vllm serve {shlex.quote(model)} --max-num-seqs {c.batch_size}\n"
+
+
+def _vllm_wait_note(wait_ms: float) -> str:
+    if wait_ms == 0:
+        return "max_wait_ms 0 matches vLLM's default: waiting requests join at every step."
+    return (f"max_wait_ms {wait_ms:g} has no equivalent among vLLM's stable flags: vLLM admits "
+            "waiting requests at every step. The nearest analogue, --scheduler-delay-factor "
+            "(older, V0-engine releases), delays new prompts by a multiple of the previous "
+            "prompt's latency rather than a fixed time, so it is not set here.")
+
+
+def _render_triton(rec: Recommendation, provenance: dict) -> str:
+    c = _config(rec)
+    delay_us = round(c.max_wait_ms * 1000)
+    notes = [*_common_notes(rec, provenance, "Triton"),
+             "A config.pbtxt fragment: merge it into your model's configuration "
+             "(name, backend, inputs and outputs stay yours).",
+             "No preferred_batch_size, so like tradeoff's static policy Triton forms batches "
+             "as large as possible up to max_batch_size within the queue delay.",
+             *_per_request_notes(rec, "Triton's dynamic batcher"),
+             "LLM backends with in-flight batching (TensorRT-LLM, the vLLM backend) have their "
+             "own batching settings, which take precedence."]
+    body = (f"max_batch_size: {c.batch_size}\n"
+            f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n")
+    return _comments(notes) + body
+
+
+def _per_request_notes(rec: Recommendation, server: str) -> list[str]:
+    continuous = _config(rec).policy == "continuous"
+    return [_PER_REQUEST.format(server=server)] if continuous else []
+
+
+def _render_ray_serve(rec: Recommendation, provenance: dict) -> str:
+    notes = [*_common_notes(rec, provenance, "Ray Serve"),
+             "max_ongoing_requests is set to max_batch_size: a replica must accept at least "
+             "that many requests at once for a full batch to form.",
+             *_per_request_notes(rec, "Ray Serve's @serve.batch")]
+    c = _config(rec)
+    timeout_s = round(c.max_wait_ms / 1000, 9)
+    return _comments(notes) + _RAY_TEMPLATE.format(
+        batch=c.batch_size, timeout_s=repr(timeout_s), model=repr(str(provenance["model"])))
+
+
+_RAY_TEMPLATE = '''from ray import serve
+
+
+@serve.deployment(max_ongoing_requests={batch})
+class Generator:
+    def __init__(self) -> None:
+        self.model_id = {model}  # load the model here
+
+    @serve.batch(max_batch_size={batch}, batch_wait_timeout_s={timeout_s})
+    async def generate(self, prompts: list[str]) -> list[str]:
+        raise NotImplementedError("run one batched generate call over all prompts")
+
+    async def __call__(self, request) -> str:
+        return await self.generate((await request.json())["prompt"])
+
+
+app = Generator.bind()
+'''
+
+
+def _render_torchserve(rec: Recommendation, provenance: dict) -> str:
+    c = _config(rec)
+    delay_ms = math.floor(c.max_wait_ms + 0.5)  # TorchServe takes whole milliseconds
+    fields = {"minWorkers": 1, "maxWorkers": 1,
+              "batchSize": c.batch_size, "maxBatchDelay": delay_ms}
+    name = re.sub(r"[^\w.-]", "_", str(provenance["model"]).rsplit("/", 1)[-1])
+    notes = [*_common_notes(rec, provenance, "TorchServe"),
+             "model-config.yaml; one worker, as tradeoff measured one engine replica.",
+             *_torchserve_rounding(c.max_wait_ms, delay_ms),
+             *_per_request_notes(rec, "TorchServe")]
+    entry = {name: {"1.0": {"marName": f"{name}.mar", **fields}}}
+    tail = ["Or in config.properties:", f"models={json.dumps(entry)}"]
+    body = yaml.safe_dump(fields, sort_keys=False)
+    return _comments(notes) + body + "".join(f"# {line}\n" for line in tail)
+
+
+def _torchserve_rounding(wait_ms: float, delay_ms: int) -> list[str]:
+    if wait_ms == delay_ms:
+        return []
+    return [f"maxBatchDelay is whole milliseconds: {wait_ms:g} ms rounded to {delay_ms} ms."]
+
+
+_RENDERERS: dict[str, Callable[[Recommendation, dict], str]] = {
+    "json": _render_json, "yaml": _render_yaml, "vllm": _render_vllm,
+    "triton": _render_triton, "ray-serve": _render_ray_serve, "torchserve": _render_torchserve,
+}

@@ -1,0 +1,314 @@
+"""Pick one config for a workload profile from a sweep's trials: pure functions.
+
+Rules, in order:
+
+- Trials are folded per config and load level with `pareto.aggregate` (mean and 95% interval
+  over repetitions); failed and unfinished trials are ignored.
+- A point qualifies iff it is not saturated and every SLO holds on the conservative side of
+  its interval: the upper 95% bound of the latency (the value itself with one repetition)
+  <= max_ms. A point that did not measure an SLO's metric fails that SLO.
+- Among qualifying points the highest *mean* objective metric wins. The mean, not the lower
+  bound: the SLO gate is already conservative, and ranking by lower bound would favour configs
+  with fewer repetitions (one repetition has no interval to subtract). Ties go to the lower
+  mean of the first SLO's latency, then the smaller batch size, the smaller wait, the first
+  trial id.
+- No SLOs: the knee (`pareto.knee`) of the frontier of the objective metric against mean p90
+  E2E over unsaturated points: the point past which more throughput costs disproportionately
+  more latency.
+- Nothing qualifies: infeasible; the nearest miss minimises max over SLOs of value / max_ms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from experiments.pareto import ConfigPoint, aggregate, knee
+from experiments.records import LATENCY_METRICS, SLO, STATS, TrialConfig, TrialRecord
+
+OBJECTIVES: dict[str, str] = {"max_goodput": "goodput_rps", "max_throughput": "output_tokens_per_s"}
+KNEE_LATENCY_KEY = "e2e_ms_p90"
+FASTEST_KEY = "output_tokens_per_s"
+_METRIC_NAMES = {
+    "ttft_ms": "TTFT", "tpot_ms": "TPOT", "itl_ms": "ITL", "e2e_ms": "E2E",
+    "queue_wait_ms": "queue wait", "service_ms": "service time",
+}
+_THROUGHPUT_NAMES = {
+    "goodput_rps": ("goodput", "req/s"),
+    "output_tokens_per_s": ("output throughput", "tokens/s"),
+    "total_tokens_per_s": ("total throughput", "tokens/s"),
+    "requests_per_s": ("request throughput", "req/s"),
+}
+
+
+class SLOCheck(NamedTuple):
+    """One SLO against a point's conservative value (upper 95% bound, or the value if n=1)."""
+
+    slo: SLO
+    value: float | None  # None: the point did not measure this metric
+    passed: bool
+    margin_ms: float | None  # max_ms - value: headroom when >= 0, the miss when < 0
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: the SLO's fields plus value, passed and margin_ms."""
+        slo = {"metric": self.slo.metric, "percentile": self.slo.percentile}
+        return {**slo, "max_ms": self.slo.max_ms, "value": self.value,
+                "passed": self.passed, "margin_ms": self.margin_ms}
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The chosen config (or the nearest miss), its mean metrics, SLO checks and why."""
+
+    feasible: bool
+    objective: str
+    config: TrialConfig | None  # repetition 0; None when nothing was measured
+    metrics: dict[str, float | None]  # flat means over repetitions
+    slo_checks: list[SLOCheck]
+    explanation: str
+    point: ConfigPoint | None = None  # n, intervals and trial ids behind `metrics`
+    nearest_miss: SLOCheck | None = None  # the worst-missed SLO when infeasible
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; metrics nested like `tradeoff trial --json`."""
+        metrics = nest_metrics(self.metrics)
+        if self.point is not None:
+            metrics["saturated"] = self.point.saturated
+        miss = self.nearest_miss
+        return {
+            "feasible": self.feasible, "objective": self.objective,
+            "config": None if self.config is None else config_to_dict(self.config),
+            "repetitions": 0 if self.point is None else self.point.n,
+            "metrics": metrics, "slos": [c.to_dict() for c in self.slo_checks],
+            "nearest_miss": None if miss is None else miss.to_dict(),
+            "explanation": self.explanation,
+        }
+
+
+def config_to_dict(config: TrialConfig) -> dict:
+    """Knobs and load level: `concurrency`, or `rate` and `burstiness` for open loop."""
+    out: dict = {"policy": config.policy, "batch_size": config.batch_size,
+                 "max_wait_ms": config.max_wait_ms}
+    if config.concurrency is not None:
+        return {**out, "concurrency": config.concurrency}
+    return {**out, "rate": config.rate, "burstiness": config.burstiness}
+
+
+def nest_metrics(flat: dict[str, float | None]) -> dict:
+    """Flat `ttft_ms_p90` keys back to `{"ttft_ms": {"p90": ...}}`; None if all stats missing."""
+    latency_keys = {f"{m}_{s}" for m in LATENCY_METRICS for s in STATS}
+    out: dict = {k: v for k, v in flat.items() if k not in latency_keys}
+    for metric in LATENCY_METRICS:
+        dist = {stat: flat.get(f"{metric}_{stat}") for stat in STATS}
+        out[metric] = None if all(v is None for v in dist.values()) else dist
+    return out
+
+
+def latency_label(key: str) -> str:
+    """`ttft_ms_p90` -> `p90 TTFT`."""
+    metric, _, stat = key.rpartition("_")
+    return f"{stat} {_METRIC_NAMES.get(metric, metric)}"
+
+
+def describe_config(config: TrialConfig) -> str:
+    """`continuous batch 16, wait 5 ms at concurrency 8`."""
+    knobs = f"{config.policy} batch {config.batch_size}, wait {config.max_wait_ms:g} ms"
+    return f"{knobs} {_load(config)}"
+
+
+def _load(config: TrialConfig) -> str:
+    if config.concurrency is not None:
+        return f"at concurrency {config.concurrency}"
+    shape = "Poisson" if config.burstiness == 1 else f"gamma, burstiness {config.burstiness:g}"
+    return f"at {config.rate:g} req/s ({shape})"
+
+
+def _diff(chosen: TrialConfig, other: TrialConfig) -> str:
+    # Name only the knobs that differ: "the fastest config (batch 32)".
+    changed = [b for a, b in zip(_parts(chosen), _parts(other), strict=True) if a != b]
+    return ", ".join(changed) or describe_config(other)
+
+
+def _parts(c: TrialConfig) -> list[str]:
+    return [c.policy, f"batch {c.batch_size}", f"wait {c.max_wait_ms:g} ms", _load(c)]
+
+
+def fmt_value(value: float) -> str:
+    """A number for prose: 1234, 12.3 or 1.23."""
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def _pct(new: float, base: float) -> float | None:
+    return None if base == 0 else (new - base) / abs(base) * 100
+
+
+def check_slos(point: ConfigPoint, slos: Sequence[SLO]) -> list[SLOCheck]:
+    """Each SLO against the point's upper 95% bound (its value when n = 1)."""
+    return [_check(point, slo) for slo in slos]
+
+
+def _check(point: ConfigPoint, slo: SLO) -> SLOCheck:
+    bounds = point.interval(slo.key)
+    if bounds is None:
+        return SLOCheck(slo, None, False, None)
+    return SLOCheck(slo, bounds[1], bounds[1] <= slo.max_ms, slo.max_ms - bounds[1])
+
+
+def _ratio(check: SLOCheck) -> float:
+    if check.value is None or check.slo.max_ms <= 0:
+        return math.inf
+    return check.value / check.slo.max_ms
+
+
+def _rank(point: ConfigPoint, key: str, latency_key: str) -> tuple:
+    # min() over this key: highest objective, then lower latency, batch, wait, first trial.
+    latency = point.mean.get(latency_key)
+    c = point.config
+    return (-(point.mean[key] or 0.0), math.inf if latency is None else latency,
+            c.batch_size, c.max_wait_ms, point.trial_ids[0])
+
+
+def objective_key(objective: str, throughput_key: str | None = None) -> str:
+    """The metric an objective maximises, unless `throughput_key` overrides it."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; use one of: {', '.join(OBJECTIVES)}")
+    return throughput_key or OBJECTIVES[objective]
+
+
+def recommend(
+    trials: list[TrialRecord], objective: str, slos: list[SLO], throughput_key: str | None = None
+) -> Recommendation:
+    """The best config for `objective` under `slos` (see the module docstring for the rules)."""
+    key = objective_key(objective, throughput_key)
+    measured = [p for p in aggregate(trials) if p.mean.get(key) is not None]
+    pool = [p for p in measured if not p.saturated]
+    if not measured:
+        return _empty(objective, _why_empty(trials))
+    if not pool:
+        return _empty(objective, _why_saturated(len(measured)))
+    if not slos:
+        return _pick_knee(pool, objective, key)
+    return _pick_slo(pool, objective, key, slos)
+
+
+def _empty(objective: str, explanation: str) -> Recommendation:
+    return Recommendation(False, objective, None, {}, [], explanation)
+
+
+def _why_empty(trials: Sequence[TrialRecord]) -> str:
+    if not trials:
+        return "there are no trials to recommend from; run a sweep first."
+    failed = sum(t.status == "failed" for t in trials)
+    return (f"nothing to recommend: no trial finished with results ({failed} failed, "
+            f"{len(trials) - failed} still running or without metrics).")
+
+
+def _why_saturated(num_points: int) -> str:
+    return (f"nothing qualifies: all {num_points} measured configs saturated the server "
+            "(arrivals outpaced completions); sweep lower load levels.")
+
+
+def _pick_slo(pool: list[ConfigPoint], objective: str, key: str, slos: list[SLO]) -> Recommendation:
+    latency_key = slos[0].key
+    ok = [p for p in pool if all(c.passed for c in check_slos(p, slos))]
+    if not ok:
+        return _nearest_miss(pool, objective, key, slos)
+    chosen = min(ok, key=lambda p: _rank(p, key, latency_key))
+    name, unit = _THROUGHPUT_NAMES.get(key, (key, ""))
+    meets = "the SLO" if len(slos) == 1 else f"all {len(slos)} SLOs"
+    head = (f"{describe_config(chosen.config)} gives the highest {name} "
+            f"({fmt_value(chosen.mean[key])} {unit}) that meets {meets}")
+    text = f"{head}; {_tail(chosen, pool, key, latency_key)}."
+    return Recommendation(True, objective, chosen.config, chosen.mean, check_slos(chosen, slos),
+                          text, chosen)
+
+
+def _pick_knee(pool: list[ConfigPoint], objective: str, key: str) -> Recommendation:
+    lat = KNEE_LATENCY_KEY
+    name, unit = _THROUGHPUT_NAMES.get(key, (key, ""))
+    placed = [p for p in pool if p.mean.get(lat) is not None]
+    if not placed:  # no latency measured at all: nothing to trade against
+        chosen = min(pool, key=lambda p: _rank(p, key, lat))
+        text = f"{describe_config(chosen.config)} gives the highest {name} (no latency measured)."
+        return Recommendation(True, objective, chosen.config, chosen.mean, [], text, chosen)
+    # Means are finite here, so the frontier is non-empty and knee() returns an index.
+    chosen = placed[knee([(p.mean[lat], p.mean[key]) for p in placed]) or 0]
+    head = (f"{describe_config(chosen.config)} is the knee of the {name} vs {latency_label(lat)} "
+            f"frontier ({fmt_value(chosen.mean[key])} {unit} at {fmt_value(chosen.mean[lat])} ms)")
+    text = f"{head}; {_tail(chosen, placed, key, lat)}."
+    return Recommendation(True, objective, chosen.config, chosen.mean, [], text, chosen)
+
+
+def _nearest_miss(
+    pool: list[ConfigPoint], objective: str, key: str, slos: list[SLO]
+) -> Recommendation:
+    def badness(p: ConfigPoint) -> tuple:
+        return (max(_ratio(c) for c in check_slos(p, slos)), _rank(p, key, slos[0].key))
+
+    miss = min(pool, key=badness)
+    checks = check_slos(miss, slos)
+    worst = max(checks, key=_ratio)
+    num_other = sum(not c.passed for c in checks) - 1
+    others = f" and {num_other} other SLO{'s' * (num_other > 1)}" if num_other else ""
+    text = (f"nothing meets the SLOs; the nearest miss, {describe_config(miss.config)}, "
+            f"{_miss_phrase(miss, worst)}{others}.")
+    return Recommendation(False, objective, miss.config, miss.mean, checks, text, miss, worst)
+
+
+def _miss_phrase(point: ConfigPoint, check: SLOCheck) -> str:
+    label = latency_label(check.slo.key)
+    if check.value is None:
+        return f"did not measure {label} (SLO {fmt_value(check.slo.max_ms)} ms)"
+    bound = ", upper 95% bound" if point.ci_high.get(check.slo.key) is not None else ""
+    return (f"misses {label} by {fmt_value(check.value - check.slo.max_ms)} ms "
+            f"({fmt_value(check.value)} ms{bound} vs {fmt_value(check.slo.max_ms)} ms)")
+
+
+def _tail(chosen: ConfigPoint, pool: list[ConfigPoint], key: str, latency_key: str) -> str:
+    """What the choice costs versus the fastest and the lowest-latency points."""
+    fast_pool = [p for p in pool if p.mean.get(FASTEST_KEY) is not None] or [chosen]
+    fastest = min(fast_pool, key=lambda p: _rank(p, FASTEST_KEY, latency_key))
+    lowest = min(pool, key=lambda p: _rank_latency(p, key, latency_key))
+    if fastest is chosen and lowest is chosen:
+        return "it is also the fastest and the lowest-latency config"
+    return f"{_vs_fastest(chosen, fastest, latency_key)}, and {_vs_lowest(chosen, lowest, key)}"
+
+
+def _rank_latency(point: ConfigPoint, key: str, latency_key: str) -> tuple:
+    # min() over this key: lowest latency, then the higher objective, then the first trial.
+    latency = point.mean.get(latency_key)
+    return (math.inf if latency is None else latency, -(point.mean[key] or 0.0), point.trial_ids[0])
+
+
+def _vs_fastest(chosen: ConfigPoint, fastest: ConfigPoint, latency_key: str) -> str:
+    if fastest is chosen:
+        return "it is also the fastest config"
+    who = f"the fastest config ({_diff(chosen.config, fastest.config)})"
+    gain = _pct(fastest.mean[FASTEST_KEY] or 0.0, chosen.mean.get(FASTEST_KEY) or 0.0)
+    more = "more tokens/s" if gain is None else f"{gain:.0f}% more tokens/s"
+    their, mine = fastest.mean.get(latency_key), chosen.mean.get(latency_key)
+    cost = None if their is None or mine is None else _pct(their, mine)
+    label = latency_label(latency_key)
+    if cost is None:
+        return f"{who} gives {more}"
+    if cost >= 0:
+        return f"{who} adds {cost:.0f}% to {label} for {more}"
+    return f"{who} gives {more} at {-cost:.0f}% lower {label}"
+
+
+def _vs_lowest(chosen: ConfigPoint, lowest: ConfigPoint, key: str) -> str:
+    if lowest is chosen:
+        return "it is also the lowest-latency config"
+    name = _THROUGHPUT_NAMES.get(key, (key, ""))[0]
+    delta = _pct(lowest.mean[key] or 0.0, chosen.mean[key] or 0.0)
+    who = f"the lowest-latency one ({_diff(chosen.config, lowest.config)})"
+    if delta is None:
+        return f"{who} has a comparable {name}"
+    if delta <= 0:
+        return f"{who} gives up {-delta:.0f}% of {name}"
+    # More of the objective and not chosen: it must miss an SLO.
+    return f"{who} has {delta:.0f}% more {name} but misses an SLO"
