@@ -1,0 +1,74 @@
+"""The `tradeoff` command line: a thin router; each command builds a validated spec and calls
+the same library functions the dashboard calls."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+import typer
+
+from app.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Tune the throughput/latency trade-off of LLM inference.",
+)
+
+
+def _register() -> None:
+    # Commands live in one module each; importing them registers them on `app`.
+    from app import cmd_analysis, cmd_bench, cmd_serve, cmd_sweep, cmd_trial, cmd_ui  # noqa: F401
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    """Library errors that mean the user's input is wrong (exit 2), not a runtime failure."""
+    from db.errors import StoreError
+    from engine.config import ConfigError
+    from engine.models import ModelLoadError
+    from experiments.grid import GridError
+    from experiments.profiles import ProfileError
+
+    return (BadInput, ConfigError, ModelLoadError, GridError, ProfileError, StoreError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors, exit 2 for bad input, 1 for runtime failures."""
+    _register()
+    # Under `python -m app.cli` this file is __main__; commands register on the imported module.
+    typer_app = importlib.import_module("app.cli").app
+    try:
+        typer_app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except click.UsageError as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if os.environ.get("TRADEOFF_DEBUG"):
+            raise
+        code = EXIT_BAD_INPUT if isinstance(exc, _bad_input_types()) else EXIT_FAILURE
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return code
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def run() -> None:
+    """Console-script wrapper (`tradeoff`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,120 @@
+"""`tradeoff recommend`, `export` and `profiles`: read stored sweeps, decide, hand off."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import typer
+
+from app.cli import app
+from app.cmd_sweep import DB_HELP, open_store
+from app.errors import BadInput
+from app.output import print_json, print_pairs, print_table
+
+
+def _analysis(db: str | None, sweep_id: int | None, profile: str):
+    from experiments.analysis import NoSweepError, analyse, find_sweep
+    from experiments.profiles import list_builtin_profiles
+
+    store = open_store(db, create=False)
+    if profile not in list_builtin_profiles() and store.get_profile(profile) is None:
+        raise BadInput(f"unknown profile {profile!r}; see `tradeoff profiles`")
+    try:
+        sweep = find_sweep(store, sweep_id, profile)
+    except NoSweepError as exc:
+        raise BadInput(str(exc)) from None
+    return analyse(store, sweep)
+
+
+@app.command()
+def recommend(
+    profile: str = typer.Option("chat", help="workload profile whose objective and SLOs decide"),
+    sweep: int | None = typer.Option(None, "--sweep", help="sweep id (default: latest of this profile)"),
+    format: str = typer.Option("table", "--format", help="table | json"),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Recommend the config that best serves a workload profile."""
+    if format not in ("table", "json"):
+        raise BadInput(f"--format must be table or json, got {format!r}")
+    analysis = _analysis(db, sweep, profile)
+    out = {"profile": profile, "sweep_id": analysis.sweep.id, **analysis.recommendation.to_dict()}
+    if format == "json":
+        print_json(out)
+        return
+    print(out["explanation"])
+    print()
+    if out["config"]:
+        print_pairs(list(out["config"].items()))
+    print_table(out["slos"], ["metric", "percentile", "max_ms", "value", "passed", "margin_ms"])
+
+
+@app.command()
+def export(
+    profile: str = typer.Option("chat", help="workload profile"),
+    format: str = typer.Option(
+        "yaml", "--format", help="json | yaml | vllm | triton | ray-serve | torchserve"),
+    sweep: int | None = typer.Option(None, "--sweep", help="sweep id (default: latest of this profile)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="write here instead of stdout"),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Export the recommended config for tradeoff serve or a real server."""
+    from experiments.analysis import export_analysis
+    from experiments.export import FORMATS
+
+    if format not in FORMATS:
+        raise BadInput(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    analysis = _analysis(db, sweep, profile)
+    if analysis.recommendation.config is None:
+        raise BadInput(f"nothing to export: {analysis.recommendation.explanation}")
+    text = export_analysis(analysis, format)
+    if output is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        write_atomically(output, text)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a failure never leaves a half-written file."""
+    if path.is_dir():
+        raise BadInput(f"--output {path} is a directory; give a file path")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BadInput(f"--output {path}: {exc.strerror}") from None
+
+
+@app.command()
+def profiles(
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """List built-in and user workload profiles."""
+    from experiments.profiles import list_builtin_profiles, load_profile
+
+    user = _user_profiles(db)
+    rows = [_profile_row(load_profile(n), "built-in") for n in list_builtin_profiles()]
+    rows += [_profile_row(load_profile(n, user), "user") for n in sorted(user)]
+    columns = ["name", "source", "objective", "arrival", "slos", "description"]
+    print_json(rows) if json_out else print_table(rows, columns)
+
+
+def _user_profiles(db: str | None) -> dict[str, str]:
+    from db.store import resolve_db_url
+
+    url = resolve_db_url(db)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return {}  # no db yet: only built-ins; do not create one just to list
+    return open_store(db, create=False).list_profiles()
+
+
+def _profile_row(p, source: str) -> dict:
+    slos = ", ".join(f"{m} {s.percentile} <= " + (f"{s.max_ms:g} ms" if s.max_ms is not None
+                                                  else f"{s.max_x_baseline:g}x baseline")
+                     for m, s in p.slos.items())
+    return {"name": p.name, "source": source, "objective": p.objective,
+            "arrival": p.arrival.label, "slos": slos, "description": p.description}

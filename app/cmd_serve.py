@@ -1,0 +1,34 @@
+"""`tradeoff serve`: the engine behind an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from app.cli import app
+from app.cmd_trial import _from_exported
+from engine.config import EngineConfig, SchedulerConfig
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("builtin:tiny", help="builtin:tiny, builtin:small, a HF id or a path"),
+    policy: str = typer.Option("continuous", help="static | continuous"),
+    batch_size: int = typer.Option(16, "--batch-size", help="max batch size"),
+    max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="max batching wait (ms)"),
+    host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    device: str = typer.Option("auto", help="auto | cuda | mps | cpu"),
+    dtype: str = typer.Option("auto"),
+    kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
+    config: Path | None = typer.Option(None, "--config", help="YAML from `tradeoff export --format yaml`"),
+) -> None:
+    """Serve a model with the chosen batching config (OpenAI-compatible)."""
+    from engine.server import serve as run_server
+
+    if config is not None:
+        model, policy, batch_size, max_wait_ms = _from_exported(config, model)
+    sched = SchedulerConfig(policy, batch_size, max_wait_ms)
+    run_server(EngineConfig(model=model, device=device, dtype=dtype, kv_budget_tokens=kv_budget),
+               sched, host=host, port=port)

@@ -1,0 +1,232 @@
+"""`tradeoff sweep`, `sweeps`, `trials` and `worker`: grids of trials into the store."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from app.cli import app
+from app.errors import BadInput
+from app.output import fmt, print_json, print_table
+from app.parsing import parse_list
+
+DB_HELP = "SQLAlchemy URL of the result store (default: $TRADEOFF_DB or sqlite:///tradeoff.db)"
+
+
+def open_store(db: str | None, create: bool = True):
+    """Open the result store (StoreError on a bad or unreachable URL)."""
+    from db.store import Store
+
+    return Store(db, create=create)
+
+
+def spec_from_flags(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """Merge `--config sweep.yaml` with flags given on the command line (flags win)."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        data = _read_yaml(config)
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise BadInput(f"--config: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise BadInput(f"--config {path}:{where}: malformed YAML; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"--config {path}: expected a mapping of sweep fields (model, profile, ...)")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _lists(policy, batch_sizes, max_wait_ms, concurrency, rate) -> dict[str, Any]:
+    return {
+        "policies": None if policy is None else parse_list("--policy", policy, str),
+        "batch_sizes": None if batch_sizes is None else parse_list("--batch-sizes", batch_sizes, int),
+        "max_wait_ms": None if max_wait_ms is None else parse_list("--max-wait-ms", max_wait_ms, float),
+        "concurrency": None if concurrency is None else parse_list("--concurrency", concurrency, int),
+        "rate": None if rate is None else parse_list("--rate", rate, float),
+    }
+
+
+@app.command()
+def sweep(
+    model: str | None = typer.Option(None, help="builtin:tiny (default), builtin:small, a HF id or a path"),
+    profile: str | None = typer.Option(None, help="workload profile (default chat)"),
+    policy: str | None = typer.Option(None, help="comma list: static,continuous"),
+    batch_sizes: str | None = typer.Option(None, "--batch-sizes", help="comma list, e.g. 1,4,16"),
+    max_wait_ms: str | None = typer.Option(None, "--max-wait-ms", help="comma list in ms, e.g. 0,10"),
+    concurrency: str | None = typer.Option(None, help="closed loop: comma list of virtual users"),
+    rate: str | None = typer.Option(None, help="open loop: comma list of requests/s"),
+    burstiness: float | None = typer.Option(None, help="open loop gamma shape (1 = Poisson)"),
+    requests: int | None = typer.Option(None, help="measured requests per trial (default 48)"),
+    repetitions: int | None = typer.Option(None, help="repetitions of each config (default 1)"),
+    seed: int | None = typer.Option(None),
+    device: str | None = typer.Option(None, help="auto | cuda | mps | cpu"),
+    dtype: str | None = typer.Option(None),
+    kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
+    name: str | None = typer.Option(None, help="a name for this sweep"),
+    config: Path | None = typer.Option(None, "--config", help="sweep.yaml with the same fields"),
+    resume: int | None = typer.Option(None, "--resume", help="finish sweep ID, skipping stored trials"),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
+) -> None:
+    """Run a grid of trials (policy x batch size x max wait x load x repetitions) into the store."""
+    from experiments.sweep import SweepRunner
+
+    store = open_store(db)
+    if resume is not None:
+        sweep_id, target = store.get_sweep(resume).id, None
+    else:
+        flags = {"model": model, "profile": profile, "burstiness": burstiness, "requests": requests,
+                 "repetitions": repetitions, "seed": seed, "device": device, "dtype": dtype,
+                 "kv_budget_tokens": kv_budget, "name": name,
+                 **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate)}
+        sweep_id, target = _create(store, spec_from_flags(config, flags))
+    runner = SweepRunner(store, sweep_id, on_progress=_progress_printer(), target=target)
+    with _ctrl_c_cancels(runner.stop):
+        status = runner.run()
+    _print_outcome(store, sweep_id, status, json_out)
+
+
+def _create(store, data: dict[str, Any]):
+    """Validate everything and load the model before writing anything to the db."""
+    from experiments.estimate import estimate_sweep_s
+    from experiments.grid import parse_spec
+    from experiments.profiles import load_profile
+    from experiments.sweep import create_sweep, local_target_for
+
+    spec = parse_spec(data)
+    prof = load_profile(spec.profile, store.list_profiles())
+    target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
+    sweep_id = create_sweep(store, spec, prof)
+    est = estimate_sweep_s(spec, prof)
+    print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min "
+          f"(db: {store.display_url})", file=sys.stderr)
+    return sweep_id, target
+
+
+class _ctrl_c_cancels:
+    """First Ctrl-C cancels the sweep gracefully (it keeps what finished); a second one aborts."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def __enter__(self) -> None:
+        self.previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        print("\ncancelling: finishing the current step (Ctrl-C again to abort)", file=sys.stderr)
+        self.stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _progress_printer():
+    is_tty = sys.stderr.isatty()
+
+    def show(p) -> None:
+        finished = p.trials_done + p.trials_failed
+        width = 30
+        bar = "#" * (width * finished // max(p.trials_total, 1))
+        eta = "?" if p.eta_s is None else f"{p.eta_s:.0f}s"
+        line = (f"[{bar:<{width}}] {finished}/{p.trials_total} failed {p.trials_failed} "
+                f"ETA {eta} {p.current_label or ''}")
+        print(("\r" + line.ljust(110)) if is_tty else line, end="" if is_tty else "\n",
+              file=sys.stderr, flush=True)
+    return show
+
+
+def _print_outcome(store, sweep_id: int, status: str, json_out: bool) -> None:
+    s = store.get_sweep(sweep_id)
+    out = {"sweep_id": s.id, "name": s.name, "status": status, "trials_total": s.trials_total,
+           "trials_done": s.trials_done, "trials_failed": s.trials_failed, "db": store.display_url}
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if json_out:
+        print_json(out)
+    else:
+        print(f"sweep {s.id} {status}: {s.trials_done} done, {s.trials_failed} failed "
+              f"of {s.trials_total}; next: tradeoff recommend --sweep {s.id} --profile "
+              f"{s.profile.get('name', 'chat')}")
+    if status == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def sweeps(
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """List the sweeps in the store, newest first."""
+    rows = [_sweep_row(s) for s in open_store(db, create=False).list_sweeps()]
+    print_json(rows) if json_out else print_table(rows)
+
+
+def _sweep_row(s) -> dict[str, Any]:
+    return {"id": s.id, "name": s.name, "status": s.status, "model": s.model,
+            "profile": s.profile.get("name"), "device": s.device_name or s.device,
+            "trials_done": s.trials_done, "trials_failed": s.trials_failed,
+            "trials_total": s.trials_total,
+            "created_at": s.created_at.isoformat(timespec="seconds") if s.created_at else None}
+
+
+TRIAL_COLUMNS = ["trial_id", "status", "policy", "batch_size", "max_wait_ms", "load", "repetition",
+                 "requests_per_s", "output_tokens_per_s", "goodput_rps", "ttft_ms_p90",
+                 "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size", "saturated", "error"]
+
+
+def trial_rows(records) -> list[dict[str, Any]]:
+    """One flat row per trial: config then every metric."""
+    return [{"trial_id": t.trial_id, "status": t.status, "policy": t.config.policy,
+             "batch_size": t.config.batch_size, "max_wait_ms": t.config.max_wait_ms,
+             "load": t.config.load_label, "concurrency": t.config.concurrency,
+             "rate": t.config.rate, "repetition": t.config.repetition, **t.metrics,
+             "error": t.error} for t in records]
+
+
+@app.command()
+def trials(
+    sweep_id: int = typer.Argument(..., help="sweep id (see `tradeoff sweeps`)"),
+    format: str = typer.Option("table", "--format", help="table | csv | json"),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """One row per trial of a sweep, with its config and metrics."""
+    if format not in ("table", "csv", "json"):
+        raise BadInput(f"--format must be table, csv or json, got {format!r}")
+    store = open_store(db, create=False)
+    rows = trial_rows(store.list_trials(store.get_sweep(sweep_id).id))
+    if format == "json":
+        print_json(rows)
+    elif format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else TRIAL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        print_table(rows, TRIAL_COLUMNS)
+
+
+@app.command()
+def worker(
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Run queued sweeps one after another until none is left (the dashboard starts this)."""
+    from experiments.sweep import run_queued
+
+    done = run_queued(open_store(db), os.getpid())
+    print(f"worker: ran {len(done)} sweep(s): {', '.join(fmt(i) for i in done) or '-'}", file=sys.stderr)

@@ -1,0 +1,128 @@
+"""`tradeoff trial`: one config x one load level, printed as JSON or a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from app.cli import app
+from app.errors import BadInput
+from app.output import print_json, print_pairs
+from engine.config import EngineConfig, SchedulerConfig
+from experiments.profiles import load_profile, needs_baseline, resolve_slos
+from experiments.records import LATENCY_METRICS, TrialConfig
+
+
+def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
+                       concurrency: int | None, rate: float | None, burstiness: float,
+                       arrival) -> TrialConfig:
+    """Validate the knobs and the load (exactly one of concurrency / rate, else the profile's)."""
+    SchedulerConfig(policy, batch_size, max_wait_ms)  # raises ConfigError on bad knobs
+    if concurrency is not None and rate is not None:
+        raise BadInput("give either --concurrency (closed loop) or --rate (open loop), not both")
+    if concurrency is not None and concurrency < 1:
+        raise BadInput(f"--concurrency must be >= 1, got {concurrency}")
+    if rate is not None and not rate > 0:
+        raise BadInput(f"--rate must be > 0 requests/s, got {rate}")
+    if not burstiness > 0:
+        raise BadInput(f"--burstiness must be > 0 (1 = Poisson), got {burstiness}")
+    if concurrency is None and rate is None:  # the profile's own arrival mode
+        if arrival.mode == "closed":
+            concurrency = arrival.concurrency
+        else:
+            rate, burstiness = arrival.rate, arrival.burstiness
+    return TrialConfig(policy, batch_size, max_wait_ms, concurrency=concurrency, rate=rate,
+                       burstiness=burstiness if rate is not None else 1.0)
+
+
+def trial_json(config: TrialConfig, metrics: dict, model: str, profile: str) -> dict:
+    """The stable `tradeoff trial --json` object."""
+    cfg = {"policy": config.policy, "batch_size": config.batch_size,
+           "max_wait_ms": config.max_wait_ms}
+    cfg.update({"concurrency": config.concurrency} if config.concurrency is not None
+               else {"rate": config.rate, "burstiness": config.burstiness})
+    return {"config": cfg, "model": model, "profile": profile, **metrics}
+
+
+def _print_table(out: dict) -> None:
+    pairs = [(k, out[k]) for k in ("model", "profile")] + list(out["config"].items())
+    pairs += [(k, out[k]) for k in ("requests_completed", "requests_failed", "duration_s",
+                                    "requests_per_s", "output_tokens_per_s", "total_tokens_per_s",
+                                    "goodput_rps", "slo_attainment", "mean_batch_size",
+                                    "peak_memory_mb", "saturated")]
+    print_pairs(pairs)
+    print()
+    print(f"{'latency (ms)':14}" + "".join(f"{s:>10}" for s in ("p50", "p90", "p95", "p99", "mean")))
+    for metric in LATENCY_METRICS:
+        dist = out.get(metric) or {}
+        print(f"{metric:14}" + "".join(
+            f"{dist.get(s, float('nan')) if dist else float('nan'):>10.2f}"
+            for s in ("p50", "p90", "p95", "p99", "mean")))
+
+
+@app.command()
+def trial(
+    model: str = typer.Option("builtin:tiny", help="builtin:tiny, builtin:small, a HF id or a local path"),
+    profile: str = typer.Option("chat", help="built-in profile name or a profile .yaml"),
+    policy: str = typer.Option("continuous", help="static | continuous"),
+    batch_size: int = typer.Option(8, "--batch-size", help="max batch size"),
+    max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="max batching wait (ms)"),
+    concurrency: int | None = typer.Option(None, help="closed loop: virtual users"),
+    rate: float | None = typer.Option(None, help="open loop: requests/s"),
+    burstiness: float = typer.Option(1.0, help="open loop gamma shape (1 = Poisson)"),
+    requests: int = typer.Option(64, help="measured requests (warm-up excluded)"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto | cuda | mps | cpu"),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+    kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
+    duration: float | None = typer.Option(None, help="stop the trial after this many seconds"),
+    config: Path | None = typer.Option(None, "--config", help="YAML from `tradeoff export --format yaml`"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Run one trial: one batching config at one load level."""
+    if config is not None:
+        model, policy, batch_size, max_wait_ms = _from_exported(config, model)
+    if requests < 1:
+        raise BadInput(f"--requests must be >= 1, got {requests}")
+    prof = load_profile(profile)
+    trial_config = build_trial_config(policy, batch_size, max_wait_ms, concurrency, rate,
+                                       burstiness, prof.arrival)
+    out = run_one_trial(EngineConfig(model=model, device=device, dtype=dtype,
+                                     kv_budget_tokens=kv_budget, seed=seed),
+                        prof, trial_config, requests, seed, duration)
+    print_json(out) if json_out else _print_table(out)
+
+
+def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig,
+                  requests: int, seed: int, duration: float | None) -> dict:
+    """Load the model, measure the baseline if the SLOs need it, run the trial."""
+    from experiments.local import LocalTarget
+    from experiments.trial import measure_baseline, run_trial
+
+    target = LocalTarget.start(engine_config)
+    try:
+        kwargs = target.request_kwargs()
+        baseline = None
+        if needs_baseline(prof):
+            baseline = measure_baseline(target.engine, prof, seed=seed, **kwargs)
+        result = run_trial(target.engine, trial_config, prof, requests, seed=seed,
+                           slos=resolve_slos(prof, baseline), max_duration_s=duration,
+                           **kwargs, **target.memory_kwargs())
+    finally:
+        target.close()
+    return trial_json(trial_config, result.metrics.to_dict(), engine_config.model, prof.name)
+
+
+def _from_exported(path: Path, model: str) -> tuple[str, str, int, float]:
+    from experiments.export import load_exported_config
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BadInput(f"--config: cannot read {path}: {exc.strerror}") from None
+    try:
+        cfg = load_exported_config(text)
+    except ValueError as exc:
+        raise BadInput(f"--config {path}: {exc}") from None
+    return cfg.get("model") or model, cfg["policy"], cfg["batch_size"], cfg["max_wait_ms"]

@@ -1,0 +1,71 @@
+"""What the CLI and the dashboard ask of stored sweeps: one function each, no SQL, no math here
+(the math lives in pareto.py / recommend.py, the storage in db/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from db.store import Store, SweepRecord
+from experiments.export import export_config
+from experiments.profiles import Profile
+from experiments.recommend import Recommendation, recommend
+from experiments.records import SLO, TrialRecord
+
+
+class NoSweepError(LookupError):
+    """No sweep matches what was asked (bad input for the CLI)."""
+
+
+@dataclass(frozen=True)
+class SweepAnalysis:
+    """A sweep, its trials, the SLOs it was run with, and the recommendation under `slos`."""
+
+    sweep: SweepRecord
+    trials: list[TrialRecord]
+    slos: list[SLO]
+    recommendation: Recommendation
+
+
+def find_sweep(store: Store, sweep_id: int | None, profile: str | None) -> SweepRecord:
+    """The given sweep, or the latest one run with `profile` (or the latest at all)."""
+    if sweep_id is not None:
+        return store.get_sweep(sweep_id)
+    sweep = store.latest_sweep(profile)
+    if sweep is None:
+        what = f" with profile {profile!r}" if profile else ""
+        raise NoSweepError(f"no sweep{what} in {store.display_url}; run `tradeoff sweep` first")
+    return sweep
+
+
+def stored_slos(trials: list[TrialRecord], store: Store) -> list[SLO]:
+    """The SLOs (resolved to ms at run time) that the sweep's trials were judged against."""
+    for trial in trials:
+        if trial.status == "done":
+            slos = store.trial_slos(trial.trial_id)
+            return [SLO(metric, spec["percentile"], float(spec["max_ms"]))
+                    for metric, spec in slos.items()]
+    return []
+
+
+def analyse(store: Store, sweep: SweepRecord, slos: list[SLO] | None = None,
+            objective: str | None = None) -> SweepAnalysis:
+    """Recommend for `sweep`, with its stored SLOs unless `slos` overrides them (what-if)."""
+    trials = store.list_trials(sweep.id)
+    resolved = stored_slos(trials, store) if slos is None else slos
+    profile = Profile(**sweep.profile)
+    rec = recommend(trials, objective or profile.objective, resolved)
+    return SweepAnalysis(sweep, trials, resolved, rec)
+
+
+def export_provenance(sweep: SweepRecord) -> dict:
+    """Provenance fields every export carries."""
+    return {"model": sweep.model, "device": sweep.device_name or sweep.device,
+            "sweep_id": sweep.id, "date": date.today().isoformat(),
+            "profile": sweep.profile.get("name"),
+            "tradeoff_version": sweep.provenance.get("tradeoff") or "dev"}
+
+
+def export_analysis(analysis: SweepAnalysis, fmt: str) -> str:
+    """The recommended config of `analysis` rendered as `fmt`."""
+    return export_config(analysis.recommendation, fmt, export_provenance(analysis.sweep))

@@ -1,0 +1,113 @@
+"""`tradeoff bench`: the engine against its ceiling and its baselines, side by side in one run.
+
+One fixed offline workload (all requests submitted at t=0, ignore EOS, fixed seed):
+- engine_vs_raw: the engine (static policy, equal-length requests) over a bare loop of the
+  same forward calls and greedy picks at the same shapes: the bookkeeping tax.
+- continuous_vs_static: continuous over static on long-tailed outputs.
+- continuous_vs_hf_generate: continuous over HF `generate` on padded batches of the same
+  requests, counting only the tokens each request asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from engine.baselines import hf_generate, raw_decode_loop
+
+from engine.config import EngineConfig, SchedulerConfig
+from engine.sequence import SamplingParams, Sequence
+from experiments.local import LocalTarget
+
+
+@dataclass(frozen=True)
+class BenchWorkload:
+    """The fixed workload; defaults are the issue's: 64 requests, prompts 16-128, 90% x 32 / 10% x 512."""
+
+    num_requests: int = 64
+    min_prompt: int = 16
+    max_prompt: int = 128
+    short_output: int = 32
+    long_output: int = 512
+    long_fraction: float = 0.10
+    equal_prompt: int = 64  # engine_vs_raw: every request this long...
+    equal_output: int = 32  # ...and generating this many tokens
+    batch_size: int = 16
+    seed: int = 0
+
+    def mixed(self, vocab_ids: np.ndarray) -> tuple[list[list[int]], list[int]]:
+        """Prompts (uniform lengths) and long-tailed output lengths, seeded."""
+        rng = np.random.default_rng(self.seed)
+        lengths = rng.integers(self.min_prompt, self.max_prompt + 1, self.num_requests)
+        prompts = [rng.choice(vocab_ids, int(n)).tolist() for n in lengths]
+        num_long = round(self.long_fraction * self.num_requests)
+        outputs = [self.long_output] * num_long + [self.short_output] * (self.num_requests - num_long)
+        return prompts, rng.permutation(outputs).tolist()
+
+    def equal(self, vocab_ids: np.ndarray) -> list[list[int]]:
+        rng = np.random.default_rng(self.seed + 1)
+        return [rng.choice(vocab_ids, self.equal_prompt).tolist() for _ in range(self.num_requests)]
+
+
+def engine_tok_s(target: LocalTarget, policy: str, batch_size: int,
+                 prompts: list[list[int]], outputs: list[int]) -> float:
+    """Submit everything at t=0, wait for all; useful output tokens per second of wall time."""
+    target.engine.reconfigure(SchedulerConfig(policy, batch_size, 0.0))
+    done = threading.Semaphore(0)
+    start = target.engine.now()
+    seqs: list[Sequence] = [
+        target.engine.submit(p, SamplingParams(max_new_tokens=n, ignore_eos=True),
+                             on_finish=lambda _s: done.release())
+        for p, n in zip(prompts, outputs, strict=False)]
+    for _ in seqs:
+        done.acquire()
+    elapsed = max(s.done_s for s in seqs) - start
+    failed = [s.error for s in seqs if s.error]
+    if failed:
+        raise RuntimeError(f"bench request failed: {failed[0]}")
+    return sum(s.num_output_tokens for s in seqs) / elapsed
+
+
+def raw_tok_s(target: LocalTarget, prompts: list[list[int]], num_new: int, batch_size: int) -> float:
+    """The bare loop over the same batches the static engine forms."""
+    tokens, seconds = 0, 0.0
+    for i in range(0, len(prompts), batch_size):
+        n, s = raw_decode_loop(target.loaded, prompts[i:i + batch_size], num_new)
+        tokens, seconds = tokens + n, seconds + s
+    return tokens / seconds
+
+
+def run_bench(model: str = "builtin:small", device: str = "auto",
+              workload: BenchWorkload | None = None) -> dict:
+    """Measure every figure in one process, one model load; return the JSON-ready result."""
+    w = workload or BenchWorkload()
+    target = LocalTarget.start(EngineConfig(model=model, device=device, seed=w.seed))
+    try:
+        return _measure(target, w)
+    finally:
+        target.close()
+
+
+def _measure(target: LocalTarget, w: BenchWorkload) -> dict:
+    vocab = np.array([i for i in range(int(target.loaded.model.config.vocab_size))
+                      if i not in set(target.request_kwargs()["avoid_ids"])])
+    prompts, outputs = w.mixed(vocab)
+    equal = w.equal(vocab)
+    engine_tok_s(target, "continuous", w.batch_size, equal[:w.batch_size], [8] * w.batch_size)  # warm-up
+    started = time.perf_counter()
+    raw = raw_tok_s(target, equal, w.equal_output, w.batch_size)
+    eng = engine_tok_s(target, "static", w.batch_size, equal, [w.equal_output] * len(equal))
+    static = engine_tok_s(target, "static", w.batch_size, prompts, outputs)
+    cont = engine_tok_s(target, "continuous", w.batch_size, prompts, outputs)
+    hf_tokens, hf_s = hf_generate(target.loaded, prompts, outputs, w.batch_size)
+    hf = hf_tokens / hf_s
+    return {
+        "model": target.loaded.name, "device": str(target.loaded.device),
+        "engine_vs_raw": eng / raw, "continuous_vs_static": cont / static,
+        "continuous_vs_hf_generate": cont / hf,
+        "tok_s": {"raw_loop": raw, "engine_static_equal": eng, "static": static,
+                  "continuous": cont, "hf_generate": hf},
+        "workload": w.__dict__, "bench_s": time.perf_counter() - started,
+    }

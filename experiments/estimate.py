@@ -1,0 +1,59 @@
+"""Sweep duration estimates before anything runs: each trial simulated on the virtual clock.
+
+The cost model is a rough per-model prior (step times measured once on a 2-core CPU for the
+built-ins; a generic one otherwise). It is an estimate, and the UI and CLI say so.
+"""
+
+from __future__ import annotations
+
+from engine.config import SchedulerConfig
+from engine.simulate import CostModel, Simulator
+from experiments.grid import SweepSpec
+from experiments.loadgen import make_requests, open_loop_arrivals
+from experiments.profiles import Profile
+from experiments.records import TrialConfig
+
+MS = 1e-3
+PRIORS: dict[str, CostModel] = {
+    "builtin:tiny": CostModel(1.0 * MS, 0.004 * MS, 1.2 * MS, 0.05 * MS),
+    "builtin:small": CostModel(2.0 * MS, 0.03 * MS, 4.0 * MS, 0.4 * MS),
+}
+GENERIC = CostModel(20 * MS, 0.2 * MS, 25 * MS, 0.5 * MS)
+MODEL_LOAD_S = 3.0
+PER_TRIAL_OVERHEAD_S = 0.1
+
+
+def simulate_trial_s(config: TrialConfig, profile: Profile, num_requests: int, cost: CostModel,
+                     seed: int = 0) -> float:
+    """Simulated wall time of one trial (warm-up included) under `cost`."""
+    n = num_requests + profile.warmup_requests
+    specs = make_requests(profile, n, seed, vocab_size=2, max_context_tokens=1 << 20, avoid_ids=[])
+    lengths = [(len(s.prompt_ids), s.max_new_tokens) for s in specs]
+    sim = Simulator(SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms), cost)
+    if config.concurrency is not None:
+        _closed_loop(sim, lengths, config.concurrency)
+    else:
+        arrivals = open_loop_arrivals(config.rate, config.burstiness, n, seed)
+        for at_s, (p, o) in zip(arrivals, lengths, strict=True):
+            sim.submit_at(at_s, p, o)
+    return max((s.done_s or 0.0) for s in sim.run())
+
+
+def _closed_loop(sim: Simulator, lengths: list[tuple[int, int]], concurrency: int) -> None:
+    pending = iter(lengths)
+
+    def next_request(at_s: float) -> None:
+        item = next(pending, None)
+        if item is not None:
+            sim.submit_at(at_s, item[0], item[1], on_finish=lambda seq: next_request(seq.done_s))
+
+    for _ in range(concurrency):
+        next_request(0.0)
+
+
+def estimate_sweep_s(spec: SweepSpec, profile: Profile) -> float:
+    """Estimated seconds for the whole sweep: model load plus every simulated trial."""
+    cost = PRIORS.get(spec.model, GENERIC)
+    configs = spec.trial_configs()
+    trial_s = sum(simulate_trial_s(c, profile, spec.requests, cost, spec.seed) for c in configs)
+    return MODEL_LOAD_S + trial_s + PER_TRIAL_OVERHEAD_S * len(configs)

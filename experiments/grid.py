@@ -1,0 +1,120 @@
+"""The sweep grid: a validated spec (CLI flags, `--config sweep.yaml`, the Run page) and the
+ordered list of trials it expands to."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from experiments.records import TrialConfig
+
+
+class GridError(ValueError):
+    """An invalid sweep spec; one line naming the field."""
+
+
+class SweepSpec(BaseModel):
+    """Everything that defines a sweep; stored as the sweep's grid so it can be resumed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "builtin:tiny"
+    device: str = "auto"
+    dtype: str = "auto"
+    profile: str = "chat"
+    policies: list[Literal["static", "continuous"]] = Field(default=["static", "continuous"], min_length=1)
+    batch_sizes: list[int] = Field(default=[1, 4, 16], min_length=1)
+    max_wait_ms: list[float] = Field(default=[0.0, 10.0], min_length=1)
+    concurrency: list[int] | None = None
+    rate: list[float] | None = None
+    burstiness: float = Field(default=1.0, gt=0)
+    requests: int = Field(default=48, ge=1)
+    repetitions: int = Field(default=1, ge=1, le=100)
+    seed: int = 0
+    name: str | None = Field(default=None, max_length=200)
+    kv_budget_tokens: int | None = Field(default=None, ge=1)
+    max_trial_s: float | None = Field(default=None, gt=0)
+    target: str | None = None  # base URL of an external OpenAI-compatible server
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batches(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError("every batch size must be >= 1")
+        return sorted(set(v))
+
+    @field_validator("max_wait_ms")
+    @classmethod
+    def _non_negative_waits(cls, v: list[float]) -> list[float]:
+        if any(not w >= 0 for w in v):
+            raise ValueError("every max wait must be >= 0 ms")
+        return sorted(set(v))
+
+    @field_validator("concurrency")
+    @classmethod
+    def _positive_users(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(c < 1 for c in v)):
+            raise ValueError("every concurrency must be >= 1")
+        return None if v is None else sorted(set(v))
+
+    @field_validator("rate")
+    @classmethod
+    def _positive_rates(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(not r > 0 for r in v)):
+            raise ValueError("every rate must be > 0 requests/s")
+        return None if v is None else sorted(set(v))
+
+    @model_validator(mode="after")
+    def _one_load_mode(self) -> SweepSpec:
+        if (self.concurrency is None) == (self.rate is None):
+            raise ValueError("give exactly one of concurrency (closed loop) or rate (open loop)")
+        return self
+
+    @property
+    def num_trials(self) -> int:
+        loads = self.concurrency or self.rate or []
+        return (len(self.policies) * len(self.batch_sizes) * len(self.max_wait_ms)
+                * len(loads) * self.repetitions)
+
+    def trial_configs(self) -> list[TrialConfig]:
+        """All trials, coarse first: grid corners before midpoints, repetition 0 before 1."""
+        loads = self.concurrency or self.rate or []
+        axes = [self.policies, self.batch_sizes, self.max_wait_ms, loads]
+        points = list(itertools.product(*(list(enumerate(axis)) for axis in axes)))
+        points.sort(key=lambda p: max(_coarseness(i, len(axis))
+                                      for (i, _), axis in zip(p, axes, strict=True)))
+        return [self._config(p, rep) for rep in range(self.repetitions) for p in points]
+
+    def _config(self, point: tuple, repetition: int) -> TrialConfig:
+        (_, policy), (_, batch), (_, wait), (_, load) = point
+        closed = self.concurrency is not None
+        return TrialConfig(policy, batch, wait, concurrency=load if closed else None,
+                           rate=None if closed else load,
+                           burstiness=1.0 if closed else self.burstiness, repetition=repetition)
+
+
+def _coarseness(index: int, size: int) -> int:
+    """0 for the ends of an axis, then 1 for its middle, 2 for quarter points, ...: the depth at
+    which a binary subdivision of the axis first reaches `index`."""
+    if index in (0, size - 1):
+        return 0
+    lo, hi, depth = 0, size - 1, 1
+    while True:
+        mid = (lo + hi) // 2
+        if index == mid:
+            return depth
+        lo, hi = (lo, mid) if index < mid else (mid, hi)
+        depth += 1
+
+
+def parse_spec(data: dict) -> SweepSpec:
+    """Validate a spec from any front end; the error names the first bad field."""
+    try:
+        return SweepSpec(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "sweep"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise GridError(f"{where}: {msg}") from None

@@ -1,0 +1,42 @@
+"""A loaded local model plus its running engine: what trials and sweeps measure in-process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.config import EngineConfig, SchedulerConfig
+from engine.engine import Engine
+from engine.factory import start_engine
+from engine.models import LoadedModel, peak_memory_mb, reset_peak_memory
+
+
+@dataclass
+class LocalTarget:
+    """The engine under test and the model facts the load generator needs."""
+
+    engine: Engine
+    loaded: LoadedModel
+
+    @classmethod
+    def start(cls, config: EngineConfig, sched_config: SchedulerConfig | None = None) -> LocalTarget:
+        """Load the model once and start the engine (raises ModelLoadError)."""
+        engine, loaded = start_engine(config, sched_config or SchedulerConfig())
+        return cls(engine, loaded)
+
+    def request_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of run_trial / measure_baseline that describe the model."""
+        special = {self.loaded.eos_token_id, self.loaded.pad_token_id} - {None}
+        return {
+            "vocab_size": int(self.loaded.model.config.vocab_size),
+            "max_context_tokens": self.loaded.max_context_tokens,
+            "avoid_ids": sorted(special),
+        }
+
+    def memory_kwargs(self) -> dict[str, Any]:
+        """Peak-memory hooks for run_trial (CUDA allocator peak, or process peak RSS on CPU)."""
+        device = self.loaded.device
+        return {"memory": lambda: peak_memory_mb(device), "reset_memory": lambda: reset_peak_memory(device)}
+
+    def close(self) -> None:
+        self.engine.close()

@@ -1,0 +1,195 @@
+"""The sweep runner: one model load, then every trial of the grid, each committed atomically.
+
+A crash loses at most the trial in flight; `resume` skips trials already stored (done or
+failed), so every trial lands exactly once. Cancellation (a flag in the db, or a local event)
+is checked between trials and, through `should_stop`, inside the trial in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from db.store import Store
+from engine.config import EngineConfig
+from experiments.grid import SweepSpec
+from experiments.local import LocalTarget
+from experiments.profiles import Profile, needs_baseline, resolve_slos
+from experiments.provenance import provenance
+from experiments.records import SLO, TrialConfig
+from experiments.trial import measure_baseline, run_trial
+
+HEARTBEAT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the CLI bar and the UI show while a sweep runs."""
+
+    sweep_id: int
+    trials_total: int
+    trials_done: int
+    trials_failed: int
+    current_label: str | None
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float | None:
+        """Remaining time at the mean pace so far; None before the first trial."""
+        finished = self.trials_done + self.trials_failed
+        if not finished:
+            return None
+        return self.elapsed_s / finished * (self.trials_total - finished)
+
+
+def create_sweep(store: Store, spec: SweepSpec, profile: Profile) -> int:
+    """Store a queued sweep (nothing runs yet) and return its id."""
+    name = spec.name or f"{spec.profile} on {spec.model}"
+    return store.create_sweep(
+        name=name, model=spec.model, device=spec.device, device_name=None, dtype=spec.dtype,
+        profile=profile.model_dump(mode="json"), grid=spec.model_dump(mode="json"),
+        seed=spec.seed, provenance=provenance(), trials_total=spec.num_trials,
+    )
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as the store keeps datetimes."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class SweepRunner:
+    """Runs (or resumes) one stored sweep on a local engine."""
+
+    def __init__(self, store: Store, sweep_id: int,
+                 on_progress: Callable[[Progress], None] | None = None,
+                 stop: threading.Event | None = None, target: LocalTarget | None = None) -> None:
+        self.store = store
+        self.sweep_id = sweep_id
+        self.on_progress = on_progress
+        self.stop = stop or threading.Event()
+        sweep = store.get_sweep(sweep_id)
+        self.spec = SweepSpec(**sweep.grid)
+        self.profile = Profile(**sweep.profile)
+        self.target = target  # an already loaded model (the CLI loads it before writing to the db)
+        self._last_beat = 0.0
+        self._started = time.monotonic()
+        stored = store.list_trials(sweep_id)
+        self.num_done = sum(t.status == "done" for t in stored)
+        self.num_failed = sum(t.status == "failed" for t in stored)
+
+    def run(self) -> str:
+        """Run every trial not yet stored; return the final status."""
+        self.store.start_sweep(self.sweep_id, os.getpid())
+        try:
+            status = self._run_all()
+        except BaseException as exc:
+            self.store.finish_sweep(self.sweep_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        self.store.finish_sweep(self.sweep_id, status)
+        return status
+
+    def should_stop(self) -> bool:
+        """True once cancelled, locally or through the db flag (the UI's cancel button)."""
+        if self.stop.is_set():
+            return True
+        self._heartbeat()
+        if self.store.is_cancel_requested(self.sweep_id):
+            self.stop.set()
+        return self.stop.is_set()
+
+    def _run_all(self) -> str:
+        stored = self.store.done_configs(self.sweep_id)
+        todo = [c for c in self.spec.trial_configs() if c not in stored]
+        if not todo:
+            return "done"
+        target = self._start_target()
+        self._report(None)
+        try:
+            slos = self._slos(target)
+            for config in todo:
+                if self.should_stop():
+                    return "cancelled"
+                self._run_one(target, config, slos)
+        finally:
+            target.close()
+        return "cancelled" if self.stop.is_set() else "done"
+
+    def _start_target(self) -> LocalTarget:
+        target = self.target or local_target_for(self.spec)
+        self.store.set_sweep_device(self.sweep_id, str(target.loaded.device),
+                                    target.loaded.device_name, str(target.loaded.dtype))
+        self._warm_up(target)
+        return target
+
+    def _warm_up(self, target: LocalTarget) -> None:
+        # One short trial so first-call costs (allocator, kernels) stay out of the first trial.
+        config = TrialConfig("continuous", max(self.spec.batch_sizes), 0.0, concurrency=2)
+        run_trial(target.engine, config, self.profile, 4, seed=self.spec.seed, slos=[],
+                  **target.request_kwargs())
+
+    def _slos(self, target: LocalTarget) -> list[SLO]:
+        baseline = None
+        if needs_baseline(self.profile):
+            baseline = measure_baseline(target.engine, self.profile, seed=self.spec.seed,
+                                        **target.request_kwargs())
+        return resolve_slos(self.profile, baseline)
+
+    def _run_one(self, target: LocalTarget, config: TrialConfig, slos: list[SLO]) -> None:
+        self._report(config.label)
+        started = utcnow()
+        try:
+            result = run_trial(
+                target.engine, config, self.profile, self.spec.requests,
+                seed=self.spec.seed + config.repetition, slos=slos,
+                max_duration_s=self.spec.max_trial_s, should_stop=self.should_stop,
+                **target.request_kwargs(), **target.memory_kwargs())
+        except Exception as exc:  # the sweep goes on; the failure is stored with its reason
+            self.store.add_failed_trial(self.sweep_id, config, f"{type(exc).__name__}: {exc}",
+                                        started, utcnow())
+            self.num_failed += 1
+            self._report(None)
+            return
+        if result.was_stopped:
+            return  # cancelled mid-trial: a partial trial is not a result
+        self.store.add_trial(self.sweep_id, config, result.metrics, result.records, started, utcnow())
+        self.num_done += 1
+        self._report(None)
+
+    def _report(self, current_label: str | None) -> None:
+        self.store.update_progress(self.sweep_id, self.num_done, self.num_failed, current_label)
+        if self.on_progress is not None:
+            self.on_progress(Progress(self.sweep_id, self.spec.num_trials, self.num_done,
+                                      self.num_failed, current_label,
+                                      time.monotonic() - self._started))
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat >= HEARTBEAT_S:
+            self.store.heartbeat(self.sweep_id, os.getpid())
+            self._last_beat = now
+
+
+def local_target_for(spec: SweepSpec) -> LocalTarget:
+    """Load the sweep's model once and start its engine."""
+    return LocalTarget.start(EngineConfig(
+        model=spec.model, device=spec.device, dtype=spec.dtype,
+        kv_budget_tokens=spec.kv_budget_tokens, seed=spec.seed))
+
+
+def run_queued(store: Store, pid: int, stop: threading.Event | None = None) -> list[int]:
+    """Worker loop: claim and run queued sweeps in order, one at a time, until none is left."""
+    ran: list[int] = []
+    while not (stop and stop.is_set()):
+        sweep = store.claim_next_sweep(pid)
+        if sweep is None:
+            break
+        ran.append(sweep.id)
+        try:
+            SweepRunner(store, sweep.id, stop=stop).run()
+        except Exception:  # noqa: S112 - stored as failed by run(); go on with the queue
+            continue
+    return ran
