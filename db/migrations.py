@@ -1,0 +1,225 @@
+"""Schema versions of the store and the ordered migrations between them.
+
+Every database, new or old, reaches the current schema the same way: the Store runs the
+migrations it lacks, in order, in one transaction (SQLite and PostgreSQL both have transactional
+DDL). A migration is frozen once released: it spells out the tables it creates itself and never
+reads db/models.py, which follows the newest schema (tests check the two agree). Only portable
+DDL: CREATE TABLE / INDEX and ALTER TABLE ADD COLUMN of nullable columns.
+
+To change the schema: append a migration, bump nothing else (SCHEMA_VERSION follows the list),
+update db/models.py, and commit an old-version fixture db (scripts/make_db_fixture.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.schema import CreateColumn
+
+from db.errors import SchemaTooNewError, StoreError
+
+# Frozen copies of the metric names as of version 1 (not imported: they must not move).
+_V1_LATENCY = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_wait_ms", "service_ms")
+_V1_STATS = ("p50", "p90", "p95", "p99", "mean")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: applying it takes a database to `version`."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _version_table(metadata: MetaData) -> Table:
+    return Table(
+        "schema_version", metadata,
+        Column("version", Integer, primary_key=True, autoincrement=False),
+        Column("description", String(255), nullable=False),
+        Column("applied_at", DateTime, nullable=False),
+    )
+
+
+def _v1_metric_columns() -> list[Column]:
+    latency = [Column(f"{m}_{s}", Float) for m in _V1_LATENCY for s in _V1_STATS]
+    return [
+        Column("requests_completed", Integer), Column("requests_failed", Integer),
+        Column("duration_s", Float), Column("requests_per_s", Float),
+        Column("output_tokens_per_s", Float), Column("total_tokens_per_s", Float),
+        *latency,
+        Column("goodput_rps", Float), Column("slo_attainment", Float),
+        Column("mean_batch_size", Float), Column("peak_memory_mb", Float),
+        Column("saturated", Boolean),
+    ]
+
+
+def _v1_sweeps(metadata: MetaData) -> Table:
+    return Table(
+        "sweeps", metadata,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(255), nullable=False),
+        Column("profile_name", String(255)),
+        Column("status", String(32), nullable=False),
+        Column("model", String(255), nullable=False),
+        Column("device", String(32), nullable=False),
+        Column("device_name", String(255)),
+        Column("dtype", String(32), nullable=False),
+        Column("profile_json", Text, nullable=False),
+        Column("grid_json", Text, nullable=False),
+        Column("seed", Integer, nullable=False),
+        Column("provenance_json", Text, nullable=False),
+        Column("created_at", DateTime, nullable=False),
+        Column("started_at", DateTime),
+        Column("finished_at", DateTime),
+        Column("trials_total", Integer, nullable=False),
+        Column("trials_done", Integer, nullable=False),
+        Column("trials_failed", Integer, nullable=False),
+        Column("current_label", String(255)),
+        Column("cancel_requested", Boolean, nullable=False),
+        Column("error", Text),
+        Index("ix_sweeps_profile_name", "profile_name"),
+    )
+
+
+def _v1_trials(metadata: MetaData) -> Table:
+    return Table(
+        "trials", metadata,
+        Column("id", Integer, primary_key=True),
+        Column("sweep_id", Integer, ForeignKey("sweeps.id", ondelete="CASCADE"), nullable=False),
+        Column("policy", String(32), nullable=False),
+        Column("batch_size", Integer, nullable=False),
+        Column("max_wait_ms", Float, nullable=False),
+        Column("concurrency", Integer),
+        Column("rate", Float),
+        Column("burstiness", Float, nullable=False),
+        Column("repetition", Integer, nullable=False),
+        Column("load_key", String(64), nullable=False),
+        Column("status", String(32), nullable=False),
+        Column("started_at", DateTime),
+        Column("finished_at", DateTime),
+        *_v1_metric_columns(),
+        Column("nonfinite", Text),
+        Column("slos_json", Text),
+        Column("error", Text),
+        UniqueConstraint(
+            "sweep_id", "policy", "batch_size", "max_wait_ms", "load_key", "repetition",
+            name="uq_trials_config",
+        ),
+    )
+
+
+def _v1_requests(metadata: MetaData) -> Table:
+    return Table(
+        "requests", metadata,
+        Column("id", Integer, primary_key=True),
+        Column("trial_id", Integer, ForeignKey("trials.id", ondelete="CASCADE"), nullable=False),
+        Column("request_index", Integer, nullable=False),
+        Column("num_prompt_tokens", Integer, nullable=False),
+        Column("num_output_tokens", Integer, nullable=False),
+        Column("scheduled_ms", Float, nullable=False),
+        Column("sent_ms", Float, nullable=False),
+        Column("admitted_ms", Float),
+        Column("first_token_ms", Float),
+        Column("done_ms", Float),
+        Column("itl_mean_ms", Float),
+        Column("itl_max_ms", Float),
+        Column("error", Text),
+        UniqueConstraint("trial_id", "request_index", name="uq_requests_trial_index"),
+    )
+
+
+def _v1_initial(conn: Connection) -> None:
+    """Version 1: sweeps, trials, requests (no worker liveness, no saved profiles)."""
+    metadata = MetaData()
+    for make in (_version_table, _v1_sweeps, _v1_trials, _v1_requests):
+        make(metadata)
+    metadata.create_all(conn)
+
+
+def _v2_profiles(metadata: MetaData) -> Table:
+    return Table(
+        "profiles", metadata,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(255), nullable=False),
+        Column("yaml_text", Text, nullable=False),
+        Column("created_at", DateTime, nullable=False),
+        Column("updated_at", DateTime, nullable=False),
+        UniqueConstraint("name", name="uq_profiles_name"),
+    )
+
+
+def _v2_liveness_and_profiles(conn: Connection) -> None:
+    """Version 2: worker pid/host/heartbeat on sweeps, a queue index, saved profiles."""
+    for column in (
+        Column("worker_pid", Integer), Column("worker_host", String(255)),
+        Column("heartbeat_at", DateTime),
+    ):
+        add_column(conn, "sweeps", column)
+    stub = Table("sweeps", MetaData(), Column("status", String(32)), Column("created_at", DateTime))
+    Index("ix_sweeps_status_created", stub.c.status, stub.c.created_at).create(conn)
+    _v2_profiles(MetaData()).create(conn)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema: sweeps, trials, requests", _v1_initial),
+    Migration(2, "worker liveness columns, sweep queue index, profiles", _v2_liveness_and_profiles),
+)
+SCHEMA_VERSION: int = MIGRATIONS[-1].version
+
+
+def add_column(conn: Connection, table: str, column: Column) -> None:
+    """ALTER TABLE ADD COLUMN, rendered for the connection's dialect (nullable columns only)."""
+    Table(table, MetaData(), column)  # CreateColumn needs the column attached to a table
+    spec = CreateColumn(column).compile(dialect=conn.dialect)
+    quoted = conn.dialect.identifier_preparer.quote(table)
+    conn.execute(text(f"ALTER TABLE {quoted} ADD COLUMN {spec}"))
+
+
+def current_version(conn: Connection) -> int:
+    """The database's schema version; 0 when it holds no tradeoff tables at all."""
+    names = set(inspect(conn).get_table_names())
+    if "schema_version" in names:
+        table = _version_table(MetaData())
+        return conn.scalar(select(func.max(table.c.version))) or 0
+    if names & {"sweeps", "trials", "requests"}:
+        raise StoreError("database has sweeps/trials tables but no schema_version table; "
+                         "it was not written by tradeoff")
+    return 0
+
+
+def upgrade(conn: Connection, target: int = SCHEMA_VERSION) -> int:
+    """Apply the migrations the database lacks, up to `target`; return the version found."""
+    found = current_version(conn)
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNewError(found, SCHEMA_VERSION)
+    table = _version_table(MetaData())
+    for migration in MIGRATIONS:
+        if found < migration.version <= target:
+            migration.apply(conn)
+            conn.execute(table.insert().values(
+                version=migration.version, description=migration.description,
+                applied_at=datetime.now(timezone.utc).replace(tzinfo=None),
+            ))
+    return found
