@@ -1,0 +1,189 @@
+"""Trial metrics: pure functions over request timelines and step logs (no clocks, no engine).
+
+Definitions (docs/metrics.md has the full text): latencies in ms from the *scheduled* time;
+percentiles by numpy's linear interpolation; throughput over the window
+[first measured scheduled, last measured done], counting every completion and token in it;
+goodput = requests/s x the share of measured completions meeting every SLO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from engine.core import StepRecord
+from experiments.records import PERCENTILES, SLO, Dist, RequestRecord, TrialMetrics
+
+MS = 1000.0
+# Saturation rule thresholds (docs/metrics.md, "Saturation").
+SATURATION_RATE_RATIO = 0.9
+SATURATION_MIN_DEPTH = 4
+
+
+def summarize(values_ms: Iterable[float]) -> Dist | None:
+    """p50/p90/p95/p99 (numpy linear interpolation) and mean; None without samples."""
+    arr = np.asarray(list(values_ms), dtype=float)
+    if arr.size == 0:
+        return None
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(arr, PERCENTILES, method="linear"))
+    return Dist(p50, p90, p95, p99, float(arr.mean()), int(arr.size))
+
+
+# -- per-request latencies (ms); None when the request has no such sample ----------------------
+
+
+def ttft_ms(r: RequestRecord) -> float | None:
+    """First token - scheduled."""
+    return None if not r.token_times_s else (r.token_times_s[0] - r.scheduled_s) * MS
+
+
+def e2e_ms(r: RequestRecord) -> float | None:
+    """Done - scheduled."""
+    return None if r.done_s is None else (r.done_s - r.scheduled_s) * MS
+
+
+def service_ms(r: RequestRecord) -> float | None:
+    """Done - sent: the server's share, without any client-side sending delay."""
+    return None if r.done_s is None else (r.done_s - r.sent_s) * MS
+
+
+def tpot_ms(r: RequestRecord) -> float | None:
+    """(done - first token) / (output tokens - 1), for more than one output token."""
+    if r.num_output_tokens < 2 or r.done_s is None or not r.token_times_s:
+        return None
+    return (r.done_s - r.token_times_s[0]) / (r.num_output_tokens - 1) * MS
+
+
+def queue_wait_ms(r: RequestRecord) -> float | None:
+    """Admitted - sent; None when the server did not say (external servers)."""
+    return None if r.admitted_s is None else (r.admitted_s - r.sent_s) * MS
+
+
+def itl_ms(r: RequestRecord) -> list[float]:
+    """Gaps between consecutive tokens of one request."""
+    return (np.diff(np.asarray(r.token_times_s, dtype=float)) * MS).tolist()
+
+
+PER_REQUEST: dict[str, Callable[[RequestRecord], float | None]] = {
+    "ttft_ms": ttft_ms, "tpot_ms": tpot_ms, "e2e_ms": e2e_ms,
+    "queue_wait_ms": queue_wait_ms, "service_ms": service_ms,
+}
+
+
+def latency_samples(records: list[RequestRecord]) -> dict[str, list[float]]:
+    """Every latency metric's samples over the successful records (ITL pooled over requests)."""
+    ok = [r for r in records if r.is_ok]
+    samples = {name: [v for v in map(fn, ok) if v is not None] for name, fn in PER_REQUEST.items()}
+    samples["itl_ms"] = [gap for r in ok for gap in itl_ms(r)]
+    return samples
+
+
+# -- window, throughput, goodput ----------------------------------------------------------------
+
+
+def window(records: list[RequestRecord]) -> tuple[float, float] | None:
+    """[first scheduled, last done] over the measured records that ended; None if none did."""
+    ended = [(r.scheduled_s, r.done_s) for r in records if r.done_s is not None]
+    if not ended:
+        return None
+    return min(s for s, _ in ended), max(d for _, d in ended)
+
+
+def meets_slos(r: RequestRecord, slos: list[SLO]) -> bool:
+    """Per-request check (vLLM --goodput): each SLO'd metric <= its max_ms; failures never do."""
+    if not r.is_ok:
+        return False
+    for slo in slos:
+        value = PER_REQUEST[slo.metric](r)
+        if value is None and slo.metric == "tpot_ms":
+            continue  # a 1-token output has no TPOT: nothing to violate
+        if value is None or value > slo.max_ms:
+            return False
+    return True
+
+
+def mean_batch_size(steps: list[StepRecord], start_s: float, end_s: float) -> float:
+    """Decode-step batch size averaged over time inside [start_s, end_s]; 0 without decodes."""
+    decodes = [s for s in steps if s.phase == "decode"]
+    weights = [_overlap(s, start_s, end_s) for s in decodes]
+    if sum(weights) > 0:
+        return float(np.average([s.num_seqs for s in decodes], weights=weights))
+    inside = [s.num_seqs for s in decodes if start_s <= s.start_s <= end_s]
+    return float(np.mean(inside)) if inside else 0.0  # zero-duration steps (a free cost model)
+
+
+def _overlap(step: StepRecord, start_s: float, end_s: float) -> float:
+    return max(0.0, min(step.start_s + step.duration_s, end_s) - max(step.start_s, start_s))
+
+
+def compute_trial_metrics(records: list[RequestRecord], steps: list[StepRecord], slos: list[SLO],
+                          peak_memory_mb: float | None, saturated: bool,
+                          background: list[RequestRecord] | None = None) -> TrialMetrics:
+    """All of a trial's metrics. Latencies come from the measured `records`; throughput counts
+    every completion and token inside the window, `background` (warm-up, cooldown) included,
+    since those requests share the batch there: the steady-state rate, unbiased at the edges."""
+    ok = [r for r in records if r.is_ok]
+    start_s, end_s = window(records) or (0.0, 0.0)
+    duration_s = end_s - start_s
+    everyone = records + list(background or [])
+    rps = _per_s(sum(r.is_ok and start_s <= r.done_s <= end_s for r in everyone), duration_s)
+    out_tok = sum(_tokens_in(r, start_s, end_s) for r in everyone)
+    prompt_tok = sum(r.num_prompt_tokens for r in everyone
+                     if r.token_times_s and start_s <= r.token_times_s[0] <= end_s)
+    num_good = sum(meets_slos(r, slos) for r in records)
+    attainment = num_good / len(records) if records else 0.0
+    dists = {name: summarize(values) for name, values in latency_samples(records).items()}
+    return TrialMetrics(
+        requests_completed=len(ok),
+        requests_failed=len(records) - len(ok),
+        duration_s=duration_s,
+        requests_per_s=rps,
+        output_tokens_per_s=_per_s(out_tok, duration_s),
+        total_tokens_per_s=_per_s(out_tok + prompt_tok, duration_s),
+        **dists,
+        goodput_rps=rps * num_good / len(ok) if ok else 0.0,  # the good share of completions
+        slo_attainment=attainment,
+        mean_batch_size=mean_batch_size(steps, start_s, end_s),
+        peak_memory_mb=peak_memory_mb,
+        saturated=saturated,
+        slos={s.metric: {"percentile": s.percentile, "max_ms": s.max_ms} for s in slos},
+    )
+
+
+def _tokens_in(r: RequestRecord, start_s: float, end_s: float) -> int:
+    """Output tokens of `r` stamped inside [start_s, end_s]."""
+    return sum(start_s <= t <= end_s for t in r.token_times_s)
+
+
+def _per_s(count: float, duration_s: float) -> float:
+    return count / duration_s if duration_s > 0 else 0.0
+
+
+# -- sanity checks ------------------------------------------------------------------------------
+
+
+def littles_law_concurrency(metrics: TrialMetrics) -> float | None:
+    """requests/s x mean E2E (s): ~= C for a closed loop with C users and no think time."""
+    if metrics.e2e_ms is None:
+        return None
+    return metrics.requests_per_s * metrics.e2e_ms.mean / MS
+
+
+def queue_slope(depth_samples: list[tuple[float, int]]) -> float:
+    """Least-squares slope of queue depth over time (requests/s); 0 if the times don't vary."""
+    t = np.asarray([s[0] for s in depth_samples], dtype=float)
+    d = np.asarray([s[1] for s in depth_samples], dtype=float)
+    var_t = float(((t - t.mean()) ** 2).sum()) if t.size else 0.0
+    return float(((t - t.mean()) * (d - d.mean())).sum() / var_t) if var_t > 0 else 0.0
+
+
+def is_saturated(depth_samples: list[tuple[float, int]], offered_rate: float,
+                 achieved_rate: float, batch_size: int) -> bool:
+    """Open loop: completions fall behind arrivals *and* the queue grows (docs/metrics.md)."""
+    if len(depth_samples) < 2 or offered_rate <= 0:
+        return False
+    is_behind = achieved_rate < SATURATION_RATE_RATIO * offered_rate
+    final_depth = depth_samples[-1][1]
+    is_growing = queue_slope(depth_samples) > 0
+    return is_behind and is_growing and final_depth >= max(SATURATION_MIN_DEPTH, batch_size)

@@ -1,0 +1,338 @@
+"""Workload profiles: request lengths, the default load, SLOs and the objective, from YAML.
+
+Profiles are validated at the edge (pydantic, unknown fields rejected) and every error is one
+line naming the field and the fix. SLOs are either absolute (`max_ms`) or relative to the
+unloaded baseline (`max_x_baseline`), so one built-in profile fits a tiny CPU model and a 7B GPU
+model alike; `resolve_slos` turns them into absolute `SLO`s once the baseline is known.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from experiments.records import SLO
+
+SLO_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms")
+SLO_PERCENTILES: tuple[str, ...] = ("p50", "p90", "p95", "p99")
+OBJECTIVES: tuple[str, ...] = ("max_goodput", "max_throughput")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be loaded or used; the one-line message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FixedLength(_Strict):
+    """Every request has the same length."""
+
+    kind: Literal["fixed"]
+    value: int = Field(ge=1)
+
+
+class UniformLength(_Strict):
+    """Integer lengths uniform in [min, max], both included."""
+
+    kind: Literal["uniform"]
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> UniformLength:
+        return _check_min_max(self)
+
+
+class NormalLength(_Strict):
+    """Normal(mean, std), rounded and clipped to [min, max]."""
+
+    kind: Literal["normal"]
+    mean: float = Field(gt=0)
+    std: float = Field(ge=0)
+    min: int = Field(default=1, ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> NormalLength:
+        return _check_min_max(self)
+
+
+class LogNormalLength(_Strict):
+    """Lognormal with this mean and std (of the lengths, not of their log), rounded and clipped."""
+
+    kind: Literal["lognormal"]
+    mean: float = Field(gt=0)
+    std: float = Field(ge=0)
+    min: int = Field(default=1, ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> LogNormalLength:
+        return _check_min_max(self)
+
+
+class ChoiceLength(_Strict):
+    """One of `values` with probabilities proportional to `weights` (default equal): long tails."""
+
+    kind: Literal["choice"]
+    values: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    weights: list[Annotated[float, Field(ge=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> ChoiceLength:
+        if self.weights is not None and len(self.weights) != len(self.values):
+            raise ValueError(f"weights needs one weight per value ({len(self.values)}), "
+                             f"got {len(self.weights)}")
+        if self.weights is not None and sum(self.weights) <= 0:
+            raise ValueError("weights must not all be 0")
+        return self
+
+
+LengthDist = Annotated[
+    FixedLength | UniformLength | NormalLength | LogNormalLength | ChoiceLength,
+    Field(discriminator="kind"),
+]
+
+
+def _check_min_max(dist: Any) -> Any:
+    if dist.max < dist.min:
+        raise ValueError(f"max ({dist.max}) must be >= min ({dist.min})")
+    return dist
+
+
+class ClosedArrival(_Strict):
+    """Closed loop: `concurrency` virtual users, each sends its next request when one completes."""
+
+    mode: Literal["closed"]
+    concurrency: int = Field(ge=1)
+
+    @property
+    def label(self) -> str:
+        return f"concurrent@{self.concurrency}"
+
+
+class OpenArrival(_Strict):
+    """Open loop: gamma arrivals at `rate` per second; burstiness 1 = Poisson, < 1 burstier."""
+
+    mode: Literal["open"]
+    rate: float = Field(gt=0)
+    burstiness: float = Field(default=1.0, gt=0)
+
+    @property
+    def label(self) -> str:
+        kind = "poisson" if self.burstiness == 1 else f"gamma({self.burstiness:g})"
+        return f"{kind}@{self.rate:.2f}"
+
+
+Arrival = Annotated[ClosedArrival | OpenArrival, Field(discriminator="mode")]
+
+
+class SLOSpec(_Strict):
+    """`metric` at `percentile` <= max_ms, or <= max_x_baseline x the unloaded p50."""
+
+    percentile: Literal["p50", "p90", "p95", "p99"]
+    max_ms: float | None = Field(default=None, gt=0)
+    max_x_baseline: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_one_threshold(self) -> SLOSpec:
+        if (self.max_ms is None) == (self.max_x_baseline is None):
+            raise ValueError("set exactly one of max_ms (absolute) or max_x_baseline "
+                             "(a multiple of the unloaded baseline)")
+        return self
+
+    @property
+    def is_relative(self) -> bool:
+        return self.max_x_baseline is not None
+
+
+class Profile(_Strict):
+    """A workload: who sends what, how fast by default, and what 'good enough' means."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    prompt_tokens: LengthDist
+    output_tokens: LengthDist
+    arrival: Arrival
+    slos: dict[Literal["ttft_ms", "tpot_ms", "e2e_ms"], SLOSpec] = Field(default_factory=dict)
+    objective: Literal["max_goodput", "max_throughput"] = Field(
+        "max_goodput", validate_default=True)
+    warmup_requests: int = Field(default=4, ge=0)
+
+    @field_validator("objective")
+    @classmethod
+    def _check_objective(cls, objective: str, info: ValidationInfo) -> str:
+        # A field validator (not a model one) so the error names `objective`.
+        if objective == "max_goodput" and not info.data.get("slos"):
+            raise ValueError("max_goodput needs at least one SLO; "
+                             "add slos or use objective: max_throughput")
+        return objective
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+_UNION_FIELDS = {"prompt_tokens": "kind", "output_tokens": "kind", "arrival": "mode"}
+_TAGS = {
+    "kind": {"fixed": FixedLength, "uniform": UniformLength, "normal": NormalLength,
+             "lognormal": LogNormalLength, "choice": ChoiceLength},
+    "mode": {"closed": ClosedArrival, "open": OpenArrival},
+}
+
+
+def list_builtin_profiles() -> list[str]:
+    """Names of the profiles shipped with the package, sorted."""
+    folder = files("experiments").joinpath("profiles")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(name_or_path: str, user_profiles: dict[str, str] | None = None) -> Profile:
+    """A built-in profile by name, else a user profile (name -> YAML text), else a .yaml path."""
+    if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        return _load_path(Path(name_or_path))
+    if name_or_path in list_builtin_profiles():
+        text = files("experiments").joinpath(f"profiles/{name_or_path}.yaml").read_text("utf-8")
+        return parse_profile_yaml(text, name_or_path)
+    if user_profiles and name_or_path in user_profiles:
+        return parse_profile_yaml(user_profiles[name_or_path], name_or_path)
+    raise ProfileError(_unknown_message(name_or_path, user_profiles))
+
+
+def _load_path(path: Path) -> Profile:
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ProfileError(f"profile '{path}': cannot read the file ({exc.strerror or exc}); "
+                           f"built-in profiles: {', '.join(list_builtin_profiles())}") from None
+    return parse_profile_yaml(text, str(path))
+
+
+def _unknown_message(name: str, user_profiles: dict[str, str] | None) -> str:
+    msg = f"unknown profile '{name}'; built-in profiles: {', '.join(list_builtin_profiles())}"
+    if user_profiles:
+        msg += f"; your profiles: {', '.join(sorted(user_profiles))}"
+    return msg + " (or pass a .yaml path)"
+
+
+def parse_profile_yaml(text: str, source: str) -> Profile:
+    """Parse and validate one profile; errors are a single ProfileError line."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"profile '{source}': {_yaml_error(exc)}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"profile '{source}': must be a YAML mapping of fields "
+                           f"(name, prompt_tokens, ...), got {type(data).__name__}")
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(f"profile '{source}': {_validation_error(exc, data)}") from None
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    return f"invalid YAML{where}: {problem}"
+
+
+def _validation_error(exc: ValidationError, data: dict) -> str:
+    """The first pydantic error as `field.path: what to do (got value)`."""
+    errors = exc.errors()
+    # A misspelt field shows up as 'missing' plus 'unknown'; the unknown one points at the typo.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    path = _clean_loc(err["loc"])
+    where = ".".join(path) or "(top level)"
+    return f"{where}: {_error_text(err, path, data)}"
+
+
+def _clean_loc(loc: tuple) -> list[str]:
+    # Discriminated unions put the tag in the location ('prompt_tokens', 'uniform', 'max'),
+    # and dict keys add '[key]'; neither is a field the user wrote.
+    out: list[str] = []
+    for part in loc:
+        is_tag = bool(out) and out[-1] in _UNION_FIELDS and len(out) == 1
+        if part == "[key]" or (is_tag and part in _TAGS[_UNION_FIELDS[out[-1]]]):
+            continue
+        out.append(str(part))
+    return out
+
+
+def _error_text(err: dict, path: list[str], data: dict) -> str:
+    kind, ctx = err["type"], err.get("ctx", {})
+    if kind == "literal_error":
+        return f"must be one of {_unquote(ctx['expected'])} (got {err['input']!r})"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag_field = _UNION_FIELDS.get(path[-1], "kind") if path else "kind"
+        tags = ", ".join(_TAGS[tag_field])
+        got = f"got {ctx['tag']!r}" if "tag" in ctx else "it is missing"
+        return f"{tag_field} must be one of {tags} ({got})"
+    if kind == "missing":
+        return "required field is missing; add it"
+    if kind == "extra_forbidden":
+        return f"unknown field; allowed fields: {', '.join(_allowed_fields(path[:-1], data))}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return _generic_text(err)
+
+
+def _generic_text(err: dict) -> str:
+    msg = err["msg"].replace("Input should be", "must be")
+    value = err.get("input")
+    return msg if isinstance(value, dict) else f"{msg} (got {value!r})"
+
+
+def _unquote(expected: str) -> str:
+    return expected.replace("'", "").replace(" or ", ", ")
+
+
+def _allowed_fields(parent: list[str], data: dict) -> list[str]:
+    """The fields the model at `parent` accepts, to suggest a fix for a misspelt one."""
+    model: type[BaseModel] | None = Profile
+    if parent and parent[0] in _UNION_FIELDS:
+        tag_field = _UNION_FIELDS[parent[0]]
+        section = data.get(parent[0])
+        tag = section.get(tag_field) if isinstance(section, dict) else None
+        model = _TAGS[tag_field].get(tag) if isinstance(tag, str) else None
+    elif parent and parent[0] == "slos":
+        model = SLOSpec
+    return list(model.model_fields) if model is not None else []
+
+
+# -- SLOs ---------------------------------------------------------------------------------------
+
+
+def resolve_slos(profile: Profile, baseline: dict[str, float] | None) -> list[SLO]:
+    """Absolute SLOs: relative ones are max_x_baseline x the unloaded p50 in `baseline`."""
+    return [_resolve_one(profile.name, metric, profile.slos[metric], baseline)
+            for metric in SLO_METRICS if metric in profile.slos]
+
+
+def needs_baseline(profile: Profile) -> bool:
+    """Whether any SLO is relative, so an unloaded baseline must be measured first."""
+    return any(spec.is_relative for spec in profile.slos.values())
+
+
+def _resolve_one(name: str, metric: str, spec: SLOSpec, baseline: dict[str, float] | None) -> SLO:
+    if spec.max_ms is not None:
+        return SLO(metric, spec.percentile, spec.max_ms)
+    assert spec.max_x_baseline is not None  # validated: exactly one threshold is set
+    base_ms = (baseline or {}).get(metric)
+    if base_ms is None:
+        raise ProfileError(
+            f"profile '{name}': slos.{metric} is relative (max_x_baseline) but no unloaded "
+            f"{metric} baseline was measured; measure one (measure_baseline) or set max_ms")
+    return SLO(metric, spec.percentile, spec.max_x_baseline * base_ms)
