@@ -7,7 +7,6 @@ import importlib
 import os
 import sys
 
-import click
 import typer
 
 from app.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput
@@ -43,15 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     typer_app = importlib.import_module("app.cli").app
     try:
         typer_app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
-    except click.UsageError as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except Exception as exc:
+        if _is_usage_error(exc):  # typer vendors click, so match click's UsageError by shape
+            print(f"error: {_one_line_text(exc.format_message())}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         if os.environ.get("TRADEOFF_DEBUG"):
             raise
         code = EXIT_BAD_INPUT if isinstance(exc, _bad_input_types()) else EXIT_FAILURE
@@ -60,9 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+def _is_usage_error(exc: BaseException) -> bool:
+    return hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == EXIT_BAD_INPUT
+
+
+def _one_line_text(text: str) -> str:
     return " ".join(text.split())
+
+
+def _one_line(exc: BaseException) -> str:
+    return _one_line_text(str(exc).strip() or type(exc).__name__)
 
 
 def run() -> None:

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -46,7 +45,7 @@ def _check_streamlit() -> None:
 
 @app.command()
 def ui(
-    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the result store "
+    db: str | None = typer.Option(None, "--db", help="SQLAlchemy URL of the result store "
                                      "(default: $TRADEOFF_DB or sqlite:///tradeoff.db)"),
     port: int = typer.Option(8501, "--port", min=1, max=65535, help="port to serve on"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind (0.0.0.0 shares it)"),

@@ -155,6 +155,12 @@ class SweepRunner:
             return
         if result.was_stopped:
             return  # cancelled mid-trial: a partial trial is not a result
+        if result.metrics.requests_completed == 0:  # e.g. every request over the KV budget
+            error = next((r.error for r in result.records if r.error), "no request completed")
+            self.store.add_failed_trial(self.sweep_id, config, error, started, utcnow())
+            self.num_failed += 1
+            self._report(None)
+            return
         self.store.add_trial(self.sweep_id, config, result.metrics, result.records, started, utcnow())
         self.num_done += 1
         self._report(None)

@@ -1,0 +1,170 @@
+"""Explore page: the Pareto chart of one sweep, what-if SLOs, and one config's details."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import streamlit as st
+
+from app import launcher
+from app.dashboard import charts, state, widgets
+from db.store import SweepRecord
+from experiments.metrics import latency_samples
+from experiments.pareto import ConfigPoint, classify
+from experiments.profiles import SLO_METRICS, SLO_PERCENTILES
+from experiments.recommend import Recommendation
+from experiments.records import SLO, TrialRecord
+
+KEY_METRICS = ("output_tokens_per_s", "requests_per_s", "goodput_rps", "slo_attainment",
+               "ttft_ms_p90", "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size")
+
+
+def render() -> None:
+    """The Explore page."""
+    st.title("Explore")
+    url = state.db_url()
+    sweeps = state.sweeps(url)
+    if not sweeps:
+        widgets.demo_offer(url, key="explore_demo")
+        return
+    sweep = widgets.pick_sweep(sweeps, key="explore_sweep")
+    key = state.version(sweep)
+    if launcher.is_active(sweep):
+        widgets.live_strip(url, sweep.id, key)
+    trials = state.trials(url, key)
+    if not any(t.status == "done" for t in trials):
+        st.info("No finished trials in this sweep yet: the chart appears with the first one.")
+        return
+    _explore(url, sweep, trials)
+
+
+def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
+    key = state.version(sweep)
+    base = state.base_slos(url, key)
+    throughput, latency = widgets.pick_axes(f"explore_{sweep.id}",
+                                            *widgets.default_axes(sweep, base))
+    points = state.points(url, key, (throughput, latency))
+    chart, side = st.columns([3, 1])
+    with side:
+        slos = _slo_controls(sweep.id, trials, base)
+    rec = state.whatif(url, key, tuple(slos), state.objective(sweep))
+    labels = classify(points, throughput, latency)
+    fig = charts.frontier_figure(points, labels, throughput, latency, rec.config, slos)
+    with chart:
+        event = st.plotly_chart(fig, key=f"explore_chart_{sweep.id}", on_select="rerun",
+                                selection_mode="points")
+        st.caption("Colour: max batch size · symbol: policy · size: load · star: recommended. "
+                   "Click a point for its details.")
+    _recommendation(rec, is_whatif=list(slos) != list(base))
+    chosen = _chosen(sweep.id, points, rec, event)
+    _details(url, sweep, state.point_details(url, key, points[chosen]), slos)
+    _table(points, labels, throughput, latency)
+
+
+def _slo_controls(sweep_id: int, trials: Sequence[TrialRecord], base: Sequence[SLO]) -> list[SLO]:
+    st.markdown("**What-if SLOs**")
+    st.caption("Move a threshold: the recommendation follows, nothing re-runs.")
+    by_metric = {s.metric: s for s in base}
+    slos = [slo for metric in SLO_METRICS
+            if (slo := _slo_control(sweep_id, metric, by_metric.get(metric), trials))]
+    if st.button("Reset to the sweep's SLOs", key=f"explore_reset_{sweep_id}"):
+        for name in [k for k in st.session_state if str(k).startswith(f"slo_{sweep_id}_")]:
+            del st.session_state[name]
+        st.rerun()
+    return slos
+
+
+def _slo_control(sweep_id: int, metric: str, slo: SLO | None,
+                 trials: Sequence[TrialRecord]) -> SLO | None:
+    prefix = f"slo_{sweep_id}_{metric}"
+    name = charts.LATENCY_NAMES[metric]
+    if not st.checkbox(f"{name} SLO", value=slo is not None, key=f"{prefix}_on"):
+        return None
+    percentile = st.selectbox(f"{name} percentile", SLO_PERCENTILES, key=f"{prefix}_pct",
+                              index=SLO_PERCENTILES.index(slo.percentile if slo else "p90"),
+                              label_visibility="collapsed")
+    top = _slider_top(trials, f"{metric}_{percentile}", slo)
+    default = min(slo.max_ms if slo else top / 2, top)
+    slider = f"{prefix}_max_{percentile}"
+    if st.session_state.get(slider, 0.0) > top:  # the range moves as a sweep stores trials
+        st.session_state[slider] = top
+    max_ms = st.slider(f"max {percentile} {name} (ms)", 0.0, top, float(default), key=slider)
+    return SLO(metric, percentile, max_ms)
+
+
+def _slider_top(trials: Sequence[TrialRecord], key: str, slo: SLO | None) -> float:
+    # Room to loosen the SLO past the slowest trial; a round number keeps the slider calm.
+    worst = max((t.metrics.get(key) or 0.0 for t in trials), default=0.0)
+    top = max(worst * 1.25, (slo.max_ms * 1.5) if slo else 0.0, 1.0)
+    return float(f"{top:.2g}")
+
+
+def _recommendation(rec: Recommendation, is_whatif: bool) -> None:
+    head = "With your what-if SLOs: " if is_whatif else "Recommended: "
+    text = head + widgets.md(rec.explanation)
+    if rec.feasible:
+        st.success(text, icon=":material/star:")
+    else:
+        st.warning(text, icon=":material/warning:")
+
+
+def _clicked(event) -> int | None:
+    points = (event or {}).get("selection", {}).get("points", [])
+    data = [p.get("customdata") for p in points if p.get("customdata")]
+    return int(data[0][0]) if data else None
+
+
+def _chosen(sweep_id: int, points: Sequence[ConfigPoint], rec: Recommendation, event) -> int:
+    """The point whose details show: the clicked one, else the picker's, else the recommended."""
+    key, last = f"explore_detail_{sweep_id}", f"explore_click_{sweep_id}"
+    clicked = _clicked(event)
+    if clicked is not None and clicked != st.session_state.get(last):
+        st.session_state[key] = clicked  # a new click moves the picker
+    st.session_state[last] = clicked
+    if st.session_state.get(key) not in range(len(points)):
+        configs = [p.config for p in points]
+        st.session_state[key] = configs.index(rec.config) if rec.config in configs else 0
+    return st.selectbox("Details for", range(len(points)), key=key,
+                        format_func=lambda i: _point_label(points[i], rec))
+
+
+def _point_label(point: ConfigPoint, rec: Recommendation) -> str:
+    star = " (recommended)" if point.config == rec.config else ""
+    return f"{point.config.label}{star}"
+
+
+def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SLO]) -> None:
+    trial_id = point.trial_ids[0]
+    if point.n > 1:
+        trial_id = st.selectbox("Repetition", point.trial_ids, key=f"explore_rep_{sweep.id}",
+                                format_func=lambda t: f"trial {t}")
+    st.dataframe([_metric_row(point, k) for k in KEY_METRICS if k in point.mean],
+                 hide_index=True)
+    requests = state.requests(url, trial_id)
+    if not requests:
+        st.caption("This trial stored no requests.")
+        return
+    samples = latency_samples([charts.as_request_record(r) for r in requests])
+    dist, timeline, batch = st.tabs(["Latency distributions", "Request timeline",
+                                     "Batch size over time"])
+    dist.plotly_chart(charts.latency_figure(samples, slos), key="explore_dist")
+    timeline.plotly_chart(charts.timeline_figure(requests), key="explore_timeline")
+    batch.plotly_chart(charts.batch_figure(requests, point.config.batch_size), key="explore_batch")
+    batch.caption("Engine steps are not stored, so this counts requests admitted to the batch "
+                  "and not yet done, from the request timestamps: the realised batch at any "
+                  "moment, up to step granularity.")
+
+
+def _metric_row(point: ConfigPoint, key: str) -> dict:
+    low, high = point.ci_low.get(key), point.ci_high.get(key)
+    interval = "" if low is None or high is None else f"{low:.4g} - {high:.4g}"
+    return {"metric": key, "mean": point.mean.get(key), "95% interval": interval}
+
+
+def _table(points: Sequence[ConfigPoint], labels: Sequence[str], throughput: str,
+           latency: str) -> None:
+    with st.expander(f"All {len(points)} configs"):
+        st.dataframe([{"config": p.config.label, "class": c, "repetitions": p.n,
+                       throughput: p.mean.get(throughput), latency: p.mean.get(latency),
+                       "saturated": p.saturated} for p, c in zip(points, labels, strict=True)],
+                     hide_index=True)

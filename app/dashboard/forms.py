@@ -1,0 +1,110 @@
+"""The Run page's inputs -> a validated SweepSpec, each error attached to the field it names."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from experiments.grid import GridError, SweepSpec, parse_spec
+from experiments.profiles import Profile, ProfileError, load_profile
+
+# engine.models.builtin_names() has these, but importing it loads torch into the UI process.
+BUILTIN_MODELS: tuple[str, ...] = ("builtin:tiny", "builtin:small")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+LOAD_MODES: dict[str, str] = {"concurrency": "closed loop: virtual users",
+                              "rate": "open loop: requests/s"}
+# Spec fields as parse_spec names them -> the Run page field that shows the error.
+_FIELD_OF = {"concurrency": "load", "rate": "load", "sweep": "load"}
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What the user typed on the Run page, unparsed."""
+
+    model: str = "builtin:tiny"
+    device: str = "auto"
+    profile: str = "chat"
+    policies: tuple[str, ...] = ("static", "continuous")
+    batch_sizes: str = "1, 4, 16"
+    max_wait_ms: str = "0, 10"
+    load_mode: str = "concurrency"
+    loads: str = "1, 8"
+    burstiness: float = 1.0
+    requests: int = 48
+    repetitions: int = 1
+    name: str = ""
+
+
+def parse_numbers(text: str, kind: type) -> list:
+    """`1, 4, 16` (commas or spaces) -> numbers of `kind`; ValueError with a one-line reason."""
+    items = [item for item in re.split(r"[,\s]+", text.strip()) if item]
+    if not items:
+        raise ValueError("enter at least one value, e.g. 1, 4, 16")
+    try:
+        values = [float(item) for item in items]
+    except ValueError:
+        bad = next(item for item in items if not _is_float(item))
+        raise ValueError(f"{bad!r} is not a number; enter numbers separated by commas") from None
+    if any(not math.isfinite(v) for v in values):
+        raise ValueError("values must be finite numbers")
+    if kind is int and any(v != int(v) for v in values):
+        raise ValueError("enter whole numbers, e.g. 1, 4, 16")
+    return [kind(v) for v in values]
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def build_spec(inputs: RunInputs, user_profiles: dict[str, str]) -> tuple[SweepSpec | None, dict]:
+    """The validated spec, or None and {field: message} for what to fix."""
+    errors: dict[str, str] = {}
+    data = _spec_data(inputs, errors)
+    if not inputs.model.strip():
+        errors["model"] = "enter a built-in model, a Hugging Face id or a local path"
+    elif inputs.model.startswith("builtin:") and inputs.model not in BUILTIN_MODELS:
+        errors["model"] = f"unknown built-in model; use one of: {', '.join(BUILTIN_MODELS)}"
+    if errors:
+        return None, errors
+    try:
+        spec = parse_spec(data)
+        load_profile(spec.profile, user_profiles)
+    except GridError as exc:
+        return None, _grid_error(str(exc))
+    except ProfileError as exc:
+        return None, {"profile": str(exc)}
+    return spec, {}
+
+
+def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
+    data = {"model": inputs.model.strip(), "device": inputs.device, "profile": inputs.profile,
+            "policies": list(inputs.policies), "requests": inputs.requests,
+            "repetitions": inputs.repetitions, "name": inputs.name.strip() or None}
+    closed = inputs.load_mode == "concurrency"
+    lists = (("batch_sizes", inputs.batch_sizes, int), ("max_wait_ms", inputs.max_wait_ms, float),
+             ("load", inputs.loads, int if closed else float))
+    for field, text, kind in lists:
+        try:
+            data[field] = parse_numbers(text, kind)
+        except ValueError as exc:
+            errors[field] = str(exc)
+    data[inputs.load_mode] = data.pop("load", None)
+    if not closed:
+        data["burstiness"] = inputs.burstiness
+    return data
+
+
+def _grid_error(message: str) -> dict[str, str]:
+    where, _, what = message.partition(": ")
+    field = where.split(".")[0]
+    return {_FIELD_OF.get(field, field): what or message}
+
+
+def profile_for(spec: SweepSpec, user_profiles: dict[str, str]) -> Profile:
+    """The profile a validated spec names."""
+    return load_profile(spec.profile, user_profiles)

@@ -1,0 +1,40 @@
+"""The dashboard's entry point (`tradeoff ui` runs it): page config, the store check, the router."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.dashboard import compare, explore, profiles, recommend, run, state, widgets
+from db.errors import StoreError
+
+
+def pages() -> list:
+    """The pages, in menu order; Run is the landing page."""
+    return [
+        st.Page(run.render, title="Run", icon=":material/play_circle:", url_path="run",
+                default=True),
+        st.Page(explore.render, title="Explore", icon=":material/scatter_plot:",
+                url_path="explore"),
+        st.Page(recommend.render, title="Recommend", icon=":material/star:",
+                url_path="recommend"),
+        st.Page(compare.render, title="Compare", icon=":material/compare_arrows:",
+                url_path="compare"),
+        st.Page(profiles.render, title="Profiles", icon=":material/tune:", url_path="profiles"),
+    ]
+
+
+def main() -> None:
+    """Check the store once, then run the page the user picked."""
+    st.set_page_config(page_title="tradeoff", page_icon=":material/speed:", layout="wide")
+    page = st.navigation(pages())
+    url = state.db_url()
+    try:
+        store = state.get_store(url)
+    except StoreError as exc:
+        st.error(f"Cannot open the result store: {widgets.md(str(exc))}")
+        st.stop()
+    st.sidebar.caption(f"Results: `{store.display_url}`")
+    page.run()
+
+
+main()

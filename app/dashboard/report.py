@@ -1,0 +1,113 @@
+"""A self-contained HTML report of one sweep's recommendation for team demos.
+
+Plotly's JavaScript is inlined, so the file opens offline; every user-provided string (sweep
+and profile names, errors, the model id) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from html import escape
+
+from app.dashboard import charts
+from experiments.analysis import SweepAnalysis, export_analysis
+from experiments.pareto import ConfigPoint, aggregate, classify
+from experiments.recommend import KNEE_LATENCY_KEY, OBJECTIVES, config_to_dict
+
+TEMPLATE = "plotly_white"  # the report is a light document, outside any Streamlit theme
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
+max-width:1100px;padding:0 1rem;color:#1f2328;line-height:1.45}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem}
+.meta{color:#59636e}.box{border:1px solid #d0d7de;border-radius:8px;padding:1rem 1.2rem}
+.ok{color:#1a7f37;font-weight:600}.miss{color:#cf222e;font-weight:600}
+table{border-collapse:collapse;margin:.6rem 0}td,th{border:1px solid #d0d7de;
+padding:.3rem .6rem;text-align:left;font-variant-numeric:tabular-nums}th{background:#f6f8fa}
+pre{background:#f6f8fa;padding:.8rem;border-radius:6px;overflow-x:auto;font-size:.85rem}
+"""
+
+
+def _table(rows: Sequence[dict]) -> str:
+    if not rows:
+        return "<p class='meta'>(none)</p>"
+    head = "".join(f"<th>{escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row.values()) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return escape("-" if value is None else str(value))
+
+
+def _meta(analysis: SweepAnalysis) -> str:
+    s = analysis.sweep
+    items = [("sweep", f"#{s.id} {s.name}"), ("profile", s.profile.get("name")),
+             ("model", s.model), ("device", s.device_name or s.device), ("status", s.status),
+             ("trials", f"{s.trials_done} done, {s.trials_failed} failed of {s.trials_total}"),
+             ("created (UTC)", s.created_at.strftime("%Y-%m-%d %H:%M"))]
+    return _table([{k: v for k, v in items}])
+
+
+def _slo_rows(analysis: SweepAnalysis) -> list[dict]:
+    return [{"SLO": f"{c.slo.percentile} {charts.LATENCY_NAMES[c.slo.metric]}",
+             "max (ms)": c.slo.max_ms, "measured (ms, upper 95%)": c.value,
+             "met": "yes" if c.passed else "no"} for c in analysis.recommendation.slo_checks]
+
+
+def _recommendation(analysis: SweepAnalysis) -> str:
+    rec = analysis.recommendation
+    verdict = ("<span class='ok'>meets the SLOs</span>" if rec.feasible
+               else "<span class='miss'>nothing meets the SLOs: nearest miss</span>")
+    config = _table([config_to_dict(rec.config)]) if rec.config else ""
+    return (f"<div class='box'><p>{verdict}</p>{config}<p>{escape(rec.explanation)}</p>"
+            f"{_table(_slo_rows(analysis))}</div>")
+
+
+def _figure(points: Sequence[ConfigPoint], analysis: SweepAnalysis, keys: tuple[str, str]) -> str:
+    labels = classify(points, *keys)
+    fig = charts.frontier_figure(points, labels, *keys, analysis.recommendation.config,
+                                 analysis.slos)
+    fig.update_layout(template=TEMPLATE)
+    return fig.to_html(full_html=False, include_plotlyjs=True, config={"displaylogo": False})
+
+
+def _frontier_rows(points: Sequence[ConfigPoint], keys: tuple[str, str]) -> list[dict]:
+    labels = classify(points, *keys)
+    front = [p for p, c in zip(points, labels, strict=True) if c == "frontier"]
+    return [{"config": p.config.label, "repetitions": p.n,
+             charts.throughput_label(keys[0]): p.mean.get(keys[0]),
+             charts.latency_label(keys[1]): p.mean.get(keys[1])}
+            for p in sorted(front, key=lambda p: p.mean[keys[1]])]
+
+
+def _export(analysis: SweepAnalysis) -> str:
+    if analysis.recommendation.config is None:
+        return ""
+    return f"<h2>Config (tradeoff YAML)</h2><pre>{escape(export_analysis(analysis, 'yaml'))}</pre>"
+
+
+def build_report(analysis: SweepAnalysis, now: datetime | None = None) -> str:
+    """The whole report as one HTML document."""
+    sweep, points = analysis.sweep, aggregate(analysis.trials)
+    keys = (OBJECTIVES.get(analysis.recommendation.objective, "output_tokens_per_s"),
+            analysis.slos[0].key if analysis.slos else KNEE_LATENCY_KEY)
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    chart = _figure(points, analysis, keys) if points else "<p>No finished trials.</p>"
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>tradeoff report: {escape(sweep.name)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>Throughput/latency report: {escape(sweep.name)}</h1>"
+        f"<p class='meta'>generated by tradeoff {escape(str(sweep.provenance.get('tradeoff') or 'dev'))}"
+        f" on {stamp}</p>{_meta(analysis)}<h2>Recommendation</h2>{_recommendation(analysis)}"
+        f"<h2>Pareto frontier</h2>{chart}{_table(_frontier_rows(points, keys))}{_export(analysis)}"
+        "</body></html>"
+    )
+
+
+def report_filename(analysis: SweepAnalysis) -> str:
+    """`tradeoff-sweep-3-chat.html`: ids and the validated profile name only, never free text."""
+    return f"tradeoff-sweep-{analysis.sweep.id}-{analysis.sweep.profile.get('name', 'profile')}.html"

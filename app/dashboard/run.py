@@ -1,0 +1,189 @@
+"""Run page: configure a sweep grid, see its size and estimated duration, start it, watch it."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from app import launcher
+from app.dashboard import charts, forms, state, widgets
+from app.dashboard.forms import RunInputs
+from db.errors import StoreError
+from db.store import SweepRecord
+from experiments.estimate import estimate_sweep_s
+from experiments.grid import SweepSpec
+from experiments.pareto import classify
+from experiments.profiles import list_builtin_profiles
+
+OTHER_MODEL = "Hugging Face id or local path..."
+AUTO_ESTIMATE_MAX_CONFIGS = 64  # the estimate simulates every trial: ~50 ms each on 2 cores
+FIELDS = ("model", "device", "profile", "name", "policies", "batch_sizes", "max_wait_ms",
+          "load", "burstiness", "requests", "repetitions")
+
+
+def render() -> None:
+    """The Run page."""
+    st.title("Run a sweep")
+    url = state.db_url()
+    st.caption("Each trial runs one batching config at one load level; the sweep runs in a "
+               "background worker, so closing or refreshing this tab never stops it.")
+    with st.container(border=True):
+        inputs, slots = _inputs(url)
+        spec, errors = forms.build_spec(inputs, state.user_profiles(url))
+        for field, message in errors.items():
+            slots.get(field, slots["name"]).error(widgets.md(message), icon=":material/error:")
+        _start_row(url, spec)
+    _live_panel(url)
+
+
+def _inputs(url: str) -> tuple[RunInputs, dict]:
+    slots: dict = {}
+    left, right = st.columns(2)
+    with left:
+        model = _model_input()
+        slots["model"] = st.empty()
+        device = st.selectbox("Device", forms.DEVICES, key="run_device",
+                              help="auto = CUDA if present, then MPS, then CPU")
+        slots["device"] = st.empty()
+        profiles = list_builtin_profiles() + sorted(state.user_profiles(url))
+        profile = st.selectbox("Workload profile", profiles, key="run_profile",
+                               index=profiles.index("chat") if "chat" in profiles else 0,
+                               help="request lengths, SLOs and objective (see Profiles)")
+        slots["profile"] = st.empty()
+        name = st.text_input("Sweep name (optional)", key="run_name", max_chars=200)
+        slots["name"] = st.empty()
+    with right:
+        policies = st.multiselect("Batching policies", ["static", "continuous"],
+                                  default=["static", "continuous"], key="run_policies")
+        slots["policies"] = st.empty()
+        batch_sizes = st.text_input("Max batch sizes", "1, 4, 16", key="run_batch_sizes")
+        slots["batch_sizes"] = st.empty()
+        waits = st.text_input("Max batching waits (ms)", "0, 10", key="run_waits")
+        slots["max_wait_ms"] = st.empty()
+        mode, loads, burstiness = _load_inputs()
+        slots["load"] = st.empty()
+        slots["burstiness"] = st.empty()
+    left, right = st.columns(2)
+    requests = left.number_input("Requests per trial", 1, 100_000, 48, key="run_requests")
+    slots["requests"] = left.empty()
+    repetitions = right.number_input("Repetitions", 1, 100, 1, key="run_repetitions",
+                                     help="2+ gives error bars (95% intervals)")
+    slots["repetitions"] = right.empty()
+    inputs = RunInputs(model, device, profile, tuple(policies), batch_sizes, waits, mode, loads,
+                       burstiness, int(requests), int(repetitions), name)
+    return inputs, slots
+
+
+def _model_input() -> str:
+    choice = st.selectbox("Model", [*forms.BUILTIN_MODELS, OTHER_MODEL], key="run_model_choice",
+                          help="builtin:tiny (~3M params) and builtin:small (~24M) need no "
+                               "download")
+    if choice != OTHER_MODEL:
+        return choice
+    return st.text_input("Hugging Face id or local path", key="run_model_other",
+                         placeholder="e.g. Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def _load_inputs() -> tuple[str, str, float]:
+    mode = st.radio("Load", list(forms.LOAD_MODES), key="run_load_mode", horizontal=True,
+                    format_func=forms.LOAD_MODES.get)
+    if mode == "concurrency":
+        loads = st.text_input("Concurrent users", "1, 8", key="run_concurrency")
+        return mode, loads, 1.0
+    loads = st.text_input("Arrival rates (requests/s)", "1, 4", key="run_rates")
+    burstiness = st.number_input("Burstiness (gamma shape; 1 = Poisson, < 1 burstier)",
+                                 min_value=0.05, max_value=100.0, value=1.0, key="run_burstiness")
+    return mode, loads, float(burstiness)
+
+
+def _start_row(url: str, spec: SweepSpec | None) -> None:
+    left, mid, right = st.columns([1, 2, 2], vertical_alignment="center")
+    if spec is None:
+        left.metric("Trials", "-")
+        mid.caption("Fix the fields marked above to see the grid size and duration.")
+    else:
+        left.metric("Trials", spec.num_trials)
+        with mid:
+            _estimate(url, spec)
+    with right:
+        if st.button("Start sweep", type="primary", disabled=spec is None, key="run_start",
+                     icon=":material/play_arrow:"):
+            widgets.start(url, spec)
+        if st.button("Run the demo sweep", key="run_demo",
+                     help="builtin:tiny, both policies, batch 1 and 8, 1 and 8 users: ~1 min"):
+            widgets.start(url, launcher.demo_spec())
+
+
+def _estimate(url: str, spec: SweepSpec) -> None:
+    num_configs = spec.num_trials // spec.repetitions
+    if num_configs > AUTO_ESTIMATE_MAX_CONFIGS and not st.button(
+            "Estimate duration", help=f"simulates all {num_configs} configs: a few seconds"):
+        st.caption(f"{num_configs} configs x {spec.repetitions} repetitions")
+        return
+    profile_yaml = state.user_profiles(url).get(spec.profile, "")
+    seconds = _estimate_s(spec.model_dump_json(), profile_yaml)
+    st.metric("Estimated duration", widgets.duration(seconds),
+              help="simulated with a rough cost model of this model and a 2-core CPU; "
+                   "a guide, not a promise")
+
+
+@st.cache_data(show_spinner="Estimating the duration...", max_entries=64)
+def _estimate_s(spec_json: str, profile_yaml: str) -> float:
+    spec = SweepSpec(**json.loads(spec_json))
+    user = {spec.profile: profile_yaml} if profile_yaml else {}
+    return estimate_sweep_s(spec, forms.profile_for(spec, user))
+
+
+@st.fragment(run_every=widgets.LIVE_REFRESH_S)
+def _live_panel(url: str) -> None:
+    store = state.get_store(url)
+    launcher.watch(store, url)
+    sweeps = store.list_sweeps()  # uncached: this panel is the live view
+    st.subheader("Sweeps")
+    if not sweeps:
+        st.caption("No sweeps yet: start one above, or run the demo sweep.")
+        return
+    active = next((s for s in sweeps if launcher.is_active(s)), None)
+    sweep = widgets.pick_sweep(sweeps, key="run_sweep", label="Show sweep", prefer=active)
+    widgets.status_line(sweep)
+    _controls(url, sweep)
+    _growing_frontier(url, sweep)
+    with st.expander(f"All sweeps ({len(sweeps)})"):
+        st.dataframe([_row(s) for s in sweeps], hide_index=True)
+
+
+def _controls(url: str, sweep: SweepRecord) -> None:
+    store = state.get_store(url)
+    try:
+        if launcher.is_active(sweep) and st.button("Cancel sweep", key="run_cancel",
+                                                   icon=":material/stop:"):
+            launcher.cancel_sweep(store, sweep.id)
+            st.toast("Cancelling: the worker stops after the current step.")
+        if launcher.can_resume(sweep) and st.button("Resume sweep", key="run_resume",
+                                                    icon=":material/replay:"):
+            launcher.resume_sweep(store, url, sweep.id)
+            st.toast("Resuming: finished trials are kept.")
+    except StoreError as exc:
+        st.error(widgets.md(str(exc)))
+
+
+def _growing_frontier(url: str, sweep: SweepRecord) -> None:
+    key = state.version(sweep)
+    throughput, latency = widgets.default_axes(sweep, state.base_slos(url, key))
+    points = state.points(url, key, (throughput, latency))
+    if not points:
+        if launcher.is_active(sweep):
+            st.caption("The frontier appears here as trials finish.")
+        return
+    labels = classify(points, throughput, latency)
+    fig = charts.frontier_figure(points, labels, throughput, latency, height=420)
+    st.plotly_chart(fig, key="run_frontier")
+
+
+def _row(sweep: SweepRecord) -> dict:
+    return {"id": sweep.id, "name": sweep.name, "status": sweep.status,
+            "trials": f"{sweep.trials_done + sweep.trials_failed}/{sweep.trials_total}",
+            "failed": sweep.trials_failed, "model": sweep.model,
+            "profile": sweep.profile_name, "device": sweep.device_name or sweep.device,
+            "created (UTC)": sweep.created_at.strftime("%Y-%m-%d %H:%M")}

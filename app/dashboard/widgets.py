@@ -1,0 +1,143 @@
+"""Small view pieces the pages share: escaping, sweep pickers, metric pickers, the demo offer
+and the live progress strip."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import streamlit as st
+
+from app import launcher
+from app.dashboard import charts, state
+from db.errors import StoreError
+from db.store import SweepRecord
+from experiments.profiles import ProfileError
+from experiments.recommend import KNEE_LATENCY_KEY, OBJECTIVES
+from experiments.records import LATENCY_METRICS, SLO, STATS, THROUGHPUT_METRICS
+
+SHARED_SWEEP = "sweep_id"  # the sweep the user last looked at, kept across pages
+LIVE_REFRESH_S = 2.0
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=\"'])")
+
+
+def md(text: str) -> str:
+    """Text that Streamlit markdown shows literally: no markup, links, colours, HTML or LaTeX."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def sweep_label(sweep: SweepRecord) -> str:
+    """Plain-text label for pickers (options are not rendered as markdown)."""
+    return f"#{sweep.id} {sweep.name} · {sweep.status}"
+
+
+def pick_sweep(sweeps: Sequence[SweepRecord], key: str, label: str = "Sweep",
+               prefer: SweepRecord | None = None) -> SweepRecord:
+    """A sweep picker that follows the sweep last looked at (or started), on any page."""
+    by_id = {s.id: s for s in sweeps}
+    shared = st.session_state.get(SHARED_SWEEP)
+    if shared not in by_id:
+        shared = prefer.id if prefer is not None else sweeps[0].id
+    # Set before the widget exists in this run, so a sweep chosen elsewhere shows up here too.
+    st.session_state[key] = shared
+    st.session_state[SHARED_SWEEP] = shared
+    st.selectbox(label, list(by_id), key=key, format_func=lambda i: sweep_label(by_id[i]),
+                 on_change=_share, args=(key,))
+    return by_id[shared]
+
+
+def _share(key: str) -> None:
+    st.session_state[SHARED_SWEEP] = st.session_state[key]
+
+
+def default_axes(sweep: SweepRecord, slos: Sequence[SLO]) -> tuple[str, str]:
+    """The objective's metric against the first SLO's latency (p90 E2E without SLOs)."""
+    return OBJECTIVES[state.objective(sweep)], slos[0].key if slos else KNEE_LATENCY_KEY
+
+
+def pick_axes(key: str, default_throughput: str, default_latency: str) -> tuple[str, str]:
+    """Throughput metric (y), latency metric and percentile (x): their flat metric keys."""
+    metric, _, stat = default_latency.rpartition("_")
+    left, mid, right = st.columns([2, 2, 1])
+    throughput = left.selectbox("Throughput (y axis)", THROUGHPUT_METRICS, key=f"{key}_thr",
+                                index=THROUGHPUT_METRICS.index(default_throughput),
+                                format_func=charts.throughput_label)
+    latency = mid.selectbox("Latency (x axis)", LATENCY_METRICS, key=f"{key}_lat",
+                            index=LATENCY_METRICS.index(metric),
+                            format_func=lambda m: charts.LATENCY_NAMES[m])
+    percentile = right.selectbox("Percentile", STATS, key=f"{key}_pct", index=STATS.index(stat))
+    return throughput, f"{latency}_{percentile}"
+
+
+def demo_offer(url: str, key: str) -> None:
+    """The empty state: what a sweep is, and a button that starts the demo one."""
+    st.info("No sweeps yet. The demo sweep runs the built-in tiny model with both batching "
+            "policies (static and continuous), batch sizes 1 and 8, at 1 and 8 concurrent users: "
+            "8 short trials, about a minute on a laptop CPU. It runs in a background worker, so "
+            "you can keep browsing.")
+    if st.button("Run the demo sweep", type="primary", key=key, icon=":material/play_arrow:"):
+        start(url, launcher.demo_spec())
+
+
+def start(url: str, spec) -> None:
+    """Queue a sweep, start a worker if needed, and focus every page on it."""
+    try:
+        with st.spinner("Queuing the sweep..."):
+            sweep_id = launcher.start_sweep(state.get_store(url), url, spec)
+    except (StoreError, ProfileError) as exc:
+        st.error(f"Could not start the sweep: {md(str(exc))}")
+        return
+    st.session_state[SHARED_SWEEP] = sweep_id
+    state.clear_live()
+    st.rerun()
+
+
+def progress_text(sweep: SweepRecord) -> str:
+    """`3/8 trials (1 failed) · now: static/b8/... · ETA 40 s` for a progress bar."""
+    finished = sweep.trials_done + sweep.trials_failed
+    parts = [f"{finished}/{sweep.trials_total} trials"]
+    if sweep.trials_failed:
+        parts[0] += f" ({sweep.trials_failed} failed)"
+    if sweep.current_label:
+        parts.append(f"now: {sweep.current_label}")
+    eta = launcher.eta_s(sweep)
+    if eta is not None:
+        parts.append(f"ETA {_duration(eta)}")
+    return " · ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def duration(seconds: float) -> str:
+    """`40 s`, `2.5 min` or `1.2 h`."""
+    return _duration(seconds)
+
+
+def status_line(sweep: SweepRecord) -> None:
+    """The sweep's status as one coloured line (escaped: names and errors are user text)."""
+    text = f"Sweep #{sweep.id} **{md(sweep.name)}** is {sweep.status}"
+    if sweep.status == "done":
+        st.success(f"{text}: {sweep.trials_done} trials stored.", icon=":material/check:")
+    elif sweep.status == "failed":
+        st.error(f"{text}: {md(sweep.error or 'unknown error')}", icon=":material/error:")
+    elif sweep.status == "cancelled":
+        st.warning(f"{text}.", icon=":material/stop:")
+    else:
+        finished = sweep.trials_done + sweep.trials_failed
+        st.progress(finished / max(sweep.trials_total, 1), text=f"{text}: {progress_text(sweep)}")
+
+
+@st.fragment(run_every=LIVE_REFRESH_S)
+def live_strip(url: str, sweep_id: int, shown: tuple) -> None:
+    """Progress of an active sweep; reruns the page when it stores a trial or finishes."""
+    store = state.get_store(url)
+    launcher.watch(store, url)
+    sweep = store.get_sweep(sweep_id)
+    if state.version(sweep) != shown:
+        state.clear_live()  # else the rerun could read the old version from the cache again
+        st.rerun(scope="app")
+    status_line(sweep)

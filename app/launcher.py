@@ -1,0 +1,143 @@
+"""Sweeps started from the dashboard run in a detached worker process (`tradeoff worker`).
+
+The worker, not the UI, owns the engine: a browser refresh, a closed tab or a Streamlit rerun
+never stops a sweep. This module queues sweeps, starts a worker when one is queued and none is
+alive, and fails sweeps whose worker died (so they show as resumable, not "running" forever).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from db.errors import StoreError
+from db.store import Store, SweepRecord, utcnow
+from experiments.grid import SweepSpec, parse_spec
+from experiments.profiles import load_profile
+
+# A worker on this host is declared dead at once when its pid is gone (Store.mark_dead_workers);
+# the heartbeat timeout only matters for workers elsewhere (a shared PostgreSQL store), and must
+# outlast the longest silent phase: loading a large model, before the first heartbeat.
+WORKER_TIMEOUT_S = 300.0
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ACTIVE_STATUSES = ("queued", "running")
+RESUMABLE_STATUSES = ("failed", "cancelled")
+
+# Built-in, both policies, corners of the grid only: 8 short trials, about a minute on 2 CPU cores.
+DEMO_SPEC = {
+    "name": "demo: tiny model, static vs continuous", "model": "builtin:tiny", "profile": "chat",
+    "policies": ["static", "continuous"], "batch_sizes": [1, 8], "max_wait_ms": [0.0],
+    "concurrency": [1, 8], "requests": 24, "repetitions": 1,
+}
+
+_workers: dict[str, subprocess.Popen] = {}  # db URL -> the worker this UI process started
+_lock = threading.Lock()  # Streamlit runs each session's script in its own thread
+
+
+def demo_spec() -> SweepSpec:
+    """The one-click demo sweep of the empty states."""
+    return parse_spec(DEMO_SPEC)
+
+
+def log_path(url: str) -> Path:
+    """Where the worker writes its output: next to a SQLite file, else in the temp dir."""
+    db = make_url(url).database if make_url(url).get_backend_name() == "sqlite" else None
+    if db and db != ":memory:":
+        return Path(db).with_name(Path(db).name + ".worker.log")
+    return Path(tempfile.gettempdir()) / "tradeoff-worker.log"
+
+
+def worker_command(url: str) -> list[str]:
+    """The worker's command line: the same `tradeoff worker` a user can run by hand."""
+    return [sys.executable, "-m", "app.cli", "worker", "--db", url]
+
+
+def _spawn(command: list[str], url: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    with open(log_path(url), "ab") as log:
+        # Own session: Ctrl-C on `tradeoff ui` or a Streamlit restart does not reach the worker.
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _has_live_worker(store: Store, url: str) -> bool:
+    proc = _workers.get(url)
+    if proc is not None and proc.poll() is None:  # poll() also reaps a dead one (no zombie)
+        return True
+    return any(s.status == "running" for s in store.list_sweeps())
+
+
+def watch(store: Store, url: str) -> bool:
+    """Fail sweeps of dead workers; start a worker if a sweep is queued and none is alive."""
+    store.mark_dead_workers(WORKER_TIMEOUT_S)
+    with _lock:
+        if store.next_queued_sweep() is None or _has_live_worker(store, url):
+            return False
+        _workers[url] = _spawn(worker_command(url), url)
+        return True
+
+
+def start_sweep(store: Store, url: str, spec: SweepSpec) -> int:
+    """Queue a sweep and make sure a worker will run it; return its id."""
+    # experiments.sweep imports torch (the engine); only pay for it when a sweep starts.
+    from experiments.sweep import create_sweep
+
+    sweep_id = create_sweep(store, spec, load_profile(spec.profile, store.list_profiles()))
+    watch(store, url)
+    return sweep_id
+
+
+def cancel_sweep(store: Store, sweep_id: int) -> None:
+    """Stop a sweep: a queued one at once, a running one after its current step."""
+    store.request_cancel(sweep_id)
+
+
+def resume_sweep(store: Store, url: str, sweep_id: int) -> None:
+    """Run the trials a failed or cancelled sweep has left; finished ones are kept."""
+    sweep = store.get_sweep(sweep_id)
+    if sweep.status not in RESUMABLE_STATUSES:
+        raise StoreError(f"sweep {sweep_id} is {sweep.status}; only failed or cancelled sweeps "
+                         "can be resumed")
+    requeue = getattr(store, "requeue_sweep", None)
+    if requeue is not None:
+        requeue(sweep_id)
+        watch(store, url)
+        return
+    _resume_in_own_worker(store, url, sweep_id)
+
+
+def _resume_in_own_worker(store: Store, url: str, sweep_id: int) -> None:
+    # Without Store.requeue_sweep the queue cannot take the sweep back: run `tradeoff sweep
+    # --resume` instead, but never beside another sweep (one sweep per device at a time).
+    with _lock:
+        if _has_live_worker(store, url):
+            raise StoreError("another sweep is running; resume this one when it has finished")
+        _workers[url] = _spawn(
+            [sys.executable, "-m", "app.cli", "sweep", "--resume", str(sweep_id), "--db", url], url)
+
+
+def is_active(sweep: SweepRecord) -> bool:
+    """Queued or running: its numbers still move."""
+    return sweep.status in ACTIVE_STATUSES
+
+
+def can_resume(sweep: SweepRecord) -> bool:
+    """Failed or cancelled: resuming runs what is left (maybe nothing) and finishes it."""
+    return sweep.status in RESUMABLE_STATUSES
+
+
+def eta_s(sweep: SweepRecord, now: datetime | None = None) -> float | None:
+    """Seconds left at the pace so far; None before the first trial finishes."""
+    finished = sweep.trials_done + sweep.trials_failed
+    if sweep.status != "running" or not finished or sweep.started_at is None:
+        return None
+    elapsed_s = ((now or utcnow()) - sweep.started_at).total_seconds()
+    return max(elapsed_s, 0.0) / finished * (sweep.trials_total - finished)

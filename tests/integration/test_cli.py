@@ -1,0 +1,130 @@
+"""The CLI contracts, checked from outside: JSON shapes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+
+DIST_KEYS = {"p50", "p90", "p95", "p99", "mean"}
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--batch-size", "0"], "batch size"),
+    (["--batch-size", "-2"], "batch size"),
+    (["--concurrency", "0"], "--concurrency"),
+    (["--concurrency", "-1"], "--concurrency"),
+    (["--max-wait-ms", "-5"], "max wait"),
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--policy", "dynamic"], "unknown policy 'dynamic'"),
+    (["--rate", "0"], "--rate"),
+    (["--concurrency", "2", "--rate", "3"], "not both"),
+    (["--model", "no-such-org/no-such-model-xyz"], "no-such-org/no-such-model-xyz"),
+    (["--requests", "0"], "--requests"),
+    (["--batch-size", "four"], "--batch-size"),
+])
+def test_trial_bad_input_exits_2_with_one_line(capsys, args: list[str], needle: str):
+    code, out, err = run_cli(capsys, "trial", *args)
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+
+
+@pytest.mark.slow
+def test_trial_json_contract(capsys, tiny_profile: Path):
+    code, out, err = run_cli(
+        capsys, "trial", "--model", "builtin:tiny", "--profile", str(tiny_profile),
+        "--policy", "continuous", "--batch-size", "4", "--max-wait-ms", "5",
+        "--concurrency", "4", "--requests", "12", "--json")
+    assert code == 0, err
+    result = json.loads(out)  # exactly one JSON document on stdout
+    assert result["config"] == {"policy": "continuous", "batch_size": 4, "max_wait_ms": 5.0,
+                                "concurrency": 4}
+    assert result["requests_completed"] == 12
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_wait_ms"):
+        assert set(result[key]) >= DIST_KEYS, key
+        assert result[key]["p50"] <= result[key]["p99"]
+    for key in ("duration_s", "requests_per_s", "output_tokens_per_s", "goodput_rps",
+                "slo_attainment", "mean_batch_size", "peak_memory_mb"):
+        assert result[key] > 0, key
+    assert result["saturated"] is False
+    assert 1 <= result["mean_batch_size"] <= 4
+
+
+def sweep_args(db: str, profile: Path, *extra: str) -> list[str]:
+    return ["sweep", "--model", "builtin:tiny", "--profile", str(profile), "--policy",
+            "static,continuous", "--batch-sizes", "1,4", "--max-wait-ms", "0",
+            "--concurrency", "2", "--requests", "6", "--db", db, *extra]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--batch-sizes", ""], "--batch-sizes"),
+    (["--batch-sizes", "1,,4"], "empty value"),
+    (["--batch-sizes", "1,x"], "not a list of integers"),
+    (["--batch-sizes", "0,4"], "batch size"),
+    (["--max-wait-ms", "-1"], "max wait"),
+    (["--rate", "2"], "exactly one of concurrency"),
+    (["--profile", "nope"], "unknown profile"),
+    (["--policy", "static,fancy"], "policies"),
+    (["--model", "no-such-org/no-such-model-xyz"], "no-such-org/no-such-model-xyz"),
+])
+def test_sweep_bad_input_exits_2_and_writes_nothing(capsys, tmp_path: Path, tiny_profile: Path,
+                                                    flags: list[str], needle: str):
+    db = tmp_path / "t.db"
+    args = sweep_args(f"sqlite:///{db}", tiny_profile)
+    for flag, value in zip(flags[::2], flags[1::2], strict=True):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and needle in err
+    if db.exists():
+        assert sqlite3.connect(db).execute("select count(*) from sweeps").fetchone() == (0,)
+
+
+def test_sweep_neither_load_mode_is_bad_input(capsys, tmp_path: Path, tiny_profile: Path):
+    args = sweep_args(f"sqlite:///{tmp_path / 't.db'}", tiny_profile)
+    i = args.index("--concurrency")
+    del args[i:i + 2]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "exactly one of concurrency" in err
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("foo://nowhere", "foo://nowhere"),
+    ("postgresql+psycopg://u@127.0.0.1:1/x", "127.0.0.1"),
+])
+def test_bad_db_url_exits_2(capsys, tiny_profile: Path, url: str, needle: str):
+    code, _, err = run_cli(capsys, *sweep_args(url, tiny_profile))
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_sweep_id_exits_2(capsys, tmp_path: Path):
+    db = f"sqlite:///{tmp_path / 't.db'}"
+    from db.store import Store
+
+    Store(db).close()
+    for args in (["trials", "42", "--db", db], ["recommend", "--sweep", "42", "--db", db],
+                 ["sweep", "--resume", "42", "--db", db]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and "42" in err, args
+
+
+def test_malformed_sweep_yaml_exits_2(capsys, tmp_path: Path):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("model: builtin:tiny\nbatch_sizes: [1, 4\n")
+    code, _, err = run_cli(capsys, "sweep", "--config", str(bad), "--db", f"sqlite:///{tmp_path}/t.db")
+    assert code == 2 and "malformed YAML" in err
