@@ -57,10 +57,10 @@ def trial(engine: Engine, config: TrialConfig, num_requests: int = 40, seed: int
 
 @pytest.mark.parametrize(("policy", "batch_size"), [("continuous", 4), ("static", 2)])
 def test_closed_loop_obeys_littles_law(engine: Engine, policy: str, batch_size: int) -> None:
-    # 120 requests: window edges (warm-up and cooldown holding slots) bias it by (C-1)/(N+C-1).
-    result = trial(engine, TrialConfig(policy, batch_size, 0.0, concurrency=4), num_requests=120)
+    # Few requests on purpose: warm-up and cooldown work in the window counts, so no edge bias.
+    result = trial(engine, TrialConfig(policy, batch_size, 0.0, concurrency=4), num_requests=24)
     m = result.metrics
-    assert m.requests_completed == 120 and not m.saturated and not result.was_cut
+    assert m.requests_completed == 24 and not m.saturated and not result.was_cut
     assert littles_law_concurrency(m) == pytest.approx(4.0, rel=0.10)
     assert 1.0 <= m.mean_batch_size <= batch_size
     assert engine.sched_config == SchedulerConfig(policy, batch_size, 0.0)
