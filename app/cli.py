@@ -28,11 +28,18 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     """Library errors that mean the user's input is wrong (exit 2), not a runtime failure."""
     from db.errors import StoreError
     from engine.config import ConfigError
-    from engine.models import ModelLoadError
+    from experiments.analysis import NoSweepError
     from experiments.grid import GridError
     from experiments.profiles import ProfileError
 
-    return (BadInput, ConfigError, ModelLoadError, GridError, ProfileError, StoreError)
+    types: list[type[BaseException]] = [BadInput, ConfigError, GridError, ProfileError, StoreError,
+                                         NoSweepError]
+    # A ModelLoadError can only come from engine.models if it was imported: checking this way
+    # keeps torch out of fast commands' error path.
+    models = sys.modules.get("engine.models")
+    if models is not None:
+        types.append(models.ModelLoadError)
+    return tuple(types)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.scheduler import Plan, Scheduler
-from engine.sequence import Sequence, SeqStatus
+from engine.sequence import SeqStatus, Sequence
 
 
 class Executor(Protocol):
@@ -111,12 +111,12 @@ class EngineCore:
         for seq, token in zip(seqs, tokens, strict=True):
             seq.output_ids.append(token)
             seq.token_times_s.append(now_s)
-            if self.on_token is not None:
-                self.on_token(seq)
             reason = self._finish_reason(seq, token)
-            if reason is not None:
+            if reason is not None:  # set before on_token, so a stream can end on this token
                 seq.status, seq.finish_reason, seq.done_s = SeqStatus.FINISHED, reason, now_s
                 finished.append(seq)
+            if self.on_token is not None:
+                self.on_token(seq)
         if finished:
             self.executor.release(finished)
             self.scheduler.finish(finished)

@@ -59,6 +59,11 @@ class Engine:
         self.loop_error: str | None = None
 
     @property
+    def kv_budget_tokens(self) -> int:
+        """The KV-cache budget (tokens) the scheduler admits against."""
+        return self.core.scheduler.kv_budget_tokens
+
+    @property
     def sched_config(self) -> SchedulerConfig:
         return self.core.scheduler.config
 

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from db.store import Store, utcnow  # noqa: E402
+from experiments.profiles import load_profile  # noqa: E402
 from experiments.records import Dist, RequestRecord, TrialConfig, TrialMetrics  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def metrics(rng: random.Random) -> TrialMetrics:
         queue_wait_ms=dist(), service_ms=dist(), goodput_rps=rng.uniform(0, 40),
         slo_attainment=rng.random(), mean_batch_size=rng.uniform(1, 32),
         peak_memory_mb=rng.uniform(500, 4000), saturated=rng.random() < 0.2,
-        slos={"ttft_ms": {"p90": 500.0}},
+        slos={"ttft_ms": {"percentile": "p90", "max_ms": 500.0}},
     )
 
 
@@ -78,7 +79,8 @@ def requests(n: int, rng: random.Random) -> list[RequestRecord]:
 
 
 def new_sweep(store: Store, name: str, trials_total: int) -> int:
-    return store.create_sweep(name, "tiny-llama", "cpu", None, "float32", {"name": "chat"},
+    profile = load_profile("chat").model_dump(mode="json")  # a real snapshot: analysis reads it
+    return store.create_sweep(name, "tiny-llama", "cpu", None, "float32", profile,
                               {"bench": True}, 0, {"script": "make_big_db"}, trials_total)
 
 
