@@ -29,11 +29,12 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     from db.errors import StoreError
     from engine.config import ConfigError
     from experiments.analysis import NoSweepError
+    from experiments.external import TargetSetupError
     from experiments.grid import GridError
     from experiments.profiles import ProfileError
 
     types: list[type[BaseException]] = [BadInput, ConfigError, GridError, ProfileError, StoreError,
-                                         NoSweepError]
+                                         NoSweepError, TargetSetupError]
     # A ModelLoadError can only come from engine.models if it was imported: checking this way
     # keeps torch out of fast commands' error path.
     models = sys.modules.get("engine.models")

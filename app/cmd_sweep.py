@@ -78,6 +78,15 @@ def sweep(
     dtype: str | None = typer.Option(None),
     kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
     name: str | None = typer.Option(None, help="a name for this sweep"),
+    target_url: str | None = typer.Option(
+        None, "--target", help="OpenAI-compatible base URL to drive instead of the local engine"),
+    target_model: str | None = typer.Option(None, "--target-model", help="model name on the target"),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="env var holding the target's API key (never stored)"),
+    tokenizer: str | None = typer.Option(None, help="tokenizer for external targets (default: --model)"),
+    server_cmd: str | None = typer.Option(
+        None, "--server-cmd",
+        help="server command template with {batch_size} {max_wait_ms} {policy} {port}, started per config"),
     config: Path | None = typer.Option(None, "--config", help="sweep.yaml with the same fields"),
     resume: int | None = typer.Option(None, "--resume", help="finish sweep ID, skipping stored trials"),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
@@ -92,7 +101,9 @@ def sweep(
     else:
         flags = {"model": model, "profile": profile, "burstiness": burstiness, "requests": requests,
                  "repetitions": repetitions, "seed": seed, "device": device, "dtype": dtype,
-                 "kv_budget_tokens": kv_budget, "name": name,
+                 "kv_budget_tokens": kv_budget, "name": name, "target": target_url,
+                 "target_model": target_model, "api_key_env": api_key_env, "tokenizer": tokenizer,
+                 "server_cmd": server_cmd,
                  **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate)}
         sweep_id, target = _create(store, spec_from_flags(config, flags))
     runner = SweepRunner(store, sweep_id, on_progress=_progress_printer(), target=target)
@@ -104,13 +115,18 @@ def sweep(
 def _create(store, data: dict[str, Any]):
     """Validate everything and load the model before writing anything to the db."""
     from experiments.estimate import estimate_sweep_s
+    from experiments.external import load_tokenizer
     from experiments.grid import parse_spec
     from experiments.profiles import load_profile
     from experiments.sweep import create_sweep, local_target_for
 
     spec = parse_spec(data)
     prof = load_profile(spec.profile, store.list_profiles())
-    target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
+    target = None
+    if spec.is_external:  # the tokenizer must load before any row is written
+        load_tokenizer(spec.tokenizer or spec.target_model or spec.model)
+    else:
+        target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
     sweep_id = create_sweep(store, spec, prof)
     est = estimate_sweep_s(spec, prof)
     print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min "

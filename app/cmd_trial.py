@@ -78,6 +78,12 @@ def trial(
     kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
     duration: float | None = typer.Option(None, help="stop the trial after this many seconds"),
     config: Path | None = typer.Option(None, "--config", help="YAML from `tradeoff export --format yaml`"),
+    target: str | None = typer.Option(
+        None, "--target", help="OpenAI-compatible base URL to drive instead of the local engine"),
+    target_model: str | None = typer.Option(None, "--target-model", help="model name on the target"),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="env var holding the target's API key (never stored)"),
+    tokenizer: str | None = typer.Option(None, help="tokenizer for --target (default: --model)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Run one trial: one batching config at one load level."""
@@ -88,19 +94,37 @@ def trial(
     prof = load_profile(profile)
     trial_config = build_trial_config(policy, batch_size, max_wait_ms, concurrency, rate,
                                        burstiness, prof.arrival)
+    if target is not None:
+        remote = _connect(target, target_model, tokenizer or target_model or model, api_key_env)
+    else:
+        remote = None
     out = run_one_trial(EngineConfig(model=model, device=device, dtype=dtype,
                                      kv_budget_tokens=kv_budget, seed=seed),
-                        prof, trial_config, requests, seed, duration)
+                        prof, trial_config, requests, seed, duration, remote)
     print_json(out) if json_out else _print_table(out)
 
 
-def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig,
-                  requests: int, seed: int, duration: float | None) -> dict:
-    """Load the model, measure the baseline if the SLOs need it, run the trial."""
+def _connect(url: str, model: str | None, tokenizer: str, api_key_env: str | None):
+    from experiments.external import ExternalTarget, TargetSetupError, api_key_from_env, load_tokenizer
+
+    if not url.startswith(("http://", "https://")):
+        raise BadInput(f"--target {url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1")
+    tok, key = load_tokenizer(tokenizer), api_key_from_env(api_key_env)
+    try:
+        return ExternalTarget.connect(url, model, tok, key)
+    except TargetSetupError as exc:
+        raise BadInput(str(exc)) from None
+    except Exception as exc:  # connection refused, bad answers: the URL is wrong or the server down
+        raise BadInput(f"cannot use --target {url}: {type(exc).__name__}: {exc}") from None
+
+
+def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, requests: int,
+                  seed: int, duration: float | None, remote=None) -> dict:
+    """Load the model (or use `remote`), measure the baseline if the SLOs need it, run the trial."""
     from experiments.local import LocalTarget
     from experiments.trial import measure_baseline, run_trial
 
-    target = LocalTarget.start(engine_config)
+    target = remote or LocalTarget.start(engine_config)
     try:
         kwargs = target.request_kwargs()
         baseline = None
@@ -111,7 +135,10 @@ def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig,
                            **kwargs, **target.memory_kwargs())
     finally:
         target.close()
-    return trial_json(trial_config, result.metrics.to_dict(), engine_config.model, prof.name)
+    out = trial_json(trial_config, result.metrics.to_dict(), engine_config.model, prof.name)
+    if remote is not None:  # the server's own knobs are its business; say what was driven
+        out.update(model=remote.engine.model, target=remote.engine.api_base)
+    return out
 
 
 def _from_exported(path: Path, model: str) -> tuple[str, str, int, float]:

@@ -36,7 +36,12 @@ class SweepSpec(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     kv_budget_tokens: int | None = Field(default=None, ge=1)
     max_trial_s: float | None = Field(default=None, gt=0)
-    target: str | None = None  # base URL of an external OpenAI-compatible server
+    target: str | None = Field(default=None, max_length=500)  # OpenAI-compatible base URL
+    target_model: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    tokenizer: str | None = None  # for external targets; default: the model's
+    server_cmd: str | None = Field(default=None, max_length=2000)  # started per server config
+    server_timeout_s: float = Field(default=120.0, gt=0)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -72,6 +77,20 @@ class SweepSpec(BaseModel):
             raise ValueError("give exactly one of concurrency (closed loop) or rate (open loop)")
         return self
 
+    @model_validator(mode="after")
+    def _server_knobs_need_a_command(self) -> SweepSpec:
+        server_knobs = len(self.policies) * len(self.batch_sizes) * len(self.max_wait_ms)
+        if self.target is not None and self.server_cmd is None and server_knobs > 1:
+            raise ValueError("an external target's batch size, wait and policy are set by the "
+                             "server: give one value each, or a --server-cmd template to sweep them")
+        if self.target is not None and not self.target.startswith(("http://", "https://")):
+            raise ValueError(f"target {self.target!r} is not an http(s) URL")
+        return self
+
+    @property
+    def is_external(self) -> bool:
+        return self.target is not None or self.server_cmd is not None
+
     @property
     def num_trials(self) -> int:
         loads = self.concurrency or self.rate or []
@@ -85,7 +104,13 @@ class SweepSpec(BaseModel):
         points = list(itertools.product(*(list(enumerate(axis)) for axis in axes)))
         points.sort(key=lambda p: max(_coarseness(i, len(axis))
                                       for (i, _), axis in zip(p, axes, strict=True)))
-        return [self._config(p, rep) for rep in range(self.repetitions) for p in points]
+        configs = [self._config(p, rep) for rep in range(self.repetitions) for p in points]
+        if self.server_cmd is not None:  # one server start per server config, in coarse order
+            first = {}
+            for i, c in enumerate(configs):
+                first.setdefault(server_key(c), i)
+            configs.sort(key=lambda c: first[server_key(c)])
+        return configs
 
     def _config(self, point: tuple, repetition: int) -> TrialConfig:
         (_, policy), (_, batch), (_, wait), (_, load) = point
@@ -93,6 +118,11 @@ class SweepSpec(BaseModel):
         return TrialConfig(policy, batch, wait, concurrency=load if closed else None,
                            rate=None if closed else load,
                            burstiness=1.0 if closed else self.burstiness, repetition=repetition)
+
+
+def server_key(config: TrialConfig) -> tuple[str, int, float]:
+    """The knobs a server is started with (load levels run against one server)."""
+    return config.policy, config.batch_size, config.max_wait_ms
 
 
 def _coarseness(index: int, size: int) -> int:

@@ -7,16 +7,18 @@ is checked between trials and, through `should_stop`, inside the trial in flight
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from db.store import Store
 from engine.config import EngineConfig
-from experiments.grid import SweepSpec
+from experiments.external import ExternalTarget, ServerProcess, api_key_from_env, load_tokenizer
+from experiments.grid import SweepSpec, server_key
 from experiments.local import LocalTarget
 from experiments.profiles import Profile, needs_baseline, resolve_slos
 from experiments.provenance import provenance
@@ -75,6 +77,8 @@ class SweepRunner:
         self.spec = SweepSpec(**sweep.grid)
         self.profile = Profile(**sweep.profile)
         self.target = target  # an already loaded model (the CLI loads it before writing to the db)
+        self._tok = None
+        self._baseline: dict[str, float] | None = None
         self._last_beat = 0.0
         self._started = time.monotonic()
         stored = store.list_trials(sweep_id)
@@ -106,39 +110,67 @@ class SweepRunner:
         todo = [c for c in self.spec.trial_configs() if c not in stored]
         if not todo:
             return "done"
-        target = self._start_target()
         self._report(None)
-        try:
-            slos = self._slos(target)
-            for config in todo:
-                if self.should_stop():
-                    return "cancelled"
-                self._run_one(target, config, slos)
-        finally:
-            target.close()
+        for configs in self._groups(todo):
+            with self._open_target(configs[0]) as target:
+                slos = self._slos(target)
+                for config in configs:
+                    if self.should_stop():
+                        return "cancelled"
+                    self._run_one(target, config, slos)
         return "cancelled" if self.stop.is_set() else "done"
 
-    def _start_target(self) -> LocalTarget:
-        target = self.target or local_target_for(self.spec)
-        self.store.set_sweep_device(self.sweep_id, str(target.loaded.device),
-                                    target.loaded.device_name, str(target.loaded.dtype))
-        self._warm_up(target)
-        return target
+    def _groups(self, todo: list[TrialConfig]) -> list[list[TrialConfig]]:
+        """Trials per target: all on one local engine, or one group per server config."""
+        if self.spec.server_cmd is None:
+            return [todo]
+        groups: dict[tuple, list[TrialConfig]] = {}
+        for config in todo:
+            groups.setdefault(server_key(config), []).append(config)
+        return list(groups.values())
 
-    def _warm_up(self, target: LocalTarget) -> None:
+    @contextlib.contextmanager
+    def _open_target(self, config: TrialConfig) -> Iterator[LocalTarget | ExternalTarget]:
+        if not self.spec.is_external:
+            target = self.target or local_target_for(self.spec)
+            self.target = None  # closed below; a later group would load anew
+            self.store.set_sweep_device(self.sweep_id, str(target.loaded.device),
+                                        target.loaded.device_name, str(target.loaded.dtype))
+            self._warm_up(target)
+            with contextlib.closing(target):
+                yield target
+            return
+        with contextlib.ExitStack() as stack:
+            url = self.spec.target
+            if self.spec.server_cmd is not None:
+                server = stack.enter_context(
+                    ServerProcess(self.spec.server_cmd, config, self.spec.server_timeout_s))
+                url = server.base_url
+            target = stack.enter_context(contextlib.closing(ExternalTarget.connect(
+                url, self.spec.target_model, self._tokenizer(),
+                api_key_from_env(self.spec.api_key_env))))
+            self._warm_up(target)
+            yield target
+
+    def _tokenizer(self):
+        if self._tok is None:
+            self._tok = load_tokenizer(self.spec.tokenizer or self.spec.target_model or self.spec.model)
+        return self._tok
+
+    def _warm_up(self, target: LocalTarget | ExternalTarget) -> None:
         # One short trial so first-call costs (allocator, kernels) stay out of the first trial.
         config = TrialConfig("continuous", max(self.spec.batch_sizes), 0.0, concurrency=2)
         run_trial(target.engine, config, self.profile, 4, seed=self.spec.seed, slos=[],
                   **target.request_kwargs())
 
-    def _slos(self, target: LocalTarget) -> list[SLO]:
-        baseline = None
-        if needs_baseline(self.profile):
-            baseline = measure_baseline(target.engine, self.profile, seed=self.spec.seed,
-                                        **target.request_kwargs())
-        return resolve_slos(self.profile, baseline)
+    def _slos(self, target: LocalTarget | ExternalTarget) -> list[SLO]:
+        # The unloaded baseline is measured once per sweep, on the first target.
+        if self._baseline is None and needs_baseline(self.profile):
+            self._baseline = measure_baseline(target.engine, self.profile, seed=self.spec.seed,
+                                              **target.request_kwargs())
+        return resolve_slos(self.profile, self._baseline)
 
-    def _run_one(self, target: LocalTarget, config: TrialConfig, slos: list[SLO]) -> None:
+    def _run_one(self, target: LocalTarget | ExternalTarget, config: TrialConfig, slos: list[SLO]) -> None:
         self._report(config.label)
         started = utcnow()
         try:

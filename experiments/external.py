@@ -1,0 +1,154 @@
+"""External targets: an OpenAI-compatible server under test, started per server config when the
+sweep has a `--server-cmd`, driven by the same load generator as the in-process engine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import tempfile
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.http_target import HttpTarget, wait_for_health
+from experiments.records import TrialConfig
+
+PLACEHOLDERS = ("batch_size", "max_wait_ms", "policy", "port")
+STOP_GRACE_S = 10.0
+LOG_TAIL_LINES = 15
+
+
+class TargetSetupError(RuntimeError):
+    """The external server could not be started or reached; the message shows why."""
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer prompts are built with: a built-in's, or a Hugging Face one by id or path."""
+    from engine.models import ModelLoadError, build_byte_tokenizer
+
+    if name.startswith("builtin:"):
+        return build_byte_tokenizer()
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load tokenizer {name!r}: {type(exc).__name__}; "
+                             "pass --tokenizer with a local path or builtin:tiny") from None
+
+
+def api_key_from_env(var: str | None) -> str | None:
+    """The API key from the named environment variable; never stored anywhere."""
+    if var is None:
+        return None
+    key = os.environ.get(var)
+    if not key:
+        raise TargetSetupError(f"--api-key-env {var}: the variable is not set; export it first")
+    return key
+
+
+@dataclass
+class ExternalTarget:
+    """An HttpTarget plus what trials need to know about the server's model."""
+
+    engine: HttpTarget
+    tokenizer: Any
+
+    @classmethod
+    def connect(cls, base_url: str, model: str | None, tokenizer: Any,
+                api_key: str | None = None) -> ExternalTarget:
+        """Connect to a running server (its first model unless `model` is given)."""
+        return cls(HttpTarget(base_url, model=model, api_key=api_key, tokenizer=tokenizer), tokenizer)
+
+    def request_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of run_trial that describe the model (from its tokenizer)."""
+        special = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+                   self.tokenizer.bos_token_id} - {None}
+        max_context = getattr(self.tokenizer, "model_max_length", 0)
+        return {"vocab_size": len(self.tokenizer),
+                "max_context_tokens": max_context if 0 < max_context < 1 << 20 else 4096,
+                "avoid_ids": sorted(special)}
+
+    def memory_kwargs(self) -> dict[str, Any]:
+        """An external server's memory is not visible from the client."""
+        return {}
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def render_server_cmd(template: str, config: TrialConfig, port: int) -> list[str]:
+    """The server command for `config`; unknown placeholders are a clear error."""
+    values = {"batch_size": config.batch_size, "max_wait_ms": f"{config.max_wait_ms:g}",
+              "policy": config.policy, "port": port}
+    try:
+        return shlex.split(template.format(**values))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise TargetSetupError(f"--server-cmd: bad placeholder {exc}; use "
+                               f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)}") from None
+
+
+class ServerProcess:
+    """One server started from the command template; stopped with its whole process group."""
+
+    def __init__(self, template: str, config: TrialConfig, health_timeout_s: float = 120.0) -> None:
+        self.port = free_port()
+        self.argv = render_server_cmd(template, config, self.port)
+        self.health_timeout_s = health_timeout_s
+        self.log_path = Path(tempfile.mkstemp(prefix="tradeoff-server-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the server and wait for /health; on failure show its last log lines."""
+        with self.log_path.open("wb") as log:
+            try:
+                self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as exc:
+                raise TargetSetupError(f"--server-cmd: cannot run {self.argv[0]!r}: {exc.strerror}") from None
+        try:
+            wait_for_health(self.base_url, self.health_timeout_s,
+                            is_alive=lambda: self.proc.poll() is None)
+        except (TimeoutError, RuntimeError) as exc:
+            self.stop()
+            raise TargetSetupError(f"server {shlex.join(self.argv)!r} did not become healthy: {exc}; "
+                                   f"last log lines: {self.log_tail()}") from None
+
+    def stop(self) -> None:
+        """SIGTERM the whole process group, SIGKILL after a grace period; nothing left running."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(STOP_GRACE_S)
+        with contextlib.suppress(ProcessLookupError):  # anything left in the group, leader or not
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def log_tail(self) -> str:
+        lines = deque(self.log_path.read_text(errors="replace").splitlines(), maxlen=LOG_TAIL_LINES)
+        return " | ".join(lines) or "(no output)"
