@@ -6,7 +6,7 @@ import pytest
 
 from engine.config import ConfigError, SchedulerConfig
 from engine.scheduler import Scheduler
-from engine.sequence import SamplingParams, Sequence, SeqStatus
+from engine.sequence import SamplingParams, SeqStatus, Sequence
 from engine.simulate import CostModel, Simulator
 
 MS = 1e-3

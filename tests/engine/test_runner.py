@@ -1,0 +1,272 @@
+"""ModelRunner: batched, padded, join/leave decoding equals each request decoded alone."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from engine.baselines import hf_generate, raw_decode_loop
+from engine.config import EngineConfig, SchedulerConfig
+from engine.core import EngineCore
+from engine.models import LoadedModel, load_model
+from engine.runner import GROW_COLUMNS, ModelRunner
+from engine.scheduler import Scheduler
+from engine.sequence import SamplingParams, Sequence
+
+pytestmark = pytest.mark.slow  # loads builtin:tiny once for the module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny forwards gain nothing from threads, and on a busy 2-core machine OpenMP spin-waits
+    # make them ~10x slower (unless OMP_WAIT_POLICY=PASSIVE is set before torch loads).
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num_threads)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    return load_model(EngineConfig(model="builtin:tiny", device="cpu"))
+
+
+def prompt(seed: int, length: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(256) for _ in range(length)]
+
+
+def seq(seq_id: int, length: int, max_new_tokens: int = 64, **params) -> Sequence:
+    params = SamplingParams(max_new_tokens=max_new_tokens, **params)
+    return Sequence(seq_id, prompt(seq_id, length), params, scheduled_s=0.0, sent_s=0.0)
+
+
+class Driver:
+    """Drives a runner through joins, decode steps and leaves; records each sequence's tokens."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.runner = ModelRunner(loaded)
+        self.tokens: dict[int, list[int]] = {}
+
+    def join(self, *seqs: Sequence) -> None:
+        for s, token in zip(seqs, self.runner.prefill(list(seqs)), strict=True):
+            self.tokens[s.seq_id] = [token]
+        check_invariants(self.runner)
+
+    def decode(self, num_steps: int = 1, reverse: bool = False) -> None:
+        for _ in range(num_steps):
+            rows = list(reversed(self.runner.rows)) if reverse else list(self.runner.rows)
+            for s, token in zip(rows, self.runner.decode(rows), strict=True):
+                self.tokens[s.seq_id].append(token)
+            check_invariants(self.runner)
+
+    def leave(self, *seqs: Sequence) -> None:
+        self.runner.release(list(seqs))
+        check_invariants(self.runner)
+
+
+def check_invariants(runner: ModelRunner) -> None:
+    """Right-aligned rows, no all-padding leading column, masks/positions consistent."""
+    if not runner.rows:
+        assert runner.num_cache_tokens == 0 and not runner.cache.layers
+        return
+    num_cols = runner.num_cache_tokens
+    assert min(runner.pads) == 0  # never longer than the longest live row
+    expected_mask = torch.arange(num_cols)[None, :] >= torch.tensor(runner.pads)[:, None]
+    assert torch.equal(runner.mask, expected_mask)
+    assert runner.next_pos[:, 0].tolist() == [num_cols - p for p in runner.pads]
+    for layer in runner.cache.layers:
+        assert layer.keys.shape[0] == len(runner.rows) and layer.keys.shape[2] == num_cols
+
+
+_SOLO: dict[tuple, list[int]] = {}
+
+
+def solo_tokens(loaded: LoadedModel, s: Sequence, num_tokens: int) -> list[int]:
+    """The request alone in the runner (no padding, no neighbours); memoised per module."""
+    key = (id(loaded), tuple(s.prompt_ids), s.params, num_tokens)
+    if key not in _SOLO:
+        driver = Driver(loaded)
+        driver.join(Sequence(0, list(s.prompt_ids), s.params, 0.0, 0.0))
+        driver.decode(num_tokens - 1)
+        _SOLO[key] = driver.tokens[0]
+    return _SOLO[key]
+
+
+def hf_forward_tokens(loaded: LoadedModel, prompt_ids: list[int], num_tokens: int) -> list[int]:
+    """Greedy tokens from plain HF forwards over the whole unpadded sequence (no cache at all)."""
+    ids = list(prompt_ids)
+    with torch.inference_mode():
+        for _ in range(num_tokens):
+            logits = loaded.model(input_ids=torch.tensor([ids])).logits  # [1, L, V]
+            ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt_ids) :]
+
+
+def assert_each_equals_solo(loaded: LoadedModel, driver: Driver, seqs: list[Sequence]) -> None:
+    for s in seqs:
+        got = driver.tokens[s.seq_id]
+        assert got == solo_tokens(loaded, s, len(got)), f"sequence {s.seq_id} diverged"
+
+
+def test_solo_runner_matches_plain_hf_forwards(tiny: LoadedModel) -> None:
+    for s in (seq(1, 9), seq(2, 31)):
+        assert solo_tokens(tiny, s, 24) == hf_forward_tokens(tiny, s.prompt_ids, 24)
+
+
+def test_greedy_outputs_are_varied(tiny: LoadedModel) -> None:
+    tokens = solo_tokens(tiny, seq(3, 12), 40)
+    assert len(set(tokens)) >= 10
+
+
+def test_different_prompt_lengths_in_one_prefill(tiny: LoadedModel) -> None:
+    driver, seqs = Driver(tiny), [seq(10, 5), seq(11, 23), seq(12, 11), seq(13, 1)]
+    driver.join(*seqs)
+    driver.decode(12)
+    assert_each_equals_solo(tiny, driver, seqs)
+    a, b = seqs[0], seqs[1]
+    assert driver.tokens[b.seq_id] == hf_forward_tokens(tiny, b.prompt_ids, 13)
+    assert driver.tokens[a.seq_id] == hf_forward_tokens(tiny, a.prompt_ids, 13)
+
+
+def test_joins_mid_flight_longer_and_shorter_than_the_batch(tiny: LoadedModel) -> None:
+    driver, (a, b, c, d) = Driver(tiny), (seq(20, 7), seq(21, 30), seq(22, 3), seq(23, 2))
+    driver.join(a)
+    driver.decode(3)
+    driver.join(b, c)  # b is longer than the running context: the running rows shift right
+    driver.decode(4)
+    driver.join(d)  # shorter than everything
+    driver.decode(5)
+    assert_each_equals_solo(tiny, driver, [a, b, c, d])
+
+
+def test_leaves_in_the_middle_and_the_longest_row_leaving(tiny: LoadedModel) -> None:
+    driver = Driver(tiny)
+    a, b, c, d = seq(30, 40), seq(31, 6), seq(32, 12), seq(33, 9)
+    driver.join(a, b, c, d)
+    driver.decode(3)
+    driver.leave(c)  # a middle row
+    driver.decode(3)
+    longest = driver.runner.num_cache_tokens
+    driver.leave(a)  # the longest row: its leading columns are trimmed away
+    assert driver.runner.num_cache_tokens == len(d.prompt_ids) + 6 < longest
+    driver.decode(4)
+    driver.leave(seq(99, 3))  # unknown: ignored
+    driver.decode(2)
+    assert_each_equals_solo(tiny, driver, [a, b, c, d])
+
+
+def test_a_batch_emptied_then_refilled(tiny: LoadedModel) -> None:
+    driver, (a, b, c, d) = Driver(tiny), (seq(40, 8), seq(41, 15), seq(42, 4), seq(43, 20))
+    driver.join(a, b)
+    driver.decode(3)
+    driver.leave(b, a)
+    assert driver.runner.num_rows == 0
+    driver.join(c)
+    driver.decode(2)
+    driver.join(d)
+    driver.decode(3)
+    assert_each_equals_solo(tiny, driver, [a, b, c, d])
+
+
+def test_decode_maps_rows_by_identity_in_any_order(tiny: LoadedModel) -> None:
+    driver, seqs = Driver(tiny), [seq(50, 4), seq(51, 13), seq(52, 8)]
+    driver.join(*seqs)
+    driver.decode(3, reverse=True)
+    driver.leave(seqs[1])
+    driver.decode(2, reverse=True)
+    assert_each_equals_solo(tiny, driver, seqs)
+
+
+def test_long_decodes_grow_the_cache_past_its_spare_columns(tiny: LoadedModel) -> None:
+    driver, (a, b) = Driver(tiny), (seq(60, 10), seq(61, 5))
+    driver.join(a)
+    driver.decode(GROW_COLUMNS // 2)
+    driver.join(b)
+    driver.decode(GROW_COLUMNS + 5)
+    assert driver.runner.num_cache_tokens > GROW_COLUMNS
+    assert_each_equals_solo(tiny, driver, [a, b])
+
+
+def test_decode_rejects_sequences_that_are_not_the_rows(tiny: LoadedModel) -> None:
+    runner, a, b = ModelRunner(tiny), seq(70, 5), seq(71, 6)
+    runner.prefill([a, b])
+    with pytest.raises(ValueError, match="running rows"):
+        runner.decode([a])
+    with pytest.raises(ValueError, match="running rows"):
+        runner.decode([a, seq(72, 3)])
+    with pytest.raises(ValueError, match="already in the batch"):
+        runner.prefill([a])
+    with pytest.raises(ValueError, match="empty prompt"):
+        runner.prefill([Sequence(73, [], SamplingParams(), 0.0, 0.0)])
+    assert runner.num_rows == 2  # a failed prefill leaves the batch as it was
+    assert len(runner.decode([b, a])) == 2
+
+
+class StepClock:
+    """A virtual clock: one tick per read."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def now(self) -> float:
+        self.now_s += 0.001
+        return self.now_s
+
+
+@pytest.mark.parametrize("policy", ["continuous", "static"])
+def test_engine_core_and_scheduler_drive_the_runner(tiny: LoadedModel, policy: str) -> None:
+    scheduler = Scheduler(SchedulerConfig(policy=policy, max_batch_size=3), kv_budget_tokens=4096)
+    core = EngineCore(scheduler, ModelRunner(tiny), StepClock(), eos_token_id=None)
+    lengths, outputs = [5, 17, 9, 30, 2, 12, 7], [6, 2, 9, 4, 11, 3, 5]
+    seqs = [seq(80 + i, n, m) for i, (n, m) in enumerate(zip(lengths, outputs, strict=True))]
+    for s in seqs:
+        core.add(s)
+    while scheduler.has_work:
+        core.step()
+    assert core.executor.num_rows == 0
+    for s, m in zip(seqs, outputs, strict=True):
+        assert s.output_ids == solo_tokens(tiny, s, m) and s.finish_reason == "length"
+
+
+def sampled(seq_id: int, length: int, **params) -> Sequence:
+    return seq(seq_id, length, temperature=params.pop("temperature", 1.0), **params)
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(tiny: LoadedModel) -> None:
+    alone = Driver(tiny)
+    s = sampled(90, 11, top_p=0.9, seed=123)
+    alone.join(s)
+    alone.decode(15)
+    mixed = Driver(tiny)
+    others = [seq(91, 20), sampled(92, 4, seed=7), sampled(93, 8)]  # greedy, seeded, unseeded
+    mixed.join(others[0])
+    mixed.decode(2)
+    mixed.join(sampled(90, 11, top_p=0.9, seed=123), *others[1:])
+    mixed.decode(15)
+    assert mixed.tokens[90] == alone.tokens[90]
+    assert mixed.tokens[91] == solo_tokens(tiny, others[0], len(mixed.tokens[91]))  # still greedy
+    assert all(0 <= t < tiny.model.config.vocab_size for t in mixed.tokens[93])
+
+
+def test_temperature_changes_outputs_and_a_tiny_top_p_is_greedy(tiny: LoadedModel) -> None:
+    driver = Driver(tiny)
+    hot = [sampled(100 + i, 6 + i, temperature=1.5, seed=i) for i in range(3)]
+    nucleus_of_one = sampled(110, 9, temperature=1.5, top_p=1e-6, seed=0)
+    driver.join(*hot, nucleus_of_one)
+    driver.decode(15)
+    assert any(driver.tokens[s.seq_id] != solo_tokens(tiny, seq(s.seq_id, 6 + i), 16)
+               for i, s in enumerate(hot))  # fmt: skip
+    assert driver.tokens[110] == solo_tokens(tiny, seq(110, 9), 16)
+
+
+def test_baselines_count_tokens_and_time(tiny: LoadedModel) -> None:
+    prompts = [prompt(i, 12) for i in range(3)]
+    num_tokens, seconds = raw_decode_loop(tiny, prompts, 5)
+    assert num_tokens == 15 and seconds > 0
+    useful, seconds = hf_generate(tiny, [prompt(5, 4), *prompts], [2, 6, 3, 1], batch_size=3)
+    assert useful == 12 and seconds > 0
+    with pytest.raises(ValueError, match="one length"):
+        raw_decode_loop(tiny, [prompt(1, 3), prompt(2, 4)], 2)
