@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ def streamlit_command(port: int, host: str) -> list[str]:
         sys.executable, "-m", "streamlit", "run", str(DASHBOARD),
         "--server.headless", "true", "--server.port", str(port), "--server.address", host,
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-        "--global.developmentMode", "false",
+        "--global.developmentMode", "false", "--client.toolbarMode", "viewer",
     ]
 
 
@@ -32,6 +33,20 @@ def ui_env(db_url: str) -> dict[str, str]:
     root = str(DASHBOARD.parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
+
+
+def absolute_db_url(url: str) -> str:
+    """A SQLite URL with an absolute path: the dashboard and its workers must open one file."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return url
+    if parsed.database in (None, "", ":memory:"):
+        raise BadInput("--db: an in-memory database cannot be shared with the sweep worker; "
+                       "use a file, e.g. sqlite:///tradeoff.db")
+    path = os.path.abspath(parsed.database)
+    return parsed.set(database=path).render_as_string(hide_password=False)
 
 
 def _check_streamlit() -> None:
@@ -55,10 +70,19 @@ def ui(
 
     _check_streamlit()
     url = resolve_db_url(db)
-    Store(url).close()  # a bad URL fails here, as one line, before the server starts
-    print(f"tradeoff ui: http://{host}:{port} (db: {url})", file=sys.stderr)
+    with Store(url) as store:  # a bad URL fails here, as one line, before the server starts
+        shown = store.display_url
+    url = absolute_db_url(url)
+    print(f"tradeoff ui: http://{host}:{port} (db: {shown})", file=sys.stderr)
+    raise typer.Exit(serve(streamlit_command(port, host), ui_env(url)))
+
+
+def serve(command: list[str], env: dict[str, str]) -> int:
+    """Run the server until it exits; SIGTERM and Ctrl-C stop it (sweep workers keep going)."""
+    proc = subprocess.Popen(command, env=env)
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
-        code = subprocess.call(streamlit_command(port, host), env=ui_env(url))
-    except KeyboardInterrupt:
-        code = 0  # Ctrl-C stops the server; sweeps keep running in their worker
-    raise typer.Exit(code)
+        return proc.wait()
+    except KeyboardInterrupt:  # the server got the same Ctrl-C (one process group)
+        proc.wait()
+        return 0

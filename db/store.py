@@ -479,6 +479,14 @@ class Store:
             self._update_sweep(s, sweep_id, status=status, error=error,
                                finished_at=utcnow(), current_label=None)
 
+    def requeue_sweep(self, sweep_id: int) -> None:
+        """Put a finished (failed, cancelled) sweep back in the queue to resume it."""
+        with self._session(write=True) as s:
+            self._sweep_column(s, sweep_id, SweepModel.status)  # UnknownSweepError if absent
+            self._update_sweep(s, sweep_id, status="queued", error=None, finished_at=None,
+                               cancel_requested=False, worker_pid=None, worker_host=None,
+                               heartbeat_at=None, current_label=None)
+
     def request_cancel(self, sweep_id: int) -> None:
         """Ask a sweep to stop: a queued one is cancelled now, a running one by its worker."""
         with self._session(write=True) as s:

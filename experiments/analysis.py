@@ -8,7 +8,7 @@ from datetime import date
 
 from db.store import Store, SweepRecord
 from experiments.export import export_config
-from experiments.profiles import Profile
+from experiments.profiles import SLO_METRICS, Profile
 from experiments.recommend import Recommendation, recommend
 from experiments.records import SLO, TrialRecord
 
@@ -43,8 +43,10 @@ def stored_slos(trials: list[TrialRecord], store: Store) -> list[SLO]:
     for trial in trials:
         if trial.status == "done":
             slos = store.trial_slos(trial.trial_id)
+            # SLO_METRICS order (TTFT, TPOT, E2E): the first SLO words the explanation
+            order = {m: i for i, m in enumerate(SLO_METRICS)}
             return [SLO(metric, spec["percentile"], float(spec["max_ms"]))
-                    for metric, spec in slos.items()]
+                    for metric, spec in sorted(slos.items(), key=lambda kv: order.get(kv[0], 99))]
     return []
 
 

@@ -54,6 +54,7 @@ def _closed_loop(sim: Simulator, lengths: list[tuple[int, int]], concurrency: in
 def estimate_sweep_s(spec: SweepSpec, profile: Profile) -> float:
     """Estimated seconds for the whole sweep: model load plus every simulated trial."""
     cost = PRIORS.get(spec.model, GENERIC)
-    configs = spec.trial_configs()
+    # Repetitions differ only in seed: simulate each config once and multiply.
+    configs = [c for c in spec.trial_configs() if c.repetition == 0]
     trial_s = sum(simulate_trial_s(c, profile, spec.requests, cost, spec.seed) for c in configs)
-    return MODEL_LOAD_S + trial_s + PER_TRIAL_OVERHEAD_S * len(configs)
+    return MODEL_LOAD_S + (trial_s + PER_TRIAL_OVERHEAD_S * len(configs)) * spec.repetitions

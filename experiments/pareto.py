@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from statistics import fmean, stdev
+from statistics import fmean
 
 from experiments.records import TrialConfig, TrialRecord
 
@@ -107,7 +107,9 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float | None, float | None]
     mean = fmean(values)
     if len(values) < 2:
         return mean, None, None
-    half = t95(len(values) - 1) * stdev(values) / math.sqrt(len(values))
+    # float sample stdev: statistics.stdev's exact fractions are ~50x slower on big sweeps
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    half = t95(len(values) - 1) * math.sqrt(var) / math.sqrt(len(values))
     return mean, mean - half, mean + half
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import socket
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -28,12 +29,14 @@ def git_sha() -> str | None:
 
 
 def gpu_name() -> str | None:
-    """The first CUDA device's name, if torch sees one."""
-    try:
-        import torch
-    except ImportError:
+    """The first CUDA device's name, if torch is loaded and sees one.
+
+    Never imports torch itself: queuing a sweep from the UI must not pay for it. The worker
+    records the device the model really ran on (Store.set_sweep_device)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
         return None
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return torch.cuda.get_device_name(0)
 
 
 def provenance() -> dict[str, str | None]:

@@ -14,16 +14,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from db.store import Store
 from engine.config import EngineConfig
 from experiments.external import ExternalTarget, ServerProcess, api_key_from_env, load_tokenizer
 from experiments.grid import SweepSpec, server_key
-from experiments.local import LocalTarget
 from experiments.profiles import Profile, needs_baseline, resolve_slos
 from experiments.provenance import provenance
 from experiments.records import SLO, TrialConfig
 from experiments.trial import measure_baseline, run_trial
+
+if TYPE_CHECKING:  # the engine (torch) loads only when a sweep runs, not when the UI queues one
+    from experiments.local import LocalTarget
 
 HEARTBEAT_S = 2.0
 
@@ -213,6 +216,8 @@ class SweepRunner:
 
 def local_target_for(spec: SweepSpec) -> LocalTarget:
     """Load the sweep's model once and start its engine."""
+    from experiments.local import LocalTarget
+
     return LocalTarget.start(EngineConfig(
         model=spec.model, device=spec.device, dtype=spec.dtype,
         kv_budget_tokens=spec.kv_budget_tokens, seed=spec.seed))

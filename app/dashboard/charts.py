@@ -28,10 +28,17 @@ LATENCY_NAMES: dict[str, str] = {
     "ttft_ms": "TTFT", "tpot_ms": "TPOT", "itl_ms": "ITL", "e2e_ms": "E2E",
     "queue_wait_ms": "Queue wait", "service_ms": "Service time",
 }
+OTHER_LABELS: dict[str, str] = {
+    "slo_attainment": "SLO attainment (fraction of requests)",
+    "mean_batch_size": "Mean batch size (requests per decode step)",
+}
 POLICY_SYMBOLS: dict[str, str] = {"continuous": "circle", "static": "diamond"}
 WEBGL_ABOVE = 1000  # SVG below (crisp, works without a GPU), WebGL above (5,000 points fast)
 NEUTRAL = "rgba(128,128,128,0.9)"  # lines that must read on light and dark backgrounds
 HIGHLIGHT = "#f5a300"
+# Mid-luminance stops: every batch size stays visible on a white and on a near-black background.
+BATCH_COLORSCALE = [[0.0, "#3b6fd6"], [0.35, "#1fa8a0"], [0.6, "#b5b52a"], [0.8, "#f08a24"],
+                    [1.0, "#d63a3a"]]
 MIN_SIZE, MAX_SIZE = 8.0, 20.0
 MAX_LOAD_LEGEND = 5
 
@@ -45,6 +52,15 @@ def latency_label(key: str) -> str:
 def throughput_label(key: str) -> str:
     """Axis title of a throughput metric, with its unit."""
     return THROUGHPUT_LABELS.get(key, key)
+
+
+def metric_label(key: str) -> str:
+    """Any flat metric key as words with its unit."""
+    if key in THROUGHPUT_LABELS:
+        return THROUGHPUT_LABELS[key]
+    if key.rpartition("_")[0] in LATENCY_NAMES:
+        return latency_label(key)
+    return OTHER_LABELS.get(key, key)
 
 
 def load_value(config: TrialConfig) -> float:
@@ -102,7 +118,7 @@ def _policy_trace(points, labels, indices, policy, keys, sizes, color_range) -> 
     marker = dict(
         symbol=POLICY_SYMBOLS.get(policy, "square"),
         size=np.array([sizes[load_value(p.config)] for p in chosen]),
-        color=np.log2([p.config.batch_size for p in chosen]),
+        color=np.log2([p.config.batch_size for p in chosen]), colorscale=BATCH_COLORSCALE,
         cmin=color_range[0], cmax=color_range[1], line=dict(width=0.5, color=NEUTRAL),
         opacity=np.array([1.0 if labels[i] != "dominated" else 0.55 for i in indices]),
     )
@@ -123,21 +139,26 @@ def _colorbar_trace(batch_sizes: Sequence[int], color_range: tuple[float, float]
     return go.Scatter(
         x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
         marker=dict(color=[color_range[0]], cmin=color_range[0], cmax=color_range[1],
-                    showscale=True, colorbar=dict(
+                    colorscale=BATCH_COLORSCALE, showscale=True, colorbar=dict(
                         title=dict(text="max batch size"), tickvals=[math.log2(b) for b in ticks],
-                        ticktext=[str(b) for b in ticks], thickness=14)))
+                        ticktext=[str(b) for b in ticks], thickness=14, len=0.9)))
 
 
 def _load_legend(sizes: dict[float, float], closed: bool) -> list[go.Scatter]:
-    unit = "users" if closed else "req/s"
     levels = list(sizes)
     if len(levels) > MAX_LOAD_LEGEND:  # a legend entry per level would bury the others
         step = (len(levels) - 1) / (MAX_LOAD_LEGEND - 1)
         levels = [levels[round(i * step)] for i in range(MAX_LOAD_LEGEND)]
-    return [go.Scatter(x=[None], y=[None], mode="markers", name=f"{level:g} {unit}",
+    return [go.Scatter(x=[None], y=[None], mode="markers", name=_load_name(level, closed),
                        legendgroup="load", legendgrouptitle_text="load (size)",
                        marker=dict(size=sizes[level], color=NEUTRAL, symbol="circle-open"))
             for level in levels]
+
+
+def _load_name(level: float, closed: bool) -> str:
+    if not closed:
+        return f"{level:g} req/s"
+    return f"{level:g} user" + ("" if level == 1 else "s")
 
 
 def _frontier_trace(points, labels, keys, name: str = "Pareto frontier",
@@ -199,7 +220,9 @@ def frontier_figure(
 def _layout(fig: go.Figure, x_title: str, y_title: str, height: int) -> go.Figure:
     fig.update_layout(
         height=height, margin=dict(l=10, r=10, t=30, b=10), hovermode="closest",
-        clickmode="event+select", legend=dict(groupclick="toggleitem"),
+        clickmode="event+select",
+        # Below the plot: on the right it would collide with the colour bar.
+        legend=dict(orientation="h", yanchor="top", y=-0.16, x=0, groupclick="toggleitem"),
         xaxis=dict(title=dict(text=x_title), rangemode="tozero"),
         yaxis=dict(title=dict(text=y_title), rangemode="tozero"),
     )

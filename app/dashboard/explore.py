@@ -47,6 +47,9 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
     chart, side = st.columns([3, 1])
     with side:
         slos = _slo_controls(sweep.id, trials, base)
+    is_whatif = set(slos) != set(base)
+    if not is_whatif:
+        slos = list(base)  # same order as the Recommend page: the same tie-breaks and words
     rec = state.whatif(url, key, tuple(slos), state.objective(sweep))
     labels = classify(points, throughput, latency)
     fig = charts.frontier_figure(points, labels, throughput, latency, rec.config, slos)
@@ -55,7 +58,7 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
                                 selection_mode="points")
         st.caption("Colour: max batch size · symbol: policy · size: load · star: recommended. "
                    "Click a point for its details.")
-    _recommendation(rec, is_whatif=list(slos) != list(base))
+    _recommendation(rec, is_whatif)
     chosen = _chosen(sweep.id, points, rec, event)
     _details(url, sweep, state.point_details(url, key, points[chosen]), slos)
     _table(points, labels, throughput, latency)
@@ -109,9 +112,14 @@ def _recommendation(rec: Recommendation, is_whatif: bool) -> None:
 
 
 def _clicked(event) -> int | None:
+    """The index (customdata[0]) of the clicked point; None for a click on anything else."""
     points = (event or {}).get("selection", {}).get("points", [])
-    data = [p.get("customdata") for p in points if p.get("customdata")]
-    return int(data[0][0]) if data else None
+    data = [p["customdata"] for p in points if p.get("customdata") is not None]
+    if not data:
+        return None
+    # A list, or {"0": ..., "1": ...} when the figure sent customdata as a typed array.
+    first = data[0].get("0") if isinstance(data[0], dict) else data[0][0]
+    return int(first) if isinstance(first, (int, float)) else None
 
 
 def _chosen(sweep_id: int, points: Sequence[ConfigPoint], rec: Recommendation, event) -> int:
@@ -158,7 +166,8 @@ def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SL
 def _metric_row(point: ConfigPoint, key: str) -> dict:
     low, high = point.ci_low.get(key), point.ci_high.get(key)
     interval = "" if low is None or high is None else f"{low:.4g} - {high:.4g}"
-    return {"metric": key, "mean": point.mean.get(key), "95% interval": interval}
+    return {"metric": charts.metric_label(key), "mean": point.mean.get(key),
+            "95% interval": interval}
 
 
 def _table(points: Sequence[ConfigPoint], labels: Sequence[str], throughput: str,

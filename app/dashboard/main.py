@@ -34,7 +34,10 @@ def main() -> None:
         st.error(f"Cannot open the result store: {widgets.md(str(exc))}")
         st.stop()
     st.sidebar.caption(f"Results: `{store.display_url}`")
-    page.run()
+    try:
+        page.run()
+    except StoreError as exc:  # e.g. the database went away mid-session: one line, no traceback
+        st.error(f"The result store failed: {widgets.md(str(exc))}")
 
 
 main()

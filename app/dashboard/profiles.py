@@ -10,7 +10,7 @@ from app.dashboard import state, widgets
 from db.errors import StoreError
 from experiments.profiles import ProfileError, list_builtin_profiles, parse_profile_yaml
 
-NEW = "\u2795 New profile"  # not a valid profile name, so it never collides with one
+NEW = "+ new profile"  # not a valid profile name, so it never collides with one
 TEMPLATE_FROM = "chat"
 PENDING = "profiles_pending"
 
@@ -18,6 +18,13 @@ PENDING = "profiles_pending"
 def builtin_yaml(name: str) -> str:
     """The YAML text shipped for built-in profile `name`."""
     return files("experiments").joinpath(f"profiles/{name}.yaml").read_text("utf-8")
+
+
+def new_profile_template() -> str:
+    """A built-in profile renamed `my-profile`, without its comments, to start from."""
+    lines = builtin_yaml(TEMPLATE_FROM).splitlines()
+    kept = [line for line in lines if not line.lstrip().startswith("#")]
+    return "\n".join(kept).replace(f"name: {TEMPLATE_FROM}", "name: my-profile") + "\n"
 
 
 def render() -> None:
@@ -44,7 +51,7 @@ def _editor(url: str, user: dict[str, str]) -> None:
     _apply_pending()
     choice = st.selectbox("Profile", [NEW, *sorted(user)], key="profiles_choice")
     is_new = choice == NEW
-    template = builtin_yaml(TEMPLATE_FROM).replace(f"name: {TEMPLATE_FROM}", "name: my-profile")
+    template = new_profile_template()
     text = st.text_area("YAML", template if is_new else user[choice], height=360,
                         key=f"profiles_yaml_{choice}",
                         help="Fields: name, description, prompt_tokens, output_tokens, arrival, "

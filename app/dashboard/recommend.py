@@ -72,13 +72,14 @@ def _config(rec: Recommendation) -> None:
     c = rec.config
     load = f"{c.concurrency} users" if c.concurrency is not None else f"{c.rate:g} req/s"
     key = OBJECTIVES[rec.objective]
-    cols = st.columns(5)
+    cols = st.columns([1.3, 1, 1, 1, 1.5])
     cols[0].metric("Policy", c.policy)
     cols[1].metric("Max batch size", c.batch_size)
     cols[2].metric("Max wait", f"{c.max_wait_ms:g} ms")
     cols[3].metric("Measured at", load)
     value = rec.metrics.get(key)
-    cols[4].metric(charts.throughput_label(key), "-" if value is None else f"{value:.4g}")
+    cols[4].metric(charts.throughput_label(key), "-" if value is None else f"{value:.4g}",
+                   help=charts.throughput_label(key))
 
 
 def _slo_row(check) -> dict:
@@ -88,16 +89,17 @@ def _slo_row(check) -> dict:
 
 
 def _downloads(analysis: SweepAnalysis, profile: str) -> None:
-    st.markdown("**Export**")
-    cols = st.columns(len(FORMATS) + 1)
+    st.markdown("**Export the config**")
+    cols = st.columns(len(FORMATS))
     stem = f"tradeoff-{analysis.sweep.profile.get('name', 'profile')}-{analysis.sweep.id}"
-    for col, fmt in zip(cols[:-1], FORMATS, strict=True):
+    for col, fmt in zip(cols, FORMATS, strict=True):
         suffix, mime = FILES.get(fmt, ("txt", "text/plain"))
         col.download_button(fmt, export_analysis(analysis, fmt), file_name=f"{stem}.{suffix}",
                             mime=mime, key=f"dl_{profile}_{fmt}", on_click="ignore",
                             icon=":material/download:")
     # Deferred: the report inlines Plotly's JavaScript (~4 MB); build it only on click.
-    cols[-1].download_button("HTML report", lambda: report.build_report(analysis),
-                             file_name=report.report_filename(analysis), mime="text/html",
-                             key=f"dl_{profile}_report", on_click="ignore",
-                             icon=":material/description:", type="primary")
+    st.download_button("HTML report for the team", lambda: report.build_report(analysis),
+                       file_name=report.report_filename(analysis), mime="text/html",
+                       key=f"dl_{profile}_report", on_click="ignore", type="primary",
+                       icon=":material/description:",
+                       help="one self-contained file: charts included, opens offline")

@@ -18,8 +18,6 @@ from experiments.profiles import list_builtin_profiles
 
 OTHER_MODEL = "Hugging Face id or local path..."
 AUTO_ESTIMATE_MAX_CONFIGS = 64  # the estimate simulates every trial: ~50 ms each on 2 cores
-FIELDS = ("model", "device", "profile", "name", "policies", "batch_sizes", "max_wait_ms",
-          "load", "burstiness", "requests", "repetitions")
 
 
 def render() -> None:
@@ -31,39 +29,21 @@ def render() -> None:
     with st.container(border=True):
         inputs, slots = _inputs(url)
         spec, errors = forms.build_spec(inputs, state.user_profiles(url))
-        for field, message in errors.items():
+        for field, message in errors.items():  # each error under its field (the slot after it)
             slots.get(field, slots["name"]).error(widgets.md(message), icon=":material/error:")
         _start_row(url, spec)
-    _live_panel(url)
+    _sweeps_panel(url)
 
 
 def _inputs(url: str) -> tuple[RunInputs, dict]:
+    """Every field, each followed by an empty slot where its error goes."""
     slots: dict = {}
     left, right = st.columns(2)
     with left:
-        model = _model_input()
-        slots["model"] = st.empty()
-        device = st.selectbox("Device", forms.DEVICES, key="run_device",
-                              help="auto = CUDA if present, then MPS, then CPU")
-        slots["device"] = st.empty()
-        profiles = list_builtin_profiles() + sorted(state.user_profiles(url))
-        profile = st.selectbox("Workload profile", profiles, key="run_profile",
-                               index=profiles.index("chat") if "chat" in profiles else 0,
-                               help="request lengths, SLOs and objective (see Profiles)")
-        slots["profile"] = st.empty()
-        name = st.text_input("Sweep name (optional)", key="run_name", max_chars=200)
-        slots["name"] = st.empty()
+        model, device, profile, name = _where_inputs(url, slots)
     with right:
-        policies = st.multiselect("Batching policies", ["static", "continuous"],
-                                  default=["static", "continuous"], key="run_policies")
-        slots["policies"] = st.empty()
-        batch_sizes = st.text_input("Max batch sizes", "1, 4, 16", key="run_batch_sizes")
-        slots["batch_sizes"] = st.empty()
-        waits = st.text_input("Max batching waits (ms)", "0, 10", key="run_waits")
-        slots["max_wait_ms"] = st.empty()
-        mode, loads, burstiness = _load_inputs()
-        slots["load"] = st.empty()
-        slots["burstiness"] = st.empty()
+        policies, batch_sizes, waits = _knob_inputs(slots)
+        mode, loads, burstiness = _load_inputs(slots)
     left, right = st.columns(2)
     requests = left.number_input("Requests per trial", 1, 100_000, 48, key="run_requests")
     slots["requests"] = left.empty()
@@ -73,6 +53,33 @@ def _inputs(url: str) -> tuple[RunInputs, dict]:
     inputs = RunInputs(model, device, profile, tuple(policies), batch_sizes, waits, mode, loads,
                        burstiness, int(requests), int(repetitions), name)
     return inputs, slots
+
+
+def _where_inputs(url: str, slots: dict) -> tuple[str, str, str, str]:
+    model = _model_input()
+    slots["model"] = st.empty()
+    device = st.selectbox("Device", forms.DEVICES, key="run_device",
+                          help="auto = CUDA if present, then MPS, then CPU")
+    slots["device"] = st.empty()
+    profiles = list_builtin_profiles() + sorted(state.user_profiles(url))
+    profile = st.selectbox("Workload profile", profiles, key="run_profile",
+                           index=profiles.index("chat") if "chat" in profiles else 0,
+                           help="request lengths, SLOs and objective (see Profiles)")
+    slots["profile"] = st.empty()
+    name = st.text_input("Sweep name (optional)", key="run_name", max_chars=200)
+    slots["name"] = st.empty()
+    return model, device, profile, name
+
+
+def _knob_inputs(slots: dict) -> tuple[list[str], str, str]:
+    policies = st.multiselect("Batching policies", ["static", "continuous"],
+                              default=["static", "continuous"], key="run_policies")
+    slots["policies"] = st.empty()
+    batch_sizes = st.text_input("Max batch sizes", "1, 4, 16", key="run_batch_sizes")
+    slots["batch_sizes"] = st.empty()
+    waits = st.text_input("Max batching waits (ms)", "0, 10", key="run_waits")
+    slots["max_wait_ms"] = st.empty()
+    return policies, batch_sizes, waits
 
 
 def _model_input() -> str:
@@ -85,15 +92,17 @@ def _model_input() -> str:
                          placeholder="e.g. Qwen/Qwen2.5-0.5B-Instruct")
 
 
-def _load_inputs() -> tuple[str, str, float]:
+def _load_inputs(slots: dict) -> tuple[str, str, float]:
     mode = st.radio("Load", list(forms.LOAD_MODES), key="run_load_mode", horizontal=True,
                     format_func=forms.LOAD_MODES.get)
-    if mode == "concurrency":
-        loads = st.text_input("Concurrent users", "1, 8", key="run_concurrency")
-        return mode, loads, 1.0
-    loads = st.text_input("Arrival rates (requests/s)", "1, 4", key="run_rates")
-    burstiness = st.number_input("Burstiness (gamma shape; 1 = Poisson, < 1 burstier)",
-                                 min_value=0.05, max_value=100.0, value=1.0, key="run_burstiness")
+    closed = mode == "concurrency"
+    loads = st.text_input("Concurrent users" if closed else "Arrival rates (requests/s)",
+                          "1, 8" if closed else "1, 4", key=f"run_{mode}")
+    slots["load"] = st.empty()
+    burstiness = 1.0 if closed else st.number_input(
+        "Burstiness (gamma shape; 1 = Poisson, < 1 burstier)", min_value=0.05,
+        max_value=100.0, value=1.0, key="run_burstiness")
+    slots["burstiness"] = st.empty()
     return mode, loads, float(burstiness)
 
 
@@ -135,22 +144,36 @@ def _estimate_s(spec_json: str, profile_yaml: str) -> float:
     return estimate_sweep_s(spec, forms.profile_for(spec, user))
 
 
+def _sweeps_panel(url: str) -> None:
+    """The store's sweeps; the chart redraws only when a trial lands (see _live_status)."""
+    sweeps = state.get_store(url).list_sweeps()  # uncached: this is the live view
+    st.subheader("Sweeps")
+    sweep = None
+    if sweeps:
+        active = next((s for s in sweeps if launcher.is_active(s)), None)
+        sweep = widgets.pick_sweep(sweeps, key="run_sweep", label="Show sweep", prefer=active)
+    else:
+        st.caption("No sweeps yet: start one above, or run the demo sweep.")
+    _live_status(url, sweep.id if sweep else None, tuple(state.version(s) for s in sweeps))
+    if sweep is not None:
+        _growing_frontier(url, sweep)
+        with st.expander(f"All sweeps ({len(sweeps)})"):
+            st.dataframe([_row(s) for s in sweeps], hide_index=True)
+
+
 @st.fragment(run_every=widgets.LIVE_REFRESH_S)
-def _live_panel(url: str) -> None:
+def _live_status(url: str, sweep_id: int | None, shown: tuple) -> None:
+    """Polls the store: status and buttons here, the whole page again when any sweep moved."""
     store = state.get_store(url)
     launcher.watch(store, url)
-    sweeps = store.list_sweeps()  # uncached: this panel is the live view
-    st.subheader("Sweeps")
-    if not sweeps:
-        st.caption("No sweeps yet: start one above, or run the demo sweep.")
-        return
-    active = next((s for s in sweeps if launcher.is_active(s)), None)
-    sweep = widgets.pick_sweep(sweeps, key="run_sweep", label="Show sweep", prefer=active)
-    widgets.status_line(sweep)
-    _controls(url, sweep)
-    _growing_frontier(url, sweep)
-    with st.expander(f"All sweeps ({len(sweeps)})"):
-        st.dataframe([_row(s) for s in sweeps], hide_index=True)
+    sweeps = store.list_sweeps()
+    if tuple(state.version(s) for s in sweeps) != shown:
+        state.clear_live()
+        st.rerun(scope="app")
+    sweep = next((s for s in sweeps if s.id == sweep_id), None)
+    if sweep is not None:
+        widgets.status_line(sweep)
+        _controls(url, sweep)
 
 
 def _controls(url: str, sweep: SweepRecord) -> None:

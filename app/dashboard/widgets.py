@@ -12,13 +12,16 @@ from app import launcher
 from app.dashboard import charts, state
 from db.errors import StoreError
 from db.store import SweepRecord
-from experiments.profiles import ProfileError
+from experiments.grid import SweepSpec
+from experiments.profiles import SLO_METRICS, ProfileError
 from experiments.recommend import KNEE_LATENCY_KEY, OBJECTIVES
 from experiments.records import LATENCY_METRICS, SLO, STATS, THROUGHPUT_METRICS
 
 SHARED_SWEEP = "sweep_id"  # the sweep the user last looked at, kept across pages
 LIVE_REFRESH_S = 2.0
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=\"'])")
+# CommonMark lets any ASCII punctuation be backslash-escaped; these are the ones Streamlit's
+# markdown gives a meaning to (emphasis, links, HTML, lists, tables, `:red[...]`, `$LaTeX$`).
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=])")
 
 
 def md(text: str) -> str:
@@ -52,7 +55,8 @@ def _share(key: str) -> None:
 
 def default_axes(sweep: SweepRecord, slos: Sequence[SLO]) -> tuple[str, str]:
     """The objective's metric against the first SLO's latency (p90 E2E without SLOs)."""
-    return OBJECTIVES[state.objective(sweep)], slos[0].key if slos else KNEE_LATENCY_KEY
+    first = min(slos, key=lambda s: SLO_METRICS.index(s.metric), default=None)
+    return OBJECTIVES[state.objective(sweep)], first.key if first else KNEE_LATENCY_KEY
 
 
 def pick_axes(key: str, default_throughput: str, default_latency: str) -> tuple[str, str]:
@@ -79,7 +83,7 @@ def demo_offer(url: str, key: str) -> None:
         start(url, launcher.demo_spec())
 
 
-def start(url: str, spec) -> None:
+def start(url: str, spec: SweepSpec) -> None:
     """Queue a sweep, start a worker if needed, and focus every page on it."""
     try:
         with st.spinner("Queuing the sweep..."):
@@ -102,19 +106,15 @@ def progress_text(sweep: SweepRecord) -> str:
         parts.append(f"now: {sweep.current_label}")
     eta = launcher.eta_s(sweep)
     if eta is not None:
-        parts.append(f"ETA {_duration(eta)}")
+        parts.append(f"ETA {duration(eta)}")
     return " · ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def duration(seconds: float) -> str:
     """`40 s`, `2.5 min` or `1.2 h`."""
-    return _duration(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def status_line(sweep: SweepRecord) -> None:
@@ -132,7 +132,7 @@ def status_line(sweep: SweepRecord) -> None:
 
 
 @st.fragment(run_every=LIVE_REFRESH_S)
-def live_strip(url: str, sweep_id: int, shown: tuple) -> None:
+def live_strip(url: str, sweep_id: int, shown: state.SweepVersion) -> None:
     """Progress of an active sweep; reruns the page when it stores a trial or finishes."""
     store = state.get_store(url)
     launcher.watch(store, url)

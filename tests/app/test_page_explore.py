@@ -1,0 +1,97 @@
+"""Explore page: the Pareto chart, what-if SLOs, details of one config, the empty state."""
+
+from __future__ import annotations
+
+import json
+
+from dashboard_helpers import page_test, plain, texts
+
+from app.dashboard import state
+from experiments.recommend import recommend
+
+
+def _chart(app, index: int = 0) -> dict:
+    return json.loads(app.get("plotly_chart")[index].proto.spec)
+
+
+def test_empty_store_offers_the_demo_sweep(db_url: str, launches) -> None:
+    app = page_test("explore").run()
+    assert any("demo sweep" in t for t in texts(app.info))
+    app.button(key="explore_demo").click().run()
+    assert not app.exception
+    assert [s.name for s in launches.specs] == ["demo: tiny model, static vs continuous"]
+    assert any("No finished trials" in t for t in texts(app.info))  # the queued demo sweep
+
+
+def test_chart_has_policies_frontier_recommendation_and_error_bars(db_url, results) -> None:
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    assert not app.exception
+    spec = _chart(app)
+    names = [t.get("name") for t in spec["data"]]
+    assert {"static", "continuous", "Pareto frontier", "recommended"} <= set(names)
+    static = spec["data"][names.index("static")]
+    assert static["error_y"]["array"]  # 2 repetitions: 95% intervals
+    assert spec["layout"]["xaxis"]["title"]["text"] == "p90 TTFT (ms)"
+    assert spec["layout"]["yaxis"]["title"]["text"].startswith("Goodput")
+    assert any("meets all 2 SLOs" in plain(t) for t in texts(app.success))
+
+
+def test_axes_choice_changes_the_chart(db_url, results) -> None:
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    prefix = f"explore_{results['chat']}"
+    app.selectbox(key=f"{prefix}_thr").set_value("requests_per_s").run()
+    app.selectbox(key=f"{prefix}_lat").set_value("e2e_ms").run()
+    app.selectbox(key=f"{prefix}_pct").set_value("p99").run()
+    layout = _chart(app)["layout"]
+    assert layout["xaxis"]["title"]["text"] == "p99 E2E (ms)"
+    assert layout["yaxis"]["title"]["text"] == "Request throughput (req/s)"
+
+
+def test_whatif_slo_moves_the_recommendation(db_url, results) -> None:
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    before = texts(app.success)
+    chat = results["chat"]
+    app.slider(key=f"slo_{chat}_tpot_ms_max_p90").set_value(0.1).run()  # nothing meets it
+    assert not app.exception
+    assert any("nothing meets the SLOs" in plain(t) for t in texts(app.warning))
+    app.checkbox(key=f"slo_{chat}_tpot_ms_on").uncheck().run()
+    app.checkbox(key=f"slo_{chat}_ttft_ms_on").uncheck().run()  # no SLOs: the knee
+    after = texts(app.success)
+    assert after and after != before and "knee" in plain(after[0])
+
+
+def test_details_show_distributions_timeline_and_batch(db_url, results) -> None:
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    picker = app.selectbox(key=f"explore_detail_{results['chat']}")
+    picker.set_value(picker.options.index(picker.options[-1])).run()
+    assert not app.exception
+    assert [t.label for t in app.tabs] == ["Latency distributions", "Request timeline",
+                                           "Batch size over time"]
+    titles = [c["layout"].get("xaxis", {}).get("title", {}).get("text")
+              for c in map(json.loads, (c.proto.spec for c in app.get("plotly_chart")))]
+    assert "time since trial start (ms)" in titles
+    assert app.selectbox(key=f"explore_rep_{results['chat']}")  # 2 repetitions to pick from
+
+
+def test_whatif_on_slim_records_matches_the_full_recommendation(db_url, store, results) -> None:
+    sweep = store.get_sweep(results["chat"])
+    key = state.version(sweep)
+    slos = tuple(state.base_slos(db_url, key))
+    slim = state.whatif(db_url, key, slos, "max_goodput")
+    full = recommend(store.list_trials(sweep.id), "max_goodput", list(slos))
+    assert (slim.config, slim.explanation, slim.feasible) == \
+        (full.config, full.explanation, full.feasible)
+
+
+def test_clicked_point_index_from_either_customdata_shape() -> None:
+    from app.dashboard.explore import _clicked
+
+    as_list = {"selection": {"points": [{"customdata": [3, 0.5]}]}}
+    as_typed = {"selection": {"points": [{"customdata": {"0": 4, "1": 0.5}}]}}
+    on_line = {"selection": {"points": [{"curve_number": 2}]}}
+    assert (_clicked(as_list), _clicked(as_typed), _clicked(on_line), _clicked(None)) == \
+        (3, 4, None, None)

@@ -1,0 +1,39 @@
+"""Recommend page and HTML report: a card per profile, every export, escaped names."""
+
+from __future__ import annotations
+
+import re
+
+from dashboard_helpers import MARKUP_NAME, page_test, plain, texts
+
+from app.dashboard import report, state
+from experiments.export import FORMATS
+
+
+def test_empty_store_offers_the_demo_sweep(db_url: str, launches) -> None:
+    app = page_test("recommend").run()
+    assert app.button(key="recommend_demo")
+    app.button(key="recommend_demo").click().run()
+    assert len(launches.specs) == 1 and not app.exception
+
+
+def test_a_card_per_profile_with_every_export(db_url, results) -> None:
+    app = page_test("recommend").run()
+    assert not app.exception
+    assert texts(app.subheader) == ["Profile: batch", "Profile: chat"]
+    labels = [b.label for b in app.get("download_button")]
+    assert labels == [*FORMATS, "HTML report for the team"] * 2
+    assert any("meets all 2 SLOs" in plain(t) for t in texts(app.success))  # chat
+    assert any("knee" in plain(t) for t in texts(app.success))  # batch: no SLOs
+    assert len(app.dataframe) == 1  # the SLO table of the chat card only
+
+
+def test_report_is_self_contained_and_escapes_names(db_url, results) -> None:
+    store = state.get_store(db_url)
+    analysis = state.analysis(db_url, state.version(store.get_sweep(results["chat"])))
+    html = report.build_report(analysis)
+    assert MARKUP_NAME not in html and "&lt;b&gt;tag&lt;/b&gt;" in html
+    # No network needed: no external scripts or stylesheets (Plotly's JS is inlined).
+    assert re.search(r"<script[^>]*\bsrc=", html) is None and "<link" not in html
+    assert "Plotly.newPlot" in html and "meets the SLOs" in html
+    assert report.report_filename(analysis) == f"tradeoff-sweep-{results['chat']}-chat.html"
