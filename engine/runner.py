@@ -1,9 +1,10 @@
 """The torch executor: one batch of rows over one right-aligned, left-padded KV cache.
 
 Row i of the cache holds `pads[i]` padding columns, then its real tokens; every row ends at the
-last column, so a decode step appends one column for all rows. Joiners are prefilled apart
-(left-padded) and stacked in; leavers are dropped and the columns that became padding for every
-remaining row are trimmed, so the cache is never longer than the longest live row.
+last column, so a decode step appends one column for all rows, in place (GrowableLayer).
+Joiners are prefilled apart (left-padded, in groups of similar length) and stacked in; leavers
+are dropped and the columns that became padding for every remaining row are trimmed, so the
+cache is never longer than the longest live row.
 
 Invariants, for B rows and S cache columns:
   mask:        [B, S] bool, mask[i, j] == (j >= pads[i])
@@ -31,6 +32,12 @@ MIN_TEMPERATURE = 1e-5
 GROW_COLUMNS = 64
 
 
+# A join's prompts are prefilled in length groups, each padded by at most this fraction of its
+# real tokens. A CPU is compute-bound even for one short prompt, so padding is pure waste there
+# (prompts of 16-128 tokens padded together waste ~40%); an accelerator runs a small batch in
+# about the time of one row, so there extra forward calls cost more than moderate padding.
+CPU_MAX_PAD_FRACTION = 0.25
+ACCEL_MAX_PAD_FRACTION = 1.0
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
@@ -61,6 +68,14 @@ class GrowableLayer(DynamicLayer):
         self.value_buf[:, :, num_old : num_old + num_new].copy_(value_states)
         self.adopt(self.key_buf, self.value_buf, num_old + num_new)
         return self.keys, self.values
+
+    @classmethod
+    def holding(cls, key_buf: torch.Tensor, value_buf: torch.Tensor, length: int) -> GrowableLayer:
+        """A layer over these buffers, of which the first `length` columns are valid."""
+        layer = cls()
+        layer.lazy_initialization(key_buf, value_buf)
+        layer.adopt(key_buf, value_buf, length)
+        return layer
 
     def adopt(self, key_buf: torch.Tensor, value_buf: torch.Tensor, length: int) -> None:
         """Hold these buffers, of which the first `length` columns are valid."""
@@ -115,6 +130,10 @@ class RowSampling:
             self.is_all_greedy and other.is_all_greedy,
         )
 
+    def take(self, rows: list[int]) -> RowSampling:
+        """These rows, sharing their generators (a draw advances the same stream)."""
+        return self.select(torch.tensor(rows, device=self.temperatures.device), rows)
+
     def select(self, keep: torch.Tensor, keep_list: list[int]) -> RowSampling:
         temperatures = self.temperatures.index_select(0, keep)
         return RowSampling(
@@ -132,11 +151,15 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
 class ModelRunner:
     """Executor over a Hugging Face decoder-only model with a DynamicCache (see module doc)."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, max_pad_fraction: float | None = None) -> None:
         check_supported(loaded)
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
+        if max_pad_fraction is None:
+            is_cpu = self.device.type == "cpu"
+            max_pad_fraction = CPU_MAX_PAD_FRACTION if is_cpu else ACCEL_MAX_PAD_FRACTION
+        self.max_pad_fraction = max_pad_fraction
         self._forward_kwargs = forward_kwarg_names(self.model)
         self._reset()
 
@@ -151,18 +174,23 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> list[int]:
-        """Prefill `seqs` as one left-padded batch, stack them into the running batch."""
+        """Prefill `seqs` (left-padded, in length groups), stack them into the running batch."""
         self._check_joiners(seqs)
+        sampling = RowSampling.for_seqs(seqs, self.device)
+        groups = prefill_groups([s.num_prompt_tokens for s in seqs], self.max_pad_fraction)
+        parts = [self._prefill_group([seqs[i] for i in g], sampling.take(g)) for g in groups]
+        joined = parts[0] if len(parts) == 1 else interleave(parts, groups)
+        self._join(seqs, joined, sampling)
+        return joined.tokens[:, 0].tolist()
+
+    def _prefill_group(self, seqs: list[Sequence], sampling: RowSampling) -> _Batch:
         ids, mask, pads = _left_pad([s.prompt_ids for s in seqs], self.loaded.pad_token_id)
         ids, mask = ids.to(self.device), mask.to(self.device)  # ids, mask: [N, L]
         positions = (mask.long().cumsum(-1) - 1).clamp_(min=0)  # 0 at each row's first token
         cache = new_cache()
         logits = self._forward(ids, mask, positions, cache)  # [N, V]
-        sampling = RowSampling.for_seqs(seqs, self.device)
         tokens = sample(logits, sampling)  # [N]
-        joined = _Batch(cache, mask, positions[:, -1:] + 1, tokens[:, None], pads)
-        self._join(seqs, joined, sampling)
-        return tokens.tolist()
+        return _Batch(cache, mask, positions[:, -1:] + 1, tokens[:, None], pads)
 
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> list[int]:
@@ -189,7 +217,11 @@ class ModelRunner:
         pads = [self.pads[i] for i in keep_list]
         trim = min(pads)  # columns that are padding for every remaining row
         keep = torch.tensor(keep_list, device=self.device)
-        select_rows(self.cache, keep, trim, self.num_cache_tokens - trim)
+        try:
+            select_rows(self.cache, keep, trim, self.num_cache_tokens - trim)
+        except BaseException:  # layers half selected: drop the batch rather than decode a corrupt cache
+            self._reset()
+            raise
         self.mask = self.mask[:, trim:].index_select(0, keep)
         self.next_pos = self.next_pos.index_select(0, keep)
         self.last_tokens = self.last_tokens.index_select(0, keep)
@@ -216,8 +248,9 @@ class ModelRunner:
             return
         num_cols = max(self.num_cache_tokens, joined.mask.shape[1])
         old_shift, new_shift = num_cols - self.num_cache_tokens, num_cols - joined.mask.shape[1]
-        stack_caches(self.cache, joined.cache, num_cols)
-        self.mask = stack_right_aligned(self.mask, joined.mask, 1, num_cols)
+        mask = stack_right_aligned(self.mask, joined.mask, 1, num_cols)
+        stack_caches(self.cache, joined.cache, num_cols)  # atomic: rolls back if it fails
+        self.mask = mask
         self.next_pos = torch.cat([self.next_pos, joined.next_pos])
         self.last_tokens = torch.cat([self.last_tokens, joined.tokens])
         self.sampling = self.sampling.cat(sampling)
@@ -291,6 +324,61 @@ def forward_kwarg_names(model: torch.nn.Module) -> ForwardKwargs:
     return ForwardKwargs(cache, "logits_to_keep" in params)
 
 
+def prefill_groups(lengths: list[int], max_pad_fraction: float) -> list[list[int]]:
+    """Split row indices into groups of similar length, padding each by <= max_pad_fraction."""
+    groups: list[list[int]] = []
+    total = 0  # real tokens in the last group
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True):
+        if groups:
+            padded = lengths[groups[-1][0]] * (len(groups[-1]) + 1)  # [0] is the group's longest
+            if padded <= (1 + max_pad_fraction) * (total + lengths[i]):
+                groups[-1].append(i)
+                total += lengths[i]
+                continue
+        groups.append([i])
+        total = lengths[i]
+    return [sorted(g) for g in groups]  # request order inside a group: one group == no reorder
+
+
+def interleave(parts: list[_Batch], groups: list[list[int]]) -> _Batch:
+    """Put separately prefilled groups back in request order, right-aligned to the longest."""
+    length = max(p.mask.shape[1] for p in parts)
+    num_rows = sum(len(g) for g in groups)
+    device = parts[0].mask.device
+    rows = [torch.tensor(g, device=device) for g in groups]
+    cache = new_cache()
+    for layers in zip(*(p.cache.layers for p in parts), strict=True):
+        keys = _scatter_right([x.keys for x in layers], rows, num_rows, length, GROW_COLUMNS)
+        values = _scatter_right([x.values for x in layers], rows, num_rows, length, GROW_COLUMNS)
+        cache.layers.append(GrowableLayer.holding(keys, values, length))
+    pads = [0] * num_rows
+    for part, group in zip(parts, groups, strict=True):
+        for row, pad in zip(group, part.pads, strict=True):
+            pads[row] = pad + length - part.mask.shape[1]
+    return _Batch(
+        cache,
+        _scatter_right([p.mask for p in parts], rows, num_rows, length),
+        _scatter_right([p.next_pos for p in parts], rows, num_rows, 1),
+        _scatter_right([p.tokens for p in parts], rows, num_rows, 1),
+        pads,
+    )
+
+
+def _scatter_right(
+    parts: list[torch.Tensor], rows: list[torch.Tensor], num_rows: int, length: int, spare: int = 0
+) -> torch.Tensor:
+    """Rows of `parts` at indices `rows`, right-aligned in `length` along dim 2 (or 1 if 2-D)."""
+    # part: [n, H, L, D] (or [n, L]) -> out: [num_rows, H, length + spare, D] (or [num_rows, length])
+    dim = 2 if parts[0].ndim == 4 else 1
+    shape = list(parts[0].shape)
+    shape[0], shape[dim] = num_rows, length + spare
+    out = parts[0].new_zeros(shape)
+    for part, index in zip(parts, rows, strict=True):
+        num_cols = part.shape[dim]
+        out.narrow(dim, length - num_cols, num_cols).index_copy_(0, index, part)
+    return out
+
+
 def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Left-pad prompts: ids [N, L] long, mask [N, L] bool, pads per row."""
     length = max(len(p) for p in prompts)
@@ -321,10 +409,22 @@ def _place_right(dst: torch.Tensor, src: torch.Tensor, dim: int) -> None:
 
 def stack_caches(cache: DynamicCache, joining: DynamicCache, length: int) -> None:
     """Append `joining`'s rows below `cache`'s, both right-aligned in `length` columns."""
-    for layer, other in zip(cache.layers, joining.layers, strict=True):
-        keys = stack_right_aligned(layer.keys, other.keys, 2, length, GROW_COLUMNS)
-        values = stack_right_aligned(layer.values, other.values, 2, length, GROW_COLUMNS)
-        layer.adopt(keys, values, length)  # keys, values: [B1 + B2, H, length + spare, D]
+    # Layer by layer, so the peak is one layer's extra copy, not the whole cache's. If an
+    # allocation fails (OOM), the layers already stacked are rolled back to views of their old
+    # rows: the running batch survives a failed join.
+    num_rows, num_cols = cache.layers[0].keys.shape[0], cache.layers[0].keys.shape[2]
+    done: list[GrowableLayer] = []
+    try:
+        for layer, other in zip(cache.layers, joining.layers, strict=True):
+            keys = stack_right_aligned(layer.keys, other.keys, 2, length, GROW_COLUMNS)
+            values = stack_right_aligned(layer.values, other.values, 2, length, GROW_COLUMNS)
+            layer.adopt(keys, values, length)  # keys, values: [B1 + B2, H, length + spare, D]
+            done.append(layer)
+    except BaseException:
+        shift = length - num_cols
+        for layer in done:
+            layer.adopt(layer.key_buf[:num_rows, :, shift:], layer.value_buf[:num_rows, :, shift:], num_cols)
+        raise
 
 
 def select_rows(cache: DynamicCache, keep: torch.Tensor, trim: int, length: int) -> None:
@@ -356,9 +456,8 @@ def check_plain_cache(cache: DynamicCache, model_name: str) -> None:
         for layer in cache.layers
     ):
         raise UnsupportedModelError(
-            f"model {model_name!r} does not keep a plain per-layer key/value cache "
-            "(e.g. sliding-window, linear-attention or state-space layers); the runner supports "
-            "decoder-only models with full attention (Llama, Qwen, Mistral without sliding window)"
+            f"model {model_name!r} did not fill a plain per-layer key/value cache; the runner "
+            "supports decoder-only attention models (Llama, Qwen, Mistral, ...)"
         )
 
 

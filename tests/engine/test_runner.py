@@ -7,11 +7,12 @@ import random
 import pytest
 import torch
 
+from engine import runner as runner_module
 from engine.baselines import hf_generate, raw_decode_loop
 from engine.config import EngineConfig, SchedulerConfig
 from engine.core import EngineCore
-from engine.models import LoadedModel, load_model
-from engine.runner import GROW_COLUMNS, ModelRunner
+from engine.models import LoadedModel, init_random_weights, load_model
+from engine.runner import GROW_COLUMNS, ModelRunner, UnsupportedModelError, prefill_groups
 from engine.scheduler import Scheduler
 from engine.sequence import SamplingParams, Sequence
 
@@ -46,8 +47,8 @@ def seq(seq_id: int, length: int, max_new_tokens: int = 64, **params) -> Sequenc
 class Driver:
     """Drives a runner through joins, decode steps and leaves; records each sequence's tokens."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.runner = ModelRunner(loaded)
+    def __init__(self, loaded: LoadedModel, max_pad_fraction: float | None = None) -> None:
+        self.runner = ModelRunner(loaded, max_pad_fraction)
         self.tokens: dict[int, list[int]] = {}
 
     def join(self, *seqs: Sequence) -> None:
@@ -116,13 +117,27 @@ def test_solo_runner_matches_plain_hf_forwards(tiny: LoadedModel) -> None:
         assert solo_tokens(tiny, s, 24) == hf_forward_tokens(tiny, s.prompt_ids, 24)
 
 
+def test_prefill_groups_bound_padding_and_keep_request_order() -> None:
+    assert prefill_groups([5], 0.25) == [[0]]
+    assert prefill_groups([64, 64, 64], 0.25) == [[0, 1, 2]]
+    assert prefill_groups([10, 100, 12, 90, 50, 11], 0.25) == [[1, 3, 4], [0, 2, 5]]
+    assert prefill_groups([16, 128, 70], float("inf")) == [[0, 1, 2]]
+    lengths = [16, 128, 70, 33, 100, 20, 60, 90, 120, 17, 45, 80, 110, 25, 55, 99]
+    groups = prefill_groups(lengths, 0.25)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert max(lengths[i] for i in g) * len(g) <= 1.25 * sum(lengths[i] for i in g)
+
+
 def test_greedy_outputs_are_varied(tiny: LoadedModel) -> None:
     tokens = solo_tokens(tiny, seq(3, 12), 40)
     assert len(set(tokens)) >= 10
 
 
-def test_different_prompt_lengths_in_one_prefill(tiny: LoadedModel) -> None:
-    driver, seqs = Driver(tiny), [seq(10, 5), seq(11, 23), seq(12, 11), seq(13, 1)]
+@pytest.mark.parametrize("max_pad_fraction", [0.25, float("inf")])  # length groups | one group
+def test_different_prompt_lengths_in_one_prefill(tiny: LoadedModel, max_pad_fraction) -> None:
+    driver = Driver(tiny, max_pad_fraction)
+    seqs = [seq(10, 5), seq(11, 23), seq(12, 11), seq(13, 1), seq(14, 22), seq(15, 4)]
     driver.join(*seqs)
     driver.decode(12)
     assert_each_equals_solo(tiny, driver, seqs)
@@ -203,6 +218,74 @@ def test_decode_rejects_sequences_that_are_not_the_rows(tiny: LoadedModel) -> No
         runner.prefill([Sequence(73, [], SamplingParams(), 0.0, 0.0)])
     assert runner.num_rows == 2  # a failed prefill leaves the batch as it was
     assert len(runner.decode([b, a])) == 2
+
+
+def test_a_failed_join_leaves_the_running_batch_intact(tiny: LoadedModel, monkeypatch) -> None:
+    driver, (a, b, c) = Driver(tiny), (seq(74, 9), seq(75, 4), seq(76, 30))
+    driver.join(a, b)
+    driver.decode(2)
+    calls, real_stack = [], runner_module.stack_right_aligned
+
+    def failing_stack(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # mask, layer 0 keys, layer 0 values, then layer 1 keys: "OOM"
+            raise RuntimeError("out of memory")
+        return real_stack(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "stack_right_aligned", failing_stack)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        driver.join(c)  # longer than the batch: layer 0 had been shifted and widened
+    monkeypatch.undo()
+    assert driver.runner.rows == [a, b]
+    check_invariants(driver.runner)
+    driver.decode(3)
+    driver.join(c)
+    driver.decode(2)
+    assert_each_equals_solo(tiny, driver, [a, b, c])
+
+
+def tiny_hf_model(family: str) -> LoadedModel:
+    """A random two-layer model of another family, built from its config (no download)."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")  # fmt: skip
+    if family == "qwen2":  # attention biases
+        model = Qwen2ForCausalLM(Qwen2Config(**shape))
+    else:  # sliding-window attention over a window shorter than the test's sequences
+        model = MistralForCausalLM(MistralConfig(sliding_window=8, **shape))
+    init_random_weights(model, seed=0)
+    return LoadedModel(model.eval(), None, family, torch.device("cpu"), torch.float32,
+                       eos_token_id=None, pad_token_id=0, max_context_tokens=1024,
+                       num_params=0, kv_bytes_per_token=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral-sliding-window"])
+def test_other_decoder_families_decode_like_plain_forwards(family: str) -> None:
+    loaded = tiny_hf_model(family)
+    driver, (a, b, c) = Driver(loaded), (seq(120, 5), seq(121, 17), seq(122, 11))
+    driver.join(a, b)
+    driver.decode(3)
+    driver.join(c)
+    driver.decode(4)
+    driver.leave(b)
+    driver.decode(6)
+    for s in (a, b, c):
+        got = driver.tokens[s.seq_id]
+        assert got == hf_forward_tokens(loaded, s.prompt_ids, len(got)), f"{family} {s.seq_id}"
+
+
+def test_models_with_non_attention_layers_are_refused(tiny: LoadedModel) -> None:
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(num_hidden_layers=2)
+    config.layer_types = ["full_attention", "linear_attention"]
+    hybrid = LoadedModel(SimpleNamespace(config=config), None, "hybrid", torch.device("cpu"),
+                         torch.float32, None, 0, 1024, 0, 0)  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match="'hybrid'.*linear_attention"):
+        ModelRunner(hybrid)
 
 
 class StepClock:
