@@ -16,12 +16,9 @@ from app.output import print_json, print_pairs, print_table
 
 def _analysis(db: str | None, sweep_id: int | None, profile: str):
     from experiments.analysis import NoSweepError, analyse, find_sweep
-    from experiments.profiles import list_builtin_profiles
 
     store = open_store(db, create=False)
-    if profile not in list_builtin_profiles() and store.get_profile(profile) is None:
-        raise BadInput(f"unknown profile {profile!r}; see `tradeoff profiles`")
-    try:
+    try:  # the profile picks the latest sweep run with it; the sweep keeps its own snapshot
         sweep = find_sweep(store, sweep_id, profile)
     except NoSweepError as exc:
         raise BadInput(str(exc)) from None

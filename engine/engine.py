@@ -43,11 +43,12 @@ class Engine:
         sched_config: SchedulerConfig,
         kv_budget_tokens: int,
         eos_token_id: int | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         self.clock = WallClock()
         self._callbacks: dict[int, _Callbacks] = {}
         self.core = EngineCore(
-            Scheduler(sched_config, kv_budget_tokens), executor, self.clock, eos_token_id,
+            Scheduler(sched_config, kv_budget_tokens, max_model_len), executor, self.clock, eos_token_id,
             on_token=self._on_token, on_finish=self._on_finish,
         )
         self._ids = itertools.count()

@@ -12,5 +12,5 @@ def start_engine(config: EngineConfig, sched_config: SchedulerConfig) -> tuple[E
     """Load `config.model` and start an engine thread over it (raises ModelLoadError)."""
     loaded = load_model(config)
     engine = Engine(ModelRunner(loaded), sched_config, kv_budget_tokens(loaded, config),
-                    eos_token_id=loaded.eos_token_id)
+                    eos_token_id=loaded.eos_token_id, max_model_len=loaded.max_context_tokens)
     return engine.start(), loaded

@@ -41,6 +41,7 @@ class Scheduler:
 
     config: SchedulerConfig
     kv_budget_tokens: int
+    max_model_len: int | None = None  # the model's context; None = unlimited (simulations)
     waiting: deque[Sequence] = field(default_factory=deque)
     running: list[Sequence] = field(default_factory=list)
 
@@ -56,19 +57,26 @@ class Scheduler:
         return seq.max_num_tokens <= self.kv_budget_tokens
 
     def add(self, seq: Sequence) -> bool:
-        """Queue a sequence; a sequence that could never fit the KV budget is failed at once."""
-        if not self.can_ever_fit(seq):
-            seq.status = SeqStatus.FAILED
-            seq.finish_reason = "error"
-            seq.error = (
-                f"request needs {seq.max_num_tokens} KV tokens (prompt {seq.num_prompt_tokens} + "
-                f"max_new_tokens {seq.params.max_new_tokens}) but the KV budget is "
-                f"{self.kv_budget_tokens}; shorten it or raise the KV budget"
-            )
+        """Queue a sequence; one that can never run is failed at once, alone (not its batch)."""
+        error = self._never_runs(seq)
+        if error is not None:
+            seq.status, seq.finish_reason, seq.error = SeqStatus.FAILED, "error", error
             return False
         seq.status = SeqStatus.WAITING
         self.waiting.append(seq)
         return True
+
+    def _never_runs(self, seq: Sequence) -> str | None:
+        if not seq.prompt_ids:
+            return "empty prompt; send at least one token"
+        if self.max_model_len is not None and seq.max_num_tokens > self.max_model_len:
+            return (f"prompt {seq.num_prompt_tokens} + max_new_tokens {seq.params.max_new_tokens} "
+                    f"exceeds the model's context of {self.max_model_len} tokens; shorten it")
+        if not self.can_ever_fit(seq):
+            return (f"request needs {seq.max_num_tokens} KV tokens (prompt {seq.num_prompt_tokens} + "
+                    f"max_new_tokens {seq.params.max_new_tokens}) but the KV budget is "
+                    f"{self.kv_budget_tokens}; shorten it or raise the KV budget")
+        return None
 
     def schedule(self, now_s: float) -> Plan:
         """Plan the next step at time `now_s`."""

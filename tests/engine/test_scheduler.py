@@ -125,3 +125,13 @@ def test_schedule_reads_no_clock_and_idles_with_a_wake_time():
 def test_bad_scheduler_config_is_rejected(kwargs: dict):
     with pytest.raises(ConfigError):
         SchedulerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("prompt, max_new, needle", [
+    ([], 4, "empty prompt"), ([1] * 60, 50, "context of 100 tokens")])
+def test_requests_that_can_never_run_fail_alone(prompt: list[int], max_new: int, needle: str):
+    sched = Scheduler(SchedulerConfig("continuous", 4, 0), kv_budget_tokens=1000, max_model_len=100)
+    bad = Sequence(0, prompt, SamplingParams(max_new_tokens=max_new), 0.0, 0.0)
+    good = Sequence(1, [1, 2], SamplingParams(max_new_tokens=2), 0.0, 0.0)
+    assert not sched.add(bad) and bad.status is SeqStatus.FAILED and needle in bad.error
+    assert sched.add(good) and sched.schedule(0.0).prefill == (good,)
