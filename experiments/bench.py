@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from engine.baselines import hf_generate, raw_decode_loop
 
+from engine.baselines import hf_generate, raw_decode_loop
 from engine.config import EngineConfig, SchedulerConfig
 from engine.sequence import SamplingParams, Sequence
 from experiments.local import LocalTarget
