@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from app.cli import app
+from app.errors import BadInput
 from app.output import print_json, print_pairs
 
 
@@ -12,12 +13,15 @@ from app.output import print_json, print_pairs
 def bench(
     model: str = typer.Option("builtin:small", help="model to measure"),
     device: str = typer.Option("auto", help="auto | cuda | mps | cpu"),
+    repeats: int = typer.Option(3, help="interleaved rounds; each figure is the median"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Measure engine overhead and batching gains on a fixed offline workload."""
     from experiments.bench import run_bench
 
-    result = run_bench(model, device)
+    if repeats < 1:
+        raise BadInput(f"--repeats must be >= 1, got {repeats}")
+    result = run_bench(model, device, repeats=repeats)
     if json_out:
         print_json(result)
         return

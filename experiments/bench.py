@@ -80,34 +80,47 @@ def raw_tok_s(target: LocalTarget, prompts: list[list[int]], num_new: int, batch
 
 
 def run_bench(model: str = "builtin:small", device: str = "auto",
-              workload: BenchWorkload | None = None) -> dict:
+              workload: BenchWorkload | None = None, repeats: int = 3) -> dict:
     """Measure every figure in one process, one model load; return the JSON-ready result."""
     w = workload or BenchWorkload()
     target = LocalTarget.start(EngineConfig(model=model, device=device, seed=w.seed))
     try:
-        return _measure(target, w)
+        return _measure(target, w, repeats)
     finally:
         target.close()
 
 
-def _measure(target: LocalTarget, w: BenchWorkload) -> dict:
+def _measure(target: LocalTarget, w: BenchWorkload, repeats: int) -> dict:
     vocab = np.array([i for i in range(int(target.loaded.model.config.vocab_size))
                       if i not in set(target.request_kwargs()["avoid_ids"])])
     prompts, outputs = w.mixed(vocab)
     equal = w.equal(vocab)
     engine_tok_s(target, "continuous", w.batch_size, equal[:w.batch_size], [8] * w.batch_size)  # warm-up
+    runs = {
+        "raw_loop": lambda: raw_tok_s(target, equal, w.equal_output, w.batch_size),
+        "engine_static_equal": lambda: engine_tok_s(target, "static", w.batch_size, equal,
+                                                    [w.equal_output] * len(equal)),
+        "static": lambda: engine_tok_s(target, "static", w.batch_size, prompts, outputs),
+        "continuous": lambda: engine_tok_s(target, "continuous", w.batch_size, prompts, outputs),
+        "hf_generate": lambda: _ratio(*hf_generate(target.loaded, prompts, outputs, w.batch_size)),
+    }
     started = time.perf_counter()
-    raw = raw_tok_s(target, equal, w.equal_output, w.batch_size)
-    eng = engine_tok_s(target, "static", w.batch_size, equal, [w.equal_output] * len(equal))
-    static = engine_tok_s(target, "static", w.batch_size, prompts, outputs)
-    cont = engine_tok_s(target, "continuous", w.batch_size, prompts, outputs)
-    hf_tokens, hf_s = hf_generate(target.loaded, prompts, outputs, w.batch_size)
-    hf = hf_tokens / hf_s
+    # Interleaved rounds, median per figure: a noisy neighbour hits every figure alike.
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            samples[name].append(run())
+    tok_s = {name: float(np.median(values)) for name, values in samples.items()}
     return {
         "model": target.loaded.name, "device": str(target.loaded.device),
-        "engine_vs_raw": eng / raw, "continuous_vs_static": cont / static,
-        "continuous_vs_hf_generate": cont / hf,
-        "tok_s": {"raw_loop": raw, "engine_static_equal": eng, "static": static,
-                  "continuous": cont, "hf_generate": hf},
+        "device_name": target.loaded.device_name,
+        "engine_vs_raw": tok_s["engine_static_equal"] / tok_s["raw_loop"],
+        "continuous_vs_static": tok_s["continuous"] / tok_s["static"],
+        "continuous_vs_hf_generate": tok_s["continuous"] / tok_s["hf_generate"],
+        "tok_s": tok_s, "samples_tok_s": samples, "repeats": repeats,
         "workload": w.__dict__, "bench_s": time.perf_counter() - started,
     }
+
+
+def _ratio(tokens: int, seconds: float) -> float:
+    return tokens / seconds
