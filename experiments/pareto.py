@@ -12,6 +12,7 @@ qualify.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -113,19 +114,26 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float | None, float | None]
     return mean, mean - half, mean + half
 
 
+# Exact types, not isinstance: bool is an int subclass but a flag (e.g. `saturated`), not a
+# measurement; and a type lookup keeps folding 10,000 trials x 70 metrics fast.
+_NUMBER_TYPES = (int, float)
+
+
 def _is_number(value: object) -> bool:
-    # bool is an int subclass but a flag (e.g. `saturated`), not a measurement.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) in _NUMBER_TYPES
 
 
 def _fold(config: TrialConfig, reps: list[TrialRecord]) -> ConfigPoint:
-    keys = dict.fromkeys(k for t in reps for k, v in t.metrics.items() if not isinstance(v, bool))
+    keys = dict.fromkeys(itertools.chain.from_iterable(t.metrics for t in reps))
     mean: dict[str, float | None] = {}
     low: dict[str, float | None] = {}
     high: dict[str, float | None] = {}
     counts: dict[str, int] = {}
     for key in keys:
-        values = [float(t.metrics[key]) for t in reps if _is_number(t.metrics.get(key))]
+        raw = [t.metrics.get(key) for t in reps]
+        if any(type(v) is bool for v in raw):
+            continue
+        values = [float(v) for v in raw if type(v) in _NUMBER_TYPES]
         counts[key] = len(values)
         mean[key], low[key], high[key] = mean_ci(values) if values else (None, None, None)
     saturated = any(bool(t.metrics.get("saturated")) for t in reps)
