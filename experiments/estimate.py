@@ -14,12 +14,14 @@ from experiments.profiles import Profile
 from experiments.records import TrialConfig
 
 MS = 1e-3
+# Fitted to step times measured on a 2-core CPU (decode at batch 1/4/16, prefill of 64 to
+# 1,024 tokens); HF's per-layer Python overhead dominates these small models' steps.
 PRIORS: dict[str, CostModel] = {
-    "builtin:tiny": CostModel(1.0 * MS, 0.004 * MS, 1.2 * MS, 0.05 * MS),
-    "builtin:small": CostModel(2.0 * MS, 0.03 * MS, 4.0 * MS, 0.4 * MS),
+    "builtin:tiny": CostModel(8.0 * MS, 0.12 * MS, 4.0 * MS, 0.3 * MS),
+    "builtin:small": CostModel(20.0 * MS, 0.5 * MS, 12.0 * MS, 1.3 * MS),
 }
 GENERIC = CostModel(20 * MS, 0.2 * MS, 25 * MS, 0.5 * MS)
-MODEL_LOAD_S = 3.0
+MODEL_LOAD_S = 8.0  # worker start, torch + transformers import, model build
 PER_TRIAL_OVERHEAD_S = 0.1
 
 
