@@ -62,7 +62,8 @@ def metrics(rng: random.Random) -> TrialMetrics:
         tpot_ms=dist() if rng.random() > 0.1 else None, itl_ms=dist(), e2e_ms=dist(),
         queue_wait_ms=dist(), service_ms=dist(), goodput_rps=rng.uniform(0, 40),
         slo_attainment=rng.random(), mean_batch_size=rng.uniform(1, 32),
-        peak_memory_mb=rng.uniform(500, 4000), saturated=rng.random() < 0.002,  # rare: a config with any saturated rep never qualifies
+        # rare: a config with any saturated repetition never qualifies
+        peak_memory_mb=rng.uniform(500, 4000), saturated=rng.random() < 0.002,
         slos={"ttft_ms": {"percentile": "p90", "max_ms": 500.0}},
     )
 
