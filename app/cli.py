@@ -19,9 +19,27 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    # Commands live in one module each; importing them registers them on `app`.
-    from app import cmd_analysis, cmd_bench, cmd_serve, cmd_sweep, cmd_trial, cmd_ui  # noqa: F401
+# command -> the module that defines it; main() imports only what the command line needs, so
+# quick commands (recommend, sweeps, trials) skip the imports of the others.
+COMMAND_MODULES: dict[str, str] = {
+    "trial": "cmd_trial", "bench": "cmd_bench", "serve": "cmd_serve", "ui": "cmd_ui",
+    "sweep": "cmd_sweep", "sweeps": "cmd_sweep", "trials": "cmd_sweep", "worker": "cmd_sweep",
+    "recommend": "cmd_analysis", "export": "cmd_analysis", "profiles": "cmd_analysis",
+}
+
+
+@app.callback()
+def _group() -> None:
+    """Tune the throughput/latency trade-off of LLM inference."""
+    # A callback keeps `tradeoff` a command group even when one command module is loaded.
+
+
+def _register(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    name = next((a for a in args if not a.startswith("-")), None)
+    modules = [COMMAND_MODULES[name]] if name in COMMAND_MODULES else sorted(set(COMMAND_MODULES.values()))
+    for module in modules:
+        importlib.import_module(f"app.{module}")  # importing registers the commands on `app`
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
@@ -48,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads must sleep, not spin: on a busy 2-core machine spinning slows every
     # forward pass ~10x. Must be set before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _register()
+    _register(argv)
     # Under `python -m app.cli` this file is __main__; commands register on the imported module.
     typer_app = importlib.import_module("app.cli").app
     try:

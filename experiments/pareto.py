@@ -123,8 +123,9 @@ def _is_number(value: object) -> bool:
     return type(value) in _NUMBER_TYPES
 
 
-def _fold(config: TrialConfig, reps: list[TrialRecord]) -> ConfigPoint:
-    keys = dict.fromkeys(itertools.chain.from_iterable(t.metrics for t in reps))
+def _fold(config: TrialConfig, reps: list[TrialRecord], only: Sequence[str] | None = None) -> ConfigPoint:
+    keys = only if only is not None else dict.fromkeys(
+        itertools.chain.from_iterable(t.metrics for t in reps))
     mean: dict[str, float | None] = {}
     low: dict[str, float | None] = {}
     high: dict[str, float | None] = {}
@@ -141,13 +142,16 @@ def _fold(config: TrialConfig, reps: list[TrialRecord]) -> ConfigPoint:
     return ConfigPoint(config, len(reps), mean, low, high, ids, saturated, counts)
 
 
-def aggregate(trials: Sequence[TrialRecord]) -> list[ConfigPoint]:
-    """Fold finished trials of the same config (repetition ignored), ordered by first trial id."""
+def aggregate(trials: Sequence[TrialRecord], keys: Sequence[str] | None = None) -> list[ConfigPoint]:
+    """Fold finished trials of the same config (repetition ignored), ordered by first trial id.
+
+    `keys` limits the folded metrics (all by default): folding the few a decision reads is
+    several times faster on big sweeps."""
     groups: dict[TrialConfig, list[TrialRecord]] = {}
     for trial in sorted(trials, key=lambda t: t.trial_id):
         if trial.status == "done":
             groups.setdefault(replace(trial.config, repetition=0), []).append(trial)
-    return [_fold(config, reps) for config, reps in groups.items()]
+    return [_fold(config, reps, keys) for config, reps in groups.items()]
 
 
 def _overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from experiments.pareto import ConfigPoint, aggregate, knee
@@ -184,15 +184,24 @@ def recommend(
 ) -> Recommendation:
     """The best config for `objective` under `slos` (see the module docstring for the rules)."""
     key = objective_key(objective, throughput_key)
-    measured = [p for p in aggregate(trials) if p.mean.get(key) is not None]
+    # Decide on the few metrics the rules read, then fold the chosen config in full.
+    wanted = sorted({key, FASTEST_KEY, KNEE_LATENCY_KEY, *(s.key for s in slos)})
+    measured = [p for p in aggregate(trials, wanted) if p.mean.get(key) is not None]
     pool = [p for p in measured if not p.saturated]
     if not measured:
         return _empty(objective, _why_empty(trials))
     if not pool:
         return _empty(objective, _why_saturated(len(measured)))
-    if not slos:
-        return _pick_knee(pool, objective, key)
-    return _pick_slo(pool, objective, key, slos)
+    rec = _pick_knee(pool, objective, key) if not slos else _pick_slo(pool, objective, key, slos)
+    return _with_all_metrics(rec, trials)
+
+
+def _with_all_metrics(rec: Recommendation, trials: Sequence[TrialRecord]) -> Recommendation:
+    ids = set(rec.point.trial_ids) if rec.point is not None else set()
+    if not ids:
+        return rec
+    full = aggregate([t for t in trials if t.trial_id in ids])[0]
+    return replace(rec, metrics=full.mean, point=full)
 
 
 def _empty(objective: str, explanation: str) -> Recommendation:
