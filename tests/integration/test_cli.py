@@ -128,3 +128,47 @@ def test_malformed_sweep_yaml_exits_2(capsys, tmp_path: Path):
     bad.write_text("model: builtin:tiny\nbatch_sizes: [1, 4\n")
     code, _, err = run_cli(capsys, "sweep", "--config", str(bad), "--db", f"sqlite:///{tmp_path}/t.db")
     assert code == 2 and "malformed YAML" in err
+
+
+def test_db_from_a_newer_schema_exits_2_and_is_left_alone(capsys, tmp_path: Path):
+    from db.store import Store
+
+    path = tmp_path / "new.db"
+    Store(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("insert into schema_version values (99, 'from the future', '2030-01-01')")
+    before = path.read_bytes()
+    code, _, err = run_cli(capsys, "sweeps", "--db", f"sqlite:///{path}")
+    assert code == 2 and "99" in err and "upgrade tradeoff" in err
+    assert path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_sweep_and_keeps_finished_trials(tmp_path: Path, tiny_profile: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from db.store import Store
+
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *sweep_args(db, tiny_profile)[:-2], "--requests", "200",
+         "--db", db, "--json"],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        sweeps = Store(db, create=False).list_sweeps() if (tmp_path / "c.db").exists() else []
+        if sweeps and sweeps[0].current_label:
+            break
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 10, "cancel took too long"
+    assert proc.returncode == 0, err
+    assert json.loads(out)["status"] == "cancelled"
+    sweep = Store(db, create=False).list_sweeps()[0]
+    assert sweep.status == "cancelled"
+    assert all(t.status == "done" for t in Store(db, create=False).list_trials(sweep.id))
