@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Policy = Literal["static", "continuous"]
-POLICIES: tuple[str, ...] = ("static", "continuous")
+Policy = Literal["static", "continuous", "adaptive"]
+POLICIES: tuple[str, ...] = ("static", "continuous", "adaptive")
 
 
 class ConfigError(ValueError):
@@ -20,6 +20,10 @@ class SchedulerConfig:
     policy: Policy = "continuous"
     max_batch_size: int = 8
     max_wait_ms: float = 0.0
+    # `adaptive` only: per-request targets the policy steers by (the profile's resolved SLO
+    # thresholds); None = no such SLO. The other policies ignore them.
+    ttft_slo_ms: float | None = None
+    tpot_slo_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -28,6 +32,10 @@ class SchedulerConfig:
             raise ConfigError(f"batch size must be an integer >= 1, got {self.max_batch_size}")
         if not self.max_wait_ms >= 0:  # also rejects NaN
             raise ConfigError(f"max wait must be >= 0 ms, got {self.max_wait_ms}")
+        for name in ("ttft_slo_ms", "tpot_slo_ms"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be a finite number of ms > 0, got {value}")
 
     @property
     def label(self) -> str:

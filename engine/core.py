@@ -87,6 +87,7 @@ class EngineCore:
         num_tokens = sum(s.num_prompt_tokens for s in seqs) if plan.prefill else len(seqs)
         phase = "prefill" if plan.prefill else "decode"
         self.steps.append(StepRecord(start_s, end_s - start_s, phase, len(seqs), num_tokens))
+        self.scheduler.observe(phase, len(seqs), num_tokens, end_s - start_s)
         self._commit(seqs, tokens, end_s)
         return plan
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from engine.adaptive import AdaptiveState
 from engine.config import SchedulerConfig
 from engine.sequence import SeqStatus, Sequence
 
@@ -37,13 +38,14 @@ class Plan:
 
 @dataclass
 class Scheduler:
-    """Decides what to admit and what to run next for the `static` or `continuous` policy."""
+    """Decides what to admit and what to run next for the `static`, `continuous` or `adaptive` policy."""
 
     config: SchedulerConfig
     kv_budget_tokens: int
     max_model_len: int | None = None  # the model's context; None = unlimited (simulations)
     waiting: deque[Sequence] = field(default_factory=deque)
     running: list[Sequence] = field(default_factory=list)
+    _adaptive: AdaptiveState | None = field(default=None, repr=False)
 
     @property
     def max_wait_s(self) -> float:
@@ -82,7 +84,21 @@ class Scheduler:
         """Plan the next step at time `now_s`."""
         if self.config.policy == "static":
             return self._schedule_static(now_s)
+        if self.config.policy == "adaptive":
+            return self._schedule_adaptive(now_s)
         return self._schedule_continuous(now_s)
+
+    def observe(self, phase: str, num_seqs: int, num_tokens: int, duration_s: float) -> None:
+        """Learn from one executed step (the adaptive policy's step-time fit)."""
+        if self.config.policy == "adaptive":
+            self.adaptive.observe(phase, num_seqs, num_tokens, duration_s)
+
+    @property
+    def adaptive(self) -> AdaptiveState:
+        """The adaptive policy's state; a new config (reconfigure) starts it afresh."""
+        if self._adaptive is None or self._adaptive.config is not self.config:
+            self._adaptive = AdaptiveState(self.config)
+        return self._adaptive
 
     def finish(self, seqs: list[Sequence]) -> None:
         """Forget finished or failed sequences (they leave the batch)."""
@@ -105,11 +121,23 @@ class Scheduler:
             return plan
         return Plan(decode=tuple(self.running), wake_at_s=plan.wake_at_s)
 
-    def _admit(self, now_s: float, num_free: int) -> Plan:
+    def _schedule_adaptive(self, now_s: float) -> Plan:
+        # Continuous batching with a cap and a wait chosen now (engine/adaptive.py).
+        state = self.adaptive
+        self.waiting = state.reorder(self.waiting, now_s)
+        num_free = state.batch_cap() - len(self.running)
+        plan = Plan()
+        if num_free > 0 and self.waiting:
+            plan = self._admit(now_s, num_free, state.wait_s(self.waiting[0], bool(self.running)))
+        if not plan.is_idle or not self.running:
+            return plan
+        return Plan(decode=tuple(self.running), wake_at_s=plan.wake_at_s)
+
+    def _admit(self, now_s: float, num_free: int, max_wait_s: float | None = None) -> Plan:
         """Admit waiting sequences once enough wait to fill the free slots or the oldest is due."""
         if not self.waiting:
             return Plan()
-        due_at_s = self.waiting[0].sent_s + self.max_wait_s
+        due_at_s = self.waiting[0].sent_s + (self.max_wait_s if max_wait_s is None else max_wait_s)
         # 1 ns slack: sums of float step times must not miss a deadline by rounding error.
         if len(self.waiting) < num_free and now_s + 1e-9 < due_at_s:
             return Plan(wake_at_s=due_at_s)

@@ -1,0 +1,124 @@
+"""The `adaptive` batching policy's decisions: pure functions of what the scheduler sees.
+
+Continuous batching whose batch cap and batching wait are chosen at every step, not fixed:
+
+- **Cap** (TPOT): the largest batch, up to the configured `max_batch_size`, whose predicted
+  time per output token stays within `TPOT_HEADROOM` x the TPOT SLO. A running sequence's
+  TPOT is the decode step time plus the prefills that interrupt it (no chunked prefill), so
+  `tpot(n) = decode_s(n) + n x stall_per_row_s`: decode time is fitted as `a + b n` by least
+  squares over the recent steps, and the stall is the recent prefill seconds per decoded row.
+- **Wait** (TTFT): arrivals are held back to join in groups (one prefill stalls the batch
+  once instead of once each) for at most the configured `max_wait_ms` *and* at most
+  `WAIT_SHARE` of the TTFT SLO, minus the predicted prefill time; with nothing running there is
+  no batch to stall, so they join at once.
+- **Order** (goodput): a waiting request whose TTFT SLO is already lost cannot count toward
+  goodput any more; it yields its place to requests that can still meet theirs (FIFO within
+  each group), and runs as soon as none of those waits.
+
+No clock, no torch: the scheduler passes `now` and reports each executed step to `observe`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.config import SchedulerConfig
+from engine.sequence import Sequence
+
+# Aim the predicted TPOT below the SLO: SLOs are percentiles and step times vary.
+TPOT_HEADROOM = 0.9
+# Share of the TTFT SLO the policy may spend holding arrivals back to group their prefills.
+WAIT_SHARE = 0.25
+# Steps (prefill and decode) the cost fit and the stall estimate look back over.
+WINDOW_STEPS = 64
+
+
+@dataclass
+class AdaptiveState:
+    """Recent step times, and the decisions derived from them, for one scheduler config."""
+
+    config: SchedulerConfig
+    # (phase, rows, tokens, seconds) of the last WINDOW_STEPS executed steps
+    steps: deque[tuple[str, int, int, float]] = field(
+        default_factory=lambda: deque(maxlen=WINDOW_STEPS))
+
+    def observe(self, phase: str, num_seqs: int, num_tokens: int, duration_s: float) -> None:
+        """Record one executed step."""
+        self.steps.append((phase, num_seqs, num_tokens, duration_s))
+
+    def decode_s(self, num_seqs: int) -> float | None:
+        """Predicted decode step time at `num_seqs` rows; None before any decode step."""
+        points = [(n, s) for phase, n, _, s in self.steps if phase == "decode"]
+        if not points:
+            return None
+        base_s, per_seq_s = fit_linear(points)
+        return base_s + per_seq_s * num_seqs
+
+    def prefill_s(self, num_tokens: int) -> float:
+        """Predicted prefill time for `num_tokens` prompt tokens (0 before any prefill)."""
+        done = [(k, s) for phase, _, k, s in self.steps if phase == "prefill"]
+        total_tokens = sum(k for k, _ in done)
+        return sum(s for _, s in done) / total_tokens * num_tokens if total_tokens else 0.0
+
+    def stall_per_row_s(self) -> float:
+        """Recent prefill seconds per decoded row: the share of each token spent on joins."""
+        rows = sum(n for phase, n, _, _ in self.steps if phase == "decode")
+        prefill = sum(s for phase, _, _, s in self.steps if phase == "prefill")
+        return prefill / rows if rows else 0.0
+
+    def predicted_tpot_s(self, num_seqs: int) -> float | None:
+        """Decode step time plus the prefill stalls a row sees, at `num_seqs` rows."""
+        decode = self.decode_s(num_seqs)
+        return None if decode is None else decode + num_seqs * self.stall_per_row_s()
+
+    def batch_cap(self) -> int:
+        """The largest batch (<= max_batch_size) predicted to keep TPOT within the SLO."""
+        limit, slo_ms = self.config.max_batch_size, self.config.tpot_slo_ms
+        if slo_ms is None or self.decode_s(1) is None:
+            return limit  # nothing to steer by yet: behave as continuous
+        target_s = TPOT_HEADROOM * slo_ms / 1000.0
+        fits = [n for n in range(1, limit + 1) if self.predicted_tpot_s(n) <= target_s]  # type: ignore[operator]
+        return max(fits, default=1)
+
+    def wait_s(self, head: Sequence, is_running: bool) -> float:
+        """How long `head` (the oldest viable waiter) may be held back to join in a group."""
+        if not is_running:
+            return 0.0
+        wait_s = self.config.max_wait_ms / 1000.0
+        if self.config.ttft_slo_ms is None:
+            return wait_s
+        budget_s = WAIT_SHARE * self.config.ttft_slo_ms / 1000.0 - self.prefill_s(head.num_prompt_tokens)
+        return min(wait_s, max(0.0, budget_s))
+
+    def reorder(self, waiting: deque[Sequence], now_s: float) -> deque[Sequence]:
+        """Requests that can still meet their TTFT SLO first, lost ones after (FIFO in each)."""
+        slo_ms = self.config.ttft_slo_ms
+        if slo_ms is None or len(waiting) < 2:
+            return waiting
+        cutoff_s = now_s - slo_ms / 1000.0  # scheduled before this: TTFT already missed
+        viable = [s for s in waiting if s.scheduled_s >= cutoff_s]
+        if not viable or len(viable) == len(waiting):
+            return waiting
+        return deque(viable + [s for s in waiting if s.scheduled_s < cutoff_s])
+
+
+def fit_linear(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares (base, slope) of seconds over rows, neither negative.
+
+    With a single batch size seen the two cannot be told apart; the fit is then flat (the
+    step costs what it cost), so the cap may grow and the next steps show the slope.
+    """
+    num = len(points)
+    mean_n = sum(n for n, _ in points) / num
+    mean_s = sum(s for _, s in points) / num
+    var_n = sum((n - mean_n) ** 2 for n, _ in points)
+    if var_n == 0:
+        return mean_s, 0.0
+    slope = sum((n - mean_n) * (s - mean_s) for n, s in points) / var_n
+    base = mean_s - slope * mean_n
+    if slope < 0:  # noise: step time cannot fall with more rows
+        return mean_s, 0.0
+    if base < 0:
+        return 0.0, sum(n * s for n, s in points) / sum(n * n for n, _ in points)
+    return base, slope
