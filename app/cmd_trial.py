@@ -11,7 +11,7 @@ from app.errors import BadInput
 from app.output import print_json, print_pairs
 from engine.config import EngineConfig, SchedulerConfig
 from experiments.profiles import load_profile, needs_baseline, resolve_slos
-from experiments.records import LATENCY_METRICS, TrialConfig
+from experiments.records import LATENCY_METRICS, TrialConfig, config_to_dict
 
 
 def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
@@ -38,11 +38,7 @@ def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
 
 def trial_json(config: TrialConfig, metrics: dict, model: str, profile: str) -> dict:
     """The stable `tradeoff trial --json` object."""
-    cfg = {"policy": config.policy, "batch_size": config.batch_size,
-           "max_wait_ms": config.max_wait_ms}
-    cfg.update({"concurrency": config.concurrency} if config.concurrency is not None
-               else {"rate": config.rate, "burstiness": config.burstiness})
-    return {"config": cfg, "model": model, "profile": profile, **metrics}
+    return {"config": config_to_dict(config), "model": model, "profile": profile, **metrics}
 
 
 def _print_table(out: dict) -> None:

@@ -182,9 +182,24 @@ def _v2_liveness_and_profiles(conn: Connection) -> None:
     _v2_profiles(MetaData()).create(conn)
 
 
+def _v3_knobs_and_self_check(conn: Connection) -> None:
+    """Version 3: token budget, replicas/router, trace speed-up, client self-check, roofline, details."""
+    for column in (
+        Column("client_bound", Boolean), Column("client_bound_reason", Text),
+        Column("client_lag_ms_p50", Float), Column("client_lag_ms_p99", Float),
+        Column("client_lag_ms_max", Float), Column("roofline_decode", Float),
+        Column("roofline_prefill", Float), Column("max_num_batched_tokens", Integer),
+        Column("replicas", Integer), Column("router", String(32)), Column("speedup", Float),
+        Column("details_json", Text),
+    ):
+        add_column(conn, "trials", column)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: sweeps, trials, requests", _v1_initial),
     Migration(2, "worker liveness columns, sweep queue index, profiles", _v2_liveness_and_profiles),
+    Migration(3, "token budget, replicas, router, speed-up, client self-check, roofline, details",
+              _v3_knobs_and_self_check),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 

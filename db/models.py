@@ -86,7 +86,9 @@ class TrialModel(Base):
     """One trial: its config, status and every metric of TrialMetrics.flat() as a column."""
 
     __tablename__ = "trials"
-    # load_key, not (concurrency, rate): NULLs never collide in a SQL unique constraint.
+    # load_key, not (concurrency, rate): NULLs never collide in a SQL unique constraint. Since
+    # version 3 it also carries the knobs added after version 1 when they are not at their
+    # defaults (store.load_key), so old keys keep their meaning and no table rebuild is needed.
     __table_args__ = (
         UniqueConstraint(
             "sweep_id", "policy", "batch_size", "max_wait_ms", "load_key", "repetition",
@@ -148,9 +150,23 @@ class TrialModel(Base):
     mean_batch_size: Mapped[float | None]
     peak_memory_mb: Mapped[float | None]
     saturated: Mapped[bool | None]
+    # Added in schema version 3: the client's self-check and the roofline fraction.
+    client_bound: Mapped[bool | None]
+    client_bound_reason: Mapped[str | None] = mapped_column(Text)
+    client_lag_ms_p50: Mapped[float | None]
+    client_lag_ms_p99: Mapped[float | None]
+    client_lag_ms_max: Mapped[float | None]
+    roofline_decode: Mapped[float | None]
+    roofline_prefill: Mapped[float | None]
     nonfinite: Mapped[str | None] = mapped_column(Text)  # JSON {metric: "nan"|"inf"|"-inf"}
     slos_json: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    # Added in schema version 3: server knobs beyond the batching ones, and per-trial extras.
+    max_num_batched_tokens: Mapped[int | None]
+    replicas: Mapped[int | None]  # NULL in version-2 rows: one replica
+    router: Mapped[str | None] = mapped_column(String(CODE_LEN))
+    speedup: Mapped[float | None]
+    details_json: Mapped[str | None] = mapped_column(Text)
 
 
 class RequestModel(Base):
@@ -192,7 +208,7 @@ class ProfileModel(Base):
 _TRIAL_NON_METRICS = frozenset({
     "id", "sweep_id", "policy", "batch_size", "max_wait_ms", "concurrency", "rate", "burstiness",
     "repetition", "load_key", "status", "started_at", "finished_at", "nonfinite", "slos_json",
-    "error",
+    "error", "max_num_batched_tokens", "replicas", "router", "speedup", "details_json",
 })
 # The keys of TrialMetrics.flat(), in column order (a test keeps the two in step).
 METRIC_COLUMNS: tuple[str, ...] = tuple(

@@ -193,11 +193,23 @@ def _naive_utc(value: datetime | None) -> datetime | None:
 
 
 def load_key(config: TrialConfig) -> str:
-    """An exact, non-null key of the load level (NULLs never collide in a unique constraint)."""
+    """An exact, non-null key of the load level and of the knobs added after schema version 1.
+
+    NULLs never collide in a unique constraint, so the key spells every part out. Knobs at
+    their defaults add nothing: a version-1 row's key still names the same trial.
+    """
     if config.concurrency is not None:
-        return f"c={config.concurrency}/b={float(config.burstiness)!r}"
-    rate = None if config.rate is None else float(config.rate)
-    return f"r={rate!r}/b={float(config.burstiness)!r}"
+        key = f"c={config.concurrency}/b={float(config.burstiness)!r}"
+    elif config.speedup is not None:
+        key = f"x={float(config.speedup)!r}"
+    else:
+        rate = None if config.rate is None else float(config.rate)
+        key = f"r={rate!r}/b={float(config.burstiness)!r}"
+    if config.max_num_batched_tokens is not None:
+        key += f"/t={config.max_num_batched_tokens}"
+    if config.replicas != 1 or config.router is not None:
+        key += f"/n={config.replicas}/{config.router}"
+    return key
 
 
 def _plain(value: Any) -> Any:
@@ -259,6 +271,9 @@ def _config_values(config: TrialConfig) -> dict[str, Any]:
         "max_wait_ms": float(config.max_wait_ms), "concurrency": _plain(config.concurrency),
         "rate": None if config.rate is None else float(config.rate),
         "burstiness": float(config.burstiness), "repetition": _plain(config.repetition),
+        "max_num_batched_tokens": _plain(config.max_num_batched_tokens),
+        "replicas": _plain(config.replicas), "router": config.router,
+        "speedup": None if config.speedup is None else float(config.speedup),
         "load_key": load_key(config),
     }
 
@@ -268,24 +283,35 @@ def _config_values(config: TrialConfig) -> dict[str, Any]:
 _TRIALS, _REQUESTS = TrialModel.__table__, RequestModel.__table__
 _INSERT_TRIAL = insert(_TRIALS).returning(_TRIALS.c.id)
 _INSERT_REQUESTS = insert(_REQUESTS)
-_CONFIG_COLUMNS = tuple(_TRIALS.c[name] for name in (
+_CONFIG_NAMES = (
     "policy", "batch_size", "max_wait_ms", "concurrency", "rate", "burstiness", "repetition",
-))
+    "max_num_batched_tokens", "replicas", "router", "speedup",
+)
+_CONFIG_COLUMNS = tuple(_TRIALS.c[name] for name in _CONFIG_NAMES)
+_NUM_CONFIG = len(_CONFIG_COLUMNS)
 # _trial_record unpacks rows in this order.
 _TRIAL_COLUMNS = (
     _TRIALS.c.id, _TRIALS.c.sweep_id, *_CONFIG_COLUMNS, _TRIALS.c.status, _TRIALS.c.error,
-    _TRIALS.c.started_at, _TRIALS.c.finished_at, _TRIALS.c.nonfinite,
+    _TRIALS.c.started_at, _TRIALS.c.finished_at, _TRIALS.c.nonfinite, _TRIALS.c.details_json,
     *(_TRIALS.c[name] for name in METRIC_COLUMNS),
 )
 
 
+def _config(row: Sequence[Any]) -> TrialConfig:
+    values = dict(zip(_CONFIG_NAMES, row, strict=True))
+    values["replicas"] = values["replicas"] or 1  # NULL in rows written before version 3
+    return TrialConfig(**values)
+
+
 def _trial_record(row: Sequence[Any]) -> TrialRecord:
     trial_id, sweep_id = row[0], row[1]
-    status, error, started_at, finished_at, nonfinite = row[9:14]
+    first = 2 + _NUM_CONFIG
+    status, error, started_at, finished_at, nonfinite, details = row[first:first + 6]
     return TrialRecord(
-        trial_id=trial_id, sweep_id=sweep_id, config=TrialConfig(*row[2:9]), status=status,
-        metrics=_metrics_from_row(status, nonfinite, row[14:]), error=error,
+        trial_id=trial_id, sweep_id=sweep_id, config=_config(row[2:first]), status=status,
+        metrics=_metrics_from_row(status, nonfinite, row[first + 6:]), error=error,
         started_at=started_at, finished_at=finished_at,
+        details=json.loads(details) if details else {},
     )
 
 
@@ -577,7 +603,8 @@ class Store:
         """Store a done trial and all its requests in one transaction; return the trial id."""
         # Request times are kept relative to trial_start_s, on the trial's own clock; without
         # it, the earliest scheduled time stands for the trial start.
-        values = {**_metric_values(metrics.flat()), "slos_json": _to_json(metrics.slos)}
+        values = {**_metric_values(metrics.flat()), "slos_json": _to_json(metrics.slos),
+                  "details_json": _to_json(metrics.details) if metrics.details else None}
         origin_s = trial_start_s if trial_start_s is not None else \
             min((r.scheduled_s for r in requests), default=0.0)
         with self._session(write=True) as s:
@@ -619,7 +646,7 @@ class Store:
         """Configs of the sweep's stored trials, done or failed: what a resume must skip."""
         query = select(*_CONFIG_COLUMNS).where(_TRIALS.c.sweep_id == sweep_id)
         with self._session() as s:
-            return {TrialConfig(*row) for row in s.connection().execute(query).all()}
+            return {_config(row) for row in s.connection().execute(query).all()}
 
     def list_trials(self, sweep_ids: int | Iterable[int]) -> list[TrialRecord]:
         """Trials of one sweep or several, in sweep then insertion order."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from experiments.pareto import ConfigPoint, aggregate, knee
-from experiments.records import LATENCY_METRICS, SLO, STATS, TrialConfig, TrialRecord
+from experiments.records import LATENCY_METRICS, SLO, STATS, TrialConfig, TrialRecord, config_to_dict
 
 OBJECTIVES: dict[str, str] = {"max_goodput": "goodput_rps", "max_throughput": "output_tokens_per_s"}
 KNEE_LATENCY_KEY = "e2e_ms_p90"
@@ -85,15 +85,6 @@ class Recommendation:
             "nearest_miss": None if miss is None else miss.to_dict(),
             "explanation": self.explanation,
         }
-
-
-def config_to_dict(config: TrialConfig) -> dict:
-    """Knobs and load level: `concurrency`, or `rate` and `burstiness` for open loop."""
-    out: dict = {"policy": config.policy, "batch_size": config.batch_size,
-                 "max_wait_ms": config.max_wait_ms}
-    if config.concurrency is not None:
-        return {**out, "concurrency": config.concurrency}
-    return {**out, "rate": config.rate, "burstiness": config.burstiness}
 
 
 def nest_metrics(flat: dict[str, float | None]) -> dict:

@@ -13,6 +13,8 @@ PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 STATS: tuple[str, ...] = ("p50", "p90", "p95", "p99", "mean")
 # Latency metrics, all in milliseconds; every one is reported at every stat in STATS.
 LATENCY_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_wait_ms", "service_ms")
+# Short router names for labels (`x2lo` = 2 replicas behind least_outstanding).
+ROUTER_ABBREV: dict[str, str] = {"round_robin": "rr", "least_outstanding": "lo", "power_of_two": "p2"}
 THROUGHPUT_METRICS: tuple[str, ...] = (
     "requests_per_s", "output_tokens_per_s", "total_tokens_per_s", "goodput_rps",
 )
@@ -65,18 +67,64 @@ class TrialConfig:
     rate: float | None = None  # open loop: mean arrivals per second
     burstiness: float = 1.0  # gamma shape; 1 = Poisson
     repetition: int = 0
+    max_num_batched_tokens: int | None = None  # prefill token budget per step; None = no chunking
+    replicas: int = 1  # engine replicas behind a router, measured as one target
+    router: str | None = None  # "round_robin" | "least_outstanding" | "power_of_two"; None for 1 replica
+    speedup: float | None = None  # trace replay: time scale of the trace's arrivals (the load axis)
 
     @property
     def load_label(self) -> str:
-        """`concurrent@8` or `poisson@2.00` / `gamma(0.5)@2.00`, as GuideLLM labels loads."""
+        """`concurrent@8`, `poisson@2.00` / `gamma(0.5)@2.00` (as GuideLLM labels loads), `trace@2x`."""
         if self.concurrency is not None:
             return f"concurrent@{self.concurrency}"
+        if self.speedup is not None:
+            return f"trace@{self.speedup:g}x"
         kind = "poisson" if self.burstiness == 1 else f"gamma({self.burstiness:g})"
         return f"{kind}@{self.rate:.2f}"
 
     @property
+    def server_label(self) -> str:
+        """The server-side knobs only (what a user deploys), e.g. `continuous/b8/w5ms/t256/x2lo`."""
+        parts = [self.policy, f"b{self.batch_size}", f"w{self.max_wait_ms:g}ms"]
+        if self.max_num_batched_tokens is not None:
+            parts.append(f"t{self.max_num_batched_tokens}")
+        if self.replicas != 1:
+            parts.append(f"x{self.replicas}{ROUTER_ABBREV.get(self.router or '', self.router or '')}")
+        return "/".join(parts)
+
+    @property
     def label(self) -> str:
-        return f"{self.policy}/b{self.batch_size}/w{self.max_wait_ms:g}ms/{self.load_label}"
+        return f"{self.server_label}/{self.load_label}"
+
+
+@dataclass(frozen=True)
+class ClientLag:
+    """How late the load generator itself was, in ms (send lag: sent - scheduled)."""
+
+    p50: float
+    p99: float
+    max: float
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Fraction of the hardware limit reached: decode vs memory bandwidth, prefill vs compute."""
+
+    decode: float | None
+    prefill: float | None
+
+
+def config_to_dict(config: TrialConfig) -> dict:
+    """JSON-ready knobs and load: `concurrency`, `speedup` (trace), or `rate` and `burstiness`."""
+    out: dict = {"policy": config.policy, "batch_size": config.batch_size,
+                 "max_wait_ms": config.max_wait_ms,
+                 "max_num_batched_tokens": config.max_num_batched_tokens,
+                 "replicas": config.replicas, "router": config.router}
+    if config.concurrency is not None:
+        return {**out, "concurrency": config.concurrency}
+    if config.speedup is not None:
+        return {**out, "speedup": config.speedup}
+    return {**out, "rate": config.rate, "burstiness": config.burstiness}
 
 
 @dataclass(frozen=True)
@@ -101,21 +149,39 @@ class TrialMetrics:
     peak_memory_mb: float | None
     saturated: bool
     slos: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {percentile, max_ms}
+    # The trial's check of its own numbers: a lagging load generator makes every latency suspect.
+    client_bound: bool = False
+    client_bound_reason: str | None = None
+    client_lag_ms: ClientLag | None = None
+    roofline_fraction: Roofline | None = None
+    # JSON-ready extras stored whole, not as columns; keys by convention: "timeseries", "trace",
+    # "provenance", "client", "prediction".
+    details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready nested dict (the `tradeoff trial --json` shape)."""
         return asdict(self)
 
-    def flat(self) -> dict[str, float | int | bool | None]:
+    def flat(self) -> dict[str, float | int | bool | str | None]:
         """Flat `metric_stat` keys (e.g. `ttft_ms_p99`) for tables, the store and the analysis."""
-        out: dict[str, float | int | bool | None] = {}
+        out: dict[str, float | int | bool | str | None] = {}
         for key, value in asdict(self).items():
             if key in LATENCY_METRICS:
                 for stat in STATS:
                     out[f"{key}_{stat}"] = None if value is None else value[stat]
-            elif key != "slos":
+            elif key in _NESTED:
+                for sub, flat_key in _NESTED[key].items():
+                    out[flat_key] = None if value is None else value[sub]
+            elif key not in ("slos", "details"):
                 out[key] = value
         return out
+
+
+# Nested metric fields and the flat keys (store columns) their parts become.
+_NESTED: dict[str, dict[str, str]] = {
+    "client_lag_ms": {s: f"client_lag_ms_{s}" for s in ("p50", "p99", "max")},
+    "roofline_fraction": {"decode": "roofline_decode", "prefill": "roofline_prefill"},
+}
 
 
 @dataclass(frozen=True)
@@ -140,7 +206,14 @@ class TrialRecord:
     sweep_id: int
     config: TrialConfig
     status: str  # "done" | "failed" | "running"
-    metrics: dict[str, float | int | bool | None]  # TrialMetrics.flat(); empty when failed
+    metrics: dict[str, float | int | bool | str | None]  # TrialMetrics.flat(); empty when failed
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    details: dict = field(default_factory=dict)  # TrialMetrics.details
+
+    @property
+    def is_trusted(self) -> bool:
+        """Done, and its numbers can be believed: no saturated queue, no lagging client."""
+        return self.status == "done" and not self.metrics.get("saturated") \
+            and not self.metrics.get("client_bound")

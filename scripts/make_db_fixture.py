@@ -1,8 +1,9 @@
-"""Build tests/db/fixtures/v1.db: a small database at schema version 1, for the upgrade tests.
+"""Build tests/db/fixtures/vN.db: a small database at an old schema version, for the upgrade tests.
 
-Run from the repository root: `.venv/bin/python scripts/make_db_fixture.py [OUT]`.
-The schema comes from the frozen version-1 migration; the rows are written with plain SQL
-against the reflected tables, as a tradeoff of that release would have left them.
+Run from the repository root: `.venv/bin/python scripts/make_db_fixture.py [VERSION [OUT]]`
+(default version 1). The schema comes from the frozen migrations; the rows are written with
+plain SQL against the reflected tables, as a tradeoff of that release would have left them:
+version-1 rows, then (for version 2) a saved profile and a worker heartbeat.
 Re-running it rewrites the file; commit the result (tests never write to it: they copy it).
 """
 
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from db.migrations import upgrade  # noqa: E402
 from db.store import make_engine  # noqa: E402
 
-OUT = Path("tests/db/fixtures/v1.db")
+FIXTURES = Path("tests/db/fixtures")
 T0 = datetime(2025, 1, 2, 3, 4, 5)
 LATENCY = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_wait_ms", "service_ms")
 STATS = ("p50", "p90", "p95", "p99", "mean")
@@ -77,8 +78,15 @@ def request_rows() -> list[dict]:
     ]
 
 
-def main(out: Path = OUT) -> None:
-    """Write the fixture database to `out`."""
+def v2_rows() -> list[tuple[str, dict]]:
+    """What version 2 added: a saved profile (sweep rows get their heartbeat by update)."""
+    return [("profiles", {"id": 1, "name": "mine", "yaml_text": "name: mine\n",
+                          "created_at": T0, "updated_at": T0})]
+
+
+def main(version: int = 1, out: Path | None = None) -> None:
+    """Write the fixture database at schema `version` to `out`."""
+    out = out or FIXTURES / f"v{version}.db"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     engine = make_engine(f"sqlite:///{out}")
@@ -90,6 +98,14 @@ def main(out: Path = OUT) -> None:
                            ("requests", request_rows())):
             for row in rows:  # one by one: the rows do not all name the same columns
                 conn.execute(tables.tables[name].insert().values(**row))
+        if version >= 2:
+            upgrade(conn, target=2)
+            tables = MetaData()
+            tables.reflect(conn)
+            for name, row in v2_rows():
+                conn.execute(tables.tables[name].insert().values(**row))
+            conn.execute(tables.tables["sweeps"].update().where(tables.tables["sweeps"].c.id == 2)
+                         .values(worker_pid=1, worker_host="ci", heartbeat_at=T0))
     raw = engine.raw_connection()
     try:  # one self-contained file to commit: no -wal/-shm side files
         raw.execute("PRAGMA journal_mode = DELETE")
@@ -97,8 +113,8 @@ def main(out: Path = OUT) -> None:
     finally:
         raw.close()
     engine.dispose()
-    print(f"wrote {out} (schema version 1)")
+    print(f"wrote {out} (schema version {version})")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1, Path(sys.argv[2]) if len(sys.argv) > 2 else None)

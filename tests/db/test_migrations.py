@@ -20,6 +20,7 @@ from db.store import make_engine
 from experiments.records import TrialConfig
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
+FIXTURE_V2 = Path(__file__).parent / "fixtures" / "v2.db"
 T0 = datetime(2025, 1, 2, 3, 4, 5)
 
 
@@ -134,6 +135,28 @@ def test_upgrade_from_v1_fixture_keeps_the_data(tmp_path):
         store.save_profile("mine", "name: mine\n")
         assert store.mark_dead_workers(timeout_s=60) == [2]  # v1 never beat: started in 2025
     assert fixture_digest() == digest  # the committed file is untouched
+
+
+def test_upgrade_from_v2_fixture_keeps_the_data(tmp_path):
+    digest = hashlib.sha256(FIXTURE_V2.read_bytes()).hexdigest()
+    path = tmp_path / "v2.db"
+    shutil.copy(FIXTURE_V2, path)
+    url = f"sqlite:///{path}"
+    assert version_of(url) == 2
+    with Store(url) as store:
+        assert version_of(url) == SCHEMA_VERSION
+        assert store.list_profiles() == {"mine": "name: mine\n"}
+        assert (store.get_sweep(2).worker_host, store.get_sweep(2).worker_pid) == ("ci", 1)
+        done, _failed = store.list_trials(1)
+        # Rows from before version 3: one replica, no token budget, no self-check, no extras.
+        assert done.config == TrialConfig("static", 4, 0.0, concurrency=2)
+        assert (done.config.replicas, done.config.max_num_batched_tokens) == (1, None)
+        assert done.metrics["client_bound"] is None and done.metrics["roofline_decode"] is None
+        assert done.details == {} and done.is_trusted
+        # The old key still names the same trial: re-adding it is a duplicate.
+        with pytest.raises(StoreError, match="already has trial"):
+            store.add_failed_trial(1, done.config, "again", T0, T0)
+    assert hashlib.sha256(FIXTURE_V2.read_bytes()).hexdigest() == digest
 
 
 def test_upgraded_fixture_has_the_fresh_schema(tmp_path):

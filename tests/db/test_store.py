@@ -22,7 +22,7 @@ from db import (
 )
 from db.models import RequestModel, SweepModel, TrialModel
 from db.store import utcnow
-from experiments.records import RequestRecord, TrialConfig
+from experiments.records import ClientLag, RequestRecord, Roofline, TrialConfig
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 T1 = T0 + timedelta(seconds=3)
@@ -262,6 +262,45 @@ def test_close_load_levels_are_distinct_trials(store, new_sweep, make_metrics):
     for config in configs:
         store.add_trial(sweep_id, config, make_metrics(), [], T0, T1)
     assert store.done_configs(sweep_id) == set(configs)
+
+
+def test_knobs_of_schema_v3_are_part_of_a_trials_identity(store, new_sweep, make_metrics):
+    base = TrialConfig("continuous", 8, 0.0, rate=4.0)
+    configs = [base, TrialConfig("continuous", 8, 0.0, rate=4.0, max_num_batched_tokens=256),
+               TrialConfig("continuous", 8, 0.0, rate=4.0, replicas=2, router="round_robin"),
+               TrialConfig("continuous", 8, 0.0, rate=4.0, replicas=2, router="power_of_two"),
+               TrialConfig("adaptive", 8, 0.0, speedup=2.0), TrialConfig("adaptive", 8, 0.0, speedup=4.0)]
+    sweep_id = new_sweep()
+    for config in configs:
+        store.add_trial(sweep_id, config, make_metrics(), [], T0, T1)
+    assert store.done_configs(sweep_id) == set(configs)
+    assert [t.config for t in store.list_trials(sweep_id)] == configs
+    with pytest.raises(DuplicateTrialError):
+        store.add_trial(sweep_id, configs[2], make_metrics(), [], T0, T1)
+
+
+def test_self_check_roofline_and_details_round_trip(store, new_sweep, config, make_metrics):
+    metrics = make_metrics(client_bound=True, client_bound_reason="p99 send lag 12 ms > 1 ms",
+                           client_lag_ms=ClientLag(0.2, 12.0, 30.5),
+                           roofline_fraction=Roofline(decode=0.41, prefill=None),
+                           details={"trace": {"num_requests": 12, "window_s": [0.0, 20.0]}})
+    sweep_id = new_sweep()
+    store.add_trial(sweep_id, config, metrics, [], T0, T1)
+    [trial] = store.list_trials(sweep_id)
+    assert trial.metrics == metrics.flat()
+    assert (trial.metrics["client_lag_ms_p99"], trial.metrics["roofline_decode"]) == (12.0, 0.41)
+    assert trial.details == {"trace": {"num_requests": 12, "window_s": [0.0, 20.0]}}
+    assert not trial.is_trusted
+
+
+def test_nested_self_check_fields_flatten_to_store_keys(make_metrics):
+    flat = make_metrics(client_lag_ms=ClientLag(0.1, 2.0, 9.0),
+                        roofline_fraction=Roofline(decode=0.5, prefill=None),
+                        details={"client": {"cpu": 0.9}}).flat()
+    assert (flat["client_lag_ms_p50"], flat["client_lag_ms_p99"], flat["client_lag_ms_max"]) == \
+        (0.1, 2.0, 9.0)
+    assert (flat["roofline_decode"], flat["roofline_prefill"]) == (0.5, None)
+    assert "details" not in flat and "client_lag_ms" not in flat
 
 
 # -- cancel, queue, liveness ----------------------------------------------------------------

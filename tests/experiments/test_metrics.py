@@ -196,3 +196,15 @@ def test_simulated_continuous_batching_metrics() -> None:
     assert m.mean_batch_size == pytest.approx((3 * 0.008 + 2 * 0.007) / 0.015)
     assert m.goodput_rps == pytest.approx(1 / 0.060)  # only R2's TTFT (25 ms) meets 28 ms
     assert m.slo_attainment == pytest.approx(1 / 3)
+
+
+def test_labels_name_only_the_knobs_that_are_set():
+    from experiments.records import TrialConfig
+
+    assert TrialConfig("static", 4, 0.0, concurrency=2).label == "static/b4/w0ms/concurrent@2"
+    config = TrialConfig("continuous", 8, 5.0, rate=2.0, max_num_batched_tokens=256, replicas=2,
+                         router="least_outstanding")
+    assert config.label == "continuous/b8/w5ms/t256/x2lo/poisson@2.00"
+    assert config.server_label == "continuous/b8/w5ms/t256/x2lo"
+    assert TrialConfig("adaptive", 16, 0.0, speedup=2.5).load_label == "trace@2.5x"
+

@@ -157,6 +157,7 @@ def test_to_dict_nests_metrics_like_trial_json():
     out = recommend(trials, "max_goodput", [TTFT_500]).to_dict()
     json.dumps(out)  # JSON-ready
     assert out["config"] == {"policy": "continuous", "batch_size": 16, "max_wait_ms": 5.0,
+                             "max_num_batched_tokens": None, "replicas": 1, "router": None,
                              "concurrency": 8}
     assert out["metrics"]["ttft_ms"] == {"p50": 460, "p90": 460, "p95": 460, "p99": 460,
                                          "mean": 460}
@@ -169,5 +170,6 @@ def test_to_dict_open_loop_config_has_rate_and_burstiness():
     config = TrialConfig("static", 4, 0.0, rate=2.5, burstiness=0.5)
     rec = recommend([TrialRecord(1, 1, config, "done", flat(100, 2, 300))], "max_goodput", [])
     assert rec.to_dict()["config"] == {"policy": "static", "batch_size": 4, "max_wait_ms": 0.0,
-                                       "rate": 2.5, "burstiness": 0.5}
+                                       "max_num_batched_tokens": None, "replicas": 1,
+                                       "router": None, "rate": 2.5, "burstiness": 0.5}
     assert "at 2.5 req/s (gamma, burstiness 0.5)" in rec.explanation

@@ -50,6 +50,7 @@ def test_trial_json_contract(capsys, tiny_profile: Path):
     assert code == 0, err
     result = json.loads(out)  # exactly one JSON document on stdout
     assert result["config"] == {"policy": "continuous", "batch_size": 4, "max_wait_ms": 5.0,
+                                "max_num_batched_tokens": None, "replicas": 1, "router": None,
                                 "concurrency": 4}
     assert result["requests_completed"] == 12
     for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_wait_ms"):
