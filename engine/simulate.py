@@ -1,4 +1,5 @@
-"""The virtual clock: the real scheduler and step loop driven by a cost model in simulated time.
+"""The virtual clock: the real scheduler and step loop driven by a cost model in simulated time,
+for one engine or N replicas behind a router.
 
 Deterministic and instant, so tests can check exact dispatch, first-token and done times
 against hand-computed values, and a simulator can predict a frontier before measuring.
@@ -12,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.config import SchedulerConfig
-from engine.core import EngineCore
+from engine.core import EngineCore, StepRecord
+from engine.routing import check_replicas, make_router
 from engine.scheduler import Scheduler
 from engine.sequence import SamplingParams, Sequence
 
@@ -67,30 +69,79 @@ class CostModelExecutor:
         pass
 
 
+# At equal times, finishes land before arrivals, and both before any replica steps: a
+# request finishing at t frees its slot (and its router count) for work arriving at t.
+_FINISH, _ARRIVAL = 0, 1
+
+
 @dataclass(order=True)
 class _Event:
     at_s: float
+    rank: int
     order: int
     action: Callable[[], None] = field(compare=False)
 
 
-class Simulator:
-    """Runs the engine core on a virtual clock; requests arrive at given simulated times."""
+class _Replica:
+    """One simulated engine: its own core and clock (its time is when it is next free)."""
 
-    def __init__(self, sched_config: SchedulerConfig, cost: CostModel,
-                 kv_budget_tokens: int = 1 << 30) -> None:
+    def __init__(self, sched_config: SchedulerConfig, cost: CostModel, kv_budget_tokens: int,
+                 on_finish: Callable[[Sequence], None]) -> None:
         self.clock = VirtualClock()
         self.core = EngineCore(Scheduler(sched_config, kv_budget_tokens),
-                               CostModelExecutor(self.clock, cost), self.clock,
-                               on_finish=self._on_finish)
+                               CostModelExecutor(self.clock, cost), self.clock, on_finish=on_finish)
+        self.next_step_s = float("inf")  # when it next plans; inf = idle until work arrives
+        self.num_outstanding = 0  # routed here and not finished, as the router sees it
+
+    def add(self, seq: Sequence, now_s: float) -> None:
+        self.clock.advance_to(now_s)
+        self.next_step_s = min(self.next_step_s, self.clock.now())
+        self.core.add(seq)
+
+    def step(self) -> None:
+        self.clock.advance_to(self.next_step_s)
+        plan = self.core.step()
+        self.next_step_s = self.clock.now() if not plan.is_idle else (plan.wake_at_s or float("inf"))
+
+
+class Simulator:
+    """Runs N engine cores behind a router on a virtual clock; requests arrive at given times.
+
+    Each replica is its own core with its own clock; a discrete-event loop advances whichever
+    is due first (an arrival, a finish, or a replica's next step), so the router decides on
+    outstanding counts as they are at each arrival, never on finishes still in the future.
+    """
+
+    def __init__(self, sched_config: SchedulerConfig, cost: CostModel,
+                 kv_budget_tokens: int = 1 << 30, replicas: int = 1, router: str | None = None,
+                 seed: int = 0) -> None:
+        check_replicas(replicas, router)
+        self.replicas = [_Replica(sched_config, cost, kv_budget_tokens, self._on_finish)
+                         for _ in range(replicas)]
+        self.router = make_router(router, seed)
         self.seqs: list[Sequence] = []
+        self.routed_to: list[int] = []  # replica index per sequence (seq_id order)
         self._events: list[_Event] = []
         self._order = itertools.count()
         self._finish_hooks: dict[int, Callable[[Sequence], None]] = {}
 
+    @property
+    def core(self) -> EngineCore:
+        """The first replica's core (the only one when replicas == 1)."""
+        return self.replicas[0].core
+
+    @property
+    def clock(self) -> VirtualClock:
+        return self.replicas[0].clock
+
+    @property
+    def steps(self) -> list[StepRecord]:
+        """Every replica's steps, by start time."""
+        return sorted((s for r in self.replicas for s in r.core.steps), key=lambda s: s.start_s)
+
     def submit_at(self, at_s: float, num_prompt_tokens: int, max_new_tokens: int,
                   on_finish: Callable[[Sequence], None] | None = None) -> None:
-        """Schedule a request to arrive (scheduled = sent = at_s)."""
+        """Schedule a request to arrive (scheduled = sent = at_s); the router places it then."""
         def arrive() -> None:
             seq = Sequence(len(self.seqs), [1] * num_prompt_tokens,
                            SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True),
@@ -98,30 +149,33 @@ class Simulator:
             self.seqs.append(seq)
             if on_finish is not None:
                 self._finish_hooks[seq.seq_id] = on_finish
-            self.core.add(seq)
-        heapq.heappush(self._events, _Event(at_s, next(self._order), arrive))
+            index = self.router.pick([r.num_outstanding for r in self.replicas])
+            self.routed_to.append(index)
+            self.replicas[index].num_outstanding += 1
+            self.replicas[index].add(seq, at_s)
+        self._push(at_s, _ARRIVAL, arrive)
 
     def run(self, until_s: float = float("inf")) -> list[Sequence]:
         """Simulate until no work and no arrivals remain (or `until_s`); return all sequences."""
-        while self.clock.now() < until_s:
-            self._deliver_due()
-            plan = self.core.step()
-            if not plan.is_idle:
-                continue
-            next_s = min(self._next_arrival_s(), plan.wake_at_s or float("inf"))
-            if next_s == float("inf"):
-                break
-            self.clock.advance_to(next_s)
-        return self.seqs
+        while True:
+            event_s = self._events[0].at_s if self._events else float("inf")
+            replica = min(self.replicas, key=lambda r: r.next_step_s)
+            now_s = min(event_s, replica.next_step_s)
+            if now_s == float("inf") or now_s >= until_s:
+                return self.seqs
+            if event_s <= replica.next_step_s:
+                heapq.heappop(self._events).action()
+            else:
+                replica.step()
 
-    def _deliver_due(self) -> None:
-        while self._events and self._events[0].at_s <= self.clock.now():
-            heapq.heappop(self._events).action()
-
-    def _next_arrival_s(self) -> float:
-        return self._events[0].at_s if self._events else float("inf")
+    def _push(self, at_s: float, rank: int, action: Callable[[], None]) -> None:
+        heapq.heappush(self._events, _Event(at_s, rank, next(self._order), action))
 
     def _on_finish(self, seq: Sequence) -> None:
-        hook = self._finish_hooks.pop(seq.seq_id, None)
-        if hook is not None:
-            hook(seq)
+        # Stamped at the step's end, which may lie ahead of other replicas: deliver it then.
+        def finish() -> None:
+            self.replicas[self.routed_to[seq.seq_id]].num_outstanding -= 1
+            hook = self._finish_hooks.pop(seq.seq_id, None)
+            if hook is not None:
+                hook(seq)
+        self._push(seq.done_s if seq.done_s is not None else 0.0, _FINISH, finish)
