@@ -6,8 +6,9 @@ import time
 
 import torch
 
+from engine.kv_cache import new_cache
 from engine.models import LoadedModel
-from engine.runner import forward_kwarg_names, new_cache
+from engine.runner import forward_kwarg_names
 
 
 @torch.inference_mode()

@@ -24,6 +24,9 @@ class SchedulerConfig:
     # thresholds); None = no such SLO. The other policies ignore them.
     ttft_slo_ms: float | None = None
     tpot_slo_ms: float | None = None
+    # Prefill token budget (vLLM's name): the most tokens one step processes, decodes included;
+    # longer prompts are prefilled in chunks across steps (Sarathi-Serve). None = no chunking.
+    max_num_batched_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -36,11 +39,26 @@ class SchedulerConfig:
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):
                 raise ConfigError(f"{name} must be a finite number of ms > 0, got {value}")
+        self._check_token_budget()
+
+    def _check_token_budget(self) -> None:
+        budget = self.max_num_batched_tokens
+        if budget is None:
+            return
+        if int(budget) != budget or budget < 1:
+            raise ConfigError(f"max_num_batched_tokens must be an integer >= 1 or none, got {budget}")
+        if self.policy != "continuous":
+            raise ConfigError(f"max_num_batched_tokens needs policy continuous, not {self.policy}; "
+                              "drop it or use --policies continuous")
+        if budget < self.max_batch_size:  # every running row decodes one token per step
+            raise ConfigError(f"max_num_batched_tokens ({budget}) must be >= the batch size "
+                              f"({self.max_batch_size}), as in vLLM; raise it or lower the batch size")
 
     @property
     def label(self) -> str:
         """Short label, e.g. `continuous/b8/w5ms`, used in logs and legends."""
-        return f"{self.policy}/b{self.max_batch_size}/w{self.max_wait_ms:g}ms"
+        label = f"{self.policy}/b{self.max_batch_size}/w{self.max_wait_ms:g}ms"
+        return label if self.max_num_batched_tokens is None else f"{label}/t{self.max_num_batched_tokens}"
 
 
 @dataclass(frozen=True)

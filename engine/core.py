@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.scheduler import Plan, Scheduler
+from engine.scheduler import Plan, PrefillChunk, Scheduler
 from engine.sequence import SeqStatus, Sequence
 
 
@@ -26,6 +26,11 @@ class Executor(Protocol):
         """Drop the rows of `seqs` (finished, failed or cancelled); unknown ones are ignored."""
         ...
 
+    def mixed(self, decode: list[Sequence], chunks: list[PrefillChunk]) -> list[int]:
+        """Decode `decode`'s rows one step and prefill `chunks` (a last chunk joins its sequence
+        to the batch); tokens for `decode`, then for each last chunk's sequence."""
+        ...
+
 
 class Clock(Protocol):
     def now(self) -> float: ...
@@ -37,9 +42,13 @@ class StepRecord:
 
     start_s: float
     duration_s: float
-    phase: str  # "prefill" | "decode"
-    num_seqs: int
+    phase: str  # "prefill" | "decode" | "mixed" (decodes and prompt chunks in one step)
+    num_seqs: int  # rows decoded (decode, mixed), prompts prefilled (prefill)
     num_tokens: int  # tokens processed: prompt tokens for prefill, one per row for decode
+    # For the roofline: causal (query, key) pairs attended (attention FLOPs), and tokens whose
+    # KV the step reads, each row's whole context once (memory traffic).
+    num_attention_pairs: int = 0
+    num_context_tokens: int = 0
 
 
 SeqCallback = Callable[[Sequence], None]
@@ -76,6 +85,8 @@ class EngineCore:
         plan = self.scheduler.schedule(self.clock.now())
         if plan.is_idle:
             return plan
+        if plan.chunks:
+            return self._step_mixed(plan)
         seqs = list(plan.prefill or plan.decode)
         start_s = self.clock.now()
         try:
@@ -86,9 +97,30 @@ class EngineCore:
         end_s = self.clock.now()
         num_tokens = sum(s.num_prompt_tokens for s in seqs) if plan.prefill else len(seqs)
         phase = "prefill" if plan.prefill else "decode"
-        self.steps.append(StepRecord(start_s, end_s - start_s, phase, len(seqs), num_tokens))
+        pairs = sum(map(prefill_pairs, seqs)) if plan.prefill else sum(map(decode_pairs, seqs))
+        context = num_tokens if plan.prefill else pairs  # a decode row reads its whole context
+        self.steps.append(StepRecord(start_s, end_s - start_s, phase, len(seqs), num_tokens, pairs, context))
         self.scheduler.observe(phase, len(seqs), num_tokens, end_s - start_s)
         self._commit(seqs, tokens, end_s)
+        return plan
+
+    def _step_mixed(self, plan: Plan) -> Plan:
+        """Run decodes and prompt chunks as one step; all its tokens are stamped at its end."""
+        decode, chunks = list(plan.decode), list(plan.chunks)
+        start_s = self.clock.now()
+        try:
+            tokens = self.executor.mixed(decode, chunks)
+        except Exception as exc:
+            self.fail(decode + [c.seq for c in chunks], f"{type(exc).__name__}: {exc}")
+            return plan
+        end_s = self.clock.now()
+        num_tokens = len(decode) + sum(c.num_tokens for c in chunks)
+        pairs = sum(map(decode_pairs, decode)) + sum(map(chunk_pairs, chunks))
+        context = sum(map(decode_pairs, decode)) + sum(c.start + c.num_tokens for c in chunks)
+        phase = "mixed" if decode else "prefill"
+        num_seqs = len(decode) or len(chunks)
+        self.steps.append(StepRecord(start_s, end_s - start_s, phase, num_seqs, num_tokens, pairs, context))
+        self._commit(decode + [c.seq for c in chunks if c.is_last], tokens, end_s)
         return plan
 
     def fail(self, seqs: list[Sequence], reason: str, finish_reason: str = "error") -> None:
@@ -134,3 +166,22 @@ class EngineCore:
     def _notify_finish(self, seq: Sequence) -> None:
         if self.on_finish is not None:
             self.on_finish(seq)
+
+
+def decode_pairs(seq: Sequence) -> int:
+    """Keys the pending token attends to: the prompt and every output token so far (itself included)."""
+    return seq.num_prompt_tokens + seq.num_output_tokens
+
+
+def prefill_pairs(seq: Sequence) -> int:
+    """Causal (query, key) pairs of a whole prompt: L (L + 1) / 2."""
+    return _triangle(seq.num_prompt_tokens)
+
+
+def chunk_pairs(chunk: PrefillChunk) -> int:
+    """Causal pairs of prompt positions [start, start + n): each attends to all before it."""
+    return _triangle(chunk.start + chunk.num_tokens) - _triangle(chunk.start)
+
+
+def _triangle(n: int) -> int:
+    return n * (n + 1) // 2

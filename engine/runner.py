@@ -20,17 +20,28 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
-from engine.models import LoadedModel, ModelLoadError
+from engine.kv_cache import (
+    GROW_COLUMNS,
+    GrowableLayer,
+    PrefilledBatch,
+    UnsupportedModelError,
+    check_plain_cache,
+    interleave,
+    left_pad,
+    new_cache,
+    select_rows,
+    stack_caches,
+    stack_right_aligned,
+)
+from engine.models import LoadedModel
+from engine.sampling import RowSampling, sample
+from engine.scheduler import PrefillChunk
 from engine.sequence import Sequence
 
-MIN_TEMPERATURE = 1e-5
-# Spare KV columns per (re)allocation: decode appends in place and copies the cache once every
-# GROW_COLUMNS steps, where a plain DynamicLayer copies it every step (~25% of a CPU decode step
-# for builtin:small at batch 16, 200 tokens). Costs at most rows x GROW_COLUMNS tokens of memory.
-GROW_COLUMNS = 64
-
+__all__ = [  # the cache helpers moved to kv_cache.py; importers of these names keep working
+    "GROW_COLUMNS", "GrowableLayer", "ModelRunner", "UnsupportedModelError", "new_cache", "prefill_groups",
+]
 
 # A join's prompts are prefilled in length groups, each padded by at most this fraction of its
 # real tokens. A CPU is compute-bound even for one short prompt, so padding is pure waste there
@@ -39,113 +50,6 @@ GROW_COLUMNS = 64
 CPU_MAX_PAD_FRACTION = 0.25
 ACCEL_MAX_PAD_FRACTION = 1.0
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
-
-
-class UnsupportedModelError(ModelLoadError):
-    """The model does not fit the runner (it needs a cache other than a plain DynamicCache)."""
-
-
-class GrowableLayer(DynamicLayer):
-    """A DynamicLayer that appends into spare columns instead of re-allocating every step."""
-
-    # keys, values: [B, H, S, D] views of key_buf, value_buf: [B, H, capacity, D]
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.key_buf: torch.Tensor | None = None
-        self.value_buf: torch.Tensor | None = None
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append [B, H, q, D] states; returns the valid [B, H, S + q, D] views."""
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        num_old, num_new = self.get_seq_length(), key_states.shape[-2]
-        if self.key_buf is None or num_old + num_new > self.key_buf.shape[-2]:
-            self._grow(key_states, value_states, num_old + num_new + GROW_COLUMNS)
-        self.key_buf[:, :, num_old : num_old + num_new].copy_(key_states)
-        self.value_buf[:, :, num_old : num_old + num_new].copy_(value_states)
-        self.adopt(self.key_buf, self.value_buf, num_old + num_new)
-        return self.keys, self.values
-
-    @classmethod
-    def holding(cls, key_buf: torch.Tensor, value_buf: torch.Tensor, length: int) -> GrowableLayer:
-        """A layer over these buffers, of which the first `length` columns are valid."""
-        layer = cls()
-        layer.lazy_initialization(key_buf, value_buf)
-        layer.adopt(key_buf, value_buf, length)
-        return layer
-
-    def adopt(self, key_buf: torch.Tensor, value_buf: torch.Tensor, length: int) -> None:
-        """Hold these buffers, of which the first `length` columns are valid."""
-        self.key_buf, self.value_buf = key_buf, value_buf
-        self.keys, self.values = key_buf[:, :, :length], value_buf[:, :, :length]
-
-    def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, capacity: int) -> None:
-        num_old = self.get_seq_length()
-        key_buf = key_states.new_empty(_with_len(key_states.shape, capacity))
-        value_buf = value_states.new_empty(_with_len(value_states.shape, capacity))
-        if num_old:
-            key_buf[:, :, :num_old].copy_(self.keys)
-            value_buf[:, :, :num_old].copy_(self.values)
-        self.key_buf, self.value_buf = key_buf, value_buf
-
-
-def _with_len(shape: torch.Size, length: int) -> tuple[int, ...]:
-    return (*shape[:2], length, *shape[3:])
-
-
-def new_cache() -> DynamicCache:
-    """An empty DynamicCache whose layers are GrowableLayers (created lazily, one per layer)."""
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = GrowableLayer
-    return cache
-
-
-@dataclass
-class RowSampling:
-    """Per-row sampling parameters, aligned with the cache's rows."""
-
-    temperatures: torch.Tensor  # [B] float32, 0 = greedy
-    top_ps: torch.Tensor  # [B] float32
-    generators: list[torch.Generator | None]  # per-request seeded streams
-    is_all_greedy: bool
-
-    @classmethod
-    def for_seqs(cls, seqs: list[Sequence], device: torch.device) -> RowSampling:
-        params = [s.params for s in seqs]
-        return cls(
-            temperatures=torch.tensor([p.temperature for p in params], device=device),
-            top_ps=torch.tensor([p.top_p for p in params], device=device),
-            generators=[_generator(p.seed, device) for p in params],
-            is_all_greedy=all(p.temperature <= 0 for p in params),
-        )
-
-    def cat(self, other: RowSampling) -> RowSampling:
-        return RowSampling(
-            torch.cat([self.temperatures, other.temperatures]),
-            torch.cat([self.top_ps, other.top_ps]),
-            self.generators + other.generators,
-            self.is_all_greedy and other.is_all_greedy,
-        )
-
-    def take(self, rows: list[int]) -> RowSampling:
-        """These rows, sharing their generators (a draw advances the same stream)."""
-        return self.select(torch.tensor(rows, device=self.temperatures.device), rows)
-
-    def select(self, keep: torch.Tensor, keep_list: list[int]) -> RowSampling:
-        temperatures = self.temperatures.index_select(0, keep)
-        return RowSampling(
-            temperatures,
-            self.top_ps.index_select(0, keep),
-            [self.generators[i] for i in keep_list],
-            not bool((temperatures > 0).any()),
-        )
-
-
-def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
 class ModelRunner:
@@ -161,6 +65,7 @@ class ModelRunner:
             max_pad_fraction = CPU_MAX_PAD_FRACTION if is_cpu else ACCEL_MAX_PAD_FRACTION
         self.max_pad_fraction = max_pad_fraction
         self._forward_kwargs = forward_kwarg_names(self.model)
+        self._partials: dict[int, DynamicCache] = {}  # id(seq) -> cache of its prefilled chunks
         self._reset()
 
     @property
@@ -183,14 +88,14 @@ class ModelRunner:
         self._join(seqs, joined, sampling)
         return joined.tokens[:, 0].tolist()
 
-    def _prefill_group(self, seqs: list[Sequence], sampling: RowSampling) -> _Batch:
-        ids, mask, pads = _left_pad([s.prompt_ids for s in seqs], self.loaded.pad_token_id)
+    def _prefill_group(self, seqs: list[Sequence], sampling: RowSampling) -> PrefilledBatch:
+        ids, mask, pads = left_pad([s.prompt_ids for s in seqs], self.loaded.pad_token_id)
         ids, mask = ids.to(self.device), mask.to(self.device)  # ids, mask: [N, L]
         positions = (mask.long().cumsum(-1) - 1).clamp_(min=0)  # 0 at each row's first token
         cache = new_cache()
         logits = self._forward(ids, mask, positions, cache)  # [N, V]
         tokens = sample(logits, sampling)  # [N]
-        return _Batch(cache, mask, positions[:, -1:] + 1, tokens[:, None], pads)
+        return PrefilledBatch(cache, mask, positions[:, -1:] + 1, tokens[:, None], pads)
 
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> list[int]:
@@ -211,6 +116,8 @@ class ModelRunner:
     def release(self, seqs: list[Sequence]) -> None:
         """Drop the rows of `seqs` (unknown ones ignored), then trim all-padding columns."""
         gone = {id(s) for s in seqs}
+        for seq in seqs:  # cancelled or failed while its prompt was being prefilled in chunks
+            self._partials.pop(id(seq), None)
         keep_list = [i for i, s in enumerate(self.rows) if id(s) not in gone]
         if len(keep_list) == len(self.rows):
             return
@@ -232,6 +139,45 @@ class ModelRunner:
         self.rows = [self.rows[i] for i in keep_list]
         self.pads = [p - trim for p in pads]
 
+    @torch.inference_mode()
+    def mixed(self, decode: list[Sequence], chunks: list[PrefillChunk]) -> list[int]:
+        """Decode the running rows one step, then prefill `chunks`; last chunks join the batch."""
+        # Two forward calls, not one fused ragged batch: a padded cache cannot hold rows of
+        # different query lengths. Decode first, so joiners are not decoded this step.
+        tokens = self.decode(decode) if decode else []
+        whole = [c.seq for c in chunks if c.start == 0 and c.is_last]
+        first_tokens = dict(zip(map(id, whole), self.prefill(whole), strict=True)) if whole else {}
+        for chunk in chunks:
+            if not (chunk.start == 0 and chunk.is_last):
+                token = self._prefill_chunk(chunk)
+                if token is not None:
+                    first_tokens[id(chunk.seq)] = token
+        return tokens + [first_tokens[id(c.seq)] for c in chunks if c.is_last]
+
+    def _prefill_chunk(self, chunk: PrefillChunk) -> int | None:
+        """Run one chunk of a prompt over its own cache; on the last, sample and join the batch."""
+        seq = chunk.seq
+        if chunk.start == 0:
+            self._check_joiners([seq])
+            self._partials[id(seq)] = new_cache()
+        cache = self._partials[id(seq)]
+        if cache.get_seq_length() != chunk.start:
+            raise ValueError(f"sequence {seq.seq_id}: chunk starts at {chunk.start}, but "
+                             f"{cache.get_seq_length()} prompt tokens are prefilled")
+        end = chunk.start + chunk.num_tokens
+        ids = torch.tensor([seq.prompt_ids[chunk.start : end]], device=self.device)  # [1, n]
+        positions = torch.arange(chunk.start, end, device=self.device)[None]  # [1, n]
+        logits = self._forward(ids, None, positions, cache)  # one unpadded row: no mask; [1, V]
+        if not chunk.is_last:
+            return None
+        del self._partials[id(seq)]
+        sampling = RowSampling.for_seqs([seq], self.device)
+        token = sample(logits, sampling)  # [1]
+        mask = torch.ones(1, end, dtype=torch.bool, device=self.device)
+        next_pos = torch.full((1, 1), end, dtype=torch.long, device=self.device)
+        self._join([seq], PrefilledBatch(cache, mask, next_pos, token[:, None], [0]), sampling)
+        return int(token[0])
+
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: DynamicCache
     ) -> torch.Tensor:
@@ -242,7 +188,7 @@ class ModelRunner:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         return out.logits[:, -1]
 
-    def _join(self, seqs: list[Sequence], joined: _Batch, sampling: RowSampling) -> None:
+    def _join(self, seqs: list[Sequence], joined: PrefilledBatch, sampling: RowSampling) -> None:
         check_plain_cache(joined.cache, self.loaded.name)
         if not self.rows:
             self.cache = joined.cache
@@ -303,16 +249,6 @@ class ModelRunner:
                 )
 
 
-@dataclass
-class _Batch:
-    """Freshly prefilled rows, about to join the running batch."""
-
-    cache: DynamicCache  # per layer k, v: [N, H, L, D]
-    mask: torch.Tensor  # [N, L] bool
-    next_pos: torch.Tensor  # [N, 1]
-    tokens: torch.Tensor  # [N, 1]
-    pads: list[int]
-
 
 @dataclass(frozen=True)
 class ForwardKwargs:
@@ -343,102 +279,6 @@ def prefill_groups(lengths: list[int], max_pad_fraction: float) -> list[list[int
     return [sorted(g) for g in groups]  # request order inside a group: one group == no reorder
 
 
-def interleave(parts: list[_Batch], groups: list[list[int]]) -> _Batch:
-    """Put separately prefilled groups back in request order, right-aligned to the longest."""
-    length = max(p.mask.shape[1] for p in parts)
-    num_rows = sum(len(g) for g in groups)
-    device = parts[0].mask.device
-    rows = [torch.tensor(g, device=device) for g in groups]
-    cache = new_cache()
-    for layers in zip(*(p.cache.layers for p in parts), strict=True):
-        keys = _scatter_right([x.keys for x in layers], rows, num_rows, length, GROW_COLUMNS)
-        values = _scatter_right([x.values for x in layers], rows, num_rows, length, GROW_COLUMNS)
-        cache.layers.append(GrowableLayer.holding(keys, values, length))
-    pads = [0] * num_rows
-    for part, group in zip(parts, groups, strict=True):
-        for row, pad in zip(group, part.pads, strict=True):
-            pads[row] = pad + length - part.mask.shape[1]
-    return _Batch(
-        cache,
-        _scatter_right([p.mask for p in parts], rows, num_rows, length),
-        _scatter_right([p.next_pos for p in parts], rows, num_rows, 1),
-        _scatter_right([p.tokens for p in parts], rows, num_rows, 1),
-        pads,
-    )
-
-
-def _scatter_right(
-    parts: list[torch.Tensor], rows: list[torch.Tensor], num_rows: int, length: int, spare: int = 0
-) -> torch.Tensor:
-    """Rows of `parts` at indices `rows`, right-aligned in `length` along dim 2 (or 1 if 2-D)."""
-    # part: [n, H, L, D] (or [n, L]) -> out: [num_rows, H, length + spare, D] (or [num_rows, length])
-    dim = 2 if parts[0].ndim == 4 else 1
-    shape = list(parts[0].shape)
-    shape[0], shape[dim] = num_rows, length + spare
-    out = parts[0].new_zeros(shape)
-    for part, index in zip(parts, rows, strict=True):
-        num_cols = part.shape[dim]
-        out.narrow(dim, length - num_cols, num_cols).index_copy_(0, index, part)
-    return out
-
-
-def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Left-pad prompts: ids [N, L] long, mask [N, L] bool, pads per row."""
-    length = max(len(p) for p in prompts)
-    pads = [length - len(p) for p in prompts]
-    ids = torch.tensor([[pad_id] * n + p for n, p in zip(pads, prompts, strict=True)], dtype=torch.long)
-    mask = torch.arange(length)[None, :] >= torch.tensor(pads)[:, None]
-    return ids, mask, pads
-
-
-def stack_right_aligned(
-    a: torch.Tensor, b: torch.Tensor, dim: int, length: int, spare: int = 0
-) -> torch.Tensor:
-    """Concatenate along dim 0, each right-aligned in `length` along `dim` (zeros on the left)."""
-    # a: [B1, ..., S1, ...], b: [B2, ..., S2, ...] -> [B1 + B2, ..., length + spare, ...]
-    shape = list(a.shape)
-    shape[0], shape[dim] = a.shape[0] + b.shape[0], length + spare
-    out = a.new_empty(shape)
-    _place_right(out.narrow(0, 0, a.shape[0]).narrow(dim, 0, length), a, dim)
-    _place_right(out.narrow(0, a.shape[0], b.shape[0]).narrow(dim, 0, length), b, dim)
-    return out
-
-
-def _place_right(dst: torch.Tensor, src: torch.Tensor, dim: int) -> None:
-    num_pad = dst.shape[dim] - src.shape[dim]
-    dst.narrow(dim, 0, num_pad).zero_()  # padding: masked out, zero so it can never be NaN
-    dst.narrow(dim, num_pad, src.shape[dim]).copy_(src)
-
-
-def stack_caches(cache: DynamicCache, joining: DynamicCache, length: int) -> None:
-    """Append `joining`'s rows below `cache`'s, both right-aligned in `length` columns."""
-    # Layer by layer, so the peak is one layer's extra copy, not the whole cache's. If an
-    # allocation fails (OOM), the layers already stacked are rolled back to views of their old
-    # rows: the running batch survives a failed join.
-    num_rows, num_cols = cache.layers[0].keys.shape[0], cache.layers[0].keys.shape[2]
-    done: list[GrowableLayer] = []
-    try:
-        for layer, other in zip(cache.layers, joining.layers, strict=True):
-            keys = stack_right_aligned(layer.keys, other.keys, 2, length, GROW_COLUMNS)
-            values = stack_right_aligned(layer.values, other.values, 2, length, GROW_COLUMNS)
-            layer.adopt(keys, values, length)  # keys, values: [B1 + B2, H, length + spare, D]
-            done.append(layer)
-    except BaseException:
-        shift = length - num_cols
-        for layer in done:
-            layer.adopt(layer.key_buf[:num_rows, :, shift:], layer.value_buf[:num_rows, :, shift:], num_cols)
-        raise
-
-
-def select_rows(cache: DynamicCache, keep: torch.Tensor, trim: int, length: int) -> None:
-    """Keep rows `keep`, drop the first `trim` columns; `length` columns stay valid."""
-    for layer in cache.layers:
-        # One copy, of the buffer (spare columns included, so the next steps append in place).
-        keys = layer.key_buf[:, :, trim:].index_select(0, keep)
-        values = layer.value_buf[:, :, trim:].index_select(0, keep)
-        layer.adopt(keys, values, length)
-
-
 def check_supported(loaded: LoadedModel) -> None:
     """Fail at start-up, in one line, for models whose layers need more than a K/V cache."""
     config = loaded.model.config
@@ -452,44 +292,3 @@ def check_supported(loaded: LoadedModel) -> None:
         )
 
 
-def check_plain_cache(cache: DynamicCache, model_name: str) -> None:
-    """Fail clearly unless every layer is a GrowableLayer with [B, H, S, D] key/value tensors."""
-    if not cache.layers or any(
-        type(layer) is not GrowableLayer or layer.key_buf is None or layer.keys.ndim != 4
-        for layer in cache.layers
-    ):
-        raise UnsupportedModelError(
-            f"model {model_name!r} did not fill a plain per-layer key/value cache; the runner "
-            "supports decoder-only attention models (Llama, Qwen, Mistral, ...)"
-        )
-
-
-def sample(logits: torch.Tensor, sampling: RowSampling) -> torch.Tensor:
-    """Next token per row: argmax for greedy rows, temperature/top-p draws for the others."""
-    # logits: [B, V] -> tokens: [B]
-    if sampling.is_all_greedy:
-        return logits.argmax(dim=-1)  # the hot path: no sampling cost when all rows are greedy
-    greedy = logits.argmax(dim=-1)
-    temperatures = sampling.temperatures.clamp(min=MIN_TEMPERATURE)[:, None]
-    probs = torch.softmax(logits.float() / temperatures, dim=-1)
-    if bool((sampling.top_ps < 1).any()):
-        probs = _top_p_filter(probs, sampling.top_ps)
-    drawn = _draw(probs, sampling.generators)
-    return torch.where(sampling.temperatures > 0, drawn, greedy)
-
-
-def _top_p_filter(probs: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
-    """Zero the tail beyond each row's nucleus (the top token always stays)."""
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    sorted_probs = sorted_probs.masked_fill(mass_before >= top_ps[:, None], 0.0)
-    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-
-
-def _draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
-    """Sample one token per row (exponential race: argmax p / E ~ Categorical(p))."""
-    noise = torch.empty_like(probs).exponential_()
-    for i, gen in enumerate(generators):
-        if gen is not None:  # a seeded request draws from its own stream: batch-invariant
-            noise[i].exponential_(generator=gen)
-    return (probs / noise).argmax(dim=-1)

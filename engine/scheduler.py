@@ -7,6 +7,11 @@ simulator) with identical batching semantics.
 KV memory model: the runner keeps one right-aligned, left-padded cache, so a batch occupies
 `rows x longest row` tokens. A batch is admitted only if, even when every row reaches its
 `max_new_tokens`, `num_rows * max(max_num_tokens)` stays within the budget.
+
+Prefill token budget (`max_num_batched_tokens`, continuous only): a step decodes every prefilled
+row and spends the rest of the budget on prompt chunks, oldest first (Sarathi-Serve), so a long
+prompt stalls the running streams for at most one budget-sized step instead of its whole prefill.
+A sequence in `running` is still prefilling until it has its first output token.
 """
 
 from __future__ import annotations
@@ -20,20 +25,36 @@ from engine.sequence import SeqStatus, Sequence
 
 
 @dataclass(frozen=True)
+class PrefillChunk:
+    """Prompt tokens [start, start + num_tokens) of one sequence, prefilled in one step."""
+
+    seq: Sequence
+    start: int
+    num_tokens: int
+
+    @property
+    def is_last(self) -> bool:
+        """This chunk completes the prompt: the step samples the sequence's first token."""
+        return self.start + self.num_tokens == self.seq.num_prompt_tokens
+
+
+@dataclass(frozen=True)
 class Plan:
     """One step: prefill the joining sequences, or decode the running ones, or wait.
 
-    Exactly one of `prefill` / `decode` is non-empty, or both are empty and `wake_at_s`
-    says when waiting work becomes due (None: nothing to do until a new arrival).
+    Without a token budget exactly one of `prefill` / `decode` is non-empty, or both are empty
+    and `wake_at_s` says when waiting work becomes due (None: nothing to do until a new
+    arrival). With one, `prefill` stays empty and a step may hold `decode` and `chunks` together.
     """
 
     prefill: tuple[Sequence, ...] = ()
     decode: tuple[Sequence, ...] = ()
     wake_at_s: float | None = None
+    chunks: tuple[PrefillChunk, ...] = ()
 
     @property
     def is_idle(self) -> bool:
-        return not self.prefill and not self.decode
+        return not self.prefill and not self.decode and not self.chunks
 
 
 @dataclass
@@ -86,6 +107,8 @@ class Scheduler:
             return self._schedule_static(now_s)
         if self.config.policy == "adaptive":
             return self._schedule_adaptive(now_s)
+        if self.config.max_num_batched_tokens is not None:
+            return self._schedule_chunked(now_s)
         return self._schedule_continuous(now_s)
 
     def observe(self, phase: str, num_seqs: int, num_tokens: int, duration_s: float) -> None:
@@ -162,3 +185,38 @@ class Scheduler:
             longest = max(longest, head.max_num_tokens)
             joining.append(self.waiting.popleft())
         return joining
+
+    # --- prefill token budget (chunked prefill); see the module doc ---
+
+    def _schedule_chunked(self, now_s: float) -> Plan:
+        """Decode every prefilled row; prompt chunks, oldest first, take the rest of the budget."""
+        decode = tuple(s for s in self.running if s.num_output_tokens > 0)
+        num_left = self.config.max_num_batched_tokens - len(decode)
+        chunks = self._plan_chunks([s for s in self.running if s.num_output_tokens == 0], num_left)
+        num_left -= sum(c.num_tokens for c in chunks)
+        # Admit only those this step starts to prefill: admitted_s marks when prefill began.
+        num_free = min(self.config.max_batch_size - len(self.running), self._num_reachable(num_left))
+        admitted = self._admit(now_s, num_free) if num_free > 0 else Plan()
+        chunks += self._plan_chunks(list(admitted.prefill), num_left)
+        return Plan(decode=decode, chunks=tuple(chunks), wake_at_s=admitted.wake_at_s)
+
+    def _plan_chunks(self, seqs: list[Sequence], num_left: int) -> list[PrefillChunk]:
+        chunks: list[PrefillChunk] = []
+        for seq in seqs:
+            num_tokens = min(seq.num_prompt_tokens - seq.num_computed_tokens, num_left)
+            if num_tokens <= 0:
+                break
+            chunks.append(PrefillChunk(seq, seq.num_computed_tokens, num_tokens))
+            seq.num_computed_tokens += num_tokens  # committed at plan time, as in vLLM
+            num_left -= num_tokens
+        return chunks
+
+    def _num_reachable(self, num_left: int) -> int:
+        """How many waiting sequences, from the head, `num_left` tokens would start to prefill."""
+        count = 0
+        for seq in self.waiting:
+            if num_left <= 0:
+                break
+            count += 1
+            num_left -= seq.num_prompt_tokens
+        return count

@@ -45,6 +45,7 @@ class Sequence:
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: str | None = None  # "length" | "stop" | "error" | "cancelled"
     error: str | None = None
+    num_computed_tokens: int = 0  # prompt tokens already prefilled (chunked prefill progress)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from engine.config import SchedulerConfig
 from engine.core import EngineCore, StepRecord
 from engine.routing import check_replicas, make_router
-from engine.scheduler import Scheduler
+from engine.scheduler import PrefillChunk, Scheduler
 from engine.sequence import SamplingParams, Sequence
 
 
@@ -47,6 +47,12 @@ class CostModel:
     def decode_s(self, num_seqs: int) -> float:
         return self.decode_base_s + self.decode_per_seq_s * num_seqs
 
+    def mixed_s(self, num_decode_seqs: int, num_chunks: int, num_prefill_tokens: int) -> float:
+        """A chunked step: its decode part plus its prefill part (the runner runs them in turn)."""
+        decode_s = self.decode_s(num_decode_seqs) if num_decode_seqs else 0.0
+        prefill_s = self.prefill_s(num_chunks, num_prefill_tokens) if num_chunks else 0.0
+        return decode_s + prefill_s
+
 
 @dataclass
 class CostModelExecutor:
@@ -67,6 +73,11 @@ class CostModelExecutor:
 
     def release(self, seqs: list[Sequence]) -> None:
         pass
+
+    def mixed(self, decode: list[Sequence], chunks: list[PrefillChunk]) -> list[int]:
+        num_tokens = sum(c.num_tokens for c in chunks)
+        self.clock.advance_to(self.clock.now() + self.cost.mixed_s(len(decode), len(chunks), num_tokens))
+        return [self.token_id] * (len(decode) + sum(c.is_last for c in chunks))
 
 
 # At equal times, finishes land before arrivals, and both before any replica steps: a

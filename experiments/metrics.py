@@ -105,7 +105,7 @@ def meets_slos(r: RequestRecord, slos: list[SLO]) -> bool:
 
 def mean_batch_size(steps: list[StepRecord], start_s: float, end_s: float) -> float:
     """Decode-step batch size averaged over time inside [start_s, end_s]; 0 without decodes."""
-    decodes = [s for s in steps if s.phase == "decode"]
+    decodes = [s for s in steps if s.phase in ("decode", "mixed")]  # mixed: its decoded rows
     weights = [_overlap(s, start_s, end_s) for s in decodes]
     if sum(weights) > 0:
         return float(np.average([s.num_seqs for s in decodes], weights=weights))

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from engine import runner as runner_module
+from engine import kv_cache as kv_cache_module
 from engine.baselines import hf_generate, raw_decode_loop
 from engine.config import EngineConfig, SchedulerConfig
 from engine.core import EngineCore
@@ -224,7 +224,7 @@ def test_a_failed_join_leaves_the_running_batch_intact(tiny: LoadedModel, monkey
     driver, (a, b, c) = Driver(tiny), (seq(74, 9), seq(75, 4), seq(76, 30))
     driver.join(a, b)
     driver.decode(2)
-    calls, real_stack = [], runner_module.stack_right_aligned
+    calls, real_stack = [], kv_cache_module.stack_right_aligned
 
     def failing_stack(*args, **kwargs):
         calls.append(1)
@@ -232,7 +232,7 @@ def test_a_failed_join_leaves_the_running_batch_intact(tiny: LoadedModel, monkey
             raise RuntimeError("out of memory")
         return real_stack(*args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "stack_right_aligned", failing_stack)
+    monkeypatch.setattr(kv_cache_module, "stack_right_aligned", failing_stack)
     with pytest.raises(RuntimeError, match="out of memory"):
         driver.join(c)  # longer than the batch: layer 0 had been shifted and widened
     monkeypatch.undo()
@@ -312,6 +312,36 @@ def test_engine_core_and_scheduler_drive_the_runner(tiny: LoadedModel, policy: s
     assert core.executor.num_rows == 0
     for s, m in zip(seqs, outputs, strict=True):
         assert s.output_ids == solo_tokens(tiny, s, m) and s.finish_reason == "length"
+
+
+@pytest.mark.parametrize("budget", [3, 8, 20])
+def test_chunked_prefill_gives_the_same_greedy_tokens(tiny: LoadedModel, budget: int) -> None:
+    # Long prompts are prefilled in chunks across steps, next to running decodes; each request's
+    # greedy tokens still equal its solo run (the unchunked reference).
+    config = SchedulerConfig(max_batch_size=3, max_num_batched_tokens=budget)
+    core = EngineCore(Scheduler(config, kv_budget_tokens=4096), ModelRunner(tiny), StepClock(), None)
+    lengths, outputs = [5, 17, 9, 30, 2, 12, 7], [6, 2, 9, 4, 11, 3, 5]
+    seqs = [seq(80 + i, n, m) for i, (n, m) in enumerate(zip(lengths, outputs, strict=True))]
+    for s in seqs:
+        core.add(s)
+    while core.scheduler.has_work:
+        core.step()
+    assert "mixed" in {step.phase for step in core.steps}
+    assert max(step.num_tokens for step in core.steps) <= budget
+    assert core.executor.num_rows == 0 and not core.executor._partials
+    for s, m in zip(seqs, outputs, strict=True):
+        assert s.output_ids == solo_tokens(tiny, s, m) and s.finish_reason == "length"
+
+
+def test_a_request_cancelled_mid_prefill_leaves_no_partial_cache(tiny: LoadedModel) -> None:
+    config = SchedulerConfig(max_batch_size=2, max_num_batched_tokens=4)
+    core = EngineCore(Scheduler(config, kv_budget_tokens=4096), ModelRunner(tiny), StepClock(), None)
+    long_ = seq(90, 30, 3)
+    core.add(long_)
+    core.step()  # its first 4 prompt tokens
+    assert list(core.executor._partials) == [id(long_)]
+    core.fail([long_], "cancelled", "cancelled")
+    assert not core.executor._partials and not core.scheduler.has_work
 
 
 def sampled(seq_id: int, length: int, **params) -> Sequence:
