@@ -19,6 +19,7 @@ import numpy as np
 from engine.config import SchedulerConfig
 from engine.core import StepRecord
 from engine.sequence import SamplingParams, SeqStatus, Sequence
+from experiments.arrivals import RateSchedule, TraceArrival, warp_arrivals
 from experiments.metrics import is_saturated
 from experiments.profiles import (
     ChoiceLength,
@@ -30,6 +31,7 @@ from experiments.profiles import (
     UniformLength,
 )
 from experiments.records import RequestRecord
+from experiments.traces import prepare_replay
 
 # Independent random streams per purpose, so e.g. arrival gaps never correlate with lengths.
 _PROMPT_STREAM, _OUTPUT_STREAM, _TOKEN_STREAM, _ARRIVAL_STREAM = range(4)
@@ -105,9 +107,25 @@ def _lognormal(dist: LogNormalLength, n: int, rng: np.random.Generator) -> np.nd
 
 def make_requests(profile: Profile, n: int, seed: int, vocab_size: int,
                   max_context_tokens: int, avoid_ids: Seq[int]) -> list[RequestSpec]:
-    """`n` seeded requests: random prompts without special ids, prompt + output within context."""
-    prompt_lens = sample_lengths(profile.prompt_tokens, n, _rng(seed, _PROMPT_STREAM))
-    output_lens = sample_lengths(profile.output_tokens, n, _rng(seed, _OUTPUT_STREAM))
+    """`n` seeded requests: random prompts without special ids, prompt + output within context.
+
+    A trace profile takes its lengths from the rows of its window, in order (cycled if short)."""
+    if isinstance(profile.arrival, TraceArrival):
+        replay = prepare_replay(profile.arrival)
+        rows = np.arange(n) % replay.num_requests
+        prompt_lens = replay.prompt_tokens[rows].tolist()
+        output_lens = replay.output_tokens[rows].tolist()
+    else:
+        assert profile.prompt_tokens is not None and profile.output_tokens is not None  # validated
+        prompt_lens = sample_lengths(profile.prompt_tokens, n, _rng(seed, _PROMPT_STREAM))
+        output_lens = sample_lengths(profile.output_tokens, n, _rng(seed, _OUTPUT_STREAM))
+    return requests_of_lengths(prompt_lens, output_lens, seed, vocab_size, max_context_tokens,
+                               avoid_ids)
+
+
+def requests_of_lengths(prompt_lens: list[int], output_lens: list[int], seed: int, vocab_size: int,
+                        max_context_tokens: int, avoid_ids: Seq[int]) -> list[RequestSpec]:
+    """Seeded random prompts of these lengths (special ids avoided), clipped to the context."""
     allowed = np.setdiff1d(np.arange(vocab_size), np.asarray(list(avoid_ids), dtype=int))
     if allowed.size == 0:
         raise ValueError(f"no token ids to sample: vocab_size {vocab_size}, avoid_ids {avoid_ids}")
@@ -132,13 +150,16 @@ def clip_to_context(num_prompt: int, num_output: int, max_context_tokens: int) -
     return min(num_prompt, max_context_tokens - num_output), num_output
 
 
-def open_loop_arrivals(rate: float, burstiness: float, n: int, seed: int) -> list[float]:
-    """`n` arrival offsets (s, first at 0): gamma gaps, shape=burstiness, mean 1/rate."""
+def open_loop_arrivals(rate: float, burstiness: float, n: int, seed: int,
+                       schedule: RateSchedule | None = None) -> list[float]:
+    """`n` arrival offsets (s, first at 0): gamma gaps, shape=burstiness, mean 1/rate; a rate
+    `schedule` multiplies the rate over time (experiments/arrivals.py)."""
     if not (rate > 0 and math.isfinite(rate)) or not burstiness > 0:
         raise ValueError(f"rate and burstiness must be finite and > 0, got {rate}, {burstiness}")
     rng = _rng(seed, _ARRIVAL_STREAM)
     gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=max(n - 1, 0))
-    return [0.0, *np.cumsum(gaps).tolist()][:n]
+    arrivals = [0.0, *np.cumsum(gaps).tolist()][:n]
+    return arrivals if schedule is None else warp_arrivals(arrivals, schedule)
 
 
 def record_from_sequence(seq: Sequence, request_id: int) -> RequestRecord:

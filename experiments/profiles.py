@@ -8,6 +8,7 @@ model alike; `resolve_slos` turns them into absolute `SLO`s once the baseline is
 
 from __future__ import annotations
 
+import re
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,9 +24,11 @@ from pydantic import (
     model_validator,
 )
 
+from experiments.arrivals import BUILTIN_TRACES, RateSchedule, TraceArrival
 from experiments.records import SLO
 
 SLO_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms")
+TRACE_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz")
 SLO_PERCENTILES: tuple[str, ...] = ("p50", "p90", "p95", "p99")
 OBJECTIVES: tuple[str, ...] = ("max_goodput", "max_throughput")
 
@@ -131,14 +134,15 @@ class OpenArrival(_Strict):
     mode: Literal["open"]
     rate: float = Field(gt=0)
     burstiness: float = Field(default=1.0, gt=0)
+    schedule: RateSchedule | None = None  # time-varying rate: steps, ramp or periodic (x rate)
 
     @property
     def label(self) -> str:
         kind = "poisson" if self.burstiness == 1 else f"gamma({self.burstiness:g})"
-        return f"{kind}@{self.rate:.2f}"
+        return f"{kind}@{self.rate:.2f}" + (f"/{self.schedule.kind}" if self.schedule else "")
 
 
-Arrival = Annotated[ClosedArrival | OpenArrival, Field(discriminator="mode")]
+Arrival = Annotated[ClosedArrival | OpenArrival | TraceArrival, Field(discriminator="mode")]
 
 
 class SLOSpec(_Strict):
@@ -165,8 +169,9 @@ class Profile(_Strict):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    prompt_tokens: LengthDist
-    output_tokens: LengthDist
+    # Required unless the arrival replays a trace (whose rows carry the lengths).
+    prompt_tokens: LengthDist | None = None
+    output_tokens: LengthDist | None = None
     arrival: Arrival
     slos: dict[Literal["ttft_ms", "tpot_ms", "e2e_ms"], SLOSpec] = Field(default_factory=dict)
     objective: Literal["max_goodput", "max_throughput"] = Field(
@@ -182,6 +187,19 @@ class Profile(_Strict):
                              "add slos or use objective: max_throughput")
         return objective
 
+    @model_validator(mode="after")
+    def _check_lengths(self) -> Profile:
+        for name in ("prompt_tokens", "output_tokens"):
+            if getattr(self, name) is None and not self.is_trace:
+                raise ValueError(f"{name} is required (unless arrival.mode is trace); "
+                                 "add e.g. {kind: fixed, value: 64}")
+        return self
+
+    @property
+    def is_trace(self) -> bool:
+        """Whether this profile replays a trace (lengths and arrivals from its rows)."""
+        return isinstance(self.arrival, TraceArrival)
+
 
 # -- loading ------------------------------------------------------------------------------------
 
@@ -189,7 +207,7 @@ _UNION_FIELDS = {"prompt_tokens": "kind", "output_tokens": "kind", "arrival": "m
 _TAGS = {
     "kind": {"fixed": FixedLength, "uniform": UniformLength, "normal": NormalLength,
              "lognormal": LogNormalLength, "choice": ChoiceLength},
-    "mode": {"closed": ClosedArrival, "open": OpenArrival},
+    "mode": {"closed": ClosedArrival, "open": OpenArrival, "trace": TraceArrival},
 }
 
 
@@ -200,7 +218,14 @@ def list_builtin_profiles() -> list[str]:
 
 
 def load_profile(name_or_path: str, user_profiles: dict[str, str] | None = None) -> Profile:
-    """A built-in profile by name, else a user profile (name -> YAML text), else a .yaml path."""
+    """A built-in profile by name, else a user profile (name -> YAML text), else a .yaml path,
+    else a trace file (.csv / .jsonl) replayed with default settings (`trace_file_profile`)."""
+    return check_trace(_load_any(name_or_path, user_profiles))
+
+
+def _load_any(name_or_path: str, user_profiles: dict[str, str] | None) -> Profile:
+    if name_or_path.endswith(TRACE_SUFFIXES):
+        return trace_file_profile(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
         return _load_path(Path(name_or_path))
     if name_or_path in list_builtin_profiles():
@@ -209,6 +234,29 @@ def load_profile(name_or_path: str, user_profiles: dict[str, str] | None = None)
     if user_profiles and name_or_path in user_profiles:
         return parse_profile_yaml(user_profiles[name_or_path], name_or_path)
     raise ProfileError(_unknown_message(name_or_path, user_profiles))
+
+
+def trace_file_profile(path: str) -> Profile:
+    """A profile replaying a user's trace file: 60 s from its start at 1x, lengths as recorded,
+    SLOs as the chat profile's (p90 TTFT <= 5x and TPOT <= 3x the unloaded baseline)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).name)
+    return Profile(
+        name=stem, description=f"replay of the trace {path}",
+        arrival=TraceArrival(mode="trace", trace=path),
+        slos={"ttft_ms": SLOSpec(percentile="p90", max_x_baseline=5.0),
+              "tpot_ms": SLOSpec(percentile="p90", max_x_baseline=3.0)})
+
+
+def check_trace(profile: Profile) -> Profile:
+    """Read a trace profile's trace now, so a bad file fails before anything runs (cached)."""
+    if isinstance(profile.arrival, TraceArrival) and profile.arrival.trace not in BUILTIN_TRACES:
+        from experiments.traces import TraceError, load_trace
+
+        try:
+            load_trace(profile.arrival.trace, profile.arrival.columns, profile.arrival.time_unit)
+        except TraceError as exc:
+            raise ProfileError(f"profile '{profile.name}': {exc}") from None
+    return profile
 
 
 def _load_path(path: Path) -> Profile:
@@ -224,7 +272,7 @@ def _unknown_message(name: str, user_profiles: dict[str, str] | None) -> str:
     msg = f"unknown profile '{name}'; built-in profiles: {', '.join(list_builtin_profiles())}"
     if user_profiles:
         msg += f"; your profiles: {', '.join(sorted(user_profiles))}"
-    return msg + " (or pass a .yaml path)"
+    return msg + " (or pass a .yaml path, or a .csv / .jsonl trace to replay)"
 
 
 def parse_profile_yaml(text: str, source: str) -> Profile:

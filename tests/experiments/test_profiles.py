@@ -35,16 +35,18 @@ def parse_error(text: str) -> str:
 
 
 def test_builtin_profiles_load_with_their_objectives() -> None:
-    assert list_builtin_profiles() == ["batch", "chat", "code", "rag"]
+    assert list_builtin_profiles() == ["azure-code", "azure-conv", "batch", "chat", "code", "rag"]
     objectives = {name: load_profile(name).objective for name in list_builtin_profiles()}
     assert objectives == {"batch": "max_throughput", "chat": "max_goodput",
-                          "code": "max_goodput", "rag": "max_goodput"}
+                          "code": "max_goodput", "rag": "max_goodput",
+                          "azure-code": "max_goodput", "azure-conv": "max_goodput"}
 
 
 def test_builtin_slos_match_their_workloads() -> None:
     slo_metrics = {name: sorted(load_profile(name).slos) for name in list_builtin_profiles()}
     assert slo_metrics == {"batch": ["e2e_ms"], "chat": ["tpot_ms", "ttft_ms"],
-                           "code": ["e2e_ms"], "rag": ["ttft_ms"]}
+                           "code": ["e2e_ms"], "rag": ["ttft_ms"],
+                           "azure-code": ["tpot_ms", "ttft_ms"], "azure-conv": ["tpot_ms", "ttft_ms"]}
     assert all(needs_baseline(load_profile(n)) for n in list_builtin_profiles())
 
 
@@ -114,7 +116,8 @@ def test_unknown_profile_lists_builtins() -> None:
     with pytest.raises(ProfileError) as info:
         load_profile("foo")
     assert str(info.value) == (
-        "unknown profile 'foo'; built-in profiles: batch, chat, code, rag (or pass a .yaml path)")
+        "unknown profile 'foo'; built-in profiles: azure-code, azure-conv, batch, chat, code, rag "
+        "(or pass a .yaml path, or a .csv / .jsonl trace to replay)")
 
 
 def test_load_from_path_and_user_profiles(tmp_path) -> None:
