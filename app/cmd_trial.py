@@ -16,24 +16,32 @@ from experiments.records import LATENCY_METRICS, TrialConfig, config_to_dict
 
 def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
                        concurrency: int | None, rate: float | None, burstiness: float,
-                       arrival) -> TrialConfig:
-    """Validate the knobs and the load (exactly one of concurrency / rate, else the profile's)."""
+                       arrival, speedup: float | None = None) -> TrialConfig:
+    """Validate the knobs and the load (one of concurrency / rate / speedup, else the profile's)."""
     SchedulerConfig(policy, batch_size, max_wait_ms)  # raises ConfigError on bad knobs
-    if concurrency is not None and rate is not None:
-        raise BadInput("give either --concurrency (closed loop) or --rate (open loop), not both")
+    if sum(x is not None for x in (concurrency, rate, speedup)) > 1:
+        raise BadInput("give one of --concurrency (closed loop), --rate (open loop) or "
+                       "--speedup (trace replay), not several")
     if concurrency is not None and concurrency < 1:
         raise BadInput(f"--concurrency must be >= 1, got {concurrency}")
     if rate is not None and not rate > 0:
         raise BadInput(f"--rate must be > 0 requests/s, got {rate}")
+    if speedup is not None and not (speedup > 0 and speedup != float("inf")):
+        raise BadInput(f"--speedup must be a finite number > 0 (2 = twice as fast), got {speedup}")
+    if speedup is not None and arrival.mode != "trace":
+        raise BadInput("--speedup needs a trace profile (azure-conv, azure-code, a .csv or "
+                       ".jsonl trace); use --rate or --concurrency for this profile")
     if not burstiness > 0:
         raise BadInput(f"--burstiness must be > 0 (1 = Poisson), got {burstiness}")
-    if concurrency is None and rate is None:  # the profile's own arrival mode
+    if concurrency is None and rate is None and speedup is None:  # the profile's own load
         if arrival.mode == "closed":
             concurrency = arrival.concurrency
+        elif arrival.mode == "trace":
+            speedup = arrival.speedup
         else:
             rate, burstiness = arrival.rate, arrival.burstiness
     return TrialConfig(policy, batch_size, max_wait_ms, concurrency=concurrency, rate=rate,
-                       burstiness=burstiness if rate is not None else 1.0)
+                       burstiness=burstiness if rate is not None else 1.0, speedup=speedup)
 
 
 def trial_json(config: TrialConfig, metrics: dict, model: str, profile: str) -> dict:
@@ -47,6 +55,10 @@ def _print_table(out: dict) -> None:
                                     "requests_per_s", "output_tokens_per_s", "total_tokens_per_s",
                                     "goodput_rps", "slo_attainment", "mean_batch_size",
                                     "peak_memory_mb", "saturated")]
+    trace = (out.get("details") or {}).get("trace")
+    if trace:
+        pairs += [("trace window (s)", f"{trace['window_start_s']:g}-{trace['window_end_s']:g}"),
+                  ("requests replayed", trace["requests_replayed"])]
     print_pairs(pairs)
     print()
     print(f"{'latency (ms)':14}" + "".join(f"{s:>10}" for s in ("p50", "p90", "p95", "p99", "mean")))
@@ -60,19 +72,27 @@ def _print_table(out: dict) -> None:
 @app.command()
 def trial(
     model: str = typer.Option("builtin:tiny", help="builtin:tiny, builtin:small, a HF id or a local path"),
-    profile: str = typer.Option("chat", help="built-in profile name or a profile .yaml"),
-    policy: str = typer.Option("continuous", help="static | continuous"),
+    profile: str = typer.Option(
+        "chat", help="built-in profile name, a profile .yaml, or a trace (.csv, .jsonl) to replay"),
+    policy: str = typer.Option("continuous", help="static | continuous | adaptive"),
     batch_size: int = typer.Option(8, "--batch-size", help="max batch size"),
     max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="max batching wait (ms)"),
     concurrency: int | None = typer.Option(None, help="closed loop: virtual users"),
     rate: float | None = typer.Option(None, help="open loop: requests/s"),
     burstiness: float = typer.Option(1.0, help="open loop gamma shape (1 = Poisson)"),
-    requests: int = typer.Option(64, help="measured requests (warm-up excluded)"),
+    speedup: float | None = typer.Option(
+        None, help="trace profiles: replay this many times faster (the trace's load axis)"),
+    trace_start: float | None = typer.Option(
+        None, "--trace-start", help="trace profiles: start the window this many seconds into the trace"),
+    requests: int = typer.Option(64, help="measured requests (warm-up excluded; trace profiles: "
+                                 "the window decides)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cuda | mps | cpu"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
     kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
-    duration: float | None = typer.Option(None, help="stop the trial after this many seconds"),
+    duration: float | None = typer.Option(
+        None, help="stop the trial after this many seconds (trace profiles: replay this many "
+        "seconds of the trace, then let the requests finish)"),
     config: Path | None = typer.Option(None, "--config", help="YAML from `tradeoff export --format yaml`"),
     target: str | None = typer.Option(
         None, "--target", help="OpenAI-compatible base URL to drive instead of the local engine"),
@@ -89,7 +109,9 @@ def trial(
         raise BadInput(f"--requests must be >= 1, got {requests}")
     prof = load_profile(profile)
     trial_config = build_trial_config(policy, batch_size, max_wait_ms, concurrency, rate,
-                                       burstiness, prof.arrival)
+                                       burstiness, prof.arrival, speedup)
+    if trial_config.speedup is not None:  # --duration sets the replay window instead
+        prof, duration = _trace_window(prof, trial_config.speedup, duration, trace_start)
     if target is not None:
         remote = _connect(target, target_model, tokenizer or target_model or model, api_key_env)
     else:
@@ -98,6 +120,23 @@ def trial(
                                      kv_budget_tokens=kv_budget, seed=seed),
                         prof, trial_config, requests, seed, duration, remote)
     print_json(out) if json_out else _print_table(out)
+
+
+def _trace_window(prof, speedup: float, duration: float | None, start: float | None):
+    """The profile with its trace window set, and the trial's deadline (window plus drain)."""
+    from experiments.traces import TraceError, prepare_replay
+    from experiments.trial import trace_deadline_s, with_trace_window
+
+    if duration is not None and not duration > 0:
+        raise BadInput(f"--duration must be > 0 s, got {duration}")
+    if start is not None and not start >= 0:
+        raise BadInput(f"--trace-start must be >= 0 s, got {start}")
+    prof = with_trace_window(prof, duration, start)
+    try:
+        prepare_replay(prof.arrival, speedup)  # an empty window is bad input, found before loading
+    except TraceError as exc:
+        raise BadInput(f"profile '{prof.name}': {exc}") from None
+    return prof, trace_deadline_s(prof.arrival.duration_s)
 
 
 def _connect(url: str, model: str | None, tokenizer: str, api_key_env: str | None):

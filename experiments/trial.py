@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from engine.config import SchedulerConfig
 from engine.core import StepRecord
@@ -15,13 +17,19 @@ from experiments.loadgen import (
     StopCheck,
     make_requests,
     open_loop_arrivals,
+    requests_of_lengths,
     run_closed_loop,
     run_open_loop,
 )
 from experiments.metrics import compute_trial_metrics, latency_samples, summarize
-from experiments.profiles import SLO_METRICS, Profile
+from experiments.profiles import SLO_METRICS, OpenArrival, Profile, TraceArrival
 from experiments.records import SLO, RequestRecord, TrialConfig, TrialMetrics
+from experiments.timeseries import trial_timeseries
+from experiments.traces import ATTRIBUTION, BUILTIN_TRACES, Replay, prepare_replay
 
+# A trace trial replays its window, then lets the requests in flight finish for up to this
+# many window lengths (plus TRACE_DRAIN_S) before it is cut.
+TRACE_DRAIN_FACTOR, TRACE_DRAIN_S = 2.0, 30.0
 # The unloaded baseline: one request at a time, dispatched at once.
 BASELINE_SCHED = SchedulerConfig(policy="static", max_batch_size=1, max_wait_ms=0.0)
 
@@ -38,9 +46,11 @@ class TrialResult:
     was_stopped: bool = False  # should_stop ended it: a partial trial, not a result to store
 
 
-def sched_config_of(config: TrialConfig) -> SchedulerConfig:
-    """The engine's batching knobs for one trial."""
-    return SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms)
+def sched_config_of(config: TrialConfig, slos: Seq[SLO] = ()) -> SchedulerConfig:
+    """The engine's batching knobs for one trial; `adaptive` also steers by the TTFT/TPOT SLOs."""
+    targets = {f"{s.metric.removesuffix('_ms')}_slo_ms": s.max_ms for s in slos
+               if s.metric in ("ttft_ms", "tpot_ms")} if config.policy == "adaptive" else {}
+    return SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms, **targets)
 
 
 def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_requests: int, *,
@@ -52,30 +62,92 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
     """Reconfigure the engine, drive `num_requests` measured requests (after warm-up), measure."""
     if num_requests < 1:
         raise ValueError(f"num_requests must be >= 1, got {num_requests}")
-    engine.reconfigure(sched_config_of(config))
+    engine.reconfigure(sched_config_of(config, slos))
     engine.take_steps()  # drop steps from before this trial
     if reset_memory is not None:
         reset_memory()
-    num_warmup = profile.warmup_requests
-    specs = make_requests(profile, num_warmup + num_requests, seed, vocab_size,
-                          max_context_tokens, avoid_ids)
-    load = _drive(engine, config, specs, num_warmup, seed, max_duration_s, should_stop)
+    model = {"vocab_size": vocab_size, "max_context_tokens": max_context_tokens, "avoid_ids": avoid_ids}
+    details: dict = {}
+    if config.speedup is not None:
+        replay = _replay_of(profile, config)
+        specs = requests_of_lengths(replay.prompt_tokens.tolist(), replay.output_tokens.tolist(),
+                                    seed, **model)
+        num_warmup = min(profile.warmup_requests, len(specs) - 1)
+        load = run_open_loop(engine, specs, replay.arrival_s.tolist(), num_warmup,
+                             config.batch_size, max_duration_s, should_stop)
+        details["trace"] = trace_details(profile, replay, config.speedup, load)
+    else:
+        num_warmup = profile.warmup_requests
+        specs = make_requests(profile, num_warmup + num_requests, seed, **model)
+        load = _drive(engine, config, profile, specs, num_warmup, seed, max_duration_s, should_stop)
     steps = engine.take_steps()
     peak_mb = memory() if memory is not None else None
     metrics = compute_trial_metrics(load.records, steps, slos, peak_mb, load.saturated,
                                     load.background)
+    details["timeseries"] = trial_timeseries(load.records, load.background, steps, slos)
+    metrics = replace(metrics, details={**metrics.details, **details})
     return TrialResult(config, metrics, load.records, steps, load.was_cut, load.was_stopped)
 
 
-def _drive(engine: LoadTarget, config: TrialConfig, specs: list[RequestSpec], num_warmup: int,
-           seed: int, max_duration_s: float | None, should_stop: StopCheck | None) -> LoadResult:
+def trace_deadline_s(window_s: float) -> float:
+    """How long a trace trial may run: its window, then a bounded drain."""
+    return window_s * (1 + TRACE_DRAIN_FACTOR) + TRACE_DRAIN_S
+
+
+def with_trace_window(profile: Profile, duration_s: float | None = None,
+                      start_s: float | None = None) -> Profile:
+    """`profile` with its trace window's replay duration and/or start offset replaced."""
+    arrival = profile.arrival
+    assert isinstance(arrival, TraceArrival)
+    update = {k: v for k, v in (("duration_s", duration_s), ("start_s", start_s)) if v is not None}
+    return profile.model_copy(update={"arrival": arrival.model_copy(update=update)})
+
+
+def _replay_of(profile: Profile, config: TrialConfig) -> Replay:
+    if not isinstance(profile.arrival, TraceArrival):
+        raise ValueError(f"trial {config.label} sets a speed-up, but profile '{profile.name}' "
+                         "replays no trace; use a trace profile (e.g. azure-conv) or a rate")
+    return prepare_replay(profile.arrival, config.speedup)
+
+
+def trace_details(profile: Profile, replay: Replay, speedup: float, load: LoadResult) -> dict:
+    """What a trace trial replayed: the window, the count, the scaling, and how faithfully."""
+    arrival = profile.arrival
+    assert isinstance(arrival, TraceArrival)
+    sent = load.records + load.background
+    lag_ms = np.asarray([(r.sent_s - r.scheduled_s) * 1000.0 for r in sent])
+    return {
+        "trace": arrival.trace, "speedup": speedup,
+        "window_start_s": replay.start_s, "window_end_s": replay.end_s,
+        "duration_s": (replay.end_s - replay.start_s) / speedup,
+        "requests_in_window": replay.num_requests, "requests_replayed": len(sent),
+        "length_scale": arrival.length_scale, "max_prompt_tokens": arrival.max_prompt_tokens,
+        "max_output_tokens": arrival.max_output_tokens,
+        # Replay fidelity: sent - scheduled (= the trace's scaled arrival time), per request.
+        "send_lag_ms": _lag_summary(lag_ms),
+        "attribution": ATTRIBUTION if arrival.trace in BUILTIN_TRACES else None,
+    }
+
+
+def _lag_summary(lag_ms: np.ndarray) -> dict | None:
+    if lag_ms.size == 0:
+        return None
+    p50, p99 = np.percentile(lag_ms, [50, 99])
+    return {"p50": round(float(p50), 4), "p99": round(float(p99), 4), "max": round(float(lag_ms.max()), 4)}
+
+
+def _drive(engine: LoadTarget, config: TrialConfig, profile: Profile, specs: list[RequestSpec],
+           num_warmup: int, seed: int, max_duration_s: float | None,
+           should_stop: StopCheck | None) -> LoadResult:
     if config.concurrency is not None:
         return run_closed_loop(engine, specs, config.concurrency, num_warmup, max_duration_s,
                                should_stop)
     if config.rate is None:
         raise ValueError(f"trial {config.policy}/b{config.batch_size} sets neither concurrency "
-                         "nor rate; set one load level")
-    arrivals = open_loop_arrivals(config.rate, config.burstiness, len(specs), seed)
+                         "nor rate nor speedup; set one load level")
+    # The profile's rate schedule shapes the sweep's rate over time (the rate is its 1x level).
+    schedule = profile.arrival.schedule if isinstance(profile.arrival, OpenArrival) else None
+    arrivals = open_loop_arrivals(config.rate, config.burstiness, len(specs), seed, schedule)
     return run_open_loop(engine, specs, arrivals, num_warmup, config.batch_size, max_duration_s,
                          should_stop)
 
