@@ -14,7 +14,7 @@ from engine.config import EngineConfig, SchedulerConfig
 @app.command()
 def serve(
     model: str = typer.Option("builtin:tiny", help="builtin:tiny, builtin:small, a HF id or a path"),
-    policy: str = typer.Option("continuous", help="static | continuous"),
+    policy: str = typer.Option("continuous", help="static | continuous | adaptive"),
     batch_size: int = typer.Option(16, "--batch-size", help="max batch size"),
     max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="max batching wait (ms)"),
     host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)"),
@@ -22,6 +22,10 @@ def serve(
     device: str = typer.Option("auto", help="auto | cuda | mps | cpu"),
     dtype: str = typer.Option("auto"),
     kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
+    ttft_slo_ms: float | None = typer.Option(
+        None, "--ttft-slo-ms", help="adaptive policy: the per-request TTFT target it steers by (ms)"),
+    tpot_slo_ms: float | None = typer.Option(
+        None, "--tpot-slo-ms", help="adaptive policy: the per-request TPOT target it steers by (ms)"),
     config: Path | None = typer.Option(None, "--config", help="YAML from `tradeoff export --format yaml`"),
 ) -> None:
     """Serve a model with the chosen batching config (OpenAI-compatible)."""
@@ -29,6 +33,18 @@ def serve(
 
     if config is not None:
         model, policy, batch_size, max_wait_ms = _from_exported(config, model)
-    sched = SchedulerConfig(policy, batch_size, max_wait_ms)
+        ttft_slo_ms, tpot_slo_ms = _exported_targets(config, ttft_slo_ms, tpot_slo_ms)
+    sched = SchedulerConfig(policy, batch_size, max_wait_ms, ttft_slo_ms=ttft_slo_ms,
+                            tpot_slo_ms=tpot_slo_ms)
     run_server(EngineConfig(model=model, device=device, dtype=dtype, kv_budget_tokens=kv_budget),
                sched, host=host, port=port)
+
+
+def _exported_targets(path: Path, ttft_slo_ms: float | None,
+                      tpot_slo_ms: float | None) -> tuple[float | None, float | None]:
+    """The adaptive policy's SLO targets from an exported config (flags win)."""
+    from experiments.export import load_exported_config
+
+    cfg = load_exported_config(path.read_text())  # already validated by _from_exported
+    return (ttft_slo_ms if ttft_slo_ms is not None else cfg.get("ttft_slo_ms"),
+            tpot_slo_ms if tpot_slo_ms is not None else cfg.get("tpot_slo_ms"))

@@ -51,13 +51,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def _lists(policy, batch_sizes, max_wait_ms, concurrency, rate) -> dict[str, Any]:
+def _lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup=None) -> dict[str, Any]:
     return {
         "policies": None if policy is None else parse_list("--policy", policy, str),
         "batch_sizes": None if batch_sizes is None else parse_list("--batch-sizes", batch_sizes, int),
         "max_wait_ms": None if max_wait_ms is None else parse_list("--max-wait-ms", max_wait_ms, float),
         "concurrency": None if concurrency is None else parse_list("--concurrency", concurrency, int),
         "rate": None if rate is None else parse_list("--rate", rate, float),
+        "speedup": None if speedup is None else parse_list("--speedup", speedup, float),
     }
 
 
@@ -65,11 +66,17 @@ def _lists(policy, batch_sizes, max_wait_ms, concurrency, rate) -> dict[str, Any
 def sweep(
     model: str | None = typer.Option(None, help="builtin:tiny (default), builtin:small, a HF id or a path"),
     profile: str | None = typer.Option(None, help="workload profile (default chat)"),
-    policy: str | None = typer.Option(None, help="comma list: static,continuous"),
+    policy: str | None = typer.Option(None, help="comma list: static,continuous,adaptive"),
     batch_sizes: str | None = typer.Option(None, "--batch-sizes", help="comma list, e.g. 1,4,16"),
     max_wait_ms: str | None = typer.Option(None, "--max-wait-ms", help="comma list in ms, e.g. 0,10"),
     concurrency: str | None = typer.Option(None, help="closed loop: comma list of virtual users"),
     rate: str | None = typer.Option(None, help="open loop: comma list of requests/s"),
+    speedup: str | None = typer.Option(
+        None, help="trace profiles: comma list of replay speed-ups, e.g. 1,2,4 (the load axis)"),
+    trace_duration: float | None = typer.Option(
+        None, "--trace-duration", help="trace profiles: seconds of replay per trial (default the profile's)"),
+    trace_start: float | None = typer.Option(
+        None, "--trace-start", help="trace profiles: start this many seconds into the trace"),
     burstiness: float | None = typer.Option(None, help="open loop gamma shape (1 = Poisson)"),
     requests: int | None = typer.Option(None, help="measured requests per trial (default 48)"),
     repetitions: int | None = typer.Option(None, help="repetitions of each config (default 1)"),
@@ -103,8 +110,9 @@ def sweep(
                  "repetitions": repetitions, "seed": seed, "device": device, "dtype": dtype,
                  "kv_budget_tokens": kv_budget, "name": name, "target": target_url,
                  "target_model": target_model, "api_key_env": api_key_env, "tokenizer": tokenizer,
-                 "server_cmd": server_cmd,
-                 **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate)}
+                 "server_cmd": server_cmd, "trace_duration_s": trace_duration,
+                 "trace_start_s": trace_start,
+                 **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup)}
         sweep_id, target = _create(store, spec_from_flags(config, flags))
     runner = SweepRunner(store, sweep_id, on_progress=_progress_printer(), target=target)
     with _ctrl_c_cancels(runner.stop):
@@ -118,10 +126,10 @@ def _create(store, data: dict[str, Any]):
     from experiments.external import load_tokenizer
     from experiments.grid import parse_spec
     from experiments.profiles import load_profile
-    from experiments.sweep import create_sweep, local_target_for
+    from experiments.sweep import create_sweep, local_target_for, sweep_profile
 
     spec = parse_spec(data)
-    prof = load_profile(spec.profile, store.list_profiles())
+    prof = sweep_profile(spec, load_profile(spec.profile, store.list_profiles()))
     target = None
     if spec.is_external:  # the tokenizer must load before any row is written
         load_tokenizer(spec.tokenizer or spec.target_model or spec.model)

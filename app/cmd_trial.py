@@ -21,7 +21,7 @@ def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
     SchedulerConfig(policy, batch_size, max_wait_ms)  # raises ConfigError on bad knobs
     if sum(x is not None for x in (concurrency, rate, speedup)) > 1:
         raise BadInput("give one of --concurrency (closed loop), --rate (open loop) or "
-                       "--speedup (trace replay), not several")
+                       "--speedup (trace replay), not both")
     if concurrency is not None and concurrency < 1:
         raise BadInput(f"--concurrency must be >= 1, got {concurrency}")
     if rate is not None and not rate > 0:

@@ -10,8 +10,9 @@ from engine.config import SchedulerConfig
 from engine.simulate import CostModel, Simulator
 from experiments.grid import SweepSpec
 from experiments.loadgen import make_requests, open_loop_arrivals
-from experiments.profiles import Profile
+from experiments.profiles import OpenArrival, Profile, TraceArrival
 from experiments.records import TrialConfig
+from experiments.traces import prepare_replay
 
 MS = 1e-3
 # Fitted to step times measured on a 2-core CPU (decode at batch 1/4/16, prefill of 64 to
@@ -28,14 +29,21 @@ PER_TRIAL_OVERHEAD_S = 0.1
 def simulate_trial_s(config: TrialConfig, profile: Profile, num_requests: int, cost: CostModel,
                      seed: int = 0) -> float:
     """Simulated wall time of one trial (warm-up included) under `cost`."""
+    sim = Simulator(SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms), cost)
+    if config.speedup is not None and isinstance(profile.arrival, TraceArrival):
+        replay = prepare_replay(profile.arrival, config.speedup)  # the window sets the count
+        for at_s, p, o in zip(replay.arrival_s.tolist(), replay.prompt_tokens.tolist(),
+                              replay.output_tokens.tolist(), strict=True):
+            sim.submit_at(at_s, p, o)
+        return max((s.done_s or 0.0) for s in sim.run())
     n = num_requests + profile.warmup_requests
     specs = make_requests(profile, n, seed, vocab_size=2, max_context_tokens=1 << 20, avoid_ids=[])
     lengths = [(len(s.prompt_ids), s.max_new_tokens) for s in specs]
-    sim = Simulator(SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms), cost)
     if config.concurrency is not None:
         _closed_loop(sim, lengths, config.concurrency)
     else:
-        arrivals = open_loop_arrivals(config.rate, config.burstiness, n, seed)
+        schedule = profile.arrival.schedule if isinstance(profile.arrival, OpenArrival) else None
+        arrivals = open_loop_arrivals(config.rate, config.burstiness, n, seed, schedule)
         for at_s, (p, o) in zip(arrivals, lengths, strict=True):
             sim.submit_at(at_s, p, o)
     return max((s.done_s or 0.0) for s in sim.run())

@@ -11,7 +11,8 @@ The json / yaml document (schema version 1):
     version: 1
     engine:                      # what `tradeoff serve` / `tradeoff trial` read back
       model: str                 # HF id, local path or builtin:tiny
-      policy: static | continuous
+      policy: static | continuous | adaptive
+      ttft_slo_ms, tpot_slo_ms: float   # adaptive only: the targets it steers by
       max_batch_size: int >= 1
       max_wait_ms: float >= 0
     load: {concurrency: int} | {rate: float, burstiness: float}   # as measured
@@ -30,6 +31,7 @@ import re
 import shlex
 import textwrap
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, datetime
 
 import yaml
@@ -57,7 +59,31 @@ def export_config(rec: Recommendation, fmt: str, provenance: dict) -> str:
         raise ValueError(f"unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if rec.config is None:
         raise ValueError(f"nothing to export: {rec.explanation}")
-    return _RENDERERS[fmt](rec, _checked_provenance(provenance))
+    provenance = _checked_provenance(provenance)
+    if rec.config.policy == "adaptive" and fmt not in ("json", "yaml"):
+        return _render_nearest_fixed(rec, fmt, provenance)
+    return _RENDERERS[fmt](rec, provenance)
+
+
+def nearest_fixed_config(config: TrialConfig) -> TrialConfig:
+    """The fixed config closest to an adaptive one: continuous batching at its cap and wait."""
+    return replace(config, policy="continuous")
+
+
+def _render_nearest_fixed(rec: Recommendation, fmt: str, provenance: dict) -> str:
+    # Servers other than tradeoff's own have no SLO-driven cap and wait: say so, export the nearest.
+    c = _config(rec)
+    fixed = nearest_fixed_config(c)
+    server = {"vllm": "vLLM", "triton": "Triton", "ray-serve": "Ray Serve",
+              "torchserve": "TorchServe"}.get(fmt, fmt)
+    note = (f"policy adaptive has no {server} equivalent: it sets the batch cap (up to "
+            f"{c.batch_size}) and the batching wait (up to {c.max_wait_ms:g} ms) at run time from the "
+            "queue, recent step times and the TTFT/TPOT SLOs. Below is the nearest fixed config, "
+            f"continuous batch {fixed.batch_size}, wait {fixed.max_wait_ms:g} ms (the adaptive "
+            "policy's ceiling); its metrics were not measured: re-measure it with "
+            f"`tradeoff trial --policy continuous --batch-size {fixed.batch_size} "
+            f"--max-wait-ms {fixed.max_wait_ms:g}`, or compare the sweep's fixed configs.")
+    return _comments([note]) + _RENDERERS[fmt](replace(rec, config=fixed), provenance)
 
 
 def _checked_provenance(provenance: dict) -> dict:
@@ -90,7 +116,10 @@ def config_document(rec: Recommendation, provenance: dict) -> dict:
     config = full["config"]
     engine = {"model": provenance["model"], "policy": config["policy"],
               "max_batch_size": config["batch_size"], "max_wait_ms": config["max_wait_ms"]}
-    load = {k: v for k, v in config.items() if k in ("concurrency", "rate", "burstiness")}
+    if config["policy"] == "adaptive":  # the targets it steers by, for `tradeoff serve --config`
+        engine.update({f"{c['metric'].removesuffix('_ms')}_slo_ms": c["max_ms"] for c in full["slos"]
+                       if c["metric"] in ("ttft_ms", "tpot_ms")})
+    load = {k: v for k, v in config.items() if k in ("concurrency", "rate", "burstiness", "speedup")}
     return _plain_dict({
         "version": SCHEMA_VERSION, "engine": engine, "load": load,
         "expected_metrics": full["metrics"], "slos": full["slos"],
@@ -112,7 +141,8 @@ def _render_yaml(rec: Recommendation, provenance: dict) -> str:
 
 
 def load_exported_config(text: str) -> dict:
-    """Validate an exported json / yaml document; return policy, batch_size, max_wait_ms, model."""
+    """Validate an exported json / yaml document; return policy, batch_size, max_wait_ms, model
+    and the adaptive policy's ttft_slo_ms / tpot_slo_ms (None when absent)."""
     try:
         doc = _parse_document(text)
     except yaml.YAMLError as exc:
@@ -122,7 +152,17 @@ def load_exported_config(text: str) -> dict:
         raise ValueError("exported config needs an `engine:` mapping with model, policy, "
                          "max_batch_size and max_wait_ms")
     return {"policy": _policy(engine), "batch_size": _batch_size(engine),
-            "max_wait_ms": _max_wait_ms(engine), "model": _model(engine)}
+            "max_wait_ms": _max_wait_ms(engine), "model": _model(engine),
+            **{k: _slo_target(engine, k) for k in ("ttft_slo_ms", "tpot_slo_ms")}}
+
+
+def _slo_target(engine: dict, key: str) -> float | None:
+    value = engine.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"engine.{key} must be a number of ms > 0, got {value!r}")
+    return float(value)
 
 
 def _parse_document(text: str) -> object:
@@ -215,6 +255,8 @@ def _load_words(config: TrialConfig) -> str:
     load = config_to_dict(config)
     if "concurrency" in load:
         return f"closed loop at concurrency {load['concurrency']}"
+    if "speedup" in load:
+        return f"trace replay at {load['speedup']:g}x"
     return f"open loop at {load['rate']:g} req/s, burstiness {load['burstiness']:g}"
 
 

@@ -24,11 +24,15 @@ class SweepSpec(BaseModel):
     device: str = "auto"
     dtype: str = "auto"
     profile: str = "chat"
-    policies: list[Literal["static", "continuous"]] = Field(default=["static", "continuous"], min_length=1)
+    policies: list[Literal["static", "continuous", "adaptive"]] = Field(
+        default=["static", "continuous"], min_length=1)
     batch_sizes: list[int] = Field(default=[1, 4, 16], min_length=1)
     max_wait_ms: list[float] = Field(default=[0.0, 10.0], min_length=1)
     concurrency: list[int] | None = None
     rate: list[float] | None = None
+    speedup: list[float] | None = None  # trace replay: the trace profile's load axis
+    trace_duration_s: float | None = Field(default=None, gt=0)  # replay window; default the profile's
+    trace_start_s: float | None = Field(default=None, ge=0)
     burstiness: float = Field(default=1.0, gt=0)
     requests: int = Field(default=48, ge=1)
     repetitions: int = Field(default=1, ge=1, le=100)
@@ -71,11 +75,24 @@ class SweepSpec(BaseModel):
             raise ValueError("every rate must be > 0 requests/s")
         return None if v is None else sorted(set(v))
 
+    @field_validator("speedup")
+    @classmethod
+    def _positive_speedups(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(not 0 < x < float("inf") for x in v)):
+            raise ValueError("every speedup must be a finite number > 0")
+        return None if v is None else sorted(set(v))
+
     @model_validator(mode="after")
     def _one_load_mode(self) -> SweepSpec:
-        if (self.concurrency is None) == (self.rate is None):
-            raise ValueError("give exactly one of concurrency (closed loop) or rate (open loop)")
+        if sum(x is not None for x in (self.concurrency, self.rate, self.speedup)) != 1:
+            raise ValueError("give exactly one of concurrency (closed loop), rate (open loop) "
+                             "or speedup (trace replay)")
         return self
+
+    @property
+    def loads(self) -> list:
+        """The load axis: concurrencies, rates or speed-ups."""
+        return self.concurrency or self.rate or self.speedup or []
 
     @model_validator(mode="after")
     def _server_knobs_need_a_command(self) -> SweepSpec:
@@ -93,14 +110,13 @@ class SweepSpec(BaseModel):
 
     @property
     def num_trials(self) -> int:
-        loads = self.concurrency or self.rate or []
+        loads = self.loads
         return (len(self.policies) * len(self.batch_sizes) * len(self.max_wait_ms)
                 * len(loads) * self.repetitions)
 
     def trial_configs(self) -> list[TrialConfig]:
         """All trials, coarse first: grid corners before midpoints, repetition 0 before 1."""
-        loads = self.concurrency or self.rate or []
-        axes = [self.policies, self.batch_sizes, self.max_wait_ms, loads]
+        axes = [self.policies, self.batch_sizes, self.max_wait_ms, self.loads]
         points = list(itertools.product(*(list(enumerate(axis)) for axis in axes)))
         points.sort(key=lambda p: max(_coarseness(i, len(axis))
                                       for (i, _), axis in zip(p, axes, strict=True)))
@@ -114,6 +130,8 @@ class SweepSpec(BaseModel):
 
     def _config(self, point: tuple, repetition: int) -> TrialConfig:
         (_, policy), (_, batch), (_, wait), (_, load) = point
+        if self.speedup is not None:
+            return TrialConfig(policy, batch, wait, speedup=load, repetition=repetition)
         closed = self.concurrency is not None
         return TrialConfig(policy, batch, wait, concurrency=load if closed else None,
                            rate=None if closed else load,

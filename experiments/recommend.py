@@ -112,6 +112,8 @@ def describe_config(config: TrialConfig) -> str:
 def _load(config: TrialConfig) -> str:
     if config.concurrency is not None:
         return f"at concurrency {config.concurrency}"
+    if config.speedup is not None:
+        return f"replaying the trace at {config.speedup:g}x"
     shape = "Poisson" if config.burstiness == 1 else f"gamma, burstiness {config.burstiness:g}"
     return f"at {config.rate:g} req/s ({shape})"
 
@@ -184,7 +186,17 @@ def recommend(
     if not pool:
         return _empty(objective, _why_saturated(len(measured)))
     rec = _pick_knee(pool, objective, key) if not slos else _pick_slo(pool, objective, key, slos)
-    return _with_all_metrics(rec, trials)
+    return _explain_adaptive(_with_all_metrics(rec, trials))
+
+
+def _explain_adaptive(rec: Recommendation) -> Recommendation:
+    c = rec.config
+    if c is None or c.policy != "adaptive":
+        return rec
+    return replace(rec, explanation=rec.explanation + (
+        f" The adaptive policy sets its batch cap (up to {c.batch_size}) and batching wait (up to "
+        f"{c.max_wait_ms:g} ms) at run time from the queue, recent step times and the TTFT/TPOT "
+        "SLOs; for servers without such a policy the export gives the nearest fixed config."))
 
 
 def _with_all_metrics(rec: Recommendation, trials: Sequence[TrialRecord]) -> Recommendation:

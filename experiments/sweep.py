@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 from db.store import Store
 from engine.config import EngineConfig
 from experiments.external import ExternalTarget, ServerProcess, api_key_from_env, load_tokenizer
-from experiments.grid import SweepSpec, server_key
-from experiments.profiles import Profile, needs_baseline, resolve_slos
+from experiments.grid import GridError, SweepSpec, server_key
+from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
 from experiments.provenance import provenance
 from experiments.records import SLO, TrialConfig
-from experiments.trial import measure_baseline, run_trial
+from experiments.trial import measure_baseline, run_trial, trace_deadline_s, with_trace_window
 
 if TYPE_CHECKING:  # the engine (torch) loads only when a sweep runs, not when the UI queues one
     from experiments.local import LocalTarget
@@ -51,8 +51,20 @@ class Progress:
         return self.elapsed_s / finished * (self.trials_total - finished)
 
 
+def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
+    """The profile as the sweep runs it: a trace profile with the spec's replay window."""
+    is_trace = isinstance(profile.arrival, TraceArrival)
+    if spec.speedup is not None and not is_trace:
+        raise GridError(f"speedup: profile '{profile.name}' replays no trace; use a trace profile "
+                        "(azure-conv, azure-code, a .csv or .jsonl) or sweep rate / concurrency")
+    if (spec.trace_duration_s, spec.trace_start_s) != (None, None) and not is_trace:
+        raise GridError(f"trace_duration_s / trace_start_s: profile '{profile.name}' replays no trace")
+    return with_trace_window(profile, spec.trace_duration_s, spec.trace_start_s) if is_trace else profile
+
+
 def create_sweep(store: Store, spec: SweepSpec, profile: Profile) -> int:
     """Store a queued sweep (nothing runs yet) and return its id."""
+    profile = sweep_profile(spec, profile)
     name = spec.name or f"{spec.profile} on {spec.model}"
     return store.create_sweep(
         name=name, model=spec.model, device=spec.device, device_name=None, dtype=spec.dtype,
@@ -180,7 +192,7 @@ class SweepRunner:
             result = run_trial(
                 target.engine, config, self.profile, self.spec.requests,
                 seed=self.spec.seed + config.repetition, slos=slos,
-                max_duration_s=self.spec.max_trial_s, should_stop=self.should_stop,
+                max_duration_s=self._deadline_s(config), should_stop=self.should_stop,
                 **target.request_kwargs(), **target.memory_kwargs())
         except Exception as exc:  # the sweep goes on; the failure is stored with its reason
             self.store.add_failed_trial(self.sweep_id, config, f"{type(exc).__name__}: {exc}",
@@ -199,6 +211,13 @@ class SweepRunner:
         self.store.add_trial(self.sweep_id, config, result.metrics, result.records, started, utcnow())
         self.num_done += 1
         self._report(None)
+
+    def _deadline_s(self, config: TrialConfig) -> float | None:
+        # A trace trial replays its whole window and drains (bounded) unless max_trial_s says less.
+        if config.speedup is None or self.spec.max_trial_s is not None:
+            return self.spec.max_trial_s
+        assert isinstance(self.profile.arrival, TraceArrival)
+        return trace_deadline_s(self.profile.arrival.duration_s)
 
     def _report(self, current_label: str | None) -> None:
         self.store.update_progress(self.sweep_id, self.num_done, self.num_failed, current_label)

@@ -130,7 +130,7 @@ def test_json_and_yaml_documents(continuous, fmt, loads):
 def test_exported_documents_load_back(static, fmt):
     loaded = load_exported_config(export_config(static, fmt, PROVENANCE))
     assert loaded == {"policy": "static", "batch_size": 4, "max_wait_ms": 2.5,
-                      "model": "meta-llama/Llama-3.2-1B"}
+                      "model": "meta-llama/Llama-3.2-1B", "ttft_slo_ms": None, "tpot_slo_ms": None}
 
 
 def test_open_loop_load_and_dates_in_documents(static):
@@ -144,7 +144,7 @@ def test_open_loop_load_and_dates_in_documents(static):
     ("engine: [unclosed", "not valid YAML"),
     ("- a list", "engine"),
     ("version: 1", "engine"),
-    ("engine: {policy: adaptive, max_batch_size: 4, max_wait_ms: 0, model: m}", "engine.policy"),
+    ("engine: {policy: dynamic, max_batch_size: 4, max_wait_ms: 0, model: m}", "engine.policy"),
     ("engine: {policy: static, max_batch_size: 0, max_wait_ms: 0, model: m}", "max_batch_size"),
     ("engine: {policy: static, max_batch_size: true, max_wait_ms: 0, model: m}", "max_batch_size"),
     ("engine: {policy: static, max_batch_size: 2, max_wait_ms: -1, model: m}", "max_wait_ms"),
