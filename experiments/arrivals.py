@@ -15,6 +15,10 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+ATTRIBUTION = (
+    "Trace data: Azure LLM inference traces 2023 (Azure Public Dataset, CC-BY 4.0), from Patel et "
+    "al., \"Splitwise: Efficient generative LLM inference using phase splitting\", ISCA 2024."
+)
 # Built-in traces by name -> packaged file (experiments/traces/; loaded by experiments/traces.py).
 BUILTIN_TRACES: dict[str, str] = {"azure_conv": "azure_llm_2023_conv.csv.gz",
                                   "azure_code": "azure_llm_2023_code.csv.gz"}

@@ -21,12 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.arrivals import BUILTIN_TRACES, TraceArrival
+from experiments.arrivals import ATTRIBUTION, BUILTIN_TRACES, TraceArrival
 
-ATTRIBUTION = (
-    "Trace data: Azure LLM inference traces 2023 (Azure Public Dataset, CC-BY 4.0), from Patel et "
-    "al., \"Splitwise: Efficient generative LLM inference using phase splitting\", ISCA 2024."
-)
+__all__ = ["ATTRIBUTION", "BUILTIN_TRACES"]  # re-exported: where trace users look for them
+
 # Column names tried, in order, when a CSV's columns are not given (case-insensitive).
 TIMESTAMP_ALIASES = ("timestamp", "arrival_time", "time")
 INPUT_ALIASES = ("contexttokens", "input_length", "input_tokens", "prompt_tokens")

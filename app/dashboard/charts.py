@@ -32,7 +32,7 @@ OTHER_LABELS: dict[str, str] = {
     "slo_attainment": "SLO attainment (fraction of requests)",
     "mean_batch_size": "Mean batch size (requests per decode step)",
 }
-POLICY_SYMBOLS: dict[str, str] = {"continuous": "circle", "static": "diamond"}
+POLICY_SYMBOLS: dict[str, str] = {"continuous": "circle", "static": "diamond", "adaptive": "triangle-up"}
 WEBGL_ABOVE = 1000  # SVG below (crisp, works without a GPU), WebGL above (5,000 points fast)
 NEUTRAL = "rgba(128,128,128,0.9)"  # lines that must read on light and dark backgrounds
 HIGHLIGHT = "#f5a300"
@@ -64,8 +64,10 @@ def metric_label(key: str) -> str:
 
 
 def load_value(config: TrialConfig) -> float:
-    """The load level as one number: virtual users, or requests/s."""
-    return float(config.concurrency if config.concurrency is not None else config.rate or 0.0)
+    """The load level as one number: virtual users, requests/s, or a trace's speed-up."""
+    if config.concurrency is not None:
+        return float(config.concurrency)
+    return float(config.rate if config.rate is not None else config.speedup or 0.0)
 
 
 def _sizes(configs: Sequence[TrialConfig]) -> dict[float, float]:
@@ -144,21 +146,29 @@ def _colorbar_trace(batch_sizes: Sequence[int], color_range: tuple[float, float]
                         ticktext=[str(b) for b in ticks], thickness=14, len=0.9)))
 
 
-def _load_legend(sizes: dict[float, float], closed: bool) -> list[go.Scatter]:
+def _load_legend(sizes: dict[float, float], kind: str) -> list[go.Scatter]:
     levels = list(sizes)
     if len(levels) > MAX_LOAD_LEGEND:  # a legend entry per level would bury the others
         step = (len(levels) - 1) / (MAX_LOAD_LEGEND - 1)
         levels = [levels[round(i * step)] for i in range(MAX_LOAD_LEGEND)]
-    return [go.Scatter(x=[None], y=[None], mode="markers", name=_load_name(level, closed),
+    return [go.Scatter(x=[None], y=[None], mode="markers", name=_load_name(level, kind),
                        legendgroup="load", legendgrouptitle_text="load (size)",
                        marker=dict(size=sizes[level], color=NEUTRAL, symbol="circle-open"))
             for level in levels]
 
 
-def _load_name(level: float, closed: bool) -> str:
-    if not closed:
+def _load_name(level: float, kind: str) -> str:
+    if kind == "trace":
+        return f"trace {level:g}x"
+    if kind == "open":
         return f"{level:g} req/s"
     return f"{level:g} user" + ("" if level == 1 else "s")
+
+
+def _load_kind(configs: Sequence[TrialConfig]) -> str:
+    if all(c.concurrency is not None for c in configs):
+        return "closed"
+    return "trace" if all(c.speedup is not None for c in configs) else "open"
 
 
 def _frontier_trace(points, labels, keys, name: str = "Pareto frontier",
@@ -211,8 +221,7 @@ def frontier_figure(
     if recommended is not None and recommended in by_config:
         fig.add_trace(_recommended_trace(by_config[recommended], keys))
     fig.add_trace(_colorbar_trace(batches, color_range))
-    closed = all(points[i].config.concurrency is not None for i in placed)
-    fig.add_traces(_load_legend(sizes, closed))
+    fig.add_traces(_load_legend(sizes, _load_kind([points[i].config for i in placed])))
     _slo_lines(fig, slos, latency_key)
     return _layout(fig, latency_label(latency_key), throughput_label(throughput_key), height)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import streamlit as st
 
 from app import launcher
-from app.dashboard import charts, state, widgets
+from app.dashboard import charts, charts_time, state, widgets
 from db.store import SweepRecord
 from experiments.metrics import latency_samples
 from experiments.pareto import ConfigPoint, classify
@@ -153,14 +153,36 @@ def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SL
         st.caption("This trial stored no requests.")
         return
     samples = latency_samples([charts.as_request_record(r) for r in requests])
-    dist, timeline, batch = st.tabs(["Latency distributions", "Request timeline",
-                                     "Batch size over time"])
+    dist, timeline, batch, over_time = st.tabs(["Latency distributions", "Request timeline",
+                                                "Batch size over time", "SLOs over time"])
+    _over_time(over_time, _trial_details(url, sweep, trial_id))
     dist.plotly_chart(charts.latency_figure(samples, slos), key="explore_dist")
     timeline.plotly_chart(charts.timeline_figure(requests), key="explore_timeline")
     batch.plotly_chart(charts.batch_figure(requests, point.config.batch_size), key="explore_batch")
     batch.caption("Engine steps are not stored, so this counts requests admitted to the batch "
                   "and not yet done, from the request timestamps: the realised batch at any "
                   "moment, up to step granularity.")
+
+
+def _trial_details(url: str, sweep: SweepRecord, trial_id: int) -> dict:
+    trial = next((t for t in state.trials(url, state.version(sweep)) if t.trial_id == trial_id), None)
+    return trial.details if trial is not None else {}
+
+
+def _over_time(tab, details: dict) -> None:
+    series = details.get("timeseries")
+    if not series or not series.get("t_s"):
+        tab.caption("This trial has no time series (it was measured before they were stored).")
+        return
+    tab.plotly_chart(charts_time.timeseries_figure(series), key="explore_over_time")
+    tab.caption("Per window: the share of requests scheduled in it that met every SLO, the "
+                "time-averaged number waiting for admission (bars: arrivals/s), and the "
+                "time-averaged decode batch size.")
+    trace = details.get("trace")
+    if trace:
+        tab.caption(f"Replayed {trace['requests_replayed']} requests of {trace['trace']}, trace "
+                    f"window {trace['window_start_s']:g}-{trace['window_end_s']:g} s at "
+                    f"{trace['speedup']:g}x. {trace.get('attribution') or ''}")
 
 
 def _metric_row(point: ConfigPoint, key: str) -> dict:

@@ -8,14 +8,17 @@ from dataclasses import dataclass
 
 from experiments.grid import GridError, SweepSpec, parse_spec
 from experiments.profiles import Profile, ProfileError, load_profile
+from experiments.sweep import sweep_profile
 
 # engine.models.builtin_names() has these, but importing it loads torch into the UI process.
 BUILTIN_MODELS: tuple[str, ...] = ("builtin:tiny", "builtin:small")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 LOAD_MODES: dict[str, str] = {"concurrency": "closed loop: virtual users",
-                              "rate": "open loop: requests/s"}
+                              "rate": "open loop: requests/s",
+                              "speedup": "trace replay: speed-ups"}
+POLICIES: tuple[str, ...] = ("static", "continuous", "adaptive")
 # Spec fields as parse_spec names them -> the Run page field that shows the error.
-_FIELD_OF = {"concurrency": "load", "rate": "load", "sweep": "load"}
+_FIELD_OF = {"concurrency": "load", "rate": "load", "speedup": "load", "sweep": "load"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def build_spec(inputs: RunInputs, user_profiles: dict[str, str]) -> tuple[SweepS
         return None, errors
     try:
         spec = parse_spec(data)
-        load_profile(spec.profile, user_profiles)
+        sweep_profile(spec, load_profile(spec.profile, user_profiles))
     except GridError as exc:
         return None, _grid_error(str(exc))
     except ProfileError as exc:
@@ -94,7 +97,7 @@ def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
         except ValueError as exc:
             errors[field] = str(exc)
     data[inputs.load_mode] = data.pop("load", None)
-    if not closed:
+    if inputs.load_mode == "rate":
         data["burstiness"] = inputs.burstiness
     return data
 

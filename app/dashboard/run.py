@@ -72,8 +72,10 @@ def _where_inputs(url: str, slots: dict) -> tuple[str, str, str, str]:
 
 
 def _knob_inputs(slots: dict) -> tuple[list[str], str, str]:
-    policies = st.multiselect("Batching policies", ["static", "continuous"],
-                              default=["static", "continuous"], key="run_policies")
+    policies = st.multiselect("Batching policies", list(forms.POLICIES),
+                              default=["static", "continuous"], key="run_policies",
+                              help="adaptive: continuous batching whose cap and wait follow the "
+                                   "SLOs at run time (up to the max batch size and wait below)")
     slots["policies"] = st.empty()
     batch_sizes = st.text_input("Max batch sizes", "1, 4, 16", key="run_batch_sizes")
     slots["batch_sizes"] = st.empty()
@@ -95,11 +97,13 @@ def _model_input() -> str:
 def _load_inputs(slots: dict) -> tuple[str, str, float]:
     mode = st.radio("Load", list(forms.LOAD_MODES), key="run_load_mode", horizontal=True,
                     format_func=forms.LOAD_MODES.get)
-    closed = mode == "concurrency"
-    loads = st.text_input("Concurrent users" if closed else "Arrival rates (requests/s)",
-                          "1, 8" if closed else "1, 4", key=f"run_{mode}")
+    label, default = {"concurrency": ("Concurrent users", "1, 8"),
+                      "rate": ("Arrival rates (requests/s)", "1, 4"),
+                      "speedup": ("Trace speed-ups (x; trace profiles such as azure-conv)",
+                                  "1, 2, 4")}[mode]
+    loads = st.text_input(label, default, key=f"run_{mode}")
     slots["load"] = st.empty()
-    burstiness = 1.0 if closed else st.number_input(
+    burstiness = 1.0 if mode != "rate" else st.number_input(
         "Burstiness (gamma shape; 1 = Poisson, < 1 burstier)", min_value=0.05,
         max_value=100.0, value=1.0, key="run_burstiness")
     slots["burstiness"] = st.empty()

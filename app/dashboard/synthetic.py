@@ -10,6 +10,7 @@ Closed-loop (concurrency) grids only.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from db.store import Store
 from engine.core import StepRecord
@@ -17,6 +18,7 @@ from experiments.grid import SweepSpec, parse_spec
 from experiments.metrics import compute_trial_metrics
 from experiments.profiles import load_profile
 from experiments.records import SLO, RequestRecord, TrialConfig
+from experiments.timeseries import trial_timeseries
 
 DEFAULT_SLOS = (SLO("ttft_ms", "p90", 60.0), SLO("tpot_ms", "p90", 3.0))
 
@@ -66,6 +68,8 @@ def add_synthetic_sweep(store: Store, spec: SweepSpec | dict, slos=DEFAULT_SLOS,
         steps = [StepRecord(start, end - start, "decode", min(config.batch_size,
                                                               config.concurrency or 1), 1)]
         metrics = compute_trial_metrics(records, steps, list(slos), None, False)
+        series = trial_timeseries(records, [], steps, list(slos))
+        metrics = replace(metrics, details={"timeseries": series})
         store.add_trial(sweep_id, config, metrics, records, None, None)
     store.update_progress(sweep_id, spec.num_trials, 0, None)
     if status != "running":

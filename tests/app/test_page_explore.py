@@ -70,10 +70,13 @@ def test_details_show_distributions_timeline_and_batch(db_url, results) -> None:
     picker.set_value(picker.options.index(picker.options[-1])).run()
     assert not app.exception
     assert [t.label for t in app.tabs] == ["Latency distributions", "Request timeline",
-                                           "Batch size over time"]
-    titles = [c["layout"].get("xaxis", {}).get("title", {}).get("text")
-              for c in map(json.loads, (c.proto.spec for c in app.get("plotly_chart")))]
+                                           "Batch size over time", "SLOs over time"]
+    layouts = [c["layout"] for c in map(json.loads, (c.proto.spec for c in app.get("plotly_chart")))]
+    titles = [lay.get("xaxis", {}).get("title", {}).get("text") for lay in layouts]
     assert "time since trial start (ms)" in titles
+    # The trial's time series: three stacked panels on one time axis.
+    bottom = [lay.get("xaxis3", {}).get("title", {}).get("text") or "" for lay in layouts]
+    assert any(t.startswith("Trial time (s)") for t in bottom)
     assert app.selectbox(key=f"explore_rep_{results['chat']}")  # 2 repetitions to pick from
 
 

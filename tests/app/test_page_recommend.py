@@ -37,3 +37,16 @@ def test_report_is_self_contained_and_escapes_names(db_url, results) -> None:
     assert re.search(r"<script[^>]*\bsrc=", html) is None and "<link" not in html
     assert "Plotly.newPlot" in html and "meets the SLOs" in html
     assert report.report_filename(analysis) == f"tradeoff-sweep-{results['chat']}-chat.html"
+
+
+def test_report_of_a_trace_sweep_carries_the_trace_attribution(db_url) -> None:
+    from app.dashboard.synthetic import add_synthetic_sweep
+
+    store = state.get_store(db_url)
+    sweep_id = add_synthetic_sweep(store, {
+        "profile": "azure-conv", "policies": ["continuous", "adaptive"], "batch_sizes": [4],
+        "max_wait_ms": [0.0], "speedup": [1.0, 2.0], "requests": 8})
+    analysis = state.analysis(db_url, state.version(store.get_sweep(sweep_id)))
+    html = report.build_report(analysis)
+    assert "CC-BY 4.0" in html and "Splitwise" in html and "Azure Public Dataset" in html
+    assert "trace 1x" in html  # the load legend names speed-ups

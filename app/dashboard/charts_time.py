@@ -1,0 +1,27 @@
+"""A trial over time (details["timeseries"]): SLO attainment, queue depth and batch size per
+window, stacked on one time axis, so a user sees where a config falls over."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+ROWS = (("slo_attainment", "SLO attainment"), ("queue_depth", "Queue depth"),
+        ("batch_size", "Batch size"))
+
+
+def timeseries_figure(series: dict, height: int = 420) -> go.Figure:
+    """Three stacked step charts over the trial's windows; arrivals/s shaded behind the queue."""
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[title for _, title in ROWS])
+    t = list(series.get("t_s", []))
+    for row, (key, title) in enumerate(ROWS, start=1):
+        fig.add_trace(go.Scatter(x=t, y=series.get(key, []), name=title, mode="lines+markers",
+                                 line_shape="hv", connectgaps=False), row=row, col=1)
+    fig.add_trace(go.Bar(x=t, y=series.get("arrivals_per_s", []), name="Arrivals (req/s)",
+                         opacity=0.25, offset=0, width=series.get("window_s", 1.0)), row=2, col=1)
+    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+    fig.update_xaxes(title_text=f"Trial time (s), windows of {series.get('window_s', 1):g} s",
+                     row=3, col=1)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), legend_orientation="h")
+    return fig
