@@ -1,0 +1,115 @@
+"""Predicted trials: the engine's own scheduler on the virtual clock, under a cost model fitted
+to measured step times (Vidur's idea at the scale of this project's linear cost model).
+
+`fit_cost_model` turns measured steps into a `CostModel` by least squares; `simulate_trial`
+predicts one trial's metrics (same request lengths, seeds, warm-up and window as a real trial),
+so predicted and measured points are compared metric for metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from engine.config import SchedulerConfig
+from engine.core import StepRecord
+from engine.simulate import CostModel, Simulator
+from experiments.loadgen import make_requests, open_loop_arrivals, record_from_sequence
+from experiments.metrics import compute_trial_metrics
+from experiments.profiles import Profile
+from experiments.records import SLO, RequestRecord, TrialConfig, TrialMetrics
+
+MIN_STEPS = 3  # fewer steps of a phase than this: keep the prior's coefficients for it
+
+
+def fit_line(x: list[float], y: list[float], prior: tuple[float, float]) -> tuple[float, float]:
+    """(intercept, slope) of y ~ a + b x, both >= 0; with a single x value only the level is
+    identifiable, so the prior's slope is kept and the intercept fitted."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xs.size < MIN_STEPS:
+        return prior
+    if np.ptp(xs) == 0:
+        return max(0.0, float(np.median(ys - prior[1] * xs))), prior[1]
+    slope, intercept = np.polyfit(xs, ys, 1)
+    if slope < 0:  # noise on a flat cost: a level, no slope
+        return float(np.median(ys)), 0.0
+    if intercept < 0:  # a line through the origin instead
+        return 0.0, float(np.dot(xs, ys) / np.dot(xs, xs))
+    return float(intercept), float(slope)
+
+
+def fit_cost_model(steps: Iterable[StepRecord], prior: CostModel) -> CostModel:
+    """Least-squares step times: decode ~ a + b x rows, prefill ~ c + d x prompt tokens."""
+    decode = [(s.num_seqs, s.duration_s) for s in steps if s.phase == "decode"]
+    prefill = [(s.num_tokens, s.duration_s) for s in steps if s.phase == "prefill"]
+    d_base, d_per_seq = fit_line([x for x, _ in decode], [y for _, y in decode],
+                                 (prior.decode_base_s, prior.decode_per_seq_s))
+    p_base, p_per_tok = fit_line([x for x, _ in prefill], [y for _, y in prefill],
+                                 (prior.prefill_base_s, prior.prefill_per_token_s))
+    return CostModel(p_base, p_per_tok, d_base, d_per_seq)
+
+
+def simulate_records(config: TrialConfig, profile: Profile, num_requests: int, cost: CostModel,
+                     seed: int = 0, kv_budget_tokens: int = 1 << 30,
+                     ) -> tuple[list[RequestRecord], list[RequestRecord], list[StepRecord]]:
+    """Measured records, background records and steps of one simulated trial."""
+    n = num_requests + profile.warmup_requests
+    specs = make_requests(profile, n, seed, vocab_size=2, max_context_tokens=1 << 20, avoid_ids=[])
+    lengths = [(len(s.prompt_ids), s.max_new_tokens) for s in specs]
+    sched = SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms)
+    sim = Simulator(sched, cost, kv_budget_tokens)
+    if config.concurrency is not None:
+        _closed_loop(sim, lengths, config.concurrency, profile.warmup_requests)
+    else:
+        for at_s, (p, o) in zip(open_loop_arrivals(config.rate, config.burstiness, n, seed),
+                                lengths, strict=True):
+            sim.submit_at(at_s, p, o)
+    seqs = sim.run()
+    records = [record_from_sequence(s, i) for i, s in enumerate(seqs)]
+    measured = [r for i, r in enumerate(records) if _is_measured(i, profile, num_requests)]
+    background = [r for i, r in enumerate(records) if not _is_measured(i, profile, num_requests)]
+    return measured, background, list(sim.core.steps)
+
+
+def _is_measured(idx: int, profile: Profile, num_requests: int) -> bool:
+    return profile.warmup_requests <= idx < profile.warmup_requests + num_requests
+
+
+def _closed_loop(sim: Simulator, lengths: list[tuple[int, int]], concurrency: int,
+                 num_warmup: int) -> None:
+    # As the real closed loop: each user sends again when its request ends, cycling through the
+    # specs (cooldown) until every measured request has ended.
+    state = {"issued": 0, "measured_left": len(lengths) - num_warmup}
+
+    def issue(at_s: float) -> None:
+        idx = state["issued"]
+        state["issued"] += 1
+        p, o = lengths[idx % len(lengths)]
+        sim.submit_at(at_s, p, o, on_finish=lambda seq: finished(idx, seq))
+
+    def finished(idx: int, seq) -> None:
+        if num_warmup <= idx < len(lengths):
+            state["measured_left"] -= 1
+        if state["measured_left"] > 0:
+            issue(seq.done_s)
+
+    for _ in range(concurrency):
+        issue(0.0)
+
+
+def simulate_trial(config: TrialConfig, profile: Profile, num_requests: int, cost: CostModel,
+                   slos: list[SLO], seed: int = 0) -> TrialMetrics:
+    """Predicted metrics of one trial under `cost`."""
+    measured, background, steps = simulate_records(config, profile, num_requests, cost, seed)
+    return compute_trial_metrics(measured, steps, slos, None, False, background)
+
+
+def relative_errors(predicted: dict, measured: dict, keys: Iterable[str]) -> dict[str, float]:
+    """(predicted - measured) / measured per key, where both exist and measured is non-zero."""
+    out: dict[str, float] = {}
+    for key in keys:
+        p, m = predicted.get(key), measured.get(key)
+        if isinstance(p, (int, float)) and isinstance(m, (int, float)) and m:
+            out[key] = (p - m) / m
+    return out

@@ -1,0 +1,261 @@
+"""Capacity search: the largest load one batching config carries within the SLOs.
+
+Goodput capacity (DistServe): the largest load (open-loop rate, or closed-loop users) whose SLO
+attainment, the share of requests meeting every SLO, is >= the profile's target (90% default).
+Pure logic over measurements: `CapacitySearch` is a state machine per config (bracket by
+doubling or halving, then bisect), `search_all` interleaves several under a budget. It reads no
+clock and runs nothing, so the virtual clock and injected noise test it exactly.
+
+Noise: a load passes when the attainment's confidence interval lies wholly at or above the
+target, fails when it lies below; in between it is measured again (another repetition, another
+seed) until the interval decides or `max_repeats` is spent, and then the search stops for that
+config and says the boundary is within noise. The interval is Wilson's over the pooled requests;
+requests in one trial share a queue and are not independent, so it is optimistic, which is why
+undecided loads get fresh repetitions rather than only more requests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+
+# Statuses of a finished (or stopped) search; DECIDED_STATUSES count as an answer.
+DECIDED, WITHIN_NOISE, AT_LIMIT = "decided", "within_noise", "at_limit"
+UNDECIDED, INVALID = "undecided", "invalid"
+DECIDED_STATUSES = (DECIDED, WITHIN_NOISE, AT_LIMIT)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One repetition at one load: how many measured requests met every SLO, of how many."""
+
+    num_good: int
+    num_total: int
+    is_valid: bool = True  # False: not capacity evidence (client-bound, failed trial)
+    reason: str | None = None  # why it is not valid
+
+
+@dataclass(frozen=True)
+class Attainment:
+    """Pooled SLO attainment at one load and its confidence interval."""
+
+    mean: float
+    lo: float
+    hi: float
+    num_total: int
+
+
+def wilson(num_good: int, num_total: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (sensible at 0 and 1, unlike Wald's)."""
+    if num_total <= 0:
+        return 0.0, 1.0
+    p, n = num_good / num_total, num_total
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - margin), min(1.0, center + margin)
+
+
+def pooled_attainment(samples: list[Sample], z: float) -> Attainment:
+    """Attainment over every valid sample at one load."""
+    good = sum(s.num_good for s in samples if s.is_valid)
+    total = sum(s.num_total for s in samples if s.is_valid)
+    lo, hi = wilson(good, total, z)
+    return Attainment(good / total if total else 0.0, lo, hi, total)
+
+
+def z_for(confidence: float) -> float:
+    """Two-sided normal quantile, e.g. 1.645 for 0.90."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How one config's capacity is searched."""
+
+    target: float = 0.9  # minimum SLO attainment
+    is_integer: bool = False  # closed-loop users: whole numbers, resolution 1
+    start_load: float = 1.0
+    min_load: float = 0.05  # below this the config carries nothing worth measuring
+    max_load: float = 1024.0  # above this the search stops and reports ">= max"
+    rel_tol: float = 0.1  # rate: stop bisecting when (hi - lo) <= rel_tol x hi
+    growth: float = 2.0  # bracketing factor
+    max_repeats: int = 3  # measurements of one load before calling it within noise
+    confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target <= 1:
+            raise ValueError(f"target attainment must be in (0, 1], got {self.target}")
+        if not 0 < self.min_load <= self.start_load <= self.max_load:
+            raise ValueError("need 0 < min_load <= start_load <= max_load")
+        if self.growth <= 1 or self.max_repeats < 1 or self.rel_tol <= 0:
+            raise ValueError("need growth > 1, max_repeats >= 1, rel_tol > 0")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The next measurement a search asks for."""
+
+    load: float
+    repetition: int
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """A search's answer: capacity = the highest load that passed (0 if none did)."""
+
+    capacity: float
+    upper: float | None  # the lowest load that failed (or stayed within noise); None if none
+    status: str  # DECIDED | WITHIN_NOISE | AT_LIMIT | UNDECIDED | INVALID
+    reason: str
+    num_probes: int
+    attainment: dict[float, Attainment] = field(default_factory=dict)
+
+    @property
+    def is_decided(self) -> bool:
+        return self.status in DECIDED_STATUSES
+
+
+class CapacitySearch:
+    """Bracketing then bisection over one config's load, noise-aware; a pure state machine.
+
+    Invariant: every load below `lo` that was measured passed, `hi` failed (or is None), lo < hi.
+    """
+
+    def __init__(self, settings: SearchSettings) -> None:
+        self.s = settings
+        self.z = z_for(settings.confidence)
+        self.samples: dict[float, list[Sample]] = {}
+        self.lo: float | None = None  # highest passing load
+        self.hi: float | None = None  # lowest failing load
+        self.current: float | None = None  # the load being measured now
+        self.status: str | None = None  # set once finished
+        self.reason = ""
+        self.num_probes = 0
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is not None
+
+    def next_probe(self) -> Probe | None:
+        """What to measure next; None once finished."""
+        if self.is_finished:
+            return None
+        if self.current is None:
+            self.current = self._next_load()
+            if self.current is None:
+                return None
+        return Probe(self.current, len(self.samples.get(self.current, [])))
+
+    def record(self, probe: Probe, sample: Sample) -> None:
+        """Take one measurement of `probe`; move the bracket once its load is decided."""
+        self.num_probes += 1
+        if not sample.is_valid:
+            self._finish(INVALID, f"{self._fmt(probe.load)}: {sample.reason or 'not valid evidence'}")
+            return
+        samples = self.samples.setdefault(probe.load, [])
+        samples.append(sample)
+        att = pooled_attainment(samples, self.z)
+        if att.lo >= self.s.target:
+            self.lo, self.current = probe.load, None
+        elif att.hi < self.s.target:
+            self.hi, self.current = probe.load, None
+        elif len(samples) >= self.s.max_repeats:
+            self.hi = probe.load
+            self._finish(WITHIN_NOISE, f"attainment at {self._fmt(probe.load)} is {att.mean:.1%} "
+                         f"[{att.lo:.1%}, {att.hi:.1%}] after {len(samples)} repetitions: "
+                         f"within noise of the {self.s.target:.0%} target")
+
+    def stop(self, reason: str) -> None:
+        """End the search early (budget spent): the answer so far, undecided."""
+        if not self.is_finished:
+            upper = "?" if self.hi is None else self._fmt(self.hi)
+            self._finish(UNDECIDED, f"{reason}; so far between {self._fmt(self.lo or 0.0)} and {upper}")
+
+    def result(self) -> Capacity:
+        """The answer so far."""
+        atts = {load: pooled_attainment(s, self.z) for load, s in sorted(self.samples.items())}
+        return Capacity(self.lo or 0.0, self.hi, self.status or UNDECIDED, self.reason,
+                        self.num_probes, atts)
+
+    def _next_load(self) -> float | None:
+        lo, hi = self.lo, self.hi
+        if lo is None and hi is None:
+            return self._round(self.s.start_load)
+        if lo is None:
+            return self._below(hi)
+        if hi is None:
+            return self._above(lo)
+        mid = self._round((lo + hi) / 2)
+        if self._is_resolved(lo, hi) or mid in (lo, hi):
+            self._finish(DECIDED, f"capacity between {self._fmt(lo)} and {self._fmt(hi)}")
+            return None
+        return mid
+
+    def _below(self, hi: float) -> float | None:
+        load = self._round(hi / self.s.growth)
+        if load < self.s.min_load or load >= hi:
+            self._finish(DECIDED, f"even {self._fmt(hi)} misses the target")
+            return None
+        return load
+
+    def _above(self, lo: float) -> float | None:
+        if lo >= self.s.max_load:
+            self._finish(AT_LIMIT, f"meets the target at the largest load tried "
+                         f"({self._fmt(lo)}); capacity is at least that")
+            return None
+        return min(self._round(lo * self.s.growth), self._round(self.s.max_load))
+
+    def _is_resolved(self, lo: float, hi: float) -> bool:
+        if self.s.is_integer:
+            return hi - lo <= 1
+        return hi - lo <= self.s.rel_tol * hi
+
+    def _round(self, load: float) -> float:
+        if self.s.is_integer:
+            return float(max(1, math.floor(load)))
+        return float(f"{load:.3g}")  # readable rates; equal floats across a resume
+
+    def _fmt(self, load: float) -> str:
+        return f"{load:g} users" if self.s.is_integer else f"{load:g} req/s"
+
+    def _finish(self, status: str, reason: str) -> None:
+        self.status, self.reason, self.current = status, reason, None
+
+
+Measure = Callable[[Hashable, Probe], "Sample | None"]
+
+
+def search_all(searches: Mapping[Hashable, CapacitySearch], measure: Measure,
+               can_continue: Callable[[], bool] = lambda: True,
+               interleave: bool = True) -> dict[Hashable, Capacity]:
+    """Run every search to its end, one probe at a time: round-robin when `interleave` (a
+    budget stop leaves every config with a bracket), else one config after another (one server
+    start per config). Stops the rest, undecided, once `can_continue()` says no."""
+    keys = list(searches)
+    while True:
+        active = [k for k in keys if not searches[k].is_finished]
+        if not active:
+            break
+        for key in active if interleave else active[:1]:
+            if not can_continue():
+                _stop_all(searches, "stopped (time budget spent, or cancelled)")
+                return {k: s.result() for k, s in searches.items()}
+            probe = searches[key].next_probe()
+            if probe is None:
+                continue
+            sample = measure(key, probe)  # None: not measured (the measure says why, via stop)
+            if sample is None:
+                searches[key].stop("search stopped before its answer (budget spent, cancelled, "
+                                   "or still running)")
+            else:
+                searches[key].record(probe, sample)
+    return {k: s.result() for k, s in searches.items()}
+
+
+def _stop_all(searches: Mapping[Hashable, CapacitySearch], reason: str) -> None:
+    for search in searches.values():
+        search.stop(reason)

@@ -1,0 +1,171 @@
+"""Capacity search: bisection on the virtual clock with a known capacity, noise, budget, validity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.simulate import CostModel
+from experiments.predict import simulate_trial
+from experiments.profiles import Profile
+from experiments.records import SLO, TrialConfig
+from experiments.search import (
+    AT_LIMIT,
+    DECIDED,
+    INVALID,
+    UNDECIDED,
+    WITHIN_NOISE,
+    CapacitySearch,
+    Probe,
+    Sample,
+    SearchSettings,
+    search_all,
+    wilson,
+)
+
+MS = 1e-3
+N = 48
+
+
+def step_measure(capacity: float):
+    """Every request meets the SLOs up to `capacity`, none above: a noiseless boundary."""
+    def measure(_key, probe: Probe) -> Sample:
+        return Sample(N if probe.load <= capacity else 0, N)
+    return measure
+
+
+def run_one(settings: SearchSettings, measure) -> tuple[object, list[Probe]]:
+    search = CapacitySearch(settings)
+    probes: list[Probe] = []
+
+    def recording(key, probe):
+        probes.append(probe)
+        return measure(key, probe)
+    result = search_all({"c": search}, recording)["c"]
+    return result, probes
+
+
+def test_wilson_interval_matches_hand_values():
+    lo, hi = wilson(44, 48, 1.645)
+    assert lo == pytest.approx(0.8269, abs=1e-3) and hi == pytest.approx(0.9619, abs=1e-3)
+    assert wilson(48, 48, 1.645)[1] == 1.0 and wilson(0, 48, 1.645)[0] == 0.0
+
+
+def test_rate_bisection_brackets_then_bisects_to_tolerance():
+    result, probes = run_one(SearchSettings(start_load=1.0, rel_tol=0.1), step_measure(7.3))
+    # doubling 1 -> 2 -> 4 -> 8 (fails), then bisection 6, 7, 7.5 (fails): 7.5 - 7 <= 10% of 7.5
+    assert [p.load for p in probes] == [1, 2, 4, 8, 6, 7, 7.5]
+    assert result.status == DECIDED and result.capacity == 7.0 and result.upper == 7.5
+    assert result.upper - result.capacity <= 0.1 * result.upper
+
+
+def test_start_above_capacity_halves_down():
+    result, probes = run_one(SearchSettings(start_load=16.0, rel_tol=0.1), step_measure(3.0))
+    assert [p.load for p in probes][:4] == [16, 8, 4, 2]
+    assert result.capacity <= 3.0 < result.upper and result.status == DECIDED
+
+
+def test_nothing_passes_gives_zero_capacity():
+    result, _ = run_one(SearchSettings(start_load=1.0, min_load=0.2), step_measure(0.01))
+    assert result.capacity == 0.0 and result.status == DECIDED and "misses" in result.reason
+
+
+def test_at_limit_is_a_lower_bound():
+    result, _ = run_one(SearchSettings(start_load=1.0, max_load=8.0), step_measure(100.0))
+    assert result.status == AT_LIMIT and result.capacity == 8.0 and result.is_decided
+
+
+def chat_like(tpot_max_ms: float) -> tuple[Profile, list[SLO]]:
+    profile = Profile.model_validate({
+        "name": "fixed", "prompt_tokens": {"kind": "fixed", "value": 8},
+        "output_tokens": {"kind": "fixed", "value": 11}, "arrival": {"mode": "closed", "concurrency": 1},
+        "slos": {"tpot_ms": {"percentile": "p90", "max_ms": tpot_max_ms}}, "warmup_requests": 0})
+    return profile, [SLO("tpot_ms", "p90", tpot_max_ms)]
+
+
+def test_concurrency_capacity_on_the_virtual_clock_is_exact():
+    # Continuous batching, C users who all join together: every decode step runs C rows and
+    # costs 10 + 1 x C ms, so TPOT = 10 + C ms. With a 20.5 ms TPOT SLO the capacity is 10 users.
+    profile, slos = chat_like(20.5)
+    cost = CostModel(prefill_base_s=5 * MS, decode_base_s=10 * MS, decode_per_seq_s=1 * MS)
+
+    def measure(_key, probe: Probe) -> Sample:
+        config = TrialConfig("continuous", 64, 0.0, concurrency=int(probe.load))
+        m = simulate_trial(config, profile, 40, cost, slos)
+        total = m.requests_completed + m.requests_failed
+        return Sample(round(m.slo_attainment * total), total)
+
+    result, probes = run_one(SearchSettings(is_integer=True, start_load=1, min_load=1), measure)
+    assert [int(p.load) for p in probes] == [1, 2, 4, 8, 16, 12, 10, 11]
+    assert result.status == DECIDED and result.capacity == 10 and result.upper == 11
+
+
+def test_undecided_boundary_is_measured_again_until_the_interval_decides():
+    # At 4 req/s the first repetition (45/48) leaves the interval straddling 90%; the second
+    # (48/48) pools to 93/96, whose interval lies above 90%: a pass.
+    answers = {(4.0, 0): Sample(45, N), (4.0, 1): Sample(48, N)}
+
+    def measure(_key, probe):
+        return answers.get((probe.load, probe.repetition), Sample(N if probe.load < 4 else 0, N))
+    result, probes = run_one(SearchSettings(start_load=4.0, max_repeats=3), measure)
+    assert probes[:3] == [Probe(4.0, 0), Probe(4.0, 1), Probe(8.0, 0)]
+    assert result.capacity >= 4.0
+
+
+def test_noise_that_never_decides_stops_and_says_within_noise():
+    def measure(_key, probe):
+        return Sample(N, N) if probe.load < 4 else Sample(44, N)  # 91.7%: straddles 90% forever
+    result, probes = run_one(SearchSettings(start_load=1.0, max_repeats=3), measure)
+    assert probes[-3:] == [Probe(4.0, 0), Probe(4.0, 1), Probe(4.0, 2)]
+    assert result.status == WITHIN_NOISE and result.capacity == 2.0 and result.upper == 4.0
+    assert "within noise" in result.reason and result.is_decided
+
+
+def test_seeded_noise_brackets_the_true_capacity():
+    # Attainment falls smoothly through 90% at 5 req/s; samples are binomial draws.
+    rng = np.random.default_rng(7)
+
+    def measure(_key, probe):
+        p = 1 / (1 + np.exp((probe.load - 5.0) * 3 - np.log(9)))  # p(5.0) = 0.9
+        return Sample(int(rng.binomial(N, p)), N)
+    result, _ = run_one(SearchSettings(start_load=1.0, max_repeats=4), measure)
+    assert result.status in (DECIDED, WITHIN_NOISE)
+    assert 3.5 <= result.capacity <= 5.0 and result.upper > result.capacity
+
+
+def test_budget_stop_leaves_every_config_with_its_bracket():
+    searches = {b: CapacitySearch(SearchSettings(start_load=1.0)) for b in (1, 8)}
+    calls = []
+
+    def can_continue() -> bool:
+        return len(calls) < 5
+    measure = step_measure(6.0)
+    out = search_all(searches, lambda k, p: calls.append(p) or measure(k, p), can_continue)
+    assert len(calls) == 5
+    # round-robin: 1, 1, 2, 2, 4 -> config 1 has passed 4, config 8 has passed 2
+    assert out[1].capacity == 4.0 and out[8].capacity == 2.0
+    assert all(r.status == UNDECIDED and "budget spent" in r.reason for r in out.values())
+    assert not any(r.is_decided for r in out.values())
+
+
+def test_invalid_evidence_stops_that_config_undecided():
+    def measure(_key, probe):
+        if probe.load >= 4:
+            return Sample(0, 0, is_valid=False, reason="client-bound: the load generator lagged")
+        return Sample(N, N)
+    result, _ = run_one(SearchSettings(start_load=1.0), measure)
+    assert result.status == INVALID and result.capacity == 2.0 and not result.is_decided
+    assert "client-bound" in result.reason
+
+
+def test_replaying_the_same_samples_asks_for_the_same_probes():
+    # Resume relies on this: a resumed search replays stored trials and asks for the same loads.
+    first = run_one(SearchSettings(start_load=1.5), step_measure(9.1))[1]
+    again = run_one(SearchSettings(start_load=1.5), step_measure(9.1))[1]
+    assert first == again
+
+
+@pytest.mark.parametrize("bad", [{"target": 0.0}, {"start_load": 0.0}, {"growth": 1.0}])
+def test_settings_are_validated(bad):
+    with pytest.raises(ValueError):
+        SearchSettings(**bad)
