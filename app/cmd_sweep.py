@@ -100,7 +100,7 @@ def sweep(
     json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
 ) -> None:
     """Run a grid of trials (policy x batch size x max wait x load x repetitions) into the store."""
-    from experiments.sweep import SweepRunner
+    from experiments.sweep import runner_for
 
     store = open_store(db)
     if resume is not None:
@@ -114,7 +114,7 @@ def sweep(
                  "trace_start_s": trace_start,
                  **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup)}
         sweep_id, target = _create(store, spec_from_flags(config, flags))
-    runner = SweepRunner(store, sweep_id, on_progress=_progress_printer(), target=target)
+    runner = runner_for(store, sweep_id, on_progress=_progress_printer(), target=target)
     with _ctrl_c_cancels(runner.stop):
         status = runner.run()
     _print_outcome(store, sweep_id, status, json_out)

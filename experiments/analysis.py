@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from datetime import date
 
 from db.store import Store, SweepRecord
+from experiments.capacity import ConfigCapacity, run_search
 from experiments.export import export_config
+from experiments.grid import SweepSpec
 from experiments.profiles import SLO_METRICS, Profile
 from experiments.recommend import Recommendation, recommend
 from experiments.records import SLO, TrialRecord
@@ -71,3 +73,15 @@ def export_provenance(sweep: SweepRecord) -> dict:
 def export_analysis(analysis: SweepAnalysis, fmt: str) -> str:
     """The recommended config of `analysis` rendered as `fmt`."""
     return export_config(analysis.recommendation, fmt, export_provenance(analysis.sweep))
+
+
+def is_search(sweep: SweepRecord) -> bool:
+    """Whether `sweep` is a capacity search (its grid names a search) rather than a load grid."""
+    return bool(sweep.grid.get("search"))
+
+
+def sweep_capacities(store: Store, sweep_id: int) -> tuple[list[ConfigCapacity], list[TrialRecord]]:
+    """Each config's capacity, replayed from a search sweep's stored trials, and the trials."""
+    sweep = store.get_sweep(sweep_id)
+    trials = store.list_trials(sweep_id)
+    return run_search(SweepSpec(**sweep.grid), Profile(**sweep.profile), trials), trials

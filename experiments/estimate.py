@@ -10,8 +10,9 @@ from engine.config import SchedulerConfig
 from engine.simulate import CostModel, Simulator
 from experiments.grid import SweepSpec
 from experiments.loadgen import make_requests, open_loop_arrivals
-from experiments.profiles import OpenArrival, Profile, TraceArrival
-from experiments.records import TrialConfig
+from experiments.metrics import latency_samples, summarize
+from experiments.profiles import SLO_METRICS, OpenArrival, Profile, TraceArrival, resolve_slos
+from experiments.records import SLO, TrialConfig
 from experiments.traces import prepare_replay
 
 MS = 1e-3
@@ -68,3 +69,37 @@ def estimate_sweep_s(spec: SweepSpec, profile: Profile) -> float:
     configs = [c for c in spec.trial_configs() if c.repetition == 0]
     trial_s = sum(simulate_trial_s(c, profile, spec.requests, cost, spec.seed) for c in configs)
     return MODEL_LOAD_S + (trial_s + PER_TRIAL_OVERHEAD_S * len(configs)) * spec.repetitions
+
+
+def predicted_slos(profile: Profile, cost: CostModel, seed: int = 0) -> list[SLO]:
+    """The profile's SLOs resolved against a simulated unloaded baseline (relative SLOs)."""
+    from experiments.predict import simulate_records
+    from experiments.trial import BASELINE_SCHED
+
+    baseline = TrialConfig(BASELINE_SCHED.policy, 1, 0.0, concurrency=1)
+    records, _, _ = simulate_records(baseline, profile, 8, cost, seed)
+    dists = {m: summarize(v) for m, v in latency_samples(records).items() if m in SLO_METRICS}
+    return resolve_slos(profile, {m: d.p50 for m, d in dists.items() if d is not None})
+
+
+def estimate_search_s(spec: SweepSpec, profile: Profile) -> tuple[float, int]:
+    """Estimated seconds and trials of a capacity search: the search itself, run against
+    simulated trials under the model's prior cost model, capped by the budget."""
+    from experiments.capacity import run_search
+    from experiments.predict import simulate_trial
+    from experiments.search import Sample
+
+    assert spec.search is not None
+    cost = PRIORS.get(spec.model, GENERIC)
+    slos = predicted_slos(profile, cost, spec.seed)
+    spent = [0.0]
+
+    def measure(config: TrialConfig) -> Sample:
+        m = simulate_trial(config, profile, spec.requests, cost, slos, spec.seed + config.repetition)
+        spent[0] += m.duration_s + PER_TRIAL_OVERHEAD_S
+        total = m.requests_completed + m.requests_failed
+        return Sample(round(m.slo_attainment * total), total)
+
+    results = run_search(spec, profile, [], measure, lambda: spent[0] < spec.search.budget_s)
+    trials = sum(r.capacity.num_probes for r in results)
+    return MODEL_LOAD_S + min(spent[0], spec.search.budget_s), trials

@@ -4,6 +4,7 @@ ordered list of trials it expands to."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -13,6 +14,20 @@ from experiments.records import TrialConfig
 
 class GridError(ValueError):
     """An invalid sweep spec; one line naming the field."""
+
+
+class SearchSpec(BaseModel):
+    """A capacity search instead of a load grid: per config, the largest load within the SLOs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    load: Literal["rate", "concurrency"] = "rate"
+    budget_s: float = Field(default=600.0, gt=0)  # measurement time; a clean stop when spent
+    start_load: float | None = Field(default=None, gt=0)  # default: 1 req/s, or batch-size users
+    max_load: float | None = Field(default=None, gt=0)
+    rel_tol: float = Field(default=0.1, gt=0, lt=1)  # rate resolution, relative
+    max_repeats: int = Field(default=3, ge=1, le=20)  # repetitions of an undecided load
+    max_probes: int = Field(default=12, ge=1, le=100)  # per config: bounds the trials count
 
 
 class SweepSpec(BaseModel):
@@ -46,6 +61,7 @@ class SweepSpec(BaseModel):
     tokenizer: str | None = None  # for external targets; default: the model's
     server_cmd: str | None = Field(default=None, max_length=2000)  # started per server config
     server_timeout_s: float = Field(default=120.0, gt=0)
+    search: SearchSpec | None = None  # set: search each config's capacity instead of a load grid
 
     @field_validator("batch_sizes")
     @classmethod
@@ -84,6 +100,14 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_load_mode(self) -> SweepSpec:
+        if self.search is not None:
+            if self.server_cmd is not None:
+                raise ValueError("a capacity search does not start servers per config yet: "
+                                 "drop server_cmd (search one --target server) or run a grid")
+            if self.loads:
+                raise ValueError("a capacity search chooses the loads itself: give no "
+                                 "concurrency, rate or speedup list, only search.load")
+            return self
         if sum(x is not None for x in (self.concurrency, self.rate, self.speedup)) != 1:
             raise ValueError("give exactly one of concurrency (closed loop), rate (open loop) "
                              "or speedup (trace replay)")
@@ -110,6 +134,8 @@ class SweepSpec(BaseModel):
 
     @property
     def num_trials(self) -> int:
+        if self.search is not None:  # an upper bound: a search stops once it has its answer
+            return len(self.knob_configs()) * self.search.max_probes
         loads = self.loads
         return (len(self.policies) * len(self.batch_sizes) * len(self.max_wait_ms)
                 * len(loads) * self.repetitions)
@@ -127,6 +153,12 @@ class SweepSpec(BaseModel):
                 first.setdefault(server_key(c), i)
             configs.sort(key=lambda c: first[server_key(c)])
         return configs
+
+    def knob_configs(self) -> list[TrialConfig]:
+        """Every server config of the grid without a load level (what a search sweeps)."""
+        grid = self.model_copy(update={"search": None, "concurrency": [1], "rate": None, "speedup": None,
+                                       "repetitions": 1})
+        return [replace(c, concurrency=None) for c in grid.trial_configs()]
 
     def _config(self, point: tuple, repetition: int) -> TrialConfig:
         (_, policy), (_, batch), (_, wait), (_, load) = point

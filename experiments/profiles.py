@@ -177,6 +177,9 @@ class Profile(_Strict):
     objective: Literal["max_goodput", "max_throughput"] = Field(
         "max_goodput", validate_default=True)
     warmup_requests: int = Field(default=4, ge=0)
+    # Goodput capacity (DistServe): the largest load whose share of requests meeting every SLO
+    # is at least this.
+    min_slo_attainment: float = Field(default=0.9, gt=0, le=1)
 
     @field_validator("objective")
     @classmethod

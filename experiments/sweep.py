@@ -242,6 +242,15 @@ def local_target_for(spec: SweepSpec) -> LocalTarget:
         kv_budget_tokens=spec.kv_budget_tokens, seed=spec.seed))
 
 
+def runner_for(store: Store, sweep_id: int, **kwargs) -> SweepRunner:
+    """The runner a stored sweep needs: a load grid, or a capacity search."""
+    if SweepSpec(**store.get_sweep(sweep_id).grid).search is None:
+        return SweepRunner(store, sweep_id, **kwargs)
+    from experiments.search_runner import SearchRunner  # it imports this module
+
+    return SearchRunner(store, sweep_id, **kwargs)
+
+
 def run_queued(store: Store, pid: int, stop: threading.Event | None = None) -> list[int]:
     """Worker loop: claim and run queued sweeps in order, one at a time, until none is left."""
     ran: list[int] = []
@@ -251,7 +260,7 @@ def run_queued(store: Store, pid: int, stop: threading.Event | None = None) -> l
             break
         ran.append(sweep.id)
         try:
-            SweepRunner(store, sweep.id, stop=stop).run()
+            runner_for(store, sweep.id, stop=stop).run()
         except Exception:  # noqa: S112 - stored as failed by run(); go on with the queue
             continue
     return ran

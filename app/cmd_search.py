@@ -1,0 +1,164 @@
+"""`tradeoff search`: each batching config's capacity within the profile's SLOs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from app.cli import app
+from app.cmd_sweep import DB_HELP, _ctrl_c_cancels, _lists, _progress_printer, open_store
+from app.errors import BadInput
+from app.output import print_json
+
+
+@app.command()
+def search(
+    model: str = typer.Option("builtin:tiny", help="builtin:tiny, builtin:small, a HF id or a path"),
+    profile: str = typer.Option("chat", help="workload profile; it must have SLOs"),
+    policy: str = typer.Option("static,continuous", help="comma list: static,continuous"),
+    batch_sizes: str = typer.Option("1,4,16", "--batch-sizes", help="comma list, e.g. 1,4,16"),
+    max_wait_ms: str = typer.Option("0,10", "--max-wait-ms", help="comma list in ms, e.g. 0,10"),
+    rate: bool = typer.Option(False, "--rate", help="search open-loop arrival rate (req/s; default)"),
+    concurrency: bool = typer.Option(False, "--concurrency", help="search closed-loop users instead"),
+    budget_min: float = typer.Option(10.0, "--budget-min", help="measurement time budget, minutes"),
+    start_load: float | None = typer.Option(None, "--start-load", help="first load tried per config"),
+    max_load: float | None = typer.Option(None, "--max-load", help="largest load tried"),
+    max_repeats: int | None = typer.Option(
+        None, "--max-repeats", help="repetitions of a load the SLO verdict is unsure of (default 3)"),
+    burstiness: float | None = typer.Option(None, help="open loop gamma shape (1 = Poisson)"),
+    requests: int | None = typer.Option(None, help="measured requests per trial (default 48)"),
+    seed: int | None = typer.Option(None),
+    device: str | None = typer.Option(None, help="auto | cuda | mps | cpu"),
+    dtype: str | None = typer.Option(None),
+    kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
+    name: str | None = typer.Option(None, help="a name for this search"),
+    resume: int | None = typer.Option(None, "--resume", help="continue search ID, reusing stored trials"),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
+) -> None:
+    """Find each config's capacity (largest load meeting the SLOs) by bracketing and bisection."""
+    from experiments.sweep import runner_for
+
+    if rate and concurrency:
+        raise BadInput("give one of --rate (open loop) or --concurrency (closed loop), not both")
+    if not budget_min > 0:
+        raise BadInput(f"--budget-min must be > 0 minutes, got {budget_min:g}")
+    if resume is not None:
+        store = open_store(db)
+        sweep_id, target = _check_resume(store, resume), None
+    else:
+        data = {"model": model, "profile": profile, "burstiness": burstiness, "requests": requests,
+                "seed": seed, "device": device, "dtype": dtype, "kv_budget_tokens": kv_budget,
+                "name": name or f"capacity search: {profile} on {model}",
+                **_lists(policy, batch_sizes, max_wait_ms, None, None),
+                "search": {"load": "concurrency" if concurrency else "rate",
+                           "budget_s": budget_min * 60, "start_load": start_load,
+                           "max_load": max_load, "max_repeats": max_repeats}}
+        spec, prof = validate_search(data, lambda: _user_profiles(db))
+        store = open_store(db)
+        sweep_id, target = create_search(store, spec, prof)
+    runner = runner_for(store, sweep_id, on_progress=_progress_printer(), target=target)
+    with _ctrl_c_cancels(runner.stop):
+        status = runner.run()
+    _print_outcome(store, runner, status, json_out)
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in data.items() if v is not None}
+    if isinstance(out.get("search"), dict):
+        out["search"] = _drop_none(out["search"])
+    return out
+
+
+def validate_search(data: dict[str, Any], user_profiles) -> tuple[Any, Any]:
+    """The validated spec and its profile; the store is opened only for a user profile's name."""
+    from experiments.grid import parse_spec
+    from experiments.profiles import ProfileError, load_profile
+
+    spec = parse_spec(_drop_none(data))
+    try:
+        prof = load_profile(spec.profile)
+    except ProfileError:
+        if spec.profile.endswith((".yaml", ".yml")) or "/" in spec.profile:
+            raise
+        prof = load_profile(spec.profile, user_profiles())
+    if not prof.slos:
+        raise BadInput(f"profile '{prof.name}' has no SLOs: a capacity search needs at least one "
+                       "(add slos to the profile, or run a `tradeoff sweep` grid)")
+    if not spec.knob_configs():
+        raise BadInput("the search space is empty: give at least one policy, batch size and wait")
+    return spec, prof
+
+
+def create_search(store, spec, prof) -> tuple[int, Any]:
+    """Estimate, load the model, then store the sweep (nothing is written before this)."""
+    from experiments.estimate import estimate_search_s
+    from experiments.sweep import create_sweep, local_target_for
+
+    est_s, est_trials = estimate_search_s(spec, prof)
+    target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
+    sweep_id = create_sweep(store, spec, prof)
+    print(f"search {sweep_id}: {len(spec.knob_configs())} configs, ~{est_trials} trials, estimated "
+          f"{est_s / 60:.1f} min (budget {spec.search.budget_s / 60:g} min; db: {store.display_url})",
+          file=sys.stderr)
+    return sweep_id, target
+
+
+def _user_profiles(db: str | None) -> dict[str, str]:
+    """Profiles saved in an existing store; none when there is no store yet (none is created)."""
+    from db.errors import StoreError
+
+    try:
+        return open_store(db, create=False).list_profiles()
+    except StoreError:
+        return {}
+
+
+def _check_resume(store, sweep_id: int) -> int:
+    from experiments.grid import SweepSpec
+
+    sweep = store.get_sweep(sweep_id)
+    if SweepSpec(**sweep.grid).search is None:
+        raise BadInput(f"sweep {sweep_id} is a load grid, not a search; resume it with "
+                       f"`tradeoff sweep --resume {sweep_id}`")
+    return sweep.id
+
+
+def search_outcome(store, sweep_id: int) -> dict[str, Any]:
+    """The CLI contract's JSON object, replayed from the stored trials."""
+    from experiments.analysis import sweep_capacities
+    from experiments.capacity import best, knobs_of, sentence
+
+    sweep = store.get_sweep(sweep_id)
+    capacities, trials = sweep_capacities(store, sweep_id)
+    top = best(capacities)
+    return {
+        "sweep_id": sweep.id, "profile": sweep.profile.get("name"),
+        "capacities": [c.to_dict() for c in capacities],
+        "recommended": None if top is None else {
+            "config": knobs_of(top.config), "capacity": top.capacity.capacity, "unit": top.unit},
+        "sentence": sentence(capacities, sweep.profile.get("name", "profile")),
+        "trials_run": len(trials), "trials_failed": sum(t.status == "failed" for t in trials),
+        "undecided": [c.to_dict()["label"] for c in capacities if not c.capacity.is_decided],
+        "db": store.display_url,
+    }
+
+
+def _print_outcome(store, runner, status: str, json_out: bool) -> None:
+    out = {**search_outcome(store, runner.sweep_id), "status": status,
+           "budget_spent": bool(getattr(runner, "budget_spent", False))}
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if json_out:
+        print_json(out)
+    else:
+        for c in out["capacities"]:
+            mark = "" if c["decided"] else "  (undecided)"
+            print(f"{c['label']:<28} {c['capacity']:>8.3g} {c['unit']}{mark}  {c['reason']}")
+        print(out["sentence"])
+        if out["budget_spent"]:
+            print(f"budget spent; continue with: tradeoff search --resume {out['sweep_id']}")
+    if status == "failed":
+        raise typer.Exit(1)

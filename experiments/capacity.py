@@ -1,0 +1,163 @@
+"""Capacity searches over stored trials: the plan of a search sweep, and its answer replayed.
+
+A search is deterministic given its measurements, so its answer is never stored: it is
+replayed from the sweep's stored trials (`replay`). The runner uses the same replay with a
+`measure` that runs the trials not stored yet, which is what makes a search resumable: a
+resumed search reuses every stored trial and asks for the same next load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from experiments.grid import SweepSpec
+from experiments.profiles import Profile
+from experiments.records import TrialConfig, TrialRecord
+from experiments.search import (
+    Capacity,
+    CapacitySearch,
+    Probe,
+    Sample,
+    SearchSettings,
+    search_all,
+)
+
+MAX_RATE = 1024.0
+MAX_USERS = 1024
+
+
+class NotSearchError(ValueError):
+    """The sweep is a grid, not a capacity search."""
+
+
+@dataclass(frozen=True)
+class ConfigCapacity:
+    """One server config's capacity answer, as the CLI and the UI show it."""
+
+    config: TrialConfig  # the knobs, no load
+    capacity: Capacity
+    unit: str  # "req/s" | "users"
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the CLI contract's `capacities` item."""
+        c = self.capacity
+        return {"config": knobs_of(self.config), "label": knob_label(self.config),
+                "capacity": c.capacity, "upper": c.upper, "unit": self.unit,
+                "decided": c.is_decided, "status": c.status, "reason": c.reason,
+                "trials": c.num_probes}
+
+
+def knobs_of(config: TrialConfig) -> dict:
+    """The server knobs of a config: everything but the load level and repetition."""
+    out = {"policy": config.policy, "batch_size": config.batch_size, "max_wait_ms": config.max_wait_ms}
+    for key, value in vars(config).items():  # knobs other issues add (replicas, router, ...)
+        if key not in out and key not in ("concurrency", "rate", "burstiness", "repetition", "speedup"):
+            out[key] = value
+    return out
+
+
+def knob_label(config: TrialConfig) -> str:
+    """`continuous b8 w2ms` (plus any non-default knobs): the config without its load."""
+    parts = replace(config, concurrency=1, rate=None).label.split("/")
+    return " ".join(p for p in parts if "@" not in p)  # drop the load part
+
+
+def unit_of(spec: SweepSpec) -> str:
+    return "users" if _is_users(spec) else "req/s"
+
+
+def _is_users(spec: SweepSpec) -> bool:
+    return spec.search is not None and spec.search.load == "concurrency"
+
+
+def settings_for(spec: SweepSpec, profile: Profile, config: TrialConfig) -> SearchSettings:
+    """The search settings of one config: closed loop starts at its batch size."""
+    search = spec.search
+    assert search is not None
+    if _is_users(spec):
+        start = search.start_load or config.batch_size
+        return SearchSettings(profile.min_slo_attainment, True, float(int(start)), 1.0,
+                              float(int(search.max_load or MAX_USERS)), 0.1, 2.0,
+                              search.max_repeats)
+    start = search.start_load or 1.0
+    return SearchSettings(profile.min_slo_attainment, False, start, min(0.05, start),
+                          max(search.max_load or MAX_RATE, start), search.rel_tol, 2.0,
+                          search.max_repeats)
+
+
+def trial_config(spec: SweepSpec, knobs: TrialConfig, probe: Probe) -> TrialConfig:
+    """The stored trial a probe runs as."""
+    if _is_users(spec):
+        return replace(knobs, concurrency=int(probe.load), rate=None, repetition=probe.repetition)
+    return replace(knobs, rate=probe.load, concurrency=None, burstiness=spec.burstiness,
+                   repetition=probe.repetition)
+
+
+def sample_of(trial: TrialRecord) -> Sample:
+    """A stored trial as capacity evidence; failed or client-bound trials are not evidence."""
+    if trial.status != "done":
+        return Sample(0, 0, False, f"trial failed: {trial.error or trial.status}")
+    m = trial.metrics
+    if m.get("client_bound"):
+        why = m.get("client_bound_reason") or "the load generator lagged"
+        return Sample(0, 0, False, f"client-bound ({why})")
+    total = int(m.get("requests_completed") or 0) + int(m.get("requests_failed") or 0)
+    return Sample(round(float(m.get("slo_attainment") or 0.0) * total), total)
+
+
+Measure = Callable[[TrialConfig], Sample | None]  # None: not measured (stop that config)
+
+
+def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], measure: Measure | None = None,
+               can_continue: Callable[[], bool] = lambda: True) -> list[ConfigCapacity]:
+    """Replay (and, with `measure`, continue) every config's search over the stored trials."""
+    if spec.search is None:
+        raise NotSearchError("this sweep is a load grid, not a capacity search")
+    stored = {t.config: t for t in trials}
+    knobs = spec.knob_configs()
+    searches = {k: CapacitySearch(settings_for(spec, profile, k)) for k in knobs}
+    max_probes = spec.search.max_probes
+
+    def one(key: TrialConfig, probe: Probe) -> Sample | None:
+        if searches[key].num_probes >= max_probes:
+            searches[key].stop(f"probe limit ({max_probes}) reached")
+            return None
+        config = trial_config(spec, key, probe)
+        if config in stored:
+            return sample_of(stored[config])
+        return measure(config) if measure is not None else None
+
+    results = search_all(searches, one, can_continue, interleave=spec.server_cmd is None)
+    unit = unit_of(spec)
+    return [ConfigCapacity(k, results[k], unit) for k in knobs]
+
+
+def best(capacities: list[ConfigCapacity]) -> ConfigCapacity | None:
+    """The config with the highest decided capacity (ties: the first, i.e. the coarsest)."""
+    decided = [c for c in capacities if c.capacity.is_decided and c.capacity.capacity > 0]
+    return max(decided, key=lambda c: c.capacity.capacity, default=None)
+
+
+def sentence(capacities: list[ConfigCapacity], profile_name: str) -> str:
+    """`continuous b8 w2ms carries 14.2 req/s within the chat SLOs; the best static config 6.1`."""
+    top = best(capacities)
+    if top is None:
+        undecided = sum(not c.capacity.is_decided for c in capacities)
+        return (f"no config was shown to carry load within the {profile_name} SLOs"
+                + (f" ({undecided} undecided)" if undecided else ""))
+    text = (f"{knob_label(top.config)} carries {_num(top.capacity.capacity)} {top.unit} "
+            f"within the {profile_name} SLOs")
+    others = sorted({c.config.policy for c in capacities} - {top.config.policy})
+    for policy in others:
+        rival = best([c for c in capacities if c.config.policy == policy])
+        text += (f"; the best {policy} config {_num(rival.capacity.capacity)}" if rival
+                 else f"; no {policy} config was shown to carry any")
+    undecided = [c for c in capacities if not c.capacity.is_decided]
+    if undecided:
+        text += f" ({len(undecided)} of {len(capacities)} configs undecided)"
+    return text
+
+
+def _num(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"

@@ -1,0 +1,117 @@
+"""`tradeoff search` from outside (contract, bad input) and the search runner on builtin:tiny:
+budget stop, resume mid-search reusing stored trials."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from db.store import Store
+from engine.config import EngineConfig
+from experiments.analysis import sweep_capacities
+from experiments.grid import parse_spec
+from experiments.local import LocalTarget
+from experiments.profiles import load_profile
+from experiments.search import UNDECIDED
+from experiments.sweep import create_sweep, runner_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tradeoff(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+NO_SLOS = """\
+name: noslo
+prompt_tokens: {kind: fixed, value: 8}
+output_tokens: {kind: fixed, value: 4}
+arrival: {mode: closed, concurrency: 1}
+objective: max_throughput
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--policy", ""], "--policy: empty value"),
+    (["--budget-min", "0"], "--budget-min must be > 0"),
+    (["--budget-min", "-3"], "--budget-min must be > 0"),
+    (["--batch-sizes", "0"], "batch size must be >= 1"),
+    (["--rate", "--concurrency"], "not both"),
+    (["--profile", "NOSLO"], "has no SLOs"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, args: list[str], message: str):
+    (tmp_path / "noslo.yaml").write_text(NO_SLOS)
+    args = [str(tmp_path / "noslo.yaml") if a == "NOSLO" else a for a in args]
+    db = tmp_path / "never.db"
+    run = tradeoff("search", "--model", "builtin:tiny", "--rate", "--budget-min", "5",
+                   *args, "--db", f"sqlite:///{db}", "--json")
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert run.stdout == "" and not db.exists()
+
+
+@pytest.mark.slow
+def test_search_json_contract(tmp_path: Path, tiny_profile: Path):
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    run = tradeoff("search", "--model", "builtin:tiny", "--profile", str(tiny_profile),
+                   "--policy", "static,continuous", "--batch-sizes", "1,4", "--max-wait-ms", "0",
+                   "--concurrency", "--max-load", "8", "--requests", "8", "--budget-min", "5",
+                   "--db", db, "--json")
+    assert run.returncode == 0, run.stderr
+    assert "estimated" in run.stderr  # the estimate is shown before measuring
+    out = json.loads(run.stdout)
+    assert {"sweep_id", "capacities", "recommended", "trials_run"} <= set(out)
+    assert len(out["capacities"]) == 4
+    for c in out["capacities"]:
+        assert set(c["config"]) >= {"policy", "batch_size", "max_wait_ms"}
+        assert isinstance(c["capacity"], (int, float)) and c["unit"] == "users"
+        assert isinstance(c["decided"], bool)
+    trials = Store(db, create=False).list_trials(out["sweep_id"])
+    assert out["trials_run"] == len(trials) == len({t.config for t in trials}) >= 4
+    decided = [c for c in out["capacities"] if c["decided"] and c["capacity"] > 0]
+    if decided:
+        top = max(decided, key=lambda c: c["capacity"])
+        assert out["recommended"]["capacity"] == top["capacity"]
+
+
+def make_search(db: str, profile: Path, **search) -> tuple[Store, int]:
+    store = Store(db)
+    spec = parse_spec({"model": "builtin:tiny", "profile": str(profile), "requests": 6,
+                       "policies": ["static", "continuous"], "batch_sizes": [2], "max_wait_ms": [0],
+                       "search": {"load": "concurrency", "max_load": 4, **search}})
+    return store, create_sweep(store, spec, load_profile(str(profile)))
+
+
+@pytest.mark.slow
+def test_budget_stop_then_resume_reuses_stored_trials(tmp_path: Path, tiny_profile: Path):
+    target = LocalTarget.start(EngineConfig(model="builtin:tiny"))
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    # A budget smaller than one trial: exactly one trial runs, then a clean, undecided stop.
+    store, tiny_budget = make_search(db, tiny_profile, budget_s=1e-6)
+    runner = runner_for(store, tiny_budget, target=target)
+    assert runner.run() == "done" and runner.budget_spent
+    assert len(store.list_trials(tiny_budget)) == 1
+    assert all(c.capacity.status == UNDECIDED for c in runner.capacities)
+
+    # Cancel after two trials, then resume: the stored trials are reused, none runs twice.
+    store, sweep_id = make_search(db, tiny_profile)
+    stop = threading.Event()
+    target = LocalTarget.start(EngineConfig(model="builtin:tiny"))
+    first = runner_for(store, sweep_id, target=target, stop=stop,
+                       on_progress=lambda p: p.trials_done >= 2 and stop.set())
+    assert first.run() == "cancelled"
+    before = {t.trial_id: t.config for t in store.list_trials(sweep_id)}
+    assert len(before) == 2
+    resumed = runner_for(store, sweep_id)
+    assert resumed.run() == "done"
+    after = {t.trial_id: t.config for t in store.list_trials(sweep_id)}
+    assert before.items() <= after.items() and len(set(after.values())) == len(after)
+    capacities, trials = sweep_capacities(store, sweep_id)
+    assert sum(c.capacity.num_probes for c in capacities) == len(trials)
+    assert all(c.capacity.status != UNDECIDED for c in capacities)
