@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from experiments.grid import SweepSpec
 from experiments.profiles import Profile
-from experiments.records import TrialConfig, TrialRecord
+from experiments.records import TrialConfig, TrialRecord, config_to_dict
 from experiments.search import (
     Capacity,
     CapacitySearch,
@@ -50,17 +50,13 @@ class ConfigCapacity:
 
 def knobs_of(config: TrialConfig) -> dict:
     """The server knobs of a config: everything but the load level and repetition."""
-    out = {"policy": config.policy, "batch_size": config.batch_size, "max_wait_ms": config.max_wait_ms}
-    for key, value in vars(config).items():  # knobs other issues add (replicas, router, ...)
-        if key not in out and key not in ("concurrency", "rate", "burstiness", "repetition", "speedup"):
-            out[key] = value
-    return out
+    loads = ("concurrency", "rate", "burstiness", "speedup")
+    return {k: v for k, v in config_to_dict(config).items() if k not in loads}
 
 
 def knob_label(config: TrialConfig) -> str:
-    """`continuous b8 w2ms` (plus any non-default knobs): the config without its load."""
-    parts = replace(config, concurrency=1, rate=None).label.split("/")
-    return " ".join(p for p in parts if "@" not in p)  # drop the load part
+    """`continuous b8 w2ms` (plus any non-default knobs): what a user deploys, no load."""
+    return config.server_label.replace("/", " ")
 
 
 def unit_of(spec: SweepSpec) -> str:

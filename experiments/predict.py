@@ -12,13 +12,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from engine.config import SchedulerConfig
 from engine.core import StepRecord
 from engine.simulate import CostModel, Simulator
 from experiments.loadgen import make_requests, open_loop_arrivals, record_from_sequence
 from experiments.metrics import compute_trial_metrics
 from experiments.profiles import Profile
 from experiments.records import SLO, RequestRecord, TrialConfig, TrialMetrics
+from experiments.trial import sched_config_of
 
 MIN_STEPS = 3  # fewer steps of a phase than this: keep the prior's coefficients for it
 
@@ -57,8 +57,8 @@ def simulate_records(config: TrialConfig, profile: Profile, num_requests: int, c
     n = num_requests + profile.warmup_requests
     specs = make_requests(profile, n, seed, vocab_size=2, max_context_tokens=1 << 20, avoid_ids=[])
     lengths = [(len(s.prompt_ids), s.max_new_tokens) for s in specs]
-    sched = SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms)
-    sim = Simulator(sched, cost, kv_budget_tokens)
+    sim = Simulator(sched_config_of(config), cost, kv_budget_tokens, config.replicas, config.router,
+                    seed)
     if config.concurrency is not None:
         _closed_loop(sim, lengths, config.concurrency, profile.warmup_requests)
     else:
@@ -69,7 +69,7 @@ def simulate_records(config: TrialConfig, profile: Profile, num_requests: int, c
     records = [record_from_sequence(s, i) for i, s in enumerate(seqs)]
     measured = [r for i, r in enumerate(records) if _is_measured(i, profile, num_requests)]
     background = [r for i, r in enumerate(records) if not _is_measured(i, profile, num_requests)]
-    return measured, background, list(sim.core.steps)
+    return measured, background, sim.steps
 
 
 def _is_measured(idx: int, profile: Profile, num_requests: int) -> bool:
