@@ -84,6 +84,9 @@ def validate_search(data: dict[str, Any], user_profiles) -> tuple[Any, Any]:
         if spec.profile.endswith((".yaml", ".yml")) or "/" in spec.profile:
             raise
         prof = load_profile(spec.profile, user_profiles())
+    if prof.arrival.mode == "trace":
+        raise BadInput(f"profile '{prof.name}' replays a trace, whose load is its speed-up: "
+                       "a capacity search needs a synthetic profile (rate or users)")
     if not prof.slos:
         raise BadInput(f"profile '{prof.name}' has no SLOs: a capacity search needs at least one "
                        "(add slos to the profile, or run a `tradeoff sweep` grid)")

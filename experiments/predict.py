@@ -51,13 +51,13 @@ def fit_cost_model(steps: Iterable[StepRecord], prior: CostModel) -> CostModel:
 
 
 def simulate_records(config: TrialConfig, profile: Profile, num_requests: int, cost: CostModel,
-                     seed: int = 0, kv_budget_tokens: int = 1 << 30,
+                     seed: int = 0, kv_budget_tokens: int = 1 << 30, slos: list[SLO] = (),
                      ) -> tuple[list[RequestRecord], list[RequestRecord], list[StepRecord]]:
     """Measured records, background records and steps of one simulated trial."""
     n = num_requests + profile.warmup_requests
     specs = make_requests(profile, n, seed, vocab_size=2, max_context_tokens=1 << 20, avoid_ids=[])
     lengths = [(len(s.prompt_ids), s.max_new_tokens) for s in specs]
-    sim = Simulator(sched_config_of(config), cost, kv_budget_tokens, config.replicas, config.router,
+    sim = Simulator(sched_config_of(config, slos), cost, kv_budget_tokens, config.replicas, config.router,
                     seed)
     if config.concurrency is not None:
         _closed_loop(sim, lengths, config.concurrency, profile.warmup_requests)
@@ -101,7 +101,8 @@ def _closed_loop(sim: Simulator, lengths: list[tuple[int, int]], concurrency: in
 def simulate_trial(config: TrialConfig, profile: Profile, num_requests: int, cost: CostModel,
                    slos: list[SLO], seed: int = 0) -> TrialMetrics:
     """Predicted metrics of one trial under `cost`."""
-    measured, background, steps = simulate_records(config, profile, num_requests, cost, seed)
+    measured, background, steps = simulate_records(config, profile, num_requests, cost, seed,
+                                                   slos=slos)
     return compute_trial_metrics(measured, steps, slos, None, False, background)
 
 
