@@ -251,7 +251,7 @@ def _pick_knee(pool: list[ConfigPoint], objective: str, key: str) -> Recommendat
     chosen = placed[knee([(p.mean[lat], p.mean[key]) for p in placed]) or 0]
     head = (f"{describe_config(chosen.config)} is the knee of the {name} vs {latency_label(lat)} "
             f"frontier ({fmt_value(chosen.mean[key])} {unit} at {fmt_value(chosen.mean[lat])} ms)")
-    text = f"{head}; {_tail(chosen, placed, key, lat)}."
+    text = f"{head}; {_tail(chosen, placed, key, lat, has_slos=False)}."
     return Recommendation(True, objective, chosen.config, chosen.mean, [], text, chosen)
 
 
@@ -280,14 +280,29 @@ def _miss_phrase(point: ConfigPoint, check: SLOCheck) -> str:
             f"({fmt_value(check.value)} ms{bound} vs {fmt_value(check.slo.max_ms)} ms)")
 
 
-def _tail(chosen: ConfigPoint, pool: list[ConfigPoint], key: str, latency_key: str) -> str:
-    """What the choice costs versus the fastest and the lowest-latency points."""
+def _tail(chosen: ConfigPoint, pool: list[ConfigPoint], key: str, latency_key: str,
+          has_slos: bool = True) -> str:
+    """What the choice costs versus the fastest and the lowest-latency points.
+
+    Every clause names its subject ("the recommended config", "the fastest config (batch 32)"),
+    never "it", so a reader cannot attach a clause to the wrong config."""
     fast_pool = [p for p in pool if p.mean.get(FASTEST_KEY) is not None] or [chosen]
     fastest = min(fast_pool, key=lambda p: _rank(p, FASTEST_KEY, latency_key))
     lowest = min(pool, key=lambda p: _rank_latency(p, key, latency_key))
     if fastest is chosen and lowest is chosen:
-        return "it is also the fastest and the lowest-latency config"
-    return f"{_vs_fastest(chosen, fastest, latency_key)}, and {_vs_lowest(chosen, lowest, key)}"
+        return "the recommended config is also the fastest and the lowest-latency config"
+    if fastest is chosen:
+        return (f"the recommended config is also the fastest config, and "
+                f"{_lowest_clause(chosen, lowest, key, has_slos)}")
+    if lowest is chosen:
+        return (f"{_fastest_clause(chosen, fastest, latency_key)}, and the recommended config "
+                "is also the lowest-latency config")
+    if fastest is lowest:  # one other config is both: one subject, both comparisons
+        who = f"the fastest and lowest-latency config ({_diff(chosen.config, fastest.config)})"
+        return (f"{who} {_speed_predicate(chosen, fastest, latency_key)} and "
+                f"{_objective_predicate(chosen, lowest, key, has_slos)}")
+    return (f"{_fastest_clause(chosen, fastest, latency_key)}, and "
+            f"{_lowest_clause(chosen, lowest, key, has_slos)}")
 
 
 def _rank_latency(point: ConfigPoint, key: str, latency_key: str) -> tuple:
@@ -296,31 +311,36 @@ def _rank_latency(point: ConfigPoint, key: str, latency_key: str) -> tuple:
     return (math.inf if latency is None else latency, -(point.mean[key] or 0.0), point.trial_ids[0])
 
 
-def _vs_fastest(chosen: ConfigPoint, fastest: ConfigPoint, latency_key: str) -> str:
-    if fastest is chosen:
-        return "it is also the fastest config"
+def _fastest_clause(chosen: ConfigPoint, fastest: ConfigPoint, latency_key: str) -> str:
     who = f"the fastest config ({_diff(chosen.config, fastest.config)})"
+    return f"{who} {_speed_predicate(chosen, fastest, latency_key)}"
+
+
+def _speed_predicate(chosen: ConfigPoint, fastest: ConfigPoint, latency_key: str) -> str:
+    # "adds 33% to p90 TTFT for 11% more tokens/s": both relative to the recommended config.
     gain = _pct(fastest.mean[FASTEST_KEY] or 0.0, chosen.mean.get(FASTEST_KEY) or 0.0)
     more = "more tokens/s" if gain is None else f"{gain:.0f}% more tokens/s"
     their, mine = fastest.mean.get(latency_key), chosen.mean.get(latency_key)
     cost = None if their is None or mine is None else _pct(their, mine)
     label = latency_label(latency_key)
     if cost is None:
-        return f"{who} gives {more}"
+        return f"gives {more}"
     if cost >= 0:
-        return f"{who} adds {cost:.0f}% to {label} for {more}"
-    return f"{who} gives {more} at {-cost:.0f}% lower {label}"
+        return f"adds {cost:.0f}% to {label} for {more}"
+    return f"gives {more} at {-cost:.0f}% lower {label}"
 
 
-def _vs_lowest(chosen: ConfigPoint, lowest: ConfigPoint, key: str) -> str:
-    if lowest is chosen:
-        return "it is also the lowest-latency config"
+def _lowest_clause(chosen: ConfigPoint, lowest: ConfigPoint, key: str, has_slos: bool) -> str:
+    who = f"the lowest-latency config ({_diff(chosen.config, lowest.config)})"
+    return f"{who} {_objective_predicate(chosen, lowest, key, has_slos)}"
+
+
+def _objective_predicate(chosen: ConfigPoint, other: ConfigPoint, key: str, has_slos: bool) -> str:
     name = _THROUGHPUT_NAMES.get(key, (key, ""))[0]
-    delta = _pct(lowest.mean[key] or 0.0, chosen.mean[key] or 0.0)
-    who = f"the lowest-latency one ({_diff(chosen.config, lowest.config)})"
+    delta = _pct(other.mean[key] or 0.0, chosen.mean[key] or 0.0)
     if delta is None:
-        return f"{who} has a comparable {name}"
+        return f"has a comparable {name}"
     if delta <= 0:
-        return f"{who} gives up {-delta:.0f}% of {name}"
-    # More of the objective and not chosen: it must miss an SLO.
-    return f"{who} has {delta:.0f}% more {name} but misses an SLO"
+        return f"gives up {-delta:.0f}% of {name}"
+    # More of the objective and not chosen: under SLOs it must miss one.
+    return f"has {delta:.0f}% more {name}" + (" but misses an SLO" if has_slos else "")

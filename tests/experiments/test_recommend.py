@@ -48,7 +48,7 @@ def test_highest_goodput_meeting_the_slo_with_costs_in_the_explanation():
     assert rec.explanation == (
         "continuous batch 16, wait 5 ms at concurrency 8 gives the highest goodput (12.0 req/s) "
         "that meets the SLO; the fastest config (batch 32) adds 33% to p90 TTFT for 11% more "
-        "tokens/s, and the lowest-latency one (batch 8) gives up 17% of goodput."
+        "tokens/s, and the lowest-latency config (batch 8) gives up 17% of goodput."
     )
 
 
@@ -147,9 +147,53 @@ def test_explanation_is_one_sentence_and_notes_a_chosen_extreme():
     trials = [trial(1, 8, 300, 10, tokens=2000), trial(2, 16, 450, 12, tokens=900)]
     text = recommend(trials, "max_goodput", [TTFT_500]).explanation
     assert text.count(".") == 2 and text.endswith(".")  # "12.0" and the full stop
-    assert "the fastest config (batch 8) gives 122% more tokens/s at 33% lower p90 TTFT" in text
+    assert text.endswith("the fastest and lowest-latency config (batch 8) gives 122% more "
+                         "tokens/s at 33% lower p90 TTFT and gives up 17% of goodput.")
     alone = recommend([trial(1, 8, 300, 10)], "max_goodput", [TTFT_500]).explanation
-    assert alone.endswith("it is also the fastest and the lowest-latency config.")
+    assert alone.endswith("the recommended config is also the fastest and the lowest-latency "
+                          "config.")
+
+
+HEAD_16 = ("continuous batch 16, wait 5 ms at concurrency 8 gives the highest goodput "
+           "(12.0 req/s) that meets the SLO; ")
+
+
+@pytest.mark.parametrize("case, trials, tail", [
+    ("recommended is fastest and lowest-latency",
+     [trial(1, 16, 300, 12, tokens=2000), trial(2, 8, 450, 10, tokens=900)],
+     "the recommended config is also the fastest and the lowest-latency config."),
+    ("recommended is fastest only",
+     [trial(1, 16, 450, 12, tokens=2000), trial(2, 8, 300, 10, tokens=900)],
+     "the recommended config is also the fastest config, and the lowest-latency config "
+     "(batch 8) gives up 17% of goodput."),
+    # The demo sweep's case (issue 13): the old text ended "and it is also the lowest-latency
+    # config", which a reader takes to mean the fastest config.
+    ("recommended is lowest-latency only",
+     [trial(1, 16, 100, 12, tokens=250), trial(2, 32, 537, 8, tokens=1007.5)],
+     "the fastest config (batch 32) adds 437% to p90 TTFT for 303% more tokens/s, and the "
+     "recommended config is also the lowest-latency config."),
+    ("neither, two other configs",
+     [trial(1, 16, 450, 12, tokens=900), trial(2, 32, 600, 15, tokens=1000),
+      trial(3, 8, 300, 10, tokens=800)],
+     "the fastest config (batch 32) adds 33% to p90 TTFT for 11% more tokens/s, and the "
+     "lowest-latency config (batch 8) gives up 17% of goodput."),
+    ("neither, one other config is fastest and lowest-latency",
+     [trial(1, 16, 450, 12, tokens=900), trial(2, 8, 300, 14, tokens=1800, tpot=80)],
+     "the fastest and lowest-latency config (batch 8) gives 100% more tokens/s at 33% lower "
+     "p90 TTFT and has 17% more goodput but misses an SLO."),
+])
+def test_every_clause_names_its_subject(case: str, trials: list, tail: str):
+    rec = recommend(trials, "max_goodput", [TTFT_500, TPOT_50])
+    text = rec.explanation.replace("meets all 2 SLOs", "meets the SLO")
+    assert text == HEAD_16 + tail, case
+    assert " it " not in f" {rec.explanation} ", case  # no pronoun a reader could misattach
+
+
+def test_nothing_feasible_names_the_nearest_miss_as_the_subject():
+    rec = recommend([trial(1, 16, 700, 12), trial(2, 8, 900, 10)], "max_goodput", [TTFT_500])
+    assert rec.explanation == (
+        "nothing meets the SLOs; the nearest miss, continuous batch 16, wait 5 ms at "
+        "concurrency 8, misses p90 TTFT by 200 ms (700 ms vs 500 ms).")
 
 
 def test_to_dict_nests_metrics_like_trial_json():
