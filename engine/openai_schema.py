@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Prompt = str | list[int] | list[str] | list[list[int]]
+# OpenAI's chat roles ("function" is deprecated there and unused by chat templates).
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class StreamOptions(BaseModel):
@@ -23,7 +25,8 @@ class StreamOptions(BaseModel):
 class SamplingRequest(BaseModel):
     """Fields shared by completions and chat completions."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # No NaN or Infinity: JSON has neither, and a NaN temperature would poison sampling.
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -64,6 +67,13 @@ class ChatMessage(BaseModel):
 
     role: str
     content: str | list[TextPart] | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, role: str) -> str:
+        if role not in CHAT_ROLES:
+            raise ValueError(f"unknown role {role[:40]!r}; use one of: {', '.join(CHAT_ROLES)}")
+        return role
 
     @property
     def text(self) -> str:
@@ -111,7 +121,40 @@ def _to_request_error(exc: ValidationError) -> RequestError:
     param = str(first["loc"][0])
     same_param = [e for e in errors if e["loc"] and e["loc"][0] == param]
     if first["type"] == "missing":
-        return RequestError(f"'{param}' is required", param=param, code="missing_parameter")
+        return RequestError(f"'{_path(first['loc'])}' is required", param=param,
+                            code="missing_parameter")
     if len(same_param) > 1 and param == "prompt":  # one error per union variant: say what fits
         return RequestError("'prompt' must be a string or a list of token ids", param=param)
-    return RequestError(f"invalid '{param}': {first['msg']}", param=param)
+    where, msg = _explain(first, same_param)
+    return RequestError(f"invalid '{where}': {msg}", param=param)
+
+
+def _explain(first: dict, errors: list[dict]) -> tuple[str, str]:
+    """The field path and message; a union (str | list) names its types, not one variant's."""
+    loc = first["loc"]
+    cut = next((i for i, part in enumerate(loc) if _is_type_tag(part)), None)
+    if cut is None:
+        return _path(loc), _msg(first)
+    alternatives = [e for e in errors if e["loc"][:cut] == loc[:cut] and len(e["loc"]) > cut]
+    deepest = max(alternatives, key=lambda e: len(e["loc"]))
+    if len(deepest["loc"]) > cut + 1:  # the value had one variant's shape: its inner error
+        return _path([p for p in deepest["loc"] if not _is_type_tag(p)]), _msg(deepest)
+    types = list(dict.fromkeys(str(e["loc"][cut]) for e in alternatives))
+    return _path(loc[:cut]), f"expected {' or '.join(types)}"
+
+
+def _is_type_tag(part: object) -> bool:
+    # pydantic puts the union variant in the location: ('stop', 'list[str]')
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+
+
+def _msg(error: dict) -> str:
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _path(loc: tuple | list) -> str:
+    """('messages', 0, 'role') -> messages[0].role: the field a client must fix."""
+    out = str(loc[0])
+    for part in loc[1:]:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out

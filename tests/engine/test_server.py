@@ -16,7 +16,8 @@ import pytest
 from engine.config import EngineConfig, SchedulerConfig
 from engine.engine import Engine
 from engine.factory import start_engine
-from engine.server import BackgroundServer, _Detokenizer, _StopFilter, create_app
+from engine.server import BackgroundServer, create_app
+from engine.server_stream import Detokenizer, StopFilter
 
 pytestmark = pytest.mark.slow  # loads builtin:tiny once for the module
 
@@ -258,7 +259,7 @@ def test_metrics_are_prometheus_text(client: httpx.Client) -> None:
 
 
 def test_stop_filter_holds_back_a_possible_stop_prefix() -> None:
-    stop = _StopFilter(["bcd"])
+    stop = StopFilter(["bcd"])
     assert stop.feed("ab") == "a"  # "b" may start "bcd"
     assert stop.feed("c") == ""
     assert stop.feed("x") == "bcx"  # not a stop after all
@@ -268,5 +269,5 @@ def test_stop_filter_holds_back_a_possible_stop_prefix() -> None:
 def test_detokenizer_never_splits_a_multibyte_character(served: tuple) -> None:
     loaded = served[2]
     ids = loaded.encode("é€!")[1:]  # byte tokens, BOS dropped
-    detok = _Detokenizer(loaded.decode, [])
+    detok = Detokenizer(loaded.decode, [])
     assert [detok.add(i) for i in ids] == ["", "é", "", "", "€", "!"]
