@@ -13,21 +13,43 @@ from app.cmd_sweep import DB_HELP, open_store
 from app.errors import BadInput
 from app.output import print_json, print_pairs, print_table
 
+PROFILE_HELP = ("workload profile whose sweep to use (default: chat; with --sweep, the sweep's "
+                "own, which is what decides: its SLOs and objective)")
 
-def _analysis(db: str | None, sweep_id: int | None, profile: str):
+
+def _analysis(db: str | None, sweep_id: int | None, profile: str | None):
     from experiments.analysis import NoSweepError, analyse, find_sweep
 
     store = open_store(db, create=False)
+    name = None if profile is None else _known_profile(store, profile)
     try:  # the profile picks the latest sweep run with it; the sweep keeps its own snapshot
-        sweep = find_sweep(store, sweep_id, profile)
+        sweep = find_sweep(store, sweep_id, name or ("chat" if sweep_id is None else None))
     except NoSweepError as exc:
         raise BadInput(str(exc)) from None
+    own = sweep.profile_name or sweep.profile.get("name")
+    if name is not None and name != own:  # never silently decide with another profile
+        raise BadInput(f"--profile {profile}: sweep {sweep.id} was run with profile {own!r}, "
+                       f"whose SLOs and objective decide; drop --profile or pass --profile {own}")
     return analyse(store, sweep)
+
+
+def _known_profile(store, profile: str) -> str:
+    """The name `profile` stands for, if it names a built-in, saved or swept profile (or a file)."""
+    from experiments.profiles import ProfileError, load_profile
+
+    swept = sorted({s.profile_name or s.profile.get("name") for s in store.list_sweeps()} - {None})
+    if profile in swept:
+        return profile
+    try:
+        return load_profile(profile, store.list_profiles()).name
+    except ProfileError as exc:
+        where = f"; profiles with sweeps here: {', '.join(swept)}" if swept else ""
+        raise BadInput(f"--profile: {exc}{where}") from None
 
 
 @app.command()
 def recommend(
-    profile: str = typer.Option("chat", help="workload profile whose objective and SLOs decide"),
+    profile: str | None = typer.Option(None, help=PROFILE_HELP),
     sweep: int | None = typer.Option(None, "--sweep", help="sweep id (default: latest of this profile)"),
     format: str = typer.Option("table", "--format", help="table | json"),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
@@ -36,7 +58,9 @@ def recommend(
     if format not in ("table", "json"):
         raise BadInput(f"--format must be table or json, got {format!r}")
     analysis = _analysis(db, sweep, profile)
-    out = {"profile": profile, "sweep_id": analysis.sweep.id, **analysis.recommendation.to_dict()}
+    record = analysis.sweep
+    out = {"profile": record.profile_name or record.profile.get("name"), "sweep_id": record.id,
+           **analysis.recommendation.to_dict()}
     if format == "json":
         print_json(out)
         return
@@ -49,7 +73,7 @@ def recommend(
 
 @app.command()
 def export(
-    profile: str = typer.Option("chat", help="workload profile"),
+    profile: str | None = typer.Option(None, help=PROFILE_HELP),
     format: str = typer.Option(
         "yaml", "--format", help="json | yaml | vllm | triton | ray-serve | torchserve"),
     sweep: int | None = typer.Option(None, "--sweep", help="sweep id (default: latest of this profile)"),

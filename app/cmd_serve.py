@@ -29,6 +29,7 @@ def serve(
     config: Path | None = typer.Option(None, "--config", help="YAML from `tradeoff export --format yaml`"),
 ) -> None:
     """Serve a model with the chosen batching config (OpenAI-compatible)."""
+    from app.preflight import check_bind
     from engine.server import serve as run_server
 
     if config is not None:
@@ -36,8 +37,11 @@ def serve(
         ttft_slo_ms, tpot_slo_ms = _exported_targets(config, ttft_slo_ms, tpot_slo_ms)
     sched = SchedulerConfig(policy, batch_size, max_wait_ms, ttft_slo_ms=ttft_slo_ms,
                             tpot_slo_ms=tpot_slo_ms)
-    run_server(EngineConfig(model=model, device=device, dtype=dtype, kv_budget_tokens=kv_budget),
-               sched, host=host, port=port)
+    engine_config = EngineConfig(model=model, device=device, dtype=dtype,
+                                 kv_budget_tokens=kv_budget)
+    # Bound before the model loads: a bad host or a port in use fails at once, as one line.
+    with check_bind(host, port) as sock:
+        run_server(engine_config, sched, host=host, port=port, sock=sock)
 
 
 def _exported_targets(path: Path, ttft_slo_ms: float | None,

@@ -39,15 +39,20 @@ def spec_from_flags(config: Path | None, flags: dict[str, Any]) -> dict[str, Any
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text("utf-8"))
     except OSError as exc:
         raise BadInput(f"--config: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"--config {path}: not UTF-8 text; give a sweep YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise BadInput(f"--config {path}:{where}: malformed YAML; fix the syntax") from None
     if not isinstance(data, dict):
         raise BadInput(f"--config {path}: expected a mapping of sweep fields (model, profile, ...)")
+    if not all(isinstance(k, str) for k in data):
+        bad = next(k for k in data if not isinstance(k, str))
+        raise BadInput(f"--config {path}: field name {bad!r} is not text; use names like batch_sizes")
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
@@ -102,8 +107,8 @@ def sweep(
     """Run a grid of trials (policy x batch size x max wait x load x repetitions) into the store."""
     from experiments.sweep import runner_for
 
-    store = open_store(db)
     if resume is not None:
+        store = open_store(db)
         sweep_id, target = store.get_sweep(resume).id, None
     else:
         flags = {"model": model, "profile": profile, "burstiness": burstiness, "requests": requests,
@@ -113,33 +118,46 @@ def sweep(
                  "server_cmd": server_cmd, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
                  **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup)}
-        sweep_id, target = _create(store, spec_from_flags(config, flags))
+        store, sweep_id, target = _create(db, spec_from_flags(config, flags))
     runner = runner_for(store, sweep_id, on_progress=_progress_printer(), target=target)
     with _ctrl_c_cancels(runner.stop):
         status = runner.run()
     _print_outcome(store, sweep_id, status, json_out)
 
 
-def _create(store, data: dict[str, Any]):
-    """Validate everything and load the model before writing anything to the db."""
+def _create(db: str | None, data: dict[str, Any]):
+    """Validate everything, load the model, and only then write: (store, sweep id, target)."""
+    from app.preflight import existing_store
     from experiments.estimate import estimate_sweep_s
-    from experiments.external import load_tokenizer
     from experiments.grid import parse_spec
     from experiments.profiles import load_profile
     from experiments.sweep import create_sweep, local_target_for, sweep_profile
 
     spec = parse_spec(data)
-    prof = sweep_profile(spec, load_profile(spec.profile, store.list_profiles()))
+    store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
+    prof = sweep_profile(spec, load_profile(spec.profile,
+                                            store.list_profiles() if store is not None else {}))
     target = None
-    if spec.is_external:  # the tokenizer must load before any row is written
-        load_tokenizer(spec.tokenizer or spec.target_model or spec.model)
+    if spec.is_external:  # the target answers and the tokenizer loads before any row is written
+        _check_external(spec)
     else:
         target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
+    store = store or open_store(db)
     sweep_id = create_sweep(store, spec, prof)
     est = estimate_sweep_s(spec, prof)
     print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min "
           f"(db: {store.display_url})", file=sys.stderr)
-    return sweep_id, target
+    return store, sweep_id, target
+
+
+def _check_external(spec) -> None:
+    from app.preflight import check_target_answers
+    from experiments.external import api_key_from_env, load_tokenizer
+
+    api_key_from_env(spec.api_key_env)  # set now, or the first trial would fail
+    if spec.server_cmd is None:  # a --server-cmd server starts per config, later
+        check_target_answers(spec.target)
+    load_tokenizer(spec.tokenizer or spec.target_model or spec.model)
 
 
 class _ctrl_c_cancels:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -24,15 +25,15 @@ def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
                        "--speedup (trace replay), not both")
     if concurrency is not None and concurrency < 1:
         raise BadInput(f"--concurrency must be >= 1, got {concurrency}")
-    if rate is not None and not rate > 0:
-        raise BadInput(f"--rate must be > 0 requests/s, got {rate}")
+    if rate is not None and not 0 < rate < math.inf:
+        raise BadInput(f"--rate must be a finite number > 0 requests/s, got {rate}")
     if speedup is not None and not (speedup > 0 and speedup != float("inf")):
         raise BadInput(f"--speedup must be a finite number > 0 (2 = twice as fast), got {speedup}")
     if speedup is not None and arrival.mode != "trace":
         raise BadInput("--speedup needs a trace profile (azure-conv, azure-code, a .csv or "
                        ".jsonl trace); use --rate or --concurrency for this profile")
-    if not burstiness > 0:
-        raise BadInput(f"--burstiness must be > 0 (1 = Poisson), got {burstiness}")
+    if not 0 < burstiness < math.inf:
+        raise BadInput(f"--burstiness must be a finite number > 0 (1 = Poisson), got {burstiness}")
     if concurrency is None and rate is None and speedup is None:  # the profile's own load
         if arrival.mode == "closed":
             concurrency = arrival.concurrency
@@ -107,6 +108,8 @@ def trial(
         model, policy, batch_size, max_wait_ms = _from_exported(config, model)
     if requests < 1:
         raise BadInput(f"--requests must be >= 1, got {requests}")
+    if duration is not None and not 0 < duration < math.inf:
+        raise BadInput(f"--duration must be a finite number of seconds > 0, got {duration}")
     prof = load_profile(profile)
     trial_config = build_trial_config(policy, batch_size, max_wait_ms, concurrency, rate,
                                        burstiness, prof.arrival, speedup)
@@ -140,11 +143,12 @@ def _trace_window(prof, speedup: float, duration: float | None, start: float | N
 
 
 def _connect(url: str, model: str | None, tokenizer: str, api_key_env: str | None):
+    from app.preflight import check_target_answers
     from experiments.external import ExternalTarget, TargetSetupError, api_key_from_env, load_tokenizer
 
-    if not url.startswith(("http://", "https://")):
-        raise BadInput(f"--target {url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1")
-    tok, key = load_tokenizer(tokenizer), api_key_from_env(api_key_env)
+    key = api_key_from_env(api_key_env)
+    check_target_answers(url)  # seconds, before the tokenizer look-up (which may be slow)
+    tok = load_tokenizer(tokenizer)
     try:
         return ExternalTarget.connect(url, model, tok, key)
     except TargetSetupError as exc:

@@ -66,9 +66,11 @@ def ui(
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind (0.0.0.0 shares it)"),
 ) -> None:
     """Open the dashboard: launch sweeps, explore frontiers, export recommendations."""
+    from app.preflight import check_bind
     from db.store import Store, resolve_db_url
 
     _check_streamlit()
+    check_bind(host, port).close()  # a bad host or a port in use: one line, before Streamlit
     url = resolve_db_url(db)
     with Store(url) as store:  # a bad URL fails here, as one line, before the server starts
         shown = store.display_url

@@ -33,8 +33,8 @@ class SchedulerConfig:
             raise ConfigError(f"unknown policy {self.policy!r}; use one of: {', '.join(POLICIES)}")
         if int(self.max_batch_size) != self.max_batch_size or self.max_batch_size < 1:
             raise ConfigError(f"batch size must be an integer >= 1, got {self.max_batch_size}")
-        if not self.max_wait_ms >= 0:  # also rejects NaN
-            raise ConfigError(f"max wait must be >= 0 ms, got {self.max_wait_ms}")
+        if not 0 <= self.max_wait_ms < float("inf"):  # also rejects NaN
+            raise ConfigError(f"max wait must be a finite number >= 0 ms, got {self.max_wait_ms}")
         for name in ("ttft_slo_ms", "tpot_slo_ms"):
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):

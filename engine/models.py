@@ -249,7 +249,7 @@ def init_random_weights(model: torch.nn.Module, seed: int) -> None:
 def _load_hf(name: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    is_offline = not os.path.isdir(name) and not _can_reach_hub()
+    is_offline = not os.path.isdir(name) and not can_reach_hub()
     # Offline: cache only, so an unknown id fails at once instead of after minutes of retries.
     kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code, local_files_only=is_offline)
     try:
@@ -284,7 +284,7 @@ def _load_failure_message(name: str, exc: Exception, is_offline: bool) -> str:
     )
 
 
-def _can_reach_hub(timeout_s: float = 3.0) -> bool:
+def can_reach_hub(timeout_s: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connect (HF_HUB_OFFLINE=1 says no)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False

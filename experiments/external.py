@@ -17,8 +17,8 @@ from typing import Any
 
 from experiments.http_target import HttpTarget, wait_for_health
 from experiments.records import TrialConfig
+from experiments.server_cmd import ServerCmdError, render_server_cmd
 
-PLACEHOLDERS = ("batch_size", "max_wait_ms", "policy", "port")
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 15
 
@@ -28,17 +28,25 @@ class TargetSetupError(RuntimeError):
 
 
 def load_tokenizer(name: str) -> Any:
-    """The tokenizer prompts are built with: a built-in's, or a Hugging Face one by id or path."""
-    from engine.models import ModelLoadError, build_byte_tokenizer
+    """The tokenizer prompts are built with: a built-in's, or a Hugging Face one by id or path.
+
+    As for models, an id is looked up in the local cache only when the hub does not answer a
+    quick probe, so an unknown id fails in seconds instead of after minutes of retries."""
+    from engine.models import ModelLoadError, build_byte_tokenizer, builtin_names, can_reach_hub
 
     if name.startswith("builtin:"):
+        if name not in builtin_names():
+            raise ModelLoadError(f"unknown tokenizer {name!r}; use {', '.join(builtin_names())}, "
+                                 "a local path or a hub id")
         return build_byte_tokenizer()
+    is_offline = not os.path.isdir(name) and not can_reach_hub()
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, local_files_only=is_offline)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load tokenizer {name!r}: {type(exc).__name__}; "
+        where = " (the hub is unreachable and it is not in the local cache)" if is_offline else ""
+        raise ModelLoadError(f"cannot load tokenizer {name!r}{where}: {type(exc).__name__}; "
                              "pass --tokenizer with a local path or builtin:tiny") from None
 
 
@@ -89,23 +97,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def render_server_cmd(template: str, config: TrialConfig, port: int) -> list[str]:
-    """The server command for `config`; unknown placeholders are a clear error."""
-    values = {"batch_size": config.batch_size, "max_wait_ms": f"{config.max_wait_ms:g}",
-              "policy": config.policy, "port": port}
-    try:
-        return shlex.split(template.format(**values))
-    except (KeyError, IndexError, ValueError) as exc:
-        raise TargetSetupError(f"--server-cmd: bad placeholder {exc}; use "
-                               f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)}") from None
-
-
 class ServerProcess:
     """One server started from the command template; stopped with its whole process group."""
 
     def __init__(self, template: str, config: TrialConfig, health_timeout_s: float = 120.0) -> None:
         self.port = free_port()
-        self.argv = render_server_cmd(template, config, self.port)
+        try:  # argv only: the template never reaches a shell
+            self.argv = render_server_cmd(template, config, self.port)
+        except ServerCmdError as exc:
+            raise TargetSetupError(f"--server-cmd: {exc}") from None
         self.health_timeout_s = health_timeout_s
         self.log_path = Path(tempfile.mkstemp(prefix="tradeoff-server-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None

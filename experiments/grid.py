@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from experiments.records import TrialConfig
+from experiments.server_cmd import ServerCmdError, check_server_cmd
 
 
 class GridError(ValueError):
@@ -33,7 +34,8 @@ class SearchSpec(BaseModel):
 class SweepSpec(BaseModel):
     """Everything that defines a sweep; stored as the sweep's grid so it can be resumed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere: an infinite rate or wait would never finish a trial.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str = "builtin:tiny"
     device: str = "auto"
@@ -97,6 +99,16 @@ class SweepSpec(BaseModel):
         if v is not None and (not v or any(not 0 < x < float("inf") for x in v)):
             raise ValueError("every speedup must be a finite number > 0")
         return None if v is None else sorted(set(v))
+
+    @field_validator("server_cmd")
+    @classmethod
+    def _runnable_template(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:  # quoting, placeholders and {port}, before anything is written
+                check_server_cmd(v)
+            except ServerCmdError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
     @model_validator(mode="after")
     def _one_load_mode(self) -> SweepSpec:

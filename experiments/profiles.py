@@ -37,15 +37,21 @@ class ProfileError(ValueError):
     """A profile that cannot be loaded or used; the one-line message names the field and the fix."""
 
 
+# One request's tokens, at most: far beyond any context window, but a typo (1e11) must not
+# make the load generator build a prompt that exhausts memory.
+MAX_REQUEST_TOKENS = 1 << 24
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # No NaN or infinity: an infinite rate or SLO is a typo, not a workload.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class FixedLength(_Strict):
     """Every request has the same length."""
 
     kind: Literal["fixed"]
-    value: int = Field(ge=1)
+    value: int = Field(ge=1, le=MAX_REQUEST_TOKENS)
 
 
 class UniformLength(_Strict):
@@ -53,7 +59,7 @@ class UniformLength(_Strict):
 
     kind: Literal["uniform"]
     min: int = Field(ge=1)
-    max: int = Field(ge=1)
+    max: int = Field(ge=1, le=MAX_REQUEST_TOKENS)
 
     @model_validator(mode="after")
     def _check_range(self) -> UniformLength:
@@ -67,7 +73,7 @@ class NormalLength(_Strict):
     mean: float = Field(gt=0)
     std: float = Field(ge=0)
     min: int = Field(default=1, ge=1)
-    max: int = Field(ge=1)
+    max: int = Field(ge=1, le=MAX_REQUEST_TOKENS)
 
     @model_validator(mode="after")
     def _check_range(self) -> NormalLength:
@@ -81,7 +87,7 @@ class LogNormalLength(_Strict):
     mean: float = Field(gt=0)
     std: float = Field(ge=0)
     min: int = Field(default=1, ge=1)
-    max: int = Field(ge=1)
+    max: int = Field(ge=1, le=MAX_REQUEST_TOKENS)
 
     @model_validator(mode="after")
     def _check_range(self) -> LogNormalLength:
@@ -92,7 +98,7 @@ class ChoiceLength(_Strict):
     """One of `values` with probabilities proportional to `weights` (default equal): long tails."""
 
     kind: Literal["choice"]
-    values: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    values: list[Annotated[int, Field(ge=1, le=MAX_REQUEST_TOKENS)]] = Field(min_length=1)
     weights: list[Annotated[float, Field(ge=0)]] | None = None
 
     @model_validator(mode="after")
@@ -268,6 +274,8 @@ def _load_path(path: Path) -> Profile:
     except OSError as exc:
         raise ProfileError(f"profile '{path}': cannot read the file ({exc.strerror or exc}); "
                            f"built-in profiles: {', '.join(list_builtin_profiles())}") from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"profile '{path}': not UTF-8 text; give a profile YAML file") from None
     return parse_profile_yaml(text, str(path))
 
 
