@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from app.cli import app
 from app.errors import BadInput
 from app.output import print_json, print_pairs
 from engine.config import EngineConfig, SchedulerConfig
+from engine.routing import DEFAULT_ROUTER, check_replicas
 from experiments.profiles import load_profile, needs_baseline, resolve_slos
 from experiments.records import LATENCY_METRICS, TrialConfig, config_to_dict
 
@@ -43,6 +45,18 @@ def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
             rate, burstiness = arrival.rate, arrival.burstiness
     return TrialConfig(policy, batch_size, max_wait_ms, concurrency=concurrency, rate=rate,
                        burstiness=burstiness if rate is not None else 1.0, speedup=speedup)
+
+
+def with_replicas(config: TrialConfig, replicas: int, router: str | None, external: bool) -> TrialConfig:
+    """Validate --replicas/--router (N >= 1, a known router, only with N > 1, local engines only)."""
+    check_replicas(replicas, router)
+    if router is not None and replicas == 1:
+        raise BadInput("--router routes between replicas: give --replicas 2 or more, or drop --router")
+    if replicas > 1 and external:
+        raise BadInput("--replicas starts local engine replicas; an external --target scales itself")
+    if replicas == 1:
+        return config
+    return dataclasses.replace(config, replicas=replicas, router=router or DEFAULT_ROUTER)
 
 
 def trial_json(config: TrialConfig, metrics: dict, model: str, profile: str) -> dict:
@@ -102,6 +116,9 @@ def trial(
         None, "--api-key-env", help="env var holding the target's API key (never stored)"),
     tokenizer: str | None = typer.Option(None, help="tokenizer for --target (default: --model)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+    replicas: int = typer.Option(1, "--replicas", help="engine replicas (processes) behind a router"),
+    router: str | None = typer.Option(
+        None, "--router", help="round_robin | least_outstanding | power_of_two (with --replicas > 1)"),
 ) -> None:
     """Run one trial: one batching config at one load level."""
     if config is not None:
@@ -115,6 +132,7 @@ def trial(
                                        burstiness, prof.arrival, speedup)
     if trial_config.speedup is not None:  # --duration sets the replay window instead
         prof, duration = _trace_window(prof, trial_config.speedup, duration, trace_start)
+    trial_config = with_replicas(trial_config, replicas, router, external=target is not None)
     if target is not None:
         remote = _connect(target, target_model, tokenizer or target_model or model, api_key_env)
     else:
@@ -160,10 +178,10 @@ def _connect(url: str, model: str | None, tokenizer: str, api_key_env: str | Non
 def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, requests: int,
                   seed: int, duration: float | None, remote=None) -> dict:
     """Load the model (or use `remote`), measure the baseline if the SLOs need it, run the trial."""
-    from experiments.local import LocalTarget
     from experiments.trial import measure_baseline, run_trial
 
-    target = remote or LocalTarget.start(engine_config)
+    target = remote or _local_target(engine_config, trial_config)
+    placement = target.placement() if hasattr(target, "placement") else None
     try:
         kwargs = target.request_kwargs()
         baseline = None
@@ -175,9 +193,22 @@ def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, 
     finally:
         target.close()
     out = trial_json(trial_config, result.metrics.to_dict(), engine_config.model, prof.name)
+    if trial_config.replicas > 1:
+        out["placement"] = placement
     if remote is not None:  # the server's own knobs are its business; say what was driven
         out.update(model=remote.engine.model, target=remote.engine.api_base)
     return out
+
+
+def _local_target(engine_config: EngineConfig, trial_config: TrialConfig):
+    """One in-process engine, or N replica processes behind the trial's router."""
+    if trial_config.replicas == 1:
+        from experiments.local import LocalTarget
+
+        return LocalTarget.start(engine_config)
+    from experiments.replica_target import ReplicaTarget
+
+    return ReplicaTarget.start(engine_config, trial_config.replicas, trial_config.router)
 
 
 def _from_exported(path: Path, model: str) -> tuple[str, str, int, float]:

@@ -14,6 +14,9 @@ from typing import Protocol
 from engine.config import ConfigError
 
 ROUTERS: tuple[str, ...] = ("round_robin", "least_outstanding", "power_of_two")
+# When N > 1 replicas are asked for without a router: what vLLM's router and most LLM load
+# balancers do by default, and the one that keeps long requests from queueing short ones.
+DEFAULT_ROUTER = "least_outstanding"
 
 
 class Router(Protocol):

@@ -63,6 +63,7 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
     if num_requests < 1:
         raise ValueError(f"num_requests must be >= 1, got {num_requests}")
     engine.reconfigure(sched_config_of(config, slos))
+    _route(engine, config)
     engine.take_steps()  # drop steps from before this trial
     if reset_memory is not None:
         reset_memory()
@@ -134,6 +135,20 @@ def _lag_summary(lag_ms: np.ndarray) -> dict | None:
         return None
     p50, p99 = np.percentile(lag_ms, [50, 99])
     return {"p50": round(float(p50), 4), "p99": round(float(p99), 4), "max": round(float(lag_ms.max()), 4)}
+
+
+def _route(engine: LoadTarget, config: TrialConfig) -> None:
+    """Set a replica set's router for this trial; refuse a target with another replica count."""
+    replicas = getattr(engine, "replicas", None)
+    if replicas is None:  # one engine (or an external server): nothing to route
+        if config.replicas != 1:
+            raise ValueError(f"trial {config.label} needs {config.replicas} replicas but the target "
+                             "is one engine")
+        return
+    if len(replicas) != config.replicas:
+        raise ValueError(f"trial {config.label} needs {config.replicas} replicas, the target has "
+                         f"{len(replicas)}")
+    engine.set_router(config.router)
 
 
 def _drive(engine: LoadTarget, config: TrialConfig, profile: Profile, specs: list[RequestSpec],
