@@ -67,6 +67,13 @@ def _lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup=None) ->
     }
 
 
+def _scale_lists(replicas: str | None, router: str | None) -> dict[str, Any]:
+    return {
+        "replicas": None if replicas is None else parse_list("--replicas", replicas, int),
+        "routers": None if router is None else parse_list("--router", router, str),
+    }
+
+
 @app.command()
 def sweep(
     model: str | None = typer.Option(None, help="builtin:tiny (default), builtin:small, a HF id or a path"),
@@ -103,6 +110,10 @@ def sweep(
     resume: int | None = typer.Option(None, "--resume", help="finish sweep ID, skipping stored trials"),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
+    replicas: str | None = typer.Option(
+        None, "--replicas", help="comma list of engine replica counts, e.g. 1,2 (processes behind a router)"),
+    router: str | None = typer.Option(
+        None, "--router", help="comma list: round_robin,least_outstanding,power_of_two"),
 ) -> None:
     """Run a grid of trials (policy x batch size x max wait x load x repetitions) into the store."""
     from experiments.sweep import runner_for
@@ -117,7 +128,8 @@ def sweep(
                  "target_model": target_model, "api_key_env": api_key_env, "tokenizer": tokenizer,
                  "server_cmd": server_cmd, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
-                 **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup)}
+                 **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup),
+                 **_scale_lists(replicas, router)}
         store, sweep_id, target = _create(db, spec_from_flags(config, flags))
     runner = runner_for(store, sweep_id, on_progress=_progress_printer(), target=target)
     with _ctrl_c_cancels(runner.stop):
@@ -141,7 +153,8 @@ def _create(db: str | None, data: dict[str, Any]):
     if spec.is_external:  # the target answers and the tokenizer loads before any row is written
         _check_external(spec)
     else:
-        target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
+        # ModelLoadError (bad input) before any row is written; the first group's replica count
+        target = local_target_for(spec, spec.trial_configs()[0].replicas)
     store = store or open_store(db)
     sweep_id = create_sweep(store, spec, prof)
     est = estimate_sweep_s(spec, prof)

@@ -10,6 +10,7 @@ The process dies with its parent (PR_SET_PDEATHSIG) and when the socket closes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import queue
@@ -24,10 +25,8 @@ PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     # Linux only; elsewhere the closed socket (EOF) still ends the process.
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def _pin(cpus: list[int]) -> None:

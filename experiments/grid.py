@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.routing import DEFAULT_ROUTER, check_replicas
 from experiments.records import TrialConfig
 from experiments.server_cmd import ServerCmdError, check_server_cmd
 
@@ -64,6 +65,8 @@ class SweepSpec(BaseModel):
     server_cmd: str | None = Field(default=None, max_length=2000)  # started per server config
     server_timeout_s: float = Field(default=120.0, gt=0)
     search: SearchSpec | None = None  # set: search each config's capacity instead of a load grid
+    replicas: list[int] = Field(default=[1], min_length=1)  # engine replicas behind a router
+    routers: list[str] | None = None  # for replica counts > 1; default: engine.routing.DEFAULT_ROUTER
 
     @field_validator("batch_sizes")
     @classmethod
@@ -110,6 +113,31 @@ class SweepSpec(BaseModel):
                 raise ValueError(str(exc)) from None
         return v
 
+    @field_validator("replicas")
+    @classmethod
+    def _positive_replicas(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError("every replica count must be >= 1")
+        return sorted(set(v))
+
+    @field_validator("routers")
+    @classmethod
+    def _known_routers(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        for name in v:
+            check_replicas(1, name)  # ConfigError: unknown router, naming the choices
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _routers_need_replicas(self) -> SweepSpec:
+        if self.routers is not None and max(self.replicas) == 1:
+            raise ValueError("routers route between replicas: add a replica count >= 2 "
+                             "(e.g. --replicas 1,2) or drop the routers")
+        if max(self.replicas) > 1 and self.is_external:
+            raise ValueError("replicas start local engine replicas; an external target scales itself")
+        return self
+
     @model_validator(mode="after")
     def _one_load_mode(self) -> SweepSpec:
         if self.search is not None:
@@ -145,16 +173,28 @@ class SweepSpec(BaseModel):
         return self.target is not None or self.server_cmd is not None
 
     @property
+    def scales(self) -> list[tuple[int, str | None]]:
+        """(replicas, router) pairs: one replica needs no router; more get each router."""
+        routers = self.routers or [DEFAULT_ROUTER]
+        return [(n, None) if n == 1 else (n, r) for n in self.replicas
+                for r in ([None] if n == 1 else routers)]
+
+    @property
+    def uses_replica_processes(self) -> bool:
+        """Any replica count > 1 runs every trial (N = 1 too) as replica processes, one footing."""
+        return max(self.replicas) > 1
+
+    @property
     def num_trials(self) -> int:
         if self.search is not None:  # an upper bound: a search stops once it has its answer
             return len(self.knob_configs()) * self.search.max_probes
         loads = self.loads
         return (len(self.policies) * len(self.batch_sizes) * len(self.max_wait_ms)
-                * len(loads) * self.repetitions)
+                * len(loads) * self.repetitions * len(self.scales))
 
     def trial_configs(self) -> list[TrialConfig]:
         """All trials, coarse first: grid corners before midpoints, repetition 0 before 1."""
-        axes = [self.policies, self.batch_sizes, self.max_wait_ms, self.loads]
+        axes = [self.policies, self.batch_sizes, self.max_wait_ms, self.loads, self.scales]
         points = list(itertools.product(*(list(enumerate(axis)) for axis in axes)))
         points.sort(key=lambda p: max(_coarseness(i, len(axis))
                                       for (i, _), axis in zip(p, axes, strict=True)))
@@ -164,6 +204,9 @@ class SweepSpec(BaseModel):
             for i, c in enumerate(configs):
                 first.setdefault(server_key(c), i)
             configs.sort(key=lambda c: first[server_key(c)])
+        if len(self.replicas) > 1:  # one replica set per count: each count's trials together
+            order = {n: i for i, n in enumerate(dict.fromkeys(c.replicas for c in configs))}
+            configs.sort(key=lambda c: order[c.replicas])
         return configs
 
     def knob_configs(self) -> list[TrialConfig]:
@@ -173,13 +216,15 @@ class SweepSpec(BaseModel):
         return [replace(c, concurrency=None) for c in grid.trial_configs()]
 
     def _config(self, point: tuple, repetition: int) -> TrialConfig:
-        (_, policy), (_, batch), (_, wait), (_, load) = point
+        (_, policy), (_, batch), (_, wait), (_, load), (_, (replicas, router)) = point
         if self.speedup is not None:
-            return TrialConfig(policy, batch, wait, speedup=load, repetition=repetition)
+            return TrialConfig(policy, batch, wait, speedup=load, repetition=repetition,
+                               replicas=replicas, router=router)
         closed = self.concurrency is not None
         return TrialConfig(policy, batch, wait, concurrency=load if closed else None,
                            rate=None if closed else load,
-                           burstiness=1.0 if closed else self.burstiness, repetition=repetition)
+                           burstiness=1.0 if closed else self.burstiness, repetition=repetition,
+                           replicas=replicas, router=router)
 
 
 def server_key(config: TrialConfig) -> tuple[str, int, float]:

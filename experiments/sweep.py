@@ -8,7 +8,9 @@ is checked between trials and, through `should_stop`, inside the trial in flight
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +24,12 @@ from experiments.external import ExternalTarget, ServerProcess, api_key_from_env
 from experiments.grid import GridError, SweepSpec, server_key
 from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
 from experiments.provenance import provenance
-from experiments.records import SLO, TrialConfig
+from experiments.records import SLO, TrialConfig, TrialMetrics
 from experiments.trial import measure_baseline, run_trial, trace_deadline_s, with_trace_window
 
 if TYPE_CHECKING:  # the engine (torch) loads only when a sweep runs, not when the UI queues one
     from experiments.local import LocalTarget
+    from experiments.replica_target import ReplicaTarget
 
 HEARTBEAT_S = 2.0
 
@@ -137,6 +140,11 @@ class SweepRunner:
 
     def _groups(self, todo: list[TrialConfig]) -> list[list[TrialConfig]]:
         """Trials per target: all on one local engine, or one group per server config."""
+        if self.spec.uses_replica_processes:  # one replica set per replica count
+            by_count: dict[int, list[TrialConfig]] = {}
+            for config in todo:
+                by_count.setdefault(config.replicas, []).append(config)
+            return list(by_count.values())
         if self.spec.server_cmd is None:
             return [todo]
         groups: dict[tuple, list[TrialConfig]] = {}
@@ -147,7 +155,11 @@ class SweepRunner:
     @contextlib.contextmanager
     def _open_target(self, config: TrialConfig) -> Iterator[LocalTarget | ExternalTarget]:
         if not self.spec.is_external:
-            target = self.target or local_target_for(self.spec)
+            target = self.target
+            if target is None or replica_count(target) != config.replicas:
+                if target is not None:
+                    target.close()
+                target = local_target_for(self.spec, config.replicas)
             self.target = None  # closed below; a later group would load anew
             self.store.set_sweep_device(self.sweep_id, str(target.loaded.device),
                                         target.loaded.device_name, str(target.loaded.dtype))
@@ -174,8 +186,10 @@ class SweepRunner:
 
     def _warm_up(self, target: LocalTarget | ExternalTarget) -> None:
         # One short trial so first-call costs (allocator, kernels) stay out of the first trial.
-        config = TrialConfig("continuous", max(self.spec.batch_sizes), 0.0, concurrency=2)
-        run_trial(target.engine, config, self.profile, 4, seed=self.spec.seed, slos=[],
+        n = replica_count(target)
+        config = TrialConfig("continuous", max(self.spec.batch_sizes), 0.0, concurrency=2 * n,
+                             replicas=n, router=None if n == 1 else "round_robin")
+        run_trial(target.engine, config, self.profile, 4 * n, seed=self.spec.seed, slos=[],
                   **target.request_kwargs())
 
     def _slos(self, target: LocalTarget | ExternalTarget) -> list[SLO]:
@@ -208,7 +222,8 @@ class SweepRunner:
             self.num_failed += 1
             self._report(None)
             return
-        self.store.add_trial(self.sweep_id, config, result.metrics, result.records, started, utcnow())
+        metrics = with_provenance(result.metrics, target)
+        self.store.add_trial(self.sweep_id, config, metrics, result.records, started, utcnow())
         self.num_done += 1
         self._report(None)
 
@@ -233,13 +248,35 @@ class SweepRunner:
             self._last_beat = now
 
 
-def local_target_for(spec: SweepSpec) -> LocalTarget:
-    """Load the sweep's model once and start its engine."""
+def local_target_for(spec: SweepSpec, replicas: int = 1) -> LocalTarget | ReplicaTarget:
+    """Load the sweep's model once and start its engine (or `replicas` replica processes)."""
+    config = EngineConfig(model=spec.model, device=spec.device, dtype=spec.dtype,
+                          kv_budget_tokens=spec.kv_budget_tokens, seed=spec.seed)
+    if spec.uses_replica_processes:
+        from experiments.replica_target import ReplicaTarget
+
+        return ReplicaTarget.start(config, replicas, None)
     from experiments.local import LocalTarget
 
-    return LocalTarget.start(EngineConfig(
-        model=spec.model, device=spec.device, dtype=spec.dtype,
-        kv_budget_tokens=spec.kv_budget_tokens, seed=spec.seed))
+    return LocalTarget.start(config)
+
+
+def replica_count(target: object) -> int:
+    """How many engine replicas a target runs (1 for one in-process engine)."""
+    replicas = getattr(getattr(target, "engine", None), "replicas", None)
+    return 1 if replicas is None else len(replicas)
+
+
+def with_provenance(metrics: TrialMetrics, target: object, **extra: object) -> TrialMetrics:
+    """The trial's metrics with where it ran in details["provenance"] (node, device, replicas)."""
+    loaded = getattr(target, "loaded", None)
+    where = {"node": socket.gethostname(), "pid": os.getpid(),
+             "device": None if loaded is None else str(loaded.device),
+             "device_name": getattr(loaded, "device_name", None)}
+    if hasattr(target, "placement"):
+        where["replicas"] = target.placement()
+    where.update(extra)
+    return dataclasses.replace(metrics, details={**metrics.details, "provenance": where})
 
 
 def runner_for(store: Store, sweep_id: int, **kwargs) -> SweepRunner:
