@@ -8,6 +8,7 @@ import typer
 
 from app.cli import app
 from app.cmd_trial import _from_exported
+from app.parsing import parse_budget
 from engine.config import EngineConfig, SchedulerConfig
 
 
@@ -17,6 +18,9 @@ def serve(
     policy: str = typer.Option("continuous", help="static | continuous | adaptive"),
     batch_size: int = typer.Option(16, "--batch-size", help="max batch size"),
     max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="max batching wait (ms)"),
+    max_num_batched_tokens: str | None = typer.Option(
+        None, "--max-num-batched-tokens",
+        help="prefill token budget per step (continuous only); none = no chunking"),
     host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)"),
     port: int = typer.Option(8000, help="TCP port"),
     device: str = typer.Option("auto", help="auto | cuda | mps | cpu"),
@@ -33,10 +37,12 @@ def serve(
     from engine.server import serve as run_server
 
     if config is not None:
-        model, policy, batch_size, max_wait_ms = _from_exported(config, model)
+        model, policy, batch_size, max_wait_ms, budget = _from_exported(config, model)
         ttft_slo_ms, tpot_slo_ms = _exported_targets(config, ttft_slo_ms, tpot_slo_ms)
+    else:
+        budget = parse_budget("--max-num-batched-tokens", max_num_batched_tokens)
     sched = SchedulerConfig(policy, batch_size, max_wait_ms, ttft_slo_ms=ttft_slo_ms,
-                            tpot_slo_ms=tpot_slo_ms)
+                            tpot_slo_ms=tpot_slo_ms, max_num_batched_tokens=budget)
     engine_config = EngineConfig(model=model, device=device, dtype=dtype,
                                  kv_budget_tokens=kv_budget)
     # Bound before the model loads: a bad host or a port in use fails at once, as one line.

@@ -16,7 +16,7 @@ import yaml
 from app.cli import app
 from app.errors import BadInput
 from app.output import fmt, print_json, print_table
-from app.parsing import parse_list
+from app.parsing import parse_budgets, parse_list
 
 DB_HELP = "SQLAlchemy URL of the result store (default: $TRADEOFF_DB or sqlite:///tradeoff.db)"
 
@@ -56,8 +56,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def _lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup=None) -> dict[str, Any]:
+def _lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup=None,
+           budgets=None) -> dict[str, Any]:
     return {
+        "max_num_batched_tokens":
+            None if budgets is None else parse_budgets("--max-num-batched-tokens", budgets),
         "policies": None if policy is None else parse_list("--policy", policy, str),
         "batch_sizes": None if batch_sizes is None else parse_list("--batch-sizes", batch_sizes, int),
         "max_wait_ms": None if max_wait_ms is None else parse_list("--max-wait-ms", max_wait_ms, float),
@@ -81,6 +84,9 @@ def sweep(
     policy: str | None = typer.Option(None, help="comma list: static,continuous,adaptive"),
     batch_sizes: str | None = typer.Option(None, "--batch-sizes", help="comma list, e.g. 1,4,16"),
     max_wait_ms: str | None = typer.Option(None, "--max-wait-ms", help="comma list in ms, e.g. 0,10"),
+    max_num_batched_tokens: str | None = typer.Option(
+        None, "--max-num-batched-tokens",
+        help="comma list of prefill token budgets (chunked prefill, continuous only), e.g. 64,256,none"),
     concurrency: str | None = typer.Option(None, help="closed loop: comma list of virtual users"),
     rate: str | None = typer.Option(None, help="open loop: comma list of requests/s"),
     speedup: str | None = typer.Option(
@@ -128,7 +134,8 @@ def sweep(
                  "target_model": target_model, "api_key_env": api_key_env, "tokenizer": tokenizer,
                  "server_cmd": server_cmd, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
-                 **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup),
+                 **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
+                         max_num_batched_tokens),
                  **_scale_lists(replicas, router)}
         store, sweep_id, target = _create(db, spec_from_flags(config, flags))
     runner = runner_for(store, sweep_id, on_progress=_progress_printer(), target=target)
@@ -241,7 +248,8 @@ def _sweep_row(s) -> dict[str, Any]:
             "created_at": s.created_at.isoformat(timespec="seconds") if s.created_at else None}
 
 
-TRIAL_COLUMNS = ["trial_id", "status", "policy", "batch_size", "max_wait_ms", "load", "repetition",
+TRIAL_COLUMNS = ["trial_id", "status", "policy", "batch_size", "max_wait_ms", "max_num_batched_tokens",
+                 "load", "repetition",
                  "requests_per_s", "output_tokens_per_s", "goodput_rps", "ttft_ms_p90",
                  "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size", "saturated", "error"]
 
@@ -250,6 +258,7 @@ def trial_rows(records) -> list[dict[str, Any]]:
     """One flat row per trial: config then every metric."""
     return [{"trial_id": t.trial_id, "status": t.status, "policy": t.config.policy,
              "batch_size": t.config.batch_size, "max_wait_ms": t.config.max_wait_ms,
+             "max_num_batched_tokens": t.config.max_num_batched_tokens,
              "load": t.config.load_label, "concurrency": t.config.concurrency,
              "rate": t.config.rate, "repetition": t.config.repetition, **t.metrics,
              "error": t.error} for t in records]

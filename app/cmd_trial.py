@@ -11,6 +11,7 @@ import typer
 from app.cli import app
 from app.errors import BadInput
 from app.output import print_json, print_pairs
+from app.parsing import parse_budget
 from engine.config import EngineConfig, SchedulerConfig
 from engine.routing import DEFAULT_ROUTER, check_replicas
 from experiments.profiles import load_profile, needs_baseline, resolve_slos
@@ -19,9 +20,11 @@ from experiments.records import LATENCY_METRICS, TrialConfig, config_to_dict
 
 def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
                        concurrency: int | None, rate: float | None, burstiness: float,
-                       arrival, speedup: float | None = None) -> TrialConfig:
+                       arrival, speedup: float | None = None,
+                       max_num_batched_tokens: int | None = None) -> TrialConfig:
     """Validate the knobs and the load (one of concurrency / rate / speedup, else the profile's)."""
-    SchedulerConfig(policy, batch_size, max_wait_ms)  # raises ConfigError on bad knobs
+    # raises ConfigError on bad knobs
+    SchedulerConfig(policy, batch_size, max_wait_ms, max_num_batched_tokens=max_num_batched_tokens)
     if sum(x is not None for x in (concurrency, rate, speedup)) > 1:
         raise BadInput("give one of --concurrency (closed loop), --rate (open loop) or "
                        "--speedup (trace replay), not both")
@@ -44,7 +47,8 @@ def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
         else:
             rate, burstiness = arrival.rate, arrival.burstiness
     return TrialConfig(policy, batch_size, max_wait_ms, concurrency=concurrency, rate=rate,
-                       burstiness=burstiness if rate is not None else 1.0, speedup=speedup)
+                       burstiness=burstiness if rate is not None else 1.0, speedup=speedup,
+                       max_num_batched_tokens=max_num_batched_tokens)
 
 
 def with_replicas(config: TrialConfig, replicas: int, router: str | None, external: bool) -> TrialConfig:
@@ -74,6 +78,8 @@ def _print_table(out: dict) -> None:
     if trace:
         pairs += [("trace window (s)", f"{trace['window_start_s']:g}-{trace['window_end_s']:g}"),
                   ("requests replayed", trace["requests_replayed"])]
+    roofline = out.get("roofline_fraction") or {}
+    pairs += [(f"roofline_{phase}", roofline.get(phase)) for phase in ("decode", "prefill")]
     print_pairs(pairs)
     print()
     print(f"{'latency (ms)':14}" + "".join(f"{s:>10}" for s in ("p50", "p90", "p95", "p99", "mean")))
@@ -92,6 +98,9 @@ def trial(
     policy: str = typer.Option("continuous", help="static | continuous | adaptive"),
     batch_size: int = typer.Option(8, "--batch-size", help="max batch size"),
     max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="max batching wait (ms)"),
+    max_num_batched_tokens: str | None = typer.Option(
+        None, "--max-num-batched-tokens",
+        help="prefill token budget per step (chunked prefill, continuous only); none = no chunking"),
     concurrency: int | None = typer.Option(None, help="closed loop: virtual users"),
     rate: float | None = typer.Option(None, help="open loop: requests/s"),
     burstiness: float = typer.Option(1.0, help="open loop gamma shape (1 = Poisson)"),
@@ -122,14 +131,16 @@ def trial(
 ) -> None:
     """Run one trial: one batching config at one load level."""
     if config is not None:
-        model, policy, batch_size, max_wait_ms = _from_exported(config, model)
+        model, policy, batch_size, max_wait_ms, budget = _from_exported(config, model)
+    else:
+        budget = parse_budget("--max-num-batched-tokens", max_num_batched_tokens)
     if requests < 1:
         raise BadInput(f"--requests must be >= 1, got {requests}")
     if duration is not None and not 0 < duration < math.inf:
         raise BadInput(f"--duration must be a finite number of seconds > 0, got {duration}")
     prof = load_profile(profile)
     trial_config = build_trial_config(policy, batch_size, max_wait_ms, concurrency, rate,
-                                       burstiness, prof.arrival, speedup)
+                                       burstiness, prof.arrival, speedup, budget)
     if trial_config.speedup is not None:  # --duration sets the replay window instead
         prof, duration = _trace_window(prof, trial_config.speedup, duration, trace_start)
     trial_config = with_replicas(trial_config, replicas, router, external=target is not None)
@@ -211,7 +222,7 @@ def _local_target(engine_config: EngineConfig, trial_config: TrialConfig):
     return ReplicaTarget.start(engine_config, trial_config.replicas, trial_config.router)
 
 
-def _from_exported(path: Path, model: str) -> tuple[str, str, int, float]:
+def _from_exported(path: Path, model: str) -> tuple[str, str, int, float, int | None]:
     from experiments.export import load_exported_config
 
     try:
@@ -222,4 +233,5 @@ def _from_exported(path: Path, model: str) -> tuple[str, str, int, float]:
         cfg = load_exported_config(text)
     except ValueError as exc:
         raise BadInput(f"--config {path}: {exc}") from None
-    return cfg.get("model") or model, cfg["policy"], cfg["batch_size"], cfg["max_wait_ms"]
+    return (cfg.get("model") or model, cfg["policy"], cfg["batch_size"], cfg["max_wait_ms"],
+            cfg.get("max_num_batched_tokens"))

@@ -5,6 +5,26 @@ from __future__ import annotations
 from app.errors import BadInput
 
 
+def parse_budget(option: str, text: str | None) -> int | None:
+    """A token budget: an integer >= 1, or `none` (no budget)."""
+    if text is None or text.strip().lower() == "none":
+        return None
+    return parse_budgets(option, text)[0]
+
+
+def parse_budgets(option: str, text: str) -> list[int | None]:
+    """`64,256,none`: integers >= 1, and `none` for no budget."""
+    items = [item.strip().lower() for item in text.split(",")]
+    try:
+        budgets = [None if item == "none" else int(item) for item in items]
+    except ValueError:
+        raise BadInput(f"{option}: {text!r} is not a list of integers or none; "
+                       f"e.g. {option} 64,256,none") from None
+    if any(b is not None and b < 1 for b in budgets):
+        raise BadInput(f"{option}: every budget must be >= 1 token or none, got {text!r}")
+    return budgets
+
+
 def parse_list(option: str, text: str, kind: type) -> list:
     """Split `a,b,c` into values of `kind`; empty items or non-numbers are bad input."""
     items = [item.strip() for item in text.split(",")]

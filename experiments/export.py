@@ -15,6 +15,7 @@ The json / yaml document (schema version 1):
       ttft_slo_ms, tpot_slo_ms: float   # adaptive only: the targets it steers by
       max_batch_size: int >= 1
       max_wait_ms: float >= 0
+      max_num_batched_tokens: int >= 1   # only when a prefill token budget was measured
     load: {concurrency: int} | {rate: float, burstiness: float}   # as measured
     expected_metrics: {...}      # means over repetitions, nested like `tradeoff trial --json`
     slos: [{metric, percentile, max_ms, value, passed, margin_ms}, ...]
@@ -119,6 +120,8 @@ def config_document(rec: Recommendation, provenance: dict) -> dict:
     if config["policy"] == "adaptive":  # the targets it steers by, for `tradeoff serve --config`
         engine.update({f"{c['metric'].removesuffix('_ms')}_slo_ms": c["max_ms"] for c in full["slos"]
                        if c["metric"] in ("ttft_ms", "tpot_ms")})
+    if config.get("max_num_batched_tokens") is not None:
+        engine["max_num_batched_tokens"] = config["max_num_batched_tokens"]
     load = {k: v for k, v in config.items() if k in ("concurrency", "rate", "burstiness", "speedup")}
     return _plain_dict({
         "version": SCHEMA_VERSION, "engine": engine, "load": load,
@@ -153,6 +156,7 @@ def load_exported_config(text: str) -> dict:
                          "max_batch_size and max_wait_ms")
     return {"policy": _policy(engine), "batch_size": _batch_size(engine),
             "max_wait_ms": _max_wait_ms(engine), "model": _model(engine),
+            "max_num_batched_tokens": _token_budget(engine),
             **{k: _slo_target(engine, k) for k in ("ttft_slo_ms", "tpot_slo_ms")}}
 
 
@@ -192,6 +196,13 @@ def _max_wait_ms(engine: dict) -> float:
     if not valid or not math.isfinite(wait):
         raise ValueError(f"engine.max_wait_ms must be a number >= 0, got {wait!r}")
     return float(wait)
+
+
+def _token_budget(engine: dict) -> int | None:
+    budget = engine.get("max_num_batched_tokens")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"engine.max_num_batched_tokens must be an integer >= 1 or absent, got {budget!r}")
+    return budget
 
 
 def _model(engine: dict) -> str:
@@ -272,6 +283,7 @@ def _render_vllm(rec: Recommendation, provenance: dict) -> str:
              f"--max-num-seqs {c.batch_size}: the most sequences vLLM runs in one iteration, "
              "tradeoff's max batch size.",
              _vllm_wait_note(c.max_wait_ms),
+             _vllm_budget_note(c.max_num_batched_tokens),
              f"The load ({_load_words(c)}) is a client-side setting; vLLM has no flag for it."]
     if c.policy != "continuous":
         notes.append("policy static has no vLLM equivalent: vLLM always batches continuously "
@@ -279,7 +291,29 @@ def _render_vllm(rec: Recommendation, provenance: dict) -> str:
     model = str(provenance["model"])
     if model.startswith("builtin:"):
         notes.append(f"{model} is tradeoff's built-in test model; put a Hugging Face model id.")
-    return _comments(notes) + f"vllm serve {shlex.quote(model)} --max-num-seqs {c.batch_size}\n"
+    budget = c.max_num_batched_tokens
+    chunked = "" if budget is None else f" --max-num-batched-tokens {budget} --enable-chunked-prefill"
+    return _comments(notes) + f"vllm serve {shlex.quote(model)} --max-num-seqs {c.batch_size}{chunked}\n"
+
+
+def _vllm_budget_note(budget: int | None) -> str:
+    if budget is not None:
+        return (f"--max-num-batched-tokens {budget} --enable-chunked-prefill: the most tokens one "
+                "step processes, long prompts prefilled in chunks next to running decodes, as "
+                "tradeoff measured.")
+    return ("No prefill token budget was measured (tradeoff prefilled whole prompts in a step of "
+            "their own). vLLM's V1 engine always chunks prefills, with its own default budget: "
+            "set --max-num-batched-tokens at least the longest prompt to come near, or re-measure "
+            "with tradeoff's --max-num-batched-tokens.")
+
+
+def _budget_notes(config: TrialConfig, server: str, nearest: str | None = None) -> list[str]:
+    """Say that a request-level batcher has no prefill token budget, instead of inventing one."""
+    if config.max_num_batched_tokens is None:
+        return []
+    near = f" {nearest}" if nearest else ""
+    return [f"max_num_batched_tokens {config.max_num_batched_tokens} (chunked prefill) has no "
+            f"equivalent in {server}: it runs each batch's prompts whole.{near}"]
 
 
 def _vllm_wait_note(wait_ms: float) -> str:
@@ -300,6 +334,8 @@ def _render_triton(rec: Recommendation, provenance: dict) -> str:
              "No preferred_batch_size, so like tradeoff's static policy Triton forms batches "
              "as large as possible up to max_batch_size within the queue delay.",
              *_per_request_notes(rec, "Triton's dynamic batcher"),
+             *_budget_notes(c, "Triton's dynamic batcher", "With the TensorRT-LLM backend the "
+                            "nearest knob is its max_num_tokens (engine build / runtime)."),
              "LLM backends with in-flight batching (TensorRT-LLM, the vLLM backend) have their "
              "own batching settings, which take precedence."]
     body = (f"max_batch_size: {c.batch_size}\n"
@@ -316,7 +352,8 @@ def _render_ray_serve(rec: Recommendation, provenance: dict) -> str:
     notes = [*_common_notes(rec, provenance, "Ray Serve"),
              "max_ongoing_requests is set to max_batch_size: a replica must accept at least "
              "that many requests at once for a full batch to form.",
-             *_per_request_notes(rec, "Ray Serve's @serve.batch")]
+             *_per_request_notes(rec, "Ray Serve's @serve.batch"),
+             *_budget_notes(_config(rec), "Ray Serve's @serve.batch")]
     c = _config(rec)
     timeout_s = round(c.max_wait_ms / 1000, 9)
     return _comments(notes) + _RAY_TEMPLATE.format(
@@ -352,7 +389,8 @@ def _render_torchserve(rec: Recommendation, provenance: dict) -> str:
     notes = [*_common_notes(rec, provenance, "TorchServe"),
              "model-config.yaml; one worker, as tradeoff measured one engine replica.",
              *_torchserve_rounding(c.max_wait_ms, delay_ms),
-             *_per_request_notes(rec, "TorchServe")]
+             *_per_request_notes(rec, "TorchServe"),
+             *_budget_notes(c, "TorchServe")]
     entry = {name: {"1.0": {"marName": f"{name}.mar", **fields}}}
     tail = ["Or in config.properties:", f"models={json.dumps(entry)}"]
     body = yaml.safe_dump(fields, sort_keys=False)

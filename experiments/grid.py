@@ -46,6 +46,8 @@ class SweepSpec(BaseModel):
         default=["static", "continuous"], min_length=1)
     batch_sizes: list[int] = Field(default=[1, 4, 16], min_length=1)
     max_wait_ms: list[float] = Field(default=[0.0, 10.0], min_length=1)
+    # Prefill token budgets (None = no chunking); a budget applies to the continuous policy only.
+    max_num_batched_tokens: list[int | None] = Field(default=[None], min_length=1)
     concurrency: list[int] | None = None
     rate: list[float] | None = None
     speedup: list[float] | None = None  # trace replay: the trace profile's load axis
@@ -81,6 +83,26 @@ class SweepSpec(BaseModel):
         if any(not w >= 0 for w in v):
             raise ValueError("every max wait must be >= 0 ms")
         return sorted(set(v))
+
+    @field_validator("max_num_batched_tokens")
+    @classmethod
+    def _positive_budgets(cls, v: list[int | None]) -> list[int | None]:
+        if any(b is not None and b < 1 for b in v):
+            raise ValueError("every max_num_batched_tokens must be >= 1 or none")
+        budgets = sorted({b for b in v if b is not None})
+        return ([None] if None in v else []) + budgets
+
+    @model_validator(mode="after")
+    def _budgets_fit_the_grid(self) -> SweepSpec:
+        budgets = [b for b in self.max_num_batched_tokens if b is not None]
+        if not budgets:
+            return self
+        if "continuous" not in self.policies:
+            raise ValueError("a token budget needs the continuous policy; add it to policies")
+        if min(budgets) < max(self.batch_sizes):  # as vLLM: each running row decodes one token
+            raise ValueError(f"every max_num_batched_tokens must be >= the largest batch size "
+                             f"({max(self.batch_sizes)}); got {min(budgets)}")
+        return self
 
     @field_validator("concurrency")
     @classmethod
@@ -160,7 +182,8 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _server_knobs_need_a_command(self) -> SweepSpec:
-        server_knobs = len(self.policies) * len(self.batch_sizes) * len(self.max_wait_ms)
+        server_knobs = (len(self.policies) * len(self.batch_sizes) * len(self.max_wait_ms)
+                        * len(self.max_num_batched_tokens))
         if self.target is not None and self.server_cmd is None and server_knobs > 1:
             raise ValueError("an external target's batch size, wait and policy are set by the "
                              "server: give one value each, or a --server-cmd template to sweep them")
@@ -188,14 +211,21 @@ class SweepSpec(BaseModel):
     def num_trials(self) -> int:
         if self.search is not None:  # an upper bound: a search stops once it has its answer
             return len(self.knob_configs()) * self.search.max_probes
-        loads = self.loads
-        return (len(self.policies) * len(self.batch_sizes) * len(self.max_wait_ms)
-                * len(loads) * self.repetitions * len(self.scales))
+        return len(self._points()) * self.repetitions
+
+    def _points(self) -> list[tuple]:
+        """Grid points as ((index, value), ...) per axis; budgets pair with continuous only."""
+        points = itertools.product(*(list(enumerate(axis)) for axis in self._axes()))
+        return [p for p in points if p[0][1] == "continuous" or p[5][1] is None]
+
+    def _axes(self) -> list[list]:
+        return [self.policies, self.batch_sizes, self.max_wait_ms, self.loads, self.scales,
+                self.max_num_batched_tokens]
 
     def trial_configs(self) -> list[TrialConfig]:
         """All trials, coarse first: grid corners before midpoints, repetition 0 before 1."""
-        axes = [self.policies, self.batch_sizes, self.max_wait_ms, self.loads, self.scales]
-        points = list(itertools.product(*(list(enumerate(axis)) for axis in axes)))
+        axes = self._axes()
+        points = self._points()
         points.sort(key=lambda p: max(_coarseness(i, len(axis))
                                       for (i, _), axis in zip(p, axes, strict=True)))
         configs = [self._config(p, rep) for rep in range(self.repetitions) for p in points]
@@ -216,20 +246,20 @@ class SweepSpec(BaseModel):
         return [replace(c, concurrency=None) for c in grid.trial_configs()]
 
     def _config(self, point: tuple, repetition: int) -> TrialConfig:
-        (_, policy), (_, batch), (_, wait), (_, load), (_, (replicas, router)) = point
+        (_, policy), (_, batch), (_, wait), (_, load), (_, (replicas, router)), (_, budget) = point
         if self.speedup is not None:
             return TrialConfig(policy, batch, wait, speedup=load, repetition=repetition,
-                               replicas=replicas, router=router)
+                               replicas=replicas, router=router, max_num_batched_tokens=budget)
         closed = self.concurrency is not None
         return TrialConfig(policy, batch, wait, concurrency=load if closed else None,
                            rate=None if closed else load,
                            burstiness=1.0 if closed else self.burstiness, repetition=repetition,
-                           replicas=replicas, router=router)
+                           replicas=replicas, router=router, max_num_batched_tokens=budget)
 
 
-def server_key(config: TrialConfig) -> tuple[str, int, float]:
+def server_key(config: TrialConfig) -> tuple[str, int, float, int | None]:
     """The knobs a server is started with (load levels run against one server)."""
-    return config.policy, config.batch_size, config.max_wait_ms
+    return config.policy, config.batch_size, config.max_wait_ms, config.max_num_batched_tokens
 
 
 def _coarseness(index: int, size: int) -> int:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config import EngineConfig, SchedulerConfig
+from engine.core import StepRecord
 from engine.engine import Engine
 from engine.factory import start_engine
 from engine.models import LoadedModel, peak_memory_mb, reset_peak_memory
+from engine.roofline import DevicePeaks, ModelShape, roofline_fractions
+from experiments.records import Roofline
 
 
 @dataclass
@@ -17,6 +20,7 @@ class LocalTarget:
 
     engine: Engine
     loaded: LoadedModel
+    _roofline_inputs: tuple[ModelShape, DevicePeaks | None] | None = field(default=None, repr=False)
 
     @classmethod
     def start(cls, config: EngineConfig, sched_config: SchedulerConfig | None = None) -> LocalTarget:
@@ -34,9 +38,23 @@ class LocalTarget:
         }
 
     def memory_kwargs(self) -> dict[str, Any]:
-        """Peak-memory hooks for run_trial (CUDA allocator peak, or process peak RSS on CPU)."""
+        """Hardware hooks for run_trial: peak memory (CUDA allocator peak, or process peak RSS on
+        CPU) and the roofline of the trial's steps."""
         device = self.loaded.device
-        return {"memory": lambda: peak_memory_mb(device), "reset_memory": lambda: reset_peak_memory(device)}
+        return {"memory": lambda: peak_memory_mb(device), "reset_memory": lambda: reset_peak_memory(device),
+                "roofline": self.roofline}
+
+    def roofline(self, steps: list[StepRecord]) -> Roofline | None:
+        """Fractions of the device's limit the steps reached; None where the peaks are unknown."""
+        if self._roofline_inputs is None:
+            from engine.hardware import device_peaks, model_shape
+
+            self._roofline_inputs = (model_shape(self.loaded),
+                                     device_peaks(self.loaded.device, self.loaded.dtype))
+        shape, peaks = self._roofline_inputs
+        if peaks is None:
+            return None
+        return Roofline(*roofline_fractions(shape, peaks, steps))
 
     def close(self) -> None:
         self.engine.close()

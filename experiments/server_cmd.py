@@ -11,7 +11,7 @@ import shlex
 
 from experiments.records import TrialConfig
 
-PLACEHOLDERS = ("batch_size", "max_wait_ms", "policy", "port")
+PLACEHOLDERS = ("batch_size", "max_wait_ms", "policy", "port", "max_num_batched_tokens")
 _EXAMPLE = "e.g. 'vllm serve MODEL --port {port} --max-num-seqs {batch_size}'"
 
 
@@ -20,9 +20,11 @@ class ServerCmdError(ValueError):
 
 
 def server_cmd_values(config: TrialConfig, port: int) -> dict[str, int | str]:
-    """What each placeholder stands for in one server's command (ints stay ints: {port:d})."""
+    """What each placeholder stands for in one server's command (ints stay ints: {port:d}).
+    {max_num_batched_tokens} is empty without a budget (the `--engine` presets omit the flag)."""
     return {"batch_size": config.batch_size, "max_wait_ms": f"{config.max_wait_ms:g}",
-            "policy": config.policy, "port": port}
+            "policy": config.policy, "port": port,
+            "max_num_batched_tokens": config.max_num_batched_tokens or ""}
 
 
 def split_server_cmd(template: str) -> list[str]:

@@ -23,7 +23,7 @@ from experiments.loadgen import (
 )
 from experiments.metrics import compute_trial_metrics, latency_samples, summarize
 from experiments.profiles import SLO_METRICS, OpenArrival, Profile, TraceArrival
-from experiments.records import SLO, RequestRecord, TrialConfig, TrialMetrics
+from experiments.records import SLO, RequestRecord, Roofline, TrialConfig, TrialMetrics
 from experiments.timeseries import trial_timeseries
 from experiments.traces import ATTRIBUTION, BUILTIN_TRACES, Replay, prepare_replay
 
@@ -50,7 +50,8 @@ def sched_config_of(config: TrialConfig, slos: Seq[SLO] = ()) -> SchedulerConfig
     """The engine's batching knobs for one trial; `adaptive` also steers by the TTFT/TPOT SLOs."""
     targets = {f"{s.metric.removesuffix('_ms')}_slo_ms": s.max_ms for s in slos
                if s.metric in ("ttft_ms", "tpot_ms")} if config.policy == "adaptive" else {}
-    return SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms, **targets)
+    return SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms,
+                           max_num_batched_tokens=config.max_num_batched_tokens, **targets)
 
 
 def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_requests: int, *,
@@ -58,7 +59,8 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
               slos: list[SLO], max_duration_s: float | None = None,
               memory: Callable[[], float | None] | None = None,
               reset_memory: Callable[[], None] | None = None,
-              should_stop: StopCheck | None = None) -> TrialResult:
+              should_stop: StopCheck | None = None,
+              roofline: Callable[[list[StepRecord]], Roofline | None] | None = None) -> TrialResult:
     """Reconfigure the engine, drive `num_requests` measured requests (after warm-up), measure."""
     if num_requests < 1:
         raise ValueError(f"num_requests must be >= 1, got {num_requests}")
@@ -87,6 +89,8 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
                                     load.background)
     details["timeseries"] = trial_timeseries(load.records, load.background, steps, slos)
     metrics = replace(metrics, details={**metrics.details, **details})
+    if roofline is not None:  # the local engine's steps against its device's peaks
+        metrics = replace(metrics, roofline_fraction=roofline(steps))
     return TrialResult(config, metrics, load.records, steps, load.was_cut, load.was_stopped)
 
 

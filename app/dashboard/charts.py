@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -31,6 +32,15 @@ LATENCY_NAMES: dict[str, str] = {
 OTHER_LABELS: dict[str, str] = {
     "slo_attainment": "SLO attainment (fraction of requests)",
     "mean_batch_size": "Mean batch size (requests per decode step)",
+    "roofline_decode": "Decode roofline (fraction of the memory-bandwidth bound)",
+    "roofline_prefill": "Prefill roofline (fraction of the compute bound)",
+}
+# What the frontier chart's marker colour can show: a config knob or a per-point metric.
+COLOUR_OPTIONS: dict[str, str] = {
+    "batch_size": "max batch size",
+    "max_num_batched_tokens": "prefill token budget",
+    "roofline_decode": "decode roofline fraction",
+    "roofline_prefill": "prefill roofline fraction",
 }
 POLICY_SYMBOLS: dict[str, str] = {"continuous": "circle", "static": "diamond", "adaptive": "triangle-up"}
 WEBGL_ABOVE = 1000  # SVG below (crisp, works without a GPU), WebGL above (5,000 points fast)
@@ -114,14 +124,14 @@ def _hover_text(points: Sequence[ConfigPoint], indices: Sequence[int], labels) -
             f"{', saturated' if points[i].saturated else ''})" for i in indices]
 
 
-def _policy_trace(points, labels, indices, policy, keys, sizes, color_range) -> go.Scatter:
+def _policy_trace(points, labels, indices, policy, keys, sizes, colour: Colour) -> go.Scatter:
     throughput_key, latency_key = keys
     chosen = [points[i] for i in indices]
     marker = dict(
         symbol=POLICY_SYMBOLS.get(policy, "square"),
         size=np.array([sizes[load_value(p.config)] for p in chosen]),
-        color=np.log2([p.config.batch_size for p in chosen]), colorscale=BATCH_COLORSCALE,
-        cmin=color_range[0], cmax=color_range[1], line=dict(width=0.5, color=NEUTRAL),
+        color=np.array([colour.values[i] for i in indices], dtype=float), colorscale=BATCH_COLORSCALE,
+        cmin=colour.cmin, cmax=colour.cmax, line=dict(width=0.5, color=NEUTRAL),
         opacity=np.array([1.0 if labels[i] != "dominated" else 0.55 for i in indices]),
     )
     cls = go.Scattergl if len(points) > WEBGL_ABOVE else go.Scatter
@@ -135,15 +145,43 @@ def _policy_trace(points, labels, indices, policy, keys, sizes, color_range) -> 
     )
 
 
-def _colorbar_trace(batch_sizes: Sequence[int], color_range: tuple[float, float]) -> go.Scatter:
+@dataclass(frozen=True)
+class Colour:
+    """Marker colours of a frontier chart: one value per point (NaN = unknown) and its scale."""
+
+    values: list[float]
+    cmin: float
+    cmax: float
+    title: str
+    tickvals: list[float] | None = None  # None: Plotly's own ticks
+    ticktext: list[str] | None = None
+
+
+def colour_of(points: Sequence[ConfigPoint], by: str) -> Colour:
+    """Colour by a power-of-two knob (log scale, `none` above the largest) or a roofline metric."""
+    if by in ("batch_size", "max_num_batched_tokens"):
+        knobs = [getattr(p.config, by) for p in points]
+        known = sorted({k for k in knobs if k is not None}) or [1]
+        none_at = math.log2(known[-1]) + 1  # no budget = unlimited: past the largest
+        values = [none_at if k is None else math.log2(k) for k in knobs]
+        ticks = [(math.log2(k), str(k)) for k in known] + ([(none_at, "none")] if None in knobs else [])
+        top = max(v for v, _ in ticks)
+        return Colour(values, math.log2(known[0]), max(top, math.log2(known[0]) + 1e-9),
+                      COLOUR_OPTIONS[by], [v for v, _ in ticks], [t for _, t in ticks])
+    values = [_or_nan(p.mean.get(by)) for p in points]
+    top = max([v for v in values if not math.isnan(v)] + [1.0])  # a fraction; > 1 means a probe was low
+    return Colour(values, 0.0, top, COLOUR_OPTIONS.get(by, by))
+
+
+def _colorbar_trace(colour: Colour) -> go.Scatter:
     # A single invisible marker owns the colour bar, so both policy traces share one scale.
-    ticks = sorted(set(batch_sizes))
+    bar = dict(title=dict(text=colour.title), thickness=14, len=0.9)
+    if colour.tickvals is not None:
+        bar.update(tickvals=colour.tickvals, ticktext=colour.ticktext)
     return go.Scatter(
         x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-        marker=dict(color=[color_range[0]], cmin=color_range[0], cmax=color_range[1],
-                    colorscale=BATCH_COLORSCALE, showscale=True, colorbar=dict(
-                        title=dict(text="max batch size"), tickvals=[math.log2(b) for b in ticks],
-                        ticktext=[str(b) for b in ticks], thickness=14, len=0.9)))
+        marker=dict(color=[colour.cmin], cmin=colour.cmin, cmax=colour.cmax,
+                    colorscale=BATCH_COLORSCALE, showscale=True, colorbar=bar))
 
 
 def _load_legend(sizes: dict[float, float], kind: str) -> list[go.Scatter]:
@@ -201,26 +239,27 @@ def _slo_lines(fig: go.Figure, slos: Sequence[SLO], latency_key: str) -> None:
 def frontier_figure(
     points: Sequence[ConfigPoint], labels: Sequence[str], throughput_key: str, latency_key: str,
     recommended: TrialConfig | None = None, slos: Sequence[SLO] = (), height: int = 520,
+    colour_by: str = "batch_size",
 ) -> go.Figure:
-    """Throughput vs latency per config: colour = batch size, symbol = policy, size = load.
+    """Throughput vs latency per config: colour = batch size (or `colour_by`), symbol = policy,
+    size = load.
 
     `labels` come from `pareto.classify`; the frontier line joins the `frontier` points and
     dominated points are drawn fainter. customdata[0] of each point is its index in `points`.
     """
     keys = (throughput_key, latency_key)
     placed = [i for i, p in enumerate(points) if p.point(throughput_key, latency_key)]
-    batches = [points[i].config.batch_size for i in placed] or [1]
-    color_range = (math.log2(min(batches)), max(math.log2(max(batches)), 1e-9))
+    colour = colour_of(points, colour_by)
     sizes = _sizes([points[i].config for i in placed] or [TrialConfig("static", 1, 0.0, 1)])
     fig = go.Figure()
     for policy in sorted({points[i].config.policy for i in placed}):
         indices = [i for i in placed if points[i].config.policy == policy]
-        fig.add_trace(_policy_trace(points, labels, indices, policy, keys, sizes, color_range))
+        fig.add_trace(_policy_trace(points, labels, indices, policy, keys, sizes, colour))
     fig.add_trace(_frontier_trace([points[i] for i in placed], [labels[i] for i in placed], keys))
     by_config = {points[i].config: points[i] for i in placed}
     if recommended is not None and recommended in by_config:
         fig.add_trace(_recommended_trace(by_config[recommended], keys))
-    fig.add_trace(_colorbar_trace(batches, color_range))
+    fig.add_trace(_colorbar_trace(colour))
     fig.add_traces(_load_legend(sizes, _load_kind([points[i].config for i in placed])))
     _slo_lines(fig, slos, latency_key)
     return _layout(fig, latency_label(latency_key), throughput_label(throughput_key), height)

@@ -16,7 +16,8 @@ from experiments.recommend import Recommendation
 from experiments.records import SLO, TrialRecord
 
 KEY_METRICS = ("output_tokens_per_s", "requests_per_s", "goodput_rps", "slo_attainment",
-               "ttft_ms_p90", "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size")
+               "ttft_ms_p90", "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size",
+               "roofline_decode", "roofline_prefill")
 
 
 def render() -> None:
@@ -43,21 +44,27 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
     base = state.base_slos(url, key)
     throughput, latency = widgets.pick_axes(f"explore_{sweep.id}",
                                             *widgets.default_axes(sweep, base))
-    points = state.points(url, key, (throughput, latency))
     chart, side = st.columns([3, 1])
     with side:
+        colour_by = st.selectbox("Colour by", list(charts.COLOUR_OPTIONS), key=f"explore_colour_{sweep.id}",
+                                 format_func=charts.COLOUR_OPTIONS.__getitem__)
         slos = _slo_controls(sweep.id, trials, base)
+    points = state.points(url, key, (throughput, latency, colour_by))
     is_whatif = set(slos) != set(base)
     if not is_whatif:
         slos = list(base)  # same order as the Recommend page: the same tie-breaks and words
     rec = state.whatif(url, key, tuple(slos), state.objective(sweep))
     labels = classify(points, throughput, latency)
-    fig = charts.frontier_figure(points, labels, throughput, latency, rec.config, slos)
+    fig = charts.frontier_figure(points, labels, throughput, latency, rec.config, slos,
+                                 colour_by=colour_by)
     with chart:
         event = st.plotly_chart(fig, key=f"explore_chart_{sweep.id}", on_select="rerun",
                                 selection_mode="points")
-        st.caption("Colour: max batch size · symbol: policy · size: load · star: recommended. "
-                   "Click a point for its details.")
+        st.caption(f"Colour: {charts.COLOUR_OPTIONS[colour_by]} · symbol: policy · size: load · "
+                   "star: recommended. Click a point for its details."
+                   + (" Roofline: fraction of the device's limit the local engine's steps reached "
+                      "(decode vs memory bandwidth, prefill vs compute); blank where unknown."
+                      if colour_by.startswith("roofline") else ""))
     _recommendation(rec, is_whatif)
     chosen = _chosen(sweep.id, points, rec, event)
     _details(url, sweep, state.point_details(url, key, points[chosen]), slos)

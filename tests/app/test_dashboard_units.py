@@ -89,3 +89,27 @@ def test_request_figures_escape_errors() -> None:
     fig = charts.timeline_figure([_request(1, 1.0, 5.0), failed])
     assert "&lt;b&gt;boom" in fig.data[-1].text[0]
     assert charts.as_request_record(failed).token_times_s == ()
+
+
+def _point(config: TrialConfig, **metrics):
+    record = TrialRecord(1, 1, config, "done", {"goodput_rps": 1.0, "ttft_ms_p90": 10.0, **metrics})
+    return aggregate([record])[0]
+
+
+def test_colour_by_token_budget_puts_none_past_the_largest() -> None:
+    points = [_point(TrialConfig("continuous", 4, 0.0, 1, max_num_batched_tokens=b)) for b in (64, 256, None)]
+    colour = charts.colour_of(points, "max_num_batched_tokens")
+    assert colour.values == [6.0, 8.0, 9.0] and colour.ticktext == ["64", "256", "none"]
+    assert (colour.cmin, colour.cmax, colour.title) == (6.0, 9.0, "prefill token budget")
+
+
+def test_colour_by_roofline_is_a_fraction_with_unknowns_blank() -> None:
+    points = [_point(TrialConfig("continuous", b, 0.0, 1), roofline_decode=v)
+              for b, v in ((1, 0.25), (2, None))]
+    colour = charts.colour_of(points, "roofline_decode")
+    assert colour.values[0] == 0.25 and colour.values[1] != colour.values[1]  # NaN
+    assert (colour.cmin, colour.cmax, colour.tickvals) == (0.0, 1.0, None)
+    fig = charts.frontier_figure(points, ["frontier", "frontier"], "goodput_rps", "ttft_ms_p90",
+                                 colour_by="roofline_decode")
+    bars = [t.marker.colorbar.title.text for t in fig.data if t.marker and t.marker.showscale]
+    assert bars == ["decode roofline fraction"]

@@ -98,3 +98,13 @@ def test_clicked_point_index_from_either_customdata_shape() -> None:
     on_line = {"selection": {"points": [{"curve_number": 2}]}}
     assert (_clicked(as_list), _clicked(as_typed), _clicked(on_line), _clicked(None)) == \
         (3, 4, None, None)
+
+
+def test_colour_option_changes_the_colour_bar(db_url, results) -> None:
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    app.selectbox(key=f"explore_colour_{results['chat']}").set_value("roofline_decode").run()
+    assert not app.exception
+    bars = [t["marker"]["colorbar"]["title"]["text"] for t in _chart(app)["data"]
+            if t.get("marker", {}).get("showscale")]
+    assert bars == ["decode roofline fraction"]

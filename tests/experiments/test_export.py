@@ -130,7 +130,16 @@ def test_json_and_yaml_documents(continuous, fmt, loads):
 def test_exported_documents_load_back(static, fmt):
     loaded = load_exported_config(export_config(static, fmt, PROVENANCE))
     assert loaded == {"policy": "static", "batch_size": 4, "max_wait_ms": 2.5,
-                      "model": "meta-llama/Llama-3.2-1B", "ttft_slo_ms": None, "tpot_slo_ms": None}
+                      "model": "meta-llama/Llama-3.2-1B", "max_num_batched_tokens": None,
+                      "ttft_slo_ms": None, "tpot_slo_ms": None}
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_a_token_budget_travels_through_the_document(fmt):
+    rec = rec_for(TrialConfig("continuous", 8, 0.0, concurrency=4, max_num_batched_tokens=256))
+    text = export_config(rec, fmt, PROVENANCE)
+    assert yaml.safe_load(text)["engine"]["max_num_batched_tokens"] == 256
+    assert load_exported_config(text)["max_num_batched_tokens"] == 256
 
 
 def test_open_loop_load_and_dates_in_documents(static):
@@ -150,6 +159,8 @@ def test_open_loop_load_and_dates_in_documents(static):
     ("engine: {policy: static, max_batch_size: 2, max_wait_ms: -1, model: m}", "max_wait_ms"),
     ("engine: {policy: static, max_batch_size: 2, max_wait_ms: .nan, model: m}", "max_wait_ms"),
     ("engine: {policy: static, max_batch_size: 2, max_wait_ms: 1}", "engine.model"),
+    ("engine: {policy: continuous, max_batch_size: 2, max_wait_ms: 1, model: m, "
+     "max_num_batched_tokens: 0}", "max_num_batched_tokens"),
 ])
 def test_load_exported_config_rejects_malformed_input(text, field):
     with pytest.raises(ValueError, match=re.escape(field)):
@@ -181,6 +192,25 @@ def test_vllm_command_parses_and_says_what_has_no_equivalent(continuous, static)
     assert "no vLLM equivalent" not in notes
     assert "policy static has no vLLM equivalent" in comments(export_config(static, "vllm",
                                                                             PROVENANCE))
+
+
+def test_vllm_command_carries_the_token_budget_and_chunked_prefill():
+    rec = rec_for(TrialConfig("continuous", 8, 0.0, concurrency=4, max_num_batched_tokens=256))
+    text = export_config(rec, "vllm", PROVENANCE)
+    assert shlex.split(text, comments=True)[3:] == [
+        "--max-num-seqs", "8", "--max-num-batched-tokens", "256", "--enable-chunked-prefill"]
+    assert "as tradeoff measured" in comments(text)
+
+
+def test_without_a_budget_vllm_is_told_it_chunks_by_default(continuous):
+    assert "always chunks prefills" in comments(export_config(continuous, "vllm", PROVENANCE))
+
+
+@pytest.mark.parametrize("fmt", ["triton", "ray-serve", "torchserve"])
+def test_request_level_servers_say_they_have_no_token_budget(fmt):
+    rec = rec_for(TrialConfig("continuous", 8, 0.0, concurrency=4, max_num_batched_tokens=256))
+    notes = comments(export_config(rec, fmt, PROVENANCE))
+    assert "max_num_batched_tokens 256 (chunked prefill) has no equivalent" in notes
 
 
 def test_vllm_quotes_odd_model_paths(continuous):

@@ -32,6 +32,10 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     (["--model", "no-such-org/no-such-model-xyz"], "no-such-org/no-such-model-xyz"),
     (["--requests", "0"], "--requests"),
     (["--batch-size", "four"], "--batch-size"),
+    (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens"),
+    (["--max-num-batched-tokens", "lots"], "--max-num-batched-tokens"),
+    (["--max-num-batched-tokens", "4", "--batch-size", "8"], "must be >= the batch size"),
+    (["--max-num-batched-tokens", "64", "--policy", "static"], "needs policy continuous"),
 ])
 def test_trial_bad_input_exits_2_with_one_line(capsys, args: list[str], needle: str):
     code, out, err = run_cli(capsys, "trial", *args)
@@ -63,6 +67,23 @@ def test_trial_json_contract(capsys, tiny_profile: Path):
     assert 1 <= result["mean_batch_size"] <= 4
 
 
+@pytest.mark.slow
+def test_trial_json_carries_the_token_budget_and_the_roofline(capsys, tiny_profile: Path, tmp_path: Path,
+                                                             monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the CPU peak probe's cache
+    code, out, err = run_cli(
+        capsys, "trial", "--model", "builtin:tiny", "--profile", str(tiny_profile),
+        "--batch-size", "4", "--max-num-batched-tokens", "16", "--concurrency", "4",
+        "--requests", "8", "--device", "cpu", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["config"]["max_num_batched_tokens"] == 16
+    roofline = result["roofline_fraction"]
+    assert set(roofline) == {"decode", "prefill"}
+    assert all(v is None or v > 0 for v in roofline.values()) and roofline["decode"] is not None
+    assert (tmp_path / "tradeoff" / "cpu_peaks.json").exists()
+
+
 def sweep_args(db: str, profile: Path, *extra: str) -> list[str]:
     return ["sweep", "--model", "builtin:tiny", "--profile", str(profile), "--policy",
             "static,continuous", "--batch-sizes", "1,4", "--max-wait-ms", "0",
@@ -79,6 +100,9 @@ def sweep_args(db: str, profile: Path, *extra: str) -> list[str]:
     (["--profile", "nope"], "unknown profile"),
     (["--policy", "static,fancy"], "policies"),
     (["--model", "no-such-org/no-such-model-xyz"], "no-such-org/no-such-model-xyz"),
+    (["--max-num-batched-tokens", "64,x"], "--max-num-batched-tokens"),
+    (["--max-num-batched-tokens", "2,none"], "largest batch size"),
+    (["--max-num-batched-tokens", "64", "--policy", "static"], "continuous policy"),
 ])
 def test_sweep_bad_input_exits_2_and_writes_nothing(capsys, tmp_path: Path, tiny_profile: Path,
                                                     flags: list[str], needle: str):
