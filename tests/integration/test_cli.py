@@ -175,6 +175,7 @@ def test_ctrl_c_cancels_the_sweep_and_keeps_finished_trials(tmp_path: Path, tiny
     import sys
     import time
 
+    from db.errors import StoreError
     from db.store import Store
 
     db = f"sqlite:///{tmp_path / 'c.db'}"
@@ -185,7 +186,10 @@ def test_ctrl_c_cancels_the_sweep_and_keeps_finished_trials(tmp_path: Path, tiny
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        sweeps = Store(db, create=False).list_sweeps() if (tmp_path / "c.db").exists() else []
+        try:
+            sweeps = Store(db, create=False).list_sweeps() if (tmp_path / "c.db").exists() else []
+        except StoreError:  # the file exists a moment before its tables do
+            sweeps = []
         if sweeps and sweeps[0].current_label:
             break
     proc.send_signal(signal.SIGINT)
