@@ -8,330 +8,54 @@ create=False)`, for read-only commands, raises StoreError instead, and never cre
 file. Either way an older schema is upgraded at once, in one transaction, and a newer one
 raises SchemaTooNewError.
 
-Conventions: datetimes are naive UTC (aware ones are converted); request times are ms relative
-to the trial start; non-finite metric values (nan, inf) are stored as NULL and named in the
-trial's `nonfinite` column, so they come back as they went in; non-finite request times are
-stored as NULL.
+Opening a URL lives in db/connect.py, the layout of rows and records in db/rows.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import psutil
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import StaticPool
 
+from db.connect import DEFAULT_URL, URL_HINT, first_line, make_engine, open_reason, resolve_db_url
 from db.errors import DuplicateTrialError, SchemaTooNewError, StoreError, UnknownSweepError
 from db.migrations import SCHEMA_VERSION, current_version, upgrade
-from db.models import METRIC_COLUMNS, ProfileModel, RequestModel, SweepModel, TrialModel
+from db.models import ProfileModel, SweepModel, TrialModel
+from db.rows import (
+    CONFIG_COLUMNS,
+    INSERT_REQUESTS,
+    INSERT_TRIAL,
+    REQUESTS,
+    TRIAL_COLUMNS,
+    TRIALS,
+    StoredRequest,
+    SweepRecord,
+    config_from_row,
+    config_values,
+    is_violation,
+    metric_values,
+    naive_utc,
+    request_row,
+    sweep_record,
+    to_json,
+    trial_record,
+    utcnow,
+)
 from experiments.records import RequestRecord, TrialConfig, TrialMetrics, TrialRecord
 
-DEFAULT_URL = "sqlite:///tradeoff.db"
+__all__ = ["DEFAULT_URL", "Store", "StoredRequest", "SweepRecord", "make_engine", "resolve_db_url", "utcnow"]
 SWEEP_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATUSES = ("done", "failed", "cancelled")
 DEAD_WORKER_ERROR = "worker died; resume it"
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-_URL_HINT = "check --db or TRADEOFF_DB"
-
-
-@dataclass(frozen=True)
-class SweepRecord:
-    """One stored sweep with its progress and worker liveness."""
-
-    id: int
-    name: str
-    status: str
-    model: str
-    device: str
-    device_name: str | None
-    dtype: str
-    profile: dict[str, Any]
-    grid: dict[str, Any]
-    seed: int
-    provenance: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    trials_total: int
-    trials_done: int
-    trials_failed: int
-    current_label: str | None
-    error: str | None
-    cancel_requested: bool
-    worker_pid: int | None
-    heartbeat_at: datetime | None
-    worker_host: str | None = None
-    profile_name: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredRequest:
-    """One stored request; times in ms relative to the trial start, None when not reached."""
-
-    trial_id: int
-    request_index: int
-    num_prompt_tokens: int
-    num_output_tokens: int
-    scheduled_ms: float
-    sent_ms: float
-    admitted_ms: float | None
-    first_token_ms: float | None
-    done_ms: float | None
-    itl_mean_ms: float | None
-    itl_max_ms: float | None
-    error: str | None
-
-    @property
-    def is_ok(self) -> bool:
-        return self.error is None and self.done_ms is not None
-
-
-def resolve_db_url(url: str | None = None) -> str:
-    """The database URL to open: `url`, else $TRADEOFF_DB, else ./tradeoff.db."""
-    return url or os.environ.get("TRADEOFF_DB") or DEFAULT_URL
-
-
-def utcnow() -> datetime:
-    """Now as a naive UTC datetime, the store's only datetime flavour."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def make_engine(url: str) -> Engine:
-    """An Engine for `url`, with SQLite pragmas; a bad URL or missing driver raises StoreError."""
-    try:
-        parsed = _normalize_url(make_url(url))
-        if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(parsed)
-        return create_engine(parsed, pool_pre_ping=True, connect_args=_connect_args(parsed))
-    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
-        raise StoreError(_bad_url_message(url, exc)) from exc
-
-
-def _normalize_url(url: URL) -> URL:
-    # psycopg 3 is the PostgreSQL driver we ship; a bare postgresql:// would ask for psycopg2.
-    return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
-
-
-def _connect_args(url: URL) -> dict[str, Any]:
-    # Without a timeout an unreachable host can hang a command for minutes.
-    return {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
-
-
-def _sqlite_engine(url: URL) -> Engine:
-    in_memory = url.database in (None, "", ":memory:")
-    # One shared connection, or every session would see its own empty in-memory database.
-    engine = create_engine(url, poolclass=StaticPool) if in_memory else create_engine(url)
-    event.listen(engine, "connect", _on_sqlite_connect)
-    event.listen(engine, "begin", _on_sqlite_begin)
-    return engine
-
-
-def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-    # Let SQLAlchemy emit BEGIN itself (below): pysqlite would not begin before DDL.
-    dbapi_conn.isolation_level = None
-    cursor = dbapi_conn.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")  # readers never block the sweep's writer
-    cursor.execute("PRAGMA synchronous = NORMAL")  # with WAL: safe against app crashes
-    cursor.execute("PRAGMA foreign_keys = ON")
-    cursor.close()
-
-
-def _on_sqlite_begin(conn: Any) -> None:
-    # IMMEDIATE takes the write lock up front: a deferred read-then-write transaction would
-    # fail at once with SQLITE_BUSY when another writer committed in between.
-    is_write = conn.get_execution_options().get("tradeoff_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if is_write else "BEGIN")
-
-
-def _bad_url_message(url: str, exc: BaseException) -> str:
-    if isinstance(exc, NoSuchModuleError):
-        reason = f"unknown database kind {url.split(':', 1)[0]!r}"
-    elif isinstance(exc, ImportError):
-        reason = f"its driver is not installed ({exc})"
-    else:
-        reason = "cannot parse it"
-    return (f"invalid database URL {url!r}: {reason}; use sqlite:///PATH or "
-            f"postgresql://USER@HOST:PORT/DB ({_URL_HINT})")
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return lines[0].strip() if lines else type(orig).__name__
-
-
-def _open_reason(exc: BaseException) -> str:
-    # psycopg: 'connection failed: connection to server at "h", port 1 failed: Connection refused'
-    reason = re.sub(r"^.*failed: ", "", _first_line(exc))
-    reason = re.sub(r"^FATAL:\s*", "", reason).strip()
-    return reason[:1].lower() + reason[1:]
-
-
-def _is_violation(exc: IntegrityError, kind: str) -> bool:
-    # SQLite: "UNIQUE constraint failed"; PostgreSQL: "violates unique constraint".
-    return kind in str(exc.orig).lower()
-
-
-def _naive_utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is None:
-        return value  # naive datetimes are taken as UTC already
-    return value.astimezone(timezone.utc).replace(tzinfo=None)
-
-
-def load_key(config: TrialConfig) -> str:
-    """An exact, non-null key of the load level and of the knobs added after schema version 1.
-
-    NULLs never collide in a unique constraint, so the key spells every part out. Knobs at
-    their defaults add nothing: a version-1 row's key still names the same trial.
-    """
-    if config.concurrency is not None:
-        key = f"c={config.concurrency}/b={float(config.burstiness)!r}"
-    elif config.speedup is not None:
-        key = f"x={float(config.speedup)!r}"
-    else:
-        rate = None if config.rate is None else float(config.rate)
-        key = f"r={rate!r}/b={float(config.burstiness)!r}"
-    if config.max_num_batched_tokens is not None:
-        key += f"/t={config.max_num_batched_tokens}"
-    if config.replicas != 1 or config.router is not None:
-        key += f"/n={config.replicas}/{config.router}"
-    return key
-
-
-def _plain(value: Any) -> Any:
-    # numpy scalars -> Python scalars: drivers do not adapt numpy.int64.
-    return value.item() if hasattr(value, "item") else value
-
-
-def _metric_values(flat: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(flat) - set(METRIC_COLUMNS))
-    if unknown:
-        raise StoreError(f"metrics {', '.join(unknown)} have no column in the store; "
-                         "add a migration (db/migrations.py)")
-    values, nonfinite = {}, {}
-    for key in METRIC_COLUMNS:
-        value = _plain(flat.get(key))
-        if isinstance(value, float) and not math.isfinite(value):
-            nonfinite[key], value = repr(value), None
-        values[key] = value
-    values["nonfinite"] = json.dumps(nonfinite) if nonfinite else None
-    return values
-
-
-def _metrics_from_row(status: str, nonfinite: str | None, values: Sequence[Any]) -> dict:
-    if status != "done":
-        return {}
-    metrics = dict(zip(METRIC_COLUMNS, values, strict=True))
-    if nonfinite:
-        metrics.update({k: float(v) for k, v in json.loads(nonfinite).items()})
-    return metrics
-
-
-def _ms(t_s: float | None, origin_s: float) -> float | None:
-    if t_s is None:
-        return None
-    ms = float(t_s - origin_s) * 1000.0
-    return ms if math.isfinite(ms) else None
-
-
-def _request_row(trial_id: int, r: RequestRecord, origin_s: float) -> dict[str, Any]:
-    times = r.token_times_s
-    gaps_ms = [(b - a) * 1000.0 for a, b in zip(times, times[1:], strict=False)]
-    return {
-        "trial_id": trial_id, "request_index": _plain(r.request_id),
-        "num_prompt_tokens": _plain(r.num_prompt_tokens),
-        "num_output_tokens": _plain(r.num_output_tokens),
-        "scheduled_ms": _ms(r.scheduled_s, origin_s), "sent_ms": _ms(r.sent_s, origin_s),
-        "admitted_ms": _ms(r.admitted_s, origin_s),
-        "first_token_ms": _ms(r.token_times_s[0], origin_s) if r.token_times_s else None,
-        "done_ms": _ms(r.done_s, origin_s),
-        "itl_mean_ms": float(sum(gaps_ms) / len(gaps_ms)) if gaps_ms else None,
-        "itl_max_ms": float(max(gaps_ms)) if gaps_ms else None,
-        "error": r.error,
-    }
-
-
-def _config_values(config: TrialConfig) -> dict[str, Any]:
-    return {
-        "policy": config.policy, "batch_size": _plain(config.batch_size),
-        "max_wait_ms": float(config.max_wait_ms), "concurrency": _plain(config.concurrency),
-        "rate": None if config.rate is None else float(config.rate),
-        "burstiness": float(config.burstiness), "repetition": _plain(config.repetition),
-        "max_num_batched_tokens": _plain(config.max_num_batched_tokens),
-        "replicas": _plain(config.replicas), "router": config.router,
-        "speedup": None if config.speedup is None else float(config.speedup),
-        "load_key": load_key(config),
-    }
-
-
-# The hot paths use Core on the tables, not ORM entities: no per-row ORM work, and statements
-# built once so SQLAlchemy's compiled cache always hits (10,000 trials list in well under 1 s).
-_TRIALS, _REQUESTS = TrialModel.__table__, RequestModel.__table__
-_INSERT_TRIAL = insert(_TRIALS).returning(_TRIALS.c.id)
-_INSERT_REQUESTS = insert(_REQUESTS)
-_CONFIG_NAMES = (
-    "policy", "batch_size", "max_wait_ms", "concurrency", "rate", "burstiness", "repetition",
-    "max_num_batched_tokens", "replicas", "router", "speedup",
-)
-_CONFIG_COLUMNS = tuple(_TRIALS.c[name] for name in _CONFIG_NAMES)
-_NUM_CONFIG = len(_CONFIG_COLUMNS)
-# _trial_record unpacks rows in this order.
-_TRIAL_COLUMNS = (
-    _TRIALS.c.id, _TRIALS.c.sweep_id, *_CONFIG_COLUMNS, _TRIALS.c.status, _TRIALS.c.error,
-    _TRIALS.c.started_at, _TRIALS.c.finished_at, _TRIALS.c.nonfinite, _TRIALS.c.details_json,
-    *(_TRIALS.c[name] for name in METRIC_COLUMNS),
-)
-
-
-def _config(row: Sequence[Any]) -> TrialConfig:
-    values = dict(zip(_CONFIG_NAMES, row, strict=True))
-    values["replicas"] = values["replicas"] or 1  # NULL in rows written before version 3
-    return TrialConfig(**values)
-
-
-def _trial_record(row: Sequence[Any]) -> TrialRecord:
-    trial_id, sweep_id = row[0], row[1]
-    first = 2 + _NUM_CONFIG
-    status, error, started_at, finished_at, nonfinite, details = row[first:first + 6]
-    return TrialRecord(
-        trial_id=trial_id, sweep_id=sweep_id, config=_config(row[2:first]), status=status,
-        metrics=_metrics_from_row(status, nonfinite, row[first + 6:]), error=error,
-        started_at=started_at, finished_at=finished_at,
-        details=json.loads(details) if details else {},
-    )
-
-
-def _sweep_record(row: SweepModel) -> SweepRecord:
-    return SweepRecord(
-        id=row.id, name=row.name, status=row.status, model=row.model, device=row.device,
-        device_name=row.device_name, dtype=row.dtype, profile=json.loads(row.profile_json),
-        grid=json.loads(row.grid_json), seed=row.seed,
-        provenance=json.loads(row.provenance_json), created_at=row.created_at,
-        started_at=row.started_at, finished_at=row.finished_at,
-        trials_total=row.trials_total, trials_done=row.trials_done,
-        trials_failed=row.trials_failed, current_label=row.current_label, error=row.error,
-        cancel_requested=row.cancel_requested, worker_pid=row.worker_pid,
-        heartbeat_at=row.heartbeat_at, worker_host=row.worker_host,
-        profile_name=row.profile_name,
-    )
-
-
-def _to_json(value: dict[str, Any]) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -384,15 +108,15 @@ class Store:
 
     def _describe(self, exc: SQLAlchemyError, opening: bool) -> str:
         if opening:
-            return f"cannot open database '{self.display_url}': {_open_reason(exc)}; {_URL_HINT}"
-        return f"database error in '{self.display_url}': {_first_line(exc)}"
+            return f"cannot open database '{self.display_url}': {open_reason(exc)}; {URL_HINT}"
+        return f"database error in '{self.display_url}': {first_line(exc)}"
 
     def _check_exists(self) -> None:
         url = self.engine.url
         path = url.database
         if url.get_backend_name() == "sqlite" and path and path != ":memory:" \
                 and not os.path.exists(path):
-            raise StoreError(f"no database at '{path}'; run a sweep first, or {_URL_HINT}")
+            raise StoreError(f"no database at '{path}'; run a sweep first, or {URL_HINT}")
 
     def _prepare_schema(self, create: bool) -> None:
         with self._session(opening=True) as s:
@@ -401,7 +125,7 @@ class Store:
             raise SchemaTooNewError(found, SCHEMA_VERSION)
         if found == 0 and not create:
             raise StoreError(f"'{self.display_url}' holds no tradeoff tables; run a sweep "
-                             f"first, or {_URL_HINT}")
+                             f"first, or {URL_HINT}")
         if found < SCHEMA_VERSION:
             with self._session(write=True, opening=True) as s:
                 self._lock_for_migration(s)
@@ -434,8 +158,8 @@ class Store:
         """Store a new queued sweep; return its id."""
         row = SweepModel(
             name=name, profile_name=profile.get("name"), status="queued", model=model,
-            device=device, device_name=device_name, dtype=dtype, profile_json=_to_json(profile),
-            grid_json=_to_json(grid), seed=seed, provenance_json=_to_json(provenance),
+            device=device, device_name=device_name, dtype=dtype, profile_json=to_json(profile),
+            grid_json=to_json(grid), seed=seed, provenance_json=to_json(provenance),
             created_at=utcnow(), trials_total=trials_total, trials_done=0, trials_failed=0,
             cancel_requested=False,
         )
@@ -461,7 +185,7 @@ class Store:
                 .where(SweepModel.id == sweep_id, SweepModel.status == "queued")
                 .values(**self._running_values(pid, None))
             )
-            return _sweep_record(s.get_one(SweepModel, sweep_id)) if result.rowcount else None
+            return sweep_record(s.get_one(SweepModel, sweep_id)) if result.rowcount else None
 
     def _running_values(self, pid: int, started_at: datetime | None) -> dict[str, Any]:
         now = utcnow()
@@ -533,13 +257,13 @@ class Store:
             row = s.get(SweepModel, sweep_id)
             if row is None:
                 raise UnknownSweepError(sweep_id)
-            return _sweep_record(row)
+            return sweep_record(row)
 
     def list_sweeps(self) -> list[SweepRecord]:
         """All sweeps, newest first."""
         query = select(SweepModel).order_by(SweepModel.created_at.desc(), SweepModel.id.desc())
         with self._session() as s:
-            return [_sweep_record(row) for row in s.scalars(query)]
+            return [sweep_record(row) for row in s.scalars(query)]
 
     def latest_sweep(self, profile_name: str | None = None) -> SweepRecord | None:
         """The newest sweep (of this profile, if given), or None."""
@@ -548,7 +272,7 @@ class Store:
             query = query.where(SweepModel.profile_name == profile_name)
         with self._session() as s:
             row = s.scalars(query.limit(1)).first()
-            return None if row is None else _sweep_record(row)
+            return None if row is None else sweep_record(row)
 
     def _queued_query(self) -> Any:
         return (select(SweepModel).where(SweepModel.status == "queued")
@@ -558,7 +282,7 @@ class Store:
         """The oldest queued sweep, or None."""
         with self._session() as s:
             row = s.scalars(self._queued_query()).first()
-            return None if row is None else _sweep_record(row)
+            return None if row is None else sweep_record(row)
 
     def delete_sweep(self, sweep_id: int) -> None:
         """Delete a sweep with its trials and requests (not while it runs)."""
@@ -603,16 +327,16 @@ class Store:
         """Store a done trial and all its requests in one transaction; return the trial id."""
         # Request times are kept relative to trial_start_s, on the trial's own clock; without
         # it, the earliest scheduled time stands for the trial start.
-        values = {**_metric_values(metrics.flat()), "slos_json": _to_json(metrics.slos),
-                  "details_json": _to_json(metrics.details) if metrics.details else None}
+        values = {**metric_values(metrics.flat()), "slos_json": to_json(metrics.slos),
+                  "details_json": to_json(metrics.details) if metrics.details else None}
         origin_s = trial_start_s if trial_start_s is not None else \
             min((r.scheduled_s for r in requests), default=0.0)
         with self._session(write=True) as s:
             trial_id = self._insert_trial(s, sweep_id, config, "done", started_at,
                                           finished_at, values)
             if requests:  # one executemany, not one INSERT per request
-                s.connection().execute(_INSERT_REQUESTS,
-                                       [_request_row(trial_id, r, origin_s) for r in requests])
+                s.connection().execute(INSERT_REQUESTS,
+                                       [request_row(trial_id, r, origin_s) for r in requests])
             return trial_id
 
     def add_failed_trial(
@@ -629,32 +353,32 @@ class Store:
         started_at: datetime | None, finished_at: datetime | None, values: dict[str, Any],
     ) -> int:
         params = {
-            "sweep_id": sweep_id, "status": status, "started_at": _naive_utc(started_at),
-            "finished_at": _naive_utc(finished_at), **_config_values(config), **values,
+            "sweep_id": sweep_id, "status": status, "started_at": naive_utc(started_at),
+            "finished_at": naive_utc(finished_at), **config_values(config), **values,
         }
         try:
-            return s.connection().execute(_INSERT_TRIAL, params).scalar_one()
+            return s.connection().execute(INSERT_TRIAL, params).scalar_one()
         except IntegrityError as exc:
-            if _is_violation(exc, "unique"):
+            if is_violation(exc, "unique"):
                 raise DuplicateTrialError(f"sweep {sweep_id} already has trial {config.label} "
                                           f"(repetition {config.repetition})") from exc
-            if _is_violation(exc, "foreign key"):
+            if is_violation(exc, "foreign key"):
                 raise UnknownSweepError(sweep_id) from exc
             raise
 
     def done_configs(self, sweep_id: int) -> set[TrialConfig]:
         """Configs of the sweep's stored trials, done or failed: what a resume must skip."""
-        query = select(*_CONFIG_COLUMNS).where(_TRIALS.c.sweep_id == sweep_id)
+        query = select(*CONFIG_COLUMNS).where(TRIALS.c.sweep_id == sweep_id)
         with self._session() as s:
-            return {_config(row) for row in s.connection().execute(query).all()}
+            return {config_from_row(row) for row in s.connection().execute(query).all()}
 
     def list_trials(self, sweep_ids: int | Iterable[int]) -> list[TrialRecord]:
         """Trials of one sweep or several, in sweep then insertion order."""
         ids = [sweep_ids] if isinstance(sweep_ids, int) else list(sweep_ids)
-        query = (select(*_TRIAL_COLUMNS).where(_TRIALS.c.sweep_id.in_(ids))
-                 .order_by(_TRIALS.c.sweep_id, _TRIALS.c.id))
+        query = (select(*TRIAL_COLUMNS).where(TRIALS.c.sweep_id.in_(ids))
+                 .order_by(TRIALS.c.sweep_id, TRIALS.c.id))
         with self._session() as s:
-            return [_trial_record(row) for row in s.connection().execute(query).all()]
+            return [trial_record(row) for row in s.connection().execute(query).all()]
 
     def trial_slos(self, trial_id: int) -> dict[str, dict[str, float]]:
         """The SLOs a trial was judged against (TrialMetrics.slos); {} when none."""
@@ -664,9 +388,9 @@ class Store:
 
     def get_requests(self, trial_id: int) -> list[StoredRequest]:
         """The trial's requests in request order, times in ms from the trial start."""
-        columns = [c for c in _REQUESTS.columns if c.name != "id"]
-        query = (select(*columns).where(_REQUESTS.c.trial_id == trial_id)
-                 .order_by(_REQUESTS.c.request_index))
+        columns = [c for c in REQUESTS.columns if c.name != "id"]
+        query = (select(*columns).where(REQUESTS.c.trial_id == trial_id)
+                 .order_by(REQUESTS.c.request_index))
         with self._session() as s:
             return [StoredRequest(**row._mapping) for row in s.connection().execute(query).all()]
 
