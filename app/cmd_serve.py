@@ -31,6 +31,9 @@ def serve(
     tpot_slo_ms: float | None = typer.Option(
         None, "--tpot-slo-ms", help="adaptive policy: the per-request TPOT target it steers by (ms)"),
     config: Path | None = typer.Option(None, "--config", help="YAML from `tradeoff export --format yaml`"),
+    replicas: int = typer.Option(1, "--replicas", help="engine replicas (processes) behind a router"),
+    router: str | None = typer.Option(
+        None, "--router", help="round_robin | least_outstanding | power_of_two (with --replicas > 1)"),
 ) -> None:
     """Serve a model with the chosen batching config (OpenAI-compatible)."""
     from app.preflight import check_bind
@@ -45,9 +48,22 @@ def serve(
                             tpot_slo_ms=tpot_slo_ms, max_num_batched_tokens=budget)
     engine_config = EngineConfig(model=model, device=device, dtype=dtype,
                                  kv_budget_tokens=kv_budget)
+    router = _checked_router(replicas, router)
     # Bound before the model loads: a bad host or a port in use fails at once, as one line.
     with check_bind(host, port) as sock:
-        run_server(engine_config, sched, host=host, port=port, sock=sock)
+        run_server(engine_config, sched, host=host, port=port, sock=sock, replicas=replicas,
+                   router=router)
+
+
+def _checked_router(replicas: int, router: str | None) -> str | None:
+    """N >= 1, a known router, a router only with N > 1 (default least_outstanding)."""
+    from app.errors import BadInput
+    from engine.routing import DEFAULT_ROUTER, check_replicas
+
+    check_replicas(replicas, router)
+    if router is not None and replicas == 1:
+        raise BadInput("--router routes between replicas: give --replicas 2 or more, or drop --router")
+    return None if replicas == 1 else router or DEFAULT_ROUTER
 
 
 def _exported_targets(path: Path, ttft_slo_ms: float | None,

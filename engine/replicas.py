@@ -376,3 +376,44 @@ def _await_ready(r: _Replica, timeout_s: float) -> dict[str, Any]:
             raise ModelLoadError(text)
         raise (ConfigError if kind == "ConfigError" else ReplicaError)(text)
     return msg[1]
+
+
+@dataclass(frozen=True)
+class _ModelConfig:
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class _ModelStub:
+    config: _ModelConfig  # the shape of a HF model's `.config.vocab_size`
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the HTTP server needs of a model whose weights live in the replicas: its tokenizer."""
+
+    tokenizer: Any
+    model: _ModelStub
+    max_context_tokens: int
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def served_model(config: EngineConfig, replicas: ReplicaSet) -> ServedModel:
+    """The tokenizer (loaded here, weights stay in the replicas) and the replicas' model facts."""
+    from engine.models import BUILTIN_PREFIX, build_byte_tokenizer
+
+    if config.model.startswith(BUILTIN_PREFIX):
+        tokenizer = build_byte_tokenizer()
+    else:  # the replicas just loaded it, so it is in the local cache
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    info = replicas.replicas[0].info
+    return ServedModel(tokenizer, _ModelStub(_ModelConfig(info["vocab_size"])), info["max_context_tokens"])

@@ -137,14 +137,22 @@ async def _server_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def serve(engine_config: EngineConfig, sched_config: SchedulerConfig, host: str = "127.0.0.1",
-          port: int = 8000, sock: socket.socket | None = None) -> None:
+          port: int = 8000, sock: socket.socket | None = None, replicas: int = 1,
+          router: str | None = None) -> None:
     """Load the model, start the engine and serve until interrupted (Ctrl-C / SIGTERM).
 
     `sock`, already bound by the caller (the CLI binds before loading the model, so a port in
-    use fails at once as one line), replaces host and port."""
-    from engine.factory import start_engine  # torch and the model stack load only here
+    use fails at once as one line), replaces host and port. `replicas` > 1 serves N replica
+    processes behind `router` instead of one in-process engine."""
+    if replicas > 1:
+        from engine.replicas import ReplicaSet, served_model
 
-    engine, loaded = start_engine(engine_config, sched_config)
+        engine = ReplicaSet.start(engine_config, sched_config, replicas, router, engine_config.seed)
+        loaded = served_model(engine_config, engine)
+    else:
+        from engine.factory import start_engine  # torch and the model stack load only here
+
+        engine, loaded = start_engine(engine_config, sched_config)
     try:
         app = create_app(engine, loaded, engine_config.model)
         # Access logs cost a line per request; a bounded graceful shutdown keeps a sweep's
