@@ -42,6 +42,7 @@ def serve(
     if config is not None:
         model, policy, batch_size, max_wait_ms, budget = _from_exported(config, model)
         ttft_slo_ms, tpot_slo_ms = _exported_targets(config, ttft_slo_ms, tpot_slo_ms)
+        replicas, router = _exported_scale(config, replicas, router)
     else:
         budget = parse_budget("--max-num-batched-tokens", max_num_batched_tokens)
     sched = SchedulerConfig(policy, batch_size, max_wait_ms, ttft_slo_ms=ttft_slo_ms,
@@ -74,3 +75,13 @@ def _exported_targets(path: Path, ttft_slo_ms: float | None,
     cfg = load_exported_config(path.read_text())  # already validated by _from_exported
     return (ttft_slo_ms if ttft_slo_ms is not None else cfg.get("ttft_slo_ms"),
             tpot_slo_ms if tpot_slo_ms is not None else cfg.get("tpot_slo_ms"))
+
+
+def _exported_scale(path: Path, replicas: int, router: str | None) -> tuple[int, str | None]:
+    """The replica count and router from an exported config, unless given as flags."""
+    from experiments.export import load_exported_config
+
+    if replicas != 1 or router is not None:
+        return replicas, router
+    cfg = load_exported_config(path.read_text())
+    return cfg["replicas"], cfg["router"]

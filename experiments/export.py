@@ -38,6 +38,15 @@ from datetime import date, datetime
 import yaml
 
 from engine.config import POLICIES
+from experiments.export_scale import (
+    engine_fields,
+    exported_scale,
+    ray_serve_notes,
+    ray_serve_options,
+    torchserve_workers,
+    triton_instances,
+    vllm_flags,
+)
 from experiments.recommend import Recommendation, config_to_dict, fmt_value, latency_label
 from experiments.records import TrialConfig
 
@@ -122,6 +131,8 @@ def config_document(rec: Recommendation, provenance: dict) -> dict:
                        if c["metric"] in ("ttft_ms", "tpot_ms")})
     if config.get("max_num_batched_tokens") is not None:
         engine["max_num_batched_tokens"] = config["max_num_batched_tokens"]
+    if rec.config is not None and rec.config.replicas > 1:
+        engine.update(engine_fields(rec.config))
     load = {k: v for k, v in config.items() if k in ("concurrency", "rate", "burstiness", "speedup")}
     return _plain_dict({
         "version": SCHEMA_VERSION, "engine": engine, "load": load,
@@ -144,8 +155,8 @@ def _render_yaml(rec: Recommendation, provenance: dict) -> str:
 
 
 def load_exported_config(text: str) -> dict:
-    """Validate an exported json / yaml document; return policy, batch_size, max_wait_ms, model
-    and the adaptive policy's ttft_slo_ms / tpot_slo_ms (None when absent)."""
+    """Validate an exported json / yaml document; return policy, batch_size, max_wait_ms, model,
+    the adaptive policy's ttft_slo_ms / tpot_slo_ms (None when absent), replicas and router."""
     try:
         doc = _parse_document(text)
     except yaml.YAMLError as exc:
@@ -157,7 +168,8 @@ def load_exported_config(text: str) -> dict:
     return {"policy": _policy(engine), "batch_size": _batch_size(engine),
             "max_wait_ms": _max_wait_ms(engine), "model": _model(engine),
             "max_num_batched_tokens": _token_budget(engine),
-            **{k: _slo_target(engine, k) for k in ("ttft_slo_ms", "tpot_slo_ms")}}
+            **{k: _slo_target(engine, k) for k in ("ttft_slo_ms", "tpot_slo_ms")},
+            **dict(zip(("replicas", "router"), exported_scale(engine), strict=True))}
 
 
 def _slo_target(engine: dict, key: str) -> float | None:
@@ -293,7 +305,10 @@ def _render_vllm(rec: Recommendation, provenance: dict) -> str:
         notes.append(f"{model} is tradeoff's built-in test model; put a Hugging Face model id.")
     budget = c.max_num_batched_tokens
     chunked = "" if budget is None else f" --max-num-batched-tokens {budget} --enable-chunked-prefill"
-    return _comments(notes) + f"vllm serve {shlex.quote(model)} --max-num-seqs {c.batch_size}{chunked}\n"
+    dp_flag, dp_notes = vllm_flags(c)
+    notes.extend(dp_notes)
+    return (_comments(notes)
+            + f"vllm serve {shlex.quote(model)} --max-num-seqs {c.batch_size}{chunked}{dp_flag}\n")
 
 
 def _vllm_budget_note(budget: int | None) -> str:
@@ -338,9 +353,10 @@ def _render_triton(rec: Recommendation, provenance: dict) -> str:
                             "nearest knob is its max_num_tokens (engine build / runtime)."),
              "LLM backends with in-flight batching (TensorRT-LLM, the vLLM backend) have their "
              "own batching settings, which take precedence."]
+    instances, instance_notes = triton_instances(c)
     body = (f"max_batch_size: {c.batch_size}\n"
-            f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n")
-    return _comments(notes) + body
+            f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n") + instances
+    return _comments(notes + instance_notes) + body
 
 
 def _per_request_notes(rec: Recommendation, server: str) -> list[str]:
@@ -356,14 +372,15 @@ def _render_ray_serve(rec: Recommendation, provenance: dict) -> str:
              *_budget_notes(_config(rec), "Ray Serve's @serve.batch")]
     c = _config(rec)
     timeout_s = round(c.max_wait_ms / 1000, 9)
-    return _comments(notes) + _RAY_TEMPLATE.format(
-        batch=c.batch_size, timeout_s=repr(timeout_s), model=repr(str(provenance["model"])))
+    return _comments(notes + ray_serve_notes(c)) + _RAY_TEMPLATE.format(
+        batch=c.batch_size, timeout_s=repr(timeout_s), model=repr(str(provenance["model"])),
+        replicas=ray_serve_options(c))
 
 
 _RAY_TEMPLATE = '''from ray import serve
 
 
-@serve.deployment(max_ongoing_requests={batch})
+@serve.deployment(max_ongoing_requests={batch}{replicas})
 class Generator:
     def __init__(self) -> None:
         self.model_id = {model}  # load the model here
@@ -383,11 +400,12 @@ app = Generator.bind()
 def _render_torchserve(rec: Recommendation, provenance: dict) -> str:
     c = _config(rec)
     delay_ms = math.floor(c.max_wait_ms + 0.5)  # TorchServe takes whole milliseconds
-    fields = {"minWorkers": 1, "maxWorkers": 1,
+    workers, worker_notes = torchserve_workers(c)
+    fields = {"minWorkers": workers, "maxWorkers": workers,
               "batchSize": c.batch_size, "maxBatchDelay": delay_ms}
     name = re.sub(r"[^\w.-]", "_", str(provenance["model"]).rsplit("/", 1)[-1])
     notes = [*_common_notes(rec, provenance, "TorchServe"),
-             "model-config.yaml; one worker, as tradeoff measured one engine replica.",
+             "model-config.yaml; " + worker_notes[0],
              *_torchserve_rounding(c.max_wait_ms, delay_ms),
              *_per_request_notes(rec, "TorchServe"),
              *_budget_notes(c, "TorchServe")]

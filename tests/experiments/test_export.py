@@ -131,7 +131,7 @@ def test_exported_documents_load_back(static, fmt):
     loaded = load_exported_config(export_config(static, fmt, PROVENANCE))
     assert loaded == {"policy": "static", "batch_size": 4, "max_wait_ms": 2.5,
                       "model": "meta-llama/Llama-3.2-1B", "max_num_batched_tokens": None,
-                      "ttft_slo_ms": None, "tpot_slo_ms": None}
+                      "ttft_slo_ms": None, "tpot_slo_ms": None, "replicas": 1, "router": None}
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
@@ -302,3 +302,43 @@ def test_a_nearest_miss_exports_with_a_warning(fmt):
         assert json.loads(text)["feasible"] is False
     else:
         assert "WARNING: no measured config met the SLOs" in text
+
+
+# --- replicas behind a router ---------------------------------------------------------------
+
+
+@pytest.fixture
+def scaled() -> Recommendation:
+    return rec_for(TrialConfig("continuous", 16, 5.0, concurrency=8, replicas=2,
+                               router="least_outstanding"))
+
+
+def test_documents_carry_replicas_and_router_and_read_back(scaled, continuous):
+    doc = json.loads(export_config(scaled, "json", PROVENANCE))
+    assert doc["engine"]["replicas"] == 2 and doc["engine"]["router"] == "least_outstanding"
+    back = load_exported_config(export_config(scaled, "yaml", PROVENANCE))
+    assert (back["replicas"], back["router"]) == (2, "least_outstanding")
+    one = load_exported_config(export_config(continuous, "json", PROVENANCE))
+    assert (one["replicas"], one["router"]) == (1, None)
+    with pytest.raises(ValueError, match="unknown router"):
+        load_exported_config(json.dumps({"engine": {**doc["engine"], "router": "fastest"}}))
+
+
+def test_vllm_says_data_parallel_not_an_external_balancer(scaled):
+    text = export_config(scaled, "vllm", PROVENANCE)
+    assert shlex.split(text, comments=True)[-2:] == ["--data-parallel-size", "2"]
+    assert "data parallelism" in comments(text) and "not 2 servers behind" in comments(text)
+    rr = rec_for(TrialConfig("continuous", 16, 5.0, concurrency=8, replicas=2, router="round_robin"))
+    assert "run 2 `vllm serve` instances behind a load balancer" in comments(
+        export_config(rr, "vllm", PROVENANCE))
+
+
+def test_ray_serve_triton_torchserve_carry_the_replica_count(scaled):
+    ray_text = export_config(scaled, "ray-serve", PROVENANCE)
+    assert _decorator_kwargs(ast.parse(ray_text))["deployment"] == {
+        "max_ongoing_requests": 16, "num_replicas": 2, "ray_actor_options": {"num_gpus": 1}}
+    assert "power of two choices" in comments(ray_text)
+    (group,) = parse_pbtxt(export_config(scaled, "triton", PROVENANCE))["instance_group"]
+    assert group == {"count": [1], "kind": ["KIND_GPU"], "gpus": [0, 1]}
+    ts = yaml.safe_load(export_config(scaled, "torchserve", PROVENANCE))
+    assert (ts["minWorkers"], ts["maxWorkers"]) == (2, 2)
