@@ -25,6 +25,7 @@ from experiments.search import (
 
 MAX_RATE = 1024.0
 MAX_USERS = 1024
+MAX_ARRIVAL_SPAN_S = 120.0
 
 
 class NotSearchError(ValueError):
@@ -67,17 +68,22 @@ def _is_users(spec: SweepSpec) -> bool:
     return spec.search is not None and spec.search.load == "concurrency"
 
 
-def settings_for(spec: SweepSpec, profile: Profile, config: TrialConfig) -> SearchSettings:
-    """The search settings of one config: closed loop starts at its batch size."""
+def settings_for(spec: SweepSpec, profile: Profile, config: TrialConfig,
+                 start_load: float | None = None) -> SearchSettings:
+    """One config's search settings: it starts at `start_load` (the plan's prediction), else
+    at the spec's start, else 1 req/s or batch-size users."""
     search = spec.search
     assert search is not None
+    start = start_load or search.start_load
     if _is_users(spec):
-        start = search.start_load or config.batch_size
-        return SearchSettings(profile.min_slo_attainment, True, float(int(start)), 1.0,
-                              float(int(search.max_load or MAX_USERS)), 0.1, 2.0,
+        top = float(int(search.max_load or MAX_USERS))
+        first = min(top, float(max(1, int(start or config.batch_size))))
+        return SearchSettings(profile.min_slo_attainment, True, first, 1.0, top, 0.1, 2.0,
                               search.max_repeats)
-    start = search.start_load or 1.0
-    return SearchSettings(profile.min_slo_attainment, False, start, min(0.05, start),
+    # Below this rate one trial's arrivals span more than MAX_ARRIVAL_SPAN_S: not worth it.
+    floor = float(f"{spec.requests / MAX_ARRIVAL_SPAN_S:.3g}")
+    start = max(start or 1.0, floor)
+    return SearchSettings(profile.min_slo_attainment, False, start, floor,
                           max(search.max_load or MAX_RATE, start), search.rel_tol, 2.0,
                           search.max_repeats)
 
@@ -103,16 +109,37 @@ def sample_of(trial: TrialRecord) -> Sample:
 
 
 Measure = Callable[[TrialConfig], Sample | None]  # None: not measured (stop that config)
+SKIPPED, NOT_STARTED = "skipped", "not_started"
+
+
+def plan_of(trials: list[TrialRecord]) -> dict | None:
+    """The search plan stored with the sweep's calibration trial (its first); None before it."""
+    for t in sorted(trials, key=lambda t: t.trial_id):
+        plan = t.details.get("prediction", {}).get("plan")
+        if plan is not None:
+            return plan
+    return None
 
 
 def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], measure: Measure | None = None,
-               can_continue: Callable[[], bool] = lambda: True) -> list[ConfigCapacity]:
-    """Replay (and, with `measure`, continue) every config's search over the stored trials."""
+               can_continue: Callable[[], bool] = lambda: True,
+               plan: dict | None = None) -> list[ConfigCapacity]:
+    """Replay (and, with `measure`, continue) every config's search over the stored trials.
+
+    `plan` (default: the stored one; `{}` when the search predicts nothing) gives each config's
+    start load and the configs the prediction skipped; before it exists nothing has started."""
     if spec.search is None:
         raise NotSearchError("this sweep is a load grid, not a capacity search")
+    if plan is None:
+        plan = plan_of(trials) if spec.search.predict else {}
+    knobs, unit = spec.knob_configs(), unit_of(spec)
+    if plan is None:
+        return [ConfigCapacity(k, Capacity(0.0, None, NOT_STARTED, "no trial measured yet", 0), unit)
+                for k in knobs]
     stored = {t.config: t for t in trials}
-    knobs = spec.knob_configs()
-    searches = {k: CapacitySearch(settings_for(spec, profile, k)) for k in knobs}
+    starts, skipped = plan.get("start", {}), plan.get("skipped", {})
+    searches = {k: CapacitySearch(settings_for(spec, profile, k, starts.get(knob_label(k))))
+                for k in knobs if knob_label(k) not in skipped}
     max_probes = spec.search.max_probes
 
     def one(key: TrialConfig, probe: Probe) -> Sample | None:
@@ -125,8 +152,9 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
         return measure(config) if measure is not None else None
 
     results = search_all(searches, one, can_continue, interleave=spec.server_cmd is None)
-    unit = unit_of(spec)
-    return [ConfigCapacity(k, results[k], unit) for k in knobs]
+    return [ConfigCapacity(k, results[k] if k in results else
+                           Capacity(0.0, None, SKIPPED, skipped[knob_label(k)], 0), unit)
+            for k in knobs]
 
 
 def best(capacities: list[ConfigCapacity]) -> ConfigCapacity | None:

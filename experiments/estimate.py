@@ -6,6 +6,8 @@ built-ins; a generic one otherwise). It is an estimate, and the UI and CLI say s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from engine.config import SchedulerConfig
 from engine.simulate import CostModel, Simulator
 from experiments.grid import SweepSpec
@@ -83,23 +85,23 @@ def predicted_slos(profile: Profile, cost: CostModel, seed: int = 0) -> list[SLO
 
 
 def estimate_search_s(spec: SweepSpec, profile: Profile) -> tuple[float, int]:
-    """Estimated seconds and trials of a capacity search: the search itself, run against
-    simulated trials under the model's prior cost model, capped by the budget."""
+    """Estimated seconds and trials of a capacity search: the search itself (calibration, plan,
+    bisection) run against simulated trials under the model's prior cost model, capped by the
+    budget."""
     from experiments.capacity import run_search
-    from experiments.predict import simulate_trial
-    from experiments.search import Sample
+    from experiments.capacity_plan import calibration_probe, make_plan, simulated_measure
 
     assert spec.search is not None
     cost = PRIORS.get(spec.model, GENERIC)
     slos = predicted_slos(profile, cost, spec.seed)
     spent = [0.0]
-
-    def measure(config: TrialConfig) -> Sample:
-        m = simulate_trial(config, profile, spec.requests, cost, slos, spec.seed + config.repetition)
-        spent[0] += m.duration_s + PER_TRIAL_OVERHEAD_S
-        total = m.requests_completed + m.requests_failed
-        return Sample(round(m.slo_attainment * total), total)
-
-    results = run_search(spec, profile, [], measure, lambda: spent[0] < spec.search.budget_s)
+    plan: dict = {}
+    if spec.search.predict:
+        probe = calibration_probe(spec, profile, slos)
+        load = probe.concurrency if probe.concurrency is not None else probe.rate
+        plan = make_plan(spec, profile, cost, slos, replace(probe, concurrency=None, rate=None),
+                         float(load))
+    measure = simulated_measure(spec, profile, cost, slos, spent)
+    results = run_search(spec, profile, [], measure, lambda: spent[0] < spec.search.budget_s, plan)
     trials = sum(r.capacity.num_probes for r in results)
     return MODEL_LOAD_S + min(spent[0], spec.search.budget_s), trials

@@ -30,6 +30,10 @@ class SearchSpec(BaseModel):
     rel_tol: float = Field(default=0.1, gt=0, lt=1)  # rate resolution, relative
     max_repeats: int = Field(default=3, ge=1, le=20)  # repetitions of an undecided load
     max_probes: int = Field(default=12, ge=1, le=100)  # per config: bounds the trials count
+    # Predict every config's capacity from a fit to the first trial's steps; start each search
+    # there and measure only configs predicted at >= keep_ratio x the best (and each policy's best).
+    predict: bool = True
+    keep_ratio: float = Field(default=0.5, ge=0, le=1)
 
 
 class SweepSpec(BaseModel):

@@ -114,3 +114,55 @@ def relative_errors(predicted: dict, measured: dict, keys: Iterable[str]) -> dic
         if isinstance(p, (int, float)) and isinstance(m, (int, float)) and m:
             out[key] = (p - m) / m
     return out
+
+
+# -- stored step summaries and per-trial predictions ---------------------------------------------
+
+MAX_PREFILL_SAMPLES = 64  # prefill steps kept per trial (evenly spaced): enough for two numbers
+PREDICTED_KEYS = ("output_tokens_per_s", "requests_per_s", "ttft_ms_p50", "ttft_ms_p90",
+                  "tpot_ms_p50", "tpot_ms_p90", "e2e_ms_p90", "slo_attainment")
+
+
+def step_summary(steps: list[StepRecord]) -> dict:
+    """A compact, JSON-ready summary of a trial's steps that a later fit can read back:
+    decode steps grouped by rows (count, mean seconds), a sample of prefill steps."""
+    decode: dict[int, list[float]] = {}
+    for s in steps:
+        if s.phase == "decode":
+            decode.setdefault(s.num_seqs, []).append(s.duration_s)
+    prefill = [[s.num_tokens, s.duration_s] for s in steps if s.phase == "prefill"]
+    stride = max(1, len(prefill) // MAX_PREFILL_SAMPLES)
+    return {"decode": [[n, len(d), float(np.mean(d))] for n, d in sorted(decode.items())],
+            "prefill": prefill[::stride][:MAX_PREFILL_SAMPLES]}
+
+
+def steps_of_summary(summary: dict) -> list[StepRecord]:
+    """Steps standing for a summary (decode groups as repeated means, at most 50 per group)."""
+    out = [StepRecord(0.0, mean_s, "decode", int(n), int(n))
+           for n, count, mean_s in summary.get("decode", []) for _ in range(min(int(count), 50))]
+    out += [StepRecord(0.0, float(d), "prefill", 1, int(t)) for t, d in summary.get("prefill", [])]
+    return out
+
+
+def stored_steps(details_list: Iterable[dict]) -> list[StepRecord]:
+    """Every stored trial's summarised steps, for a fit."""
+    return [s for d in details_list for s in steps_of_summary(d.get("prediction", {}).get("steps", {}))]
+
+
+def cost_to_dict(cost: CostModel) -> dict:
+    """Milliseconds, for details and the UI."""
+    return {"prefill_base_ms": cost.prefill_base_s * 1e3,
+            "prefill_per_token_ms": cost.prefill_per_token_s * 1e3,
+            "decode_base_ms": cost.decode_base_s * 1e3, "decode_per_seq_ms": cost.decode_per_seq_s * 1e3}
+
+
+def prediction_details(config: TrialConfig, profile: Profile, num_requests: int, seed: int,
+                       slos: list[SLO], cost: CostModel, measured: TrialMetrics,
+                       steps: list[StepRecord]) -> dict:
+    """`details["prediction"]` of a trial: what `cost` (fitted before this trial) predicted, the
+    relative error against what was measured, and this trial's own steps for later fits."""
+    predicted = simulate_trial(config, profile, num_requests, cost, slos, seed).flat()
+    kept = {k: predicted.get(k) for k in PREDICTED_KEYS}
+    return {"cost_model": cost_to_dict(cost), "predicted": kept,
+            "error": relative_errors(kept, measured.flat(), PREDICTED_KEYS),
+            "steps": step_summary(steps)}

@@ -8,10 +8,12 @@ clock and runs nothing, so the virtual clock and injected noise test it exactly.
 
 Noise: a load passes when the attainment's confidence interval lies wholly at or above the
 target, fails when it lies below; in between it is measured again (another repetition, another
-seed) until the interval decides or `max_repeats` is spent, and then the search stops for that
-config and says the boundary is within noise. The interval is Wilson's over the pooled requests;
-requests in one trial share a queue and are not independent, so it is optimistic, which is why
-undecided loads get fresh repetitions rather than only more requests.
+seed) until the interval decides or `max_repeats` is spent. A load still undecided then is taken
+as an upper bound (not shown to pass: conservative) and the search goes on below it; if the
+final upper bound is such a load, the answer says the boundary is within noise. The interval
+is Wilson's over the pooled requests; requests in one trial share a queue and are not
+independent, so it is optimistic, which is why undecided loads get fresh repetitions (new
+seeds) rather than only more requests.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class CapacitySearch:
         self.status: str | None = None  # set once finished
         self.reason = ""
         self.num_probes = 0
+        self.noisy: dict[float, str] = {}  # loads the interval never decided, and why
 
     @property
     def is_finished(self) -> bool:
@@ -164,10 +167,11 @@ class CapacitySearch:
         elif att.hi < self.s.target:
             self.hi, self.current = probe.load, None
         elif len(samples) >= self.s.max_repeats:
-            self.hi = probe.load
-            self._finish(WITHIN_NOISE, f"attainment at {self._fmt(probe.load)} is {att.mean:.1%} "
-                         f"[{att.lo:.1%}, {att.hi:.1%}] after {len(samples)} repetitions: "
-                         f"within noise of the {self.s.target:.0%} target")
+            # Not shown to pass: an upper bound, conservatively; the search goes on below it.
+            self.hi, self.current = probe.load, None
+            self.noisy[probe.load] = (f"attainment at {self._fmt(probe.load)} is {att.mean:.1%} "
+                                      f"[{att.lo:.1%}, {att.hi:.1%}] after {len(samples)} "
+                                      f"repetitions: within noise of the {self.s.target:.0%} target")
 
     def stop(self, reason: str) -> None:
         """End the search early (budget spent): the answer so far, undecided."""
@@ -191,14 +195,14 @@ class CapacitySearch:
             return self._above(lo)
         mid = self._round((lo + hi) / 2)
         if self._is_resolved(lo, hi) or mid in (lo, hi):
-            self._finish(DECIDED, f"capacity between {self._fmt(lo)} and {self._fmt(hi)}")
+            self._finish_at(hi, f"capacity between {self._fmt(lo)} and {self._fmt(hi)}")
             return None
         return mid
 
     def _below(self, hi: float) -> float | None:
         load = self._round(hi / self.s.growth)
         if load < self.s.min_load or load >= hi:
-            self._finish(DECIDED, f"even {self._fmt(hi)} misses the target")
+            self._finish_at(hi, f"even {self._fmt(hi)} misses the target")
             return None
         return load
 
@@ -221,6 +225,13 @@ class CapacitySearch:
 
     def _fmt(self, load: float) -> str:
         return f"{load:g} users" if self.s.is_integer else f"{load:g} req/s"
+
+    def _finish_at(self, hi: float, reason: str) -> None:
+        """Done: decided, unless the upper bound is a load the interval never decided."""
+        if hi in self.noisy:
+            self._finish(WITHIN_NOISE, f"{reason}; {self.noisy[hi]}")
+        else:
+            self._finish(DECIDED, reason)
 
     def _finish(self, status: str, reason: str) -> None:
         self.status, self.reason, self.current = status, reason, None

@@ -1,18 +1,23 @@
 """Runs a capacity-search sweep: each probe is an ordinary stored trial, under a time budget.
 
 The sweep runner's machinery is reused whole (target, warm-up, baseline, one trial, progress,
-cancel); only the choice of the next trial differs: `capacity.run_search` replays the stored
-trials and asks for the next load, and this runner measures it.
+cancel, per-trial predictions); only the choice of the next trial differs: `capacity.run_search`
+replays the stored trials and asks for the next load, and this runner measures it. With
+prediction on, the first trial calibrates: the cost model is fitted to its steps, every
+config's capacity predicted, and the plan (start loads, skipped configs) stored with it.
 """
 
 from __future__ import annotations
 
 import time
 
-from experiments.capacity import ConfigCapacity, run_search, sample_of
-from experiments.records import TrialConfig
+from experiments.capacity import ConfigCapacity, plan_of, run_search, sample_of
+from experiments.capacity_plan import calibration_probe, make_plan, prior_cost
+from experiments.predict import fit_cost_model
+from experiments.records import SLO, TrialConfig, TrialMetrics
 from experiments.search import Sample
 from experiments.sweep import SweepRunner
+from experiments.trial import TrialResult
 
 
 class SearchRunner(SweepRunner):
@@ -20,9 +25,11 @@ class SearchRunner(SweepRunner):
 
     capacities: list[ConfigCapacity] | None = None
     budget_spent = False
+    _calibrating: TrialConfig | None = None
 
     def _run_all(self) -> str:
-        assert self.spec.search is not None
+        search = self.spec.search
+        assert search is not None
         knobs = self.spec.knob_configs()
         if not knobs:
             return "done"
@@ -33,16 +40,59 @@ class SearchRunner(SweepRunner):
             self._num_measured = 0
 
             def measure(config: TrialConfig) -> Sample | None:
-                if self.should_stop():
-                    return None
+                if self.should_stop() or not self._fits_budget(config):
+                    return None  # that config stops here, undecided; cheaper ones may go on
                 self._num_measured += 1
                 self._run_one(target, config, slos)
                 stored = [t for t in self.store.list_trials(self.sweep_id) if t.config == config]
                 return sample_of(stored[0]) if stored else None  # none: stopped mid-trial
 
+            if search.predict and plan_of(self.store.list_trials(self.sweep_id)) is None:
+                self._calibrate(measure, slos)
             self.capacities = run_search(self.spec, self.profile, self.store.list_trials(self.sweep_id),
                                          measure, self._can_continue)
         return "cancelled" if self.stop.is_set() else "done"
+
+    def _calibrate(self, measure, slos: list[SLO]) -> None:
+        """Measure the calibration trial; `_with_prediction` stores the plan with it."""
+        self._calibrating = calibration_probe(self.spec, self.profile, slos)
+        try:
+            measure(self._calibrating)
+        finally:
+            self._calibrating = None
+
+    def _with_prediction(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
+                         metrics: TrialMetrics) -> TrialMetrics:
+        metrics = super()._with_prediction(config, result, slos, metrics)
+        if config != self._calibrating or "prediction" not in metrics.details:
+            return metrics
+        cost = fit_cost_model(self._steps or [], prior_cost(self.spec.model))
+        load = config.concurrency if config.concurrency is not None else config.rate
+        plan = make_plan(self.spec, self.profile, cost, slos, config, float(load))
+        prediction = {**metrics.details["prediction"], "plan": plan}
+        return self._replace_details(metrics, prediction)
+
+    @staticmethod
+    def _replace_details(metrics: TrialMetrics, prediction: dict) -> TrialMetrics:
+        from dataclasses import replace
+
+        return replace(metrics, details={**metrics.details, "prediction": prediction})
+
+    def _fits_budget(self, config: TrialConfig) -> bool:
+        """Whether this trial likely ends within the budget: an open-loop trial lasts at least
+        its arrivals' span, a closed-loop one about as long as the trials so far."""
+        if not self._num_measured:
+            return True
+        assert self.spec.search is not None
+        spent = time.monotonic() - self._measure_started
+        expected = spent / self._num_measured
+        if config.rate is not None:
+            span = (self.spec.requests + self.profile.warmup_requests) / config.rate
+            expected = max(expected, span)
+        if spent + expected > self.spec.search.budget_s:
+            self.budget_spent = True
+            return False
+        return True
 
     def _can_continue(self) -> bool:
         """Within the budget: stop before a trial that would likely end past it."""

@@ -14,18 +14,27 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from db.store import Store
 from engine.config import EngineConfig
+from engine.core import StepRecord
+from experiments.estimate import GENERIC, PRIORS
 from experiments.external import ExternalTarget, ServerProcess, api_key_from_env, load_tokenizer
 from experiments.grid import GridError, SweepSpec, server_key
+from experiments.predict import fit_cost_model, prediction_details, stored_steps
 from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
 from experiments.provenance import provenance
 from experiments.records import SLO, TrialConfig, TrialMetrics
-from experiments.trial import measure_baseline, run_trial, trace_deadline_s, with_trace_window
+from experiments.trial import (
+    TrialResult,
+    measure_baseline,
+    run_trial,
+    trace_deadline_s,
+    with_trace_window,
+)
 
 if TYPE_CHECKING:  # the engine (torch) loads only when a sweep runs, not when the UI queues one
     from experiments.local import LocalTarget
@@ -97,6 +106,7 @@ class SweepRunner:
         self.target = target  # an already loaded model (the CLI loads it before writing to the db)
         self._tok = None
         self._baseline: dict[str, float] | None = None
+        self._steps: list[StepRecord] | None = None  # measured steps, for the prediction fit
         self._last_beat = 0.0
         self._started = time.monotonic()
         stored = store.list_trials(sweep_id)
@@ -223,9 +233,25 @@ class SweepRunner:
             self._report(None)
             return
         metrics = with_provenance(result.metrics, target)
+        metrics = self._with_prediction(config, result, slos, metrics)
         self.store.add_trial(self.sweep_id, config, metrics, result.records, started, utcnow())
         self.num_done += 1
         self._report(None)
+
+    def _with_prediction(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
+                         metrics: TrialMetrics) -> TrialMetrics:
+        """The metrics plus details["prediction"]: what the simulator, fitted to the steps of
+        the trials before this one, predicted for it, and this trial's steps for later fits."""
+        if self.spec.is_external or config.speedup is not None or not result.steps:
+            return metrics  # no engine steps to fit (HTTP), or a trace (not simulated)
+        if self._steps is None:  # a resumed sweep: the steps stored with earlier trials
+            self._steps = stored_steps(t.details for t in self.store.list_trials(self.sweep_id))
+        cost = fit_cost_model(self._steps, PRIORS.get(self.spec.model, GENERIC))
+        details = prediction_details(config, self.profile, self.spec.requests,
+                                     self.spec.seed + config.repetition, slos, cost,
+                                     result.metrics, result.steps)
+        self._steps.extend(result.steps)
+        return replace(metrics, details={**metrics.details, "prediction": details})
 
     def _deadline_s(self, config: TrialConfig) -> float | None:
         # A trace trial replays its whole window and drains (bounded) unless max_trial_s says less.

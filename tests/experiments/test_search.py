@@ -112,13 +112,23 @@ def test_undecided_boundary_is_measured_again_until_the_interval_decides():
     assert result.capacity >= 4.0
 
 
-def test_noise_that_never_decides_stops_and_says_within_noise():
+def test_noise_that_never_decides_bounds_the_search_and_says_within_noise():
     def measure(_key, probe):
         return Sample(N, N) if probe.load < 4 else Sample(44, N)  # 91.7%: straddles 90% forever
     result, probes = run_one(SearchSettings(start_load=1.0, max_repeats=3), measure)
-    assert probes[-3:] == [Probe(4.0, 0), Probe(4.0, 1), Probe(4.0, 2)]
-    assert result.status == WITHIN_NOISE and result.capacity == 2.0 and result.upper == 4.0
+    # 4 req/s is measured three times, never decides, and becomes the (conservative) upper
+    # bound; bisection goes on below it: 3, 3.5, 3.75 pass, and 4 - 3.75 <= 10% of 4.
+    assert [(p.load, p.repetition) for p in probes] == [
+        (1, 0), (2, 0), (4, 0), (4, 1), (4, 2), (3, 0), (3.5, 0), (3.75, 0)]
+    assert result.status == WITHIN_NOISE and result.capacity == 3.75 and result.upper == 4.0
     assert "within noise" in result.reason and result.is_decided
+
+
+def test_first_load_within_noise_still_searches_below_it():
+    def measure(_key, probe):
+        return Sample(N, N) if probe.load < 1 else Sample(44, N)
+    result, _ = run_one(SearchSettings(start_load=1.0, max_repeats=2), measure)
+    assert result.status == WITHIN_NOISE and 0.9 <= result.capacity < 1.0
 
 
 def test_seeded_noise_brackets_the_true_capacity():

@@ -1,0 +1,86 @@
+"""Predicted trials: the cost-model fit recovers known coefficients, predictions of a simulated
+'measurement' are exact, and the search plan keeps each policy's best."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.core import StepRecord
+from engine.simulate import CostModel
+from experiments.capacity import SKIPPED, knob_label, run_search
+from experiments.capacity_plan import make_plan, predicted_capacities
+from experiments.grid import parse_spec
+from experiments.predict import (
+    fit_cost_model,
+    fit_line,
+    prediction_details,
+    simulate_records,
+    simulate_trial,
+    step_summary,
+    steps_of_summary,
+)
+from experiments.profiles import Profile
+from experiments.records import SLO, TrialConfig
+
+MS = 1e-3
+TRUE = CostModel(prefill_base_s=6 * MS, prefill_per_token_s=0.2 * MS,
+                 decode_base_s=5 * MS, decode_per_seq_s=0.4 * MS)
+PRIOR = CostModel(1 * MS, 1 * MS, 1 * MS, 1 * MS)
+PROFILE = Profile.model_validate({
+    "name": "p", "prompt_tokens": {"kind": "uniform", "min": 8, "max": 64},
+    "output_tokens": {"kind": "uniform", "min": 4, "max": 16},
+    "arrival": {"mode": "closed", "concurrency": 4},
+    "slos": {"ttft_ms": {"percentile": "p90", "max_ms": 60.0},
+             "tpot_ms": {"percentile": "p90", "max_ms": 9.0}}, "warmup_requests": 2})
+SLOS = [SLO("ttft_ms", "p90", 60.0), SLO("tpot_ms", "p90", 9.0)]
+
+
+def true_steps() -> list[StepRecord]:
+    config = TrialConfig("continuous", 8, 0.0, concurrency=8)
+    return simulate_records(config, PROFILE, 40, TRUE)[2]
+
+
+def test_fit_recovers_known_coefficients_from_synthetic_steps():
+    cost = fit_cost_model(true_steps(), PRIOR)
+    for name in ("prefill_base_s", "prefill_per_token_s", "decode_base_s", "decode_per_seq_s"):
+        assert getattr(cost, name) == pytest.approx(getattr(TRUE, name), rel=1e-6), name
+
+
+def test_fit_from_stored_summary_is_the_same():
+    summary = step_summary(true_steps())
+    cost = fit_cost_model(steps_of_summary(summary), PRIOR)
+    assert cost.decode_per_seq_s == pytest.approx(TRUE.decode_per_seq_s, rel=1e-6)
+    assert cost.prefill_per_token_s == pytest.approx(TRUE.prefill_per_token_s, rel=1e-6)
+
+
+def test_one_batch_shape_keeps_the_prior_slope():
+    # Only batch-4 decode steps: the slope is not identifiable, the level is.
+    steps = [StepRecord(0.0, (5 + 0.4 * 4) * MS, "decode", 4, 4)] * 5
+    base, slope = fit_line([4] * 5, [s.duration_s for s in steps], (0.0, 0.4 * MS))
+    assert slope == 0.4 * MS and base == pytest.approx(5 * MS)
+    assert fit_line([1.0], [1.0], (7.0, 8.0)) == (7.0, 8.0)  # too few points: the prior
+
+
+def test_prediction_of_a_simulated_measurement_is_exact():
+    config = TrialConfig("continuous", 8, 0.0, rate=20.0)
+    measured = simulate_trial(config, PROFILE, 40, TRUE, SLOS)
+    details = prediction_details(config, PROFILE, 40, 0, SLOS, TRUE, measured, true_steps())
+    assert details["error"] and all(abs(e) < 1e-9 for e in details["error"].values())
+    assert details["cost_model"]["decode_base_ms"] == pytest.approx(5.0)
+
+
+def test_plan_starts_at_predictions_and_keeps_each_policys_best():
+    spec = parse_spec({"profile": "chat", "policies": ["static", "continuous"],
+                       "batch_sizes": [1, 8], "max_wait_ms": [0], "requests": 24,
+                       "search": {"load": "rate", "keep_ratio": 0.9}})
+    predicted = predicted_capacities(spec, PROFILE, TRUE, SLOS)
+    calib = TrialConfig("continuous", 8, 0.0)
+    plan = make_plan(spec, PROFILE, TRUE, SLOS, calib, 3.0)
+    assert plan["predicted"] == predicted and plan["start"][knob_label(calib)] == 3.0
+    best = {p: max(v for k, v in predicted.items() if k.startswith(p)) for p in ("static", "continuous")}
+    for label, cap in predicted.items():
+        kept = label in plan["start"]
+        assert kept == (cap >= 0.9 * max(predicted.values()) or cap == best[label.split()[0]]
+                        or label == knob_label(calib))
+    replayed = run_search(spec, PROFILE, [], plan=plan)
+    assert {knob_label(r.config) for r in replayed if r.capacity.status == SKIPPED} == set(plan["skipped"])
