@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -40,9 +41,11 @@ def _check_creatable(path: Path) -> None:
     if not parent.is_dir():
         raise BadInput(f"--db: cannot create {path}: {parent} is not a directory; "
                        "give a path in an existing directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BadInput(f"--db: cannot create {path}: {parent} is not writable; "
-                       "give a path in a directory you can write to")
+    try:  # an unnamed temporary file (O_TMPFILE): even root cannot write a read-only folder
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise BadInput(f"--db: cannot create {path}: {parent} is not writable ({exc.strerror}); "
+                       "give a path in a directory you can write to") from None
 
 
 def check_target_answers(url: str, timeout_s: float = TARGET_PROBE_TIMEOUT_S) -> None:

@@ -1,0 +1,404 @@
+"""Every bad input is refused cleanly (issue 13): exit 2, one line on stderr naming the field,
+no traceback, nothing on stdout, and the database byte-identical afterwards (no new file).
+
+Cases run in-process through `app.cli.main`, the function the `tradeoff` console script calls,
+so each one exercises the real parsing, validation and store code without a Python start-up;
+a few run as real processes to pin the exit-code contract. None loads a model: every case
+must fail validation first (a model load here would mean validation came too late).
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from db.store import Store
+from experiments.profiles import load_profile
+from experiments.records import Dist, TrialConfig, TrialMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+
+PROFILE = """\
+name: tiny
+description: a small valid profile that the bad ones below are variations of
+prompt_tokens: {kind: uniform, min: 4, max: 16}
+output_tokens: {kind: uniform, min: 2, max: 8}
+arrival: {mode: closed, concurrency: 2}
+slos:
+  ttft_ms: {percentile: p90, max_ms: 5000}
+objective: max_goodput
+"""
+
+# name -> file content; `{tmp}/NAME` in a case's argv points at it.
+FILES: dict[str, str | bytes] = {
+    "sweep_malformed.yaml": "batch_sizes: [1, 4\n",
+    "sweep_binary.yaml": bytes(range(256)) * 4,
+    "sweep_nul.yaml": "model: a\x00b\n",
+    "sweep_list.yaml": "- batch_sizes\n- concurrency\n",
+    "sweep_empty.yaml": "",
+    "sweep_int_key.yaml": "1: 2\n",
+    "sweep_unknown_key.yaml": "concurrency: [1]\nbatch_size: [4]\n",
+    "sweep_wrong_type.yaml": "concurrency: [1]\nbatch_sizes: four\n",
+    "sweep_zero_reps.yaml": "concurrency: [1]\nrepetitions: 0\n",
+    "sweep_negative_requests.yaml": "concurrency: [1]\nrequests: -5\n",
+    "sweep_bad_policy.yaml": "concurrency: [1]\npolicies: [fancy]\n",
+    "sweep_inf_rate.yaml": "rate: [.inf]\n",
+    "sweep_empty_loads.yaml": "concurrency: []\n",
+    "sweep_server_cmd.yaml": "concurrency: [1]\nserver_cmd: 'serve --port {port} --bs {bs}'\n",
+    "sweep_long_name.yaml": "concurrency: [1]\nname: " + "x" * 300 + "\n",
+    "profile_malformed.yaml": "name: [tiny\n",
+    "profile_binary.yaml": b"\xff\xfe\x00garbage",
+    "profile_list.yaml": "- name\n",
+    "profile_unknown_key.yaml": PROFILE + "colour: blue\n",
+    "profile_wrong_type.yaml": PROFILE.replace("{kind: uniform, min: 4, max: 16}", "long"),
+    "profile_negative_slo.yaml": PROFILE.replace("max_ms: 5000", "max_ms: -1"),
+    "profile_inf_slo.yaml": PROFILE.replace("max_ms: 5000", "max_ms: .inf"),
+    "profile_nan_slo.yaml": PROFILE.replace("max_ms: 5000", "max_ms: .nan"),
+    "profile_bad_metric.yaml": PROFILE.replace("ttft_ms: {", "tttft_ms: {"),
+    "profile_bad_percentile.yaml": PROFILE.replace("p90", "p42"),
+    "profile_min_over_max.yaml": PROFILE.replace("min: 4, max: 16", "min: 16, max: 4"),
+    "profile_huge_lengths.yaml": PROFILE.replace("max: 16", "max: 100000000000"),
+    "profile_objective.yaml": PROFILE.replace("max_goodput", "min_cost"),
+    "profile_zero_users.yaml": PROFILE.replace("concurrency: 2", "concurrency: 0"),
+    "profile_html_name.yaml": PROFILE.replace("name: tiny", "name: '<script>x</script>'"),
+    "exported_malformed.yaml": "engine: {policy: static\n",
+    "exported_bad_policy.yaml": "engine: {model: m, policy: fancy, max_batch_size: 4, max_wait_ms: 0}\n",
+    "exported_no_engine.yaml": "model: m\n",
+    "not_a_db.db": "hello, I am not SQLite\n",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A command line (placeholders: {db} {newdb} {tmp} {dead} {busy} {newer} {live}) and the
+    text the error line must contain: the field (option, YAML key) it names."""
+
+    argv: str
+    field: str
+
+
+def c(argv: str, field: str) -> Case:
+    return Case(argv, field)
+
+
+SWEEP = "sweep --concurrency 1 --db {db}"
+SWEEP_NEW = "sweep --concurrency 1 --db {newdb}"
+# An external target sets its own knobs: one value of each, unless a --server-cmd sweeps them.
+TARGET = SWEEP + " --policy continuous --batch-sizes 4 --max-wait-ms 0 --target"
+SERVE_CMD = "serve --port {port} --max-num-seqs {batch_size}"
+
+CASES: dict[str, Case] = {
+    # -- trial flags ------------------------------------------------------------------------------
+    "trial batch 0": c("trial --batch-size 0", "batch size"),
+    "trial batch negative": c("trial --batch-size -2", "batch size"),
+    "trial batch word": c("trial --batch-size four", "--batch-size"),
+    "trial batch float": c("trial --batch-size 2.5", "--batch-size"),
+    "trial concurrency 0": c("trial --concurrency 0", "--concurrency"),
+    "trial rate 0": c("trial --rate 0", "--rate"),
+    "trial rate negative": c("trial --rate -1", "--rate"),
+    "trial rate nan": c("trial --rate nan", "--rate"),
+    "trial rate inf": c("trial --rate inf", "--rate"),
+    "trial burstiness 0": c("trial --rate 1 --burstiness 0", "--burstiness"),
+    "trial wait negative": c("trial --max-wait-ms -5", "max wait"),
+    "trial wait inf": c("trial --max-wait-ms inf", "max wait"),
+    "trial policy": c("trial --policy dynamic", "policy"),
+    "trial requests 0": c("trial --requests 0", "--requests"),
+    "trial duration negative": c("trial --duration -1", "--duration"),
+    "trial both loads": c("trial --concurrency 2 --rate 3", "not both"),
+    "trial unknown profile": c("trial --profile nope", "unknown profile 'nope'"),
+    "trial kv budget 0": c("trial --kv-budget 0", "KV budget"),
+    "trial device": c("trial --device tpu", "device"),
+    "trial dtype": c("trial --dtype float8", "dtype"),
+    "trial unknown option": c("trial --batchsize 4", "--batchsize"),
+    "trial target not http": c("trial --target ftp://x/v1", "--target"),
+    "trial target down": c("trial --target {dead} --target-model foo/bar", "--target"),
+    "trial api key unset": c("trial --target {dead} --api-key-env TRADEOFF_TEST_NO_SUCH_KEY",
+                             "--api-key-env"),
+    "trial tokenizer offline": c("trial --target {live} --target-model foo/bar", "foo/bar"),
+    "trial exported missing": c("trial --config {tmp}/nope.yaml", "--config"),
+    "trial exported malformed": c("trial --config {tmp}/exported_malformed.yaml", "--config"),
+    "trial exported policy": c("trial --config {tmp}/exported_bad_policy.yaml", "engine.policy"),
+    "trial exported no engine": c("trial --config {tmp}/exported_no_engine.yaml", "engine"),
+    # -- sweep flags (nothing may reach the db) ---------------------------------------------------
+    "sweep batches empty": c(SWEEP + " --batch-sizes ''", "--batch-sizes"),
+    "sweep batches hole": c(SWEEP + " --batch-sizes 1,,4", "--batch-sizes"),
+    "sweep batches word": c(SWEEP + " --batch-sizes 1,x", "--batch-sizes"),
+    "sweep batches float": c(SWEEP + " --batch-sizes 1e3", "--batch-sizes"),
+    "sweep batches 0": c(SWEEP + " --batch-sizes 0,4", "batch_sizes"),
+    "sweep wait negative": c(SWEEP + " --max-wait-ms -1", "max_wait_ms"),
+    "sweep wait inf": c(SWEEP + " --max-wait-ms inf", "max_wait_ms"),
+    "sweep concurrency 0": c(SWEEP + " --concurrency 0", "concurrency"),
+    "sweep rate inf": c("sweep --rate inf --db {db}", "rate"),
+    "sweep rate and users": c(SWEEP + " --rate 2", "exactly one of concurrency"),
+    "sweep no load": c("sweep --db {db}", "exactly one of concurrency"),
+    "sweep policy": c(SWEEP + " --policy static,fancy", "policies"),
+    "sweep profile": c(SWEEP + " --profile nope", "unknown profile 'nope'"),
+    "sweep requests 0": c(SWEEP + " --requests 0", "requests"),
+    "sweep repetitions 0": c(SWEEP + " --repetitions 0", "repetitions"),
+    "sweep repetitions 1000": c(SWEEP + " --repetitions 1000", "repetitions"),
+    "sweep burstiness 0": c("sweep --rate 1 --burstiness 0 --db {db}", "burstiness"),
+    "sweep kv budget 0": c(SWEEP + " --kv-budget 0", "kv_budget_tokens"),
+    "sweep long name": c(SWEEP + " --name " + "n" * 201, "name"),
+    "sweep api key env name": c(TARGET + " {dead} --api-key-env 1BAD", "api_key_env"),
+    "sweep api key unset": c(TARGET + " {dead} --api-key-env TRADEOFF_TEST_NO_SUCH_KEY",
+                             "--api-key-env"),
+    "sweep target not http": c(TARGET + " ftp://x/v1", "target"),
+    "sweep target down": c(TARGET + " {dead}", "--target"),
+    "sweep target grid": c(SWEEP + " --target {dead} --batch-sizes 1,4", "server-cmd"),
+    "sweep server-cmd placeholder": c(SWEEP + " --target {dead} --server-cmd 'x {{nosuch}}'",
+                                      "{nosuch}"),
+    "sweep server-cmd positional": c(SWEEP + " --server-cmd 'x {{}} {{port}}'", "server_cmd"),
+    "sweep server-cmd quoting": c(SWEEP + " --server-cmd \"x --port {{port}} 'open\"",
+                                  "server_cmd"),
+    "sweep server-cmd no port": c(SWEEP + " --server-cmd 'vllm serve m'", "{port}"),
+    "sweep server-cmd empty": c(SWEEP + " --server-cmd ''", "server_cmd"),
+    "sweep server-cmd brace": c(SWEEP + " --server-cmd 'x --port {{port}} {{'", "server_cmd"),
+    "sweep tokenizer": c(SWEEP + f" --server-cmd '{SERVE_CMD}' --tokenizer builtin:nosuch".replace(
+        "{", "{{").replace("}", "}}"), "builtin:nosuch"),
+    "sweep unknown builtin": c(SWEEP + " --model builtin:huge", "builtin:huge"),
+    "sweep device": c(SWEEP + " --device tpu", "device"),
+    "sweep resume unknown": c("sweep --resume 42 --db {db}", "42"),
+    "sweep new db bad flag": c(SWEEP_NEW + " --batch-sizes 0", "batch_sizes"),
+    # -- sweep YAML (--config) --------------------------------------------------------------------
+    "yaml missing": c("sweep --config {tmp}/nope.yaml --db {db}", "--config"),
+    "yaml directory": c("sweep --config {tmp} --db {db}", "--config"),
+    "yaml malformed": c("sweep --config {tmp}/sweep_malformed.yaml --db {db}", "--config"),
+    "yaml binary": c("sweep --config {tmp}/sweep_binary.yaml --db {db}", "--config"),
+    "yaml nul": c("sweep --config {tmp}/sweep_nul.yaml --db {db}", "--config"),
+    "yaml list": c("sweep --config {tmp}/sweep_list.yaml --db {db}", "--config"),
+    "yaml empty": c("sweep --config {tmp}/sweep_empty.yaml --db {db}", "--config"),
+    "yaml int key": c("sweep --config {tmp}/sweep_int_key.yaml --db {db}", "--config"),
+    "yaml unknown key": c("sweep --config {tmp}/sweep_unknown_key.yaml --db {db}", "batch_size"),
+    "yaml wrong type": c("sweep --config {tmp}/sweep_wrong_type.yaml --db {db}", "batch_sizes"),
+    "yaml repetitions 0": c("sweep --config {tmp}/sweep_zero_reps.yaml --db {db}", "repetitions"),
+    "yaml requests negative": c("sweep --config {tmp}/sweep_negative_requests.yaml --db {db}",
+                                "requests"),
+    "yaml policy": c("sweep --config {tmp}/sweep_bad_policy.yaml --db {db}", "policies"),
+    "yaml inf rate": c("sweep --config {tmp}/sweep_inf_rate.yaml --db {db}", "rate"),
+    "yaml empty loads": c("sweep --config {tmp}/sweep_empty_loads.yaml --db {db}", "concurrency"),
+    "yaml server_cmd": c("sweep --config {tmp}/sweep_server_cmd.yaml --db {db}", "{bs}"),
+    "yaml long name": c("sweep --config {tmp}/sweep_long_name.yaml --db {db}", "name"),
+    # -- profile YAML -----------------------------------------------------------------------------
+    "profile missing": c(SWEEP + " --profile {tmp}/nope.yaml", "nope.yaml"),
+    "profile malformed": c(SWEEP + " --profile {tmp}/profile_malformed.yaml", "profile_malformed"),
+    "profile binary": c(SWEEP + " --profile {tmp}/profile_binary.yaml", "profile_binary"),
+    "profile list": c(SWEEP + " --profile {tmp}/profile_list.yaml", "mapping"),
+    "profile unknown key": c(SWEEP + " --profile {tmp}/profile_unknown_key.yaml", "colour"),
+    "profile wrong type": c(SWEEP + " --profile {tmp}/profile_wrong_type.yaml", "prompt_tokens"),
+    "profile negative slo": c(SWEEP + " --profile {tmp}/profile_negative_slo.yaml",
+                              "slos.ttft_ms.max_ms"),
+    "profile inf slo": c(SWEEP + " --profile {tmp}/profile_inf_slo.yaml", "slos.ttft_ms.max_ms"),
+    "profile nan slo": c(SWEEP + " --profile {tmp}/profile_nan_slo.yaml", "slos.ttft_ms.max_ms"),
+    "profile metric": c(SWEEP + " --profile {tmp}/profile_bad_metric.yaml", "tttft_ms"),
+    "profile percentile": c(SWEEP + " --profile {tmp}/profile_bad_percentile.yaml", "percentile"),
+    "profile min over max": c(SWEEP + " --profile {tmp}/profile_min_over_max.yaml",
+                              "prompt_tokens"),
+    "profile huge lengths": c(SWEEP + " --profile {tmp}/profile_huge_lengths.yaml",
+                              "prompt_tokens.max"),
+    "profile objective": c(SWEEP + " --profile {tmp}/profile_objective.yaml", "objective"),
+    "profile zero users": c(SWEEP + " --profile {tmp}/profile_zero_users.yaml",
+                            "arrival.concurrency"),
+    "profile html name": c(SWEEP + " --profile {tmp}/profile_html_name.yaml", "name"),
+    # -- db URLs ----------------------------------------------------------------------------------
+    "db unknown dialect": c("sweeps --db foo://nowhere", "foo"),
+    "db no driver": c("sweeps --db mysql://u@h/db", "driver"),
+    "db not a url": c("sweeps --db notaurl", "notaurl"),
+    "db postgres unreachable": c("sweeps --db postgresql+psycopg://u@127.0.0.1:1/x", "127.0.0.1"),
+    "db missing file": c("sweeps --db {newdb}", "no database"),
+    "db not sqlite": c("sweeps --db sqlite:///{tmp}/not_a_db.db", "not a database"),
+    "db newer schema": c("sweeps --db {newer}", "upgrade tradeoff"),
+    "db newer schema recommend": c("recommend --db {newer}", "upgrade tradeoff"),
+    "db newer schema sweep": c("sweep --concurrency 1 --db {newer}", "upgrade tradeoff"),
+    "db missing dir": c("sweep --concurrency 1 --db sqlite:////proc/tradeoff/t.db", "--db"),
+    "db unwritable dir": c("sweep --concurrency 1 --db sqlite:////sys/tradeoff-test.db",
+                           "not writable"),
+    "db parent is a file": c("sweep --concurrency 1 --db sqlite:///{tmp}/not_a_db.db/t.db",
+                             "--db"),
+    "db sweep unknown dialect": c("sweep --concurrency 1 --db foo://nowhere", "foo"),
+    # -- recommend, export, trials ----------------------------------------------------------------
+    "recommend unknown profile": c("recommend --profile nosuch --db {db}", "chat"),
+    "recommend sweep and unknown profile": c("recommend --sweep 1 --profile nosuch --db {db}",
+                                             "--profile"),
+    "recommend sweep and other profile": c("recommend --sweep 1 --profile rag --db {db}",
+                                           "'chat'"),
+    "recommend profile without sweeps": c("recommend --profile rag --db {db}", "'rag'"),
+    "recommend format": c("recommend --format xml --db {db}", "--format"),
+    "recommend sweep unknown": c("recommend --sweep 42 --db {db}", "42"),
+    "recommend sweep word": c("recommend --sweep one --db {db}", "--sweep"),
+    "export format": c("export --format pdf --db {db}", "--format"),
+    "export unknown profile": c("export --profile nosuch --db {db}", "--profile"),
+    "export output dir missing": c("export --output {tmp}/no/such/x.yaml --db {db}", "--output"),
+    "export output is dir": c("export --output {tmp} --db {db}", "--output"),
+    "trials unknown sweep": c("trials 42 --db {db}", "42"),
+    "trials format": c("trials 1 --format xml --db {db}", "--format"),
+    "trials id word": c("trials abc --db {db}", "sweep_id"),
+    # -- serve and ui: host and port before anything starts ---------------------------------------
+    "serve port too big": c("serve --port 70000", "--port"),
+    "serve port 0": c("serve --port 0", "--port"),
+    "serve port negative": c("serve --port -1", "--port"),
+    "serve port in use": c("serve --port {busy}", "in use"),
+    "serve host unknown": c("serve --host no-such-host.invalid", "--host"),
+    "serve host foreign": c("serve --host 192.0.2.1", "--host"),
+    "serve policy": c("serve --policy fancy", "policy"),
+    "serve batch 0": c("serve --batch-size 0", "batch size"),
+    "serve config missing": c("serve --config {tmp}/nope.yaml", "--config"),
+    "ui port too big": c("ui --port 70000 --db {db}", "--port"),
+    "ui port in use": c("ui --port {busy} --db {db}", "in use"),
+    "ui host unknown": c("ui --host no-such-host.invalid --db {db}", "--host"),
+}
+
+
+def _metrics(goodput: float, ttft_ms: float) -> TrialMetrics:
+    dist = Dist(p50=ttft_ms, p90=ttft_ms, p95=ttft_ms, p99=ttft_ms, mean=ttft_ms, count=8)
+    return TrialMetrics(
+        requests_completed=8, requests_failed=0, duration_s=2.0, requests_per_s=goodput,
+        output_tokens_per_s=64 * goodput, total_tokens_per_s=96 * goodput, ttft_ms=dist,
+        tpot_ms=dist, itl_ms=dist, e2e_ms=dist, queue_wait_ms=dist, service_ms=dist,
+        goodput_rps=goodput, slo_attainment=1.0, mean_batch_size=2.0, peak_memory_mb=None,
+        saturated=False, slos={"ttft_ms": {"percentile": "p90", "max_ms": 500.0}})
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A db with one finished chat sweep of two trials (made by hand: no model runs)."""
+    path = tmp_path_factory.mktemp("seed") / "seed.db"
+    with Store(f"sqlite:///{path}") as store:
+        sweep_id = store.create_sweep(
+            name="seed", model="builtin:tiny", device="cpu", device_name=None, dtype="float32",
+            profile=load_profile("chat").model_dump(mode="json"), grid={}, seed=0,
+            provenance={}, trials_total=2)
+        for batch, goodput, ttft in ((1, 4.0, 100.0), (4, 9.0, 300.0)):
+            store.add_trial(sweep_id, TrialConfig("continuous", batch, 0.0, concurrency=4),
+                            _metrics(goodput, ttft), [], datetime(2026, 1, 1), datetime(2026, 1, 1))
+        store.finish_sweep(sweep_id, "done")
+    return path
+
+
+@pytest.fixture(scope="module")
+def newer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A db written by a future tradeoff (schema version 99)."""
+    path = tmp_path_factory.mktemp("newer") / "newer.db"
+    Store(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("insert into schema_version values (99, 'from the future', '2030-01-01')")
+    conn.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def busy_port() -> Iterator[int]:
+    """A loopback port with a listener on it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_url() -> Iterator[str]:
+    """Something that answers HTTP (200 on every GET): a reachable target."""
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:  # a port nobody listens on (freed at once)
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()
+            if p.is_file() and not p.name.endswith(SQLITE_SIDECARS)}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, seeded: Path) -> Path:
+    for name, content in FILES.items():
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    (tmp_path / "t.db").write_bytes(seeded.read_bytes())
+    return tmp_path
+
+
+def assert_refused(code: int, out: str, err: str, field: str) -> None:
+    """Exit 2, nothing on stdout, exactly one `error: ...` line naming the field, no traceback."""
+    assert code == 2, err
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and field in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_bad_input_is_refused_and_nothing_is_written(
+        case: Case, workdir: Path, newer: Path, busy_port: int, live_url: str,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here: look-ups must fail fast, not retry
+    monkeypatch.delenv("TRADEOFF_TEST_NO_SUCH_KEY", raising=False)
+    monkeypatch.chdir(workdir)  # a default ./tradeoff.db would land here, and be caught
+    newer_before = newer.read_bytes()
+    argv = shlex.split(case.argv.format(
+        db=f"sqlite:///{workdir / 't.db'}", newdb=f"sqlite:///{workdir / 'new.db'}",
+        tmp=workdir, dead=_dead_url(), busy=busy_port, newer=f"sqlite:///{newer}", live=live_url))
+    before = _snapshot(workdir)
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert_refused(code, out, err, case.field)
+    assert _snapshot(workdir) == before  # the db byte-identical, no new file (new.db included)
+    assert newer.read_bytes() == newer_before
+
+
+def test_there_are_at_least_80_cases_plus_http() -> None:
+    assert len(CASES) >= 80  # HTTP bodies: tests/engine/test_server_bad_inputs.py
+
+
+def test_cases_fail_before_any_model_loads() -> None:
+    # Run in a fresh interpreter: if validation came after the model load, torch would be in.
+    code = ("import sys; from app.cli import main; "
+            "rc = main(['sweep', '--concurrency', '1', '--db', 'sqlite:///:memory:', "
+            "'--server-cmd', 'x {nosuch}']); "
+            "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.stdout.split() == ["2", "False", "False"], run.stderr
+
+
+@pytest.mark.parametrize("args, field", [
+    (["sweep", "--concurrency", "1", "--server-cmd", "x {nosuch}"], "{nosuch}"),
+    (["serve", "--port", "70000"], "--port"),
+    (["recommend", "--sweep", "1", "--profile", "nosuch"], "--profile"),
+    (["trial", "--batch-size", "0"], "batch size"),
+])
+def test_exit_code_contract_in_a_real_process(args: list[str], field: str, workdir: Path) -> None:
+    before = _snapshot(workdir)
+    run = subprocess.run([sys.executable, "-m", "app.cli", *args, *(
+        ["--db", f"sqlite:///{workdir / 't.db'}"] if args[0] in ("sweep", "recommend") else [])],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_refused(run.returncode, run.stdout, run.stderr, field)
+    assert _snapshot(workdir) == before
