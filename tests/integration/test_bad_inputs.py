@@ -257,6 +257,10 @@ CASES: dict[str, Case] = {
     "ui port too big": c("ui --port 70000 --db {db}", "--port"),
     "ui port in use": c("ui --port {busy} --db {db}", "in use"),
     "ui host unknown": c("ui --host no-such-host.invalid --db {db}", "--host"),
+    "bench repeats 0": c("bench --repeats 0", "--repeats"),
+    "bench repeats word": c("bench --repeats many", "--repeats"),
+    "profiles unknown dialect": c("profiles --db foo://nowhere", "foo"),
+    "worker unknown dialect": c("worker --db foo://nowhere", "foo"),
 }
 
 
