@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.dashboard import compare, explore, profiles, recommend, run, state, widgets
+from app.dashboard import compare, explore, profiles, recommend, run, scaleout, state, widgets
 from db.errors import StoreError
 
 
@@ -19,6 +19,7 @@ def pages() -> list:
                 url_path="recommend"),
         st.Page(compare.render, title="Compare", icon=":material/compare_arrows:",
                 url_path="compare"),
+        st.Page(scaleout.render, title="Scale-out", icon=":material/dns:", url_path="scale-out"),
         st.Page(profiles.render, title="Profiles", icon=":material/tune:", url_path="profiles"),
     ]
 

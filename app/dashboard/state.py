@@ -23,7 +23,9 @@ from experiments.recommend import (
     Recommendation,
     recommend,
 )
-from experiments.records import SLO, TrialRecord
+from experiments.records import SLO, TrialConfig, TrialRecord
+from experiments.scaleout import ScalePoint, ScaleView, simulate_scaling
+from experiments.scaleout import scale_view as build_scale_view
 
 LIVE_TTL_S = 2.0  # sweeps move while a page is open; the live panels poll at this pace
 STABLE_TTL_S = 600.0  # keyed by the sweep's progress, so only memory bounds these
@@ -122,3 +124,17 @@ def clear_live() -> None:
     """Forget cached sweep and profile lists after this session changed them."""
     sweeps.clear()
     user_profiles.clear()
+
+
+@st.cache_resource(ttl=STABLE_TTL_S, max_entries=16, show_spinner=False)
+def scale_view(url: str, key: SweepVersion) -> ScaleView | None:
+    """The scale-out chart's inputs for one sweep (its trials, profile, SLOs, cost model)."""
+    sweep = get_store(url).get_sweep(key[0])
+    return build_scale_view(trials(url, key), Profile(**sweep.profile), base_slos(url, key), sweep.model)
+
+
+@st.cache_resource(ttl=STABLE_TTL_S, max_entries=64, show_spinner="Simulating replicas…")
+def scale_simulation(url: str, key: SweepVersion, base: TrialConfig, router: str) -> list[ScalePoint]:
+    """Simulated goodput of one config at 1-64 replicas (a few seconds; cached)."""
+    view = scale_view(url, key)
+    return [] if view is None else simulate_scaling(base, view.profile, view.slos, view.cost, router)
