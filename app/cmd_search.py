@@ -76,6 +76,7 @@ def validate_search(data: dict[str, Any], user_profiles) -> tuple[Any, Any]:
     """The validated spec and its profile; the store is opened only for a user profile's name."""
     from experiments.grid import parse_spec
     from experiments.profiles import ProfileError, load_profile
+    from experiments.sweep import sweep_profile
 
     spec = parse_spec(_drop_none(data))
     try:
@@ -84,12 +85,7 @@ def validate_search(data: dict[str, Any], user_profiles) -> tuple[Any, Any]:
         if spec.profile.endswith((".yaml", ".yml")) or "/" in spec.profile:
             raise
         prof = load_profile(spec.profile, user_profiles())
-    if prof.arrival.mode == "trace":
-        raise BadInput(f"profile '{prof.name}' replays a trace, whose load is its speed-up: "
-                       "a capacity search needs a synthetic profile (rate or users)")
-    if not prof.slos:
-        raise BadInput(f"profile '{prof.name}' has no SLOs: a capacity search needs at least one "
-                       "(add slos to the profile, or run a `tradeoff sweep` grid)")
+    sweep_profile(spec, prof)  # GridError: a trace profile, or one without SLOs
     if not spec.knob_configs():
         raise BadInput("the search space is empty: give at least one policy, batch size and wait")
     return spec, prof

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from statistics import median
 
 from db.store import Store, SweepRecord
-from experiments.capacity import ConfigCapacity, run_search
+from experiments.capacity import ConfigCapacity, plan_of, run_search
 from experiments.export import export_config
 from experiments.grid import SweepSpec
 from experiments.profiles import SLO_METRICS, Profile
@@ -85,3 +86,19 @@ def sweep_capacities(store: Store, sweep_id: int) -> tuple[list[ConfigCapacity],
     sweep = store.get_sweep(sweep_id)
     trials = store.list_trials(sweep_id)
     return run_search(SweepSpec(**sweep.grid), Profile(**sweep.profile), trials), trials
+
+
+def prediction_errors(trials: list[TrialRecord]) -> dict[str, dict[str, float]]:
+    """Per predicted metric: how many trials, and the median absolute relative error of the
+    prediction made before each trial ran (from details["prediction"])."""
+    errors: dict[str, list[float]] = {}
+    for t in trials:
+        for key, err in t.details.get("prediction", {}).get("error", {}).items():
+            errors.setdefault(key, []).append(abs(err))
+    return {k: {"n": len(v), "median_abs_error": median(v)} for k, v in errors.items()}
+
+
+def predicted_capacity(trials: list[TrialRecord]) -> dict[str, float]:
+    """Each config's capacity as the search plan predicted it (empty before calibration)."""
+    plan = plan_of(trials)
+    return dict(plan.get("predicted", {})) if plan else {}

@@ -66,6 +66,12 @@ class Progress:
 def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
     """The profile as the sweep runs it: a trace profile with the spec's replay window."""
     is_trace = isinstance(profile.arrival, TraceArrival)
+    if spec.search is not None and is_trace:
+        raise GridError(f"profile: '{profile.name}' replays a trace, whose load is its speed-up; "
+                        "a capacity search needs a synthetic profile (rate or users)")
+    if spec.search is not None and not profile.slos:
+        raise GridError(f"profile: '{profile.name}' has no SLOs: a capacity search needs at least "
+                        "one (add slos to the profile, or run a grid sweep)")
     if spec.speedup is not None and not is_trace:
         raise GridError(f"speedup: profile '{profile.name}' replays no trace; use a trace profile "
                         "(azure-conv, azure-code, a .csv or .jsonl) or sweep rate / concurrency")

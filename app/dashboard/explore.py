@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import streamlit as st
 
 from app import launcher
-from app.dashboard import charts, charts_time, state, widgets
+from app.dashboard import capacity_view, charts, charts_time, state, widgets
 from db.store import SweepRecord
 from experiments.metrics import latency_samples
 from experiments.pareto import ConfigPoint, classify
@@ -57,11 +57,14 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
     labels = classify(points, throughput, latency)
     fig = charts.frontier_figure(points, labels, throughput, latency, rec.config, slos,
                                  colour_by=colour_by)
+    capacity_view.add_predictions(fig, trials, throughput, latency)
+    capacity_view.capacity_section(url, sweep, f"explore_capacity_{sweep.id}")
     with chart:
         event = st.plotly_chart(fig, key=f"explore_chart_{sweep.id}", on_select="rerun",
                                 selection_mode="points")
         st.caption(f"Colour: {charts.COLOUR_OPTIONS[colour_by]} · symbol: policy · size: load · "
-                   "star: recommended. Click a point for its details."
+                   "star: recommended; dashed: the frontier as predicted before measuring. "
+                   "Click a point for its details."
                    + (" Roofline: fraction of the device's limit the local engine's steps reached "
                       "(decode vs memory bandwidth, prefill vs compute); blank where unknown."
                       if colour_by.startswith("roofline") else ""))
@@ -69,6 +72,7 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
     chosen = _chosen(sweep.id, points, rec, event)
     _details(url, sweep, state.point_details(url, key, points[chosen]), slos)
     _table(points, labels, throughput, latency)
+    capacity_view.prediction_table(trials)
 
 
 def _slo_controls(sweep_id: int, trials: Sequence[TrialRecord], base: Sequence[SLO]) -> list[SLO]:

@@ -37,6 +37,8 @@ class RunInputs:
     requests: int = 48
     repetitions: int = 1
     name: str = ""
+    search_load: str | None = None  # "rate" | "concurrency": find each config's capacity instead
+    budget_min: float = 10.0
 
 
 def parse_numbers(text: str, kind: type) -> list:
@@ -91,11 +93,20 @@ def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
     closed = inputs.load_mode == "concurrency"
     lists = (("batch_sizes", inputs.batch_sizes, int), ("max_wait_ms", inputs.max_wait_ms, float),
              ("load", inputs.loads, int if closed else float))
+    if inputs.search_load is not None:  # a capacity search chooses its own loads
+        lists = lists[:2]
+        data["search"] = {"load": inputs.search_load, "budget_s": inputs.budget_min * 60}
+        if not inputs.budget_min > 0:
+            errors["budget"] = "the time budget must be more than 0 minutes"
     for field, text, kind in lists:
         try:
             data[field] = parse_numbers(text, kind)
         except ValueError as exc:
             errors[field] = str(exc)
+    if inputs.search_load is not None:
+        if inputs.search_load == "rate":
+            data["burstiness"] = inputs.burstiness
+        return data
     data[inputs.load_mode] = data.pop("load", None)
     if inputs.load_mode == "rate":
         data["burstiness"] = inputs.burstiness

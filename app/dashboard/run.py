@@ -1,4 +1,5 @@
-"""Run page: configure a sweep grid, see its size and estimated duration, start it, watch it."""
+"""Run page: configure a sweep grid or a capacity search, see its size and estimated duration,
+start it, watch it."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ import json
 import streamlit as st
 
 from app import launcher
-from app.dashboard import charts, forms, state, widgets
+from app.dashboard import capacity_view, charts, forms, state, widgets
 from app.dashboard.forms import RunInputs
 from db.errors import StoreError
 from db.store import SweepRecord
-from experiments.estimate import estimate_sweep_s
+from experiments.estimate import estimate_search_s, estimate_sweep_s
 from experiments.grid import SweepSpec
 from experiments.pareto import classify
 from experiments.profiles import list_builtin_profiles
 
 OTHER_MODEL = "Hugging Face id or local path..."
 AUTO_ESTIMATE_MAX_CONFIGS = 64  # the estimate simulates every trial: ~50 ms each on 2 cores
+AUTO_SEARCH_ESTIMATE_CONFIGS = 4  # a search estimate simulates ~10 trials per config, and a plan
+RUN_KINDS: dict[str, str] = {"grid": "Grid of load levels",
+                             "capacity": "Find capacity (largest load within the SLOs)"}
 
 
 def render() -> None:
@@ -27,7 +31,9 @@ def render() -> None:
     st.caption("Each trial runs one batching config at one load level; the sweep runs in a "
                "background worker, so closing or refreshing this tab never stops it.")
     with st.container(border=True):
-        inputs, slots = _inputs(url)
+        kind = st.radio("Run", list(RUN_KINDS), key="run_kind", horizontal=True,
+                        format_func=RUN_KINDS.get)
+        inputs, slots = _inputs(url, is_search=kind == "capacity")
         spec, errors = forms.build_spec(inputs, state.user_profiles(url))
         for field, message in errors.items():  # each error under its field (the slot after it)
             slots.get(field, slots["name"]).error(widgets.md(message), icon=":material/error:")
@@ -35,15 +41,20 @@ def render() -> None:
     _sweeps_panel(url)
 
 
-def _inputs(url: str) -> tuple[RunInputs, dict]:
+def _inputs(url: str, is_search: bool = False) -> tuple[RunInputs, dict]:
     """Every field, each followed by an empty slot where its error goes."""
     slots: dict = {}
     left, right = st.columns(2)
     with left:
         model, device, profile, name = _where_inputs(url, slots)
+    search_load, budget_min = None, 10.0
     with right:
         policies, batch_sizes, waits = _knob_inputs(slots)
-        mode, loads, burstiness = _load_inputs(slots)
+        if is_search:
+            search_load, budget_min, burstiness = _search_inputs(slots)
+            mode, loads = search_load, ""
+        else:
+            mode, loads, burstiness = _load_inputs(slots)
     left, right = st.columns(2)
     requests = left.number_input("Requests per trial", 1, 100_000, 48, key="run_requests")
     slots["requests"] = left.empty()
@@ -51,8 +62,26 @@ def _inputs(url: str) -> tuple[RunInputs, dict]:
                                      help="2+ gives error bars (95% intervals)")
     slots["repetitions"] = right.empty()
     inputs = RunInputs(model, device, profile, tuple(policies), batch_sizes, waits, mode, loads,
-                       burstiness, int(requests), int(repetitions), name)
+                       burstiness, int(requests), int(repetitions), name, search_load,
+                       float(budget_min))
     return inputs, slots
+
+
+def _search_inputs(slots: dict) -> tuple[str, float, float]:
+    load = st.radio("Search over", ["rate", "concurrency"], key="run_search_load",
+                    horizontal=True, format_func={"rate": "open loop: requests/s",
+                                                  "concurrency": "closed loop: users"}.get)
+    budget = st.number_input("Time budget (minutes)", min_value=0.5, max_value=24 * 60.0,
+                             value=10.0, key="run_budget",
+                             help="the search stops cleanly when it is spent, with the best "
+                                  "answer so far; resume it to go on")
+    slots["budget"] = st.empty()
+    slots["load"] = st.empty()
+    burstiness = 1.0 if load != "rate" else st.number_input(
+        "Burstiness (gamma shape; 1 = Poisson, < 1 burstier)", min_value=0.05,
+        max_value=100.0, value=1.0, key="run_search_burstiness")
+    slots["burstiness"] = st.empty()
+    return load, float(budget), float(burstiness)
 
 
 def _where_inputs(url: str, slots: dict) -> tuple[str, str, str, str]:
@@ -115,12 +144,18 @@ def _start_row(url: str, spec: SweepSpec | None) -> None:
     if spec is None:
         left.metric("Trials", "-")
         mid.caption("Fix the fields marked above to see the grid size and duration.")
+    elif spec.search is not None:
+        left.metric("Trials (at most)", spec.num_trials,
+                    help="a search stops each config once its capacity is decided")
+        with mid:
+            _search_estimate(url, spec)
     else:
         left.metric("Trials", spec.num_trials)
         with mid:
             _estimate(url, spec)
     with right:
-        if st.button("Start sweep", type="primary", disabled=spec is None, key="run_start",
+        label = "Find capacity" if spec is not None and spec.search is not None else "Start sweep"
+        if st.button(label, type="primary", disabled=spec is None, key="run_start",
                      icon=":material/play_arrow:"):
             widgets.start(url, spec)
         if st.button("Run the demo sweep", key="run_demo",
@@ -146,6 +181,25 @@ def _estimate_s(spec_json: str, profile_yaml: str) -> float:
     spec = SweepSpec(**json.loads(spec_json))
     user = {spec.profile: profile_yaml} if profile_yaml else {}
     return estimate_sweep_s(spec, forms.profile_for(spec, user))
+
+
+def _search_estimate(url: str, spec: SweepSpec) -> None:
+    if len(spec.knob_configs()) > AUTO_SEARCH_ESTIMATE_CONFIGS and not st.button(
+            "Estimate duration", help="runs the search on simulated trials: a few seconds"):
+        st.caption(f"{len(spec.knob_configs())} configs, budget {spec.search.budget_s / 60:g} min")
+        return
+    profile_yaml = state.user_profiles(url).get(spec.profile, "")
+    seconds, trials = _search_estimate_s(spec.model_dump_json(), profile_yaml)
+    st.metric("Estimated duration", widgets.duration(seconds),
+              help=f"about {trials} trials: the search run on simulated trials with a rough cost "
+                   "model of this model, capped by the budget; a guide, not a promise")
+
+
+@st.cache_data(show_spinner="Estimating the search...", max_entries=32)
+def _search_estimate_s(spec_json: str, profile_yaml: str) -> tuple[float, int]:
+    spec = SweepSpec(**json.loads(spec_json))
+    user = {spec.profile: profile_yaml} if profile_yaml else {}
+    return estimate_search_s(spec, forms.profile_for(spec, user))
 
 
 def _sweeps_panel(url: str) -> None:
@@ -204,7 +258,9 @@ def _growing_frontier(url: str, sweep: SweepRecord) -> None:
             st.caption("The frontier appears here as trials finish.")
         return
     labels = classify(points, throughput, latency)
+    capacity_view.capacity_section(url, sweep, "run_capacity")
     fig = charts.frontier_figure(points, labels, throughput, latency, height=420)
+    capacity_view.add_predictions(fig, state.trials(url, key), throughput, latency)
     st.plotly_chart(fig, key="run_frontier")
 
 

@@ -1,0 +1,80 @@
+"""Capacity and prediction sections shared by the Run and Explore pages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.dashboard import capacity_charts, charts, state, widgets
+from db.store import SweepRecord
+from experiments.analysis import (
+    is_search,
+    predicted_capacity,
+    prediction_errors,
+    sweep_capacities,
+)
+from experiments.capacity import ConfigCapacity, best, sentence
+from experiments.records import TrialRecord
+
+
+@st.cache_resource(ttl=state.STABLE_TTL_S, max_entries=16, show_spinner=False)
+def capacities(url: str, key: state.SweepVersion) -> list[ConfigCapacity]:
+    """Each config's capacity, replayed from the stored trials (cached per sweep version)."""
+    return sweep_capacities(state.get_store(url), key[0])[0]
+
+
+def capacity_section(url: str, sweep: SweepRecord, chart_key: str) -> None:
+    """For a capacity search: the sentence naming capacities, and the chart per config."""
+    if not is_search(sweep):
+        return
+    key = state.version(sweep)
+    caps = capacities(url, key)
+    trials = state.trials(url, key)
+    text = widgets.md(sentence(caps, sweep.profile_name or "profile"))
+    if best(caps) is not None:
+        st.success(text, icon=":material/speed:")
+    else:
+        st.info(text, icon=":material/speed:")
+    fig = capacity_charts.capacity_figure(caps, predicted_capacity(trials))
+    st.plotly_chart(fig, key=chart_key)
+    st.caption("Bar: the largest load shown to meet the SLOs (attainment interval at or above "
+               "the target); whisker: up to the lowest load that did not. Faded: undecided "
+               "(budget, client-bound or failed trials); open diamond: predicted before measuring.")
+    with st.expander("Capacity per config"):
+        st.dataframe([c.to_dict() | {"config": None} for c in caps], hide_index=True,
+                     column_order=["label", "capacity", "upper", "unit", "decided", "status",
+                                   "trials", "reason"])
+
+
+def add_predictions(fig: go.Figure, trials: Sequence[TrialRecord], throughput: str,
+                    latency: str) -> go.Figure:
+    """The predicted frontier (dashed) of the measured points, each as predicted before it ran."""
+    return capacity_charts.add_predicted_frontier(
+        fig, capacity_charts.predicted_pairs(trials, throughput, latency))
+
+
+def prediction_table(trials: Sequence[TrialRecord]) -> None:
+    """Median absolute prediction error per metric, and each point's predicted vs measured."""
+    errors = prediction_errors(list(trials))
+    if not errors:
+        return
+    with st.expander("Prediction error (simulator vs measured)"):
+        st.caption("Each trial was predicted before it ran, by the engine's scheduler on a "
+                   "virtual clock under a cost model fitted to the steps of the trials before it.")
+        st.dataframe([{"metric": charts.metric_label(k), "trials": v["n"],
+                       "median |error|": f"{v['median_abs_error']:.1%}"}
+                      for k, v in sorted(errors.items())], hide_index=True)
+        st.dataframe([_row(t) for t in trials if t.details.get("prediction")], hide_index=True)
+
+
+def _row(t: TrialRecord) -> dict:
+    pred = t.details["prediction"]
+    row: dict = {"trial": t.trial_id, "config": t.config.label}
+    for key in ("output_tokens_per_s", "ttft_ms_p90"):
+        row[f"{key} measured"] = t.metrics.get(key)
+        row[f"{key} predicted"] = pred.get("predicted", {}).get(key)
+        err = pred.get("error", {}).get(key)
+        row[f"{key} error"] = None if err is None else f"{err:+.0%}"
+    return row

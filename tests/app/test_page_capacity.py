@@ -1,0 +1,75 @@
+"""Capacity search on the dashboard: the Run page's "Find capacity" mode queues a search; a
+search sweep shows its capacity sentence and chart; predicted points show their error."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dashboard_helpers import page_test, plain, texts
+
+from app.dashboard.synthetic import synthetic_requests
+from db.store import Store
+from experiments.grid import parse_spec
+from experiments.metrics import compute_trial_metrics
+from experiments.profiles import load_profile
+from experiments.records import TrialConfig
+
+N = 48
+
+
+def test_find_capacity_mode_queues_a_search(db_url, store: Store, launches) -> None:
+    app = page_test("run").run()
+    app.radio(key="run_kind").set_value("capacity").run()
+    app.radio(key="run_search_load").set_value("concurrency").run()
+    app.number_input(key="run_budget").set_value(3.0).run()
+    assert not app.exception
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Trials (at most)"] == str(2 * 3 * 2 * 12)  # configs x max probes
+    app.button(key="run_start").click().run()
+    (spec,) = launches.specs
+    assert spec.search is not None and spec.search.load == "concurrency"
+    assert spec.search.budget_s == 180 and spec.concurrency is None and spec.rate is None
+    assert store.list_sweeps()[0].grid["search"]["load"] == "concurrency"
+
+
+def add_search_sweep(store: Store) -> int:
+    """A finished rate search, replayable: continuous b4 passes up to 4 req/s, static b1 at 1."""
+    spec = parse_spec({"profile": "chat", "policies": ["static", "continuous"], "batch_sizes": [4],
+                       "max_wait_ms": [0], "requests": N,
+                       "search": {"load": "rate", "predict": False, "start_load": 1.0}})
+    sweep_id = store.create_sweep(
+        name="search", model=spec.model, device="cpu", device_name="synthetic", dtype="float32",
+        profile=load_profile("chat").model_dump(mode="json"), grid=spec.model_dump(mode="json"),
+        seed=0, provenance={}, trials_total=spec.num_trials)
+    capacity = {"continuous": 4.0, "static": 1.0}
+    for policy, cap in capacity.items():
+        rate = 1.0
+        while rate <= 2 * cap:  # doubling from 1 to the first failure, then bisection below it
+            _add(store, sweep_id, TrialConfig(policy, 4, 0.0, rate=rate), rate <= cap)
+            rate *= 2
+        for mid in ([6.0, 5.0, 4.5, 4.25] if policy == "continuous" else [1.5, 1.25, 1.12, 1.06]):
+            _add(store, sweep_id, TrialConfig(policy, 4, 0.0, rate=mid), mid <= cap)
+    store.finish_sweep(sweep_id, "done")
+    return sweep_id
+
+
+def _add(store: Store, sweep_id: int, config: TrialConfig, passes: bool) -> None:
+    records = synthetic_requests(replace(config, concurrency=1, rate=None), N)
+    metrics = compute_trial_metrics(records, [], [], None, False)
+    prediction = {"predicted": {"output_tokens_per_s": metrics.output_tokens_per_s * 1.1,
+                                "ttft_ms_p90": metrics.ttft_ms.p90},
+                  "error": {"output_tokens_per_s": 0.1, "ttft_ms_p90": 0.0}}
+    metrics = replace(metrics, slo_attainment=1.0 if passes else 0.5,
+                      details={"prediction": prediction})
+    store.add_trial(sweep_id, config, metrics, records, None, None)
+
+
+def test_search_sweep_shows_capacities_and_prediction_error(db_url, store: Store) -> None:
+    add_search_sweep(store)
+    app = page_test("explore").run()
+    assert not app.exception
+    sentence = next(plain(s.value) for s in app.success if "carries" in s.value)
+    assert sentence.startswith("continuous b4 w0ms carries 4 req/s within the chat SLOs")
+    assert "the best static config 1" in sentence
+    assert any("whisker" in c for c in texts(app.caption))
+    assert len(app.get("plotly_chart")) >= 2  # the capacity chart and the frontier
