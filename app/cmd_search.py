@@ -43,8 +43,8 @@ def search(
 
     if rate and concurrency:
         raise BadInput("give one of --rate (open loop) or --concurrency (closed loop), not both")
-    if not budget_min > 0:
-        raise BadInput(f"--budget-min must be > 0 minutes, got {budget_min:g}")
+    if not 0 < budget_min < float("inf"):
+        raise BadInput(f"--budget-min must be > 0 minutes and finite, got {budget_min:g}")
     if resume is not None:
         store = open_store(db)
         sweep_id, target = _check_resume(store, resume), None
@@ -57,8 +57,7 @@ def search(
                            "budget_s": budget_min * 60, "start_load": start_load,
                            "max_load": max_load, "max_repeats": max_repeats}}
         spec, prof = validate_search(data, lambda: _user_profiles(db))
-        store = open_store(db)
-        sweep_id, target = create_search(store, spec, prof)
+        sweep_id, target, store = create_search(db, spec, prof)
     runner = runner_for(store, sweep_id, on_progress=_progress_printer(), target=target)
     with _ctrl_c_cancels(runner.stop):
         status = runner.run()
@@ -91,18 +90,22 @@ def validate_search(data: dict[str, Any], user_profiles) -> tuple[Any, Any]:
     return spec, prof
 
 
-def create_search(store, spec, prof) -> tuple[int, Any]:
-    """Estimate, load the model, then store the sweep (nothing is written before this)."""
+def create_search(db: str | None, spec, prof) -> tuple[int, Any, Any]:
+    """Estimate, load the model, then store the sweep (nothing is written before this, not
+    even a new db file): (sweep id, target, store)."""
+    from app.preflight import existing_store
     from experiments.estimate import estimate_search_s
     from experiments.sweep import create_sweep, local_target_for
 
+    store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
     est_s, est_trials = estimate_search_s(spec, prof)
     target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
+    store = store or open_store(db)
     sweep_id = create_sweep(store, spec, prof)
     print(f"search {sweep_id}: {len(spec.knob_configs())} configs, ~{est_trials} trials, estimated "
           f"{est_s / 60:.1f} min (budget {spec.search.budget_s / 60:g} min; db: {store.display_url})",
           file=sys.stderr)
-    return sweep_id, target
+    return sweep_id, target, store
 
 
 def _user_profiles(db: str | None) -> dict[str, str]:
