@@ -41,24 +41,24 @@ def test_without_slos_adaptive_batches_like_continuous_with_no_wait():
 
 def test_cap_is_the_largest_batch_whose_predicted_tpot_meets_the_slo():
     # Decode costs 5 ms + 1 ms per row, prefill is free: TPOT(n) = 5 + n ms; the SLO 10.5 ms
-    # (aim 0.9 x 10.5 = 9.45) allows n = 4. The fit learns the line from steps at n = 2 and 1:
-    # a, b run at 0 (decode 0-7 ms, a leaves), b alone 7-13 ms. c..h arrive at 8 ms; at 13 the
-    # cap is 4 with b running, so c, d, e join; f, g, h join when those leave at 31 (13 + 2 x 9).
+    # allows n = 5. The fit learns the line from steps at n = 2 and 1: a, b run at 0 (decode
+    # 0-7 ms, a leaves), b alone 7-13 ms. c..h arrive at 8 ms; at 13 the cap is 5 with b
+    # running, so c, d, e, f join; g, h join when those leave at 33 (13 + 2 x 10).
     cost = CostModel(decode_base_s=5 * MS, decode_per_seq_s=1 * MS)
     config = SchedulerConfig("adaptive", 8, 0, tpot_slo_ms=10.5)
     seqs = run(config, [(0, 8, 2), (0, 8, 20)] + [(8, 8, 3)] * 6, cost)
-    assert ms([s.admitted_s for s in seqs]) == [0, 0, 13, 13, 13, 31, 31, 31]
+    assert ms([s.admitted_s for s in seqs]) == [0, 0, 13, 13, 13, 13, 33, 33]
     continuous = run(SchedulerConfig("continuous", 8, 0), [(0, 8, 2), (0, 8, 20)] + [(8, 8, 3)] * 6, cost)
     assert ms([s.admitted_s for s in continuous]) == [0, 0] + [13] * 6
 
 
 def test_wait_is_cut_to_a_share_of_the_ttft_budget_and_zero_when_idle():
-    # max wait 100 ms, TTFT SLO 100 ms: a alone joins at once (nothing to stall). b (12 ms) may
-    # wait 0.25 x 100 - 10 (its predicted prefill) = 15 ms, so it is due at 27 ms and joins at
-    # the next step boundary, 30 ms, with c (13 ms). Continuous holds all three to 100 ms.
-    config = SchedulerConfig("adaptive", 8, 100, ttft_slo_ms=100)
+    # max wait 100 ms, TTFT SLO 60 ms: a alone joins at once (nothing to stall). b (12 ms) may
+    # wait 0.5 x 60 - 10 (its predicted prefill) = 20 ms, so it is due at 32 ms and joins at
+    # the next step boundary, 35 ms, with c (13 ms). Continuous holds all three to 100 ms.
+    config = SchedulerConfig("adaptive", 8, 100, ttft_slo_ms=60)
     a, b, c = run(config, [(0, 8, 10), (12, 8, 2), (13, 8, 2)])
-    assert ms([a.admitted_s, b.admitted_s, c.admitted_s]) == [0, 30, 30]
+    assert ms([a.admitted_s, b.admitted_s, c.admitted_s]) == [0, 35, 35]
     a, b, c = run(SchedulerConfig("continuous", 8, 100), [(0, 8, 10), (12, 8, 2), (13, 8, 2)])
     assert ms([a.admitted_s, b.admitted_s, c.admitted_s]) == [100, 100, 100]
 
@@ -89,12 +89,12 @@ def test_cap_and_wait_before_any_step_fall_back_to_the_configured_knobs():
 
 
 def test_stall_counts_prefill_seconds_per_decoded_row():
-    state = AdaptiveState(SchedulerConfig("adaptive", 16, 0, tpot_slo_ms=20.5))
+    state = AdaptiveState(SchedulerConfig("adaptive", 16, 0, tpot_slo_ms=18.5))
     state.observe("prefill", 2, 100, 0.010)
     for n in (4, 4, 2):
         state.observe("decode", n, n, 0.002 + 0.001 * n)
     assert state.stall_per_row_s() == pytest.approx(0.010 / 10)
-    # TPOT(n) = 2 + n + n x 1 ms; aim 0.9 x 20.5 = 18.45 ms: n = 8.
+    # TPOT(n) = 2 + n + n x 1 ms <= 18.5 ms: n = 8.
     assert state.predicted_tpot_s(8) == pytest.approx(0.018)
     assert state.batch_cap() == 8
 
