@@ -3,7 +3,8 @@
 Continuous batching whose batch cap and batching wait are chosen at every step, not fixed:
 
 - **Cap** (TPOT): the largest batch, up to the configured `max_batch_size`, whose predicted
-  time per output token stays within `TPOT_HEADROOM` x the TPOT SLO. A running sequence's
+  time per output token stays within `TPOT_HEADROOM` x the TPOT SLO (the ceiling when no
+  batch size can meet it: then capping saves no TPOT and only costs throughput). A running sequence's
   TPOT is the decode step time plus the prefills that interrupt it (no chunked prefill), so
   `tpot(n) = decode_s(n) + n x stall_per_row_s`: decode time is fitted as `a + b n` by least
   squares over the recent steps, and the stall is the recent prefill seconds per decoded row.
@@ -82,7 +83,8 @@ class AdaptiveState:
             return limit  # nothing to steer by yet: behave as continuous
         target_s = TPOT_HEADROOM * slo_ms / 1000.0
         fits = [n for n in range(1, limit + 1) if self.predicted_tpot_s(n) <= target_s]  # type: ignore[operator]
-        return max(fits, default=1)
+        # Unreachable even alone: a small batch would save no TPOT, only lose throughput.
+        return max(fits, default=limit)
 
     def wait_s(self, head: Sequence, is_running: bool) -> float:
         """How long `head` (the oldest viable waiter) may be held back to join in a group."""

@@ -97,6 +97,8 @@ def test_stall_counts_prefill_seconds_per_decoded_row():
     # TPOT(n) = 2 + n + n x 1 ms <= 18.5 ms: n = 8.
     assert state.predicted_tpot_s(8) == pytest.approx(0.018)
     assert state.batch_cap() == 8
+    # A TPOT SLO no batch can meet (TPOT(1) = 4 ms): capping would only cost throughput.
+    assert AdaptiveState(SchedulerConfig("adaptive", 16, 0, tpot_slo_ms=3.0), state.steps).batch_cap() == 16
 
 
 @pytest.mark.parametrize("points, expected", [
