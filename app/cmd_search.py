@@ -17,11 +17,13 @@ from app.output import print_json
 def search(
     model: str = typer.Option("builtin:tiny", help="builtin:tiny, builtin:small, a HF id or a path"),
     profile: str = typer.Option("chat", help="workload profile; it must have SLOs"),
-    policy: str = typer.Option("static,continuous", help="comma list: static,continuous"),
+    policy: str = typer.Option("static,continuous", help="comma list: static,continuous,adaptive"),
     batch_sizes: str = typer.Option("1,4,16", "--batch-sizes", help="comma list, e.g. 1,4,16"),
     max_wait_ms: str = typer.Option("0,10", "--max-wait-ms", help="comma list in ms, e.g. 0,10"),
     rate: bool = typer.Option(False, "--rate", help="search open-loop arrival rate (req/s; default)"),
     concurrency: bool = typer.Option(False, "--concurrency", help="search closed-loop users instead"),
+    speedup: bool = typer.Option(
+        False, "--speedup", help="trace profiles: search the replay speed-up (x) instead"),
     budget_min: float = typer.Option(10.0, "--budget-min", help="measurement time budget, minutes"),
     start_load: float | None = typer.Option(None, "--start-load", help="first load tried per config"),
     max_load: float | None = typer.Option(None, "--max-load", help="largest load tried"),
@@ -41,8 +43,9 @@ def search(
     """Find each config's capacity (largest load meeting the SLOs) by bracketing and bisection."""
     from experiments.sweep import runner_for
 
-    if rate and concurrency:
-        raise BadInput("give one of --rate (open loop) or --concurrency (closed loop), not both")
+    if rate + concurrency + speedup > 1:
+        raise BadInput("give one of --rate (open loop), --concurrency (closed loop) or "
+                       "--speedup (trace replay), not both")
     if not 0 < budget_min < float("inf"):
         raise BadInput(f"--budget-min must be > 0 minutes and finite, got {budget_min:g}")
     if resume is not None:
@@ -53,7 +56,7 @@ def search(
                 "seed": seed, "device": device, "dtype": dtype, "kv_budget_tokens": kv_budget,
                 "name": name or f"capacity search: {profile} on {model}",
                 **_lists(policy, batch_sizes, max_wait_ms, None, None),
-                "search": {"load": "concurrency" if concurrency else "rate",
+                "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
                            "budget_s": budget_min * 60, "start_load": start_load,
                            "max_load": max_load, "max_repeats": max_repeats}}
         spec, prof = validate_search(data, lambda: _user_profiles(db))

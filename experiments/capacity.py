@@ -38,7 +38,7 @@ class ConfigCapacity:
 
     config: TrialConfig  # the knobs, no load
     capacity: Capacity
-    unit: str  # "req/s" | "users"
+    unit: str  # "req/s" | "users" | "x speed-up"
 
     def to_dict(self) -> dict:
         """JSON-ready: the CLI contract's `capacities` item."""
@@ -61,7 +61,13 @@ def knob_label(config: TrialConfig) -> str:
 
 
 def unit_of(spec: SweepSpec) -> str:
+    if _is_speedup(spec):
+        return "x speed-up"
     return "users" if _is_users(spec) else "req/s"
+
+
+def _is_speedup(spec: SweepSpec) -> bool:
+    return spec.search is not None and spec.search.load == "speedup"
 
 
 def _is_users(spec: SweepSpec) -> bool:
@@ -92,6 +98,9 @@ def trial_config(spec: SweepSpec, knobs: TrialConfig, probe: Probe) -> TrialConf
     """The stored trial a probe runs as."""
     if _is_users(spec):
         return replace(knobs, concurrency=int(probe.load), rate=None, repetition=probe.repetition)
+    if _is_speedup(spec):  # a trace replayed faster, searched like a rate
+        return replace(knobs, speedup=probe.load, rate=None, concurrency=None,
+                       repetition=probe.repetition)
     return replace(knobs, rate=probe.load, concurrency=None, burstiness=spec.burstiness,
                    repetition=probe.repetition)
 

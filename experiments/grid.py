@@ -23,7 +23,7 @@ class SearchSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    load: Literal["rate", "concurrency"] = "rate"
+    load: Literal["rate", "concurrency", "speedup"] = "rate"  # speedup: a trace profile's axis
     budget_s: float = Field(default=600.0, gt=0)  # measurement time; a clean stop when spent
     start_load: float | None = Field(default=None, gt=0)  # default: 1 req/s, or batch-size users
     max_load: float | None = Field(default=None, gt=0)

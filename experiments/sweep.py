@@ -66,13 +66,14 @@ class Progress:
 def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
     """The profile as the sweep runs it: a trace profile with the spec's replay window."""
     is_trace = isinstance(profile.arrival, TraceArrival)
-    if spec.search is not None and is_trace:
+    searches_speedup = spec.search is not None and spec.search.load == "speedup"
+    if spec.search is not None and is_trace and not searches_speedup:
         raise GridError(f"profile: '{profile.name}' replays a trace, whose load is its speed-up; "
-                        "a capacity search needs a synthetic profile (rate or users)")
+                        "search it with --speedup (search.load: speedup)")
     if spec.search is not None and not profile.slos:
         raise GridError(f"profile: '{profile.name}' has no SLOs: a capacity search needs at least "
                         "one (add slos to the profile, or run a grid sweep)")
-    if spec.speedup is not None and not is_trace:
+    if (spec.speedup is not None or searches_speedup) and not is_trace:
         raise GridError(f"speedup: profile '{profile.name}' replays no trace; use a trace profile "
                         "(azure-conv, azure-code, a .csv or .jsonl) or sweep rate / concurrency")
     if (spec.trace_duration_s, spec.trace_start_s) != (None, None) and not is_trace:

@@ -78,3 +78,27 @@ def test_user_csv_trace_replays(capsys, tmp_path: Path):
     result = json.loads(out)
     assert result["profile"] == "my.csv" and result["details"]["trace"]["requests_replayed"] == 12
     assert result["requests_completed"] == 8
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--profile", "chat", "--speedup"], "replays no trace"),
+    (["--profile", "azure-conv"], "search it with --speedup"),
+    (["--profile", "azure-conv", "--speedup", "--rate"], "not both"),
+])
+def test_capacity_search_over_a_trace_needs_speedup(capsys, tmp_path: Path, args, needle):
+    code, _, err = run_cli(capsys, "search", *args, "--db", f"sqlite:///{tmp_path / 's.db'}")
+    assert code == 2 and needle in one_error_line(err)
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_capacity_search_probes_speedups_as_trace_trials():
+    from experiments.capacity import trial_config, unit_of
+    from experiments.grid import parse_spec
+    from experiments.search import Probe
+
+    spec = parse_spec({"profile": "azure-conv", "policies": ["adaptive"], "batch_sizes": [8],
+                       "max_wait_ms": [0.0], "search": {"load": "speedup"}})
+    (knobs,) = spec.knob_configs()
+    config = trial_config(spec, knobs, Probe(3.0, 1))
+    assert (config.speedup, config.rate, config.concurrency, config.repetition) == (3.0, None, None, 1)
+    assert config.load_label == "trace@3x" and unit_of(spec) == "x speed-up"
