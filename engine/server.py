@@ -30,7 +30,7 @@ from engine.openai_schema import (
     parse_request,
 )
 from engine.server_metrics import ServerMetrics
-from engine.server_requests import RequestValidator
+from engine.server_requests import RequestValidator, read_body
 from engine.server_stream import Chunks, Generation, LoopBridge, complete, stream_body
 
 GRACEFUL_SHUTDOWN_S = 5
@@ -50,7 +50,7 @@ class _Server:
         if self.bridge is None:
             self.bridge = LoopBridge(asyncio.get_running_loop())
         try:
-            req = parse_request(kind, await request.body())
+            req = parse_request(kind, await read_body(request))
             prompt_ids, params = self.validator.prepare(req)
         except RequestError as exc:
             self.metrics.requests["rejected"] += 1

@@ -12,6 +12,28 @@ from engine.sequence import SamplingParams
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 SAMPLING_EPS = 1e-5  # temperatures below this are greedy (as vLLM): 1/T would overflow
+# Far above any context window's prompt as JSON; a bigger body is refused before it is held in
+# memory, instead of being read whole and then found too long.
+MAX_BODY_BYTES = 32 * 2**20
+
+
+async def read_body(request: Any, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, or RequestError 413 as soon as it is known to exceed `limit`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():  # chunked uploads declare no length: count them
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> RequestError:
+    return RequestError(f"the request body is over {limit // 2**20} MiB ({size} bytes or more); "
+                        "send a shorter prompt", code="request_too_large", status=413)
 
 
 class RequestValidator:

@@ -92,6 +92,7 @@ CASES: dict[str, tuple[str, bytes, int, str | None, str]] = {
                         "context length"),
     "chat message 100k": (CHAT, chat({"role": "user", "content": "a" * 100_000}), 400, "prompt",
                           "context length"),
+    "body over 32 MiB": (COMPLETIONS, completion(prompt="a" * (33 * 2**20)), 413, None, "32 MiB"),
     # bad token ids, empty and batched prompts
     "token id negative": (COMPLETIONS, completion(prompt=[1, -1]), 400, "prompt", "token ids"),
     "token id too big": (COMPLETIONS, completion(prompt=[1, 999_999]), 400, "prompt", "token ids"),
@@ -149,7 +150,7 @@ def test_bad_body_gets_a_one_line_openai_error_and_never_reaches_the_engine(
     metrics = served[1].metrics
     rejected, prompt_tokens = metrics.requests["rejected"], metrics.num_prompt_tokens
     resp = client.post(path, content=body, headers={"content-type": "application/json"})
-    assert resp.status_code == status, resp.text
+    assert resp.status_code == status, resp.text[:300]
     error = resp.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error" and error["param"] == param
@@ -166,3 +167,26 @@ def test_there_are_plenty_of_http_cases() -> None:
 def test_a_valid_request_still_works_after_the_battery(client: httpx.Client) -> None:
     resp = client.post(CHAT, json={"messages": [USER], "max_tokens": 2, "ignore_eos": True})
     assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] == 2
+
+
+class _Upload:
+    """A request whose body arrives in chunks with no declared length (chunked encoding)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.headers, self.chunks = {}, chunks
+
+    async def stream(self) -> Any:
+        for chunk in self.chunks:
+            yield chunk
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_not_read_whole() -> None:
+    import asyncio
+
+    from engine.openai_schema import RequestError
+    from engine.server_requests import read_body
+
+    assert asyncio.run(read_body(_Upload([b"ab", b"cd"]), limit=4)) == b"abcd"
+    with pytest.raises(RequestError) as exc:
+        asyncio.run(read_body(_Upload([b"ab", b"cd", b"e", b"never read"]), limit=4))
+    assert exc.value.status == 413 and "5 bytes" in exc.value.message
