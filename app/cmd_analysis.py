@@ -25,7 +25,9 @@ def _analysis(db: str | None, sweep_id: int | None, profile: str | None):
     try:  # the profile picks the latest sweep run with it; the sweep keeps its own snapshot
         sweep = find_sweep(store, sweep_id, name or ("chat" if sweep_id is None else None))
     except NoSweepError as exc:
-        raise BadInput(str(exc)) from None
+        swept = _swept_profiles(store)
+        where = f"; profiles with sweeps here: {', '.join(swept)}" if swept else ""
+        raise BadInput(f"{exc}{where}") from None
     own = sweep.profile_name or sweep.profile.get("name")
     if name is not None and name != own:  # never silently decide with another profile
         raise BadInput(f"--profile {profile}: sweep {sweep.id} was run with profile {own!r}, "
@@ -37,7 +39,7 @@ def _known_profile(store, profile: str) -> str:
     """The name `profile` stands for, if it names a built-in, saved or swept profile (or a file)."""
     from experiments.profiles import ProfileError, load_profile
 
-    swept = sorted({s.profile_name or s.profile.get("name") for s in store.list_sweeps()} - {None})
+    swept = _swept_profiles(store)
     if profile in swept:
         return profile
     try:
@@ -45,6 +47,10 @@ def _known_profile(store, profile: str) -> str:
     except ProfileError as exc:
         where = f"; profiles with sweeps here: {', '.join(swept)}" if swept else ""
         raise BadInput(f"--profile: {exc}{where}") from None
+
+
+def _swept_profiles(store) -> list[str]:
+    return sorted({s.profile_name or s.profile.get("name") for s in store.list_sweeps()} - {None})
 
 
 @app.command()
