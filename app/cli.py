@@ -24,7 +24,7 @@ app = typer.Typer(
 COMMAND_MODULES: dict[str, str] = {
     "trial": "cmd_trial", "bench": "cmd_bench", "serve": "cmd_serve", "ui": "cmd_ui",
     "sweep": "cmd_sweep", "sweeps": "cmd_sweep", "trials": "cmd_sweep", "worker": "cmd_sweep",
-    "search": "cmd_search",
+    "search": "cmd_search", "mock-server": "cmd_mock",
     "recommend": "cmd_analysis", "export": "cmd_analysis", "profiles": "cmd_analysis",
 }
 
