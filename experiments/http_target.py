@@ -1,36 +1,34 @@
-"""An OpenAI-compatible server (vLLM, TGI, SGLang, llama.cpp, `tradeoff serve`) behind the
-Engine interface the load generator drives: `now`, `submit`, `cancel`, `num_waiting`, ...
+"""An OpenAI-compatible server (vLLM, TGI, SGLang, llama.cpp, `tradeoff serve`) as a load target.
 
-One asyncio loop in a background thread streams every request over a pooled aiohttp session
-(aiohttp, not httpx: ~0.45 ms vs ~5 ms of client CPU per streamed request, see
-scripts/bench_http_client.py). Times are `time.perf_counter()` seconds, the Engine's clock.
-Token times are the arrival times of the stream's chunks; the token count comes from `usage`.
+`HttpTarget` drives the server from client worker processes (experiments/client_pool.py), each
+with its own event loop and a share of the virtual users or arrivals, so the client is not the
+bottleneck at the rates real GPU servers reach. The load generator hands it the whole run
+(`drive_closed_loop` / `drive_open_loop`) instead of submitting requests one by one; the parent
+merges the workers' raw timelines into RequestRecords (experiments/http_records.py). Times are
+`time.monotonic()` seconds (CLOCK_MONOTONIC), a clock every process shares.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
-import threading
+import math
+import os
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from engine.config import SchedulerConfig
 from engine.core import StepRecord
-from engine.sequence import SamplingParams, SeqStatus, Sequence
+from experiments.client_pool import ClientPool
+from experiments.http_client import ClientSpec, Job
+from experiments.http_records import load_result
 
-SeqCallback = Callable[[Sequence], None]
-MAX_CONNECTIONS = 4096  # far above any load level a sweep offers
-CONNECT_TIMEOUT_S = 30.0
-READ_BUFFER_BYTES = 2**18
+USERS_PER_WORKER = 16  # closed loop: one client process per this many virtual users
+RATE_PER_WORKER = 200.0  # open loop: one client process per this many requests/s
+START_MARGIN_S = 0.05  # workers are armed; the run starts this long after the last one is
 
 
 class Tokenizer(Protocol):
@@ -42,7 +40,7 @@ class Tokenizer(Protocol):
 
 
 class TargetError(RuntimeError):
-    """The server answered with an error, or the stream broke off."""
+    """The server answered with an error, or could not be reached."""
 
 
 def api_base(base_url: str) -> str:
@@ -57,72 +55,43 @@ def server_root(base_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-@dataclass
-class _Stream:
-    """What one response stream carried: chunk arrival times and texts, usage, finish."""
+def default_num_workers() -> int:
+    """Client processes a target may use: one per CPU core (at least 1)."""
+    return max(1, os.cpu_count() or 1)
 
-    times_s: list[float] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    num_tokens: int | None = None  # usage.completion_tokens
-    finish_reason: str | None = None
-    done_s: float | None = None  # when `[DONE]` arrived
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class HttpTarget:
-    """Drives an OpenAI-compatible server over streaming HTTP with the Engine's interface."""
+    """Drives an OpenAI-compatible server with streaming completions from worker processes."""
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  tokenizer: Tokenizer | None = None, timeout_s: float | None = None,
-                 send_vllm_extras: bool = True) -> None:
+                 send_vllm_extras: bool = True, max_workers: int | None = None,
+                 use_uvloop: bool | None = None) -> None:
         self.api_base = api_base(base_url)
         self.tokenizer = tokenizer
         self.send_vllm_extras = send_vllm_extras  # ignore_eos / min_tokens, as vLLM and SGLang
-        self.is_text_prompt = False  # set once the server refuses token-id prompts
-        self._ids = itertools.count()
-        self._lock = threading.Lock()
-        self._num_waiting = self._num_running = 0
-        self._tasks: dict[int, asyncio.Task] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tradeoff-http-target",
-                                         daemon=True)
-        self._thread.start()
-        # The key lives only in the session's headers: never an attribute, a log or a repr.
-        self._call(self._open(api_key, timeout_s))
-        try:
-            self.model = model or self._call(self._first_model())
-        except BaseException:
-            self.close()
-            raise
+        self.is_text_prompt: bool | None = None  # probed on the first run
+        self.max_workers = max_workers or default_num_workers()
+        self.use_uvloop = _has_uvloop() if use_uvloop is None else use_uvloop
+        # The key lives only in the workers' session headers and this closure: never in an
+        # attribute, a log or a repr.
+        self._spec = lambda: ClientSpec(f"{self.api_base}/completions", api_key, timeout_s)
+        self._auth = lambda: {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._pool: ClientPool | None = None
+        self.model = model or self._first_model()
 
-    # -- the Engine interface ------------------------------------------------------------------
+    # -- the target interface -----------------------------------------------------------------
 
     def now(self) -> float:
-        return time.perf_counter()
-
-    def submit(self, prompt_ids: list[int], params: SamplingParams,
-               scheduled_s: float | None = None, on_token: SeqCallback | None = None,
-               on_finish: SeqCallback | None = None) -> Sequence:
-        """Send one streaming request (from any thread); `scheduled_s` defaults to now."""
-        sent_s = self.now()
-        seq = Sequence(next(self._ids), list(prompt_ids), params,
-                       sent_s if scheduled_s is None else scheduled_s, sent_s)
-        self._add(waiting=1)
-        self._loop.call_soon_threadsafe(self._start, seq, on_token, on_finish)
-        return seq
-
-    def cancel(self, seq: Sequence) -> None:
-        """Abort a request: its connection closes and it finishes as cancelled."""
-        self._loop.call_soon_threadsafe(self._cancel, seq.seq_id)
-
-    @property
-    def num_waiting(self) -> int:
-        """Requests sent that have no first token yet (the client's view of the queue)."""
-        return self._num_waiting
-
-    @property
-    def num_running(self) -> int:
-        """Requests streaming tokens."""
-        return self._num_running
+        return time.monotonic()
 
     def take_steps(self) -> list[StepRecord]:
         """An external server's steps are unknown."""
@@ -131,14 +100,53 @@ class HttpTarget:
     def reconfigure(self, sched_config: SchedulerConfig) -> None:
         """No-op: server-side knobs are set by the command that starts the server."""
 
+    @property
+    def num_waiting(self) -> int:
+        return 0  # known per run only, from the timelines (http_records.depth_samples)
+
+    @property
+    def num_running(self) -> int:
+        return 0
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [] if self._pool is None else self._pool.pids
+
+    def drive_closed_loop(self, specs: list, concurrency: int, num_warmup: int,
+                          max_duration_s: float | None, should_stop: Callable[[], bool] | None):
+        """C virtual users, split over the workers; all stay busy until the measured ones end."""
+        num_workers = min(self.max_workers, math.ceil(concurrency / USERS_PER_WORKER))
+        bodies = self._bodies(specs)
+        users = [list(range(u, len(specs), concurrency)) for u in range(concurrency)]
+        jobs = []
+        for w in range(num_workers):
+            mine = [u for i, u in enumerate(users) if i % num_workers == w]
+            indices = [i for user in mine for i in user]
+            pos = dict(zip(indices, range(len(indices)), strict=True))
+            jobs.append(Job("closed", [bodies[i] for i in indices], indices,
+                            [i >= num_warmup for i in indices], 0.0, len(specs),
+                            users=[[pos[i] for i in user] for user in mine]))
+        return self._run(jobs, specs, num_warmup, None, max_duration_s, should_stop)
+
+    def drive_open_loop(self, specs: list, arrivals: list[float], num_warmup: int, batch_size: int,
+                        max_duration_s: float | None, should_stop: Callable[[], bool] | None):
+        """Request i at start + arrivals[i], the arrivals dealt round-robin to the workers."""
+        rate = (len(arrivals) - 1) / arrivals[-1] if len(arrivals) > 1 and arrivals[-1] > 0 else 1.0
+        num_workers = min(self.max_workers, len(arrivals), math.ceil(rate / RATE_PER_WORKER))
+        bodies = self._bodies(specs)
+        jobs = []
+        for w in range(num_workers):
+            indices = list(range(w, len(arrivals), num_workers))
+            jobs.append(Job("open", [bodies[i] for i in indices], indices,
+                            [i >= num_warmup for i in indices], 0.0, len(specs),
+                            offsets_s=[arrivals[i] for i in indices]))
+        return self._run(jobs, specs, num_warmup, batch_size, max_duration_s, should_stop)
+
     def close(self) -> None:
-        """Cancel what is in flight (each finishes as cancelled), close the pool, stop the loop."""
-        if not self._thread.is_alive():
-            return
-        self._call(self._shutdown())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        """Stop the client workers (what is in flight is cancelled)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def __enter__(self) -> HttpTarget:
         return self
@@ -146,215 +154,68 @@ class HttpTarget:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the loop thread -----------------------------------------------------------------------
+    # -- internals ------------------------------------------------------------------------------
 
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _run(self, jobs: list[Job], specs: list, num_warmup: int, batch_size: int | None,
+             max_duration_s: float | None, should_stop: Callable[[], bool] | None):
+        if self._pool is None:
+            self._pool = ClientPool(self._spec(), self.max_workers, self.use_uvloop)
+        start_s, per_worker, outcome = self._pool.run(jobs, START_MARGIN_S, max_duration_s,
+                                                      should_stop)
+        return load_result(per_worker, outcome, specs, num_warmup, start_s, batch_size,
+                           self.tokenizer, self.use_uvloop)
 
-    async def _open(self, api_key: str | None, timeout_s: float | None) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=None),
-            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=CONNECT_TIMEOUT_S),
-            headers=headers, read_bufsize=READ_BUFFER_BYTES,
-        )
+    def _bodies(self, specs: list) -> list[bytes]:
+        # Built once per run in the parent: the workers' send path only posts bytes.
+        if self.is_text_prompt is None:
+            self.is_text_prompt = self._refuses_token_ids(specs[0].prompt_ids)
+        return [json.dumps(self._body(s.prompt_ids, s.max_new_tokens)).encode() for s in specs]
 
-    async def _first_model(self) -> str:
-        async with self._session.get(f"{self.api_base}/models") as resp:
-            if resp.status != 200:
-                raise TargetError(f"GET {self.api_base}/models: HTTP {resp.status}: "
-                                  f"{await _error_text(resp)}; pass the model name explicitly")
-            models = (await resp.json()).get("data") or []
+    def _body(self, prompt_ids: list[int], max_tokens: int) -> dict[str, Any]:
+        prompt: Any = self.tokenizer.decode(prompt_ids) if self.is_text_prompt else prompt_ids
+        body: dict[str, Any] = {
+            "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0,
+            "top_p": 1.0, "stream": True, "stream_options": {"include_usage": True},
+        }
+        if self.send_vllm_extras:
+            body.update(ignore_eos=True, min_tokens=max_tokens)
+        return body
+
+    def _refuses_token_ids(self, prompt_ids: list[int]) -> bool:
+        """Probe once: does the server refuse token-id prompts (then prompts go as text)?"""
+        if self.tokenizer is None:
+            return False
+        body = {**self._body(prompt_ids, 1), "stream": False}
+        body.pop("stream_options")
+        status, _ = self._http("POST", "/completions", json.dumps(body).encode())
+        return status in (400, 422)
+
+    def _first_model(self) -> str:
+        status, text = self._http("GET", "/models")
+        if status != 200:
+            raise TargetError(f"GET {self.api_base}/models: HTTP {status}: {_message_of(text)}; "
+                              "pass the model name explicitly")
+        models = json.loads(text).get("data") or []
         if not models:
             raise TargetError(f"{self.api_base}/models lists no model; pass the model name")
         return str(models[0]["id"])
 
-    async def _shutdown(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._session.close()
-
-    def _start(self, seq: Sequence, on_token: SeqCallback | None,
-               on_finish: SeqCallback | None) -> None:
-        stream = _Stream()
-        task = self._loop.create_task(self._request(seq, stream, on_token))
-        # A done callback, not try/finally in the coroutine: a task cancelled before its first
-        # step never runs its body, yet its request must still finish (drivers wait for it).
-        task.add_done_callback(lambda t: self._done(t, seq, stream, on_finish))
-        self._tasks[seq.seq_id] = task
-
-    def _cancel(self, seq_id: int) -> None:
-        task = self._tasks.get(seq_id)
-        if task is not None:  # absent: it already finished
-            task.cancel()
-
-    def _add(self, waiting: int = 0, running: int = 0) -> None:
-        with self._lock:
-            self._num_waiting += waiting
-            self._num_running += running
-
-    def _done(self, task: asyncio.Task, seq: Sequence, stream: _Stream,
-              on_finish: SeqCallback | None) -> None:
-        self._tasks.pop(seq.seq_id, None)
-        self._settle(task, seq, stream)
-        if stream.times_s:
-            self._add(running=-1)
-        else:
-            self._add(waiting=-1)
-        if on_finish is not None:
-            on_finish(seq)
-
-    def _settle(self, task: asyncio.Task, seq: Sequence, stream: _Stream) -> None:
-        """Set the request's outcome: finished, cancelled, or failed with the error."""
-        if task.cancelled():
-            _fail(seq, "cancelled by client", "cancelled", self.now())
-            return
-        exc = task.exception()
-        if exc is None:
-            try:
-                self._finish(seq, stream)
-                return
-            except Exception as finish_error:  # e.g. a stream cut short
-                exc = finish_error
-        _fail(seq, f"{type(exc).__name__}: {exc}", "error", self.now())
-
-    async def _request(self, seq: Sequence, stream: _Stream, on_token: SeqCallback | None) -> None:
-        resp = await self._post(seq, self.is_text_prompt)
-        if resp.status in (400, 422) and not self.is_text_prompt and self.tokenizer is not None:
-            resp.release()  # maybe token-id prompts are refused: retry once as text
-            resp = await self._post(seq, as_text=True)
-            self.is_text_prompt = resp.status == 200
-        async with resp:
-            if resp.status != 200:
-                raise TargetError(f"HTTP {resp.status}: {await _error_text(resp)}")
-            await self._read(resp, seq, stream, on_token)
-
-    async def _post(self, seq: Sequence, as_text: bool) -> aiohttp.ClientResponse:
-        body = json.dumps(self._body(seq, as_text)).encode()
-        seq.sent_s = self.now()
-        return await self._session.post(f"{self.api_base}/completions", data=body,
-                                        headers={"Content-Type": "application/json"})
-
-    def _body(self, seq: Sequence, as_text: bool) -> dict[str, Any]:
-        p = seq.params
-        prompt: Any = self.tokenizer.decode(seq.prompt_ids) if as_text else seq.prompt_ids
-        body: dict[str, Any] = {
-            "model": self.model, "prompt": prompt, "max_tokens": p.max_new_tokens,
-            "temperature": p.temperature, "top_p": p.top_p, "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if p.seed is not None:
-            body["seed"] = p.seed
-        if self.send_vllm_extras and p.ignore_eos:
-            body.update(ignore_eos=True, min_tokens=p.max_new_tokens)
-        return body
-
-    async def _read(self, resp: aiohttp.ClientResponse, seq: Sequence, stream: _Stream,
-                    on_token: SeqCallback | None) -> None:
-        # Whole reads, split into SSE events here: one await per read instead of per line, and
-        # events that arrived in one read share its arrival time.
-        pending = b""
-        async for data in resp.content.iter_any():
-            now_s = self.now()
-            *events, pending = (pending + data).replace(b"\r\n", b"\n").split(b"\n\n")
-            for payload in filter(None, map(_sse_data, events)):
-                if payload == b"[DONE]":
-                    stream.done_s = now_s
-                    return
-                self._on_event(json.loads(payload), now_s, seq, stream, on_token)
-
-    def _on_event(self, event: dict[str, Any], now_s: float, seq: Sequence, stream: _Stream,
-                  on_token: SeqCallback | None) -> None:
-        if "error" in event:
-            raise TargetError(f"server error mid-stream: {_message(event)}")
-        if event.get("usage"):
-            stream.num_tokens = event["usage"].get("completion_tokens")
-        if not event.get("choices"):
-            return
-        choice = event["choices"][0]
-        stream.finish_reason = choice.get("finish_reason") or stream.finish_reason
-        if not stream.times_s:
-            self._add(waiting=-1, running=1)
-        stream.times_s.append(now_s)
-        stream.texts.append(choice.get("text") or "")
-        seq.token_times_s.append(now_s)  # provisional: one token per chunk until usage says
-        seq.output_ids.append(0)  # token ids are not streamed; only their count is known
-        if on_token is not None:
-            on_token(seq)
-
-    def _finish(self, seq: Sequence, stream: _Stream) -> None:
-        if stream.done_s is None and stream.finish_reason is None:
-            raise TargetError("the stream ended before `data: [DONE]`")
-        num_tokens = stream.num_tokens
-        if num_tokens is None:
-            num_tokens = self._count_tokens(stream)
-        seq.token_times_s = token_times(stream.times_s, num_tokens, self._chunk_weights(stream))
-        seq.output_ids = [0] * len(seq.token_times_s)
-        seq.status, seq.finish_reason = SeqStatus.FINISHED, stream.finish_reason
-        seq.done_s = stream.done_s or self.now()
-
-    def _count_tokens(self, stream: _Stream) -> int:
-        if self.tokenizer is None:
-            return len(stream.times_s)
-        return self._num_text_tokens("".join(stream.texts))
-
-    def _num_text_tokens(self, text: str) -> int:
-        # encode() may add special tokens (BOS): count them off with an empty text's encoding.
-        return max(0, len(self.tokenizer.encode(text)) - len(self.tokenizer.encode("")))
-
-    def _chunk_weights(self, stream: _Stream) -> list[int] | None:
-        if self.tokenizer is None:
-            return None
-        return [max(1, self._num_text_tokens(text)) for text in stream.texts]
+    def _http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, str]:
+        headers = {**self._auth(), "Content-Type": "application/json"}
+        req = urllib.request.Request(f"{self.api_base}{path}", body, headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=60.0) as resp:
+                return resp.status, resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
 
 
-def token_times(chunk_times_s: list[float], num_tokens: int,
-                weights: list[int] | None = None) -> list[float]:
-    """One time per output token from chunk arrival times (usually one chunk per token)."""
-    # Extra chunks (a trailing finish-only one) are dropped from the end. Fewer chunks than
-    # tokens: some carried several; each gets one, the rest go by `weights` (their text's
-    # token counts), else all to the last chunk.
-    if num_tokens <= len(chunk_times_s):
-        return chunk_times_s[:num_tokens]
-    counts = apportion(num_tokens, weights or [1] * len(chunk_times_s))
-    return [t for t, n in zip(chunk_times_s, counts, strict=True) for _ in range(n)]
-
-
-def apportion(total: int, weights: list[int]) -> list[int]:
-    """Split `total` (>= len(weights) >= 1) into counts >= 1, the excess by `weights` - 1."""
-    extra, spare = total - len(weights), [max(0, w - 1) for w in weights]
-    if not sum(spare):
-        return [1] * (len(weights) - 1) + [1 + extra]
-    out, done, cum = [], 0, 0.0
-    for s in spare:  # cumulative rounding: the counts sum to `total` exactly
-        cum += extra * s / sum(spare)
-        out.append(1 + round(cum) - done)
-        done = round(cum)
-    return out
-
-
-def _sse_data(event: bytes) -> bytes:
-    """The `data:` payload of one SSE event (b"" for comments and other fields)."""
-    lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
-    return b"\n".join(lines)
-
-
-def _fail(seq: Sequence, error: str, finish_reason: str, now_s: float) -> None:
-    seq.status, seq.finish_reason, seq.error, seq.done_s = SeqStatus.FAILED, finish_reason, error, now_s
-
-
-async def _error_text(resp: aiohttp.ClientResponse) -> str:
-    text = await resp.text()
+def _message_of(text: str) -> str:
     try:
-        return _message(json.loads(text))
-    except (ValueError, AttributeError, TypeError):
+        body = json.loads(text)
+    except ValueError:
         return text[:500]
-
-
-def _message(body: dict[str, Any]) -> str:
-    error = body.get("error", body)
+    error = body.get("error", body) if isinstance(body, dict) else body
     return str(error.get("message", error) if isinstance(error, dict) else error)
 
 

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from engine.config import SchedulerConfig
 from engine.core import StepRecord
 from engine.sequence import SamplingParams, SeqStatus, Sequence
 from experiments.arrivals import RateSchedule, TraceArrival, warp_arrivals
+from experiments.client_stats import ClientStats
 from experiments.metrics import is_saturated
 from experiments.profiles import (
     ChoiceLength,
@@ -64,6 +65,18 @@ class LoadTarget(Protocol):
 
     @property
     def num_running(self) -> int: ...
+
+
+@runtime_checkable
+class SelfDriving(Protocol):
+    """A target that runs whole load runs itself (HttpTarget: from client worker processes)."""
+
+    def drive_closed_loop(self, specs: list[RequestSpec], concurrency: int, num_warmup: int,
+                          max_duration_s: float | None, should_stop: StopCheck | None) -> LoadResult: ...
+
+    def drive_open_loop(self, specs: list[RequestSpec], arrivals: list[float], num_warmup: int,
+                        batch_size: int, max_duration_s: float | None,
+                        should_stop: StopCheck | None) -> LoadResult: ...
 
 
 @dataclass(frozen=True)
@@ -187,6 +200,7 @@ class LoadResult:
     # Warm-up and cooldown requests: not measured, but their tokens and completions inside the
     # measurement window count toward throughput (they hold batch slots there too).
     background: list[RequestRecord] = field(default_factory=list)
+    client: ClientStats | None = None  # the load generator's own health (client_stats.py)
 
 
 class _Run:
@@ -287,6 +301,8 @@ def run_closed_loop(engine: LoadTarget, specs: list[RequestSpec], concurrency: i
     """C virtual users, no think time; all stay busy until every measured request has ended."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if isinstance(engine, SelfDriving):
+        return engine.drive_closed_loop(specs, concurrency, num_warmup, max_duration_s, should_stop)
     run = _Run(engine, specs, num_warmup, len(specs) - num_warmup)
     # Each completion immediately schedules that user's next request at its done time.
     run.on_done = lambda seq: run.issue(seq.done_s)
@@ -303,6 +319,9 @@ def run_open_loop(engine: LoadTarget, specs: list[RequestSpec], arrivals: list[f
                   batch_size: int, max_duration_s: float | None = None,
                   should_stop: StopCheck | None = None) -> LoadResult:
     """Send request i at start + arrivals[i] from a sender thread; latency counts from then."""
+    if isinstance(engine, SelfDriving):
+        return engine.drive_open_loop(specs, arrivals, num_warmup, batch_size, max_duration_s,
+                                      should_stop)
     run = _Run(engine, specs, num_warmup, len(specs) - num_warmup)
     start_s = engine.now()
     depths: list[tuple[float, int]] = []

@@ -1,0 +1,83 @@
+"""The client workers' raw timelines merged into one run's RequestRecords and LoadResult.
+
+Token counting happens here, in the parent, after the run: from `usage` when the server sent
+it, else from the chunk texts with the tokenizer (never on a worker's hot path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from experiments import sse
+from experiments.client_stats import ClientStats
+from experiments.http_client import CANCELLED, Raw
+from experiments.loadgen import LoadResult, RequestSpec, achieved_rate, offered_rate
+from experiments.metrics import is_saturated
+from experiments.records import RequestRecord
+
+
+def num_text_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens in `text`; encode() may add special tokens (BOS): an empty text's count is removed."""
+    return max(0, len(tokenizer.encode(text)) - len(tokenizer.encode("")))
+
+
+def to_record(raw: Raw, specs: list[RequestSpec], tokenizer: Any) -> RequestRecord:
+    """One request's RequestRecord from a worker's raw tuple."""
+    index, scheduled_s, sent_s, times, usage_tokens, texts, _reason, done_s, error = raw
+    if error is None:
+        times = _token_times(times, usage_tokens, texts, tokenizer)
+    return RequestRecord(
+        request_id=index, scheduled_s=scheduled_s, sent_s=sent_s, admitted_s=None,
+        token_times_s=tuple(times), done_s=done_s,
+        num_prompt_tokens=len(specs[index % len(specs)].prompt_ids),
+        num_output_tokens=len(times), error=error,
+    )
+
+
+def _token_times(times: list[float], usage_tokens: int | None, texts: list[str] | None,
+                 tokenizer: Any) -> list[float]:
+    if usage_tokens is not None:
+        return sse.token_times(times, usage_tokens)
+    if tokenizer is None or texts is None:
+        return times  # one token per chunk: the best guess without usage or a tokenizer
+    weights = [max(1, num_text_tokens(tokenizer, t)) for t in texts]
+    return sse.token_times(times, num_text_tokens(tokenizer, "".join(texts)), weights)
+
+
+def depth_samples(scheduled_s: list[float], everyone: list[RequestRecord]) -> list[tuple[float, int]]:
+    """Requests sent with no first token yet, at each time in `scheduled_s` (from timelines)."""
+    starts = np.sort([r.sent_s for r in everyone])
+    ends = np.sort([r.token_times_s[0] if r.token_times_s else (r.done_s or np.inf)
+                    for r in everyone])
+    t = np.asarray(scheduled_s)
+    waiting = np.searchsorted(starts, t, side="left") - np.searchsorted(ends, t, side="right")
+    return [(float(a), int(max(0, d))) for a, d in zip(t, waiting, strict=True)]
+
+
+def load_result(per_worker: list[tuple[list[Raw], dict]], outcome: str, specs: list[RequestSpec],
+                num_warmup: int, start_s: float, batch_size: int | None, tokenizer: Any,
+                use_uvloop: bool) -> LoadResult:
+    """Merge the workers' outcomes; `batch_size` is set for open loops (the saturation rule)."""
+    raws = sorted((raw for raws, _ in per_worker for raw in raws), key=lambda r: r[0])
+    measured, background = [], []
+    for raw in raws:
+        is_measured = num_warmup <= raw[0] < len(specs)
+        if is_measured and raw[8] == CANCELLED:
+            continue  # cut by the deadline or a stop: not a result
+        (measured if is_measured else background).append(to_record(raw, specs, tokenizer))
+    saturated, depths = False, []
+    if batch_size is not None:
+        sent = [r.scheduled_s for r in measured]
+        depths = depth_samples(sorted(sent), measured + background)
+        saturated = is_saturated(depths, offered_rate(sent), achieved_rate(measured), batch_size)
+    stats = [s for _, s in per_worker if s]
+    client = ClientStats(
+        loop_lag_s=[lag for s in stats for lag in s["loop_lag_s"]],
+        cpu_s=sum(s["cpu_s"] for s in stats), wall_s=max((s["wall_s"] for s in stats), default=0.0),
+        num_workers=len(per_worker), info={"uvloop": use_uvloop, "process": "client workers",
+                                           "cpu_s_per_worker": [round(s["cpu_s"], 3) for s in stats]},
+    )
+    return LoadResult(measured, outcome == "cut", outcome == "stopped", saturated, depths,
+                      background=background, client=client)

@@ -1,0 +1,168 @@
+"""The multi-process HTTP load generator against the mock server: timing against queueing theory,
+token counts with and without `usage`, and no client process outliving its trial.
+
+Bounds are generous relative bounds around theory (the machine is shared and noisy): they catch
+a client that adds whole milliseconds or loses throughput, not sub-millisecond drift."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import psutil
+import pytest
+
+from engine.models import build_byte_tokenizer
+from experiments.external import ServerProcess
+from experiments.http_target import HttpTarget
+from experiments.loadgen import RequestSpec, open_loop_arrivals, run_closed_loop, run_open_loop
+from experiments.metrics import compute_trial_metrics
+from experiments.queueing import closed_loop, fifo_e2e_s, md1_mean_e2e_s
+from experiments.records import TrialConfig
+
+pytestmark = pytest.mark.slow  # real processes and real load for seconds
+ANY = TrialConfig("continuous", 1, 0.0, concurrency=1)  # the mock ignores server knobs
+
+
+def mock_cmd(ttft_ms: float, itl_ms: float, capacity: int = 0, *extra: str) -> str:
+    return (f"{sys.executable} -m app.cli mock-server --ttft-ms {ttft_ms} --itl-ms {itl_ms} "
+            f"--capacity {capacity} --port {{port}} " + " ".join(extra))
+
+
+@pytest.fixture()
+def mock() -> Iterator:
+    servers = []
+
+    def start(*args: object) -> str:
+        server = ServerProcess(mock_cmd(*args), ANY, health_timeout_s=30)
+        server.start()
+        servers.append(server)
+        return server.base_url
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def specs(n: int, num_tokens: int) -> list[RequestSpec]:
+    return [RequestSpec([1, 2, 3, 4], num_tokens) for _ in range(n)]
+
+
+def test_closed_loop_above_capacity_matches_theory(mock) -> None:
+    # K = 2, C = 6, S = 20 + 4 x 5 = 40 ms: K / S = 50 req/s, E2E = C S / K = 120 ms.
+    truth = closed_loop(6, 2, 0.020, 0.005, 5)
+    with HttpTarget(mock(20, 5, 2)) as target:
+        load = run_closed_loop(target, specs(126, 5), concurrency=6, num_warmup=6)
+    m = compute_trial_metrics(load.records, [], [], None, False, load.background)
+    assert m.requests_completed == 120 and m.requests_failed == 0
+    assert 0.85 * truth.requests_per_s <= m.requests_per_s <= 1.03 * truth.requests_per_s
+    assert 0.97 * truth.e2e_s * 1e3 <= m.e2e_ms.mean <= 1.2 * truth.e2e_s * 1e3
+    assert m.requests_per_s * m.e2e_ms.mean / 1e3 == pytest.approx(6, rel=0.1)  # Little's law
+
+
+def test_closed_loop_below_capacity_sees_t_and_i(mock) -> None:
+    with HttpTarget(mock(20, 5)) as target:
+        load = run_closed_loop(target, specs(84, 5), concurrency=4, num_warmup=4)
+    m = compute_trial_metrics(load.records, [], [], None, False, load.background)
+    assert 19.9 <= m.ttft_ms.p50 <= 26 and 4 <= m.itl_ms.p50 <= 6.5 and 39.9 <= m.e2e_ms.p50 <= 48
+    assert all(r.num_output_tokens == 5 and r.admitted_s is None for r in load.records)
+    assert load.client is not None and load.client.num_workers == 1 and load.client.loop_lag_s
+
+
+def test_open_loop_k1_is_md1(mock) -> None:
+    # Poisson 40/s into K = 1 with S = 5 + 10 x 0.5 = 10 ms: rho = 0.4, M/D/1 E2E = 13.3 ms.
+    # The exact truth for these very arrivals comes from the FIFO recursion; the bounds are wide
+    # (a shared machine delays processes by milliseconds), but the client can never beat it.
+    n, arrivals = 320, open_loop_arrivals(40.0, 1.0, 320, seed=3)
+    truth_ms = 1e3 * np.mean(fifo_e2e_s(arrivals, 0.010, 1)[20:])
+    assert truth_ms == pytest.approx(1e3 * md1_mean_e2e_s(40.0, 0.010), rel=0.1)
+    with HttpTarget(mock(5, 0.5, 1)) as target:
+        load = run_open_loop(target, specs(n, 11), arrivals, num_warmup=20, batch_size=1)
+    e2e = np.array([(r.done_s - r.scheduled_s) * 1e3 for r in load.records])
+    assert len(e2e) == 300 and not load.saturated and len(load.depth_samples) == 300
+    assert 0.97 * truth_ms <= e2e.mean() <= 2.0 * truth_ms
+
+
+@pytest.mark.parametrize("extra", ["", "--no-usage"])
+def test_token_counts_with_and_without_usage(mock, extra: str) -> None:
+    url = mock(1, 0.5, 0, extra)
+    for tokenizer in (None, build_byte_tokenizer()):
+        with HttpTarget(url, tokenizer=tokenizer) as target:
+            load = run_closed_loop(target, [RequestSpec([5, 6, 7], n) for n in (3, 9, 1, 17, 4)],
+                                   concurrency=2, num_warmup=1)
+        assert [r.num_output_tokens for r in load.records] == [9, 1, 17, 4]
+        assert all(len(r.token_times_s) == r.num_output_tokens for r in load.records)
+        assert all(r.token_times_s == tuple(sorted(r.token_times_s)) for r in load.records)
+
+
+def test_duration_cut_cancels_what_is_in_flight(mock) -> None:
+    with HttpTarget(mock(5, 50)) as target:  # 100 tokens x 50 ms: 5 s per request
+        t0 = time.monotonic()
+        load = run_closed_loop(target, specs(12, 100), concurrency=4, num_warmup=4,
+                               max_duration_s=0.5)
+        assert time.monotonic() - t0 < 4
+        assert load.was_cut and load.records == []  # measured ones cut short are not results
+        assert [r.error for r in load.background] == ["cancelled by client"] * 4  # the warm-up
+
+
+def test_close_ends_the_worker_processes(mock) -> None:
+    target = HttpTarget(mock(1, 1), max_workers=2)
+    run_closed_loop(target, specs(40, 2), concurrency=32, num_warmup=0)
+    pids = target.worker_pids
+    assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+    target.close()
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def _gone(procs: list[psutil.Process], timeout_s: float = 15.0) -> bool:
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    return not alive
+
+
+def test_ctrl_c_during_a_trial_leaves_no_client_process(mock) -> None:
+    url = mock(5, 20)
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "trial", "--target", url,
+                             "--tokenizer", "builtin:tiny", "--profile", "batch", "--concurrency", "8",
+                             "--requests", "100000", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job starts with SIGINT ignored: restore it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while len(_descendants(proc.pid)) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the run is under way
+    workers = _descendants(proc.pid)
+    assert workers, "the trial started no client worker"
+    os.kill(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)  # it stops (its exit status is the CLI's business)
+    assert _gone(workers)
+
+
+def test_a_killed_parent_takes_its_workers_along(mock, tmp_path) -> None:
+    url = mock(5, 20)
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from experiments.http_target import HttpTarget\n"
+        "from experiments.loadgen import RequestSpec, run_closed_loop\n"
+        f"t = HttpTarget({url!r}, max_workers=2)\n"
+        "run_closed_loop(t, [RequestSpec([1], 2)] * 40, concurrency=32, num_warmup=0)\n"
+        "print(*t.worker_pids, flush=True)\n"
+        "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=os.getcwd())
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    workers = [psutil.Process(p) for p in pids]
+    proc.kill()
+    proc.wait()
+    assert _gone(workers)
