@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from engine.models import build_byte_tokenizer
+from experiments.client_stats import check_client
 from experiments.external import ServerProcess
 from experiments.http_target import HttpTarget
 from experiments.loadgen import RequestSpec, open_loop_arrivals, run_closed_loop, run_open_loop
@@ -75,17 +76,24 @@ def test_closed_loop_below_capacity_sees_t_and_i(mock) -> None:
 
 
 def test_open_loop_k1_is_md1(mock) -> None:
-    # Poisson 40/s into K = 1 with S = 5 + 10 x 0.5 = 10 ms: rho = 0.4, M/D/1 E2E = 13.3 ms.
-    # The exact truth for these very arrivals comes from the FIFO recursion; the bounds are wide
-    # (a shared machine delays processes by milliseconds), but the client can never beat it.
-    n, arrivals = 320, open_loop_arrivals(40.0, 1.0, 320, seed=3)
-    truth_ms = 1e3 * np.mean(fifo_e2e_s(arrivals, 0.010, 1)[20:])
-    assert truth_ms == pytest.approx(1e3 * md1_mean_e2e_s(40.0, 0.010), rel=0.1)
-    with HttpTarget(mock(5, 0.5, 1)) as target:
-        load = run_open_loop(target, specs(n, 11), arrivals, num_warmup=20, batch_size=1)
+    # Poisson 12.5/s into K = 1 with S = T = 32 ms (I = 0: one wake-up per request, so the
+    # shared machine's scheduling delays barely touch S): rho = 0.4, M/D/1 E2E = 42.7 ms.
+    n, arrivals = 180, open_loop_arrivals(12.5, 1.0, 180, seed=3)
+    truth = 1e3 * np.asarray(fifo_e2e_s(arrivals, 0.032, 1)[10:])  # these very arrivals
+    assert truth.mean() == pytest.approx(1e3 * md1_mean_e2e_s(12.5, 0.032), rel=0.2)
+    with HttpTarget(mock(32, 0, 1)) as target:
+        load = run_open_loop(target, specs(n, 11), arrivals, num_warmup=10, batch_size=1)
     e2e = np.array([(r.done_s - r.scheduled_s) * 1e3 for r in load.records])
-    assert len(e2e) == 300 and not load.saturated and len(load.depth_samples) == 300
-    assert 0.97 * truth_ms <= e2e.mean() <= 2.0 * truth_ms
+    assert len(e2e) == 170 and not load.saturated and len(load.depth_samples) == 170
+    assert e2e.mean() >= 0.97 * truth.mean()  # the client can never beat the truth
+    # The queue sees S plus a loopback round trip: the truth for that effective S, with a
+    # tolerant bound. On the shared 2-core machine a process is now and then not run for 100+
+    # ms, and K = 1 passes that stall on to the next requests; the trial's own check sees it
+    # (event-loop lag), and then the numbers are not to be trusted, which is all we can ask.
+    s_eff = min(r.done_s - r.sent_s for r in load.records)
+    truth_eff = 1e3 * np.mean(fifo_e2e_s(arrivals, s_eff, 1)[10:])
+    verdict = check_client(load.records + load.background, load.client, float(np.median(e2e)))
+    assert verdict.is_client_bound or e2e.mean() <= 1.35 * truth_eff, verdict.details
 
 
 @pytest.mark.parametrize("extra", ["", "--no-usage"])
