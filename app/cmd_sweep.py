@@ -251,7 +251,7 @@ def _sweep_row(s) -> dict[str, Any]:
 TRIAL_COLUMNS = ["trial_id", "status", "policy", "batch_size", "max_wait_ms", "max_num_batched_tokens",
                  "load", "repetition",
                  "requests_per_s", "output_tokens_per_s", "goodput_rps", "ttft_ms_p90",
-                 "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size", "saturated", "error"]
+                 "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size", "saturated", "client_bound", "error"]
 
 
 def trial_rows(records) -> list[dict[str, Any]]:

@@ -73,7 +73,12 @@ def _print_table(out: dict) -> None:
     pairs += [(k, out[k]) for k in ("requests_completed", "requests_failed", "duration_s",
                                     "requests_per_s", "output_tokens_per_s", "total_tokens_per_s",
                                     "goodput_rps", "slo_attainment", "mean_batch_size",
-                                    "peak_memory_mb", "saturated")]
+                                    "peak_memory_mb", "saturated", "client_bound")]
+    lag = out.get("client_lag_ms") or {}
+    pairs += [("client send lag p50/p99/max (ms)",
+               "/".join(f"{lag[s]:.2f}" for s in ("p50", "p99", "max")) if lag else None)]
+    if out.get("client_bound"):
+        pairs.append(("client_bound_reason", out.get("client_bound_reason")))
     trace = (out.get("details") or {}).get("trace")
     if trace:
         pairs += [("trace window (s)", f"{trace['window_start_s']:g}-{trace['window_end_s']:g}"),

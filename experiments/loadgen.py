@@ -42,6 +42,8 @@ DRAIN_TIMEOUT_S = 120.0
 STOP_POLL_S = 0.25
 
 StopCheck = Callable[[], bool]
+# In-process load: timestamps come from the engine thread; only the sender can lag (send lag).
+IN_PROCESS = ClientStats(info={"process": "in-process (engine-thread stamps, sender thread)"})
 SeqCallback = Callable[[Sequence], None]
 
 
@@ -312,7 +314,7 @@ def run_closed_loop(engine: LoadTarget, specs: list[RequestSpec], concurrency: i
     outcome = run.wait(_deadline(start_s, max_duration_s), should_stop)
     run.stop()
     return LoadResult(run.records(), outcome == "cut", outcome == "stopped", saturated=False,
-                      background=run.background())
+                      background=run.background(), client=IN_PROCESS)
 
 
 def run_open_loop(engine: LoadTarget, specs: list[RequestSpec], arrivals: list[float], num_warmup: int,
@@ -338,7 +340,7 @@ def run_open_loop(engine: LoadTarget, specs: list[RequestSpec], arrivals: list[f
     sent = [start_s + a for i, a in enumerate(arrivals[: run.num_issued]) if run.is_measured(i)]
     saturated = is_saturated(depths, offered_rate(sent), achieved_rate(records), batch_size)
     return LoadResult(records, outcome == "cut", outcome == "stopped", saturated, depths,
-                      background=run.background())
+                      background=run.background(), client=IN_PROCESS)
 
 
 def _deadline(start_s: float, max_duration_s: float | None) -> float | None:

@@ -21,7 +21,9 @@ from statistics import fmean
 from experiments.records import TrialConfig, TrialRecord
 
 Point = tuple[float, float]  # (latency, throughput)
-CLASSES: tuple[str, ...] = ("frontier", "within_noise", "dominated")
+# `client_bound`: the load generator lagged, so the point's numbers are not the server's; it
+# never enters a frontier (docs/metrics.md, "Client-bound trials").
+CLASSES: tuple[str, ...] = ("frontier", "within_noise", "dominated", "client_bound")
 
 # Two-sided 95% Student t critical values, t(0.975; df) for df = 1..30.
 _T95 = (
@@ -57,7 +59,7 @@ def frontier(points: Sequence[Point]) -> list[int]:
 
 def _trial_point(trial: TrialRecord, throughput_key: str, latency_key: str) -> Point | None:
     lat, thr = trial.metrics.get(latency_key), trial.metrics.get(throughput_key)
-    if trial.status != "done" or lat is None or thr is None:
+    if trial.status != "done" or lat is None or thr is None or trial.metrics.get("client_bound"):
         return None
     return float(lat), float(thr)
 
@@ -88,6 +90,8 @@ class ConfigPoint:
     trial_ids: tuple[int, ...]
     saturated: bool
     num_samples: dict[str, int] = field(default_factory=dict)
+    client_bound: bool = False  # a repetition's load generator lagged: not on any frontier
+    client_bound_reason: str | None = None
 
     def interval(self, key: str) -> tuple[float, float] | None:
         """(low, high) 95% bounds of `key`, the mean twice with one sample, None if unmeasured."""
@@ -138,8 +142,10 @@ def _fold(config: TrialConfig, reps: list[TrialRecord], only: Sequence[str] | No
         counts[key] = len(values)
         mean[key], low[key], high[key] = mean_ci(values) if values else (None, None, None)
     saturated = any(bool(t.metrics.get("saturated")) for t in reps)
+    lagged = [t for t in reps if t.metrics.get("client_bound")]
+    reason = (lagged[0].metrics.get("client_bound_reason") or "the load generator lagged") if lagged else None
     ids = tuple(t.trial_id for t in reps)
-    return ConfigPoint(config, len(reps), mean, low, high, ids, saturated, counts)
+    return ConfigPoint(config, len(reps), mean, low, high, ids, saturated, counts, bool(lagged), reason)
 
 
 def aggregate(trials: Sequence[TrialRecord], keys: Sequence[str] | None = None) -> list[ConfigPoint]:
@@ -172,16 +178,20 @@ def classify(
 
     Frontier: on the frontier of the means. Within noise: dominated by the means, but its
     95% intervals overlap one frontier point's on both axes. A point missing either metric
-    is `dominated` (it cannot be placed). O(n log n + n * frontier size).
+    is `dominated` (it cannot be placed); a client-bound point is `client_bound` and is left out
+    of the frontier. O(n log n + n * frontier size).
     """
-    pairs = {i: p.point(throughput_key, latency_key) for i, p in enumerate(points)}
+    pairs = {i: p.point(throughput_key, latency_key) for i, p in enumerate(points)
+             if not p.client_bound}
     usable = {i: pair for i, pair in pairs.items() if pair is not None}
     indices = list(usable)
     on_front = {indices[j] for j in frontier(list(usable.values()))}
     front = [points[i] for i in sorted(on_front)]
     labels = []
     for i, p in enumerate(points):
-        if i in on_front:
+        if p.client_bound:
+            labels.append("client_bound")
+        elif i in on_front:
             labels.append("frontier")
         elif i in usable and any(_near_frontier(p, f, throughput_key, latency_key) for f in front):
             labels.append("within_noise")

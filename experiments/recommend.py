@@ -4,16 +4,17 @@ Rules, in order:
 
 - Trials are folded per config and load level with `pareto.aggregate` (mean and 95% interval
   over repetitions); failed and unfinished trials are ignored.
-- A point qualifies iff it is not saturated and every SLO holds on the conservative side of
-  its interval: the upper 95% bound of the latency (the value itself with one repetition)
-  <= max_ms. A point that did not measure an SLO's metric fails that SLO.
+- A point qualifies iff it is not saturated, not client-bound (its load generator lagged: the
+  numbers are not the server's), and every SLO holds on the conservative side of its interval:
+  the upper 95% bound of the latency (the value itself with one repetition) <= max_ms. A point
+  that did not measure an SLO's metric fails that SLO.
 - Among qualifying points the highest *mean* objective metric wins. The mean, not the lower
   bound: the SLO gate is already conservative, and ranking by lower bound would favour configs
   with fewer repetitions (one repetition has no interval to subtract). Ties go to the lower
   mean of the first SLO's latency, then the smaller batch size, the smaller wait, the first
   trial id.
 - No SLOs: the knee (`pareto.knee`) of the frontier of the objective metric against mean p90
-  E2E over unsaturated points: the point past which more throughput costs disproportionately
+  E2E over unsaturated, not client-bound points: the point past which more throughput costs disproportionately
   more latency.
 - Nothing qualifies: infeasible; the nearest miss minimises max over SLOs of value / max_ms.
 """
@@ -180,11 +181,14 @@ def recommend(
     # Decide on the few metrics the rules read, then fold the chosen config in full.
     wanted = sorted({key, FASTEST_KEY, KNEE_LATENCY_KEY, *(s.key for s in slos)})
     measured = [p for p in aggregate(trials, wanted) if p.mean.get(key) is not None]
-    pool = [p for p in measured if not p.saturated]
+    trusted = [p for p in measured if not p.client_bound]
+    pool = [p for p in trusted if not p.saturated]
     if not measured:
         return _empty(objective, _why_empty(trials))
+    if not trusted:
+        return _empty(objective, _why_client_bound(len(measured)))
     if not pool:
-        return _empty(objective, _why_saturated(len(measured)))
+        return _empty(objective, _why_saturated(len(trusted)))
     rec = _pick_knee(pool, objective, key) if not slos else _pick_slo(pool, objective, key, slos)
     return _explain_adaptive(_with_all_metrics(rec, trials))
 
@@ -217,6 +221,12 @@ def _why_empty(trials: Sequence[TrialRecord]) -> str:
     failed = sum(t.status == "failed" for t in trials)
     return (f"nothing to recommend: no trial finished with results ({failed} failed, "
             f"{len(trials) - failed} still running or without metrics).")
+
+
+def _why_client_bound(num_points: int) -> str:
+    return (f"nothing qualifies: all {num_points} measured configs are client-bound (the load "
+            "generator lagged, so their numbers are not the server's); rerun with fewer users or "
+            "on a machine with more cores for the client.")
 
 
 def _why_saturated(num_points: int) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 
 from engine.config import SchedulerConfig
 from engine.core import StepRecord
+from experiments.client_stats import with_client_check
 from experiments.loadgen import (
     LoadResult,
     LoadTarget,
@@ -89,6 +90,7 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
                                     load.background)
     details["timeseries"] = trial_timeseries(load.records, load.background, steps, slos)
     metrics = replace(metrics, details={**metrics.details, **details})
+    metrics = with_client_check(metrics, load.records, load.background, load.client, num_warmup)
     if roofline is not None:  # the local engine's steps against its device's peaks
         metrics = replace(metrics, roofline_fraction=roofline(steps))
     return TrialResult(config, metrics, load.records, steps, load.was_cut, load.was_stopped)

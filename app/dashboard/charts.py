@@ -121,17 +121,22 @@ def _customdata(points: Sequence[ConfigPoint], indices: Sequence[int]) -> np.nda
 
 def _hover_text(points: Sequence[ConfigPoint], indices: Sequence[int], labels) -> list[str]:
     return [f"{points[i].config.label} ({labels[i].replace('_', ' ')}"
-            f"{', saturated' if points[i].saturated else ''})" for i in indices]
+            f"{', saturated' if points[i].saturated else ''})"
+            + (f"<br>not on any frontier: {points[i].client_bound_reason}" if points[i].client_bound else "")
+            for i in indices]
 
 
 def _policy_trace(points, labels, indices, policy, keys, sizes, colour: Colour) -> go.Scatter:
     throughput_key, latency_key = keys
     chosen = [points[i] for i in indices]
     marker = dict(
-        symbol=POLICY_SYMBOLS.get(policy, "square"),
+        # Client-bound points are hollow: measured, but not the server's numbers.
+        symbol=[POLICY_SYMBOLS.get(policy, "square") + ("-open" if points[i].client_bound else "")
+                for i in indices],
         size=np.array([sizes[load_value(p.config)] for p in chosen]),
         color=np.array([colour.values[i] for i in indices], dtype=float), colorscale=BATCH_COLORSCALE,
-        cmin=colour.cmin, cmax=colour.cmax, line=dict(width=0.5, color=NEUTRAL),
+        cmin=colour.cmin, cmax=colour.cmax,
+        line=dict(width=[2.0 if points[i].client_bound else 0.5 for i in indices], color=NEUTRAL),
         opacity=np.array([1.0 if labels[i] != "dominated" else 0.55 for i in indices]),
     )
     cls = go.Scattergl if len(points) > WEBGL_ABOVE else go.Scatter
@@ -244,8 +249,9 @@ def frontier_figure(
     """Throughput vs latency per config: colour = batch size (or `colour_by`), symbol = policy,
     size = load.
 
-    `labels` come from `pareto.classify`; the frontier line joins the `frontier` points and
-    dominated points are drawn fainter. customdata[0] of each point is its index in `points`.
+    `labels` come from `pareto.classify`; the frontier line joins the `frontier` points,
+    dominated points are drawn fainter, client-bound ones hollow with the reason on hover.
+    customdata[0] of each point is its index in `points`.
     """
     keys = (throughput_key, latency_key)
     placed = [i for i, p in enumerate(points) if p.point(throughput_key, latency_key)]

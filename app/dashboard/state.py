@@ -30,7 +30,7 @@ from experiments.scaleout import scale_view as build_scale_view
 LIVE_TTL_S = 2.0  # sweeps move while a page is open; the live panels poll at this pace
 STABLE_TTL_S = 600.0  # keyed by the sweep's progress, so only memory bounds these
 
-HOVER_KEYS = ("goodput_rps", "slo_attainment", "saturated")
+HOVER_KEYS = ("goodput_rps", "slo_attainment", "saturated", "client_bound", "client_bound_reason")
 SweepVersion = tuple[int, str, int, int]
 
 
@@ -112,7 +112,8 @@ def whatif(url: str, key: SweepVersion, slos: tuple[SLO, ...], objective: str) -
     """The recommendation under what-if SLOs (cached: sliders rerun the page often)."""
     # Exactly the metrics recommend() reads (tests/app check it matches the full records).
     needed = (OBJECTIVES[objective], FASTEST_KEY, KNEE_LATENCY_KEY, *(s.key for s in slos))
-    return recommend(slim(trials(url, key), (*needed, "saturated")), objective, list(slos))
+    return recommend(slim(trials(url, key), (*needed, "saturated", "client_bound")), objective,
+                     list(slos))
 
 
 def objective(sweep: SweepRecord) -> str:

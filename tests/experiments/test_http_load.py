@@ -23,8 +23,10 @@ from experiments.external import ServerProcess
 from experiments.http_target import HttpTarget
 from experiments.loadgen import RequestSpec, open_loop_arrivals, run_closed_loop, run_open_loop
 from experiments.metrics import compute_trial_metrics
+from experiments.profiles import FixedLength, parse_profile_yaml
 from experiments.queueing import closed_loop, fifo_e2e_s, md1_mean_e2e_s
 from experiments.records import TrialConfig
+from experiments.trial import run_trial
 
 pytestmark = pytest.mark.slow  # real processes and real load for seconds
 ANY = TrialConfig("continuous", 1, 0.0, concurrency=1)  # the mock ignores server knobs
@@ -174,3 +176,34 @@ def test_a_killed_parent_takes_its_workers_along(mock, tmp_path) -> None:
     proc.kill()
     proc.wait()
     assert _gone(workers)
+
+
+# -- every trial checks itself ------------------------------------------------------------------
+
+PROFILE = parse_profile_yaml("name: t\nprompt_tokens: {kind: fixed, value: 4}\n"
+                             "output_tokens: {kind: fixed, value: 128}\n"
+                             "arrival: {mode: closed, concurrency: 1}\nwarmup_requests: 0\n"
+                             "objective: max_throughput\n", "t")
+
+
+def http_trial(url: str, concurrency: int, num_requests: int, num_tokens: int):
+    profile = PROFILE.model_copy(update={"output_tokens": FixedLength(kind="fixed", value=num_tokens),
+                                         "warmup_requests": concurrency})
+    with HttpTarget(url) as target:
+        return run_trial(target, TrialConfig("continuous", 1, 0.0, concurrency=concurrency), profile,
+                         num_requests, seed=0, slos=[], vocab_size=256, max_context_tokens=4096,
+                         avoid_ids=[0])
+
+
+def test_an_overloaded_client_is_flagged_client_bound(mock) -> None:
+    # 512 users x 128 tokens against an instant server: the client cannot keep up on 2 cores.
+    m = http_trial(mock(0, 0), 512, 2048, 128).metrics
+    assert m.client_bound and "lag" in m.client_bound_reason, m.details["client"]
+    assert m.client_lag_ms is not None and m.details["client"]["num_workers"] >= 1
+
+
+def test_a_light_load_is_not_flagged(mock) -> None:
+    # TTFT 1 s: the limit is 20 ms of lag, far above what 4 users cost the client.
+    m = http_trial(mock(1000, 1), 4, 8, 2).metrics
+    assert not m.client_bound, m.client_bound_reason
+    assert m.client_lag_ms.p99 < 20 and m.details["client"]["loop_lag_ms"]["p50"] < 20

@@ -1,0 +1,127 @@
+"""Every trial checks itself: the client-lag rule (pure), its place in a trial, and flagged
+points kept out of frontiers and recommendations."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine.config import SchedulerConfig
+from engine.engine import Engine
+from engine.sequence import Sequence
+from experiments.client_stats import ClientStats, check_client, lag_limit_ms, with_client_check
+from experiments.metrics import compute_trial_metrics
+from experiments.pareto import aggregate, classify, trial_frontier
+from experiments.profiles import parse_profile_yaml
+from experiments.recommend import recommend
+from experiments.records import SLO, ClientLag, RequestRecord, TrialConfig, TrialRecord
+from experiments.trial import run_trial
+
+
+def req(i: int, scheduled: float, sent: float, first: float = 0.05, done: float = 0.1) -> RequestRecord:
+    return RequestRecord(i, scheduled, sent, None, (scheduled + first,), scheduled + done, 4, 1)
+
+
+def test_the_limit_is_max_of_1ms_and_2pct_of_p50_ttft() -> None:
+    assert lag_limit_ms(None) == 1.0 and lag_limit_ms(10.0) == 1.0 and lag_limit_ms(400.0) == 8.0
+
+
+def test_on_time_client_is_not_client_bound() -> None:
+    records = [req(i, i * 0.1, i * 0.1 + 0.0002) for i in range(100)]
+    verdict = check_client(records, ClientStats(loop_lag_s=[0.0001] * 50), ttft_p50_ms=50.0)
+    assert not verdict.is_client_bound and verdict.reason is None
+    assert verdict.send_lag_ms == pytest.approx((0.2, 0.2, 0.2))
+
+
+def test_late_sends_or_a_lagging_loop_make_it_client_bound() -> None:
+    late = [req(i, i * 0.1, i * 0.1 + (0.005 if i % 10 == 0 else 0.0)) for i in range(100)]
+    verdict = check_client(late, None, ttft_p50_ms=50.0)  # p99 send lag 5 ms > 1 ms
+    assert verdict.is_client_bound and "p99 send lag 5.00 ms > 1.00 ms" in verdict.reason
+    on_time = [req(i, i * 0.1, i * 0.1) for i in range(100)]
+    busy = ClientStats(loop_lag_s=[0.0001] * 40 + [0.004] * 60, cpu_s=1.9, wall_s=2.0, num_workers=1)
+    verdict = check_client(on_time, busy, ttft_p50_ms=100.0)  # limit 2 ms
+    assert verdict.is_client_bound and "event-loop lag" in verdict.reason and "CPU 95%" in verdict.reason
+    assert not check_client(on_time, busy, ttft_p50_ms=300.0).is_client_bound  # limit 6 ms
+    stalled = ClientStats(loop_lag_s=[0.0001] * 80 + [0.004] * 20)  # the OS, now and then: a tail
+    assert not check_client(on_time, stalled, ttft_p50_ms=100.0).is_client_bound
+
+
+def test_the_verdict_lands_in_the_metrics_warmup_not_judged() -> None:
+    warmup = [req(0, 0.0, 0.050)]  # 50 ms late: connection set-up, not judged
+    measured = [req(i, i * 0.1, i * 0.1 + 0.0003) for i in range(1, 50)]
+    metrics = compute_trial_metrics(measured, [], [], None, False, warmup)
+    checked = with_client_check(metrics, measured, warmup, None, num_warmup=1)
+    assert not checked.client_bound and checked.client_lag_ms == ClientLag(*[pytest.approx(0.3)] * 3)
+    assert checked.details["client"]["limit_ms"] == 1.0
+    flat = checked.flat()
+    assert flat["client_bound"] is False and flat["client_lag_ms_p99"] == pytest.approx(0.3)
+    assert with_client_check(metrics, measured, warmup, None, num_warmup=0).client_bound
+
+
+# -- flagged points stay out of frontiers and recommendations -----------------------------------
+
+
+def trial(trial_id: int, batch_size: int, thr: float, e2e: float, client_bound: bool = False) -> TrialRecord:
+    metrics = {"output_tokens_per_s": thr, "goodput_rps": thr / 10, "e2e_ms_p90": e2e, "ttft_ms_p90": e2e / 4,
+               "saturated": False, "client_bound": client_bound,
+               "client_bound_reason": "p99 send lag 9.00 ms > 1.00 ms" if client_bound else None}
+    config = TrialConfig("continuous", batch_size, 0.0, concurrency=8)
+    return TrialRecord(trial_id, 1, config, "done", metrics)
+
+
+def test_client_bound_points_never_enter_a_frontier() -> None:
+    trials = [trial(1, 1, 100, 50), trial(2, 4, 300, 80), trial(3, 8, 900, 60, client_bound=True)]
+    assert [t.trial_id for t in trial_frontier(trials, "output_tokens_per_s", "e2e_ms_p90")] == [1, 2]
+    points = aggregate(trials)
+    assert classify(points, "output_tokens_per_s", "e2e_ms_p90") == ["frontier", "frontier", "client_bound"]
+    assert points[2].client_bound and "send lag" in points[2].client_bound_reason
+
+
+def test_client_bound_points_are_never_recommended() -> None:
+    trials = [trial(1, 1, 100, 50), trial(2, 4, 300, 80), trial(3, 8, 900, 60, client_bound=True)]
+    for slos in ([], [SLO("e2e_ms", "p90", 100.0)]):
+        assert recommend(trials, "max_throughput", slos).config.batch_size == 4
+    rec = recommend([trial(3, 8, 900, 60, client_bound=True)], "max_throughput", [])
+    assert rec.config is None and "client-bound" in rec.explanation
+
+
+def test_the_dashboard_draws_them_hollow_with_the_reason() -> None:
+    from app.dashboard.charts import frontier_figure
+
+    points = aggregate([trial(1, 1, 100, 50), trial(3, 8, 900, 60, client_bound=True)])
+    labels = classify(points, "output_tokens_per_s", "e2e_ms_p90")
+    fig = frontier_figure(points, labels, "output_tokens_per_s", "e2e_ms_p90")
+    [trace] = [t for t in fig.data if t.name == "continuous"]
+    assert list(trace.marker.symbol) == ["circle", "circle-open"]
+    assert "not on any frontier: p99 send lag" in trace.text[1]
+
+
+# -- the in-process load generator checks itself too --------------------------------------------
+
+
+class FixedStepExecutor:
+    def prefill(self, seqs: list[Sequence]) -> list[int]:
+        time.sleep(0.002)
+        return [5] * len(seqs)
+
+    def decode(self, seqs: list[Sequence]) -> list[int]:
+        time.sleep(0.001)
+        return [5] * len(seqs)
+
+    def release(self, seqs: list[Sequence]) -> None:
+        pass
+
+
+def test_in_process_trials_carry_the_check() -> None:
+    profile = parse_profile_yaml("name: t\nprompt_tokens: {kind: fixed, value: 4}\n"
+                                 "output_tokens: {kind: fixed, value: 3}\n"
+                                 "arrival: {mode: closed, concurrency: 2}\nwarmup_requests: 2\n"
+                                 "objective: max_throughput\n", "t")
+    with Engine(FixedStepExecutor(), SchedulerConfig(), kv_budget_tokens=10**6) as engine:
+        result = run_trial(engine, TrialConfig("continuous", 4, 0.0, concurrency=2), profile, 20, seed=0,
+                           slos=[], vocab_size=100, max_context_tokens=64, avoid_ids=[0])
+    m = result.metrics
+    assert m.client_lag_ms is not None and m.client_lag_ms.max < 1000
+    assert m.details["client"]["process"].startswith("in-process")
+    assert m.client_bound == (m.client_lag_ms.p99 > 1.0)  # closed loop in-process: sent at once
