@@ -74,6 +74,13 @@ class EngineConfig:
     cpu_kv_cache_gb: float = 2.0
     gpu_memory_utilization: float = 0.85
     seed: int = 0
+    # torch.compile the decode step; None = on with CUDA (per-step Python and launch overhead
+    # dominate a small model's decode there), off elsewhere (compiling costs minutes on a CPU).
+    compile_decode: bool | None = None
+
+    def should_compile(self, device_type: str) -> bool:
+        """Whether the decode step is compiled on this device type."""
+        return device_type == "cuda" if self.compile_decode is None else self.compile_decode
 
     def __post_init__(self) -> None:
         if self.kv_budget_tokens is not None and self.kv_budget_tokens < 1:

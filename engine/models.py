@@ -25,12 +25,16 @@ MAX_CONTEXT_TOKENS = 4096
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = "<bos>", "<eos>", "<pad>"
 BUILTIN_VOCAB_SIZE = 259
 
-# Llama shapes; ~3.3M and ~24M parameters. GQA (4:1 in small) as in Llama 3.
+# Llama shapes; ~3.3M, ~24M and ~0.5B parameters. GQA (4:1 in small, 3:1 in 0.5b) as in
+# Llama 3. 0.5b is for GPU checks: a real model's weight traffic per decode step (~1 GB in
+# bf16), so per-step overheads and the roofline read as they would on a deployed small model.
 BUILTIN_SHAPES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=2),
     "small": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                   num_attention_heads=8, num_key_value_heads=2),
+    "0.5b": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=20,
+                 num_attention_heads=12, num_key_value_heads=4),
 }  # fmt: skip
 # Init gains, chosen so greedy decoding is varied and its top-1 margins are clear (median ~2
 # logits, min ~2e-3 over hundreds of steps, vs ~1e-5 of padding-induced fp32 noise). The

@@ -55,11 +55,17 @@ ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 class ModelRunner:
     """Executor over a Hugging Face decoder-only model with a DynamicCache (see module doc)."""
 
-    def __init__(self, loaded: LoadedModel, max_pad_fraction: float | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, max_pad_fraction: float | None = None,
+                 compile_backend: str | None = None) -> None:
         check_supported(loaded)
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
+        # The decode step's forward, compiled when asked (torch.compile, dynamic shapes: batch and
+        # cache length change every few steps); prefill stays eager, the reference path.
+        self._decode_model = self.model
+        if compile_backend is not None:
+            self._decode_model = torch.compile(self.model, backend=compile_backend, dynamic=True)
         if max_pad_fraction is None:
             is_cpu = self.device.type == "cpu"
             max_pad_fraction = CPU_MAX_PAD_FRACTION if is_cpu else ACCEL_MAX_PAD_FRACTION
@@ -105,7 +111,8 @@ class ModelRunner:
         # No padded column anywhere: the mask says nothing, and building the model's 4-D mask
         # from it costs ~8% of a small model's step.
         step_mask = mask if any(self.pads) else None
-        logits = self._forward(self.last_tokens, step_mask, self.next_pos, self.cache)  # [B, V]
+        logits = self._forward(self.last_tokens, step_mask, self.next_pos, self.cache,
+                               self._decode_model)  # [B, V]
         tokens = sample(logits, self.sampling)  # [B]
         self.mask, self.last_tokens = mask, tokens[:, None]
         self.next_pos += 1
@@ -152,6 +159,8 @@ class ModelRunner:
                 token = self._prefill_chunk(chunk)
                 if token is not None:
                     first_tokens[id(chunk.seq)] = token
+        if self.device.type == "cuda":  # a non-last chunk reads nothing back: wait for its kernels,
+            torch.cuda.synchronize(self.device)  # or the step's end would be stamped too early
         return tokens + [first_tokens[id(c.seq)] for c in chunks if c.is_last]
 
     def _prefill_chunk(self, chunk: PrefillChunk) -> int | None:
@@ -179,13 +188,15 @@ class ModelRunner:
         return int(token[0])
 
     def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: DynamicCache
+        self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: DynamicCache,
+        model: torch.nn.Module | None = None,
     ) -> torch.Tensor:
         """Logits of each row's last position: [B, V]."""
         kwargs: dict[str, Any] = {self._forward_kwargs.cache: cache}
         if self._forward_kwargs.has_logits_to_keep:
             kwargs["logits_to_keep"] = 1  # prefill: skip the [N, L, V] logits we never read
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        model = self.model if model is None else model
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         return out.logits[:, -1]
 
     def _join(self, seqs: list[Sequence], joined: PrefilledBatch, sampling: RowSampling) -> None:

@@ -79,20 +79,47 @@ def raw_tok_s(target: LocalTarget, prompts: list[list[int]], num_new: int, batch
     return tokens / seconds
 
 
+def decode_tok_s(target: LocalTarget, batch_sizes: list[int], prompt_len: int = 32,
+                 new_tokens: int = 128, seed: int = 0) -> dict[str, float]:
+    """Output tok/s with B equal requests submitted at once, per B: decode-dominated (one
+    prefill of B short prompts, then `new_tokens` decode steps at batch B)."""
+    rng = np.random.default_rng(seed)
+    vocab = _vocab(target)
+    out = {}
+    for b in batch_sizes:
+        prompts = [rng.choice(vocab, prompt_len).tolist() for _ in range(b)]
+        engine_tok_s(target, "continuous", b, prompts, [4] * b)  # warm-up at this shape
+        out[str(b)] = engine_tok_s(target, "continuous", b, prompts, [new_tokens] * b)
+    return out
+
+
 def run_bench(model: str = "builtin:small", device: str = "auto",
-              workload: BenchWorkload | None = None, repeats: int = 3) -> dict:
+              workload: BenchWorkload | None = None, repeats: int = 3,
+              decode_batches: list[int] | None = None, is_decode_only: bool = False,
+              compile_decode: bool | None = None) -> dict:
     """Measure every figure in one process, one model load; return the JSON-ready result."""
     w = workload or BenchWorkload()
-    target = LocalTarget.start(EngineConfig(model=model, device=device, seed=w.seed))
+    config = EngineConfig(model=model, device=device, seed=w.seed, compile_decode=compile_decode)
+    target = LocalTarget.start(config)
     try:
-        return _measure(target, w, repeats)
+        result = {} if is_decode_only else _measure(target, w, repeats)
+        if decode_batches:
+            result["decode_tok_s"] = decode_tok_s(target, decode_batches, seed=w.seed)
+        return {"model": target.loaded.name, "device": str(target.loaded.device),
+                "device_name": target.loaded.device_name, "dtype": str(target.loaded.dtype),
+                "num_params": target.loaded.num_params,
+                "compiled_decode": config.should_compile(target.loaded.device.type), **result}
     finally:
         target.close()
 
 
+def _vocab(target: LocalTarget) -> np.ndarray:
+    avoid = set(target.request_kwargs()["avoid_ids"])
+    return np.array([i for i in range(int(target.loaded.model.config.vocab_size)) if i not in avoid])
+
+
 def _measure(target: LocalTarget, w: BenchWorkload, repeats: int) -> dict:
-    vocab = np.array([i for i in range(int(target.loaded.model.config.vocab_size))
-                      if i not in set(target.request_kwargs()["avoid_ids"])])
+    vocab = _vocab(target)
     prompts, outputs = w.mixed(vocab)
     equal = w.equal(vocab)
     engine_tok_s(target, "continuous", w.batch_size, equal[:w.batch_size], [8] * w.batch_size)  # warm-up

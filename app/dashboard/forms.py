@@ -11,7 +11,7 @@ from experiments.profiles import Profile, ProfileError, load_profile
 from experiments.sweep import sweep_profile
 
 # engine.models.builtin_names() has these, but importing it loads torch into the UI process.
-BUILTIN_MODELS: tuple[str, ...] = ("builtin:tiny", "builtin:small")
+BUILTIN_MODELS: tuple[str, ...] = ("builtin:tiny", "builtin:small", "builtin:0.5b")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 LOAD_MODES: dict[str, str] = {"concurrency": "closed loop: virtual users",
                               "rate": "open loop: requests/s",
