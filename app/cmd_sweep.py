@@ -109,6 +109,8 @@ def sweep(
     api_key_env: str | None = typer.Option(
         None, "--api-key-env", help="env var holding the target's API key (never stored)"),
     tokenizer: str | None = typer.Option(None, help="tokenizer for external targets (default: --model)"),
+    engine: str | None = typer.Option(
+        None, "--engine", help="start this engine's server per config: vllm | sglang | tgi | llamacpp"),
     server_cmd: str | None = typer.Option(
         None, "--server-cmd",
         help="server command template with {batch_size} {max_wait_ms} {policy} {port}, started per config"),
@@ -132,7 +134,7 @@ def sweep(
                  "repetitions": repetitions, "seed": seed, "device": device, "dtype": dtype,
                  "kv_budget_tokens": kv_budget, "name": name, "target": target_url,
                  "target_model": target_model, "api_key_env": api_key_env, "tokenizer": tokenizer,
-                 "server_cmd": server_cmd, "trace_duration_s": trace_duration,
+                 "server_cmd": server_cmd, "engine": engine, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
                  **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
                          max_num_batched_tokens),
@@ -175,7 +177,14 @@ def _check_external(spec) -> None:
     from experiments.external import api_key_from_env, load_tokenizer
 
     api_key_from_env(spec.api_key_env)  # set now, or the first trial would fail
-    if spec.server_cmd is None:  # a --server-cmd server starts per config, later
+    if spec.engine is not None:  # its server starts per config, later; it must be installed now
+        from experiments.engines import EngineUnavailableError, preset
+
+        try:
+            preset(spec.engine).check_available()
+        except EngineUnavailableError as exc:
+            raise BadInput(str(exc)) from None
+    elif spec.server_cmd is None:  # a --server-cmd server starts per config, later
         check_target_answers(spec.target)
     load_tokenizer(spec.tokenizer or spec.target_model or spec.model)
 

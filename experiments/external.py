@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,16 @@ def free_port() -> int:
 class ServerProcess:
     """One server started from the command template; stopped with its whole process group."""
 
-    def __init__(self, template: str, config: TrialConfig, health_timeout_s: float = 120.0) -> None:
+    def __init__(self, template: str | None, config: TrialConfig, health_timeout_s: float = 120.0,
+                 argv_for: Callable[[int], list[str]] | None = None) -> None:
         self.port = free_port()
-        try:  # argv only: the template never reaches a shell
-            self.argv = render_server_cmd(template, config, self.port)
-        except ServerCmdError as exc:
-            raise TargetSetupError(f"--server-cmd: {exc}") from None
+        if argv_for is not None:  # an --engine preset: its own argv for this port
+            self.argv = argv_for(self.port)
+        else:
+            try:  # argv only: the template never reaches a shell
+                self.argv = render_server_cmd(template or "", config, self.port)
+            except ServerCmdError as exc:
+                raise TargetSetupError(f"--server-cmd: {exc}") from None
         self.health_timeout_s = health_timeout_s
         self.log_path = Path(tempfile.mkstemp(prefix="tradeoff-server-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None

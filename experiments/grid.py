@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.routing import DEFAULT_ROUTER, check_replicas
+from experiments.engines import lacking_knobs
 from experiments.records import TrialConfig
 from experiments.server_cmd import ServerCmdError, check_server_cmd
 
@@ -69,6 +70,7 @@ class SweepSpec(BaseModel):
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     tokenizer: str | None = None  # for external targets; default: the model's
     server_cmd: str | None = Field(default=None, max_length=2000)  # started per server config
+    engine: Literal["vllm", "sglang", "tgi", "llamacpp"] | None = None  # a preset server per config
     server_timeout_s: float = Field(default=120.0, gt=0)
     search: SearchSpec | None = None  # set: search each config's capacity instead of a load grid
     replicas: list[int] = Field(default=[1], min_length=1)  # engine replicas behind a router
@@ -195,9 +197,28 @@ class SweepSpec(BaseModel):
             raise ValueError(f"target {self.target!r} is not an http(s) URL")
         return self
 
+    @model_validator(mode="after")
+    def _engine_sets_what_it_has(self) -> SweepSpec:
+        if self.engine is None:
+            return self
+        if self.server_cmd is not None or self.target is not None:
+            raise ValueError("engine starts its own server per config: drop server_cmd and target")
+        if self.search is not None:
+            raise ValueError("a capacity search does not start servers per config yet: drop engine "
+                             "(search one --target server) or run a grid")
+        lacks = lacking_knobs(self.engine, list(self.policies), list(self.max_wait_ms))
+        if lacks:
+            raise ValueError(f"{self.engine} has no setting for {'; '.join(lacks)}")
+        return self
+
     @property
     def is_external(self) -> bool:
-        return self.target is not None or self.server_cmd is not None
+        return self.target is not None or self.server_cmd is not None or self.engine is not None
+
+    @property
+    def starts_servers(self) -> bool:
+        """A server per server config: a --server-cmd template or an --engine preset."""
+        return self.server_cmd is not None or self.engine is not None
 
     @property
     def scales(self) -> list[tuple[int, str | None]]:
@@ -233,7 +254,7 @@ class SweepSpec(BaseModel):
         points.sort(key=lambda p: max(_coarseness(i, len(axis))
                                       for (i, _), axis in zip(p, axes, strict=True)))
         configs = [self._config(p, rep) for rep in range(self.repetitions) for p in points]
-        if self.server_cmd is not None:  # one server start per server config, in coarse order
+        if self.starts_servers:  # one server start per server config, in coarse order
             first = {}
             for i, c in enumerate(configs):
                 first.setdefault(server_key(c), i)

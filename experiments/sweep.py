@@ -21,13 +21,16 @@ from typing import TYPE_CHECKING
 from db.store import Store
 from engine.config import EngineConfig
 from engine.core import StepRecord
+from experiments.engines import preset
 from experiments.estimate import GENERIC, PRIORS
 from experiments.external import ExternalTarget, ServerProcess, api_key_from_env, load_tokenizer
 from experiments.grid import GridError, SweepSpec, server_key
+from experiments.http_target import server_root
 from experiments.predict import fit_cost_model, prediction_details, stored_steps
 from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
 from experiments.provenance import provenance
 from experiments.records import SLO, TrialConfig, TrialMetrics
+from experiments.server_metrics import MetricsScraper
 from experiments.trial import (
     TrialResult,
     measure_baseline,
@@ -162,7 +165,7 @@ class SweepRunner:
             for config in todo:
                 by_count.setdefault(config.replicas, []).append(config)
             return list(by_count.values())
-        if self.spec.server_cmd is None:
+        if not self.spec.starts_servers:
             return [todo]
         groups: dict[tuple, list[TrialConfig]] = {}
         for config in todo:
@@ -186,15 +189,24 @@ class SweepRunner:
             return
         with contextlib.ExitStack() as stack:
             url = self.spec.target
-            if self.spec.server_cmd is not None:
-                server = stack.enter_context(
-                    ServerProcess(self.spec.server_cmd, config, self.spec.server_timeout_s))
+            if self.spec.starts_servers:
+                server = stack.enter_context(ServerProcess(
+                    self.spec.server_cmd, config, self.spec.server_timeout_s,
+                    argv_for=self._engine_argv(config)))
                 url = server.base_url
             target = stack.enter_context(contextlib.closing(ExternalTarget.connect(
                 url, self.spec.target_model, self._tokenizer(),
                 api_key_from_env(self.spec.api_key_env))))
             self._warm_up(target)
             yield target
+
+    def _engine_argv(self, config: TrialConfig) -> Callable[[int], list[str]] | None:
+        """The --engine preset's command for `config` (given a port); None for a --server-cmd."""
+        if self.spec.engine is None:
+            return None
+        engine = preset(self.spec.engine)
+        engine.check_available()  # a resumed sweep may run where the engine is not installed
+        return lambda port: engine.argv(self.spec.model, config, port)
 
     def _tokenizer(self):
         if self._tok is None:
@@ -220,11 +232,12 @@ class SweepRunner:
         self._report(config.label)
         started = utcnow()
         try:
-            result = run_trial(
-                target.engine, config, self.profile, self.spec.requests,
-                seed=self.spec.seed + config.repetition, slos=slos,
-                max_duration_s=self._deadline_s(config), should_stop=self.should_stop,
-                **target.request_kwargs(), **target.memory_kwargs())
+            with self._scraper(target) as scraper:
+                result = run_trial(
+                    target.engine, config, self.profile, self.spec.requests,
+                    seed=self.spec.seed + config.repetition, slos=slos,
+                    max_duration_s=self._deadline_s(config), should_stop=self.should_stop,
+                    **target.request_kwargs(), **target.memory_kwargs())
         except Exception as exc:  # the sweep goes on; the failure is stored with its reason
             self.store.add_failed_trial(self.sweep_id, config, f"{type(exc).__name__}: {exc}",
                                         started, utcnow())
@@ -241,6 +254,9 @@ class SweepRunner:
             return
         metrics = with_provenance(result.metrics, target)
         metrics = self._with_prediction(config, result, slos, metrics)
+        if scraper is not None:  # the engine's own gauges over the trial, next to ours
+            metrics = replace(metrics, details={**metrics.details,
+                                               "server_metrics": scraper.summary()})
         self.store.add_trial(self.sweep_id, config, metrics, result.records, started, utcnow())
         self.num_done += 1
         self._report(None)
@@ -259,6 +275,13 @@ class SweepRunner:
                                      result.metrics, result.steps)
         self._steps.extend(result.steps)
         return replace(metrics, details={**metrics.details, "prediction": details})
+
+    def _scraper(self, target: LocalTarget | ExternalTarget) -> contextlib.AbstractContextManager:
+        """Scrapes an --engine server's /metrics during a trial; a no-op for other targets."""
+        if self.spec.engine is None:
+            return contextlib.nullcontext()
+        url = f"{server_root(target.engine.api_base)}/metrics"
+        return MetricsScraper(url, preset(self.spec.engine).gauges)
 
     def _deadline_s(self, config: TrialConfig) -> float | None:
         # A trace trial replays its whole window and drains (bounded) unless max_trial_s says less.

@@ -1,0 +1,67 @@
+"""A server's Prometheus /metrics during a trial: parsed with prometheus_client's own text
+parser, sampled on a background thread, summarised into the trial's details."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+
+DEFAULT_INTERVAL_S = 0.5
+
+
+def parse_gauges(text: str, gauges: Mapping[str, tuple[str, ...]]) -> dict[str, float | None]:
+    """Our gauge name -> the value of the first of its metric names present (summed over label
+    sets, e.g. one per served model); None where the engine exports none of them."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return {ours: next((values[n] for n in names if n in values), None) for ours, names in gauges.items()}
+
+
+class MetricsScraper:
+    """Samples GET `url` every `interval_s` on a daemon thread until stopped."""
+
+    def __init__(self, url: str, gauges: Mapping[str, tuple[str, ...]],
+                 interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        self.url, self.gauges, self.interval_s = url, dict(gauges), interval_s
+        self.samples: list[tuple[float, dict[str, float | None]]] = []  # (seconds since start, values)
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="metrics-scraper", daemon=True)
+        self._start_s = 0.0
+
+    def __enter__(self) -> MetricsScraper:
+        self._start_s = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=2.0) as resp:
+                    text = resp.read().decode("utf-8", errors="replace")
+                self.samples.append((time.monotonic() - self._start_s, parse_gauges(text, self.gauges)))
+            except (OSError, ValueError):  # a missed scrape is counted, not fatal to the trial
+                self.errors += 1
+            self._stop.wait(self.interval_s)
+
+    def summary(self) -> dict:
+        """JSON-ready: the series per gauge and its mean and max (None where never exported)."""
+        series = {name: [s[1][name] for s in self.samples] for name in self.gauges}
+        stats = {name: _stats(values) for name, values in series.items()}
+        return {"url": self.url, "interval_s": self.interval_s, "t_s": [round(s[0], 3) for s in self.samples],
+                "series": series, "stats": stats, "scrape_errors": self.errors}
+
+
+def _stats(values: list[float | None]) -> dict[str, float] | None:
+    known = [v for v in values if v is not None]
+    return {"mean": sum(known) / len(known), "max": max(known)} if known else None
