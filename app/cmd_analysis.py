@@ -67,9 +67,16 @@ def recommend(
     record = analysis.sweep
     out = {"profile": record.profile_name or record.profile.get("name"), "sweep_id": record.id,
            **analysis.recommendation.to_dict()}
+    if record.grid.get("search"):  # a capacity search: name the config that carries the most
+        from app.cmd_search import search_outcome
+
+        found = search_outcome(open_store(db, create=False), record.id)
+        out["capacity"] = {k: found[k] for k in ("sentence", "recommended", "capacities")}
     if format == "json":
         print_json(out)
         return
+    if "capacity" in out:
+        print(out["capacity"]["sentence"])
     print(out["explanation"])
     print()
     if out["config"]:

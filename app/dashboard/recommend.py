@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import streamlit as st
 
 from app import launcher
-from app.dashboard import charts, report, state, widgets
+from app.dashboard import capacity_view, charts, report, state, widgets
 from db.store import SweepRecord
 from experiments.analysis import SweepAnalysis, export_analysis
 from experiments.export import FORMATS
@@ -56,6 +56,7 @@ def _card(url: str, profile: str, sweeps: list[SweepRecord]) -> None:
     sweep = by_id[sweep_id]
     if launcher.is_active(sweep):
         widgets.live_strip(url, sweep.id, state.version(sweep))
+    capacity_view.capacity_section(url, sweep, f"recommend_capacity_{profile}")
     analysis = state.analysis(url, state.version(sweep))
     rec = analysis.recommendation
     if rec.config is None:

@@ -78,6 +78,10 @@ def test_search_json_contract(tmp_path: Path, tiny_profile: Path):
     if decided:
         top = max(decided, key=lambda c: c["capacity"])
         assert out["recommended"]["capacity"] == top["capacity"]
+        assert "carries" in out["sentence"]
+    rec = tradeoff("recommend", "--sweep", str(out["sweep_id"]), "--format", "json", "--db", db)
+    assert rec.returncode == 0, rec.stderr
+    assert json.loads(rec.stdout)["capacity"]["sentence"] == out["sentence"]
 
 
 def make_search(db: str, profile: Path, **search) -> tuple[Store, int]:
