@@ -101,6 +101,7 @@ def create_search(db: str | None, spec, prof) -> tuple[int, Any, Any]:
     from experiments.sweep import create_sweep, local_target_for
 
     store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
+    print("estimating the search on simulated trials...", file=sys.stderr)
     est_s, est_trials = estimate_search_s(spec, prof)
     target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
     store = store or open_store(db)

@@ -26,22 +26,34 @@ def prior_cost(model: str) -> CostModel:
     return PRIORS.get(model, GENERIC)
 
 
+Memo = dict[TrialConfig, tuple[Sample, float]]  # simulated trials, reused within one estimate
+
+
 def simulated_measure(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
-                      spent_s: list[float] | None = None) -> Callable[[TrialConfig], Sample]:
-    """A `measure` that simulates the trial; adds its simulated seconds to `spent_s[0]`."""
+                      spent_s: list[float] | None = None,
+                      memo: Memo | None = None) -> Callable[[TrialConfig], Sample]:
+    """A `measure` that simulates the trial; adds its simulated seconds to `spent_s[0]`.
+    `memo` (same cost model and SLOs only) skips re-simulating a trial already simulated."""
+    memo = {} if memo is None else memo
+
     def measure(config: TrialConfig) -> Sample:
-        m = simulate_trial(config, profile, spec.requests, cost, slos, spec.seed + config.repetition)
+        if config not in memo:
+            m = simulate_trial(config, profile, spec.requests, cost, slos,
+                               spec.seed + config.repetition)
+            total = m.requests_completed + m.requests_failed
+            memo[config] = Sample(round(m.slo_attainment * total), total), m.duration_s
+        sample, duration_s = memo[config]
         if spent_s is not None:
-            spent_s[0] += m.duration_s + PER_TRIAL_OVERHEAD_S
-        total = m.requests_completed + m.requests_failed
-        return Sample(round(m.slo_attainment * total), total)
+            spent_s[0] += duration_s + PER_TRIAL_OVERHEAD_S
+        return sample
     return measure
 
 
 def predicted_capacities(spec: SweepSpec, profile: Profile, cost: CostModel,
-                         slos: list[SLO]) -> dict[str, float]:
+                         slos: list[SLO], memo: Memo | None = None) -> dict[str, float]:
     """knob label -> the capacity the search finds on simulated trials under `cost`."""
-    results = run_search(spec, profile, [], simulated_measure(spec, profile, cost, slos), plan={})
+    measure = simulated_measure(spec, profile, cost, slos, memo=memo)
+    results = run_search(spec, profile, [], measure, plan={})
     return {knob_label(r.config): r.capacity.capacity for r in results}
 
 
@@ -62,11 +74,11 @@ def first_load(capacity: float, spec: SweepSpec) -> float:
 
 
 def make_plan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
-              calibration: TrialConfig, calibration_load: float) -> dict:
+              calibration: TrialConfig, calibration_load: float, memo: Memo | None = None) -> dict:
     """Start loads from predicted capacities; configs predicted far below the best skipped
     (each policy's best is always kept, so every policy gets a measured answer)."""
     assert spec.search is not None
-    predicted = predicted_capacities(spec, profile, cost, slos)
+    predicted = predicted_capacities(spec, profile, cost, slos, memo)
     top = max(predicted.values(), default=0.0)
     best_of_policy: dict[str, float] = {}
     for k in spec.knob_configs():

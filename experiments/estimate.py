@@ -94,14 +94,14 @@ def estimate_search_s(spec: SweepSpec, profile: Profile) -> tuple[float, int]:
     assert spec.search is not None
     cost = PRIORS.get(spec.model, GENERIC)
     slos = predicted_slos(profile, cost, spec.seed)
-    spent = [0.0]
+    spent, memo = [0.0], {}
     plan: dict = {}
     if spec.search.predict:
         probe = calibration_probe(spec, profile, slos)
         load = probe.concurrency if probe.concurrency is not None else probe.rate
         plan = make_plan(spec, profile, cost, slos, replace(probe, concurrency=None, rate=None),
-                         float(load))
-    measure = simulated_measure(spec, profile, cost, slos, spent)
+                         float(load), memo)
+    measure = simulated_measure(spec, profile, cost, slos, spent, memo)
     results = run_search(spec, profile, [], measure, lambda: spent[0] < spec.search.budget_s, plan)
     trials = sum(r.capacity.num_probes for r in results)
     return MODEL_LOAD_S + min(spent[0], spec.search.budget_s), trials
