@@ -121,6 +121,11 @@ Measure = Callable[[TrialConfig], Sample | None]  # None: not measured (stop tha
 SKIPPED, NOT_STARTED = "skipped", "not_started"
 
 
+def uses_prediction(spec: SweepSpec) -> bool:
+    """Whether the search calibrates and predicts (local engine only: it needs engine steps)."""
+    return spec.search is not None and spec.search.predict and not spec.is_external
+
+
 def plan_of(trials: list[TrialRecord]) -> dict | None:
     """The search plan stored with the sweep's calibration trial (its first); None before it."""
     for t in sorted(trials, key=lambda t: t.trial_id):
@@ -139,8 +144,8 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
     start load and the configs the prediction skipped; before it exists nothing has started."""
     if spec.search is None:
         raise NotSearchError("this sweep is a load grid, not a capacity search")
-    if plan is None:
-        plan = plan_of(trials) if spec.search.predict else {}
+    if plan is None:  # an external server has no engine steps to fit: no prediction
+        plan = plan_of(trials) if uses_prediction(spec) else {}
     knobs, unit = spec.knob_configs(), unit_of(spec)
     if plan is None:
         return [ConfigCapacity(k, Capacity(0.0, None, NOT_STARTED, "no trial measured yet", 0), unit)

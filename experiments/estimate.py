@@ -88,7 +88,7 @@ def estimate_search_s(spec: SweepSpec, profile: Profile) -> tuple[float, int]:
     """Estimated seconds and trials of a capacity search: the search itself (calibration, plan,
     bisection) run against simulated trials under the model's prior cost model, capped by the
     budget."""
-    from experiments.capacity import run_search
+    from experiments.capacity import run_search, uses_prediction
     from experiments.capacity_plan import calibration_probe, make_plan, simulated_measure
 
     assert spec.search is not None
@@ -96,7 +96,7 @@ def estimate_search_s(spec: SweepSpec, profile: Profile) -> tuple[float, int]:
     slos = predicted_slos(profile, cost, spec.seed)
     spent, memo = [0.0], {}
     plan: dict = {}
-    if spec.search.predict:
+    if uses_prediction(spec):
         probe = calibration_probe(spec, profile, slos)
         load = probe.concurrency if probe.concurrency is not None else probe.rate
         plan = make_plan(spec, profile, cost, slos, replace(probe, concurrency=None, rate=None),

@@ -16,7 +16,7 @@ from engine.core import StepRecord
 from engine.simulate import CostModel, Simulator
 from experiments.loadgen import make_requests, open_loop_arrivals, record_from_sequence
 from experiments.metrics import compute_trial_metrics
-from experiments.profiles import Profile
+from experiments.profiles import OpenArrival, Profile
 from experiments.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from experiments.trial import sched_config_of
 
@@ -62,7 +62,8 @@ def simulate_records(config: TrialConfig, profile: Profile, num_requests: int, c
     if config.concurrency is not None:
         _closed_loop(sim, lengths, config.concurrency, profile.warmup_requests)
     else:
-        for at_s, (p, o) in zip(open_loop_arrivals(config.rate, config.burstiness, n, seed),
+        schedule = profile.arrival.schedule if isinstance(profile.arrival, OpenArrival) else None
+        for at_s, (p, o) in zip(open_loop_arrivals(config.rate, config.burstiness, n, seed, schedule),
                                 lengths, strict=True):
             sim.submit_at(at_s, p, o)
     seqs = sim.run()

@@ -10,8 +10,15 @@ config's capacity predicted, and the plan (start loads, skipped configs) stored 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
-from experiments.capacity import ConfigCapacity, plan_of, run_search, sample_of
+from experiments.capacity import (
+    ConfigCapacity,
+    plan_of,
+    run_search,
+    sample_of,
+    uses_prediction,
+)
 from experiments.capacity_plan import calibration_probe, make_plan, prior_cost
 from experiments.predict import fit_cost_model
 from experiments.records import SLO, TrialConfig, TrialMetrics
@@ -47,7 +54,7 @@ class SearchRunner(SweepRunner):
                 stored = [t for t in self.store.list_trials(self.sweep_id) if t.config == config]
                 return sample_of(stored[0]) if stored else None  # none: stopped mid-trial
 
-            if search.predict and plan_of(self.store.list_trials(self.sweep_id)) is None:
+            if uses_prediction(self.spec) and plan_of(self.store.list_trials(self.sweep_id)) is None:
                 self._calibrate(measure, slos)
             self.capacities = run_search(self.spec, self.profile, self.store.list_trials(self.sweep_id),
                                          measure, self._can_continue)
@@ -64,18 +71,20 @@ class SearchRunner(SweepRunner):
     def _with_prediction(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
                          metrics: TrialMetrics) -> TrialMetrics:
         metrics = super()._with_prediction(config, result, slos, metrics)
-        if config != self._calibrating or "prediction" not in metrics.details:
+        if config != self._calibrating:
             return metrics
         cost = fit_cost_model(self._steps or [], prior_cost(self.spec.model))
         load = config.concurrency if config.concurrency is not None else config.rate
-        plan = make_plan(self.spec, self.profile, cost, slos, config, float(load))
-        prediction = {**metrics.details["prediction"], "plan": plan}
+        knobs = replace(config, concurrency=None, rate=None)
+        try:
+            plan = make_plan(self.spec, self.profile, cost, slos, knobs, float(load))
+        except Exception as exc:  # noqa: BLE001 - no plan: every config starts at the default
+            plan = {"start": {}, "skipped": {}, "failed": f"{type(exc).__name__}: {exc}"}
+        prediction = {**metrics.details.get("prediction", {}), "plan": plan}
         return self._replace_details(metrics, prediction)
 
     @staticmethod
     def _replace_details(metrics: TrialMetrics, prediction: dict) -> TrialMetrics:
-        from dataclasses import replace
-
         return replace(metrics, details={**metrics.details, "prediction": prediction})
 
     def _fits_budget(self, config: TrialConfig) -> bool:

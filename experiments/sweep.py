@@ -26,7 +26,7 @@ from experiments.estimate import GENERIC, PRIORS
 from experiments.external import ExternalTarget, ServerProcess, api_key_from_env, load_tokenizer
 from experiments.grid import GridError, SweepSpec, server_key
 from experiments.http_target import server_root
-from experiments.predict import fit_cost_model, prediction_details, stored_steps
+from experiments.predict import fit_cost_model, prediction_details, step_summary, stored_steps
 from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
 from experiments.provenance import provenance
 from experiments.records import SLO, TrialConfig, TrialMetrics
@@ -270,9 +270,12 @@ class SweepRunner:
         if self._steps is None:  # a resumed sweep: the steps stored with earlier trials
             self._steps = stored_steps(t.details for t in self.store.list_trials(self.sweep_id))
         cost = fit_cost_model(self._steps, PRIORS.get(self.spec.model, GENERIC))
-        details = prediction_details(config, self.profile, self.spec.requests,
-                                     self.spec.seed + config.repetition, slos, cost,
-                                     result.metrics, result.steps)
+        try:
+            details = prediction_details(config, self.profile, self.spec.requests,
+                                         self.spec.seed + config.repetition, slos, cost,
+                                         result.metrics, result.steps)
+        except Exception as exc:  # noqa: BLE001 - a forecast must never cost a measured trial
+            details = {"failed": f"{type(exc).__name__}: {exc}", "steps": step_summary(result.steps)}
         self._steps.extend(result.steps)
         return replace(metrics, details={**metrics.details, "prediction": details})
 
