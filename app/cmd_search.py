@@ -29,6 +29,12 @@ def search(
     max_load: float | None = typer.Option(None, "--max-load", help="largest load tried"),
     max_repeats: int | None = typer.Option(
         None, "--max-repeats", help="repetitions of a load the SLO verdict is unsure of (default 3)"),
+    predict: bool = typer.Option(
+        True, "--predict/--no-predict",
+        help="fit the simulator to the first trial, start each config at its predicted capacity "
+             "and skip configs predicted far below the best"),
+    keep_ratio: float | None = typer.Option(
+        None, "--keep-ratio", help="measure configs predicted at >= this x the best (default 0.5)"),
     burstiness: float | None = typer.Option(None, help="open loop gamma shape (1 = Poisson)"),
     requests: int | None = typer.Option(None, help="measured requests per trial (default 48)"),
     seed: int | None = typer.Option(None),
@@ -58,7 +64,8 @@ def search(
                 **_lists(policy, batch_sizes, max_wait_ms, None, None),
                 "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
                            "budget_s": budget_min * 60, "start_load": start_load,
-                           "max_load": max_load, "max_repeats": max_repeats}}
+                           "max_load": max_load, "max_repeats": max_repeats,
+                           "predict": predict, "keep_ratio": keep_ratio}}
         spec, prof = validate_search(data, lambda: _user_profiles(db))
         sweep_id, target, store = create_search(db, spec, prof)
     runner = runner_for(store, sweep_id, on_progress=_progress_printer(), target=target)
