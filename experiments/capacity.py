@@ -87,7 +87,8 @@ def settings_for(spec: SweepSpec, profile: Profile, config: TrialConfig,
         return SearchSettings(profile.min_slo_attainment, True, first, 1.0, top, 0.1, 2.0,
                               search.max_repeats)
     # Below this rate one trial's arrivals span more than MAX_ARRIVAL_SPAN_S: not worth it.
-    floor = float(f"{spec.requests / MAX_ARRIVAL_SPAN_S:.3g}")
+    # (A trace's window, not the request count, sets a speed-up trial's length.)
+    floor = 0.05 if _is_speedup(spec) else float(f"{spec.requests / MAX_ARRIVAL_SPAN_S:.3g}")
     start = max(start or 1.0, floor)
     return SearchSettings(profile.min_slo_attainment, False, start, floor,
                           max(search.max_load or MAX_RATE, start), search.rel_tol, 2.0,
@@ -122,8 +123,10 @@ SKIPPED, NOT_STARTED = "skipped", "not_started"
 
 
 def uses_prediction(spec: SweepSpec) -> bool:
-    """Whether the search calibrates and predicts (local engine only: it needs engine steps)."""
-    return spec.search is not None and spec.search.predict and not spec.is_external
+    """Whether the search calibrates and predicts: local engine only (it needs engine steps),
+    and not over a trace's speed-up (trace trials are not simulated)."""
+    return (spec.search is not None and spec.search.predict and not spec.is_external
+            and spec.search.load != "speedup")
 
 
 def plan_of(trials: list[TrialRecord]) -> dict | None:
