@@ -37,10 +37,9 @@ from datetime import date, datetime
 
 import yaml
 
-from engine.config import POLICIES
+from experiments.export_load import load_exported_config  # noqa: F401 (callers import it from here)
 from experiments.export_scale import (
     engine_fields,
-    exported_scale,
     ray_serve_notes,
     ray_serve_options,
     torchserve_workers,
@@ -152,76 +151,6 @@ def _render_yaml(rec: Recommendation, provenance: dict) -> str:
         *_warning(rec),
     ])
     return head + yaml.safe_dump(config_document(rec, provenance), sort_keys=False)
-
-
-def load_exported_config(text: str) -> dict:
-    """Validate an exported json / yaml document; return policy, batch_size, max_wait_ms, model,
-    the adaptive policy's ttft_slo_ms / tpot_slo_ms (None when absent), replicas and router."""
-    try:
-        doc = _parse_document(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"exported config is not valid YAML or JSON: {exc}") from exc
-    engine = doc.get("engine") if isinstance(doc, dict) else None
-    if not isinstance(engine, dict):
-        raise ValueError("exported config needs an `engine:` mapping with model, policy, "
-                         "max_batch_size and max_wait_ms")
-    return {"policy": _policy(engine), "batch_size": _batch_size(engine),
-            "max_wait_ms": _max_wait_ms(engine), "model": _model(engine),
-            "max_num_batched_tokens": _token_budget(engine),
-            **{k: _slo_target(engine, k) for k in ("ttft_slo_ms", "tpot_slo_ms")},
-            **dict(zip(("replicas", "router"), exported_scale(engine), strict=True))}
-
-
-def _slo_target(engine: dict, key: str) -> float | None:
-    value = engine.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"engine.{key} must be a number of ms > 0, got {value!r}")
-    return float(value)
-
-
-def _parse_document(text: str) -> object:
-    try:
-        return json.loads(text)
-    except ValueError:  # not JSON: YAML (a superset in practice) says what is wrong
-        return yaml.safe_load(text)
-
-
-def _policy(engine: dict) -> str:
-    policy = engine.get("policy")
-    if policy not in POLICIES:
-        raise ValueError(f"engine.policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-    return policy
-
-
-def _batch_size(engine: dict) -> int:
-    size = engine.get("max_batch_size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"engine.max_batch_size must be an integer >= 1, got {size!r}")
-    return size
-
-
-def _max_wait_ms(engine: dict) -> float:
-    wait = engine.get("max_wait_ms")
-    valid = isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait >= 0
-    if not valid or not math.isfinite(wait):
-        raise ValueError(f"engine.max_wait_ms must be a number >= 0, got {wait!r}")
-    return float(wait)
-
-
-def _token_budget(engine: dict) -> int | None:
-    budget = engine.get("max_num_batched_tokens")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"engine.max_num_batched_tokens must be an integer >= 1 or absent, got {budget!r}")
-    return budget
-
-
-def _model(engine: dict) -> str:
-    model = engine.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError(f"engine.model must be a non-empty string, got {model!r}")
-    return model
 
 
 def _comments(notes: list[str]) -> str:
