@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from statistics import median
 
 from db.store import Store, SweepRecord
 from experiments.capacity import ConfigCapacity, plan_of, run_search
+from experiments.estimate import GENERIC, PRIORS
 from experiments.export import export_config
 from experiments.grid import SweepSpec
+from experiments.predict import fit_cost_model, predict_points, stored_steps
 from experiments.profiles import SLO_METRICS, Profile
 from experiments.recommend import Recommendation, recommend
-from experiments.records import SLO, TrialRecord
+from experiments.records import SLO, TrialConfig, TrialRecord
 
 
 class NoSweepError(LookupError):
@@ -102,3 +104,14 @@ def predicted_capacity(trials: list[TrialRecord]) -> dict[str, float]:
     """Each config's capacity as the search plan predicted it (empty before calibration)."""
     plan = plan_of(trials)
     return dict(plan.get("predicted", {})) if plan else {}
+
+
+def predicted_grid(store: Store, sweep: SweepRecord) -> list[tuple[TrialConfig, dict]]:
+    """Every config x load of a grid sweep (for a search: of its measured loads) as the simulator
+    predicts it, under the cost model fitted to all the sweep's stored steps."""
+    trials = store.list_trials(sweep.id)
+    spec, profile = SweepSpec(**sweep.grid), Profile(**sweep.profile)
+    cost = fit_cost_model(stored_steps(t.details for t in trials), PRIORS.get(spec.model, GENERIC))
+    configs = ([c for c in spec.trial_configs() if c.repetition == 0] if spec.search is None
+               else sorted({replace(t.config, repetition=0) for t in trials}, key=lambda c: c.label))
+    return predict_points(configs, profile, spec.requests, cost, stored_slos(trials, store), spec.seed)

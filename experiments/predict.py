@@ -167,3 +167,14 @@ def prediction_details(config: TrialConfig, profile: Profile, num_requests: int,
     return {"cost_model": cost_to_dict(cost), "predicted": kept,
             "error": relative_errors(kept, measured.flat(), PREDICTED_KEYS),
             "steps": step_summary(steps)}
+
+
+def predict_points(configs: Iterable[TrialConfig], profile: Profile, num_requests: int,
+                   cost: CostModel, slos: list[SLO], seed: int = 0) -> list[tuple[TrialConfig, dict]]:
+    """Predicted flat metrics (PREDICTED_KEYS) of each config (trace trials are skipped)."""
+    out = []
+    for config in configs:
+        if config.speedup is None:
+            flat = simulate_trial(config, profile, num_requests, cost, slos, seed).flat()
+            out.append((config, {k: flat.get(k) for k in PREDICTED_KEYS}))
+    return out

@@ -12,6 +12,7 @@ from db.store import SweepRecord
 from experiments.analysis import (
     is_search,
     predicted_capacity,
+    predicted_grid,
     prediction_errors,
     sweep_capacities,
 )
@@ -53,6 +54,21 @@ def add_predictions(fig: go.Figure, trials: Sequence[TrialRecord], throughput: s
     """The predicted frontier (dashed) of the measured points, each as predicted before it ran."""
     return capacity_charts.add_predicted_frontier(
         fig, capacity_charts.predicted_pairs(trials, throughput, latency))
+
+
+@st.cache_resource(ttl=state.STABLE_TTL_S, max_entries=8, show_spinner="Simulating the grid...")
+def grid_prediction(url: str, key: state.SweepVersion) -> list:
+    """Every config x load predicted under the fit to the stored steps (cached per version)."""
+    store = state.get_store(url)
+    return predicted_grid(store, store.get_sweep(key[0]))
+
+
+def add_grid_prediction(fig: go.Figure, url: str, key: state.SweepVersion, throughput: str,
+                        latency: str) -> go.Figure:
+    """The predicted frontier of the whole grid, measured or not (dashed)."""
+    pairs = [(m[latency], m[throughput]) for _, m in grid_prediction(url, key)
+             if m.get(latency) is not None and m.get(throughput) is not None]
+    return capacity_charts.add_predicted_frontier(fig, pairs, "predicted frontier (whole grid)")
 
 
 def prediction_table(trials: Sequence[TrialRecord]) -> None:

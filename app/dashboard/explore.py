@@ -49,6 +49,9 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
         colour_by = st.selectbox("Colour by", list(charts.COLOUR_OPTIONS), key=f"explore_colour_{sweep.id}",
                                  format_func=charts.COLOUR_OPTIONS.__getitem__)
         slos = _slo_controls(sweep.id, trials, base)
+        whole_grid = st.checkbox("Predicted frontier of the whole grid", key=f"explore_pred_{sweep.id}",
+                                 help="every config x load simulated under the cost model fitted "
+                                      "to this sweep's measured steps (a few seconds)")
     points = state.points(url, key, (throughput, latency, colour_by))
     is_whatif = set(slos) != set(base)
     if not is_whatif:
@@ -58,6 +61,8 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
     fig = charts.frontier_figure(points, labels, throughput, latency, rec.config, slos,
                                  colour_by=colour_by)
     capacity_view.add_predictions(fig, trials, throughput, latency)
+    if whole_grid:
+        capacity_view.add_grid_prediction(fig, url, key, throughput, latency)
     capacity_view.capacity_section(url, sweep, f"explore_capacity_{sweep.id}")
     with chart:
         event = st.plotly_chart(fig, key=f"explore_chart_{sweep.id}", on_select="rerun",

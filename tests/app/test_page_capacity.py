@@ -73,3 +73,12 @@ def test_search_sweep_shows_capacities_and_prediction_error(db_url, store: Store
     assert "the best static config 1" in sentence
     assert any("whisker" in c for c in texts(app.caption))
     assert len(app.get("plotly_chart")) >= 2  # the capacity chart and the frontier
+
+
+def test_explore_draws_the_whole_grid_as_predicted(db_url, results) -> None:
+    app = page_test("explore").run()
+    box = next(c for c in app.checkbox if c.label == "Predicted frontier of the whole grid")
+    box.check().run()
+    assert not app.exception
+    figure = app.get("plotly_chart")[0].proto.spec
+    assert "predicted frontier (whole grid)" in figure
