@@ -104,7 +104,7 @@ class SweepSpec(BaseModel):
         if not budgets:
             return self
         if "continuous" not in self.policies:
-            raise ValueError("a token budget needs the continuous policy; add it to policies")
+            raise ValueError("max_num_batched_tokens needs the continuous policy; add it to policies")
         if min(budgets) < max(self.batch_sizes):  # as vLLM: each running row decodes one token
             raise ValueError(f"every max_num_batched_tokens must be >= the largest batch size "
                              f"({max(self.batch_sizes)}); got {min(budgets)}")

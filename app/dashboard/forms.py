@@ -39,6 +39,7 @@ class RunInputs:
     name: str = ""
     search_load: str | None = None  # "rate" | "concurrency": find each config's capacity instead
     budget_min: float = 10.0
+    token_budgets: str = "none"  # prefill token budgets, e.g. "64, 256, none"
 
 
 def parse_numbers(text: str, kind: type) -> list:
@@ -56,6 +57,15 @@ def parse_numbers(text: str, kind: type) -> list:
     if kind is int and any(v != int(v) for v in values):
         raise ValueError("enter whole numbers, e.g. 1, 4, 16")
     return [kind(v) for v in values]
+
+
+def parse_budgets(text: str) -> list[int | None]:
+    """`64, 256, none` -> token budgets, None for `none` (no budget); ValueError with a reason."""
+    items = [item for item in re.split(r"[,\s]+", text.strip().lower()) if item]
+    if not items:
+        raise ValueError("enter at least one value: a number of tokens or none")
+    numbers = [item for item in items if item != "none"]
+    return [None] * (len(items) - len(numbers)) + (parse_numbers(" ".join(numbers), int) if numbers else [])
 
 
 def _is_float(text: str) -> bool:
@@ -103,6 +113,10 @@ def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
             data[field] = parse_numbers(text, kind)
         except ValueError as exc:
             errors[field] = str(exc)
+    try:
+        data["max_num_batched_tokens"] = parse_budgets(inputs.token_budgets)
+    except ValueError as exc:
+        errors["max_num_batched_tokens"] = str(exc)
     if inputs.search_load is not None:
         if inputs.search_load == "rate":
             data["burstiness"] = inputs.burstiness
@@ -116,6 +130,8 @@ def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
 def _grid_error(message: str) -> dict[str, str]:
     where, _, what = message.partition(": ")
     field = where.split(".")[0]
+    if field == "sweep" and "max_num_batched_tokens" in what:  # a check across fields names it
+        field = "max_num_batched_tokens"
     return {_FIELD_OF.get(field, field): what or message}
 
 

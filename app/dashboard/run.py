@@ -49,7 +49,7 @@ def _inputs(url: str, is_search: bool = False) -> tuple[RunInputs, dict]:
         model, device, profile, name = _where_inputs(url, slots)
     search_load, budget_min = None, 10.0
     with right:
-        policies, batch_sizes, waits = _knob_inputs(slots)
+        policies, batch_sizes, waits, token_budgets = _knob_inputs(slots)
         if is_search:
             search_load, budget_min, burstiness = _search_inputs(slots)
             mode, loads = search_load, ""
@@ -63,7 +63,7 @@ def _inputs(url: str, is_search: bool = False) -> tuple[RunInputs, dict]:
     slots["repetitions"] = right.empty()
     inputs = RunInputs(model, device, profile, tuple(policies), batch_sizes, waits, mode, loads,
                        burstiness, int(requests), int(repetitions), name, search_load,
-                       float(budget_min))
+                       float(budget_min), token_budgets)
     return inputs, slots
 
 
@@ -100,7 +100,7 @@ def _where_inputs(url: str, slots: dict) -> tuple[str, str, str, str]:
     return model, device, profile, name
 
 
-def _knob_inputs(slots: dict) -> tuple[list[str], str, str]:
+def _knob_inputs(slots: dict) -> tuple[list[str], str, str, str]:
     policies = st.multiselect("Batching policies", list(forms.POLICIES),
                               default=["static", "continuous"], key="run_policies",
                               help="adaptive: continuous batching whose cap and wait follow the "
@@ -110,7 +110,12 @@ def _knob_inputs(slots: dict) -> tuple[list[str], str, str]:
     slots["batch_sizes"] = st.empty()
     waits = st.text_input("Max batching waits (ms)", "0, 10", key="run_waits")
     slots["max_wait_ms"] = st.empty()
-    return policies, batch_sizes, waits
+    budgets = st.text_input("Prefill token budgets", "none", key="run_token_budgets",
+                            help="max_num_batched_tokens: the most tokens one step processes; long "
+                                 "prompts are prefilled in chunks next to running decodes "
+                                 "(continuous only). none = whole prompts. e.g. 64, 256, none")
+    slots["max_num_batched_tokens"] = st.empty()
+    return policies, batch_sizes, waits, budgets
 
 
 def _model_input() -> str:

@@ -113,3 +113,13 @@ def test_colour_by_roofline_is_a_fraction_with_unknowns_blank() -> None:
                                  colour_by="roofline_decode")
     bars = [t.marker.colorbar.title.text for t in fig.data if t.marker and t.marker.showscale]
     assert bars == ["decode roofline fraction"]
+
+
+def test_token_budgets_on_the_run_page() -> None:
+    assert forms.parse_budgets("64, 256 none") == [None, 64, 256]
+    spec, errors = forms.build_spec(RunInputs(policies=("continuous",), token_budgets="none, 64"), {})
+    assert errors == {} and spec.max_num_batched_tokens == [None, 64]
+    _, errors = forms.build_spec(RunInputs(token_budgets="lots"), {})
+    assert "not a number" in errors["max_num_batched_tokens"]
+    _, errors = forms.build_spec(RunInputs(policies=("continuous",), token_budgets="8"), {})
+    assert "largest batch size (16)" in errors["max_num_batched_tokens"]
