@@ -122,6 +122,10 @@ def sweep(
         None, "--replicas", help="comma list of engine replica counts, e.g. 1,2 (processes behind a router)"),
     router: str | None = typer.Option(
         None, "--router", help="comma list: round_robin,least_outstanding,power_of_two"),
+    executor: str | None = typer.Option(
+        None, "--executor", help="local (default) | ray: trials on Ray workers, one per GPU or CPU slot"),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray head HOST:PORT (default: a local cluster for this command)"),
 ) -> None:
     """Run a grid of trials (policy x batch size x max wait x load x repetitions) into the store."""
     from experiments.sweep import runner_for
@@ -138,7 +142,8 @@ def sweep(
                  "trace_start_s": trace_start,
                  **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
                          max_num_batched_tokens),
-                 **_scale_lists(replicas, router)}
+                 **_scale_lists(replicas, router),
+                 "executor": executor, "ray_address": ray_address}
         store, sweep_id, target = _create(db, spec_from_flags(config, flags))
     runner = runner_for(store, sweep_id, on_progress=_progress_printer(), target=target)
     with _ctrl_c_cancels(runner.stop):
@@ -161,6 +166,8 @@ def _create(db: str | None, data: dict[str, Any]):
     target = None
     if spec.is_external:  # the target answers and the tokenizer loads before any row is written
         _check_external(spec)
+    elif spec.executor == "ray":  # Ray installed, its head answering, the model known
+        _check_ray(spec)
     else:
         # ModelLoadError (bad input) before any row is written; the first group's replica count
         target = local_target_for(spec, spec.trial_configs()[0].replicas)
@@ -170,6 +177,17 @@ def _create(db: str | None, data: dict[str, Any]):
     print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min "
           f"(db: {store.display_url})", file=sys.stderr)
     return store, sweep_id, target
+
+
+def _check_ray(spec) -> None:
+    from experiments.external import load_tokenizer
+    from experiments.ray_executor import RayUnavailable, check_address
+
+    try:
+        check_address(spec.ray_address)
+    except RayUnavailable as exc:
+        raise BadInput(str(exc)) from None
+    load_tokenizer(spec.model)  # an unknown model fails here, not on every worker
 
 
 def _check_external(spec) -> None:

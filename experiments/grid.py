@@ -74,6 +74,9 @@ class SweepSpec(BaseModel):
     server_timeout_s: float = Field(default=120.0, gt=0)
     search: SearchSpec | None = None  # set: search each config's capacity instead of a load grid
     replicas: list[int] = Field(default=[1], min_length=1)  # engine replicas behind a router
+    executor: Literal["local", "ray"] = "local"  # where trials run: this process, or Ray workers
+    ray_address: str | None = Field(default=None, max_length=500)  # None: a local cluster
+    ray_cpus_per_trial: int = Field(default=1, ge=1)  # a CPU slot's cores (no GPU in the cluster)
     routers: list[str] | None = None  # for replica counts > 1; default: engine.routing.DEFAULT_ROUTER
 
     @field_validator("batch_sizes")
@@ -156,6 +159,22 @@ class SweepSpec(BaseModel):
         for name in v:
             check_replicas(1, name)  # ConfigError: unknown router, naming the choices
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _ray_runs_one_local_engine_per_worker(self) -> SweepSpec:
+        if self.executor != "ray":
+            if self.ray_address is not None:
+                raise ValueError("--ray-address needs --executor ray")
+            return self
+        if self.is_external:
+            raise ValueError("--executor ray runs the local engine on Ray workers; an external "
+                             "target is driven from here: drop --executor ray")
+        if self.search is not None:
+            raise ValueError("a capacity search runs one probe after another: use the local executor")
+        if max(self.replicas) > 1:
+            raise ValueError("--executor ray runs one engine per worker (one GPU each); measure "
+                             "replicas with the local executor, or drop --replicas")
+        return self
 
     @model_validator(mode="after")
     def _routers_need_replicas(self) -> SweepSpec:

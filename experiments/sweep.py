@@ -340,7 +340,12 @@ def with_provenance(metrics: TrialMetrics, target: object, **extra: object) -> T
 
 def runner_for(store: Store, sweep_id: int, **kwargs) -> SweepRunner:
     """The runner a stored sweep needs: a load grid, or a capacity search."""
-    if SweepSpec(**store.get_sweep(sweep_id).grid).search is None:
+    spec = SweepSpec(**store.get_sweep(sweep_id).grid)
+    if spec.executor == "ray":
+        from experiments.ray_executor import RaySweepRunner  # it imports this module
+
+        return RaySweepRunner(store, sweep_id, **kwargs)
+    if spec.search is None:
         return SweepRunner(store, sweep_id, **kwargs)
     from experiments.search_runner import SearchRunner  # it imports this module
 
