@@ -150,3 +150,11 @@ def test_scraper_samples_a_real_metrics_endpoint_over_http():
     assert summary["stats"]["running"] == {"mean": 7.0, "max": 7.0}
     assert summary["stats"]["kv_usage"]["max"] == pytest.approx(0.42)
     assert len(summary["t_s"]) == len(summary["series"]["waiting"]) >= 3 and summary["scrape_errors"] == 0
+
+
+def test_server_cmd_template_gets_the_budget_placeholder():
+    from experiments.server_cmd import render_server_cmd
+
+    template = "srv --port {port} --max-num-batched-tokens={max_num_batched_tokens}"
+    assert render_server_cmd(template, BUDGET, 1)[-1] == "--max-num-batched-tokens=512"
+    assert render_server_cmd(template, PLAIN, 1)[-1] == "--max-num-batched-tokens="  # none: empty
