@@ -164,6 +164,9 @@ def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SL
                                 format_func=lambda t: f"trial {t}")
     st.dataframe([_metric_row(point, k) for k in KEY_METRICS if k in point.mean],
                  hide_index=True)
+    where = widgets.where_it_ran(_trial_details(url, sweep, trial_id))
+    if where:
+        st.caption(widgets.md(where))
     requests = state.requests(url, trial_id)
     if not requests:
         st.caption("This trial stored no requests.")

@@ -18,7 +18,10 @@ LOAD_MODES: dict[str, str] = {"concurrency": "closed loop: virtual users",
                               "speedup": "trace replay: speed-ups"}
 POLICIES: tuple[str, ...] = ("static", "continuous", "adaptive")
 # Spec fields as parse_spec names them -> the Run page field that shows the error.
-_FIELD_OF = {"concurrency": "load", "rate": "load", "speedup": "load", "sweep": "load"}
+_FIELD_OF = {"concurrency": "load", "rate": "load", "speedup": "load", "sweep": "load",
+             "ray_address": "executor"}
+EXECUTORS: dict[str, str] = {"local": "this machine, one trial at a time",
+                             "ray": "Ray workers, one trial per GPU or CPU slot"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class RunInputs:
     search_load: str | None = None  # "rate" | "concurrency": find each config's capacity instead
     budget_min: float = 10.0
     token_budgets: str = "none"  # prefill token budgets, e.g. "64, 256, none"
+    executor: str = "local"  # "local" | "ray": trials on Ray workers
+    ray_address: str = ""  # empty: a local Ray cluster for the sweep's lifetime
 
 
 def parse_numbers(text: str, kind: type) -> list:
@@ -93,13 +98,29 @@ def build_spec(inputs: RunInputs, user_profiles: dict[str, str]) -> tuple[SweepS
         return None, _grid_error(str(exc))
     except ProfileError as exc:
         return None, {"profile": str(exc)}
+    if spec.executor == "ray":
+        error = _ray_error(spec.ray_address)
+        if error is not None:
+            return None, {"executor": error}
     return spec, {}
+
+
+def _ray_error(address: str | None) -> str | None:
+    # A TCP connect to the head (seconds at most), so a wrong address is said here, not later.
+    from experiments.ray_executor import RayUnavailable, check_address
+
+    try:
+        check_address(address)
+    except RayUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
     data = {"model": inputs.model.strip(), "device": inputs.device, "profile": inputs.profile,
             "policies": list(inputs.policies), "requests": inputs.requests,
-            "repetitions": inputs.repetitions, "name": inputs.name.strip() or None}
+            "repetitions": inputs.repetitions, "name": inputs.name.strip() or None,
+            "executor": inputs.executor, "ray_address": inputs.ray_address.strip() or None}
     closed = inputs.load_mode == "concurrency"
     lists = (("batch_sizes", inputs.batch_sizes, int), ("max_wait_ms", inputs.max_wait_ms, float),
              ("load", inputs.loads, int if closed else float))

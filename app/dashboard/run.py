@@ -61,10 +61,24 @@ def _inputs(url: str, is_search: bool = False) -> tuple[RunInputs, dict]:
     repetitions = right.number_input("Repetitions", 1, 100, 1, key="run_repetitions",
                                      help="2+ gives error bars (95% intervals)")
     slots["repetitions"] = right.empty()
+    executor, ray_address = _executor_inputs(slots, is_search)
     inputs = RunInputs(model, device, profile, tuple(policies), batch_sizes, waits, mode, loads,
                        burstiness, int(requests), int(repetitions), name, search_load,
-                       float(budget_min), token_budgets)
+                       float(budget_min), token_budgets, executor, ray_address)
     return inputs, slots
+
+
+def _executor_inputs(slots: dict, is_search: bool) -> tuple[str, str]:
+    if is_search:  # a search probes one load after another: local only
+        return "local", ""
+    left, right = st.columns(2)
+    executor = left.radio("Run trials on", list(forms.EXECUTORS), key="run_executor", horizontal=True,
+                          format_func=forms.EXECUTORS.get)
+    address = "" if executor != "ray" else right.text_input(
+        "Ray head address (HOST:PORT)", key="run_ray_address",
+        help="empty: a local Ray cluster on this machine for the sweep's lifetime")
+    slots["executor"] = st.empty()
+    return executor, address
 
 
 def _search_inputs(slots: dict) -> tuple[str, float, float]:

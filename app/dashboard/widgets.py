@@ -141,3 +141,22 @@ def live_strip(url: str, sweep_id: int, shown: state.SweepVersion) -> None:
         state.clear_live()  # else the rerun could read the old version from the cache again
         st.rerun(scope="app")
     status_line(sweep)
+
+
+def where_it_ran(details: dict) -> str | None:
+    """`Ran on worker 1 (node gpu-3, cuda, GPUs 0), attempt 2` or the replicas it had; None if unknown."""
+    where = (details or {}).get("provenance") or {}
+    if not where:
+        return None
+    parts = [f"node {where.get('node', '?')}", str(where.get("device_name") or where.get("device") or "?")]
+    if where.get("gpu_ids"):
+        parts.append(f"GPUs {', '.join(where['gpu_ids'])}")
+    runner = f"Ray worker {where['worker']}" if where.get("executor") == "ray" else "this engine"
+    text = f"Ran on {runner} ({', '.join(parts)})"
+    if where.get("attempt", 1) > 1:
+        text += f", attempt {where['attempt']} (its first worker was lost)"
+    replicas = where.get("replicas")
+    if replicas:
+        text += f"; {replicas['replicas']} replicas on {', '.join(replicas['placements'])}"
+        text += f" behind {replicas['router']}" if replicas.get("router") else ""
+    return text + "."

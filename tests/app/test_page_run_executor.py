@@ -1,0 +1,46 @@
+"""Run page: the executor choice (local or Ray), its address check, and what gets queued."""
+
+from __future__ import annotations
+
+import socket
+
+from dashboard_helpers import page_test, plain
+
+from db.store import Store
+
+
+def test_unreachable_ray_address_is_shown_and_blocks_start(db_url: str) -> None:
+    app = page_test("run").run()
+    app.radio(key="run_executor").set_value("ray").run()
+    app.text_input(key="run_ray_address").input("127.0.0.1:1").run()
+    assert not app.exception
+    assert any("no Ray head answers there" in plain(e.value) for e in app.error)
+    assert app.button(key="run_start").disabled
+
+
+def test_ray_executor_is_queued_with_its_address(db_url, store: Store, launches) -> None:
+    with socket.socket() as head:  # anything answering TCP passes the address check
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = f"127.0.0.1:{head.getsockname()[1]}"
+        app = page_test("run").run()
+        app.radio(key="run_executor").set_value("ray").run()
+        app.text_input(key="run_ray_address").input(address).run()
+        app.button(key="run_start").click().run()
+    assert not app.exception
+    (spec,) = launches.specs
+    assert spec.executor == "ray" and spec.ray_address == address
+
+
+def test_where_a_trial_ran_in_words() -> None:
+    from app.dashboard.widgets import where_it_ran
+
+    ray = {"executor": "ray", "worker": 1, "node": "gpu-3", "device": "cuda", "device_name": "H100",
+           "gpu_ids": ["0"], "attempt": 2}
+    assert where_it_ran({"provenance": ray}) == (
+        "Ran on Ray worker 1 (node gpu-3, H100, GPUs 0), attempt 2 (its first worker was lost).")
+    local = {"node": "vm", "device": "cpu", "device_name": None,
+             "replicas": {"replicas": 2, "placements": ["cpu:0", "cpu:1"], "router": "round_robin"}}
+    assert where_it_ran({"provenance": local}) == (
+        "Ran on this engine (node vm, cpu); 2 replicas on cpu:0, cpu:1 behind round_robin.")
+    assert where_it_ran({}) is None
