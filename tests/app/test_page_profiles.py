@@ -6,12 +6,14 @@ from dashboard_helpers import leaf_after, page_test, plain, texts
 
 from app.dashboard.profiles import NEW, builtin_yaml, new_profile_template
 from db.store import Store
+from experiments.profiles import list_builtin_profiles
 
 
 def test_builtins_are_shown(db_url: str) -> None:
     app = page_test("profiles").run()
     assert not app.exception
-    assert app.code[0].value == builtin_yaml("batch").strip()  # the first, alphabetically
+    first = list_builtin_profiles()[0]  # the first, alphabetically: a trace profile now
+    assert first == "azure-code" and app.code[0].value == builtin_yaml(first).strip()
     app.selectbox(key="profiles_builtin").set_value("chat").run()
     assert app.code[0].value == builtin_yaml("chat").strip()
 
