@@ -276,7 +276,7 @@ def _sweep_row(s) -> dict[str, Any]:
 
 
 TRIAL_COLUMNS = ["trial_id", "status", "policy", "batch_size", "max_wait_ms", "max_num_batched_tokens",
-                 "load", "repetition",
+                 "replicas", "router", "load", "repetition",
                  "requests_per_s", "output_tokens_per_s", "goodput_rps", "ttft_ms_p90",
                  "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size", "saturated", "client_bound", "error"]
 
@@ -286,6 +286,7 @@ def trial_rows(records) -> list[dict[str, Any]]:
     return [{"trial_id": t.trial_id, "status": t.status, "policy": t.config.policy,
              "batch_size": t.config.batch_size, "max_wait_ms": t.config.max_wait_ms,
              "max_num_batched_tokens": t.config.max_num_batched_tokens,
+             "replicas": t.config.replicas, "router": t.config.router,
              "load": t.config.load_label, "concurrency": t.config.concurrency,
              "rate": t.config.rate, "repetition": t.config.repetition, **t.metrics,
              "error": t.error} for t in records]

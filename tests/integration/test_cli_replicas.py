@@ -80,3 +80,7 @@ def test_sweep_over_replicas_and_routers_stores_each_with_its_placement(capsys, 
         assert where["replicas"]["router"] == t.config.router
         assert where["node"] and where["device"] == "cpu"
     store.close()
+    code, out, _ = run_cli(capsys, "trials", "1", "--format", "json", "--db", db)
+    assert code == 0
+    assert sorted((r["replicas"], r["router"] or "") for r in json.loads(out)) == [
+        (1, ""), (2, "least_outstanding"), (2, "round_robin")]
