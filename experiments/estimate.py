@@ -6,6 +6,7 @@ built-ins; a generic one otherwise). It is an estimate, and the UI and CLI say s
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 from engine.config import SchedulerConfig
@@ -32,7 +33,8 @@ PER_TRIAL_OVERHEAD_S = 0.1
 def simulate_trial_s(config: TrialConfig, profile: Profile, num_requests: int, cost: CostModel,
                      seed: int = 0) -> float:
     """Simulated wall time of one trial (warm-up included) under `cost`."""
-    sim = Simulator(SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms), cost)
+    sim = Simulator(SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms), cost,
+                    replicas=config.replicas, router=config.router)
     if config.speedup is not None and isinstance(profile.arrival, TraceArrival):
         replay = prepare_replay(profile.arrival, config.speedup)  # the window sets the count
         for at_s, p, o in zip(replay.arrival_s.tolist(), replay.prompt_tokens.tolist(),
@@ -70,7 +72,14 @@ def estimate_sweep_s(spec: SweepSpec, profile: Profile) -> float:
     # Repetitions differ only in seed: simulate each config once and multiply.
     configs = [c for c in spec.trial_configs() if c.repetition == 0]
     trial_s = sum(simulate_trial_s(c, profile, spec.requests, cost, spec.seed) for c in configs)
-    return MODEL_LOAD_S + (trial_s + PER_TRIAL_OVERHEAD_S * len(configs)) * spec.repetitions
+    # One model load per replica count (each starts its own replica set), or per Ray worker, in
+    # parallel; a local Ray cluster runs one trial per core at a time (a remote one: unknown,
+    # so its estimate stays sequential, an upper bound).
+    loads = len(spec.replicas) if spec.uses_replica_processes else 1
+    workers = 1
+    if spec.executor == "ray" and spec.ray_address is None:
+        workers = max(1, len(os.sched_getaffinity(0)) // spec.ray_cpus_per_trial)
+    return MODEL_LOAD_S * loads + (trial_s + PER_TRIAL_OVERHEAD_S * len(configs)) * spec.repetitions / workers
 
 
 def predicted_slos(profile: Profile, cost: CostModel, seed: int = 0) -> list[SLO]:
