@@ -109,18 +109,23 @@ async def _run_job(client: WorkerClient, job: Job, inbox: asyncio.Queue, conn: C
 
 
 class ClientPool:
-    """`num_workers` client processes, started once and reused by every run."""
+    """Client processes, started when a run first needs them and reused by later runs."""
 
-    def __init__(self, spec: ClientSpec, num_workers: int, use_uvloop: bool) -> None:
-        # Plain child interpreters (`python -m experiments.client_pool`), not multiprocessing's
-        # spawn: that re-runs the caller's __main__, which breaks scripts without a main guard.
+    def __init__(self, spec: ClientSpec, use_uvloop: bool) -> None:
+        self.spec, self.use_uvloop = spec, use_uvloop
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
+
+    def grow(self, num_workers: int) -> None:
+        """Have at least `num_workers` running (started in parallel, then awaited)."""
+        # Plain child interpreters (`python -m experiments.client_pool`), not multiprocessing's
+        # spawn: that re-runs the caller's __main__, which breaks scripts without a main guard.
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        new = []
         try:
-            for _ in range(num_workers):
+            for _ in range(num_workers - len(self.procs)):
                 ours, theirs = socket.socketpair()
                 with ours, theirs:
                     proc = subprocess.Popen(
@@ -128,8 +133,9 @@ class ClientPool:
                         pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
                     self.procs.append(proc)
                     self.conns.append(Connection(os.dup(ours.fileno())))
-                self.conns[-1].send((spec, use_uvloop))
-            for conn in self.conns:
+                new.append(self.conns[-1])
+                new[-1].send((self.spec, self.use_uvloop))
+            for conn in new:
                 if not conn.poll(START_TIMEOUT_S):
                     raise RuntimeError(f"a client worker did not start in {START_TIMEOUT_S:g} s")
                 self._recv(conn)
@@ -143,7 +149,8 @@ class ClientPool:
 
     def run(self, jobs: list[Job], start_margin_s: float, max_duration_s: float | None,
             should_stop: Callable[[], bool] | None) -> tuple[float, list[tuple[list[Raw], dict]], str]:
-        """One job per worker (len(jobs) <= workers): (start_s, raws and stats per worker, outcome)."""
+        """One job per worker: (start_s, raws and stats per worker, outcome)."""
+        self.grow(len(jobs))
         conns = self.conns[: len(jobs)]
         for conn, job in zip(conns, jobs, strict=True):
             conn.send(("job", job))

@@ -159,7 +159,7 @@ class HttpTarget:
     def _run(self, jobs: list[Job], specs: list, num_warmup: int, batch_size: int | None,
              max_duration_s: float | None, should_stop: Callable[[], bool] | None):
         if self._pool is None:
-            self._pool = ClientPool(self._spec(), self.max_workers, self.use_uvloop)
+            self._pool = ClientPool(self._spec(), self.use_uvloop)
         start_s, per_worker, outcome = self._pool.run(jobs, START_MARGIN_S, max_duration_s,
                                                       should_stop)
         return load_result(per_worker, outcome, specs, num_warmup, start_s, batch_size,
