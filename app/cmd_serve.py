@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from app.cli import app
-from app.cmd_trial import _from_exported
+from app.cmd_trial import _exported_scale, _from_exported
 from app.parsing import parse_budget
 from engine.config import EngineConfig, SchedulerConfig
 
@@ -76,12 +76,3 @@ def _exported_targets(path: Path, ttft_slo_ms: float | None,
     return (ttft_slo_ms if ttft_slo_ms is not None else cfg.get("ttft_slo_ms"),
             tpot_slo_ms if tpot_slo_ms is not None else cfg.get("tpot_slo_ms"))
 
-
-def _exported_scale(path: Path, replicas: int, router: str | None) -> tuple[int, str | None]:
-    """The replica count and router from an exported config, unless given as flags."""
-    from experiments.export import load_exported_config
-
-    if replicas != 1 or router is not None:
-        return replicas, router
-    cfg = load_exported_config(path.read_text())
-    return cfg["replicas"], cfg["router"]

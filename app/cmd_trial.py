@@ -137,6 +137,7 @@ def trial(
     """Run one trial: one batching config at one load level."""
     if config is not None:
         model, policy, batch_size, max_wait_ms, budget = _from_exported(config, model)
+        replicas, router = _exported_scale(config, replicas, router)
     else:
         budget = parse_budget("--max-num-batched-tokens", max_num_batched_tokens)
     if requests < 1:
@@ -240,3 +241,13 @@ def _from_exported(path: Path, model: str) -> tuple[str, str, int, float, int | 
         raise BadInput(f"--config {path}: {exc}") from None
     return (cfg.get("model") or model, cfg["policy"], cfg["batch_size"], cfg["max_wait_ms"],
             cfg.get("max_num_batched_tokens"))
+
+
+def _exported_scale(path: Path, replicas: int, router: str | None) -> tuple[int, str | None]:
+    """The replica count and router of an exported config, unless given as flags."""
+    from experiments.export import load_exported_config
+
+    if replicas != 1 or router is not None:
+        return replicas, router
+    cfg = load_exported_config(path.read_text())  # already validated by _from_exported
+    return cfg["replicas"], cfg["router"]

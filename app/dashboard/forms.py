@@ -17,6 +17,7 @@ LOAD_MODES: dict[str, str] = {"concurrency": "closed loop: virtual users",
                               "rate": "open loop: requests/s",
                               "speedup": "trace replay: speed-ups"}
 POLICIES: tuple[str, ...] = ("static", "continuous", "adaptive")
+ROUTERS: tuple[str, ...] = ("least_outstanding", "round_robin", "power_of_two")  # engine.routing
 # Spec fields as parse_spec names them -> the Run page field that shows the error.
 _FIELD_OF = {"concurrency": "load", "rate": "load", "speedup": "load", "sweep": "load",
              "ray_address": "executor"}
@@ -45,6 +46,8 @@ class RunInputs:
     token_budgets: str = "none"  # prefill token budgets, e.g. "64, 256, none"
     executor: str = "local"  # "local" | "ray": trials on Ray workers
     ray_address: str = ""  # empty: a local Ray cluster for the sweep's lifetime
+    replicas: str = "1"  # replica counts, e.g. "1, 2"
+    routers: tuple[str, ...] = ("least_outstanding",)  # used by counts > 1
 
 
 def parse_numbers(text: str, kind: type) -> list:
@@ -138,6 +141,12 @@ def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
         data["max_num_batched_tokens"] = parse_budgets(inputs.token_budgets)
     except ValueError as exc:
         errors["max_num_batched_tokens"] = str(exc)
+    try:
+        data["replicas"] = parse_numbers(inputs.replicas, int)
+        if max(data["replicas"]) > 1:
+            data["routers"] = list(inputs.routers)
+    except ValueError as exc:
+        errors["replicas"] = str(exc)
     if inputs.search_load is not None:
         if inputs.search_load == "rate":
             data["burstiness"] = inputs.burstiness

@@ -61,11 +61,27 @@ def _inputs(url: str, is_search: bool = False) -> tuple[RunInputs, dict]:
     repetitions = right.number_input("Repetitions", 1, 100, 1, key="run_repetitions",
                                      help="2+ gives error bars (95% intervals)")
     slots["repetitions"] = right.empty()
+    replicas, routers = _replica_inputs(slots, is_search)
     executor, ray_address = _executor_inputs(slots, is_search)
     inputs = RunInputs(model, device, profile, tuple(policies), batch_sizes, waits, mode, loads,
                        burstiness, int(requests), int(repetitions), name, search_load,
-                       float(budget_min), token_budgets, executor, ray_address)
+                       float(budget_min), token_budgets, executor, ray_address, replicas,
+                       tuple(routers))
     return inputs, slots
+
+
+def _replica_inputs(slots: dict, is_search: bool) -> tuple[str, list[str]]:
+    if is_search:
+        return "1", ["least_outstanding"]
+    left, right = st.columns(2)
+    replicas = left.text_input("Replicas", "1", key="run_replicas",
+                               help="engine replicas behind a router, e.g. 1, 2: one process each, "
+                                    "pinned to its own GPU or its share of the CPU cores")
+    slots["replicas"] = left.empty()
+    routers = right.multiselect("Routers (for 2+ replicas)", list(forms.ROUTERS),
+                                default=["least_outstanding"], key="run_routers")
+    slots["routers"] = right.empty()
+    return replicas, routers
 
 
 def _executor_inputs(slots: dict, is_search: bool) -> tuple[str, str]:

@@ -44,3 +44,22 @@ def test_where_a_trial_ran_in_words() -> None:
     assert where_it_ran({"provenance": local}) == (
         "Ran on this engine (node vm, cpu); 2 replicas on cpu:0, cpu:1 behind round_robin.")
     assert where_it_ran({}) is None
+
+
+def test_replicas_and_routers_are_sweep_axes(db_url, store: Store, launches) -> None:
+    app = page_test("run").run()
+    app.text_input(key="run_replicas").input("1, 2").run()
+    app.multiselect(key="run_routers").set_value(["round_robin", "least_outstanding"]).run()
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Trials"] == "72"  # 24 one-replica trials x (1 + 2 routers)
+    app.button(key="run_start").click().run()
+    assert not app.exception
+    (spec,) = launches.specs
+    assert spec.replicas == [1, 2] and spec.routers == ["round_robin", "least_outstanding"]
+
+
+def test_bad_replica_count_is_shown_under_its_field(db_url: str) -> None:
+    app = page_test("run").run()
+    app.text_input(key="run_replicas").input("0, 2").run()
+    assert any("replica count must be >= 1" in plain(e.value) for e in app.error)
+    assert app.button(key="run_start").disabled

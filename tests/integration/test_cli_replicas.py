@@ -84,3 +84,17 @@ def test_sweep_over_replicas_and_routers_stores_each_with_its_placement(capsys, 
     assert code == 0
     assert sorted((r["replicas"], r["router"] or "") for r in json.loads(out)) == [
         (1, ""), (2, "least_outstanding"), (2, "round_robin")]
+
+
+@pytest.mark.parametrize("engine_extra, needle", [
+    ("replicas: 0", "replicas must be an integer >= 1"),
+    ("replicas: 2\n  router: fastest", "unknown router 'fastest'"),
+])
+def test_exported_config_with_bad_replicas_exits_2(capsys, tmp_path: Path, engine_extra: str,
+                                                   needle: str):
+    path = tmp_path / "x.yaml"
+    path.write_text("engine:\n  model: builtin:tiny\n  policy: continuous\n  max_batch_size: 4\n"
+                    f"  max_wait_ms: 0\n  {engine_extra}\n")
+    for command in ("trial", "serve"):
+        code, _, err = run_cli(capsys, command, "--config", str(path))
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (command, err)
