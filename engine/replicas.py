@@ -25,6 +25,7 @@ from typing import Any
 
 from engine.config import ConfigError, EngineConfig, SchedulerConfig
 from engine.core import StepRecord
+from engine.replica_placement import child_config, placements
 from engine.routing import check_replicas, make_router
 from engine.sequence import SamplingParams, SeqStatus, Sequence
 
@@ -37,21 +38,6 @@ CLOCK_SLACK_S = 1e-3  # a replica's clock reading must fall inside our send/rece
 
 class ReplicaError(RuntimeError):
     """A replica failed to start, died, or does not share this machine's clock."""
-
-
-def cpu_shares(cpus: list[int], num_replicas: int) -> list[list[int]]:
-    """Split cores into `num_replicas` contiguous shares (sizes differ by at most one); with
-    fewer cores than replicas, each replica gets one core, reused in turn."""
-    cpus = sorted(cpus)
-    if num_replicas > len(cpus):
-        return [[cpus[i % len(cpus)]] for i in range(num_replicas)]
-    size, extra = divmod(len(cpus), num_replicas)
-    shares, start = [], 0
-    for i in range(num_replicas):
-        end = start + size + (1 if i < extra else 0)
-        shares.append(cpus[start:end])
-        start = end
-    return shares
 
 
 @dataclass
@@ -101,12 +87,12 @@ class ReplicaSet:
         """Start `num_replicas` processes, load the model in each (in parallel), check clocks."""
         check_replicas(num_replicas, router)
         replicas = [_spawn(i, placement, env) for i, (placement, env)
-                    in enumerate(_placements(config, num_replicas))]
+                    in enumerate(placements(config, num_replicas))]
         self = cls(replicas, sched_config, router, seed)
         try:
-            child_config = _child_config(config)
+            their_config = child_config(config)
             for r in replicas:
-                r.send((child_config, sched_config))
+                r.send((their_config, sched_config))
             for r in replicas:
                 r.info = _await_ready(r, timeout_s)
             for r in replicas:
@@ -315,41 +301,6 @@ class ReplicaSet:
             on_finish(seq)
 
 
-def _placements(config: EngineConfig, num_replicas: int) -> list[tuple[str, dict[str, str]]]:
-    """(placement label, child environment) per replica: one GPU each, else a share of cores."""
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    gpus = _visible_gpus() if config.device in ("auto", "cuda") or config.device.startswith("cuda") else []
-    if gpus:
-        if num_replicas > len(gpus):
-            raise ConfigError(f"{num_replicas} replicas need {num_replicas} GPUs (one each) but "
-                              f"{len(gpus)} are visible; lower --replicas")
-        return [(f"cuda:{g}", {**env, "CUDA_VISIBLE_DEVICES": g}) for g in gpus[:num_replicas]]
-    if config.device.startswith("cuda"):
-        raise ConfigError(f"device {config.device!r} asked for but no GPU is visible; use cpu or auto")
-    shares = cpu_shares(sorted(os.sched_getaffinity(0)), num_replicas)
-    return [(f"cpu:{','.join(map(str, s))}", {**env, "_TRADEOFF_CPUS": ",".join(map(str, s))})
-            for s in shares]
-
-
-def _visible_gpus() -> list[str]:
-    """GPU ids a child may be given, without initialising CUDA in this process."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
-
-
-def _child_config(config: EngineConfig) -> EngineConfig:
-    # Inside a replica its one GPU is cuda:0; "auto" still falls back to CPU there.
-    if config.device.startswith("cuda"):
-        return EngineConfig(**{**config.__dict__, "device": "cuda"})
-    return config
-
-
 def _spawn(index: int, placement: str, env: dict[str, str]) -> _Replica:
     ours, theirs = socket.socketpair()
     cpus = env.pop("_TRADEOFF_CPUS", "")
@@ -376,44 +327,3 @@ def _await_ready(r: _Replica, timeout_s: float) -> dict[str, Any]:
             raise ModelLoadError(text)
         raise (ConfigError if kind == "ConfigError" else ReplicaError)(text)
     return msg[1]
-
-
-@dataclass(frozen=True)
-class _ModelConfig:
-    vocab_size: int
-
-
-@dataclass(frozen=True)
-class _ModelStub:
-    config: _ModelConfig  # the shape of a HF model's `.config.vocab_size`
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """What the HTTP server needs of a model whose weights live in the replicas: its tokenizer."""
-
-    tokenizer: Any
-    model: _ModelStub
-    max_context_tokens: int
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text))
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def served_model(config: EngineConfig, replicas: ReplicaSet) -> ServedModel:
-    """The tokenizer (loaded here, weights stay in the replicas) and the replicas' model facts."""
-    from engine.models import BUILTIN_PREFIX, build_byte_tokenizer
-
-    if config.model.startswith(BUILTIN_PREFIX):
-        tokenizer = build_byte_tokenizer()
-    else:  # the replicas just loaded it, so it is in the local cache
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    info = replicas.replicas[0].info
-    return ServedModel(tokenizer, _ModelStub(_ModelConfig(info["vocab_size"])), info["max_context_tokens"])

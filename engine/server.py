@@ -145,7 +145,8 @@ def serve(engine_config: EngineConfig, sched_config: SchedulerConfig, host: str 
     use fails at once as one line), replaces host and port. `replicas` > 1 serves N replica
     processes behind `router` instead of one in-process engine."""
     if replicas > 1:
-        from engine.replicas import ReplicaSet, served_model
+        from engine.replicas import ReplicaSet
+        from engine.served_model import served_model
 
         engine = ReplicaSet.start(engine_config, sched_config, replicas, router, engine_config.seed)
         loaded = served_model(engine_config, engine)

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from engine.config import EngineConfig, SchedulerConfig
-from engine.replicas import ReplicaSet, cpu_shares
+from engine.replica_placement import cpu_shares
+from engine.replicas import ReplicaSet
 from engine.sequence import SamplingParams, SeqStatus
 
 
