@@ -6,6 +6,7 @@ a client that adds whole milliseconds or loses throughput, not sub-millisecond d
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -207,3 +208,23 @@ def test_a_light_load_is_not_flagged(mock) -> None:
     m = http_trial(mock(1000, 1), 4, 8, 2).metrics
     assert not m.client_bound, m.client_bound_reason
     assert m.client_lag_ms.p99 < 20 and m.details["client"]["loop_lag_ms"]["p50"] < 20
+
+
+def test_cli_carries_the_verdict_in_trial_json_and_the_trials_table(mock, tmp_path, tiny_profile) -> None:
+    def cli(*args: str) -> str:
+        run = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    out = json.loads(cli("trial", "--target", mock(20, 2), "--tokenizer", "builtin:tiny", "--profile",
+                         str(tiny_profile), "--concurrency", "2", "--requests", "6", "--json"))
+    assert isinstance(out["client_bound"], bool) and set(out["client_lag_ms"]) == {"p50", "p99", "max"}
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    sweep = json.loads(cli("sweep", "--profile", str(tiny_profile), "--model", "builtin:tiny",
+                           "--policy", "continuous", "--batch-sizes", "1", "--max-wait-ms", "0",
+                           "--concurrency", "2", "--requests", "6", "--server-cmd", mock_cmd(20, 2),
+                           "--db", db, "--json"))
+    rows = json.loads(cli("trials", str(sweep["sweep_id"]), "--format", "json", "--db", db))
+    assert rows and all(isinstance(r["client_bound"], bool) and r["client_lag_ms_p99"] >= 0 for r in rows)
+    assert "client_bound" in cli("trials", str(sweep["sweep_id"]), "--db", db).splitlines()[0]
