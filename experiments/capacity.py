@@ -39,6 +39,9 @@ class ConfigCapacity:
     config: TrialConfig  # the knobs, no load
     capacity: Capacity
     unit: str  # "req/s" | "users" | "x speed-up"
+    # The profile objective's metric (goodput, or output tokens/s) measured at the capacity load:
+    # breaks ties between configs of equal capacity (e.g. several at the largest load tried).
+    value_at_capacity: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: the CLI contract's `capacities` item."""
@@ -46,7 +49,7 @@ class ConfigCapacity:
         return {"config": knobs_of(self.config), "label": knob_label(self.config),
                 "capacity": c.capacity, "upper": c.upper, "unit": self.unit,
                 "decided": c.is_decided, "status": c.status, "reason": c.reason,
-                "trials": c.num_probes}
+                "trials": c.num_probes, "value_at_capacity": self.value_at_capacity}
 
 
 def knobs_of(config: TrialConfig) -> dict:
@@ -169,15 +172,31 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
         return measure(config) if measure is not None else None
 
     results = search_all(searches, one, can_continue, interleave=spec.server_cmd is None)
-    return [ConfigCapacity(k, results[k] if k in results else
-                           Capacity(0.0, None, SKIPPED, skipped[knob_label(k)], 0), unit)
-            for k in knobs]
+    key = "goodput_rps" if profile.objective == "max_goodput" else "output_tokens_per_s"
+    out = []
+    for k in knobs:
+        found = results.get(k) or Capacity(0.0, None, SKIPPED, skipped[knob_label(k)], 0)
+        out.append(ConfigCapacity(k, found, unit, _value_at(spec, k, found, stored, key)))
+    return out
+
+
+def _value_at(spec: SweepSpec, knobs: TrialConfig, found: Capacity,
+              stored: dict[TrialConfig, TrialRecord], key: str) -> float | None:
+    """Mean `key` over the stored repetitions at the capacity load."""
+    if found.capacity <= 0:
+        return None
+    values = [stored[c].metrics.get(key) for rep in range(spec.search.max_repeats)
+              if (c := trial_config(spec, knobs, Probe(found.capacity, rep))) in stored]
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def best(capacities: list[ConfigCapacity]) -> ConfigCapacity | None:
-    """The config with the highest decided capacity (ties: the first, i.e. the coarsest)."""
+    """The config with the highest decided capacity; ties go to the higher objective value
+    measured at that load, then to the first (the coarsest)."""
     decided = [c for c in capacities if c.capacity.is_decided and c.capacity.capacity > 0]
-    return max(decided, key=lambda c: c.capacity.capacity, default=None)
+    return max(decided, key=lambda c: (c.capacity.capacity, c.value_at_capacity or 0.0),
+               default=None)
 
 
 def sentence(capacities: list[ConfigCapacity], profile_name: str) -> str:

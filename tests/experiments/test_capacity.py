@@ -63,3 +63,9 @@ def test_sentence_names_the_best_config_and_each_other_policys_best():
     assert best(caps).capacity.capacity == 14.2  # undecided capacities never win
     assert sentence(caps, "chat") == ("continuous b8 w2ms carries 14.2 req/s within the chat SLOs; "
                                       "the best static config 6.1 (1 of 4 configs undecided)")
+
+
+def test_equal_capacities_go_to_the_higher_objective_value_at_that_load():
+    a, b = cap("static", 8, 16.0), cap("continuous", 8, 16.0)
+    a, b = ConfigCapacity(a.config, a.capacity, a.unit, 300.0), ConfigCapacity(b.config, b.capacity, b.unit, 450.0)
+    assert best([a, b]) is b
