@@ -67,5 +67,6 @@ def test_sentence_names_the_best_config_and_each_other_policys_best():
 
 def test_equal_capacities_go_to_the_higher_objective_value_at_that_load():
     a, b = cap("static", 8, 16.0), cap("continuous", 8, 16.0)
-    a, b = ConfigCapacity(a.config, a.capacity, a.unit, 300.0), ConfigCapacity(b.config, b.capacity, b.unit, 450.0)
+    a = ConfigCapacity(a.config, a.capacity, a.unit, 300.0)
+    b = ConfigCapacity(b.config, b.capacity, b.unit, 450.0)
     assert best([a, b]) is b
