@@ -41,8 +41,8 @@ QUICK = {"batch_sizes": [1, 8], "max_wait_ms": [0], "loads": [1, 2, 4, 8], "requ
 
 
 def run(store: Store, model: str, profile: str, data: dict) -> int:
-    spec = parse_spec({"model": model, "profile": profile, "policies": ["static", "continuous"],
-                       **data})
+    spec = parse_spec({"model": model, "profile": profile,
+                       **{"policies": ["static", "continuous"], **data}})
     sweep_id = create_sweep(store, spec, load_profile(profile))
     runner_for(store, sweep_id).run()
     return sweep_id
@@ -70,6 +70,9 @@ def compare(store: Store, model: str, profile: str, size: dict) -> dict:
     common = {"batch_sizes": size["batch_sizes"], "max_wait_ms": size["max_wait_ms"],
               "requests": size["requests"]}
     grid_id = run(store, model, profile, {**common, "concurrency": size["loads"]})
+    # The grid's SLOs, resolved from its baseline, become absolute for the search (and the dense
+    # grid): all three are judged against the same thresholds, not each against its own baseline.
+    profile = fixed_slo_profile(prof, _slos(store, store.list_trials(grid_id)))
     search_id = run(store, model, profile, {**common, "search": {
         "load": "concurrency", "budget_s": 24 * 3600, "max_load": max(size["loads"]) * 2, **SEARCH}})
     trials = store.list_trials(grid_id)
@@ -79,7 +82,7 @@ def compare(store: Store, model: str, profile: str, size: dict) -> dict:
     top = best(caps)
     from_grid = grid_capacities(store, grid_id, prof.min_slo_attainment)
     errors = {k: _median_abs_error(trials, k) for k in ("output_tokens_per_s", "ttft_ms_p90")}
-    return {"profile": profile, "grid_id": grid_id, "search_id": search_id,
+    return {"profile": prof.name, "profile_path": profile, "grid_id": grid_id, "search_id": search_id,
             "grid_s": measure_s(store, grid_id), "search_s": measure_s(store, search_id),
             "grid_trials": len(trials), "search_trials": len(store.list_trials(search_id)),
             "grid_recommends": knob_label(rec.config) if rec.config else None,
@@ -89,6 +92,17 @@ def compare(store: Store, model: str, profile: str, size: dict) -> dict:
                                                   from_grid.get(knob_label(c.config)))
                            for c in caps},
             "errors": errors}
+
+
+def fixed_slo_profile(prof, slos) -> str:
+    """A copy of `prof` whose SLOs are these absolute ones; returns the YAML file's path."""
+    import yaml
+
+    data = prof.model_dump(mode="json")
+    data["slos"] = {s.metric: {"percentile": s.percentile, "max_ms": round(s.max_ms, 3)} for s in slos}
+    path = Path(tempfile.mkdtemp()) / f"{prof.name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
 
 
 def _slos(store: Store, trials) -> list:
@@ -108,7 +122,7 @@ def dense(store: Store, model: str, profile: str, size: dict, search_id: int) ->
     loads = list(range(1, max(size["loads"]) + 1))
     grid_id = run(store, model, profile, {"batch_sizes": [max(size["batch_sizes"])],
                                           "max_wait_ms": [0], "requests": size["requests"],
-                                          "concurrency": loads})
+                                          "concurrency": loads, "policies": ["continuous"]})
     caps, _ = sweep_capacities(store, search_id)
     label = f"continuous b{max(size['batch_sizes'])} w0ms"
     from_dense = {k: v for k, v in grid_capacities(store, grid_id, prof.min_slo_attainment).items()
@@ -185,7 +199,7 @@ def main() -> None:
             f"{k} {v:.0%}" if v is not None else f"{k} -" for k, v in r["errors"].items()))
         for label, (cap, status, grid_cap) in r["capacities"].items():
             print(f"  {label:<22} search {cap:>5g} users ({status}); grid {grid_cap}")
-    d = dense(store, args.model, rows[0]["profile"], size, rows[0]["search_id"])
+    d = dense(store, args.model, rows[0]["profile_path"], size, rows[0]["search_id"])
     print(f"\ndense vs bisection ({rows[0]['profile']}, {d['config']}): dense grid capacity "
           f"{d['dense']} users ({d['dense_s']:.0f} s of trials); bisection {d['bisection']:g} "
           f"(next failing {d['bisection_upper']}; {d['status']})")
