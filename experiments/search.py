@@ -138,6 +138,7 @@ class CapacitySearch:
         self.reason = ""
         self.num_probes = 0
         self.noisy: dict[float, str] = {}  # loads the interval never decided, and why
+        self.invalid: dict[float, list[Sample]] = {}  # no evidence (client-bound, failed): redone
 
     @property
     def is_finished(self) -> bool:
@@ -151,13 +152,16 @@ class CapacitySearch:
             self.current = self._next_load()
             if self.current is None:
                 return None
-        return Probe(self.current, len(self.samples.get(self.current, [])))
+        return Probe(self.current, self._num_tries(self.current))
 
     def record(self, probe: Probe, sample: Sample) -> None:
         """Take one measurement of `probe`; move the bracket once its load is decided."""
         self.num_probes += 1
-        if not sample.is_valid:
-            self._finish(INVALID, f"{self._fmt(probe.load)}: {sample.reason or 'not valid evidence'}")
+        if not sample.is_valid:  # no evidence either way: measured again, up to max_repeats
+            self.invalid.setdefault(probe.load, []).append(sample)
+            if len(self.invalid[probe.load]) >= self.s.max_repeats:
+                self._finish(INVALID, f"{self._fmt(probe.load)}: {sample.reason or 'not valid evidence'}"
+                             f" ({len(self.invalid[probe.load])} times)")
             return
         samples = self.samples.setdefault(probe.load, [])
         samples.append(sample)
@@ -166,12 +170,16 @@ class CapacitySearch:
             self.lo, self.current = probe.load, None
         elif att.hi < self.s.target:
             self.hi, self.current = probe.load, None
-        elif len(samples) >= self.s.max_repeats:
+        elif self._num_tries(probe.load) >= self.s.max_repeats:
             # Not shown to pass: an upper bound, conservatively; the search goes on below it.
             self.hi, self.current = probe.load, None
             self.noisy[probe.load] = (f"attainment at {self._fmt(probe.load)} is {att.mean:.1%} "
                                       f"[{att.lo:.1%}, {att.hi:.1%}] after {len(samples)} "
                                       f"repetitions: within noise of the {self.s.target:.0%} target")
+
+    def _num_tries(self, load: float) -> int:
+        """Measurements of `load` so far, valid or not: the next one's repetition index."""
+        return len(self.samples.get(load, [])) + len(self.invalid.get(load, []))
 
     def stop(self, reason: str) -> None:
         """End the search early (budget spent): the answer so far, undecided."""

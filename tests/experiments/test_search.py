@@ -163,9 +163,20 @@ def test_invalid_evidence_stops_that_config_undecided():
         if probe.load >= 4:
             return Sample(0, 0, is_valid=False, reason="client-bound: the load generator lagged")
         return Sample(N, N)
-    result, _ = run_one(SearchSettings(start_load=1.0), measure)
+    result, probes = run_one(SearchSettings(start_load=1.0, max_repeats=3), measure)
+    assert [(p.load, p.repetition) for p in probes] == [(1, 0), (2, 0), (4, 0), (4, 1), (4, 2)]
     assert result.status == INVALID and result.capacity == 2.0 and not result.is_decided
     assert "client-bound" in result.reason
+
+
+def test_one_client_bound_trial_is_measured_again():
+    def measure(_key, probe):
+        if probe.load == 4 and probe.repetition == 0:
+            return Sample(0, 0, is_valid=False, reason="client-bound")
+        return Sample(N if probe.load <= 4 else 0, N)
+    result, probes = run_one(SearchSettings(start_load=4.0, rel_tol=0.3), measure)
+    assert probes[:3] == [Probe(4.0, 0), Probe(4.0, 1), Probe(8.0, 0)]
+    assert result.status == DECIDED and result.capacity >= 4.0
 
 
 def test_replaying_the_same_samples_asks_for_the_same_probes():
