@@ -32,7 +32,7 @@ from experiments.profiles import (
     UniformLength,
 )
 from experiments.records import RequestRecord
-from experiments.traces import prepare_replay
+from experiments.traces import scaled_rows
 
 # Independent random streams per purpose, so e.g. arrival gaps never correlate with lengths.
 _PROMPT_STREAM, _OUTPUT_STREAM, _TOKEN_STREAM, _ARRIVAL_STREAM = range(4)
@@ -124,12 +124,10 @@ def make_requests(profile: Profile, n: int, seed: int, vocab_size: int,
                   max_context_tokens: int, avoid_ids: Seq[int]) -> list[RequestSpec]:
     """`n` seeded requests: random prompts without special ids, prompt + output within context.
 
-    A trace profile takes its lengths from the rows of its window, in order (cycled if short)."""
+    A trace profile takes its lengths from its rows, in order from the window start."""
     if isinstance(profile.arrival, TraceArrival):
-        replay = prepare_replay(profile.arrival)
-        rows = np.arange(n) % replay.num_requests
-        prompt_lens = replay.prompt_tokens[rows].tolist()
-        output_lens = replay.output_tokens[rows].tolist()
+        prompts, outputs = scaled_rows(profile.arrival, n)
+        prompt_lens, output_lens = prompts.tolist(), outputs.tolist()
     else:
         assert profile.prompt_tokens is not None and profile.output_tokens is not None  # validated
         prompt_lens = sample_lengths(profile.prompt_tokens, n, _rng(seed, _PROMPT_STREAM))

@@ -31,6 +31,7 @@ from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_
 from experiments.provenance import provenance
 from experiments.records import SLO, TrialConfig, TrialMetrics
 from experiments.server_metrics import MetricsScraper
+from experiments.traces import TraceError, prepare_replay
 from experiments.trial import (
     TrialResult,
     measure_baseline,
@@ -81,7 +82,15 @@ def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
                         "(azure-conv, azure-code, a .csv or .jsonl) or sweep rate / concurrency")
     if (spec.trace_duration_s, spec.trace_start_s) != (None, None) and not is_trace:
         raise GridError(f"trace_duration_s / trace_start_s: profile '{profile.name}' replays no trace")
-    return with_trace_window(profile, spec.trace_duration_s, spec.trace_start_s) if is_trace else profile
+    if not is_trace:
+        return profile
+    profile = with_trace_window(profile, spec.trace_duration_s, spec.trace_start_s)
+    if spec.speedup:  # the slowest replay covers the least trace: it must hold a request
+        try:
+            prepare_replay(profile.arrival, min(spec.speedup))
+        except TraceError as exc:
+            raise GridError(f"speedup: {exc}") from None
+    return profile
 
 
 def create_sweep(store: Store, spec: SweepSpec, profile: Profile) -> int:

@@ -252,3 +252,14 @@ def prepare_replay(arrival: TraceArrival, speedup: float | None = None,
                   scale_lengths(window.prompt_tokens, arrival.length_scale, arrival.max_prompt_tokens),
                   scale_lengths(window.output_tokens, arrival.length_scale, arrival.max_output_tokens),
                   window.start_s, window.end_s)
+
+
+def scaled_rows(arrival: TraceArrival, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` rows' (prompt, output) lengths from the window start on, scaled and clipped; the
+    rows cycle when the trace runs out. For requests not replayed on the trace's clock
+    (the unloaded baseline, warm-ups, a closed loop over a trace profile)."""
+    trace = load_trace(arrival.trace, arrival.columns, arrival.time_unit)
+    first = int(np.searchsorted(trace.arrival_s, arrival.start_s, side="left")) % trace.num_requests
+    rows = (first + np.arange(n)) % trace.num_requests
+    return (scale_lengths(trace.prompt_tokens[rows], arrival.length_scale, arrival.max_prompt_tokens),
+            scale_lengths(trace.output_tokens[rows], arrival.length_scale, arrival.max_output_tokens))

@@ -102,3 +102,12 @@ def test_capacity_search_probes_speedups_as_trace_trials():
     config = trial_config(spec, knobs, Probe(3.0, 1))
     assert (config.speedup, config.rate, config.concurrency, config.repetition) == (3.0, None, None, 1)
     assert config.load_label == "trace@3x" and unit_of(spec) == "x speed-up"
+
+
+def test_sweep_whose_slowest_replay_window_is_empty_writes_nothing(capsys, tmp_path: Path):
+    # azure-code has no requests in its first two minutes.
+    code, _, err = run_cli(capsys, "sweep", "--profile", "azure-code", "--speedup", "1,4",
+                           "--trace-start", "70", "--trace-duration", "2",
+                           "--db", f"sqlite:///{tmp_path / 's.db'}")
+    assert code == 2 and "no requests in [70, 72)" in one_error_line(err)
+    assert not (tmp_path / "s.db").exists()
