@@ -8,6 +8,7 @@ coordinated omission, as in wrk2). The first `num_warmup` requests are issued bu
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
@@ -42,8 +43,16 @@ DRAIN_TIMEOUT_S = 120.0
 STOP_POLL_S = 0.25
 
 StopCheck = Callable[[], bool]
-# In-process load: timestamps come from the engine thread; only the sender can lag (send lag).
-IN_PROCESS = ClientStats(info={"process": "in-process (engine-thread stamps, sender thread)"})
+# In-process load: every stamp is the engine thread's. A closed loop issues each next request
+# from the engine thread's completion callback: there is no client to lag, and sent - scheduled
+# is the engine's own bookkeeping after a step (e.g. releasing cache rows), which delays nothing
+# (the scheduler runs after it). An open loop's sender thread can lag: that is judged.
+IN_PROCESS_CLOSED = ClientStats(judge_send_lag=False,
+                                info={"process": "in-process closed loop (engine-thread callbacks)"})
+IN_PROCESS_OPEN = ClientStats(info={"process": "in-process open loop (sender thread)"})
+# While an in-process open loop runs, a thread waiting for the GIL gets it after this long (the
+# default 5 ms would make the sender up to 5 ms late whenever the engine thread holds it).
+SENDER_SWITCH_INTERVAL_S = 0.0002
 SeqCallback = Callable[[Sequence], None]
 
 
@@ -312,7 +321,7 @@ def run_closed_loop(engine: LoadTarget, specs: list[RequestSpec], concurrency: i
     outcome = run.wait(_deadline(start_s, max_duration_s), should_stop)
     run.stop()
     return LoadResult(run.records(), outcome == "cut", outcome == "stopped", saturated=False,
-                      background=run.background(), client=IN_PROCESS)
+                      background=run.background(), client=IN_PROCESS_CLOSED)
 
 
 def run_open_loop(engine: LoadTarget, specs: list[RequestSpec], arrivals: list[float], num_warmup: int,
@@ -327,18 +336,23 @@ def run_open_loop(engine: LoadTarget, specs: list[RequestSpec], arrivals: list[f
     depths: list[tuple[float, int]] = []
     sender = threading.Thread(target=_send_arrivals, name="tradeoff-sender",
                               args=(run, [start_s + a for a in arrivals], depths), daemon=True)
-    sender.start()
-    outcome = run.wait(_deadline(start_s, max_duration_s), should_stop)
-    cut_depth = (engine.now(), engine.num_waiting)  # before stop() cancels the queue away
-    run.stop()
-    sender.join()
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch_interval, SENDER_SWITCH_INTERVAL_S))
+    try:
+        sender.start()
+        outcome = run.wait(_deadline(start_s, max_duration_s), should_stop)
+        cut_depth = (engine.now(), engine.num_waiting)  # before stop() cancels the queue away
+        run.stop()
+        sender.join()
+    finally:
+        sys.setswitchinterval(switch_interval)
     if run.num_issued < len(arrivals):  # cut mid-arrivals: the sender took no final sample
         depths.append(cut_depth)
     records = run.records()
     sent = [start_s + a for i, a in enumerate(arrivals[: run.num_issued]) if run.is_measured(i)]
     saturated = is_saturated(depths, offered_rate(sent), achieved_rate(records), batch_size)
     return LoadResult(records, outcome == "cut", outcome == "stopped", saturated, depths,
-                      background=run.background(), client=IN_PROCESS)
+                      background=run.background(), client=IN_PROCESS_OPEN)
 
 
 def _deadline(start_s: float, max_duration_s: float | None) -> float | None:

@@ -90,7 +90,8 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
                                     load.background)
     details["timeseries"] = trial_timeseries(load.records, load.background, steps, slos)
     metrics = replace(metrics, details={**metrics.details, **details})
-    metrics = with_client_check(metrics, load.records, load.background, load.client, num_warmup)
+    metrics = with_client_check(metrics, load.records, load.background, load.client, num_warmup,
+                                steps)
     if roofline is not None:  # the local engine's steps against its device's peaks
         metrics = replace(metrics, roofline_fraction=roofline(steps))
     return TrialResult(config, metrics, load.records, steps, load.was_cut, load.was_stopped)
