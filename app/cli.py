@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     # Under `python -m app.cli` this file is __main__; commands register on the imported module.
     typer_app = importlib.import_module("app.cli").app
     try:
-        typer_app(args=argv, standalone_mode=False)
+        code = typer_app(args=argv, standalone_mode=False)
+        # typer (non-standalone) turns Ctrl-C into Exit(130) and *returns* its code; commands
+        # themselves return None.
+        if code == 130:
+            print("aborted", file=sys.stderr)
+            return 130
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:

@@ -154,7 +154,8 @@ def test_ctrl_c_during_a_trial_leaves_no_client_process(mock) -> None:
     workers = _descendants(proc.pid)
     assert workers, "the trial started no client worker"
     os.kill(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=60)  # it stops (its exit status is the CLI's business)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "aborted" in err
     assert _gone(workers)
 
 
