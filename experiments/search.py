@@ -139,6 +139,7 @@ class CapacitySearch:
         self.num_probes = 0
         self.noisy: dict[float, str] = {}  # loads the interval never decided, and why
         self.invalid: dict[float, list[Sample]] = {}  # no evidence (client-bound, failed): redone
+        self.unmeasurable: dict[float, str] = {}  # loads invalid max_repeats times, and why
 
     @property
     def is_finished(self) -> bool:
@@ -160,8 +161,12 @@ class CapacitySearch:
         if not sample.is_valid:  # no evidence either way: measured again, up to max_repeats
             self.invalid.setdefault(probe.load, []).append(sample)
             if len(self.invalid[probe.load]) >= self.s.max_repeats:
-                self._finish(INVALID, f"{self._fmt(probe.load)}: {sample.reason or 'not valid evidence'}"
-                             f" ({len(self.invalid[probe.load])} times)")
+                # This load cannot be measured here (e.g. the client cannot drive it): an upper
+                # bound for what can be shown; the search goes on below, the answer undecided.
+                self.hi, self.current = probe.load, None
+                self.unmeasurable[probe.load] = (
+                    f"{self._fmt(probe.load)} could not be measured: "
+                    f"{sample.reason or 'not valid evidence'} ({len(self.invalid[probe.load])} times)")
             return
         samples = self.samples.setdefault(probe.load, [])
         samples.append(sample)
@@ -235,8 +240,11 @@ class CapacitySearch:
         return f"{load:g} users" if self.s.is_integer else f"{load:g} req/s"
 
     def _finish_at(self, hi: float, reason: str) -> None:
-        """Done: decided, unless the upper bound is a load the interval never decided."""
-        if hi in self.noisy:
+        """Done: decided, unless the upper bound is a load the interval never decided (within
+        noise) or one that could not be measured (invalid: undecided, capacity a lower bound)."""
+        if hi in self.unmeasurable:
+            self._finish(INVALID, f"{reason}; {self.unmeasurable[hi]}")
+        elif hi in self.noisy:
             self._finish(WITHIN_NOISE, f"{reason}; {self.noisy[hi]}")
         else:
             self._finish(DECIDED, reason)
