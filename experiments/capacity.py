@@ -158,8 +158,12 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
                 for k in knobs]
     stored = {t.config: t for t in trials}
     starts, skipped = plan.get("start", {}), plan.get("skipped", {})
+    # Most promising first (highest predicted capacity): under a budget they get measured first,
+    # and at a rate their trials are the short ones.
+    predicted = plan.get("predicted", {})
+    order = sorted(knobs, key=lambda k: -predicted.get(knob_label(k), 0.0))
     searches = {k: CapacitySearch(settings_for(spec, profile, k, starts.get(knob_label(k))))
-                for k in knobs if knob_label(k) not in skipped}
+                for k in order if knob_label(k) not in skipped}
     max_probes = spec.search.max_probes
 
     def one(key: TrialConfig, probe: Probe) -> Sample | None:
