@@ -101,16 +101,17 @@ def validate_search(data: dict[str, Any], user_profiles) -> tuple[Any, Any]:
 
 
 def create_search(db: str | None, spec, prof) -> tuple[int, Any, Any]:
-    """Estimate, load the model, then store the sweep (nothing is written before this, not
+    """Load the model, estimate, then store the sweep (nothing is written before this, not
     even a new db file): (sweep id, target, store)."""
     from app.preflight import existing_store
     from experiments.estimate import estimate_search_s
     from experiments.sweep import create_sweep, local_target_for
 
     store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
+    # The model first: a bad name is one line of stderr (exit 2), before any progress output.
+    target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
     print("estimating the search on simulated trials...", file=sys.stderr)
     est_s, est_trials = estimate_search_s(spec, prof)
-    target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
     store = store or open_store(db)
     sweep_id = create_sweep(store, spec, prof)
     print(f"search {sweep_id}: {len(spec.knob_configs())} configs, ~{est_trials} trials, estimated "
