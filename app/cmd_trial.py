@@ -12,10 +12,10 @@ from app.cli import app
 from app.errors import BadInput
 from app.output import print_json, print_pairs
 from app.parsing import parse_budget
+from common.records import LATENCY_METRICS, TrialConfig, config_to_dict
 from engine.config import EngineConfig, SchedulerConfig
 from engine.routing import DEFAULT_ROUTER, check_replicas
 from experiments.profiles import load_profile, needs_baseline, resolve_slos
-from experiments.records import LATENCY_METRICS, TrialConfig, config_to_dict
 
 
 def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,

@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
+from common.records import RequestRecord, TrialConfig, TrialRecord
 from db.errors import StoreError
 from db.models import METRIC_COLUMNS, RequestModel, SweepModel, TrialModel
-from experiments.records import RequestRecord, TrialConfig, TrialRecord
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from common.records import RequestRecord, TrialConfig, TrialMetrics, TrialRecord
 from db.connect import DEFAULT_URL, URL_HINT, first_line, make_engine, open_reason, resolve_db_url
 from db.errors import DuplicateTrialError, SchemaTooNewError, StoreError, UnknownSweepError
 from db.migrations import SCHEMA_VERSION, current_version, upgrade
@@ -50,7 +51,6 @@ from db.rows import (
     trial_record,
     utcnow,
 )
-from experiments.records import RequestRecord, TrialConfig, TrialMetrics, TrialRecord
 
 __all__ = ["DEFAULT_URL", "Store", "StoredRequest", "SweepRecord", "make_engine", "resolve_db_url", "utcnow"]
 SWEEP_STATUSES = ("queued", "running", "done", "failed", "cancelled")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import date
 from statistics import median
 
+from common.records import SLO, TrialConfig, TrialRecord
 from db.store import Store, SweepRecord
 from experiments.capacity import ConfigCapacity, plan_of, run_search
 from experiments.estimate import GENERIC, PRIORS
@@ -15,7 +16,6 @@ from experiments.grid import SweepSpec
 from experiments.predict import fit_cost_model, predict_points, stored_steps
 from experiments.profiles import SLO_METRICS, Profile
 from experiments.recommend import Recommendation, recommend
-from experiments.records import SLO, TrialConfig, TrialRecord
 
 
 class NoSweepError(LookupError):

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from common.records import TrialConfig, TrialRecord, config_to_dict
 from experiments.grid import SweepSpec
 from experiments.profiles import Profile
-from experiments.records import TrialConfig, TrialRecord, config_to_dict
 from experiments.search import (
     Capacity,
     CapacitySearch,

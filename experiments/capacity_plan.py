@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
 from experiments.capacity import knob_label, run_search
 from experiments.estimate import GENERIC, PER_TRIAL_OVERHEAD_S, PRIORS
 from experiments.grid import SweepSpec
 from experiments.predict import cost_to_dict, simulate_trial
 from experiments.profiles import Profile
-from experiments.records import SLO, TrialConfig
 from experiments.search import Sample
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from experiments.records import ClientLag, RequestRecord, TrialMetrics
+from common.records import ClientLag, RequestRecord, TrialMetrics
 
 MIN_LIMIT_MS = 1.0
 TTFT_FRACTION = 0.02

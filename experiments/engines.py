@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from experiments.records import TrialConfig
+from common.records import TrialConfig
 
 ENGINES: tuple[str, ...] = ("vllm", "sglang", "tgi", "llamacpp")
 

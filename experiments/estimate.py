@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+from common.records import SLO, TrialConfig
 from engine.config import SchedulerConfig
 from engine.simulate import CostModel, Simulator
 from experiments.grid import SweepSpec
 from experiments.loadgen import make_requests, open_loop_arrivals
 from experiments.metrics import latency_samples, summarize
 from experiments.profiles import SLO_METRICS, OpenArrival, Profile, TraceArrival, resolve_slos
-from experiments.records import SLO, TrialConfig
 from experiments.traces import prepare_replay
 
 MS = 1e-3

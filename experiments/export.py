@@ -37,6 +37,7 @@ from datetime import date, datetime
 
 import yaml
 
+from common.records import TrialConfig
 from experiments.export_load import load_exported_config  # noqa: F401 (callers import it from here)
 from experiments.export_scale import (
     engine_fields,
@@ -47,7 +48,6 @@ from experiments.export_scale import (
     vllm_flags,
 )
 from experiments.recommend import Recommendation, config_to_dict, fmt_value, latency_label
-from experiments.records import TrialConfig
 
 FORMATS: tuple[str, ...] = ("json", "yaml", "vllm", "triton", "ray-serve", "torchserve")
 PROVENANCE_KEYS: tuple[str, ...] = (

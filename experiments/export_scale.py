@@ -5,7 +5,7 @@ Kept apart from export.py so each target's scale-out vocabulary sits in one plac
 
 from __future__ import annotations
 
-from experiments.records import TrialConfig
+from common.records import TrialConfig
 
 
 def engine_fields(config: TrialConfig) -> dict:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.records import TrialConfig
 from experiments.http_target import HttpTarget, wait_for_health
-from experiments.records import TrialConfig
 from experiments.server_cmd import ServerCmdError, render_server_cmd
 
 STOP_GRACE_S = 10.0

@@ -9,9 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.records import TrialConfig
 from engine.routing import DEFAULT_ROUTER, check_replicas
 from experiments.engines import lacking_knobs
-from experiments.records import TrialConfig
 from experiments.server_cmd import ServerCmdError, check_server_cmd
 
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from common.records import RequestRecord
 from experiments import sse
 from experiments.client_stats import ClientStats
 from experiments.http_client import CANCELLED, Raw
 from experiments.loadgen import LoadResult, RequestSpec, achieved_rate, offered_rate
 from experiments.metrics import is_saturated
-from experiments.records import RequestRecord
 
 
 def num_text_tokens(tokenizer: Any, text: str) -> int:

@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from common.records import RequestRecord
 from engine.config import SchedulerConfig
 from engine.core import StepRecord
 from engine.sequence import SamplingParams, SeqStatus, Sequence
@@ -32,7 +33,6 @@ from experiments.profiles import (
     Profile,
     UniformLength,
 )
-from experiments.records import RequestRecord
 from experiments.traces import scaled_rows
 
 # Independent random streams per purpose, so e.g. arrival gaps never correlate with lengths.

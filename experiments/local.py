@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.records import Roofline
 from engine.config import EngineConfig, SchedulerConfig
 from engine.core import StepRecord
 from engine.engine import Engine
 from engine.factory import start_engine
 from engine.models import LoadedModel, peak_memory_mb, reset_peak_memory
 from engine.roofline import DevicePeaks, ModelShape, roofline_fractions
-from experiments.records import Roofline
 
 
 @dataclass

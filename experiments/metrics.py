@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from common.records import PERCENTILES, SLO, Dist, RequestRecord, TrialMetrics
 from engine.core import StepRecord
-from experiments.records import PERCENTILES, SLO, Dist, RequestRecord, TrialMetrics
 
 MS = 1000.0
 # Saturation rule thresholds (docs/metrics.md, "Saturation").

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from statistics import fmean
 
-from experiments.records import TrialConfig, TrialRecord
+from common.records import TrialConfig, TrialRecord
 
 Point = tuple[float, float]  # (latency, throughput)
 # `client_bound`: the load generator lagged, so the point's numbers are not the server's; it

@@ -12,12 +12,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from common.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from engine.core import StepRecord
 from engine.simulate import CostModel, Simulator
 from experiments.loadgen import make_requests, open_loop_arrivals, record_from_sequence
 from experiments.metrics import compute_trial_metrics
 from experiments.profiles import OpenArrival, Profile
-from experiments.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from experiments.trial import sched_config_of
 
 MIN_STEPS = 3  # fewer steps of a phase than this: keep the prior's coefficients for it

@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from common.records import SLO
 from experiments.arrivals import BUILTIN_TRACES, RateSchedule, TraceArrival
-from experiments.records import SLO
 
 SLO_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms")
 TRACE_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz")

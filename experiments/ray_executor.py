@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlparse
 
-from experiments.records import TrialConfig
+from common.records import TrialConfig
 from experiments.sweep import SweepRunner, utcnow
 
 MAX_ATTEMPTS = 2  # a trial whose worker is lost runs once more elsewhere, then fails

@@ -12,9 +12,9 @@ import socket
 from datetime import datetime, timezone
 from typing import Any
 
+from common.records import SLO, TrialConfig
 from experiments.grid import SweepSpec
 from experiments.profiles import Profile
-from experiments.records import SLO, TrialConfig
 
 
 def _utcnow() -> datetime:

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+from common.records import LATENCY_METRICS, SLO, STATS, TrialConfig, TrialRecord, config_to_dict
 from experiments.pareto import ConfigPoint, aggregate, knee
-from experiments.records import LATENCY_METRICS, SLO, STATS, TrialConfig, TrialRecord, config_to_dict
 
 OBJECTIVES: dict[str, str] = {"max_goodput": "goodput_rps", "max_throughput": "output_tokens_per_s"}
 KNEE_LATENCY_KEY = "e2e_ms_p90"

@@ -12,9 +12,9 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from common.records import SLO, TrialConfig, TrialRecord
 from engine.simulate import CostModel
 from experiments.profiles import Profile
-from experiments.records import SLO, TrialConfig, TrialRecord
 
 REPLICA_COUNTS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 MAX_SIM_REQUESTS = 1536  # per simulated trial: keeps 64 replicas to a second or two

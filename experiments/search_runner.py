@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from common.records import SLO, TrialConfig, TrialMetrics
 from experiments.capacity import (
     ConfigCapacity,
     plan_of,
@@ -21,7 +22,6 @@ from experiments.capacity import (
 )
 from experiments.capacity_plan import calibration_probe, make_plan, prior_cost
 from experiments.predict import fit_cost_model
-from experiments.records import SLO, TrialConfig, TrialMetrics
 from experiments.search import Sample
 from experiments.sweep import SweepRunner
 from experiments.trial import TrialResult

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 
-from experiments.records import TrialConfig
+from common.records import TrialConfig
 
 PLACEHOLDERS = ("batch_size", "max_wait_ms", "policy", "port", "max_num_batched_tokens")
 _EXAMPLE = "e.g. 'vllm serve MODEL --port {port} --max-num-seqs {batch_size}'"

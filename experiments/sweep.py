@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from common.records import SLO, TrialConfig, TrialMetrics
 from db.store import Store
 from engine.config import EngineConfig
 from engine.core import StepRecord
@@ -29,7 +30,6 @@ from experiments.http_target import server_root
 from experiments.predict import fit_cost_model, prediction_details, step_summary, stored_steps
 from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
 from experiments.provenance import provenance
-from experiments.records import SLO, TrialConfig, TrialMetrics
 from experiments.server_metrics import MetricsScraper
 from experiments.traces import TraceError, prepare_replay
 from experiments.trial import (

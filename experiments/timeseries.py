@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.records import SLO, RequestRecord
 from engine.core import StepRecord
 from experiments.metrics import meets_slos
-from experiments.records import SLO, RequestRecord
 
 # Aim for about this many windows per trial, each 1 to 10 s long.
 TARGET_WINDOWS = 20

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from common.records import SLO, RequestRecord, Roofline, TrialConfig, TrialMetrics
 from engine.config import SchedulerConfig
 from engine.core import StepRecord
 from experiments.client_stats import with_client_check
@@ -24,7 +25,6 @@ from experiments.loadgen import (
 )
 from experiments.metrics import compute_trial_metrics, latency_samples, summarize
 from experiments.profiles import SLO_METRICS, OpenArrival, Profile, TraceArrival
-from experiments.records import SLO, RequestRecord, Roofline, TrialConfig, TrialMetrics
 from experiments.timeseries import trial_timeseries
 from experiments.traces import ATTRIBUTION, BUILTIN_TRACES, Replay, prepare_replay
 

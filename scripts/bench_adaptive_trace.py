@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI: idle OpenMP t
 
 import numpy as np  # noqa: E402
 
+from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig, SchedulerConfig  # noqa: E402
 from engine.simulate import CostModel, Simulator  # noqa: E402
 from experiments import traces  # noqa: E402
@@ -38,7 +39,6 @@ from experiments.loadgen import record_from_sequence  # noqa: E402
 from experiments.local import LocalTarget  # noqa: E402
 from experiments.metrics import meets_slos  # noqa: E402
 from experiments.profiles import load_profile, resolve_slos  # noqa: E402
-from experiments.records import TrialConfig  # noqa: E402
 from experiments.trial import (  # noqa: E402
     measure_baseline,
     run_trial,

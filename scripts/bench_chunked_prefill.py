@@ -21,10 +21,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see docs/architecture.md)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from experiments.local import LocalTarget  # noqa: E402
 from experiments.profiles import load_profile  # noqa: E402
-from experiments.records import TrialConfig  # noqa: E402
 from experiments.trial import run_trial  # noqa: E402
 
 FIGURES = ("itl_p99_ms", "itl_p50_ms", "ttft_p50_ms", "ttft_p90_ms", "output_tok_s", "roofline_decode")

@@ -17,10 +17,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI: idle OpenMP t
 
 import numpy as np  # noqa: E402
 
+from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from experiments.local import LocalTarget  # noqa: E402
 from experiments.profiles import load_profile  # noqa: E402
-from experiments.records import TrialConfig  # noqa: E402
 from experiments.trial import run_trial, with_trace_window  # noqa: E402
 
 

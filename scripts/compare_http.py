@@ -14,11 +14,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig, SchedulerConfig  # noqa: E402
 from experiments.external import ExternalTarget, ServerProcess, load_tokenizer  # noqa: E402
 from experiments.local import LocalTarget  # noqa: E402
 from experiments.profiles import load_profile  # noqa: E402
-from experiments.records import TrialConfig  # noqa: E402
 from experiments.trial import run_trial  # noqa: E402
 
 SERVE = (f"{sys.executable} -m app.cli serve --model {{model}} --policy {{policy}} "

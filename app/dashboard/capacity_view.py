@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.dashboard import capacity_charts, charts, state, widgets
+from common.records import TrialRecord
 from db.store import SweepRecord
 from experiments.analysis import (
     is_search,
@@ -17,7 +18,6 @@ from experiments.analysis import (
     sweep_capacities,
 )
 from experiments.capacity import ConfigCapacity, best, sentence
-from experiments.records import TrialRecord
 
 
 @st.cache_resource(ttl=state.STABLE_TTL_S, max_entries=16, show_spinner=False)

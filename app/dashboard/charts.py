@@ -15,9 +15,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from app.dashboard.colours import COLOUR_OPTIONS, Colour, colour_of  # noqa: F401 (pages use charts.*)
+from common.records import SLO, RequestRecord, TrialConfig
 from db.store import StoredRequest
 from experiments.pareto import ConfigPoint
-from experiments.records import SLO, RequestRecord, TrialConfig
 
 THROUGHPUT_LABELS: dict[str, str] = {
     "output_tokens_per_s": "Output throughput (tokens/s)",

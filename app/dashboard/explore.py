@@ -8,12 +8,12 @@ import streamlit as st
 
 from app import launcher
 from app.dashboard import capacity_view, charts, charts_time, state, widgets
+from common.records import SLO, TrialRecord
 from db.store import SweepRecord
 from experiments.metrics import latency_samples
 from experiments.pareto import ConfigPoint, classify
 from experiments.profiles import SLO_METRICS, SLO_PERCENTILES
 from experiments.recommend import Recommendation
-from experiments.records import SLO, TrialRecord
 
 KEY_METRICS = ("output_tokens_per_s", "requests_per_s", "goodput_rps", "slo_attainment",
                "ttft_ms_p90", "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size",

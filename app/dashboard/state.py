@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import streamlit as st
 
+from common.records import SLO, TrialConfig, TrialRecord
 from db.store import Store, StoredRequest, SweepRecord, resolve_db_url
 from experiments.analysis import SweepAnalysis, analyse, stored_slos
 from experiments.pareto import ConfigPoint, aggregate
@@ -23,7 +24,6 @@ from experiments.recommend import (
     Recommendation,
     recommend,
 )
-from experiments.records import SLO, TrialConfig, TrialRecord
 from experiments.scaleout import ScalePoint, ScaleView, simulate_scaling
 from experiments.scaleout import scale_view as build_scale_view
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from common.records import SLO, RequestRecord, TrialConfig
 from db.store import Store
 from engine.core import StepRecord
 from experiments.grid import SweepSpec, parse_spec
 from experiments.metrics import compute_trial_metrics
 from experiments.profiles import load_profile
-from experiments.records import SLO, RequestRecord, TrialConfig
 from experiments.timeseries import trial_timeseries
 
 DEFAULT_SLOS = (SLO("ttft_ms", "p90", 60.0), SLO("tpot_ms", "p90", 3.0))

@@ -10,12 +10,12 @@ import streamlit as st
 
 from app import launcher
 from app.dashboard import charts, state
+from common.records import LATENCY_METRICS, SLO, STATS, THROUGHPUT_METRICS
 from db.errors import StoreError
 from db.store import SweepRecord
 from experiments.grid import SweepSpec
 from experiments.profiles import SLO_METRICS, ProfileError
 from experiments.recommend import KNEE_LATENCY_KEY, OBJECTIVES
-from experiments.records import LATENCY_METRICS, SLO, STATS, THROUGHPUT_METRICS
 
 SHARED_SWEEP = "sweep_id"  # the sweep the user last looked at, kept across pages
 LIVE_REFRESH_S = 2.0

@@ -8,9 +8,9 @@ from app.dashboard import charts, forms
 from app.dashboard.forms import RunInputs
 from app.dashboard.synthetic import synthetic_requests
 from app.dashboard.widgets import md
+from common.records import TrialConfig, TrialRecord
 from db.store import StoredRequest
 from experiments.pareto import aggregate, classify
-from experiments.records import TrialConfig, TrialRecord
 
 
 @pytest.mark.parametrize(("text", "kind", "expected"), [

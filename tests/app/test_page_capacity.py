@@ -8,11 +8,11 @@ from dataclasses import replace
 from dashboard_helpers import page_test, plain, texts
 
 from app.dashboard.synthetic import synthetic_requests
+from common.records import TrialConfig
 from db.store import Store
 from experiments.grid import parse_spec
 from experiments.metrics import compute_trial_metrics
 from experiments.profiles import load_profile
-from experiments.records import TrialConfig
 
 N = 48
 

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.records import Dist, RequestRecord, TrialConfig, TrialMetrics
 from db import Store
 from db.models import Base
-from experiments.records import Dist, RequestRecord, TrialConfig, TrialMetrics
 
 PG_ENV = "TRADEOFF_TEST_PG_URL"
 _pg_problem: dict[str, str | None] = {}  # url -> why it cannot be used (None: usable)

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import Engine, MetaData, create_engine, inspect, select, text
 
 import db.migrations as migrations
+from common.records import TrialConfig
 from db import SCHEMA_VERSION, SchemaTooNewError, Store, StoreError
 from db.migrations import MIGRATIONS, Migration, current_version, upgrade
 from db.models import METRIC_COLUMNS, Base
 from db.store import make_engine
-from experiments.records import TrialConfig
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
 FIXTURE_V2 = Path(__file__).parent / "fixtures" / "v2.db"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
+from common.records import ClientLag, RequestRecord, Roofline, TrialConfig
 from db import (
     DEAD_WORKER_ERROR,
     DuplicateTrialError,
@@ -22,7 +23,6 @@ from db import (
 )
 from db.models import RequestModel, SweepModel, TrialModel
 from db.store import utcnow
-from experiments.records import ClientLag, RequestRecord, Roofline, TrialConfig
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 T1 = T0 + timedelta(seconds=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common.records import TrialConfig, TrialRecord
 from experiments.capacity import (
     NOT_STARTED,
     SKIPPED,
@@ -13,7 +14,6 @@ from experiments.capacity import (
 )
 from experiments.grid import parse_spec
 from experiments.profiles import load_profile
-from experiments.records import TrialConfig, TrialRecord
 from experiments.search import DECIDED, UNDECIDED, Capacity
 
 CONFIG = TrialConfig("continuous", 8, 0.0, rate=2.0)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from common.records import SLO, ClientLag, RequestRecord, TrialConfig, TrialRecord
 from engine.config import SchedulerConfig
 from engine.engine import Engine
 from engine.sequence import Sequence
@@ -21,7 +22,6 @@ from experiments.metrics import compute_trial_metrics
 from experiments.pareto import aggregate, classify, trial_frontier
 from experiments.profiles import parse_profile_yaml
 from experiments.recommend import recommend
-from experiments.records import SLO, ClientLag, RequestRecord, TrialConfig, TrialRecord
 from experiments.trial import run_trial
 
 

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
+from common.records import TrialConfig
 from experiments.engines import ENGINES, EngineUnavailableError, preset
 from experiments.grid import GridError, parse_spec
-from experiments.records import TrialConfig
 from experiments.server_metrics import MetricsScraper, parse_gauges
 
 PLAIN = TrialConfig("continuous", 16, 0.0, concurrency=4)

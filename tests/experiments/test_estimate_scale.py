@@ -6,10 +6,10 @@ import os
 
 import pytest
 
+from common.records import TrialConfig
 from experiments.estimate import MODEL_LOAD_S, PRIORS, estimate_sweep_s, simulate_trial_s
 from experiments.grid import parse_spec
 from experiments.profiles import load_profile
-from experiments.records import TrialConfig
 
 
 def test_a_local_ray_cluster_divides_trial_time_by_its_slots():

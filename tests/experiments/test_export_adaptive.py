@@ -8,8 +8,8 @@ import shlex
 import pytest
 import yaml
 
+from common.records import SLO, TrialConfig
 from experiments.export import FORMATS, export_config, load_exported_config
-from experiments.records import SLO, TrialConfig
 from tests.experiments.test_export import PROVENANCE, TTFT_500, comments, parse_pbtxt, rec_for, trial
 
 ADAPTIVE = TrialConfig("adaptive", 16, 20.0, speedup=4.0)

@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
+from common.records import TrialConfig
 from engine.models import build_byte_tokenizer
 from experiments.client_stats import check_client
 from experiments.external import ServerProcess
@@ -26,7 +27,6 @@ from experiments.loadgen import RequestSpec, open_loop_arrivals, run_closed_loop
 from experiments.metrics import compute_trial_metrics
 from experiments.profiles import FixedLength, parse_profile_yaml
 from experiments.queueing import closed_loop, fifo_e2e_s, md1_mean_e2e_s
-from experiments.records import TrialConfig
 from experiments.trial import run_trial
 
 pytestmark = pytest.mark.slow  # real processes and real load for seconds

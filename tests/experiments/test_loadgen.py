@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from common.records import RequestRecord
 from engine.config import SchedulerConfig
 from engine.engine import Engine
 from engine.sequence import SamplingParams, SeqStatus, Sequence
@@ -30,7 +31,6 @@ from experiments.profiles import (
     UniformLength,
     parse_profile_yaml,
 )
-from experiments.records import RequestRecord
 
 PROFILE = parse_profile_yaml("""\
 name: t

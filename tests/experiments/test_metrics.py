@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from common.records import SLO, Dist, RequestRecord
 from engine.config import SchedulerConfig
 from engine.core import StepRecord
 from engine.simulate import CostModel, Simulator
@@ -21,7 +22,6 @@ from experiments.metrics import (
     tpot_ms,
     window,
 )
-from experiments.records import SLO, Dist, RequestRecord
 
 
 def rec(i: int, scheduled: float, sent: float, admitted: float | None, tokens: tuple[float, ...],
@@ -199,7 +199,7 @@ def test_simulated_continuous_batching_metrics() -> None:
 
 
 def test_labels_name_only_the_knobs_that_are_set():
-    from experiments.records import TrialConfig
+    from common.records import TrialConfig
 
     assert TrialConfig("static", 4, 0.0, concurrency=2).label == "static/b4/w0ms/concurrent@2"
     config = TrialConfig("continuous", 8, 5.0, rate=2.0, max_num_batched_tokens=256, replicas=2,

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from common.records import TrialConfig, TrialRecord
 from experiments.pareto import (
     ConfigPoint,
     aggregate,
@@ -17,7 +18,6 @@ from experiments.pareto import (
     t95,
     trial_frontier,
 )
-from experiments.records import TrialConfig, TrialRecord
 
 THR, LAT = "output_tokens_per_s", "e2e_ms_p90"
 

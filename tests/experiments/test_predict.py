@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from common.records import SLO, TrialConfig
 from engine.core import StepRecord
 from engine.simulate import CostModel
 from experiments.capacity import SKIPPED, knob_label, run_search
@@ -20,7 +21,6 @@ from experiments.predict import (
     steps_of_summary,
 )
 from experiments.profiles import Profile
-from experiments.records import SLO, TrialConfig
 
 MS = 1e-3
 TRUE = CostModel(prefill_base_s=6 * MS, prefill_per_token_s=0.2 * MS,

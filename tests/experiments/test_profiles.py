@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from common.records import SLO
 from experiments.profiles import (
     ClosedArrival,
     OpenArrival,
@@ -14,7 +15,6 @@ from experiments.profiles import (
     parse_profile_yaml,
     resolve_slos,
 )
-from experiments.records import SLO
 
 BASE = """\
 name: x

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from common.records import SLO, Dist, TrialConfig, TrialMetrics, TrialRecord
 from experiments.recommend import recommend
-from experiments.records import SLO, Dist, TrialConfig, TrialMetrics, TrialRecord
 
 TTFT_500 = SLO("ttft_ms", "p90", 500.0)
 TPOT_50 = SLO("tpot_ms", "p90", 50.0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from common.records import TrialConfig, TrialRecord
 from engine.simulate import CostModel
 from experiments.profiles import Profile
-from experiments.records import TrialConfig, TrialRecord
 from experiments.scaleout import (
     measured_points,
     per_replica,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
 from experiments.predict import simulate_trial
 from experiments.profiles import Profile
-from experiments.records import SLO, TrialConfig
 from experiments.search import (
     AT_LIMIT,
     DECIDED,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from common.records import SLO, RequestRecord
 from engine.core import StepRecord
-from experiments.records import SLO, RequestRecord
 from experiments.timeseries import trial_timeseries, window_size_s
 
 

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from common.records import SLO, TrialConfig
 from engine.config import SchedulerConfig
 from engine.engine import Engine
 from engine.sequence import Sequence
 from experiments.loadgen import make_requests
 from experiments.metrics import littles_law_concurrency
 from experiments.profiles import Profile, parse_profile_yaml
-from experiments.records import SLO, TrialConfig
 from experiments.trial import measure_baseline, run_trial
 
 PROFILE = parse_profile_yaml("""\

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.records import SLO, TrialConfig
 from engine.engine import Engine
 from experiments.arrivals import warp_arrivals
 from experiments.loadgen import open_loop_arrivals
 from experiments.profiles import load_profile, parse_profile_yaml
-from experiments.records import SLO, TrialConfig
 from experiments.trial import run_trial, with_trace_window
 from tests.experiments.test_trial import MODEL, PROFILE, engine  # noqa: F401 - fixture
 

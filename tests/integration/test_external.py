@@ -11,12 +11,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from common.records import TrialConfig
 from db.store import Store
 from engine.config import EngineConfig, SchedulerConfig
 from experiments.external import ExternalTarget, ServerProcess, TargetSetupError, load_tokenizer
 from experiments.local import LocalTarget
 from experiments.profiles import load_profile
-from experiments.records import TrialConfig
 from experiments.trial import run_trial
 
 pytestmark = pytest.mark.slow

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from common.records import TrialConfig
 from engine.config import EngineConfig
 from experiments.local import LocalTarget
 from experiments.metrics import littles_law_concurrency
 from experiments.profiles import load_profile
-from experiments.records import TrialConfig
 from experiments.trial import run_trial
 
 pytestmark = pytest.mark.slow

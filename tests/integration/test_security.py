@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from app.cli import main
-from experiments.records import TrialConfig
+from common.records import TrialConfig
 from experiments.server_cmd import render_server_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
