@@ -8,6 +8,9 @@ Continuous batching whose batch cap and batching wait are chosen at every step, 
   TPOT is the decode step time plus the prefills that interrupt it (no chunked prefill), so
   `tpot(n) = decode_s(n) + n x stall_per_row_s`: decode time is fitted as `a + b n` by least
   squares over the recent steps, and the stall is the recent prefill seconds per decoded row.
+- **Cap yields to TTFT at risk**: once the oldest viable waiter has used `PRESSURE_SHARE` of
+  its TTFT SLO (less its predicted prefill), the cap is lifted to `max_batch_size`: a capped
+  batch that serves slower than requests arrive would lose every queued request's TTFT.
 - **Wait** (TTFT): arrivals are held back to join in groups (one prefill stalls the batch
   once instead of once each) for at most the configured `max_wait_ms` *and* at most
   `WAIT_SHARE` of the TTFT SLO, minus the predicted prefill time; with nothing running there is
@@ -34,6 +37,8 @@ TPOT_HEADROOM = 1.0
 # Share of the TTFT SLO the policy may spend holding arrivals back to group their prefills
 # (0.5 matched the best fixed wait in those simulations; 0.25 grouped too little).
 WAIT_SHARE = 0.5
+# Share of the TTFT SLO a viable waiter may lose to the TPOT cap before the cap is lifted.
+PRESSURE_SHARE = 0.5
 # Steps (prefill and decode) the cost fit and the stall estimate look back over.
 WINDOW_STEPS = 64
 
@@ -85,6 +90,16 @@ class AdaptiveState:
         fits = [n for n in range(1, limit + 1) if self.predicted_tpot_s(n) <= target_s]  # type: ignore[operator]
         # Unreachable even alone: a small batch would save no TPOT, only lose throughput.
         return max(fits, default=limit)
+
+    def is_ttft_at_risk(self, head: Sequence, now_s: float) -> bool:
+        """Whether the oldest viable waiter's TTFT SLO is at risk: it has waited `PRESSURE_SHARE`
+        of its budget (less its predicted prefill). Then the TPOT cap is lifted: a missed TTFT
+        loses the request for sure, a batch over the TPOT cap only for a while."""
+        slo_ms = self.config.ttft_slo_ms
+        if slo_ms is None or head.scheduled_s < now_s - slo_ms / 1000.0:
+            return False  # no TTFT target, or already lost: no reason to stretch the batch
+        waited_s = now_s - head.scheduled_s + self.prefill_s(head.num_prompt_tokens)
+        return waited_s >= PRESSURE_SHARE * slo_ms / 1000.0
 
     def wait_s(self, head: Sequence, is_running: bool) -> float:
         """How long `head` (the oldest viable waiter) may be held back to join in a group."""

@@ -148,7 +148,10 @@ class Scheduler:
         # Continuous batching with a cap and a wait chosen now (engine/adaptive.py).
         state = self.adaptive
         self.waiting = state.reorder(self.waiting, now_s)
-        num_free = state.batch_cap() - len(self.running)
+        cap = state.batch_cap()
+        if self.waiting and state.is_ttft_at_risk(self.waiting[0], now_s):
+            cap = self.config.max_batch_size
+        num_free = cap - len(self.running)
         plan = Plan()
         if num_free > 0 and self.waiting:
             plan = self._admit(now_s, num_free, state.wait_s(self.waiting[0], bool(self.running)))

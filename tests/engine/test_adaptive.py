@@ -52,6 +52,16 @@ def test_cap_is_the_largest_batch_whose_predicted_tpot_meets_the_slo():
     assert ms([s.admitted_s for s in continuous]) == [0, 0] + [13] * 6
 
 
+def test_cap_is_lifted_when_a_viable_waiters_ttft_is_at_risk():
+    # As above, with a TTFT SLO of 30 ms: g and h (8 ms) may lose half of it, 15 ms, to the
+    # TPOT cap. At 13 they have waited 5 ms (cap 5: c..f join); at the next step boundary, 23,
+    # 15 ms: the cap is lifted and both join then instead of at 33 (TTFT 25 ms, not 35).
+    cost = CostModel(decode_base_s=5 * MS, decode_per_seq_s=1 * MS)
+    config = SchedulerConfig("adaptive", 8, 0, ttft_slo_ms=30, tpot_slo_ms=10.5)
+    seqs = run(config, [(0, 8, 2), (0, 8, 20)] + [(8, 8, 3)] * 6, cost)
+    assert ms([s.admitted_s for s in seqs]) == [0, 0, 13, 13, 13, 13, 23, 23]
+
+
 def test_wait_is_cut_to_a_share_of_the_ttft_budget_and_zero_when_idle():
     # max wait 100 ms, TTFT SLO 60 ms: a alone joins at once (nothing to stall). b (12 ms) may
     # wait 0.5 x 60 - 10 (its predicted prefill) = 20 ms, so it is due at 32 ms and joins at
