@@ -49,6 +49,10 @@ class StepRecord:
     # KV the step reads, each row's whole context once (memory traffic).
     num_attention_pairs: int = 0
     num_context_tokens: int = 0
+    # Seconds from the previous step's end to this step's start when that step left requests
+    # running (so this one was due at once): the engine's own per-step overhead (committing and
+    # streaming tokens, scheduling) that step times miss. None after an idle engine.
+    gap_s: float | None = None
 
 
 SeqCallback = Callable[[Sequence], None]
@@ -73,6 +77,7 @@ class EngineCore:
         self.on_token = on_token
         self.on_finish = on_finish
         self.steps: list[StepRecord] = []
+        self._due_since_s: float | None = None  # a step ended with requests running: next is due
 
     def add(self, seq: Sequence) -> None:
         """Queue `seq`; one that can never fit the KV budget finishes at once as failed."""
@@ -99,7 +104,8 @@ class EngineCore:
         phase = "prefill" if plan.prefill else "decode"
         pairs = sum(map(prefill_pairs, seqs)) if plan.prefill else sum(map(decode_pairs, seqs))
         context = num_tokens if plan.prefill else pairs  # a decode row reads its whole context
-        self.steps.append(StepRecord(start_s, end_s - start_s, phase, len(seqs), num_tokens, pairs, context))
+        self.steps.append(StepRecord(start_s, end_s - start_s, phase, len(seqs), num_tokens, pairs, context,
+                                     self._gap_s(start_s)))
         self.scheduler.observe(phase, len(seqs), num_tokens, end_s - start_s)
         self._commit(seqs, tokens, end_s)
         return plan
@@ -119,13 +125,18 @@ class EngineCore:
         context = sum(map(decode_pairs, decode)) + sum(c.start + c.num_tokens for c in chunks)
         phase = "mixed" if decode else "prefill"
         num_seqs = len(decode) or len(chunks)
-        self.steps.append(StepRecord(start_s, end_s - start_s, phase, num_seqs, num_tokens, pairs, context))
+        self.steps.append(StepRecord(start_s, end_s - start_s, phase, num_seqs, num_tokens, pairs, context,
+                                     self._gap_s(start_s)))
         self._commit(decode + [c.seq for c in chunks if c.is_last], tokens, end_s)
         return plan
+
+    def _gap_s(self, start_s: float) -> float | None:
+        return None if self._due_since_s is None else max(0.0, start_s - self._due_since_s)
 
     def fail(self, seqs: list[Sequence], reason: str, finish_reason: str = "error") -> None:
         """End `seqs` without completing them (error or cancellation) and free their rows."""
         seqs = [s for s in seqs if not s.is_finished]
+        self._due_since_s = None  # a failed step's time is no overhead
         try:
             self.executor.release(seqs)
         finally:
@@ -155,6 +166,7 @@ class EngineCore:
             self.scheduler.finish(finished)
             for seq in finished:
                 self._notify_finish(seq)
+        self._due_since_s = now_s if self.scheduler.running else None
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         if seq.num_output_tokens >= seq.params.max_new_tokens:

@@ -40,6 +40,9 @@ class CostModel:
     prefill_per_token_s: float = 0.0
     decode_base_s: float = 0.0
     decode_per_seq_s: float = 0.0
+    # The engine's time between steps that follow each other at once (committing and streaming
+    # tokens, scheduling): the next step starts this long after the last one ended.
+    step_overhead_s: float = 0.0
 
     def prefill_s(self, num_seqs: int, num_tokens: int) -> float:
         return self.prefill_base_s + self.prefill_per_token_s * num_tokens
@@ -99,6 +102,8 @@ class _Replica:
     def __init__(self, sched_config: SchedulerConfig, cost: CostModel, kv_budget_tokens: int,
                  on_finish: Callable[[Sequence], None]) -> None:
         self.clock = VirtualClock()
+        self.overhead_s = cost.step_overhead_s
+        self.free_at_s = 0.0  # the previous step's end plus the overhead before the next
         self.core = EngineCore(Scheduler(sched_config, kv_budget_tokens),
                                CostModelExecutor(self.clock, cost), self.clock, on_finish=on_finish)
         self.next_step_s = float("inf")  # when it next plans; inf = idle until work arrives
@@ -106,13 +111,16 @@ class _Replica:
 
     def add(self, seq: Sequence, now_s: float) -> None:
         self.clock.advance_to(now_s)
-        self.next_step_s = min(self.next_step_s, self.clock.now())
+        self.next_step_s = min(self.next_step_s, max(self.clock.now(), self.free_at_s))
         self.core.add(seq)
 
     def step(self) -> None:
         self.clock.advance_to(self.next_step_s)
         plan = self.core.step()
-        self.next_step_s = self.clock.now() if not plan.is_idle else (plan.wake_at_s or float("inf"))
+        if plan.is_idle:
+            self.next_step_s = plan.wake_at_s or float("inf")
+        else:
+            self.free_at_s = self.next_step_s = self.clock.now() + self.overhead_s
 
 
 class Simulator:

@@ -40,14 +40,18 @@ def fit_line(x: list[float], y: list[float], prior: tuple[float, float]) -> tupl
 
 
 def fit_cost_model(steps: Iterable[StepRecord], prior: CostModel) -> CostModel:
-    """Least-squares step times: decode ~ a + b x rows, prefill ~ c + d x prompt tokens."""
+    """Least-squares step times: decode ~ a + b x rows, prefill ~ c + d x prompt tokens; the
+    overhead between steps is the median gap before a step that was due at once."""
+    steps = list(steps)
+    gaps = [s.gap_s for s in steps if s.gap_s is not None]
+    overhead_s = float(np.median(gaps)) if len(gaps) >= MIN_STEPS else prior.step_overhead_s
     decode = [(s.num_seqs, s.duration_s) for s in steps if s.phase == "decode"]
     prefill = [(s.num_tokens, s.duration_s) for s in steps if s.phase == "prefill"]
     d_base, d_per_seq = fit_line([x for x, _ in decode], [y for _, y in decode],
                                  (prior.decode_base_s, prior.decode_per_seq_s))
     p_base, p_per_tok = fit_line([x for x, _ in prefill], [y for _, y in prefill],
                                  (prior.prefill_base_s, prior.prefill_per_token_s))
-    return CostModel(p_base, p_per_tok, d_base, d_per_seq)
+    return CostModel(p_base, p_per_tok, d_base, d_per_seq, overhead_s)
 
 
 def simulate_records(config: TrialConfig, profile: Profile, num_requests: int, cost: CostModel,
@@ -133,13 +137,18 @@ def step_summary(steps: list[StepRecord]) -> dict:
             decode.setdefault(s.num_seqs, []).append(s.duration_s)
     prefill = [[s.num_tokens, s.duration_s] for s in steps if s.phase == "prefill"]
     stride = max(1, len(prefill) // MAX_PREFILL_SAMPLES)
+    gaps = [s.gap_s for s in steps if s.gap_s is not None]
     return {"decode": [[n, len(d), float(np.mean(d))] for n, d in sorted(decode.items())],
-            "prefill": prefill[::stride][:MAX_PREFILL_SAMPLES]}
+            "prefill": prefill[::stride][:MAX_PREFILL_SAMPLES],
+            "gap": [float(np.median(gaps)), len(gaps)] if gaps else None}
 
 
 def steps_of_summary(summary: dict) -> list[StepRecord]:
-    """Steps standing for a summary (decode groups as repeated means, at most 50 per group)."""
-    out = [StepRecord(0.0, mean_s, "decode", int(n), int(n))
+    """Steps standing for a summary (decode groups as repeated means, at most 50 per group, each
+    carrying the trial's median gap between steps)."""
+    gap = summary.get("gap")
+    gap_s = float(gap[0]) if gap else None
+    out = [StepRecord(0.0, mean_s, "decode", int(n), int(n), gap_s=gap_s)
            for n, count, mean_s in summary.get("decode", []) for _ in range(min(int(count), 50))]
     out += [StepRecord(0.0, float(d), "prefill", 1, int(t)) for t, d in summary.get("prefill", [])]
     return out
@@ -154,7 +163,8 @@ def cost_to_dict(cost: CostModel) -> dict:
     """Milliseconds, for details and the UI."""
     return {"prefill_base_ms": cost.prefill_base_s * 1e3,
             "prefill_per_token_ms": cost.prefill_per_token_s * 1e3,
-            "decode_base_ms": cost.decode_base_s * 1e3, "decode_per_seq_ms": cost.decode_per_seq_s * 1e3}
+            "decode_base_ms": cost.decode_base_s * 1e3, "decode_per_seq_ms": cost.decode_per_seq_s * 1e3,
+            "step_overhead_ms": cost.step_overhead_s * 1e3}
 
 
 def prediction_details(config: TrialConfig, profile: Profile, num_requests: int, seed: int,
