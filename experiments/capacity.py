@@ -176,12 +176,17 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
         return measure(config) if measure is not None else None
 
     results = search_all(searches, one, can_continue, interleave=spec.server_cmd is None)
-    key = "goodput_rps" if profile.objective == "max_goodput" else "output_tokens_per_s"
+    key = objective_key(profile)
     out = []
     for k in knobs:
         found = results.get(k) or Capacity(0.0, None, SKIPPED, skipped[knob_label(k)], 0)
         out.append(ConfigCapacity(k, found, unit, _value_at(spec, k, found, stored, key)))
     return out
+
+
+def objective_key(profile: Profile) -> str:
+    """The metric the profile's objective maximises: breaks ties between equal capacities."""
+    return "goodput_rps" if profile.objective == "max_goodput" else "output_tokens_per_s"
 
 
 def _value_at(spec: SweepSpec, knobs: TrialConfig, found: Capacity,

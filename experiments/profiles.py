@@ -9,7 +9,6 @@ model alike; `resolve_slos` turns them into absolute `SLO`s once the baseline is
 from __future__ import annotations
 
 import re
-from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +25,9 @@ from pydantic import (
 
 from common.records import SLO
 from experiments.arrivals import BUILTIN_TRACES, RateSchedule, TraceArrival
+
+# The package's own folder: its profiles ship inside it (package data).
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 SLO_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms")
 TRACE_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz")
@@ -222,7 +224,7 @@ _TAGS = {
 
 def list_builtin_profiles() -> list[str]:
     """Names of the profiles shipped with the package, sorted."""
-    folder = files("experiments").joinpath("profiles")
+    folder = _PACKAGE_DIR.joinpath("profiles")
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -238,7 +240,7 @@ def _load_any(name_or_path: str, user_profiles: dict[str, str] | None) -> Profil
     if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
         return _load_path(Path(name_or_path))
     if name_or_path in list_builtin_profiles():
-        text = files("experiments").joinpath(f"profiles/{name_or_path}.yaml").read_text("utf-8")
+        text = _PACKAGE_DIR.joinpath(f"profiles/{name_or_path}.yaml").read_text("utf-8")
         return parse_profile_yaml(text, name_or_path)
     if user_profiles and name_or_path in user_profiles:
         return parse_profile_yaml(user_profiles[name_or_path], name_or_path)

@@ -15,13 +15,15 @@ import gzip
 import io
 import json
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from experiments.arrivals import ATTRIBUTION, BUILTIN_TRACES, TraceArrival
+
+# The package's own folder: its traces ship inside it (package data).
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 __all__ = ["ATTRIBUTION", "BUILTIN_TRACES"]  # re-exported: where trace users look for them
 
@@ -88,7 +90,7 @@ def load_trace(source: str, columns: dict[str, str] | None = None, time_unit: st
 
 @functools.lru_cache(maxsize=4)
 def _load_builtin(name: str) -> Trace:
-    data = files("experiments").joinpath(f"traces/{BUILTIN_TRACES[name]}").read_bytes()
+    data = _PACKAGE_DIR.joinpath(f"traces/{BUILTIN_TRACES[name]}").read_bytes()
     return parse_csv(gzip.decompress(data).decode("utf-8"), name)
 
 
