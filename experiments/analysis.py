@@ -85,9 +85,13 @@ def is_search(sweep: SweepRecord) -> bool:
 
 def sweep_capacities(store: Store, sweep_id: int) -> tuple[list[ConfigCapacity], list[TrialRecord]]:
     """Each config's capacity, replayed from a search sweep's stored trials, and the trials."""
-    sweep = store.get_sweep(sweep_id)
     trials = store.list_trials(sweep_id)
-    return run_search(SweepSpec(**sweep.grid), Profile(**sweep.profile), trials), trials
+    return capacities_of(store.get_sweep(sweep_id), trials), trials
+
+
+def capacities_of(sweep: SweepRecord, trials: list[TrialRecord]) -> list[ConfigCapacity]:
+    """Each config's capacity, replayed from a search sweep's trials (already read)."""
+    return run_search(SweepSpec(**sweep.grid), Profile(**sweep.profile), trials)
 
 
 def prediction_errors(trials: list[TrialRecord]) -> dict[str, dict[str, float]]:

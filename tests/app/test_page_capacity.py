@@ -3,6 +3,7 @@ search sweep shows its capacity sentence and chart; predicted points show their 
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from dashboard_helpers import page_test, plain, texts
@@ -82,3 +83,32 @@ def test_explore_draws_the_whole_grid_as_predicted(db_url, results) -> None:
     assert not app.exception
     figure = app.get("plotly_chart")[0].proto.spec
     assert "predicted frontier (whole grid)" in figure
+
+
+def test_report_of_a_search_shows_the_capacity_table_and_sentence(db_url, store: Store) -> None:
+    from html import unescape
+
+    from app.dashboard import report, state
+
+    sweep_id = add_search_sweep(store)
+    analysis = state.analysis(db_url, state.version(store.get_sweep(sweep_id)))
+    html = report.build_report(analysis)
+    section = html[html.index("Capacity within the SLOs"):html.index("<h2>Recommendation")]
+    assert ("continuous b4 w0ms carries 4 req/s within the chat SLOs; the best static config 1"
+            in unescape(section))
+    head, *rows = [[unescape(c) for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", row)]
+                   for row in re.findall(r"<tr>(.*?)</tr>", section)]
+    assert head == ["config", "capacity", "upper", "unit", "decided", "status", "reason", "trials"]
+    # One row per config, replayed from the stored trials: capacity, unit, decided, probes.
+    by_label = {r[0]: (r[1], r[3], r[4], r[5], r[7]) for r in rows}
+    assert by_label == {"continuous b4 w0ms": ("4", "req/s", "yes", "decided", "8"),
+                        "static b4 w0ms": ("1", "req/s", "yes", "decided", "6")}
+    assert "capacity between 4 req/s and 4.25 req/s" in unescape(section)
+
+
+def test_report_of_a_grid_has_no_capacity_section(db_url, results) -> None:
+    from app.dashboard import report, state
+
+    store = state.get_store(db_url)
+    html = report.build_report(state.analysis(db_url, state.version(store.get_sweep(results["chat"]))))
+    assert "Capacity within the SLOs" not in html
