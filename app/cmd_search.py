@@ -8,7 +8,14 @@ from typing import Any
 import typer
 
 from app.cli import app
-from app.cmd_sweep import DB_HELP, _ctrl_c_cancels, _lists, _progress_printer, open_store
+from app.cmd_sweep import (
+    DB_HELP,
+    _check_external,
+    _ctrl_c_cancels,
+    _lists,
+    _progress_printer,
+    open_store,
+)
 from app.errors import BadInput
 from app.output import print_json
 
@@ -24,7 +31,9 @@ def search(
     concurrency: bool = typer.Option(False, "--concurrency", help="search closed-loop users instead"),
     speedup: bool = typer.Option(
         False, "--speedup", help="trace profiles: search the replay speed-up (x) instead"),
-    budget_min: float = typer.Option(10.0, "--budget-min", help="measurement time budget, minutes"),
+    budget_min: float | None = typer.Option(
+        None, "--budget-min", help="measurement time budget, minutes (default 10; with --resume: "
+                                   "a new budget for the resumed search)"),
     start_load: float | None = typer.Option(None, "--start-load", help="first load tried per config"),
     max_load: float | None = typer.Option(None, "--max-load", help="largest load tried"),
     max_repeats: int | None = typer.Option(
@@ -42,28 +51,44 @@ def search(
     dtype: str | None = typer.Option(None),
     kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
     name: str | None = typer.Option(None, help="a name for this search"),
+    target_url: str | None = typer.Option(
+        None, "--target", help="OpenAI-compatible base URL to search instead of the local engine"),
+    target_model: str | None = typer.Option(None, "--target-model", help="model name on the target"),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="env var holding the target's API key (never stored)"),
+    tokenizer: str | None = typer.Option(None, help="tokenizer for external targets (default: --model)"),
+    server_cmd: str | None = typer.Option(
+        None, "--server-cmd",
+        help="server command template with {batch_size} {max_wait_ms} {policy} {port}: one server "
+             "per config, started for its search and stopped before the next"),
+    server_timeout: float | None = typer.Option(
+        None, "--server-timeout", help="seconds a --server-cmd server may take to answer (default 120)"),
     resume: int | None = typer.Option(None, "--resume", help="continue search ID, reusing stored trials"),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
 ) -> None:
     """Find each config's capacity (largest load meeting the SLOs) by bracketing and bisection."""
-    from experiments.sweep import runner_for
+    from experiments.sweep import runner_for, set_search_budget
 
     if rate + concurrency + speedup > 1:
         raise BadInput("give one of --rate (open loop), --concurrency (closed loop) or "
                        "--speedup (trace replay), not both")
-    if not 0 < budget_min < float("inf"):
+    if budget_min is not None and not 0 < budget_min < float("inf"):
         raise BadInput(f"--budget-min must be > 0 minutes and finite, got {budget_min:g}")
     if resume is not None:
         store = open_store(db)
         sweep_id, target = _check_resume(store, resume), None
+        if budget_min is not None:
+            set_search_budget(store, sweep_id, budget_min * 60)
     else:
         data = {"model": model, "profile": profile, "burstiness": burstiness, "requests": requests,
                 "seed": seed, "device": device, "dtype": dtype, "kv_budget_tokens": kv_budget,
                 "name": name or f"capacity search: {profile} on {model}",
+                "target": target_url, "target_model": target_model, "api_key_env": api_key_env,
+                "tokenizer": tokenizer, "server_cmd": server_cmd, "server_timeout_s": server_timeout,
                 **_lists(policy, batch_sizes, max_wait_ms, None, None),
                 "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
-                           "budget_s": budget_min * 60, "start_load": start_load,
+                           "budget_s": (budget_min or 10.0) * 60, "start_load": start_load,
                            "max_load": max_load, "max_repeats": max_repeats,
                            "predict": predict, "keep_ratio": keep_ratio}}
         spec, prof = validate_search(data, lambda: _user_profiles(db))
@@ -108,15 +133,20 @@ def create_search(db: str | None, spec, prof) -> tuple[int, Any, Any]:
     from experiments.sweep import create_sweep, local_target_for
 
     store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
-    # The model first: a bad name is one line of stderr (exit 2), before any progress output.
-    target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
-    print("estimating the search on simulated trials...", file=sys.stderr)
-    est_s, est_trials = estimate_search_s(spec, prof)
+    budget = f"budget {spec.search.budget_s / 60:g} min"
+    if spec.is_external:  # the target answers (or the template is sound), the tokenizer loads
+        _check_external(spec)
+        target, estimate = None, "no estimate (an external server's speed is unknown until measured)"
+    else:
+        # The model first: a bad name is one line of stderr (exit 2), before any progress output.
+        target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
+        print("estimating the search on simulated trials...", file=sys.stderr)
+        est_s, est_trials = estimate_search_s(spec, prof)
+        estimate = f"~{est_trials} trials, estimated {est_s / 60:.1f} min"
     store = store or open_store(db)
     sweep_id = create_sweep(store, spec, prof)
-    print(f"search {sweep_id}: {len(spec.knob_configs())} configs, ~{est_trials} trials, estimated "
-          f"{est_s / 60:.1f} min (budget {spec.search.budget_s / 60:g} min; db: {store.display_url})",
-          file=sys.stderr)
+    print(f"search {sweep_id}: {len(spec.knob_configs())} configs, {estimate} ({budget}; "
+          f"db: {store.display_url})", file=sys.stderr)
     return sweep_id, target, store
 
 

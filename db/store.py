@@ -237,6 +237,11 @@ class Store:
                                cancel_requested=False, worker_pid=None, worker_host=None,
                                heartbeat_at=None, current_label=None)
 
+    def set_sweep_grid(self, sweep_id: int, grid: dict[str, Any]) -> None:
+        """Replace a sweep's stored spec (a resumed search's new time budget)."""
+        with self._session(write=True) as s:
+            self._update_sweep(s, sweep_id, grid_json=to_json(grid))
+
     def request_cancel(self, sweep_id: int) -> None:
         """Ask a sweep to stop: a queued one is cancelled now, a running one by its worker."""
         with self._session(write=True) as s:

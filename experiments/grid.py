@@ -187,10 +187,7 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_load_mode(self) -> SweepSpec:
-        if self.search is not None:
-            if self.server_cmd is not None:
-                raise ValueError("a capacity search does not start servers per config yet: "
-                                 "drop server_cmd (search one --target server) or run a grid")
+        if self.search is not None:  # with server_cmd: one server per config, searched in turn
             if self.loads:
                 raise ValueError("a capacity search chooses the loads itself: give no "
                                  "concurrency, rate or speedup list, only search.load")
@@ -223,8 +220,8 @@ class SweepSpec(BaseModel):
         if self.server_cmd is not None or self.target is not None:
             raise ValueError("engine starts its own server per config: drop server_cmd and target")
         if self.search is not None:
-            raise ValueError("a capacity search does not start servers per config yet: drop engine "
-                             "(search one --target server) or run a grid")
+            raise ValueError("a capacity search does not start engine presets yet: drop engine "
+                             "(give the server's command as server_cmd instead) or run a grid")
         lacks = lacking_knobs(self.engine, list(self.policies), list(self.max_wait_ms))
         if lacks:
             raise ValueError(f"{self.engine} has no setting for {'; '.join(lacks)}")

@@ -9,6 +9,7 @@ config's capacity predicted, and the plan (start loads, skipped configs) stored 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import replace
 
@@ -21,6 +22,7 @@ from experiments.capacity import (
     uses_prediction,
 )
 from experiments.capacity_plan import calibration_probe, make_plan, prior_cost
+from experiments.grid import server_key
 from experiments.predict import fit_cost_model
 from experiments.search import Sample
 from experiments.sweep import SweepRunner
@@ -41,8 +43,10 @@ class SearchRunner(SweepRunner):
         if not knobs:
             return "done"
         self._report(None)
-        with self._open_target(knobs[0]) as target:
-            slos = self._slos(target)
+        with _TargetPerServer(self) as targets:
+            # A local engine or one --target opens now (calibration needs its SLOs); a
+            # --server-cmd server starts when its config's first trial runs.
+            slos = [] if self.spec.starts_servers else targets.get(knobs[0])[1]
             self._measure_started = time.monotonic()
             self._num_measured = 0
 
@@ -50,7 +54,8 @@ class SearchRunner(SweepRunner):
                 if self.should_stop() or not self._fits_budget(config):
                     return None  # that config stops here, undecided; cheaper ones may go on
                 self._num_measured += 1
-                self._run_one(target, config, slos)
+                target, config_slos = targets.get(config)
+                self._run_one(target, config, config_slos)
                 stored = [t for t in self.store.list_trials(self.sweep_id) if t.config == config]
                 return sample_of(stored[0]) if stored else None  # none: stopped mid-trial
 
@@ -116,3 +121,32 @@ class SearchRunner(SweepRunner):
             self.budget_spent = True
             return False
         return True
+
+
+class _TargetPerServer:
+    """The target trials run on: one local engine or --target server for the whole search, or,
+    with a --server-cmd, a server per server config, the previous one stopped first (a search
+    with servers runs its configs one after another, so each server starts once)."""
+
+    def __init__(self, runner: SearchRunner) -> None:
+        self.runner = runner
+        self.stack = contextlib.ExitStack()
+        self.key: tuple | None = None
+        self.target = None
+        self.slos: list[SLO] = []
+
+    def get(self, config: TrialConfig) -> tuple:
+        """(target, resolved SLOs) for `config`, starting its server if another one runs."""
+        key = server_key(config) if self.runner.spec.starts_servers else None
+        if self.target is None or key != self.key:
+            self.stack.close()  # stops the previous config's server (its whole process group)
+            self.target = None
+            self.target = self.stack.enter_context(self.runner._open_target(config))
+            self.key, self.slos = key, self.runner._slos(self.target)
+        return self.target, self.slos
+
+    def __enter__(self) -> _TargetPerServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()

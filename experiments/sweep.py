@@ -104,6 +104,17 @@ def create_sweep(store: Store, spec: SweepSpec, profile: Profile) -> int:
     )
 
 
+def set_search_budget(store: Store, sweep_id: int, budget_s: float) -> None:
+    """Give a stored capacity search a new time budget, spent by its next (resumed) run."""
+    spec = SweepSpec(**store.get_sweep(sweep_id).grid)
+    if spec.search is None:
+        raise GridError(f"sweep {sweep_id} is a load grid, not a capacity search: it has no budget")
+    if not 0 < budget_s < float("inf"):
+        raise GridError(f"budget: must be > 0 s and finite, got {budget_s:g}")
+    search = spec.search.model_copy(update={"budget_s": float(budget_s)})
+    store.set_sweep_grid(sweep_id, spec.model_copy(update={"search": search}).model_dump(mode="json"))
+
+
 def utcnow() -> datetime:
     """Naive UTC, as the store keeps datetimes."""
     return datetime.now(timezone.utc).replace(tzinfo=None)

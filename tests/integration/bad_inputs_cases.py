@@ -75,6 +75,7 @@ SWEEP_NEW = "sweep --concurrency 1 --db {newdb}"
 # An external target sets its own knobs: one value of each, unless a --server-cmd sweeps them.
 TARGET = SWEEP + " --policy continuous --batch-sizes 4 --max-wait-ms 0 --target"
 SERVE_CMD = "serve --port {port} --max-num-seqs {batch_size}"
+SEARCH = "search --concurrency --db {db}"
 
 CASES: dict[str, Case] = {
     # -- trial flags ------------------------------------------------------------------------------
@@ -247,6 +248,18 @@ CASES: dict[str, Case] = {
     "search newer db": c("search --concurrency --db {newer}", "upgrade tradeoff"),
     "search unwritable db": c("search --concurrency --db sqlite:////sys/tradeoff-test.db",
                               "not writable"),
+    "search server-cmd no port": c(SEARCH + " --server-cmd 'vllm serve m'", "{port}"),
+    "search server-cmd placeholder": c(SEARCH + " --server-cmd 'x --port {{port}} {{nosuch}}'",
+                                       "{nosuch}"),
+    "search server-cmd quoting": c(SEARCH + " --server-cmd \"x --port {{port}} 'open\"",
+                                   "server_cmd"),
+    "search server-cmd tokenizer": c(SEARCH + f" --server-cmd '{SERVE_CMD}' --tokenizer "
+                                     "builtin:nosuch".replace("{", "{{").replace("}", "}}"),
+                                     "builtin:nosuch"),
+    "search target down": c(SEARCH + " --policy continuous --batch-sizes 4 --max-wait-ms 0 "
+                            "--target {dead}", "--target"),
+    "search target grid": c(SEARCH + " --target {dead} --batch-sizes 1,4", "server-cmd"),
+    "search resume new budget 0": c("search --resume 1 --budget-min 0 --db {db}", "--budget-min"),
     "bench repeats 0": c("bench --repeats 0", "--repeats"),
     "bench repeats word": c("bench --repeats many", "--repeats"),
     "profiles unknown dialect": c("profiles --db foo://nowhere", "foo"),
