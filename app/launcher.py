@@ -127,6 +127,19 @@ def resume_sweep(store: Store, url: str, sweep_id: int) -> None:
     _resume_in_own_worker(store, url, sweep_id)
 
 
+def resume_search(store: Store, url: str, sweep_id: int, budget_s: float) -> None:
+    """Continue a stopped capacity search (budget spent, cancelled or failed) under a new time
+    budget: the worker runs it as `tradeoff search --resume` does, reusing every stored trial."""
+    from experiments.sweep import set_search_budget  # GridError: not a search, or a bad budget
+
+    sweep = store.get_sweep(sweep_id)
+    if is_active(sweep):
+        raise StoreError(f"search {sweep_id} is {sweep.status}; resume it once it has stopped")
+    set_search_budget(store, sweep_id, budget_s)
+    store.requeue_sweep(sweep_id)
+    watch(store, url, force=True)
+
+
 def _resume_in_own_worker(store: Store, url: str, sweep_id: int) -> None:
     # Without Store.requeue_sweep the queue cannot take the sweep back: run `tradeoff sweep
     # --resume` instead, but never beside another sweep (one sweep per device at a time).

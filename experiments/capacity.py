@@ -15,6 +15,7 @@ from common.records import TrialConfig, TrialRecord, config_to_dict
 from experiments.grid import SweepSpec
 from experiments.profiles import Profile
 from experiments.search import (
+    UNDECIDED,
     Capacity,
     CapacitySearch,
     Probe,
@@ -198,6 +199,11 @@ def _value_at(spec: SweepSpec, knobs: TrialConfig, found: Capacity,
               if (c := trial_config(spec, knobs, Probe(found.capacity, rep))) in stored]
     values = [float(v) for v in values if v is not None]
     return sum(values) / len(values) if values else None
+
+
+def can_continue(capacities: list[ConfigCapacity]) -> bool:
+    """Whether resuming the search has work left: a config stopped undecided or not started."""
+    return any(c.capacity.status in (UNDECIDED, NOT_STARTED) for c in capacities)
 
 
 def best(capacities: list[ConfigCapacity]) -> ConfigCapacity | None:

@@ -12,8 +12,10 @@ from app.dashboard import capacity_view, charts, forms, state, widgets
 from app.dashboard.forms import RunInputs
 from db.errors import StoreError
 from db.store import SweepRecord
+from experiments.analysis import is_search
+from experiments.capacity import can_continue
 from experiments.estimate import estimate_search_s, estimate_sweep_s
-from experiments.grid import SweepSpec
+from experiments.grid import GridError, SweepSpec
 from experiments.pareto import classify
 from experiments.profiles import list_builtin_profiles
 
@@ -276,12 +278,28 @@ def _controls(url: str, sweep: SweepRecord) -> None:
                                                    icon=":material/stop:"):
             launcher.cancel_sweep(store, sweep.id)
             st.toast("Cancelling: the worker stops after the current step.")
-        if launcher.can_resume(sweep) and st.button("Resume sweep", key="run_resume",
-                                                    icon=":material/replay:"):
+        if is_search(sweep):
+            _resume_search(url, sweep)
+        elif launcher.can_resume(sweep) and st.button("Resume sweep", key="run_resume",
+                                                      icon=":material/replay:"):
             launcher.resume_sweep(store, url, sweep.id)
             st.toast("Resuming: finished trials are kept.")
-    except StoreError as exc:
+    except (StoreError, GridError) as exc:
         st.error(widgets.md(str(exc)))
+
+
+def _resume_search(url: str, sweep: SweepRecord) -> None:
+    """A stopped search with configs left undecided continues under a new budget, reusing
+    every stored trial (the worker runs it as `tradeoff search --resume` does)."""
+    if launcher.is_active(sweep) or not can_continue(capacity_view.capacities(url, state.version(sweep))):
+        return
+    left, right = st.columns([2, 1], vertical_alignment="bottom")
+    minutes = left.number_input("Time budget to resume with (minutes)", min_value=0.5,
+                                max_value=24 * 60.0, value=10.0, key="run_resume_budget",
+                                help="the stored trials are reused; only undecided configs go on")
+    if right.button("Resume search", key="run_resume_search", icon=":material/replay:"):
+        launcher.resume_search(state.get_store(url), url, sweep.id, float(minutes) * 60)
+        st.toast("Resuming the search: its stored trials are kept.")
 
 
 def _growing_frontier(url: str, sweep: SweepRecord) -> None:

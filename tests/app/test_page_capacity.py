@@ -112,3 +112,46 @@ def test_report_of_a_grid_has_no_capacity_section(db_url, results) -> None:
     store = state.get_store(db_url)
     html = report.build_report(state.analysis(db_url, state.version(store.get_sweep(results["chat"]))))
     assert "Capacity within the SLOs" not in html
+
+
+def add_stopped_search(store: Store) -> int:
+    """A rate search its budget stopped: continuous b4 passed 1 and 2 req/s (4 not measured),
+    static b4 passed 1 and missed 2 (not bisected yet): both configs undecided."""
+    spec = parse_spec({"profile": "chat", "policies": ["static", "continuous"], "batch_sizes": [4],
+                       "max_wait_ms": [0], "requests": N,
+                       "search": {"load": "rate", "predict": False, "start_load": 1.0,
+                                  "budget_s": 60}})
+    sweep_id = store.create_sweep(
+        name="stopped search", model=spec.model, device="cpu", device_name="synthetic",
+        dtype="float32", profile=load_profile("chat").model_dump(mode="json"),
+        grid=spec.model_dump(mode="json"), seed=0, provenance={}, trials_total=spec.num_trials)
+    for policy, rate, passes in [("continuous", 1.0, True), ("continuous", 2.0, True),
+                                 ("static", 1.0, True), ("static", 2.0, False)]:
+        _add(store, sweep_id, TrialConfig(policy, 4, 0.0, rate=rate), passes)
+    store.finish_sweep(sweep_id, "done")
+    return sweep_id
+
+
+def test_a_budget_stopped_search_resumes_with_a_new_budget(db_url, store: Store, launches) -> None:
+    from app import launcher
+
+    sweep_id = add_stopped_search(store)
+    app = page_test("run").run()
+    assert not app.exception
+    assert any("(2 undecided)" in plain(t) for t in texts(app.info))
+    assert not [b for b in app.button if b.key == "run_resume"]  # a done grid's button: not here
+    app.number_input(key="run_resume_budget").set_value(3.0).run()
+    app.button(key="run_resume_search").click().run()
+    assert not app.exception
+    sweep = store.get_sweep(sweep_id)
+    # Queued for the worker, which runs it as `tradeoff search --resume` does, with the new budget.
+    assert sweep.status == "queued" and sweep.grid["search"]["budget_s"] == 180
+    assert launches.commands == [launcher.worker_command(db_url)]
+    assert len(store.list_trials(sweep_id)) == 4  # the stored trials are kept
+
+
+def test_a_decided_search_offers_no_resume(db_url, store: Store) -> None:
+    add_search_sweep(store)
+    app = page_test("run").run()
+    assert not app.exception
+    assert not [b for b in app.button if b.key in ("run_resume_search", "run_resume")]

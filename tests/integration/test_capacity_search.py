@@ -18,7 +18,7 @@ from experiments.grid import parse_spec
 from experiments.local import LocalTarget
 from experiments.profiles import load_profile
 from experiments.search import UNDECIDED
-from experiments.sweep import create_sweep, runner_for
+from experiments.sweep import create_sweep, runner_for, set_search_budget
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,6 +102,12 @@ def test_budget_stop_then_resume_reuses_stored_trials(tmp_path: Path, tiny_profi
     assert runner.run() == "done" and runner.budget_spent
     assert len(store.list_trials(tiny_budget)) == 1
     assert all(c.capacity.status == UNDECIDED for c in runner.capacities)
+    # A new budget (the Run page's "Resume search", or --resume ID --budget-min N): it goes on.
+    first = store.list_trials(tiny_budget)[0]
+    set_search_budget(store, tiny_budget, 600)
+    assert runner_for(store, tiny_budget).run() == "done"
+    capacities, trials = sweep_capacities(store, tiny_budget)
+    assert trials[0] == first and all(c.capacity.status != UNDECIDED for c in capacities)
 
     # Cancel after two trials, then resume: the stored trials are reused, none runs twice.
     store, sweep_id = make_search(db, tiny_profile)
