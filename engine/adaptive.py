@@ -11,6 +11,9 @@ Continuous batching whose batch cap and batching wait are chosen at every step, 
 - **Cap yields to TTFT at risk**: once the oldest viable waiter has used `PRESSURE_SHARE` of
   its TTFT SLO (less its predicted prefill), the cap is lifted to `max_batch_size`: a capped
   batch that serves slower than requests arrive would lose every queued request's TTFT.
+- **Cap protects viable rows only**: when no running request can still meet its SLOs (each
+  missed its TTFT), a smaller batch protects nobody's TPOT and only slows the backlog down, so
+  the cap is lifted (under overload this keeps adaptive from serving slower than continuous).
 - **Wait** (TTFT): arrivals are held back to join in groups (one prefill stalls the batch
   once instead of once each) for at most the configured `max_wait_ms` *and* at most
   `WAIT_SHARE` of the TTFT SLO, minus the predicted prefill time; with nothing running there is
@@ -20,6 +23,9 @@ Continuous batching whose batch cap and batching wait are chosen at every step, 
   each group), and runs as soon as none of those waits.
 
 No clock, no torch: the scheduler passes `now` and reports each executed step to `observe`.
+It runs on the engine thread between steps, so the fit is refreshed once per observed step
+(not once per candidate batch size) and the cap is solved in closed form: the policy's own
+time would otherwise be a step overhead the fixed policies do not pay.
 """
 
 from __future__ import annotations
@@ -51,30 +57,32 @@ class AdaptiveState:
     # (phase, rows, tokens, seconds) of the last WINDOW_STEPS executed steps
     steps: deque[tuple[str, int, int, float]] = field(
         default_factory=lambda: deque(maxlen=WINDOW_STEPS))
+    _fit: _Fit | None = field(default=None, repr=False)  # of `steps`; None: to be refreshed
 
     def observe(self, phase: str, num_seqs: int, num_tokens: int, duration_s: float) -> None:
         """Record one executed step."""
         self.steps.append((phase, num_seqs, num_tokens, duration_s))
+        self._fit = None
+
+    @property
+    def fit(self) -> _Fit:
+        """What the recent steps say (computed once per observed step)."""
+        if self._fit is None:
+            self._fit = _Fit.of(self.steps)
+        return self._fit
 
     def decode_s(self, num_seqs: int) -> float | None:
         """Predicted decode step time at `num_seqs` rows; None before any decode step."""
-        points = [(n, s) for phase, n, _, s in self.steps if phase == "decode"]
-        if not points:
-            return None
-        base_s, per_seq_s = fit_linear(points)
-        return base_s + per_seq_s * num_seqs
+        fit = self.fit
+        return None if fit.decode is None else fit.decode[0] + fit.decode[1] * num_seqs
 
     def prefill_s(self, num_tokens: int) -> float:
         """Predicted prefill time for `num_tokens` prompt tokens (0 before any prefill)."""
-        done = [(k, s) for phase, _, k, s in self.steps if phase == "prefill"]
-        total_tokens = sum(k for k, _ in done)
-        return sum(s for _, s in done) / total_tokens * num_tokens if total_tokens else 0.0
+        return self.fit.prefill_per_token_s * num_tokens
 
     def stall_per_row_s(self) -> float:
         """Recent prefill seconds per decoded row: the share of each token spent on joins."""
-        rows = sum(n for phase, n, _, _ in self.steps if phase == "decode")
-        prefill = sum(s for phase, _, _, s in self.steps if phase == "prefill")
-        return prefill / rows if rows else 0.0
+        return self.fit.stall_per_row_s
 
     def predicted_tpot_s(self, num_seqs: int) -> float | None:
         """Decode step time plus the prefill stalls a row sees, at `num_seqs` rows."""
@@ -84,12 +92,31 @@ class AdaptiveState:
     def batch_cap(self) -> int:
         """The largest batch (<= max_batch_size) predicted to keep TPOT within the SLO."""
         limit, slo_ms = self.config.max_batch_size, self.config.tpot_slo_ms
-        if slo_ms is None or self.decode_s(1) is None:
+        fit = self.fit
+        if slo_ms is None or fit.decode is None:
             return limit  # nothing to steer by yet: behave as continuous
+        # TPOT(n) = base + n x (slope + stall) grows with n: the rows that fit are 1..n_max.
         target_s = TPOT_HEADROOM * slo_ms / 1000.0
-        fits = [n for n in range(1, limit + 1) if self.predicted_tpot_s(n) <= target_s]  # type: ignore[operator]
-        # Unreachable even alone: a small batch would save no TPOT, only lose throughput.
-        return max(fits, default=limit)
+        base_s, per_row_s = fit.decode[0], fit.decode[1] + fit.stall_per_row_s
+        if base_s + per_row_s > target_s:
+            return limit  # unreachable even alone: a small batch would only lose throughput
+        if per_row_s <= 0:
+            return limit
+        # 1e-12: a TPOT exactly on the target fits, whatever the float rounding of the division
+        return max(1, min(limit, int((target_s - base_s) / per_row_s + 1e-12)))
+
+    def protects_nobody(self, running: list[Sequence], now_s: float) -> bool:
+        """Whether every running request has already lost its TTFT SLO (so capping the batch
+        for their TPOT gains no goodput). False with nothing running or no TTFT target."""
+        slo_ms = self.config.ttft_slo_ms
+        if slo_ms is None or not running:
+            return False
+        slo_s = slo_ms / 1000.0
+        for seq in running:
+            first_s = seq.token_times_s[0] if seq.token_times_s else now_s
+            if first_s - seq.scheduled_s <= slo_s:
+                return False
+        return True
 
     def is_ttft_at_risk(self, head: Sequence, now_s: float) -> bool:
         """Whether the oldest viable waiter's TTFT SLO is at risk: it has waited `PRESSURE_SHARE`
@@ -121,6 +148,25 @@ class AdaptiveState:
         if not viable or len(viable) == len(waiting):
             return waiting
         return deque(viable + [s for s in waiting if s.scheduled_s < cutoff_s])
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """The step-time figures the decisions use, from one window of steps."""
+
+    decode: tuple[float, float] | None  # (base, per row) seconds; None before any decode
+    prefill_per_token_s: float
+    stall_per_row_s: float
+
+    @classmethod
+    def of(cls, steps: deque[tuple[str, int, int, float]]) -> _Fit:
+        points = [(n, s) for phase, n, _, s in steps if phase == "decode"]
+        prefill_tokens = sum(k for phase, _, k, _ in steps if phase == "prefill")
+        prefill_s = sum(s for phase, _, _, s in steps if phase == "prefill")
+        rows = sum(n for n, _ in points)
+        return cls(fit_linear(points) if points else None,
+                   prefill_s / prefill_tokens if prefill_tokens else 0.0,
+                   prefill_s / rows if rows else 0.0)
 
 
 def fit_linear(points: list[tuple[int, float]]) -> tuple[float, float]:

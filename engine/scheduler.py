@@ -149,7 +149,8 @@ class Scheduler:
         state = self.adaptive
         self.waiting = state.reorder(self.waiting, now_s)
         cap = state.batch_cap()
-        if self.waiting and state.is_ttft_at_risk(self.waiting[0], now_s):
+        if self.waiting and (state.is_ttft_at_risk(self.waiting[0], now_s)
+                             or state.protects_nobody(self.running, now_s)):
             cap = self.config.max_batch_size
         num_free = cap - len(self.running)
         plan = Plan()

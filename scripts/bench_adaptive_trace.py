@@ -35,9 +35,11 @@ from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig, SchedulerConfig  # noqa: E402
 from engine.simulate import CostModel, Simulator  # noqa: E402
 from experiments import traces  # noqa: E402
+from experiments.estimate import PRIORS  # noqa: E402
 from experiments.loadgen import record_from_sequence  # noqa: E402
 from experiments.local import LocalTarget  # noqa: E402
 from experiments.metrics import meets_slos  # noqa: E402
+from experiments.predict import fit_cost_model  # noqa: E402
 from experiments.profiles import load_profile, resolve_slos  # noqa: E402
 from experiments.trial import (  # noqa: E402
     measure_baseline,
@@ -180,7 +182,7 @@ def simulate(profile, configs: list[TrialConfig], slos, steps: list, speedup: fl
     print(f"\nsimulated (cost fitted to {len(steps)} measured steps: prefill "
           f"{cost.prefill_base_s * 1e3:.2f} ms "
           f"+ {cost.prefill_per_token_s * 1e3:.3f} ms/token, decode {cost.decode_base_s * 1e3:.2f} ms "
-          f"+ {cost.decode_per_seq_s * 1e3:.2f} ms/row)")
+          f"+ {cost.decode_per_seq_s * 1e3:.2f} ms/row, {cost.step_overhead_s * 1e3:.2f} ms between steps)")
     for config in configs:
         targets = {f"{k.removesuffix('_ms')}_slo_ms": v for k, v in limits.items()
                    if k in ("ttft_ms", "tpot_ms")} if config.policy == "adaptive" else {}
@@ -196,15 +198,8 @@ def simulate(profile, configs: list[TrialConfig], slos, steps: list, speedup: fl
 
 
 def fit_cost(steps: list) -> CostModel:
-    """Least-squares linear step costs (prefill over tokens, decode over rows), non-negative."""
-    def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-        x, y = np.asarray(points).T
-        slope, base = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (0.0, float(np.mean(y)))
-        return max(base, 0.0), max(slope, 0.0)
-    pre = fit([(s.num_tokens, s.duration_s) for s in steps if s.phase == "prefill"])
-    dec = fit([(s.num_seqs, s.duration_s) for s in steps if s.phase == "decode"])
-    return CostModel(pre[0], pre[1], dec[0], dec[1])
-
+    """The sweep's own fit (predict.fit_cost_model): linear step costs and the gap between steps."""
+    return fit_cost_model(steps, PRIORS["builtin:tiny"])
 
 if __name__ == "__main__":
     main()

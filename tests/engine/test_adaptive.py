@@ -8,6 +8,7 @@ import pytest
 
 from engine.adaptive import AdaptiveState, fit_linear
 from engine.config import ConfigError, SchedulerConfig
+from engine.scheduler import Scheduler
 from engine.sequence import SamplingParams, Sequence
 from engine.simulate import CostModel, Simulator
 
@@ -109,6 +110,45 @@ def test_stall_counts_prefill_seconds_per_decoded_row():
     assert state.batch_cap() == 8
     # A TPOT SLO no batch can meet (TPOT(1) = 4 ms): capping would only cost throughput.
     assert AdaptiveState(SchedulerConfig("adaptive", 16, 0, tpot_slo_ms=3.0), state.steps).batch_cap() == 16
+
+
+def test_the_cap_matches_the_predicted_tpot_at_every_batch_size():
+    # The closed form against the definition: the largest n with TPOT(n) <= SLO.
+    state = AdaptiveState(SchedulerConfig("adaptive", 32, 0, tpot_slo_ms=1.0))
+    state.observe("prefill", 1, 50, 0.004)
+    for n in (1, 3, 8, 8, 5):
+        state.observe("decode", n, n, 0.0021 + 0.00037 * n)
+    for slo_ms in (2.0, 3.2, 4.4, 6.0, 9.9, 14.0, 30.0):
+        state = AdaptiveState(SchedulerConfig("adaptive", 32, 0, tpot_slo_ms=slo_ms), state.steps)
+        fits = [n for n in range(1, 33) if state.predicted_tpot_s(n) <= slo_ms / 1000]
+        assert state.batch_cap() == max(fits, default=32)
+
+
+def _lost_or_not_scheduler(first_token_ms: float) -> tuple[Scheduler, list[Sequence]]:
+    # TPOT(n) = 5 + n ms against a 6.5 ms SLO: cap 1. One request runs (scheduled at 0, its
+    # first token at `first_token_ms`); two arrive at 100 ms, with a 30 ms TTFT SLO.
+    sched = Scheduler(SchedulerConfig("adaptive", 4, 0, ttft_slo_ms=30, tpot_slo_ms=6.5), 1 << 20)
+    for n in (1, 2, 1, 2):
+        sched.observe("decode", n, n, (5 + n) * MS)
+    running = seq(0.0)
+    sched.add(running)
+    assert sched.schedule(0.0).prefill == (running,)
+    running.token_times_s.append(first_token_ms * MS)
+    arrivals = [seq(0.100), seq(0.100)]
+    for s in arrivals:
+        sched.add(s)
+    return sched, arrivals
+
+
+def test_the_cap_is_lifted_when_no_running_request_can_still_meet_its_slos():
+    # The running request took 50 ms to its first token (lost): capping protects nobody, so
+    # both arrivals join at once.
+    sched, arrivals = _lost_or_not_scheduler(first_token_ms=50)
+    assert sched.schedule(0.100).prefill == tuple(arrivals)
+    # Its first token in 20 ms (viable): the cap holds and the step decodes it alone.
+    sched, _ = _lost_or_not_scheduler(first_token_ms=20)
+    plan = sched.schedule(0.100)
+    assert plan.prefill == () and len(plan.decode) == 1
 
 
 @pytest.mark.parametrize("points, expected", [
