@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--model", default="builtin:tiny")
     parser.add_argument("--profiles", default="chat,batch")
     parser.add_argument("--db", default=None, help="keep the results here (default: a temp file)")
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense load grid")
     args = parser.parse_args()
     if args.simulated:
         simulated(args.model)
@@ -199,6 +200,8 @@ def main() -> None:
             f"{k} {v:.0%}" if v is not None else f"{k} -" for k, v in r["errors"].items()))
         for label, (cap, status, grid_cap) in r["capacities"].items():
             print(f"  {label:<22} search {cap:>5g} users ({status}); grid {grid_cap}")
+    if args.no_dense:
+        return
     d = dense(store, args.model, rows[0]["profile_path"], size, rows[0]["search_id"])
     print(f"\ndense vs bisection ({rows[0]['profile']}, {d['config']}): dense grid capacity "
           f"{d['dense']} users ({d['dense_s']:.0f} s of trials); bisection {d['bisection']:g} "
