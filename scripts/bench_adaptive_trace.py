@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--confirm", type=int, default=2, help="alternate reruns of best fixed and adaptive")
     ap.add_argument("--out", default=None, help="write all results as JSON here")
+    ap.add_argument("--fixed", default=None, metavar="BATCH,WAIT_MS",
+                    help="skip the grid: compare adaptive with this fixed continuous config only "
+                         "(e.g. the best fixed config of an earlier run), in --confirm alternate pairs")
     args = ap.parse_args()
     trace_s = 60.0 if args.quick else 120.0
 
@@ -110,7 +113,11 @@ def main() -> None:
         baseline = measure_baseline(target.engine, profile, seed=args.seed, **target.request_kwargs())
         slos = resolve_slos(profile, baseline)
         print("SLOs:", ", ".join(f"{s.metric} {s.percentile} <= {s.max_ms:.1f} ms" for s in slos))
-        configs = [TrialConfig("continuous", b, w, speedup=args.speedup) for b in BATCHES for w in WAITS]
+        grid = [(b, w) for b in BATCHES for w in WAITS]
+        if args.fixed:
+            batch, wait = args.fixed.split(",")
+            grid = [(int(batch), float(wait))]
+        configs = [TrialConfig("continuous", b, w, speedup=args.speedup) for b, w in grid]
         configs.append(TrialConfig("adaptive", max(BATCHES), max(WAITS), speedup=args.speedup))
         rows, steps = [], []
         for config in configs:
@@ -168,6 +175,16 @@ def report(rows: list[dict], reruns: list[dict], args, trace_s: float, load_s: f
             print(f"reruns, {mine[0]['config']}: attainment median {np.median(att):.3f} "
                   f"({', '.join(f'{a:.3f}' for a in att)}), goodput median {np.median(good):.2f} "
                   f"({', '.join(f'{g:.2f}' for g in good)})")
+        # Each pair ran back to back, so the machine's drift hits both alike: the paired
+        # differences are the fair comparison (medians of the two columns are not).
+        fixed = [r for r in reruns if r["policy"] != "adaptive"]
+        adapt = [r for r in reruns if r["policy"] == "adaptive"]
+        d_att = [a["attainment"] - f["attainment"] for f, a in zip(fixed, adapt, strict=True)]
+        ratio = [a["goodput_rps"] / f["goodput_rps"] for f, a in zip(fixed, adapt, strict=True)
+                 if f["goodput_rps"]]
+        print(f"paired rounds: adaptive - fixed attainment {', '.join(f'{d:+.3f}' for d in d_att)} "
+              f"(median {np.median(d_att):+.3f}; adaptive >= fixed in {sum(d >= 0 for d in d_att)} "
+              f"of {len(d_att)}); goodput ratio median {np.median(ratio) if ratio else float('nan'):.3f}")
     if args.out:
         with open(args.out, "w") as f:
             plain = [{k: v for k, v in r.items() if k != "trial_config"} for r in rows + reruns]
