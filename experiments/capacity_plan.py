@@ -9,7 +9,7 @@ calibration trial, and stored with that trial, so a replay (resume, the UI) sees
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
@@ -18,7 +18,7 @@ from experiments.estimate import GENERIC, PER_TRIAL_OVERHEAD_S, PRIORS
 from experiments.grid import SweepSpec
 from experiments.predict import cost_to_dict, simulate_trial
 from experiments.profiles import Profile
-from experiments.search import Probe, Sample
+from experiments.search import AT_LIMIT, Probe, Sample
 
 
 def prior_cost(model: str) -> CostModel:
@@ -55,19 +55,27 @@ def simulated_measure(spec: SweepSpec, profile: Profile, cost: CostModel, slos: 
 def predicted_capacities(spec: SweepSpec, profile: Profile, cost: CostModel,
                          slos: list[SLO], memo: Memo | None = None) -> dict[str, float]:
     """knob label -> the capacity the search finds on simulated trials under `cost`."""
-    return {label: cap for label, (cap, _) in _predicted(spec, profile, cost, slos, memo).items()}
+    return {label: p.capacity for label, p in _predicted(spec, profile, cost, slos, memo).items()}
+
+
+@dataclass(frozen=True)
+class _Prediction:
+    capacity: float
+    value: float  # the profile objective's metric simulated at that load
+    at_limit: bool  # passes at the search's largest load: capacity "at least" this
 
 
 def _predicted(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
-               memo: Memo | None = None) -> dict[str, tuple[float, float]]:
-    """knob label -> (predicted capacity, the objective's value simulated at that load)."""
+               memo: Memo | None = None) -> dict[str, _Prediction]:
+    """knob label -> its predicted capacity, objective value there, and whether at the limit."""
     memo = {} if memo is None else memo
     measure = simulated_measure(spec, profile, cost, slos, memo=memo)
     out = {}
     for r in run_search(spec, profile, [], measure, plan={}):
         at = trial_config(spec, r.config, Probe(r.capacity.capacity, 0))
         value = memo[at][2] if r.capacity.capacity > 0 and at in memo else 0.0
-        out[knob_label(r.config)] = (r.capacity.capacity, value)
+        out[knob_label(r.config)] = _Prediction(r.capacity.capacity, value,
+                                                r.capacity.status == AT_LIMIT)
     return out
 
 
@@ -87,36 +95,71 @@ def first_load(capacity: float, spec: SweepSpec) -> float:
     return float(f"{max(capacity, 0.05):.3g}")
 
 
+# At the search's largest load capacities tie, so the objective's value there decides: a config
+# predicted this far below the best value cannot win the tie (the median prediction error of
+# output tok/s is ~11-13% on builtin:tiny, README).
+TIE_MARGIN = 0.15
+# Predictions this close (relative) are the same prediction: the simulator sees no difference.
+SAME = 0.002
+
+
 def make_plan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
               calibration: TrialConfig, calibration_load: float, memo: Memo | None = None) -> dict:
-    """Start loads from predicted capacities; configs predicted far below the best skipped.
+    """Start loads from predicted capacities; configs that cannot plausibly win are skipped.
 
-    Each policy's predicted best is always kept, so every policy gets a measured answer; one
-    config, not every config tied with it (ties go to the objective's predicted value at the
-    capacity, then to the coarsest config): a policy whose configs all carry the same small
-    load would otherwise be measured whole."""
+    Kept: the calibration config, each policy's predicted best (one config, not every config
+    tied with it: ties go to the objective's predicted value at the capacity, then to the
+    coarsest config), and every config predicted at >= keep_ratio x the best capacity, except
+    (a) at the search's largest load, where every config passing ties, one whose predicted value
+    there is below (1 - TIE_MARGIN) x the best's, and (b) one predicted exactly as a kept config
+    (same capacity and value: e.g. the batching wait when the queue is never empty)."""
     assert spec.search is not None
     ranked = _predicted(spec, profile, cost, slos, memo)
-    predicted = {label: cap for label, (cap, _) in ranked.items()}
-    top = max(predicted.values(), default=0.0)
+    top = max((p.capacity for p in ranked.values()), default=0.0)
+    top_value_at_limit = max((p.value for p in ranked.values() if p.at_limit), default=None)
+    labels = [knob_label(k) for k in spec.knob_configs()]
     policy_best: dict[str, str] = {}
     for k in spec.knob_configs():
         label, best_label = knob_label(k), policy_best.get(k.policy)
-        if best_label is None or ranked[label] > ranked[best_label]:
+        if best_label is None or _rank(ranked[label]) > _rank(ranked[best_label]):
             policy_best[k.policy] = label
-    start, skipped = {}, {}
-    for k in spec.knob_configs():
-        label, cap = knob_label(k), predicted[knob_label(k)]
-        if cap < spec.search.keep_ratio * top and label != policy_best[k.policy]:
-            skipped[label] = (f"predicted capacity {cap:.3g} is below {spec.search.keep_ratio:g} x "
-                              f"the best predicted ({top:.3g}): not measured")
+    must = [knob_label(calibration), *policy_best.values()]
+    rest = sorted((lb for lb in labels if lb not in must), key=lambda lb: _rank(ranked[lb]),
+                  reverse=True)  # stable: equal predictions keep the coarsest first
+    key, start, skipped = objective_key(profile), {}, {}
+    for label in dict.fromkeys(must + rest):
+        p = ranked[label]
+        twin = next((kept for kept in start if _same(ranked[kept], p)), None)
+        if label in must:
+            start[label] = first_load(p.capacity, spec)
+        elif p.capacity < spec.search.keep_ratio * top:
+            skipped[label] = (f"predicted capacity {p.capacity:.3g} is below "
+                              f"{spec.search.keep_ratio:g} x the best predicted ({top:.3g}): "
+                              f"not measured")
+        elif (p.at_limit and top_value_at_limit is not None
+              and p.value < (1 - TIE_MARGIN) * top_value_at_limit):
+            skipped[label] = (f"predicted to pass at the largest load, where configs tie, with "
+                              f"{key} {p.value:.3g}, below {1 - TIE_MARGIN:g} x the best "
+                              f"there ({top_value_at_limit:.3g}): not measured")
+        elif twin is not None:
+            skipped[label] = (f"predicted the same as {twin} (capacity {p.capacity:.3g}, {key} "
+                              f"{p.value:.3g}): measured as {twin} only")
         else:
-            start[label] = first_load(cap, spec)
+            start[label] = first_load(p.capacity, spec)
     start[knob_label(calibration)] = calibration_load  # what the calibration trial measured
-    skipped.pop(knob_label(calibration), None)
-    return {"cost_model": cost_to_dict(cost), "predicted": predicted,
-            "predicted_value": {label: value for label, (_, value) in ranked.items()},
-            "start": start, "skipped": skipped}
+    return {"cost_model": cost_to_dict(cost),
+            "predicted": {label: p.capacity for label, p in ranked.items()},
+            "predicted_value": {label: p.value for label, p in ranked.items()},
+            "start": {label: start[label] for label in labels if label in start},
+            "skipped": {label: skipped[label] for label in labels if label in skipped}}
+
+
+def _rank(p: _Prediction) -> tuple[float, float]:
+    return p.capacity, p.value
+
+
+def _same(a: _Prediction, b: _Prediction) -> bool:
+    return a.capacity == b.capacity and abs(a.value - b.value) <= SAME * max(abs(a.value), abs(b.value), 1e-9)
 
 
 def calibration_probe(spec: SweepSpec, profile: Profile, slos: list[SLO]) -> TrialConfig:

@@ -37,6 +37,9 @@ FULL = {"batch_sizes": [1, 4, 8, 16], "max_wait_ms": [0, 5, 20], "loads": [1, 2,
         "requests": 48}
 SEARCH = {"keep_ratio": float(os.environ.get("KEEP_RATIO", 0.5)),
           "max_repeats": int(os.environ.get("MAX_REPEATS", 3))}
+# The search's largest load, as a multiple of the grid's: 1 searches the range the grid covers
+# (a config passing at the grid's top load is "at least that" for both), 2 lets it look beyond.
+LIMIT_X = float(os.environ.get("LIMIT_X", 1))
 QUICK = {"batch_sizes": [1, 8], "max_wait_ms": [0], "loads": [1, 2, 4, 8], "requests": 32}
 
 
@@ -74,7 +77,8 @@ def compare(store: Store, model: str, profile: str, size: dict) -> dict:
     # grid): all three are judged against the same thresholds, not each against its own baseline.
     profile = fixed_slo_profile(prof, _slos(store, store.list_trials(grid_id)))
     search_id = run(store, model, profile, {**common, "search": {
-        "load": "concurrency", "budget_s": 24 * 3600, "max_load": max(size["loads"]) * 2, **SEARCH}})
+        "load": "concurrency", "budget_s": 24 * 3600, "max_load": max(size["loads"]) * LIMIT_X,
+        **SEARCH}})
     trials = store.list_trials(grid_id)
     slos = _slos(store, trials)
     rec = recommend(trials, prof.objective, slos)
@@ -150,7 +154,8 @@ def simulated(model: str) -> None:
         slos = predicted_slos(prof, cost)
         spec = parse_spec({"model": model, "profile": profile, "batch_sizes": FULL["batch_sizes"],
                            "max_wait_ms": FULL["max_wait_ms"], "requests": FULL["requests"],
-                           "search": {"load": "concurrency", "max_load": 64, **SEARCH}})
+                           "search": {"load": "concurrency",
+                                      "max_load": max(FULL["loads"]) * LIMIT_X, **SEARCH}})
         grid_s, from_grid = 0.0, {}
         for knobs in spec.knob_configs():
             for users in FULL["loads"]:

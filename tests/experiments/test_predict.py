@@ -92,3 +92,26 @@ def test_plan_starts_at_predictions_and_keeps_each_policys_best():
     assert sum(k.startswith("static") for k in plan["start"]) == 1
     replayed = run_search(spec, PROFILE, [], plan=plan)
     assert {knob_label(r.config) for r in replayed if r.capacity.status == SKIPPED} == set(plan["skipped"])
+
+
+def test_at_the_largest_load_only_configs_that_can_win_the_tie_are_measured():
+    # 8 users are well within these SLOs for every batch size: every config passes at the
+    # limit, so capacity ties and the predicted objective value there decides.
+    spec = parse_spec({"profile": "chat", "policies": ["continuous"], "batch_sizes": [1, 2, 4, 8],
+                       "max_wait_ms": [0, 20], "requests": 24,
+                       "search": {"load": "concurrency", "max_load": 8, "keep_ratio": 0.0}})
+    loose = [SLO("ttft_ms", "p90", 1e6), SLO("tpot_ms", "p90", 1e6)]
+    calib = TrialConfig("continuous", 8, 0.0)
+    plan = make_plan(spec, PROFILE, TRUE, loose, calib, 8.0)
+    assert set(plan["predicted"].values()) == {8.0}
+    values = plan["predicted_value"]
+    top = max(values.values())
+    assert values["continuous b1 w0ms"] < 0.85 * top <= values["continuous b8 w0ms"]
+    for label, value in values.items():
+        if value < 0.85 * top:
+            assert label not in plan["start"] and "largest load" in plan["skipped"][label]
+    # closed loop at the limit: the queue is never empty, so the wait changes nothing; the
+    # twin of the calibration config is not measured again
+    assert values["continuous b8 w20ms"] == pytest.approx(values["continuous b8 w0ms"])
+    assert plan["start"] == {"continuous b8 w0ms": 8.0}
+    assert plan["skipped"]["continuous b8 w20ms"].startswith("predicted the same as continuous b8 w0ms")
