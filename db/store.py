@@ -13,44 +13,30 @@ Opening a URL lives in db/connect.py, the layout of rows and records in db/rows.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 import psutil
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from common.records import RequestRecord, TrialConfig, TrialMetrics, TrialRecord
 from db.connect import DEFAULT_URL, URL_HINT, first_line, make_engine, open_reason, resolve_db_url
-from db.errors import DuplicateTrialError, SchemaTooNewError, StoreError, UnknownSweepError
+from db.errors import SchemaTooNewError, StoreError, UnknownSweepError
 from db.migrations import SCHEMA_VERSION, current_version, upgrade
-from db.models import ProfileModel, SweepModel, TrialModel
+from db.models import ProfileModel, SweepModel
 from db.rows import (
-    CONFIG_COLUMNS,
-    INSERT_REQUESTS,
-    INSERT_TRIAL,
-    REQUESTS,
-    TRIAL_COLUMNS,
-    TRIALS,
     StoredRequest,
     SweepRecord,
-    config_from_row,
-    config_values,
-    is_violation,
-    metric_values,
-    naive_utc,
-    request_row,
     sweep_record,
     to_json,
-    trial_record,
     utcnow,
 )
+from db.trials_store import TrialsMixin
 
 __all__ = ["DEFAULT_URL", "Store", "StoredRequest", "SweepRecord", "make_engine", "resolve_db_url", "utcnow"]
 SWEEP_STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -68,7 +54,7 @@ def _pid_alive(pid: int) -> bool:
         return True  # exists but not ours to inspect
 
 
-class Store:
+class Store(TrialsMixin):
     """The result store over one database URL (see the module docstring for `create`)."""
 
     def __init__(self, url: str | None = None, *, create: bool = True) -> None:
@@ -321,83 +307,6 @@ class Store:
         # A pid means something only on the host that started the worker.
         return row.worker_host == host and row.worker_pid is not None \
             and not _pid_alive(row.worker_pid)
-
-    # -- trials ----------------------------------------------------------------------------
-
-    def add_trial(
-        self, sweep_id: int, config: TrialConfig, metrics: TrialMetrics,
-        requests: Sequence[RequestRecord], started_at: datetime | None,
-        finished_at: datetime | None, *, trial_start_s: float | None = None,
-    ) -> int:
-        """Store a done trial and all its requests in one transaction; return the trial id."""
-        # Request times are kept relative to trial_start_s, on the trial's own clock; without
-        # it, the earliest scheduled time stands for the trial start.
-        values = {**metric_values(metrics.flat()), "slos_json": to_json(metrics.slos),
-                  "details_json": to_json(metrics.details) if metrics.details else None}
-        origin_s = trial_start_s if trial_start_s is not None else \
-            min((r.scheduled_s for r in requests), default=0.0)
-        with self._session(write=True) as s:
-            trial_id = self._insert_trial(s, sweep_id, config, "done", started_at,
-                                          finished_at, values)
-            if requests:  # one executemany, not one INSERT per request
-                s.connection().execute(INSERT_REQUESTS,
-                                       [request_row(trial_id, r, origin_s) for r in requests])
-            return trial_id
-
-    def add_failed_trial(
-        self, sweep_id: int, config: TrialConfig, error: str, started_at: datetime | None,
-        finished_at: datetime | None,
-    ) -> int:
-        """Store a trial that failed (no metrics, no requests); return its id."""
-        with self._session(write=True) as s:
-            return self._insert_trial(s, sweep_id, config, "failed", started_at, finished_at,
-                                      {"error": error})
-
-    def _insert_trial(
-        self, s: Session, sweep_id: int, config: TrialConfig, status: str,
-        started_at: datetime | None, finished_at: datetime | None, values: dict[str, Any],
-    ) -> int:
-        params = {
-            "sweep_id": sweep_id, "status": status, "started_at": naive_utc(started_at),
-            "finished_at": naive_utc(finished_at), **config_values(config), **values,
-        }
-        try:
-            return s.connection().execute(INSERT_TRIAL, params).scalar_one()
-        except IntegrityError as exc:
-            if is_violation(exc, "unique"):
-                raise DuplicateTrialError(f"sweep {sweep_id} already has trial {config.label} "
-                                          f"(repetition {config.repetition})") from exc
-            if is_violation(exc, "foreign key"):
-                raise UnknownSweepError(sweep_id) from exc
-            raise
-
-    def done_configs(self, sweep_id: int) -> set[TrialConfig]:
-        """Configs of the sweep's stored trials, done or failed: what a resume must skip."""
-        query = select(*CONFIG_COLUMNS).where(TRIALS.c.sweep_id == sweep_id)
-        with self._session() as s:
-            return {config_from_row(row) for row in s.connection().execute(query).all()}
-
-    def list_trials(self, sweep_ids: int | Iterable[int]) -> list[TrialRecord]:
-        """Trials of one sweep or several, in sweep then insertion order."""
-        ids = [sweep_ids] if isinstance(sweep_ids, int) else list(sweep_ids)
-        query = (select(*TRIAL_COLUMNS).where(TRIALS.c.sweep_id.in_(ids))
-                 .order_by(TRIALS.c.sweep_id, TRIALS.c.id))
-        with self._session() as s:
-            return [trial_record(row) for row in s.connection().execute(query).all()]
-
-    def trial_slos(self, trial_id: int) -> dict[str, dict[str, float]]:
-        """The SLOs a trial was judged against (TrialMetrics.slos); {} when none."""
-        with self._session() as s:
-            raw = s.scalar(select(TrialModel.slos_json).where(TrialModel.id == trial_id))
-        return json.loads(raw) if raw else {}
-
-    def get_requests(self, trial_id: int) -> list[StoredRequest]:
-        """The trial's requests in request order, times in ms from the trial start."""
-        columns = [c for c in REQUESTS.columns if c.name != "id"]
-        query = (select(*columns).where(REQUESTS.c.trial_id == trial_id)
-                 .order_by(REQUESTS.c.request_index))
-        with self._session() as s:
-            return [StoredRequest(**row._mapping) for row in s.connection().execute(query).all()]
 
     # -- profiles --------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from common.records import TrialConfig, TrialRecord, config_to_dict
 from experiments.grid import SweepSpec
 from experiments.profiles import Profile
 from experiments.search import (
+    INVALID,
+    PRUNED,
     UNDECIDED,
     Capacity,
     CapacitySearch,
@@ -123,7 +125,12 @@ def sample_of(trial: TrialRecord) -> Sample:
 
 
 Measure = Callable[[TrialConfig], Sample | None]  # None: not measured (stop that config)
+# Called after a trial measured now (not replayed) is recorded, with every config's search:
+# returns the configs to prune (label -> why), which it stores with that trial for replays.
+Revise = Callable[[TrialConfig, dict[TrialConfig, CapacitySearch]], dict[str, str]]
 SKIPPED, NOT_STARTED = "skipped", "not_started"
+NOT_ANSWERED = (UNDECIDED, INVALID, NOT_STARTED)  # the search has no answer for these yet
+RULED_OUT = (SKIPPED, PRUNED)  # not searched to the end: predicted, or shown, unable to win
 
 
 def uses_prediction(spec: SweepSpec) -> bool:
@@ -144,11 +151,13 @@ def plan_of(trials: list[TrialRecord]) -> dict | None:
 
 def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], measure: Measure | None = None,
                can_continue: Callable[[], bool] = lambda: True,
-               plan: dict | None = None) -> list[ConfigCapacity]:
+               plan: dict | None = None, revise: Revise | None = None) -> list[ConfigCapacity]:
     """Replay (and, with `measure`, continue) every config's search over the stored trials.
 
     `plan` (default: the stored one; `{}` when the search predicts nothing) gives each config's
-    start load and the configs the prediction skipped; before it exists nothing has started."""
+    start load and the configs the prediction skipped; before it exists nothing has started.
+    A stored trial's revision (`details.prediction.revision.pruned`) prunes those configs
+    right after that trial, as when it was measured; `revise` makes new ones."""
     if spec.search is None:
         raise NotSearchError("this sweep is a load grid, not a capacity search")
     if plan is None:  # an external server has no engine steps to fit: no prediction
@@ -176,7 +185,21 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
             return sample_of(stored[config])
         return measure(config) if measure is not None else None
 
-    results = search_all(searches, one, can_continue, interleave=spec.server_cmd is None)
+    revisions = {t.config: t.details.get("prediction", {}).get("revision", {}).get("pruned", {})
+                 for t in trials}
+    by_label = {knob_label(k): k for k in searches}
+
+    def after(key: TrialConfig, probe: Probe) -> None:
+        config = trial_config(spec, key, probe)
+        searches[key].next_probe()  # settles it: a search whose answer is in is finished now
+        pruned = revisions.get(config) if config in stored else (
+            revise(config, searches) if revise is not None else None)
+        for label, reason in (pruned or {}).items():
+            if label in by_label:
+                searches[by_label[label]].prune(reason)
+
+    results = search_all(searches, one, can_continue, interleave=spec.server_cmd is None,
+                         after=after)
     key = objective_key(profile)
     out = []
     for k in knobs:
@@ -218,7 +241,7 @@ def sentence(capacities: list[ConfigCapacity], profile_name: str) -> str:
     """`continuous b8 w2ms carries 14.2 req/s within the chat SLOs; the best static config 6.1`."""
     top = best(capacities)
     if top is None:
-        undecided = sum(not c.capacity.is_decided for c in capacities)
+        undecided = sum(c.capacity.status in NOT_ANSWERED for c in capacities)
         return (f"no config was shown to carry load within the {profile_name} SLOs"
                 + (f" ({undecided} undecided)" if undecided else ""))
     text = (f"{knob_label(top.config)} carries {_num(top.capacity.capacity)} {top.unit} "
@@ -228,10 +251,11 @@ def sentence(capacities: list[ConfigCapacity], profile_name: str) -> str:
         rival = best([c for c in capacities if c.config.policy == policy])
         text += (f"; the best {policy} config {_num(rival.capacity.capacity)}" if rival
                  else f"; no {policy} config was shown to carry any")
-    undecided = [c for c in capacities if not c.capacity.is_decided]
-    if undecided:
-        text += f" ({len(undecided)} of {len(capacities)} configs undecided)"
-    return text
+    undecided = sum(c.capacity.status in NOT_ANSWERED for c in capacities)
+    ruled_out = sum(c.capacity.status in RULED_OUT for c in capacities)
+    notes = ([f"{undecided} of {len(capacities)} configs undecided"] if undecided else []) + (
+        [f"{ruled_out} ruled out as unable to win"] if ruled_out else [])
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _num(value: float) -> str:

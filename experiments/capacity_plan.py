@@ -18,7 +18,7 @@ from experiments.estimate import GENERIC, PER_TRIAL_OVERHEAD_S, PRIORS
 from experiments.grid import SweepSpec
 from experiments.predict import cost_to_dict, simulate_trial
 from experiments.profiles import Profile
-from experiments.search import AT_LIMIT, Probe, Sample
+from experiments.search import AT_LIMIT, CapacitySearch, Probe, Sample
 
 
 def prior_cost(model: str) -> CostModel:
@@ -174,3 +174,41 @@ def calibration_probe(spec: SweepSpec, profile: Profile, slos: list[SLO]) -> Tri
     if spec.search.load == "concurrency":
         return replace(knobs, concurrency=int(load), rate=None)
     return replace(knobs, rate=load, burstiness=spec.burstiness)
+
+
+def revise_plan(spec: SweepSpec, profile: Profile, cost: CostModel | None, slos: list[SLO],
+                searches: dict[TrialConfig, CapacitySearch], memo: Memo | None = None) -> dict[str, str]:
+    """Configs still being searched that can no longer win, given the best decided capacity C:
+    (a) measured: it missed the SLOs at a load below C (or clearly at C), so its capacity is
+    below C; (b) refitted: under `cost` (refitted to every step so far; None: no prediction)
+    it is predicted, and has measured, below `keep_ratio` x C. label -> why."""
+    assert spec.search is not None
+    decided = [(k, s.result()) for k, s in searches.items() if s.is_finished]
+    decided = [(k, c) for k, c in decided if c.is_decided and c.capacity > 0]
+    if not decided:
+        return {}
+    top_knobs, top = max(decided, key=lambda kc: kc[1].capacity)
+    best_cap, best_label = top.capacity, knob_label(top_knobs)
+    active = {knob_label(k): s for k, s in searches.items() if not s.is_finished}
+    pruned = {}
+    for label, s in active.items():
+        hi = s.hi
+        if hi is not None and (hi < best_cap or (hi == best_cap and hi not in s.noisy
+                                                  and hi not in s.unmeasurable)):
+            pruned[label] = (f"missed the SLOs at {s.fmt_load(hi)}, a load {best_label} carries "
+                             f"({best_cap:g}): it cannot carry more")
+    rest = [label for label in active if label not in pruned]
+    if cost is None or not rest:
+        return pruned
+    others = {knob_label(k): "" for k in spec.knob_configs() if knob_label(k) not in rest}
+    measure = simulated_measure(spec, profile, cost, slos, memo=memo)
+    for r in run_search(spec, profile, [], measure, plan={"skipped": others}):
+        label = knob_label(r.config)
+        if label not in rest:
+            continue
+        measured = active[label].lo or 0.0
+        if max(r.capacity.capacity, measured) < spec.search.keep_ratio * best_cap:
+            pruned[label] = (f"refitted prediction {r.capacity.capacity:.3g} (shown so far: "
+                             f"{measured:g}) is below {spec.search.keep_ratio:g} x the "
+                             f"{best_cap:g} {best_label} carries")
+    return pruned

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 # Statuses of a finished (or stopped) search; DECIDED_STATUSES count as an answer.
 DECIDED, WITHIN_NOISE, AT_LIMIT = "decided", "within_noise", "at_limit"
 UNDECIDED, INVALID = "undecided", "invalid"
+PRUNED = "pruned"  # stopped: shown unable to beat the best config so far (not undecided)
 DECIDED_STATUSES = (DECIDED, WITHIN_NOISE, AT_LIMIT)
 
 
@@ -165,7 +166,7 @@ class CapacitySearch:
                 # bound for what can be shown; the search goes on below, the answer undecided.
                 self.hi, self.current = probe.load, None
                 self.unmeasurable[probe.load] = (
-                    f"{self._fmt(probe.load)} could not be measured: "
+                    f"{self.fmt_load(probe.load)} could not be measured: "
                     f"{sample.reason or 'not valid evidence'} ({len(self.invalid[probe.load])} times)")
             return
         samples = self.samples.setdefault(probe.load, [])
@@ -178,7 +179,7 @@ class CapacitySearch:
         elif self._num_tries(probe.load) >= self.s.max_repeats:
             # Not shown to pass: an upper bound, conservatively; the search goes on below it.
             self.hi, self.current = probe.load, None
-            self.noisy[probe.load] = (f"attainment at {self._fmt(probe.load)} is {att.mean:.1%} "
+            self.noisy[probe.load] = (f"attainment at {self.fmt_load(probe.load)} is {att.mean:.1%} "
                                       f"[{att.lo:.1%}, {att.hi:.1%}] after {len(samples)} "
                                       f"repetitions: within noise of the {self.s.target:.0%} target")
 
@@ -189,8 +190,13 @@ class CapacitySearch:
     def stop(self, reason: str) -> None:
         """End the search early (budget spent): the answer so far, undecided."""
         if not self.is_finished:
-            upper = "?" if self.hi is None else self._fmt(self.hi)
-            self._finish(UNDECIDED, f"{reason}; so far between {self._fmt(self.lo or 0.0)} and {upper}")
+            upper = "?" if self.hi is None else self.fmt_load(self.hi)
+            self._finish(UNDECIDED, f"{reason}; so far between {self.fmt_load(self.lo or 0.0)} and {upper}")
+
+    def prune(self, reason: str) -> None:
+        """End the search: another config is shown to carry more than this one can."""
+        if not self.is_finished:
+            self._finish(PRUNED, reason)
 
     def result(self) -> Capacity:
         """The answer so far."""
@@ -208,21 +214,21 @@ class CapacitySearch:
             return self._above(lo)
         mid = self._round((lo + hi) / 2)
         if self._is_resolved(lo, hi) or mid in (lo, hi):
-            self._finish_at(hi, f"capacity between {self._fmt(lo)} and {self._fmt(hi)}")
+            self._finish_at(hi, f"capacity between {self.fmt_load(lo)} and {self.fmt_load(hi)}")
             return None
         return mid
 
     def _below(self, hi: float) -> float | None:
         load = self._round(hi / self.s.growth)
         if load < self.s.min_load or load >= hi:
-            self._finish_at(hi, f"even {self._fmt(hi)} misses the target")
+            self._finish_at(hi, f"even {self.fmt_load(hi)} misses the target")
             return None
         return load
 
     def _above(self, lo: float) -> float | None:
         if lo >= self.s.max_load:
             self._finish(AT_LIMIT, f"meets the target at the largest load tried "
-                         f"({self._fmt(lo)}); capacity is at least that")
+                         f"({self.fmt_load(lo)}); capacity is at least that")
             return None
         return min(self._round(lo * self.s.growth), self._round(self.s.max_load))
 
@@ -236,7 +242,8 @@ class CapacitySearch:
             return float(max(1, math.floor(load)))
         return float(f"{load:.3g}")  # readable rates; equal floats across a resume
 
-    def _fmt(self, load: float) -> str:
+    def fmt_load(self, load: float) -> str:
+        """`4 users` or `2.5 req/s`."""
         return f"{load:g} users" if self.s.is_integer else f"{load:g} req/s"
 
     def _finish_at(self, hi: float, reason: str) -> None:
@@ -254,14 +261,16 @@ class CapacitySearch:
 
 
 Measure = Callable[[Hashable, Probe], "Sample | None"]
+After = Callable[[Hashable, Probe], None]
 
 
 def search_all(searches: Mapping[Hashable, CapacitySearch], measure: Measure,
                can_continue: Callable[[], bool] = lambda: True,
-               interleave: bool = True) -> dict[Hashable, Capacity]:
+               interleave: bool = True, after: After | None = None) -> dict[Hashable, Capacity]:
     """Run every search to its end, one probe at a time: round-robin when `interleave` (a
     budget stop leaves every config with a bracket), else one config after another (one server
-    start per config). Stops the rest, undecided, once `can_continue()` says no."""
+    start per config). Stops the rest, undecided, once `can_continue()` says no. `after` is
+    called once each measurement is recorded (it may prune other searches)."""
     keys = list(searches)
     while True:
         active = [k for k in keys if not searches[k].is_finished]
@@ -280,6 +289,8 @@ def search_all(searches: Mapping[Hashable, CapacitySearch], measure: Measure,
                                    "or still running)")
             else:
                 searches[key].record(probe, sample)
+                if after is not None:
+                    after(key, probe)
     return {k: s.result() for k, s in searches.items()}
 
 

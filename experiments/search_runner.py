@@ -21,10 +21,10 @@ from experiments.capacity import (
     sample_of,
     uses_prediction,
 )
-from experiments.capacity_plan import calibration_probe, make_plan, prior_cost
+from experiments.capacity_plan import calibration_probe, make_plan, prior_cost, revise_plan
 from experiments.grid import server_key
-from experiments.predict import fit_cost_model
-from experiments.search import Sample
+from experiments.predict import cost_to_dict, fit_cost_model
+from experiments.search import CapacitySearch, Sample
 from experiments.sweep import SweepRunner
 from experiments.trial import TrialResult
 
@@ -35,6 +35,8 @@ class SearchRunner(SweepRunner):
     capacities: list[ConfigCapacity] | None = None
     budget_spent = False
     _calibrating: TrialConfig | None = None
+    _num_finished = 0  # searches finished at the last revision
+    _slos: list[SLO] | None = None  # the SLOs trials are judged against (for refitted predictions)
 
     def _run_all(self) -> str:
         search = self.spec.search
@@ -62,7 +64,7 @@ class SearchRunner(SweepRunner):
             if uses_prediction(self.spec) and plan_of(self.store.list_trials(self.sweep_id)) is None:
                 self._calibrate(measure, slos)
             self.capacities = run_search(self.spec, self.profile, self.store.list_trials(self.sweep_id),
-                                         measure, self._can_continue)
+                                         measure, self._can_continue, revise=self._revise)
         return "cancelled" if self.stop.is_set() else "done"
 
     def _calibrate(self, measure, slos: list[SLO]) -> None:
@@ -73,8 +75,31 @@ class SearchRunner(SweepRunner):
         finally:
             self._calibrating = None
 
+    def _revise(self, config: TrialConfig, searches: dict[TrialConfig, CapacitySearch]) -> dict[str, str]:
+        """After a trial measured now: prune the configs that can no longer win, and note it
+        with that trial so a replay prunes at the same point. The refitted prediction (the cost
+        model fitted to every step so far) is consulted each time another search finishes."""
+        finished = sum(s.is_finished for s in searches.values())
+        refit = finished > self._num_finished and uses_prediction(self.spec) and self._slos is not None
+        self._num_finished = finished
+        cost = fit_cost_model(self._steps or [], prior_cost(self.spec.model)) if refit else None
+        try:
+            pruned = revise_plan(self.spec, self.profile, cost, self._slos or [], searches)
+        except Exception:  # noqa: BLE001 - a revision only saves trials; without it none are lost
+            return {}
+        if pruned:
+            stored = [t for t in self.store.list_trials(self.sweep_id) if t.config == config]
+            if not stored:
+                return {}  # not stored (stopped mid-trial): a replay could not prune here either
+            revision = {"pruned": pruned, **({"cost_model": cost_to_dict(cost)} if cost else {})}
+            details = stored[0].details
+            prediction = {**details.get("prediction", {}), "revision": revision}
+            self.store.set_trial_details(stored[0].trial_id, {**details, "prediction": prediction})
+        return pruned
+
     def _with_prediction(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
                          metrics: TrialMetrics) -> TrialMetrics:
+        self._slos = slos
         metrics = super()._with_prediction(config, result, slos, metrics)
         if config != self._calibrating:
             return metrics

@@ -293,6 +293,16 @@ def test_self_check_roofline_and_details_round_trip(store, new_sweep, config, ma
     assert not trial.is_trusted
 
 
+def test_details_noted_after_a_trial_replace_its_details_only(store, new_sweep, config, make_metrics):
+    sweep_id = new_sweep()
+    trial_id = store.add_trial(sweep_id, config, make_metrics(details={"a": 1}), [], T0, T1)
+    before = store.list_trials(sweep_id)[0]
+    store.set_trial_details(trial_id, {"a": 1, "revision": {"pruned": {"static b8": "why"}}})
+    after = store.list_trials(sweep_id)[0]
+    assert after.details == {"a": 1, "revision": {"pruned": {"static b8": "why"}}}
+    assert (after.metrics, after.config, after.status) == (before.metrics, before.config, before.status)
+
+
 def test_nested_self_check_fields_flatten_to_store_keys(make_metrics):
     flat = make_metrics(client_lag_ms=ClientLag(0.1, 2.0, 9.0),
                         roofline_fraction=Roofline(decode=0.5, prefill=None),

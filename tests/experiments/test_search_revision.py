@@ -1,0 +1,116 @@
+"""Revising a search as results arrive: configs shown (or, refitted, predicted) unable to beat
+the best decided capacity are pruned, and a replay of the stored trials prunes at the same point."""
+
+from __future__ import annotations
+
+from common.records import SLO, TrialConfig, TrialRecord
+from engine.simulate import CostModel
+from experiments.capacity import knob_label, run_search, sentence, trial_config
+from experiments.capacity_plan import predicted_capacities, revise_plan
+from experiments.grid import parse_spec
+from experiments.profiles import Profile
+from experiments.search import AT_LIMIT, PRUNED, CapacitySearch, Probe, Sample, SearchSettings
+
+MS = 1e-3
+COST = CostModel(prefill_base_s=6 * MS, prefill_per_token_s=0.2 * MS,
+                 decode_base_s=5 * MS, decode_per_seq_s=0.4 * MS)
+PROFILE = Profile.model_validate({
+    "name": "p", "prompt_tokens": {"kind": "uniform", "min": 8, "max": 64},
+    "output_tokens": {"kind": "uniform", "min": 4, "max": 16},
+    "arrival": {"mode": "closed", "concurrency": 4},
+    "slos": {"ttft_ms": {"percentile": "p90", "max_ms": 60.0},
+             "tpot_ms": {"percentile": "p90", "max_ms": 9.0}}, "warmup_requests": 2})
+SLOS = [SLO("ttft_ms", "p90", 60.0), SLO("tpot_ms", "p90", 9.0)]
+PASS, FAIL, EDGE = Sample(48, 48), Sample(0, 48), Sample(43, 48)  # EDGE: 0.896, undecided
+
+
+def users_spec(batch_sizes: list[int], max_load: float = 64) -> object:
+    return parse_spec({"profile": "chat", "policies": ["continuous"], "batch_sizes": batch_sizes,
+                       "max_wait_ms": [0], "requests": 24,
+                       "search": {"load": "concurrency", "max_load": max_load}})
+
+
+def searched(start: float, samples: list[Sample], max_load: float = 64) -> CapacitySearch:
+    """A users search that starts at `start` and got `samples`, in order."""
+    search = CapacitySearch(SearchSettings(0.9, True, start, 1.0, max_load))
+    for sample in samples:
+        search.record(search.next_probe(), sample)
+    search.next_probe()  # as the search loop does next: a search whose answer is in finishes
+    return search
+
+
+def knobs(batch: int) -> TrialConfig:
+    return TrialConfig("continuous", batch, 0.0)
+
+
+def test_prune_ends_a_search_without_an_answer():
+    search = searched(4, [PASS])
+    search.prune("cannot win")
+    assert search.next_probe() is None and search.result().status == PRUNED
+    assert not search.result().is_decided and search.result().capacity == 4
+
+
+def test_a_config_that_failed_below_the_best_capacity_is_pruned():
+    best = searched(8, [PASS], max_load=8)  # at the limit: decided, 8 users
+    assert best.result().status == AT_LIMIT
+    failed_at_4 = searched(4, [FAIL])  # will bisect below 4: capacity < 4 < 8
+    noisy_at_8 = searched(8, [EDGE, EDGE, EDGE])  # within noise at 8: it might tie the best
+    only_passes = searched(2, [PASS])  # nothing says it cannot beat 8
+    pruned = revise_plan(users_spec([8, 4, 2, 1]), PROFILE, None, SLOS,
+                         {knobs(8): best, knobs(4): failed_at_4, knobs(2): noisy_at_8,
+                          knobs(1): only_passes})
+    assert set(pruned) == {"continuous b4 w0ms"}
+    assert pruned["continuous b4 w0ms"] == ("missed the SLOs at 4 users, a load continuous b8 w0ms "
+                                            "carries (8): it cannot carry more")
+
+
+def test_nothing_is_pruned_before_a_capacity_is_decided():
+    assert revise_plan(users_spec([8, 4]), PROFILE, None, SLOS,
+                       {knobs(8): searched(8, [PASS]), knobs(4): searched(4, [FAIL])}) == {}
+
+
+def test_a_config_predicted_far_below_the_best_measured_capacity_is_pruned():
+    spec = users_spec([1, 8])
+    predicted = predicted_capacities(spec, PROFILE, COST, SLOS)
+    shown = 4 * predicted["continuous b1 w0ms"]  # b8 measured at 4x what b1 is predicted to carry
+    best = searched(shown, [PASS], max_load=shown)
+    small = CapacitySearch(SearchSettings(0.9, True, 1.0, 1.0, 64))
+    pruned = revise_plan(spec, PROFILE, COST, SLOS, {knobs(8): best, knobs(1): small})
+    assert pruned["continuous b1 w0ms"].startswith(
+        f"refitted prediction {predicted['continuous b1 w0ms']:.3g} (shown so far: 0)")
+    # the same config, once shown to carry half the best, stays
+    small = searched(shown / 2, [PASS])
+    assert revise_plan(spec, PROFILE, COST, SLOS, {knobs(8): best, knobs(1): small}) == {}
+
+
+def test_a_replay_prunes_where_the_live_search_pruned():
+    spec = parse_spec({"profile": "chat", "policies": ["static", "continuous"], "batch_sizes": [8],
+                       "max_wait_ms": [0], "requests": 24,
+                       "search": {"load": "concurrency", "max_load": 8, "start_load": 8}})
+    capacity = {"continuous": 8, "static": 3}  # the true capacities, in users
+    trials: list[TrialRecord] = []
+
+    def measure(config: TrialConfig) -> Sample:
+        sample = PASS if config.concurrency <= capacity[config.policy] else FAIL
+        metrics = {"requests_completed": sample.num_total, "requests_failed": 0,
+                   "slo_attainment": sample.num_good / sample.num_total}
+        trials.append(TrialRecord(len(trials) + 1, 1, config, "done", metrics))
+        return sample
+
+    def revise(config: TrialConfig, searches: dict) -> dict[str, str]:
+        pruned = revise_plan(spec, PROFILE, None, SLOS, searches)
+        if pruned:  # noted with the trial just measured, as the runner does
+            trials[-1] = TrialRecord(trials[-1].trial_id, 1, config, "done", trials[-1].metrics,
+                                     details={"prediction": {"revision": {"pruned": pruned}}})
+        return pruned
+
+    live = run_search(spec, PROFILE, [], measure, plan={}, revise=revise)
+    by_policy = {c.config.policy: c.capacity for c in live}
+    # both start at 8: continuous passes (at the limit), static fails: pruned, not bisected
+    assert by_policy["continuous"].status == AT_LIMIT and by_policy["static"].status == PRUNED
+    assert len(trials) == 2
+    assert trials[-1].config == trial_config(spec, knobs(8), Probe(8, 0))  # the revision's trial
+    replayed = run_search(spec, PROFILE, trials, plan={})  # no measure: stored trials only
+    assert [c.capacity for c in replayed] == [c.capacity for c in live]
+    assert "1 ruled out as unable to win" in sentence(replayed, "chat")
+    assert knob_label(replayed[0].config) == "static b8 w0ms"
