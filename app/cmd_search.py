@@ -61,6 +61,8 @@ def search(
         None, "--server-cmd",
         help="server command template with {batch_size} {max_wait_ms} {policy} {port}: one server "
              "per config, started for its search and stopped before the next"),
+    engine: str | None = typer.Option(
+        None, "--engine", help="start this engine's server per config: vllm | sglang | tgi | llamacpp"),
     server_timeout: float | None = typer.Option(
         None, "--server-timeout", help="seconds a --server-cmd server may take to answer (default 120)"),
     resume: int | None = typer.Option(None, "--resume", help="continue search ID, reusing stored trials"),
@@ -85,7 +87,8 @@ def search(
                 "seed": seed, "device": device, "dtype": dtype, "kv_budget_tokens": kv_budget,
                 "name": name or f"capacity search: {profile} on {model}",
                 "target": target_url, "target_model": target_model, "api_key_env": api_key_env,
-                "tokenizer": tokenizer, "server_cmd": server_cmd, "server_timeout_s": server_timeout,
+                "tokenizer": tokenizer, "server_cmd": server_cmd, "engine": engine,
+                "server_timeout_s": server_timeout,
                 **_lists(policy, batch_sizes, max_wait_ms, None, None),
                 "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
                            "budget_s": (budget_min or 10.0) * 60, "start_load": start_load,

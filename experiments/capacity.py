@@ -198,7 +198,7 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
             if label in by_label:
                 searches[by_label[label]].prune(reason)
 
-    results = search_all(searches, one, can_continue, interleave=spec.server_cmd is None,
+    results = search_all(searches, one, can_continue, interleave=not spec.starts_servers,
                          after=after)
     key = objective_key(profile)
     out = []

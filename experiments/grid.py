@@ -219,9 +219,6 @@ class SweepSpec(BaseModel):
             return self
         if self.server_cmd is not None or self.target is not None:
             raise ValueError("engine starts its own server per config: drop server_cmd and target")
-        if self.search is not None:
-            raise ValueError("a capacity search does not start engine presets yet: drop engine "
-                             "(give the server's command as server_cmd instead) or run a grid")
         lacks = lacking_knobs(self.engine, list(self.policies), list(self.max_wait_ms))
         if lacks:
             raise ValueError(f"{self.engine} has no setting for {'; '.join(lacks)}")

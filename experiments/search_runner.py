@@ -36,7 +36,7 @@ class SearchRunner(SweepRunner):
     budget_spent = False
     _calibrating: TrialConfig | None = None
     _num_finished = 0  # searches finished at the last revision
-    _slos: list[SLO] | None = None  # the SLOs trials are judged against (for refitted predictions)
+    _judged_by: list[SLO] | None = None  # the SLOs trials are judged against (for refitted predictions)
 
     def _run_all(self) -> str:
         search = self.spec.search
@@ -80,11 +80,11 @@ class SearchRunner(SweepRunner):
         with that trial so a replay prunes at the same point. The refitted prediction (the cost
         model fitted to every step so far) is consulted each time another search finishes."""
         finished = sum(s.is_finished for s in searches.values())
-        refit = finished > self._num_finished and uses_prediction(self.spec) and self._slos is not None
+        refit = finished > self._num_finished and uses_prediction(self.spec) and self._judged_by is not None
         self._num_finished = finished
         cost = fit_cost_model(self._steps or [], prior_cost(self.spec.model)) if refit else None
         try:
-            pruned = revise_plan(self.spec, self.profile, cost, self._slos or [], searches)
+            pruned = revise_plan(self.spec, self.profile, cost, self._judged_by or [], searches)
         except Exception:  # noqa: BLE001 - a revision only saves trials; without it none are lost
             return {}
         if pruned:
@@ -99,7 +99,7 @@ class SearchRunner(SweepRunner):
 
     def _with_prediction(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
                          metrics: TrialMetrics) -> TrialMetrics:
-        self._slos = slos
+        self._judged_by = slos
         metrics = super()._with_prediction(config, result, slos, metrics)
         if config != self._calibrating:
             return metrics

@@ -43,9 +43,18 @@ LIMIT_X = float(os.environ.get("LIMIT_X", 1))
 QUICK = {"batch_sizes": [1, 8], "max_wait_ms": [0], "loads": [1, 2, 4, 8], "requests": 32}
 
 
+REUSE = False  # --reuse: a finished sweep of the same spec in the db is not measured again
+
+
 def run(store: Store, model: str, profile: str, data: dict) -> int:
     spec = parse_spec({"model": model, "profile": profile,
                        **{"policies": ["static", "continuous"], **data}})
+    if REUSE and spec.search is None:
+        same = [s.id for s in store.list_sweeps()
+                if s.status == "done" and s.grid == spec.model_dump(mode="json")]
+        if same:
+            print(f"reusing grid sweep {same[-1]} ({profile})")
+            return same[-1]
     sweep_id = create_sweep(store, spec, load_profile(profile))
     runner_for(store, sweep_id).run()
     return sweep_id
@@ -186,7 +195,11 @@ def main() -> None:
     parser.add_argument("--profiles", default="chat,batch")
     parser.add_argument("--db", default=None, help="keep the results here (default: a temp file)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense load grid")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished grid sweeps of the same spec in --db (search again)")
     args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
     if args.simulated:
         simulated(args.model)
         return

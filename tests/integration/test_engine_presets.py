@@ -75,3 +75,42 @@ def test_fake_vllm_gets_its_flags_per_config_and_is_scraped(capsys, tmp_path: Pa
     trials = store.list_trials(store.list_sweeps()[0].id)
     scraped = [t.details["server_metrics"] for t in trials]
     assert all(s["url"].endswith("/metrics") and s["t_s"] for s in scraped)  # sampled during the trial
+
+
+def test_search_with_an_engine_lacking_a_knob_exits_2(capsys, tmp_path: Path, tiny_profile: Path):
+    code = main(["search", "--engine", "vllm", "--profile", str(tiny_profile), "--policy", "continuous",
+                 "--batch-sizes", "2", "--max-wait-ms", "5", "--concurrency",
+                 "--db", f"sqlite:///{tmp_path / 't.db'}"])
+    assert code == 2 and "vllm has no setting for max_wait_ms" in capsys.readouterr().err
+    assert not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.slow
+def test_search_starts_the_engine_once_per_config_with_its_flags(capsys, tmp_path: Path,
+                                                                 tiny_profile: Path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "vllm"
+    fake.write_text(FAKE_VLLM.format(python=sys.executable))
+    fake.chmod(0o755)
+    log = tmp_path / "argv.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_ENGINE_LOG", str(log))
+    db = f"sqlite:///{tmp_path / 't.db'}"
+    # The tiny profile's SLOs are loose: every config carries the largest load tried (2 users);
+    # 30 requests, so that all of them meeting the SLOs shows >= 90% at 90% confidence.
+    code = main(["search", "--engine", "vllm", "--model", "builtin:tiny", "--profile", str(tiny_profile),
+                 "--policy", "continuous", "--batch-sizes", "1,2", "--max-wait-ms", "0",
+                 "--concurrency", "--max-load", "2", "--requests", "30", "--budget-min", "5",
+                 "--db", db, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    found = {c["config"]["batch_size"]: (c["capacity"], c["status"]) for c in result["capacities"]}
+    assert found == {1: (2, "at_limit"), 2: (2, "at_limit")}
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    # one server per config, each with its own --max-num-seqs, one after the other
+    assert [c[c.index("--max-num-seqs") + 1] for c in calls] == ["1", "2"]
+    trials = Store(db, create=False).list_trials(result["sweep_id"])
+    assert result["trials_run"] == len(trials) >= 2
+    assert all("prediction" not in t.details for t in trials)  # an external server: nothing to fit
