@@ -153,6 +153,7 @@ def simulated(model: str) -> None:
         calibration_probe,
         make_plan,
         prior_cost,
+        revise_plan,
         simulated_measure,
     )
     from experiments.estimate import predicted_slos
@@ -177,10 +178,21 @@ def simulated(model: str) -> None:
         probe = calibration_probe(spec, prof, slos)
         plan = make_plan(spec, prof, cost, slos, probe.__class__(**{**vars(probe), "concurrency": None}),
                          float(probe.concurrency))
-        caps = run_search(spec, prof, [], simulated_measure(spec, prof, cost, slos, spent), plan=plan)
+        finished = [0]
+
+        def revise(config, searches, spec=spec, prof=prof, cost=cost, slos=slos, finished=finished):
+            # as the runner: the (here: true) cost model is consulted when another search ends
+            now = sum(s.is_finished for s in searches.values())
+            refit, finished[0] = now > finished[0], now
+            return revise_plan(spec, prof, cost if refit else None, slos, searches)
+
+        caps = run_search(spec, prof, [], simulated_measure(spec, prof, cost, slos, spent), plan=plan,
+                          revise=revise)
         top = best(caps)
         grid_top = max(from_grid, key=from_grid.get) if from_grid else None
-        print(f"[simulated] {profile}: grid {grid_s:.0f} s of trials, search {spent[0]:.0f} s "
+        ruled_out = sum(c.capacity.status in ("skipped", "pruned") for c in caps)
+        print(f"[simulated] {profile}: {ruled_out} of {len(caps)} configs ruled out; "
+              f"grid {grid_s:.0f} s of trials, search {spent[0]:.0f} s "
               f"({spent[0] / grid_s:.0%}); grid's best capacity {grid_top} "
               f"({from_grid.get(grid_top)} users), search's {knob_label(top.config) if top else None} "
               f"({top.capacity.capacity if top else None} users)")
