@@ -125,8 +125,10 @@ def main() -> None:
             show(rows[-1])
         best = best_fixed(rows)
         reruns = []
-        for _ in range(args.confirm):
-            for config in (best["trial_config"], configs[-1]):
+        for i in range(args.confirm):
+            pair = (best["trial_config"], configs[-1])
+            # ABBA: which runs first alternates, so a drift of the machine favours neither
+            for config in pair if i % 2 == 0 else pair[::-1]:
                 reruns.append(run_config(target, profile, config, slos, args.seed, steps))
                 show(reruns[-1])
     finally:
@@ -185,10 +187,30 @@ def report(rows: list[dict], reruns: list[dict], args, trace_s: float, load_s: f
         print(f"paired rounds: adaptive - fixed attainment {', '.join(f'{d:+.3f}' for d in d_att)} "
               f"(median {np.median(d_att):+.3f}; adaptive >= fixed in {sum(d >= 0 for d in d_att)} "
               f"of {len(d_att)}); goodput ratio median {np.median(ratio) if ratio else float('nan'):.3f}")
+        d_good = [a["goodput_rps"] - f["goodput_rps"] for f, a in zip(fixed, adapt, strict=True)]
+        for name, d in (("attainment", d_att), ("goodput req/s", d_good)):
+            lo, hi = mean_interval(d)
+            print(f"  mean paired difference, {name}: {np.mean(d):+.3f} (90% interval {lo:+.3f} .. "
+                  f"{hi:+.3f}, t over {len(d)} pairs)")
     if args.out:
         with open(args.out, "w") as f:
             plain = [{k: v for k, v in r.items() if k != "trial_config"} for r in rows + reruns]
             json.dump({"args": vars(args), "rows": plain, "load_s": load_s}, f, indent=1)
+
+
+# two-sided 90% Student t quantiles by degrees of freedom (numpy has no t distribution)
+T90 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833,
+       10: 1.812, 11: 1.796, 12: 1.782, 15: 1.753, 20: 1.725, 30: 1.697}
+
+
+def mean_interval(d: list[float]) -> tuple[float, float]:
+    """90% t interval of the mean of paired differences (nan with one pair)."""
+    if len(d) < 2:
+        return float("nan"), float("nan")
+    df = len(d) - 1
+    t = T90[max(k for k in T90 if k <= df)]  # the next smaller df: a slightly wider interval
+    half = t * float(np.std(d, ddof=1)) / len(d) ** 0.5
+    return float(np.mean(d)) - half, float(np.mean(d)) + half
 
 
 def simulate(profile, configs: list[TrialConfig], slos, steps: list, speedup: float) -> None:
