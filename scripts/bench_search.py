@@ -143,7 +143,29 @@ def dense(store: Store, model: str, profile: str, size: dict, search_id: int) ->
     searched = next(c.capacity for c in caps if knob_label(c.config) == label)
     return {"config": label, "dense": from_dense.get(label), "bisection": searched.capacity,
             "bisection_upper": searched.upper, "status": searched.status,
-            "dense_s": measure_s(store, grid_id)}
+            "dense_s": measure_s(store, grid_id),
+            **dense_readings(store.list_trials(grid_id), prof.min_slo_attainment)}
+
+
+def dense_readings(trials, target: float) -> dict:
+    """Three readings of one config's dense grid: the largest load whose point attainment meets
+    the target (noise lets a lucky high load pass), the load before the first point miss, and
+    the search's own rule (below the first load whose 90% Wilson interval does not lie wholly
+    above the target: a bisection that measured every load once; it repeats undecided ones)."""
+    from experiments.search import wilson, z_for
+
+    z = z_for(0.9)
+    rows = sorted((t.config.concurrency, t) for t in trials if t.status == "done")
+    att = {users: float(t.metrics.get("slo_attainment") or 0.0) for users, t in rows}
+    first_miss = next((u for u, a in att.items() if a < target), None)
+    shown = 0
+    for users, t in rows:
+        total = int(t.metrics.get("requests_completed") or 0) + int(t.metrics.get("requests_failed") or 0)
+        if wilson(round(att[users] * total), total, z)[0] < target:
+            break
+        shown = users
+    return {"attainment": att, "before_first_miss": (first_miss - 1) if first_miss else max(att),
+            "interval_rule": shown}
 
 
 def simulated(model: str) -> None:
@@ -236,6 +258,9 @@ def main() -> None:
     print(f"\ndense vs bisection ({rows[0]['profile']}, {d['config']}): dense grid capacity "
           f"{d['dense']} users ({d['dense_s']:.0f} s of trials); bisection {d['bisection']:g} "
           f"(next failing {d['bisection_upper']}; {d['status']})")
+    print(f"  dense readings: before the first miss {d['before_first_miss']} users; with the search's "
+          f"interval rule {d['interval_rule']} users; attainment by users: "
+          + ", ".join(f"{u}: {a:.3f}" for u, a in d["attainment"].items()))
 
 
 if __name__ == "__main__":
