@@ -248,8 +248,11 @@ def sentence(capacities: list[ConfigCapacity], profile_name: str) -> str:
             f"within the {profile_name} SLOs")
     others = sorted({c.config.policy for c in capacities} - {top.config.policy})
     for policy in others:
-        rival = best([c for c in capacities if c.config.policy == policy])
+        mine = [c for c in capacities if c.config.policy == policy]
+        rival = best(mine)
+        pruned = max((c.capacity.capacity for c in mine if c.capacity.status == PRUNED), default=0.0)
         text += (f"; the best {policy} config {_num(rival.capacity.capacity)}" if rival
+                 else f"; {policy} configs at least {_num(pruned)}, then ruled out" if pruned > 0
                  else f"; no {policy} config was shown to carry any")
     undecided = sum(c.capacity.status in NOT_ANSWERED for c in capacities)
     ruled_out = sum(c.capacity.status in RULED_OUT for c in capacities)

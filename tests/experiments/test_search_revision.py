@@ -114,3 +114,14 @@ def test_a_replay_prunes_where_the_live_search_pruned():
     assert [c.capacity for c in replayed] == [c.capacity for c in live]
     assert "1 ruled out as unable to win" in sentence(replayed, "chat")
     assert knob_label(replayed[0].config) == "static b8 w0ms"
+
+
+def test_a_policy_whose_configs_were_all_pruned_says_what_they_were_shown_to_carry():
+    from experiments.capacity import ConfigCapacity
+    from experiments.search import Capacity
+
+    caps = [ConfigCapacity(knobs(8), Capacity(8.0, None, AT_LIMIT, "", 1), "users"),
+            ConfigCapacity(TrialConfig("static", 8, 0.0), Capacity(2.0, 4.0, PRUNED, "why", 2), "users")]
+    assert sentence(caps, "chat") == ("continuous b8 w0ms carries 8 users within the chat SLOs; "
+                                      "static configs at least 2, then ruled out "
+                                      "(1 ruled out as unable to win)")
