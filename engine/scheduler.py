@@ -155,7 +155,7 @@ class Scheduler:
         num_free = cap - len(self.running)
         plan = Plan()
         if num_free > 0 and self.waiting:
-            plan = self._admit(now_s, num_free, state.wait_s(self.waiting[0], bool(self.running)))
+            plan = self._admit(now_s, num_free, state.wait_s(self.waiting[0], len(self.running)))
         if not plan.is_idle or not self.running:
             return plan
         return Plan(decode=tuple(self.running), wake_at_s=plan.wake_at_s)

@@ -95,8 +95,8 @@ def test_reorder_keeps_fifo_inside_each_group():
 def test_cap_and_wait_before_any_step_fall_back_to_the_configured_knobs():
     state = AdaptiveState(SchedulerConfig("adaptive", 6, 20, ttft_slo_ms=1000, tpot_slo_ms=5))
     assert state.batch_cap() == 6
-    assert state.wait_s(seq(0.0), is_running=True) == pytest.approx(0.020)
-    assert state.wait_s(seq(0.0), is_running=False) == 0.0
+    assert state.wait_s(seq(0.0), num_running=1) == pytest.approx(0.020)
+    assert state.wait_s(seq(0.0), num_running=0) == 0.0
 
 
 def test_stall_counts_prefill_seconds_per_decoded_row():
@@ -166,3 +166,19 @@ def test_fit_linear(points: list[tuple[int, float]], expected: tuple[float, floa
 def test_bad_slo_targets_are_rejected(kwargs: dict):
     with pytest.raises(ConfigError):
         SchedulerConfig("adaptive", **kwargs)
+
+
+def test_no_wait_while_the_running_rows_can_afford_a_prefill():
+    # As the wait test above, with a TPOT SLO of 40 ms. At 15 ms the window holds a's prefill
+    # (10 ms) and one decode row: predicted TPOT with b joining = 5 + 2 x 10 = 25 ms, under
+    # 0.8 x 40: holding b back would protect no one's TPOT, so b and c join at once (15 ms),
+    # not at 35 ms as with the TTFT SLO alone.
+    config = SchedulerConfig("adaptive", 8, 100, ttft_slo_ms=60, tpot_slo_ms=40)
+    a, b, c = run(config, [(0, 8, 10), (12, 8, 2), (13, 8, 2)])
+    assert ms([a.admitted_s, b.admitted_s, c.admitted_s]) == [0, 15, 15]
+    state = AdaptiveState(SchedulerConfig("adaptive", 8, 100, ttft_slo_ms=60, tpot_slo_ms=30))
+    state.observe("prefill", 1, 8, 0.010)
+    state.observe("decode", 1, 1, 0.005)
+    # 25 ms > 0.8 x 30: TPOT is near its SLO, so b may wait 0.5 x 60 - 10 ms (its prefill)
+    assert state.wait_s(seq(0.012), num_running=1) == pytest.approx(0.020)
+    assert state.wait_s(seq(0.012), num_running=0) == 0.0
