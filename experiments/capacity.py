@@ -156,7 +156,7 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
 
     `plan` (default: the stored one; `{}` when the search predicts nothing) gives each config's
     start load and the configs the prediction skipped; before it exists nothing has started.
-    A stored trial's revision (`details.prediction.revision.pruned`) prunes those configs
+    A stored trial's revision (`details.revision.pruned`) prunes those configs
     right after that trial, as when it was measured; `revise` makes new ones."""
     if spec.search is None:
         raise NotSearchError("this sweep is a load grid, not a capacity search")
@@ -185,8 +185,7 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
             return sample_of(stored[config])
         return measure(config) if measure is not None else None
 
-    revisions = {t.config: t.details.get("prediction", {}).get("revision", {}).get("pruned", {})
-                 for t in trials}
+    revisions = {t.config: t.details.get("revision", {}).get("pruned", {}) for t in trials}
     by_label = {knob_label(k): k for k in searches}
 
     def after(key: TrialConfig, probe: Probe) -> None:

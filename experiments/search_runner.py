@@ -92,9 +92,7 @@ class SearchRunner(SweepRunner):
             if not stored:
                 return {}  # not stored (stopped mid-trial): a replay could not prune here either
             revision = {"pruned": pruned, **({"cost_model": cost_to_dict(cost)} if cost else {})}
-            details = stored[0].details
-            prediction = {**details.get("prediction", {}), "revision": revision}
-            self.store.set_trial_details(stored[0].trial_id, {**details, "prediction": prediction})
+            self.store.set_trial_details(stored[0].trial_id, {**stored[0].details, "revision": revision})
         return pruned
 
     def _with_prediction(self, config: TrialConfig, result: TrialResult, slos: list[SLO],

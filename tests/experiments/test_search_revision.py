@@ -101,7 +101,7 @@ def test_a_replay_prunes_where_the_live_search_pruned():
         pruned = revise_plan(spec, PROFILE, None, SLOS, searches)
         if pruned:  # noted with the trial just measured, as the runner does
             trials[-1] = TrialRecord(trials[-1].trial_id, 1, config, "done", trials[-1].metrics,
-                                     details={"prediction": {"revision": {"pruned": pruned}}})
+                                     details={"revision": {"pruned": pruned}})
         return pruned
 
     live = run_search(spec, PROFILE, [], measure, plan={}, revise=revise)
