@@ -22,7 +22,11 @@ ROUTERS: tuple[str, ...] = ("least_outstanding", "round_robin", "power_of_two") 
 _FIELD_OF = {"concurrency": "load", "rate": "load", "speedup": "load", "sweep": "load",
              "ray_address": "executor"}
 EXECUTORS: dict[str, str] = {"local": "this machine, one trial at a time",
-                             "ray": "Ray workers, one trial per GPU or CPU slot"}
+                             "ray": "Ray workers, one trial per GPU or CPU slot",
+                             "engine": "a deployed engine's own server, started per config"}
+# experiments.engines.ENGINES, in words; the model field names what the engine loads.
+ENGINE_NAMES: dict[str, str] = {"vllm": "vLLM", "sglang": "SGLang", "tgi": "TGI (text-generation-launcher)",
+                                "llamacpp": "llama.cpp (llama-server, a GGUF path as model)"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class RunInputs:
     ray_address: str = ""  # empty: a local Ray cluster for the sweep's lifetime
     replicas: str = "1"  # replica counts, e.g. "1, 2"
     routers: tuple[str, ...] = ("least_outstanding",)  # used by counts > 1
+    engine: str | None = None  # a preset server per config (vllm, sglang, tgi, llamacpp)
 
 
 def parse_numbers(text: str, kind: type) -> list:
@@ -101,11 +106,23 @@ def build_spec(inputs: RunInputs, user_profiles: dict[str, str]) -> tuple[SweepS
         return None, _grid_error(str(exc))
     except ProfileError as exc:
         return None, {"profile": str(exc)}
-    if spec.executor == "ray":
-        error = _ray_error(spec.ray_address)
-        if error is not None:
-            return None, {"executor": error}
+    error = _ray_error(spec.ray_address) if spec.executor == "ray" else _engine_error(spec.engine)
+    if error is not None:
+        return None, {"executor": error}
     return spec, {}
+
+
+def _engine_error(engine: str | None) -> str | None:
+    # Said on the page: the worker would otherwise fail its first trial on a missing binary.
+    from experiments.engines import EngineUnavailableError, preset
+
+    if engine is None:
+        return None
+    try:
+        preset(engine).check_available()
+    except EngineUnavailableError as exc:
+        return str(exc).removeprefix(f"--engine {engine}: ")
+    return None
 
 
 def _ray_error(address: str | None) -> str | None:
@@ -123,7 +140,8 @@ def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
     data = {"model": inputs.model.strip(), "device": inputs.device, "profile": inputs.profile,
             "policies": list(inputs.policies), "requests": inputs.requests,
             "repetitions": inputs.repetitions, "name": inputs.name.strip() or None,
-            "executor": inputs.executor, "ray_address": inputs.ray_address.strip() or None}
+            "executor": "local" if inputs.engine else inputs.executor,
+            "ray_address": inputs.ray_address.strip() or None, "engine": inputs.engine}
     closed = inputs.load_mode == "concurrency"
     lists = (("batch_sizes", inputs.batch_sizes, int), ("max_wait_ms", inputs.max_wait_ms, float),
              ("load", inputs.loads, int if closed else float))
@@ -162,6 +180,8 @@ def _grid_error(message: str) -> dict[str, str]:
     field = where.split(".")[0]
     if field == "sweep" and "max_num_batched_tokens" in what:  # a check across fields names it
         field = "max_num_batched_tokens"
+    elif field == "sweep" and "has no setting for" in what:  # an engine lacking a knob
+        field = "executor"
     return {_FIELD_OF.get(field, field): what or message}
 
 

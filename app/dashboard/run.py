@@ -64,11 +64,11 @@ def _inputs(url: str, is_search: bool = False) -> tuple[RunInputs, dict]:
                                      help="2+ gives error bars (95% intervals)")
     slots["repetitions"] = right.empty()
     replicas, routers = _replica_inputs(slots, is_search)
-    executor, ray_address = _executor_inputs(slots, is_search)
+    executor, ray_address, engine = _executor_inputs(slots, is_search)
     inputs = RunInputs(model, device, profile, tuple(policies), batch_sizes, waits, mode, loads,
                        burstiness, int(requests), int(repetitions), name, search_load,
                        float(budget_min), token_budgets, executor, ray_address, replicas,
-                       tuple(routers))
+                       tuple(routers), engine)
     return inputs, slots
 
 
@@ -86,17 +86,26 @@ def _replica_inputs(slots: dict, is_search: bool) -> tuple[str, list[str]]:
     return replicas, routers
 
 
-def _executor_inputs(slots: dict, is_search: bool) -> tuple[str, str]:
-    if is_search:  # a search probes one load after another: local only
-        return "local", ""
+def _executor_inputs(slots: dict, is_search: bool) -> tuple[str, str, str | None]:
+    """Where trials run: (executor, Ray address, engine preset or None)."""
+    # A search probes one load after another: not on Ray, but a deployed engine's server works.
+    kinds = [k for k in forms.EXECUTORS if not (is_search and k == "ray")]
     left, right = st.columns(2)
-    executor = left.radio("Run trials on", list(forms.EXECUTORS), key="run_executor", horizontal=True,
+    executor = left.radio("Run trials on", kinds, key="run_executor", horizontal=True,
                           format_func=forms.EXECUTORS.get)
-    address = "" if executor != "ray" else right.text_input(
-        "Ray head address (HOST:PORT)", key="run_ray_address",
-        help="empty: a local Ray cluster on this machine for the sweep's lifetime")
+    address, engine = "", None
+    if executor == "ray":
+        address = right.text_input("Ray head address (HOST:PORT)", key="run_ray_address",
+                                   help="empty: a local Ray cluster on this machine for the sweep's "
+                                        "lifetime")
+    elif executor == "engine":
+        engine = right.selectbox("Engine", list(forms.ENGINE_NAMES), key="run_engine",
+                                 format_func=forms.ENGINE_NAMES.get,
+                                 help="its server starts once per batching config with that "
+                                      "config's flags, on this machine, serving the model above; "
+                                      "it must be installed here")
     slots["executor"] = st.empty()
-    return executor, address
+    return executor, address, engine
 
 
 def _search_inputs(slots: dict) -> tuple[str, float, float]:
@@ -181,6 +190,10 @@ def _start_row(url: str, spec: SweepSpec | None) -> None:
     if spec is None:
         left.metric("Trials", "-")
         mid.caption("Fix the fields marked above to see the grid size and duration.")
+    elif spec.engine is not None:
+        left.metric("Trials" if spec.search is None else "Trials (at most)", spec.num_trials)
+        mid.caption(f"No duration estimate: {forms.ENGINE_NAMES[spec.engine]} runs at its own "
+                    f"speed, and its server starts once per config ({len(spec.knob_configs())}).")
     elif spec.search is not None:
         left.metric("Trials (at most)", spec.num_trials,
                     help="a search stops each config once its capacity is decided")

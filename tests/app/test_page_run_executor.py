@@ -63,3 +63,59 @@ def test_bad_replica_count_is_shown_under_its_field(db_url: str) -> None:
     app.text_input(key="run_replicas").input("0, 2").run()
     assert any("replica count must be >= 1" in plain(e.value) for e in app.error)
     assert app.button(key="run_start").disabled
+
+
+def _engine_page(*, waits: str = "0", policies: tuple[str, ...] = ("continuous",)):
+    app = page_test("run").run()
+    app.radio(key="run_executor").set_value("engine").run()
+    app.selectbox(key="run_engine").set_value("vllm").run()
+    app.multiselect(key="run_policies").set_value(list(policies)).run()
+    app.text_input(key="run_waits").input(waits).run()
+    return app
+
+
+def test_an_engine_not_installed_here_is_said_and_blocks_start(db_url: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    app = _engine_page()
+    assert not app.exception
+    assert any("'vllm' is not on PATH; install it (pip install vllm)" in plain(e.value) for e in app.error)
+    assert app.button(key="run_start").disabled
+
+
+def test_an_engine_lacking_a_knob_says_which_under_the_run_on_field(db_url: str, tmp_path,
+                                                                    monkeypatch) -> None:
+    _fake_vllm_on_path(tmp_path, monkeypatch)
+    app = _engine_page(waits="0, 10", policies=("static", "continuous"))
+    errors = [plain(e.value) for e in app.error]
+    assert any("vllm has no setting for max_wait_ms" in e and "policies other than continuous" in e
+               for e in errors), errors
+    assert app.button(key="run_start").disabled
+
+
+def test_an_installed_engine_is_queued_as_a_server_per_config(db_url: str, store: Store, launches,
+                                                              tmp_path, monkeypatch) -> None:
+    _fake_vllm_on_path(tmp_path, monkeypatch)
+    app = _engine_page()
+    assert not app.error
+    assert any("No duration estimate" in c.value and "once per config (3)" in c.value for c in app.caption)
+    app.button(key="run_start").click().run()
+    assert not app.exception
+    (spec,) = launches.specs
+    assert (spec.engine, spec.executor, spec.policies, spec.batch_sizes) == (
+        "vllm", "local", ["continuous"], [1, 4, 16])
+
+
+def test_a_search_offers_engines_but_not_ray(db_url: str) -> None:
+    app = page_test("run").run()
+    app.radio(key="run_kind").set_value("capacity").run()
+    from app.dashboard.forms import EXECUTORS
+
+    assert app.radio(key="run_executor").options == [EXECUTORS["local"], EXECUTORS["engine"]]
+
+
+def _fake_vllm_on_path(tmp_path, monkeypatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "vllm").write_text("#!/bin/sh\nexit 1\n")  # never started: the page only checks PATH
+    (bin_dir / "vllm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
