@@ -176,7 +176,7 @@ def _check_resume(store, sweep_id: int) -> int:
 def search_outcome(store, sweep_id: int) -> dict[str, Any]:
     """The CLI contract's JSON object, replayed from the stored trials."""
     from experiments.analysis import sweep_capacities
-    from experiments.capacity import best, knobs_of, sentence
+    from experiments.capacity import NOT_ANSWERED, RULED_OUT, best, knobs_of, sentence
 
     sweep = store.get_sweep(sweep_id)
     capacities, trials = sweep_capacities(store, sweep_id)
@@ -188,7 +188,9 @@ def search_outcome(store, sweep_id: int) -> dict[str, Any]:
             "config": knobs_of(top.config), "capacity": top.capacity.capacity, "unit": top.unit},
         "sentence": sentence(capacities, sweep.profile.get("name", "profile")),
         "trials_run": len(trials), "trials_failed": sum(t.status == "failed" for t in trials),
-        "undecided": [c.to_dict()["label"] for c in capacities if not c.capacity.is_decided],
+        # Ruled out (predicted or shown unable to win) is an answer, not "undecided".
+        "undecided": [c.to_dict()["label"] for c in capacities if c.capacity.status in NOT_ANSWERED],
+        "ruled_out": [c.to_dict()["label"] for c in capacities if c.capacity.status in RULED_OUT],
         "db": store.display_url,
     }
 
@@ -202,7 +204,8 @@ def _print_outcome(store, runner, status: str, json_out: bool) -> None:
         print_json(out)
     else:
         for c in out["capacities"]:
-            mark = "" if c["decided"] else "  (undecided)"
+            mark = ("" if c["decided"] else "  (ruled out)" if c["label"] in out["ruled_out"]
+                    else "  (undecided)")
             print(f"{c['label']:<28} {c['capacity']:>8.3g} {c['unit']}{mark}  {c['reason']}")
         print(out["sentence"])
         if out["budget_spent"]:

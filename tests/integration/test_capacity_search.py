@@ -72,6 +72,9 @@ def test_search_json_contract(tmp_path: Path, tiny_profile: Path):
         assert set(c["config"]) >= {"policy", "batch_size", "max_wait_ms"}
         assert isinstance(c["capacity"], (int, float)) and c["unit"] == "users"
         assert isinstance(c["decided"], bool)
+        # each config is decided, undecided or ruled out (predicted or shown unable to win)
+        lists = (c["decided"], c["label"] in out["undecided"], c["label"] in out["ruled_out"])
+        assert sum(lists) == 1 and lists[2] == (c["status"] in ("skipped", "pruned")), c
     trials = Store(db, create=False).list_trials(out["sweep_id"])
     assert out["trials_run"] == len(trials) == len({t.config for t in trials}) >= 4
     decided = [c for c in out["capacities"] if c["decided"] and c["capacity"] > 0]
