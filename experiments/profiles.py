@@ -25,6 +25,7 @@ from pydantic import (
 
 from common.records import SLO
 from experiments.arrivals import BUILTIN_TRACES, RateSchedule, TraceArrival
+from experiments.profile_errors import ErrorSchema, yaml_error
 
 # The package's own folder: its profiles ship inside it (package data).
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -214,12 +215,14 @@ class Profile(_Strict):
 
 # -- loading ------------------------------------------------------------------------------------
 
-_UNION_FIELDS = {"prompt_tokens": "kind", "output_tokens": "kind", "arrival": "mode"}
-_TAGS = {
-    "kind": {"fixed": FixedLength, "uniform": UniformLength, "normal": NormalLength,
-             "lognormal": LogNormalLength, "choice": ChoiceLength},
-    "mode": {"closed": ClosedArrival, "open": OpenArrival, "trace": TraceArrival},
-}
+# How a profile's validation errors are told: its tagged sections and their models.
+_SCHEMA = ErrorSchema(
+    root=Profile,
+    union_fields={"prompt_tokens": "kind", "output_tokens": "kind", "arrival": "mode"},
+    tags={"kind": {"fixed": FixedLength, "uniform": UniformLength, "normal": NormalLength,
+                   "lognormal": LogNormalLength, "choice": ChoiceLength},
+          "mode": {"closed": ClosedArrival, "open": OpenArrival, "trace": TraceArrival}},
+    sections={"slos": SLOSpec})
 
 
 def list_builtin_profiles() -> list[str]:
@@ -293,84 +296,14 @@ def parse_profile_yaml(text: str, source: str) -> Profile:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ProfileError(f"profile '{source}': {_yaml_error(exc)}") from None
+        raise ProfileError(f"profile '{source}': {yaml_error(exc)}") from None
     if not isinstance(data, dict):
         raise ProfileError(f"profile '{source}': must be a YAML mapping of fields "
                            f"(name, prompt_tokens, ...), got {type(data).__name__}")
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(f"profile '{source}': {_validation_error(exc, data)}") from None
-
-
-def _yaml_error(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    where = f" at line {mark.line + 1}" if mark is not None else ""
-    return f"invalid YAML{where}: {problem}"
-
-
-def _validation_error(exc: ValidationError, data: dict) -> str:
-    """The first pydantic error as `field.path: what to do (got value)`."""
-    errors = exc.errors()
-    # A misspelt field shows up as 'missing' plus 'unknown'; the unknown one points at the typo.
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    path = _clean_loc(err["loc"])
-    where = ".".join(path) or "(top level)"
-    return f"{where}: {_error_text(err, path, data)}"
-
-
-def _clean_loc(loc: tuple) -> list[str]:
-    # Discriminated unions put the tag in the location ('prompt_tokens', 'uniform', 'max'),
-    # and dict keys add '[key]'; neither is a field the user wrote.
-    out: list[str] = []
-    for part in loc:
-        is_tag = bool(out) and out[-1] in _UNION_FIELDS and len(out) == 1
-        if part == "[key]" or (is_tag and part in _TAGS[_UNION_FIELDS[out[-1]]]):
-            continue
-        out.append(str(part))
-    return out
-
-
-def _error_text(err: dict, path: list[str], data: dict) -> str:
-    kind, ctx = err["type"], err.get("ctx", {})
-    if kind == "literal_error":
-        return f"must be one of {_unquote(ctx['expected'])} (got {err['input']!r})"
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tag_field = _UNION_FIELDS.get(path[-1], "kind") if path else "kind"
-        tags = ", ".join(_TAGS[tag_field])
-        got = f"got {ctx['tag']!r}" if "tag" in ctx else "it is missing"
-        return f"{tag_field} must be one of {tags} ({got})"
-    if kind == "missing":
-        return "required field is missing; add it"
-    if kind == "extra_forbidden":
-        return f"unknown field; allowed fields: {', '.join(_allowed_fields(path[:-1], data))}"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    return _generic_text(err)
-
-
-def _generic_text(err: dict) -> str:
-    msg = err["msg"].replace("Input should be", "must be")
-    value = err.get("input")
-    return msg if isinstance(value, dict) else f"{msg} (got {value!r})"
-
-
-def _unquote(expected: str) -> str:
-    return expected.replace("'", "").replace(" or ", ", ")
-
-
-def _allowed_fields(parent: list[str], data: dict) -> list[str]:
-    """The fields the model at `parent` accepts, to suggest a fix for a misspelt one."""
-    model: type[BaseModel] | None = Profile
-    if parent and parent[0] in _UNION_FIELDS:
-        tag_field = _UNION_FIELDS[parent[0]]
-        section = data.get(parent[0])
-        tag = section.get(tag_field) if isinstance(section, dict) else None
-        model = _TAGS[tag_field].get(tag) if isinstance(tag, str) else None
-    elif parent and parent[0] == "slos":
-        model = SLOSpec
-    return list(model.model_fields) if model is not None else []
+        raise ProfileError(f"profile '{source}': {_SCHEMA.message(exc, data)}") from None
 
 
 # -- SLOs ---------------------------------------------------------------------------------------
