@@ -42,7 +42,9 @@ def capacity_section(url: str, sweep: SweepRecord, chart_key: str) -> None:
     st.plotly_chart(fig, key=chart_key)
     st.caption("Bar: the largest load shown to meet the SLOs (attainment interval at or above "
                "the target); whisker: up to the lowest load that did not. Faded: undecided "
-               "(budget, client-bound or failed trials); open diamond: predicted before measuring.")
+               "(budget, client-bound or failed trials) or pruned (ruled out as unable to win, "
+               "searched no further); open diamond: predicted before measuring. Configs the "
+               "prediction ruled out before measuring are listed below, not drawn.")
     with st.expander("Capacity per config"):
         st.dataframe([c.to_dict() | {"config": None} for c in caps], hide_index=True,
                      column_order=["label", "capacity", "upper", "unit", "decided", "status",
