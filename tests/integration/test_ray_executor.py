@@ -150,7 +150,7 @@ def test_a_killed_worker_costs_one_retry_and_no_lost_trial(tmp_path, tiny_profil
 
     store = Store(f"sqlite:///{tmp_path / 'k.db'}")
     spec = parse_spec({"profile": str(tiny_profile), "policies": ["continuous"], "batch_sizes": [2, 4],
-                       "max_wait_ms": [0.0], "concurrency": [2], "requests": 80, "executor": "ray",
+                       "max_wait_ms": [0.0], "concurrency": [2], "requests": 160, "executor": "ray",
                        "ray_address": cluster})
     sweep_id = create_sweep(store, spec, load_profile(str(tiny_profile)))
     runner = runner_for(store, sweep_id)
@@ -159,7 +159,7 @@ def test_a_killed_worker_costs_one_retry_and_no_lost_trial(tmp_path, tiny_profil
     def kill_a_worker_mid_trial() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
-            time.sleep(0.5)
+            time.sleep(0.1)  # trials of ~3 s: kill well inside one, even on a fast machine
             if runner.store.get_sweep(sweep_id).current_label:  # trials in flight
                 pids = _worker_pids()
                 if pids:
