@@ -13,10 +13,10 @@ from common.records import SLO, TrialConfig
 from engine.config import SchedulerConfig
 from engine.simulate import CostModel, Simulator
 from experiments.grid import SweepSpec
-from experiments.loadgen import make_requests, open_loop_arrivals
 from experiments.metrics import latency_samples, summarize
 from experiments.profiles import SLO_METRICS, OpenArrival, Profile, TraceArrival, resolve_slos
 from experiments.traces import prepare_replay
+from experiments.workload import make_requests, open_loop_arrivals
 
 MS = 1e-3
 # Fitted to step times measured on a 2-core CPU (decode at batch 1/4/16, prefill of 64 to

@@ -14,8 +14,9 @@ from common.records import RequestRecord
 from experiments import sse
 from experiments.client_stats import ClientStats
 from experiments.http_client import CANCELLED, Raw
-from experiments.loadgen import LoadResult, RequestSpec, achieved_rate, offered_rate
+from experiments.loadgen import LoadResult, achieved_rate, offered_rate
 from experiments.metrics import is_saturated
+from experiments.workload import RequestSpec
 
 
 def num_text_tokens(tokenizer: Any, text: str) -> int:

@@ -15,10 +15,11 @@ import numpy as np
 from common.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from engine.core import StepRecord
 from engine.simulate import CostModel, Simulator
-from experiments.loadgen import make_requests, open_loop_arrivals, record_from_sequence
+from experiments.loadgen import record_from_sequence
 from experiments.metrics import compute_trial_metrics
 from experiments.profiles import OpenArrival, Profile
 from experiments.trial import sched_config_of
+from experiments.workload import make_requests, open_loop_arrivals
 
 MIN_STEPS = 3  # fewer steps of a phase than this: keep the prior's coefficients for it
 

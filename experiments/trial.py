@@ -12,21 +12,12 @@ from common.records import SLO, RequestRecord, Roofline, TrialConfig, TrialMetri
 from engine.config import SchedulerConfig
 from engine.core import StepRecord
 from experiments.client_stats import with_client_check
-from experiments.loadgen import (
-    LoadResult,
-    LoadTarget,
-    RequestSpec,
-    StopCheck,
-    make_requests,
-    open_loop_arrivals,
-    requests_of_lengths,
-    run_closed_loop,
-    run_open_loop,
-)
+from experiments.loadgen import LoadResult, LoadTarget, StopCheck, run_closed_loop, run_open_loop
 from experiments.metrics import compute_trial_metrics, latency_samples, summarize
 from experiments.profiles import SLO_METRICS, OpenArrival, Profile, TraceArrival
 from experiments.timeseries import trial_timeseries
 from experiments.traces import ATTRIBUTION, BUILTIN_TRACES, Replay, prepare_replay
+from experiments.workload import RequestSpec, make_requests, open_loop_arrivals, requests_of_lengths
 
 # A trace trial replays its window, then lets the requests in flight finish for up to this
 # many window lengths (plus TRACE_DRAIN_S) before it is cut.

@@ -17,7 +17,8 @@ from engine.factory import start_engine
 from engine.models import build_byte_tokenizer
 from engine.server import BackgroundServer, create_app
 from experiments.http_target import HttpTarget, api_base, server_root, wait_for_health
-from experiments.loadgen import RequestSpec, run_closed_loop
+from experiments.loadgen import run_closed_loop
+from experiments.workload import RequestSpec
 
 pytestmark = pytest.mark.slow  # loads builtin:tiny once for the module
 

@@ -11,10 +11,10 @@ from common.records import SLO, TrialConfig
 from engine.config import SchedulerConfig
 from engine.engine import Engine
 from engine.sequence import Sequence
-from experiments.loadgen import make_requests
 from experiments.metrics import littles_law_concurrency
 from experiments.profiles import Profile, parse_profile_yaml
 from experiments.trial import measure_baseline, run_trial
+from experiments.workload import make_requests
 
 PROFILE = parse_profile_yaml("""\
 name: t
