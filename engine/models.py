@@ -51,6 +51,9 @@ DTYPES: dict[str, torch.dtype] = {
 CPU_KV_RAM_FRACTION = 0.5  # never let the CPU KV budget exceed half of the available RAM
 CUDA_ACTIVATION_HEADROOM_FRACTION = 0.10  # of free memory, kept for activations and logits
 CUDA_MIN_HEADROOM_BYTES = 512 * 2**20
+# A reset leaves VmHWM at the RSS of that moment; the RSS read just after may be a little lower.
+RESET_SLACK_BYTES = 16 * 2**20
+_cpu_peak_tracks_since_reset = True  # False after a reset the OS refused or ignored
 
 
 class ModelLoadError(RuntimeError):
@@ -133,25 +136,40 @@ def kv_budget_tokens(loaded: LoadedModel, config: EngineConfig) -> int:
     return max(1, int(budget_bytes // loaded.kv_bytes_per_token))
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory since the last reset: CUDA allocator peak, else the process's peak RSS."""
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak memory since the last reset: CUDA allocator peak, else the process's peak RSS.
+
+    None on CPU when the last reset was not honoured (no clear_refs, e.g. macOS or a sandboxed
+    /proc): the lifetime peak would pass for this trial's and make every config look alike."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     if device.type == "mps":  # no peak counter: the driver's current allocation
         return torch.mps.driver_allocated_memory() / 2**20
+    if not _cpu_peak_tracks_since_reset:
+        return None
     return _peak_rss_bytes() / 2**20
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Restart peak tracking (on CPU: Linux's VmHWM via clear_refs; a no-op where unsupported)."""
+def reset_peak_memory(device: torch.device) -> bool:
+    """Restart peak tracking (on CPU: Linux's VmHWM via clear_refs); whether it restarted."""
+    global _cpu_peak_tracks_since_reset
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    elif device.type == "cpu":
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # 5 = reset the peak RSS to the current RSS
-        except OSError:
-            pass  # not Linux: the peak stays the process lifetime's
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5 = reset the peak RSS to the current RSS
+    except OSError:
+        _cpu_peak_tracks_since_reset = False
+        return False
+    # Some kernels and sandboxes accept the write and ignore it: check the peak came down.
+    status = _proc_status_kib(("VmHWM:", "VmRSS:"))
+    honoured = (len(status) == 2
+                and status["VmHWM:"] - status["VmRSS:"] <= RESET_SLACK_BYTES // 1024)
+    _cpu_peak_tracks_since_reset = honoured
+    return honoured
 
 
 def device_name(device: torch.device) -> str:
@@ -350,13 +368,23 @@ def _available_ram() -> int:
         return 8 * 2**30
 
 
-def _peak_rss_bytes() -> int:
-    try:  # Linux: VmHWM honours the clear_refs reset above
+def _proc_status_kib(keys: tuple[str, ...]) -> dict[str, int]:
+    """The named lines of /proc/self/status, in KiB; empty where there is no /proc."""
+    found: dict[str, int] = {}
+    try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                key = line.split(maxsplit=1)[0] if line.strip() else ""
+                if key in keys:
+                    found[key] = int(line.split()[1])
     except OSError:
         pass
+    return found
+
+
+def _peak_rss_bytes() -> int:
+    hwm = _proc_status_kib(("VmHWM:",))  # Linux: VmHWM honours the clear_refs reset above
+    if hwm:
+        return hwm["VmHWM:"] * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux

@@ -153,8 +153,9 @@ class ReplicaSet:
         return sorted(steps, key=lambda s: s.start_s)
 
     def peak_memory_mb(self) -> float | None:
-        """The largest replica's peak (per GPU, or per process RSS on CPU)."""
-        return max(self._call_all("memory"), default=None)
+        """The largest replica's peak (per GPU, or per process RSS on CPU); None if any is unknown."""
+        peaks = self._call_all("memory")
+        return None if not peaks or None in peaks else max(peaks)
 
     def reset_peak_memory(self) -> None:
         self._call_all("reset_memory")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
+import os
+
 import pytest
 import torch
 
@@ -131,11 +134,41 @@ def test_kv_budget_follows_the_setting_or_the_cpu_gigabytes(tiny: LoadedModel) -
     assert 0 < half_gib <= one_gib <= 2**30 // tiny.kv_bytes_per_token
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
 def test_peak_memory_on_cpu_is_the_process_peak_rss() -> None:
     cpu = torch.device("cpu")
-    reset_peak_memory(cpu)
-    before = peak_memory_mb(cpu)
-    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-    assert peak_memory_mb(cpu) >= before + 32
-    del block
-    assert peak_memory_mb(cpu) > 0
+    honoured = reset_peak_memory(cpu)
+    rss_before = _rss_mb()
+    # A fresh anonymous mapping, every page touched: new resident pages, whatever malloc kept.
+    block = mmap.mmap(-1, 128 * 2**20)
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset] = 1
+    rss_with_block = _rss_mb()
+    assert rss_with_block >= rss_before + 100
+    block.close()
+    peak = peak_memory_mb(cpu)
+    if honoured:  # the peak since the reset saw the block, now gone
+        assert peak is not None and peak >= rss_with_block - 1
+        assert reset_peak_memory(cpu) and peak_memory_mb(cpu) < rss_with_block - 64
+    else:  # a lifetime peak must not pass for this trial's
+        assert peak is None
+
+
+def test_an_ignored_cpu_reset_gives_no_peak_rather_than_the_lifetime_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.models as models
+
+    cpu = torch.device("cpu")
+    # A sandbox that accepts the clear_refs write but keeps the old high-water mark.
+    monkeypatch.setattr(models, "_proc_status_kib",
+                        lambda keys: {"VmHWM:": 2_000_000, "VmRSS:": 500_000})
+    assert reset_peak_memory(cpu) is False
+    assert peak_memory_mb(cpu) is None
+    monkeypatch.undo()
+    if os.path.exists("/proc/self/clear_refs"):  # a later honoured reset tracks again
+        assert reset_peak_memory(cpu) is True and peak_memory_mb(cpu) > 0
