@@ -56,8 +56,14 @@ def server_root(base_url: str) -> str:
 
 
 def default_num_workers() -> int:
-    """Client processes a target may use: one per CPU core (at least 1)."""
-    return max(1, os.cpu_count() or 1)
+    """Client processes a target may use: one per CPU core this process may run on (at least 1).
+
+    The affinity mask, not os.cpu_count(): a container pinned to 2 of a host's 64 cores must
+    not start 64 workers that then fight over 2."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _has_uvloop() -> bool:

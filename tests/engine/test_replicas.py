@@ -90,7 +90,9 @@ def test_a_crashed_replica_fails_its_requests_with_the_reason_and_the_rest_serve
         finished = threading.Semaphore(0)
         long = SamplingParams(max_new_tokens=2000, ignore_eos=True)
         seqs = [rs.submit([5, 6, 7], long, on_finish=lambda s: finished.release()) for _ in range(2)]
+        mid_by = time.monotonic() + 60
         while not seqs[1].output_ids:  # replica 1 is mid-request
+            assert time.monotonic() < mid_by, "replica 1 never produced a token"
             time.sleep(0.01)
         os.kill(pids[1], signal.SIGKILL)
         assert finished.acquire(timeout=30)

@@ -65,8 +65,11 @@ def test_closed_loop_above_capacity_matches_theory(mock) -> None:
         load = run_closed_loop(target, specs(126, 5), concurrency=6, num_warmup=6)
     m = compute_trial_metrics(load.records, [], [], None, False, load.background)
     assert m.requests_completed == 120 and m.requests_failed == 0
-    assert 0.85 * truth.requests_per_s <= m.requests_per_s <= 1.03 * truth.requests_per_s
-    assert 0.97 * truth.e2e_s * 1e3 <= m.e2e_ms.mean <= 1.2 * truth.e2e_s * 1e3
+    assert m.requests_per_s <= 1.03 * truth.requests_per_s  # never beat K / S
+    assert m.e2e_ms.mean >= 0.97 * truth.e2e_s * 1e3
+    verdict = check_client(load.records + load.background, load.client, m.ttft_ms.p50)
+    assert verdict.is_client_bound or (m.requests_per_s >= 0.85 * truth.requests_per_s
+                                       and m.e2e_ms.mean <= 1.2 * truth.e2e_s * 1e3), verdict.details
     assert m.requests_per_s * m.e2e_ms.mean / 1e3 == pytest.approx(6, rel=0.1)  # Little's law
 
 
@@ -74,7 +77,12 @@ def test_closed_loop_below_capacity_sees_t_and_i(mock) -> None:
     with HttpTarget(mock(20, 5)) as target:
         load = run_closed_loop(target, specs(84, 5), concurrency=4, num_warmup=4)
     m = compute_trial_metrics(load.records, [], [], None, False, load.background)
-    assert 19.9 <= m.ttft_ms.p50 <= 26 and 4 <= m.itl_ms.p50 <= 6.5 and 39.9 <= m.e2e_ms.p50 <= 48
+    assert m.ttft_ms.p50 >= 19.9 and m.itl_ms.p50 >= 4 and m.e2e_ms.p50 >= 39.9  # never beat T, I
+    # Within a few ms of them, unless the trial's own check says the client lagged (a shared
+    # machine now and then stalls a process; then the numbers are flagged, not trusted).
+    verdict = check_client(load.records + load.background, load.client, m.ttft_ms.p50)
+    assert verdict.is_client_bound or (
+        m.ttft_ms.p50 <= 26 and m.itl_ms.p50 <= 6.5 and m.e2e_ms.p50 <= 48), verdict.details
     assert all(r.num_output_tokens == 5 and r.admitted_s is None for r in load.records)
     assert load.client is not None and load.client.num_workers == 1 and load.client.loop_lag_s
 
@@ -117,7 +125,7 @@ def test_duration_cut_cancels_what_is_in_flight(mock) -> None:
         t0 = time.monotonic()
         load = run_closed_loop(target, specs(12, 100), concurrency=4, num_warmup=4,
                                max_duration_s=0.5)
-        assert time.monotonic() - t0 < 4
+        assert time.monotonic() - t0 < 8  # uncut: 12 requests of 5 s, 4 at a time, 15 s
         assert load.was_cut and load.records == []  # measured ones cut short are not results
         assert [r.error for r in load.background] == ["cancelled by client"] * 4  # the warm-up
 
@@ -190,20 +198,22 @@ PROFILE = parse_profile_yaml("name: t\nprompt_tokens: {kind: fixed, value: 4}\n"
                              "objective: max_throughput\n", "t")
 
 
-def http_trial(url: str, concurrency: int, num_requests: int, num_tokens: int):
+def http_trial(url: str, concurrency: int, num_requests: int, num_tokens: int,
+               max_workers: int | None = None):
     profile = PROFILE.model_copy(update={"output_tokens": FixedLength(kind="fixed", value=num_tokens),
                                          "warmup_requests": concurrency})
-    with HttpTarget(url) as target:
+    with HttpTarget(url, max_workers=max_workers) as target:
         return run_trial(target, TrialConfig("continuous", 1, 0.0, concurrency=concurrency), profile,
                          num_requests, seed=0, slos=[], vocab_size=256, max_context_tokens=4096,
                          avoid_ids=[0])
 
 
 def test_an_overloaded_client_is_flagged_client_bound(mock) -> None:
-    # 512 users x 128 tokens against an instant server: the client cannot keep up on 2 cores.
-    m = http_trial(mock(0, 0), 512, 2048, 128).metrics
+    # 512 users x 128 tokens against an instant server, on one client process (however many
+    # cores the machine has): the client cannot keep up.
+    m = http_trial(mock(0, 0), 512, 2048, 128, max_workers=1).metrics
     assert m.client_bound and "lag" in m.client_bound_reason, m.details["client"]
-    assert m.client_lag_ms is not None and m.details["client"]["num_workers"] >= 1
+    assert m.client_lag_ms is not None and m.details["client"]["num_workers"] == 1
 
 
 def test_a_light_load_is_not_flagged(mock) -> None:

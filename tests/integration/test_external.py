@@ -55,7 +55,9 @@ def test_in_process_and_http_agree_on_the_same_config(tiny_profile: Path):
     assert sum(r.num_output_tokens for r in in_proc.records) == sum(
         r.num_output_tokens for r in over_http.records)
     assert b.requests_per_s == pytest.approx(a.requests_per_s, rel=0.10)
-    assert abs(b.e2e_ms.p50 - a.e2e_ms.p50) <= 0.5 * a.e2e_ms.p50 + 25
+    # Unless the HTTP trial's own check flagged its client as lagging (then it is not trusted).
+    assert b.client_bound or abs(b.e2e_ms.p50 - a.e2e_ms.p50) <= 0.5 * a.e2e_ms.p50 + 25, (
+        b.client_bound_reason)
 
 
 def test_sweep_with_server_cmd_starts_and_stops_a_server_per_config(tmp_path: Path, tiny_profile: Path):

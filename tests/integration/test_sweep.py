@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from db.errors import StoreError
 from db.store import Store
 from engine.config import EngineConfig
 from experiments.grid import parse_spec
@@ -84,7 +85,12 @@ def test_kill_9_mid_sweep_then_resume_runs_every_trial_exactly_once(tmp_path: Pa
         time.sleep(0.3)
         if not (tmp_path / "k.db").exists():
             continue
-        sweeps = Store(db, create=False).list_sweeps() if (tmp_path / "k.db").exists() else []
+        try:
+            store = Store(db, create=False)
+        except StoreError:  # the file exists a moment before its tables do
+            continue
+        sweeps = store.list_sweeps()
+        store.close()
         if sweeps and 2 <= sweeps[0].trials_done < 16:
             sweep_id = sweeps[0].id
             break
@@ -115,7 +121,9 @@ def test_cancel_flag_stops_within_seconds_and_keeps_finished(tmp_path: Path, tin
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("status", runner.run()))
     thread.start()
+    started_by = time.monotonic() + 60
     while store.get_sweep(sweep_id).current_label is None:
+        assert time.monotonic() < started_by, "the sweep never started a trial"
         time.sleep(0.05)
     time.sleep(0.5)
     Store(db).request_cancel(sweep_id)  # what the UI's cancel button does
