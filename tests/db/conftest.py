@@ -7,6 +7,7 @@ with the reason shown by `pytest -rs`, only when it is unset or the server canno
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -21,14 +22,21 @@ PG_ENV = "TRADEOFF_TEST_PG_URL"
 _pg_problem: dict[str, str | None] = {}  # url -> why it cannot be used (None: usable)
 
 
-def _pg_reachable(url: str) -> str | None:
+def _pg_reachable(url: str, attempts: int = 3) -> str | None:
+    # The answer is cached for the whole run, so one slow connect on a loaded machine would
+    # skip every PostgreSQL case: try a few times before calling the server unreachable.
     if url not in _pg_problem:
-        engine = create_engine(url, connect_args={"connect_timeout": 3})
+        engine = create_engine(url, connect_args={"connect_timeout": 5})
         try:
-            with engine.connect():
-                _pg_problem[url] = None
-        except SQLAlchemyError as exc:
-            _pg_problem[url] = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            for attempt in range(attempts):
+                try:
+                    with engine.connect():
+                        _pg_problem[url] = None
+                    break
+                except SQLAlchemyError as exc:
+                    _pg_problem[url] = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+                    if attempt + 1 < attempts:
+                        time.sleep(1.0)
         finally:
             engine.dispose()
     return _pg_problem[url]
