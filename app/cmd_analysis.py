@@ -67,11 +67,14 @@ def recommend(
     record = analysis.sweep
     out = {"profile": record.profile_name or record.profile.get("name"), "sweep_id": record.id,
            **analysis.recommendation.to_dict()}
-    if record.grid.get("search"):  # a capacity search: name the config that carries the most
-        from app.cmd_search import search_outcome
+    # Name the server config that carries the most within the SLOs, and how much: a search's
+    # answer, or read off a grid's load levels (a grid without SLOs has no capacity).
+    from app.cmd_search import capacity_summary
+    from experiments.analysis import capacities_of
 
-        found = search_outcome(open_store(db, create=False), record.id)
-        out["capacity"] = {k: found[k] for k in ("sentence", "recommended", "capacities")}
+    capacities = capacities_of(record, analysis.trials, analysis.slos)
+    if capacities:
+        out["capacity"] = capacity_summary(record, capacities)
     if format == "json":
         print_json(out)
         return

@@ -173,20 +173,29 @@ def _check_resume(store, sweep_id: int) -> int:
     return sweep.id
 
 
+def capacity_summary(sweep, capacities: list) -> dict[str, Any]:
+    """Every config's capacity, the one that carries the most, and the sentence naming it."""
+    from experiments.analysis import capacity_sentence
+    from experiments.capacity import best, knobs_of
+
+    top = best(capacities)
+    return {"capacities": [c.to_dict() for c in capacities],
+            "recommended": None if top is None else {
+                "config": knobs_of(top.config), "capacity": top.capacity.capacity,
+                "unit": top.unit},
+            "sentence": capacity_sentence(sweep, capacities)}
+
+
 def search_outcome(store, sweep_id: int) -> dict[str, Any]:
     """The CLI contract's JSON object, replayed from the stored trials."""
     from experiments.analysis import sweep_capacities
-    from experiments.capacity import NOT_ANSWERED, RULED_OUT, best, knobs_of, sentence
+    from experiments.capacity import NOT_ANSWERED, RULED_OUT
 
     sweep = store.get_sweep(sweep_id)
     capacities, trials = sweep_capacities(store, sweep_id)
-    top = best(capacities)
     return {
         "sweep_id": sweep.id, "profile": sweep.profile.get("name"),
-        "capacities": [c.to_dict() for c in capacities],
-        "recommended": None if top is None else {
-            "config": knobs_of(top.config), "capacity": top.capacity.capacity, "unit": top.unit},
-        "sentence": sentence(capacities, sweep.profile.get("name", "profile")),
+        **capacity_summary(sweep, capacities),
         "trials_run": len(trials), "trials_failed": sum(t.status == "failed" for t in trials),
         # Ruled out (predicted or shown unable to win) is an answer, not "undecided".
         "undecided": [c.to_dict()["label"] for c in capacities if c.capacity.status in NOT_ANSWERED],

@@ -9,10 +9,11 @@ from statistics import median
 
 from common.records import SLO, TrialConfig, TrialRecord
 from db.store import Store, SweepRecord
-from experiments.capacity import ConfigCapacity, plan_of, run_search
+from experiments.capacity import ConfigCapacity, plan_of, run_search, sentence
 from experiments.estimate import GENERIC, PRIORS
 from experiments.export import export_config
 from experiments.grid import SweepSpec
+from experiments.grid_capacity import read_grid
 from experiments.predict import fit_cost_model, predict_points, stored_steps
 from experiments.profiles import SLO_METRICS, Profile
 from experiments.recommend import Recommendation, recommend
@@ -84,14 +85,28 @@ def is_search(sweep: SweepRecord) -> bool:
 
 
 def sweep_capacities(store: Store, sweep_id: int) -> tuple[list[ConfigCapacity], list[TrialRecord]]:
-    """Each config's capacity, replayed from a search sweep's stored trials, and the trials."""
+    """Each config's capacity, from a sweep's stored trials, and the trials."""
     trials = store.list_trials(sweep_id)
-    return capacities_of(store.get_sweep(sweep_id), trials), trials
+    return capacities_of(store.get_sweep(sweep_id), trials, stored_slos(trials, store)), trials
 
 
-def capacities_of(sweep: SweepRecord, trials: list[TrialRecord]) -> list[ConfigCapacity]:
-    """Each config's capacity, replayed from a search sweep's trials (already read)."""
-    return run_search(SweepSpec(**sweep.grid), Profile(**sweep.profile), trials)
+def capacities_of(sweep: SweepRecord, trials: list[TrialRecord],
+                  slos: list[SLO]) -> list[ConfigCapacity]:
+    """Each config's capacity from a sweep's trials (already read): a search's answer replayed,
+    or for a load grid the largest level each config met under the SLOs its trials were judged
+    against (`slos`, the stored ones; none: no capacity to read)."""
+    if is_search(sweep):
+        return run_search(SweepSpec(**sweep.grid), Profile(**sweep.profile), trials)
+    return read_grid(Profile(**sweep.profile), trials) if slos else []
+
+
+def capacity_sentence(sweep: SweepRecord, capacities: list[ConfigCapacity]) -> str:
+    """The sentence naming the config that carries the most; for a grid, how coarse that is."""
+    text = sentence(capacities, sweep.profile.get("name") or "profile")
+    if is_search(sweep) or not capacities:
+        return text
+    return (text + " (read off the grid's load levels, so coarse: loads between two levels were "
+            "not tried; `tradeoff search` finds the boundary)")
 
 
 def prediction_errors(trials: list[TrialRecord]) -> dict[str, dict[str, float]]:

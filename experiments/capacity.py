@@ -15,6 +15,7 @@ from common.records import TrialConfig, TrialRecord, config_to_dict
 from experiments.grid import SweepSpec
 from experiments.profiles import Profile
 from experiments.search import (
+    AT_LIMIT,
     INVALID,
     PRUNED,
     UNDECIDED,
@@ -243,7 +244,8 @@ def sentence(capacities: list[ConfigCapacity], profile_name: str) -> str:
         undecided = sum(c.capacity.status in NOT_ANSWERED for c in capacities)
         return (f"no config was shown to carry load within the {profile_name} SLOs"
                 + (f" ({undecided} undecided)" if undecided else ""))
-    text = (f"{knob_label(top.config)} carries {_num(top.capacity.capacity)} {top.unit} "
+    at_least = "at least " if top.capacity.status == AT_LIMIT else ""  # the largest load tried
+    text = (f"{knob_label(top.config)} carries {at_least}{_num(top.capacity.capacity)} {top.unit} "
             f"within the {profile_name} SLOs")
     others = sorted({c.config.policy for c in capacities} - {top.config.policy})
     for policy in others:

@@ -11,13 +11,14 @@ from app.dashboard import capacity_charts, charts, state, widgets
 from common.records import TrialRecord
 from db.store import SweepRecord
 from experiments.analysis import (
+    capacity_sentence,
     is_search,
     predicted_capacity,
     predicted_grid,
     prediction_errors,
     sweep_capacities,
 )
-from experiments.capacity import ConfigCapacity, best, sentence
+from experiments.capacity import ConfigCapacity, best
 
 
 @st.cache_resource(ttl=state.STABLE_TTL_S, max_entries=16, show_spinner=False)
@@ -26,29 +27,45 @@ def capacities(url: str, key: state.SweepVersion) -> list[ConfigCapacity]:
     return sweep_capacities(state.get_store(url), key[0])[0]
 
 
-def capacity_section(url: str, sweep: SweepRecord, chart_key: str) -> None:
-    """For a capacity search: the sentence naming capacities, and the chart per config."""
-    if not is_search(sweep):
-        return
+def capacity_section(url: str, sweep: SweepRecord, chart_key: str, whatif: bool = False) -> None:
+    """The sentence naming each config's capacity within the SLOs, and the chart per config: a
+    search's answer, or read off a grid's load levels (nothing for a grid without SLOs).
+    Capacity is judged per request as the trials ran, so what-if SLOs do not move it: `whatif`
+    says so rather than letting it pass for the what-if answer."""
     key = state.version(sweep)
     caps = capacities(url, key)
+    if not caps:
+        return
     trials = state.trials(url, key)
-    text = widgets.md(sentence(caps, sweep.profile_name or "profile"))
-    if best(caps) is not None:
+    text = widgets.md(capacity_sentence(sweep, caps))
+    if whatif:
+        st.info("Under the sweep's own SLOs, not the what-if ones: " + text,
+                icon=":material/speed:")
+    elif best(caps) is not None:
         st.success(text, icon=":material/speed:")
     else:
         st.info(text, icon=":material/speed:")
-    fig = capacity_charts.capacity_figure(caps, predicted_capacity(trials))
+    search = is_search(sweep)
+    fig = capacity_charts.capacity_figure(caps, predicted_capacity(trials) if search else None)
     st.plotly_chart(fig, key=chart_key)
-    st.caption("Bar: the largest load shown to meet the SLOs (attainment interval at or above "
-               "the target); whisker: up to the lowest load that did not. Faded: undecided "
-               "(budget, client-bound or failed trials) or pruned (ruled out as unable to win, "
-               "searched no further); open diamond: predicted before measuring. Configs the "
-               "prediction ruled out before measuring are listed below, not drawn.")
+    st.caption(_SEARCH_CAPTION if search else _GRID_CAPTION)
     with st.expander("Capacity per config"):
         st.dataframe([c.to_dict() | {"config": None} for c in caps], hide_index=True,
                      column_order=["label", "capacity", "upper", "unit", "decided", "status",
                                    "trials", "reason"])
+
+
+_SEARCH_CAPTION = (
+    "Bar: the largest load shown to meet the SLOs (attainment interval at or above the target); "
+    "whisker: up to the lowest load that did not. Faded: undecided (budget, client-bound or "
+    "failed trials) or pruned (ruled out as unable to win, searched no further); open diamond: "
+    "predicted before measuring. Configs the prediction ruled out before measuring are listed "
+    "below, not drawn.")
+_GRID_CAPTION = (
+    "Bar: the largest load level of the grid met (attainment at or above the target, every "
+    "lighter level too); whisker: up to the next level, which missed (the boundary lies between, "
+    "untried). No whisker: met at every level tried, so capacity is at least the bar. Faded: no "
+    "trustworthy reading (client-bound or failed trials).")
 
 
 def add_predictions(fig: go.Figure, trials: Sequence[TrialRecord], throughput: str,

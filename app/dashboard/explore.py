@@ -63,7 +63,7 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
     capacity_view.add_predictions(fig, trials, throughput, latency)
     if whole_grid:
         capacity_view.add_grid_prediction(fig, url, key, throughput, latency)
-    capacity_view.capacity_section(url, sweep, f"explore_capacity_{sweep.id}")
+    capacity_view.capacity_section(url, sweep, f"explore_capacity_{sweep.id}", is_whatif)
     with chart:
         event = st.plotly_chart(fig, key=f"explore_chart_{sweep.id}", on_select="rerun",
                                 selection_mode="points")

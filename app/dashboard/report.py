@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 from html import escape
 
 from app.dashboard import charts
-from experiments.analysis import SweepAnalysis, capacities_of, export_analysis, is_search
+from experiments.analysis import SweepAnalysis, capacities_of, capacity_sentence, export_analysis
 from experiments.arrivals import ATTRIBUTION, BUILTIN_TRACES
-from experiments.capacity import best, sentence
+from experiments.capacity import best
 from experiments.pareto import ConfigPoint, aggregate, classify
 from experiments.recommend import KNEE_LATENCY_KEY, OBJECTIVES, config_to_dict
 
@@ -70,11 +70,12 @@ def _recommendation(analysis: SweepAnalysis) -> str:
 
 
 def _capacity(analysis: SweepAnalysis) -> str:
-    """A capacity search's answer, replayed from the trials: the sentence and one row per config."""
-    if not is_search(analysis.sweep):
+    """Each config's capacity (a search's answer replayed, or read off a grid's load levels):
+    the sentence and one row per config; nothing for a grid without SLOs."""
+    caps = capacities_of(analysis.sweep, analysis.trials, analysis.slos)
+    if not caps:
         return ""
-    caps = capacities_of(analysis.sweep, analysis.trials)
-    text = sentence(caps, analysis.sweep.profile.get("name", "profile"))
+    text = capacity_sentence(analysis.sweep, caps)
     css = "ok" if best(caps) is not None else "miss"
     rows = [{"config": d["label"], "capacity": d["capacity"], "upper": d["upper"],
              "unit": d["unit"], "decided": "yes" if d["decided"] else "no", "status": d["status"],

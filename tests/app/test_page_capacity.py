@@ -106,12 +106,45 @@ def test_report_of_a_search_shows_the_capacity_table_and_sentence(db_url, store:
     assert "capacity between 4 req/s and 4.25 req/s" in unescape(section)
 
 
-def test_report_of_a_grid_has_no_capacity_section(db_url, results) -> None:
+def test_report_of_a_grid_reads_capacity_off_its_levels(db_url, results) -> None:
+    from html import unescape
+
     from app.dashboard import report, state
+    from experiments.analysis import sweep_capacities
 
     store = state.get_store(db_url)
-    html = report.build_report(state.analysis(db_url, state.version(store.get_sweep(results["chat"]))))
-    assert "Capacity within the SLOs" not in html
+    html = unescape(report.build_report(
+        state.analysis(db_url, state.version(store.get_sweep(results["chat"])))))
+    section = html[html.index("Capacity within the SLOs"):html.index("<h2>Recommendation")]
+    caps, _ = sweep_capacities(store, results["chat"])
+    assert caps and all(c.unit == "users" for c in caps)
+    assert "read off the grid's load levels" in section
+    for c in caps:  # one row per server config, its reading
+        assert f"<td>{c.capacity.reason}</td>" in section
+    # A grid without SLOs has no capacity to read.
+    batch = unescape(report.build_report(
+        state.analysis(db_url, state.version(store.get_sweep(results["batch"])))))
+    assert "Capacity within the SLOs" not in batch
+
+
+def test_explore_names_a_grids_best_capacity(db_url, results) -> None:
+    from app.dashboard import state
+    from experiments.analysis import sweep_capacities
+    from experiments.capacity import best
+
+    store = state.get_store(db_url)
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["batch"]).run()
+    assert not any("within the batch SLOs" in s.value for s in app.success)  # no SLOs: no capacity
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    assert not app.exception
+    speed = [plain(s.value) for s in [*app.success, *app.info] if "within the chat SLOs" in s.value
+             or "shown to carry" in s.value]
+    top = best(sweep_capacities(store, results["chat"])[0])
+    assert len(speed) == 1 and "read off the grid's load levels" in speed[0]
+    assert top is not None  # the synthetic chat grid: b4 and b16 meet 4 users, b1 only 1
+    assert speed[0].startswith(f"{top.config.server_label.replace('/', ' ')} carries 4 users")
+    assert any("next level, which missed" in c for c in texts(app.caption))
 
 
 def add_stopped_search(store: Store) -> int:

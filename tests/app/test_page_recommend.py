@@ -25,7 +25,10 @@ def test_a_card_per_profile_with_every_export(db_url, results) -> None:
     assert labels == [*FORMATS, "HTML report for the team"] * 2
     assert any("meets all 2 SLOs" in plain(t) for t in texts(app.success))  # chat
     assert any("knee" in plain(t) for t in texts(app.success))  # batch: no SLOs
-    assert len(app.dataframe) == 1  # the SLO table of the chat card only
+    # The chat card only (batch has no SLOs): its SLO table, and its grid's capacity per config.
+    assert len(app.dataframe) == 2
+    capacity = [plain(t) for t in texts(app.success) if "carries" in t]
+    assert len(capacity) == 1 and "within the chat SLOs" in capacity[0]
 
 
 def test_report_is_self_contained_and_escapes_names(db_url, results) -> None:

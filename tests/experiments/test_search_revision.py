@@ -122,6 +122,6 @@ def test_a_policy_whose_configs_were_all_pruned_says_what_they_were_shown_to_car
 
     caps = [ConfigCapacity(knobs(8), Capacity(8.0, None, AT_LIMIT, "", 1), "users"),
             ConfigCapacity(TrialConfig("static", 8, 0.0), Capacity(2.0, 4.0, PRUNED, "why", 2), "users")]
-    assert sentence(caps, "chat") == ("continuous b8 w0ms carries 8 users within the chat SLOs; "
-                                      "static configs at least 2, then ruled out "
+    assert sentence(caps, "chat") == ("continuous b8 w0ms carries at least 8 users within the chat "
+                                      "SLOs; static configs at least 2, then ruled out "
                                       "(1 ruled out as unable to win)")

@@ -66,6 +66,14 @@ def test_sweep_trials_recommend_export(tmp_path: Path, tiny_profile: Path):
     rec = json.loads(rec.stdout)
     assert {"profile", "feasible", "config", "metrics", "slos", "explanation", "sweep_id"} <= set(rec)
     assert rec["feasible"] is True and rec["config"]["policy"] in ("static", "continuous")
+    # The grid's capacity reading names a server config (no load level) and how many users.
+    capacity = rec["capacity"]
+    assert len(capacity["capacities"]) == 8 and "read off the grid" in capacity["sentence"]
+    assert all(c["unit"] == "users" and c["capacity"] in (0, 1, 4) for c in capacity["capacities"])
+    top = max(c["capacity"] for c in capacity["capacities"] if c["decided"])
+    assert capacity["recommended"]["capacity"] == top > 0
+    assert set(capacity["recommended"]["config"]) >= {"policy", "batch_size", "max_wait_ms"}
+    assert "concurrency" not in capacity["recommended"]["config"]
 
     exported = tradeoff("export", "--profile", "tiny", "--format", "yaml", "--db", db,
                         "--output", str(tmp_path / "cfg.yaml"))

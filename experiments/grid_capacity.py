@@ -1,0 +1,117 @@
+"""Capacity read off a load grid: per server config, the largest load level that met the SLOs.
+
+A grid measures fixed load levels, so its reading is coarser than a search's: the capacity is
+the largest level tried before the first miss (every lighter level met the attainment target
+too), and the true boundary lies somewhere up to the next level, never measured in between.
+It answers the same question as a capacity search ("which config carries the most within the
+SLOs, and how much") from trials already stored, so a grid's recommendation names a server
+config and its capacity rather than a load point that nobody can deploy.
+
+Evidence and pooling follow the search (`capacity.sample_of`, `search.pooled_attainment`):
+failed and client-bound trials are no evidence; repetitions at one level are pooled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from common.records import TrialConfig, TrialRecord
+from experiments.capacity import ConfigCapacity, objective_key, sample_of
+from experiments.profiles import Profile
+from experiments.search import (
+    AT_LIMIT,
+    DECIDED,
+    INVALID,
+    UNDECIDED,
+    WITHIN_NOISE,
+    Attainment,
+    Capacity,
+    pooled_attainment,
+    z_for,
+)
+
+CONFIDENCE = 0.9  # the search's default: an interval that straddles the target is "within noise"
+
+
+def load_of(config: TrialConfig) -> tuple[float, str]:
+    """A trial's load level on the grid's axis, and the axis's unit."""
+    if config.concurrency is not None:
+        return float(config.concurrency), "users"
+    if config.speedup is not None:
+        return float(config.speedup), "x speed-up"
+    return float(config.rate or 0.0), "req/s"
+
+
+def knobs(config: TrialConfig) -> TrialConfig:
+    """The server config a trial measured: no load level, no repetition."""
+    return replace(config, concurrency=None, rate=None, speedup=None, burstiness=1.0, repetition=0)
+
+
+def read_grid(profile: Profile, trials: Sequence[TrialRecord]) -> list[ConfigCapacity]:
+    """Each measured server config's capacity read off the grid's load levels, from the SLO
+    attainment stored with each trial (the caller checks that the grid had SLOs at all: without
+    any, every request "meets" them and attainment is 1)."""
+    by_config: dict[TrialConfig, dict[float, list[TrialRecord]]] = {}
+    unit = "req/s"
+    for t in trials:
+        load, unit = load_of(t.config)
+        by_config.setdefault(knobs(t.config), {}).setdefault(load, []).append(t)
+    key = objective_key(profile)
+    return [_read_one(config, levels, profile.min_slo_attainment, unit, key)
+            for config, levels in by_config.items()]
+
+
+def _read_one(config: TrialConfig, levels: dict[float, list[TrialRecord]], target: float,
+              unit: str, key: str) -> ConfigCapacity:
+    z = z_for(CONFIDENCE)
+    atts: dict[float, Attainment] = {}
+    passed: float | None = None
+    for load in sorted(levels):
+        samples = [sample_of(t) for t in levels[load]]
+        valid = [s for s in samples if s.is_valid]
+        if not valid:  # the level has no trustworthy reading: the reading stops here
+            why = next((s.reason for s in samples if s.reason), "no finished trial")
+            status = UNDECIDED if passed is not None else INVALID
+            return _answer(config, passed, None, status,
+                           f"no evidence at {_fmt(load, unit)} ({why}); capacity is at least "
+                           f"the last level met" if passed is not None
+                           else f"no evidence at {_fmt(load, unit)} ({why})",
+                           levels, atts, unit, key)
+        att = atts[load] = pooled_attainment(valid, z)
+        if att.mean < target:
+            noisy = att.lo <= target <= att.hi
+            met = (f"met the target up to {_fmt(passed, unit)}; " if passed is not None
+                   else "missed at the lightest level tried; ")
+            return _answer(config, passed, load, WITHIN_NOISE if noisy else DECIDED,
+                           f"{met}attainment {att.mean:.3f} at {_fmt(load, unit)}"
+                           + (f" (its {CONFIDENCE:.0%} interval [{att.lo:.3f}, {att.hi:.3f}] "
+                              f"holds the {target:g} target: within noise)" if noisy else "")
+                           + ("; loads in between were not tried"
+                              if passed is not None and _gap(passed, load, unit) else ""),
+                           levels, atts, unit, key)
+        passed = load
+    assert passed is not None  # every level met the target
+    return _answer(config, passed, None, AT_LIMIT,
+                   f"met the target at every level up to the largest tried "
+                   f"({_fmt(passed, unit)}); capacity is at least that", levels, atts, unit, key)
+
+
+def _answer(config: TrialConfig, passed: float | None, upper: float | None, status: str,
+            reason: str, levels: dict[float, list[TrialRecord]], atts: dict[float, Attainment],
+            unit: str, key: str) -> ConfigCapacity:
+    values = [float(v) for t in levels.get(passed, []) if (v := t.metrics.get(key)) is not None
+              and t.status == "done"] if passed is not None else []
+    num_trials = sum(len(ts) for ts in levels.values())
+    capacity = Capacity(passed or 0.0, upper, status, reason, num_trials, atts)
+    return ConfigCapacity(config, capacity, unit, sum(values) / len(values) if values else None)
+
+
+def _gap(lo: float, hi: float, unit: str) -> bool:
+    """Whether a load lies strictly between two levels (users come in whole numbers)."""
+    return hi - lo > 1 if unit == "users" else hi > lo
+
+
+def _fmt(load: float | None, unit: str) -> str:
+    value = load or 0.0
+    return f"{value:g} {unit}" if unit != "x speed-up" else f"{value:g}x speed-up"
