@@ -114,7 +114,8 @@ def trial_config(spec: SweepSpec, knobs: TrialConfig, probe: Probe) -> TrialConf
 
 
 def sample_of(trial: TrialRecord) -> Sample:
-    """A stored trial as capacity evidence; failed or client-bound trials are not evidence."""
+    """A stored trial as capacity evidence; failed or client-bound trials are not evidence, and
+    a saturated one is a miss (see `Sample.saturated`)."""
     if trial.status != "done":
         return Sample(0, 0, False, f"trial failed: {trial.error or trial.status}")
     m = trial.metrics
@@ -122,7 +123,8 @@ def sample_of(trial: TrialRecord) -> Sample:
         why = m.get("client_bound_reason") or "the load generator lagged"
         return Sample(0, 0, False, f"client-bound ({why})")
     total = int(m.get("requests_completed") or 0) + int(m.get("requests_failed") or 0)
-    return Sample(round(float(m.get("slo_attainment") or 0.0) * total), total)
+    return Sample(round(float(m.get("slo_attainment") or 0.0) * total), total,
+                  saturated=bool(m.get("saturated")))
 
 
 Measure = Callable[[TrialConfig], Sample | None]  # None: not measured (stop that config)

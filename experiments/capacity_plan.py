@@ -43,8 +43,8 @@ def simulated_measure(spec: SweepSpec, profile: Profile, cost: CostModel, slos: 
             m = simulate_trial(config, profile, spec.requests, cost, slos,
                                spec.seed + config.repetition)
             total = m.requests_completed + m.requests_failed
-            memo[config] = (Sample(round(m.slo_attainment * total), total), m.duration_s,
-                            float(m.flat().get(key) or 0.0))
+            sample = Sample(round(m.slo_attainment * total), total, saturated=m.saturated)
+            memo[config] = (sample, m.duration_s, float(m.flat().get(key) or 0.0))
         sample, duration_s, _ = memo[config]
         if spent_s is not None:
             spent_s[0] += duration_s + PER_TRIAL_OVERHEAD_S

@@ -8,7 +8,8 @@ SLOs, and how much") from trials already stored, so a grid's recommendation name
 config and its capacity rather than a load point that nobody can deploy.
 
 Evidence and pooling follow the search (`capacity.sample_of`, `search.pooled_attainment`):
-failed and client-bound trials are no evidence; repetitions at one level are pooled.
+failed and client-bound trials are no evidence, a saturated one is a miss; repetitions at one
+level are pooled.
 """
 
 from __future__ import annotations
@@ -79,10 +80,14 @@ def _read_one(config: TrialConfig, levels: dict[float, list[TrialRecord]], targe
                            else f"no evidence at {_fmt(load, unit)} ({why})",
                            levels, atts, unit, key)
         att = atts[load] = pooled_attainment(valid, z)
+        met = (f"met the target up to {_fmt(passed, unit)}; " if passed is not None
+               else "missed at the lightest level tried; ")
+        if any(s.saturated for s in valid):
+            return _answer(config, passed, load, DECIDED,
+                           f"{met}the queue kept growing at {_fmt(load, unit)} (saturated; "
+                           f"attainment {att.mean:.3f} does not count)", levels, atts, unit, key)
         if att.mean < target:
             noisy = att.lo <= target <= att.hi
-            met = (f"met the target up to {_fmt(passed, unit)}; " if passed is not None
-                   else "missed at the lightest level tried; ")
             return _answer(config, passed, load, WITHIN_NOISE if noisy else DECIDED,
                            f"{met}attainment {att.mean:.3f} at {_fmt(load, unit)}"
                            + (f" (its {CONFIDENCE:.0%} interval [{att.lo:.3f}, {att.hi:.3f}] "

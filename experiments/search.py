@@ -37,6 +37,9 @@ class Sample:
     num_total: int
     is_valid: bool = True  # False: not capacity evidence (client-bound, failed trial)
     reason: str | None = None  # why it is not valid
+    # Open loop, the queue kept growing: the load is beyond what the config serves, whatever
+    # this short trial's attainment says (it would fall the longer the trial ran).
+    saturated: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class CapacitySearch:
         self.noisy: dict[float, str] = {}  # loads the interval never decided, and why
         self.invalid: dict[float, list[Sample]] = {}  # no evidence (client-bound, failed): redone
         self.unmeasurable: dict[float, str] = {}  # loads invalid max_repeats times, and why
+        self.saturated: dict[float, str] = {}  # loads where the queue kept growing
 
     @property
     def is_finished(self) -> bool:
@@ -172,7 +176,11 @@ class CapacitySearch:
         samples = self.samples.setdefault(probe.load, [])
         samples.append(sample)
         att = pooled_attainment(samples, self.z)
-        if att.lo >= self.s.target:
+        if sample.saturated:
+            self.hi, self.current = probe.load, None
+            self.saturated[probe.load] = (f"the queue kept growing at {self.fmt_load(probe.load)} "
+                                          f"(saturated; attainment {att.mean:.1%} does not count)")
+        elif att.lo >= self.s.target:
             self.lo, self.current = probe.load, None
         elif att.hi < self.s.target:
             self.hi, self.current = probe.load, None
@@ -253,6 +261,8 @@ class CapacitySearch:
             self._finish(INVALID, f"{reason}; {self.unmeasurable[hi]}")
         elif hi in self.noisy:
             self._finish(WITHIN_NOISE, f"{reason}; {self.noisy[hi]}")
+        elif hi in self.saturated:
+            self._finish(DECIDED, f"{reason}; {self.saturated[hi]}")
         else:
             self._finish(DECIDED, reason)
 

@@ -30,6 +30,10 @@ def test_a_trial_is_evidence_unless_failed_or_client_bound():
     assert not bound.is_valid and "send lag" in bound.reason
     failed = sample_of(trial(status="failed"))
     assert not failed.is_valid and "boom" in failed.reason
+    # A saturated trial is evidence, of a miss: its attainment is kept but not trusted.
+    saturated = sample_of(trial(saturated=True, slo_attainment=1.0))
+    assert saturated.is_valid and saturated.saturated and saturated.num_good == 48
+    assert not sample_of(trial()).saturated
 
 
 def spec(**search):

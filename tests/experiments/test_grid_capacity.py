@@ -84,6 +84,20 @@ def test_met_at_every_level_is_at_least_the_largest_and_the_sentence_says_so():
         "the best static config 32")
 
 
+def test_a_saturated_level_is_a_miss_whatever_its_attainment():
+    rate = TrialConfig("continuous", 8, 0.0, rate=1.0)
+
+    def trial(r: float, saturated: bool) -> TrialRecord:
+        return TrialRecord(next(_ids), 1, TrialConfig("continuous", 8, 0.0, rate=r), "done",
+                           {"requests_completed": 48, "requests_failed": 0, "slo_attainment": 1.0,
+                            "saturated": saturated})
+    (cap,) = read_grid(CHAT, [trial(1.0, False), trial(4.0, False), trial(16.0, True)])
+    assert cap.config == knobs(rate)
+    assert (cap.capacity.capacity, cap.capacity.upper, cap.capacity.status) == (4.0, 16.0, DECIDED)
+    assert "the queue kept growing at 16 req/s (saturated; attainment 1.000 does not count)" \
+        in cap.capacity.reason
+
+
 def test_untrustworthy_levels_stop_the_reading():
     bound = at("continuous", 8, 8, 100, client_bound=True, client_bound_reason="send lag")
     (cap,) = read_grid(CHAT, [at("continuous", 8, 4, 100), bound, at("continuous", 8, 16, 100)])

@@ -193,3 +193,17 @@ def test_replaying_the_same_samples_asks_for_the_same_probes():
 def test_settings_are_validated(bad):
     with pytest.raises(ValueError):
         SearchSettings(**bad)
+
+
+def test_a_saturated_load_is_a_miss_whatever_its_attainment():
+    # Every request meets the SLOs (loose SLOs, short trials), but from 5 req/s on the queue
+    # kept growing: the config cannot sustain those loads, so capacity is below 5.
+    def measure(_key, probe: Probe) -> Sample:
+        return Sample(N, N, saturated=probe.load >= 5)
+    result, probes = run_one(SearchSettings(start_load=1.0, rel_tol=0.1), measure)
+    # 1, 2, 4 pass; 8 is saturated; bisection 6 (saturated), 5 (saturated), 4.5 passes: resolved
+    assert [p.load for p in probes] == [1, 2, 4, 8, 6, 5, 4.5]
+    assert (result.status, result.capacity, result.upper) == (DECIDED, 4.5, 5.0)
+    assert "the queue kept growing at 5 req/s (saturated; attainment 100.0% does not count)" \
+        in result.reason
+    assert result.attainment[5.0].mean == 1.0  # measured attainment is kept, just not trusted
