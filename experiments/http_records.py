@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from common.records import RequestRecord
 from experiments import sse
 from experiments.client_stats import ClientStats
 from experiments.http_client import CANCELLED, Raw
 from experiments.loadgen import LoadResult, achieved_rate, offered_rate
-from experiments.metrics import is_saturated
+from experiments.metrics import depth_samples, is_saturated
 from experiments.workload import RequestSpec
 
 
@@ -45,16 +43,6 @@ def _token_times(times: list[float], usage_tokens: int | None, texts: list[str] 
         return times  # one token per chunk: the best guess without usage or a tokenizer
     weights = [max(1, num_text_tokens(tokenizer, t)) for t in texts]
     return sse.token_times(times, num_text_tokens(tokenizer, "".join(texts)), weights)
-
-
-def depth_samples(scheduled_s: list[float], everyone: list[RequestRecord]) -> list[tuple[float, int]]:
-    """Requests sent with no first token yet, at each time in `scheduled_s` (from timelines)."""
-    starts = np.sort([r.sent_s for r in everyone])
-    ends = np.sort([r.token_times_s[0] if r.token_times_s else (r.done_s or np.inf)
-                    for r in everyone])
-    t = np.asarray(scheduled_s)
-    waiting = np.searchsorted(starts, t, side="left") - np.searchsorted(ends, t, side="right")
-    return [(float(a), int(max(0, d))) for a, d in zip(t, waiting, strict=True)]
 
 
 def load_result(per_worker: list[tuple[list[Raw], dict]], outcome: str, specs: list[RequestSpec],

@@ -178,6 +178,23 @@ def queue_slope(depth_samples: list[tuple[float, int]]) -> float:
     return float(((t - t.mean()) * (d - d.mean())).sum() / var_t) if var_t > 0 else 0.0
 
 
+def depth_samples(at_s: list[float], everyone: list[RequestRecord],
+                  by_admission: bool = False) -> list[tuple[float, int]]:
+    """Requests waiting at each time in `at_s`, rebuilt from timelines: sent with no first token
+    yet (over HTTP, the client's view), or, `by_admission`, sent and not yet admitted (the
+    engine's own queue, as the in-process driver samples it; the simulator knows admissions)."""
+    starts = np.sort([r.sent_s for r in everyone])
+
+    def left(r: RequestRecord) -> float:
+        if by_admission and r.admitted_s is not None:
+            return r.admitted_s
+        return r.token_times_s[0] if r.token_times_s else (r.done_s or np.inf)
+    ends = np.sort([left(r) for r in everyone])
+    t = np.asarray(at_s)
+    waiting = np.searchsorted(starts, t, side="left") - np.searchsorted(ends, t, side="right")
+    return [(float(a), int(max(0, d))) for a, d in zip(t, waiting, strict=True)]
+
+
 def is_saturated(depth_samples: list[tuple[float, int]], offered_rate: float,
                  achieved_rate: float, batch_size: int) -> bool:
     """Open loop: completions fall behind arrivals *and* the queue grows (docs/metrics.md)."""

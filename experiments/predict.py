@@ -15,8 +15,8 @@ import numpy as np
 from common.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from engine.core import StepRecord
 from engine.simulate import CostModel, Simulator
-from experiments.loadgen import record_from_sequence
-from experiments.metrics import compute_trial_metrics
+from experiments.loadgen import achieved_rate, offered_rate, record_from_sequence
+from experiments.metrics import compute_trial_metrics, depth_samples, is_saturated
 from experiments.profiles import OpenArrival, Profile
 from experiments.trial import sched_config_of
 from experiments.workload import make_requests, open_loop_arrivals
@@ -109,7 +109,13 @@ def simulate_trial(config: TrialConfig, profile: Profile, num_requests: int, cos
     """Predicted metrics of one trial under `cost`."""
     measured, background, steps = simulate_records(config, profile, num_requests, cost, seed,
                                                    slos=slos)
-    return compute_trial_metrics(measured, steps, slos, None, False, background)
+    saturated = False
+    if config.concurrency is None:  # open loop: the measured trial's rule (docs/metrics.md)
+        sent = sorted(r.scheduled_s for r in measured)
+        depths = depth_samples(sent, measured + background, by_admission=True)
+        saturated = is_saturated(depths, offered_rate(sent), achieved_rate(measured),
+                                 config.batch_size)
+    return compute_trial_metrics(measured, steps, slos, None, saturated, background)
 
 
 def relative_errors(predicted: dict, measured: dict, keys: Iterable[str]) -> dict[str, float]:

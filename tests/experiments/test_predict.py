@@ -115,3 +115,25 @@ def test_at_the_largest_load_only_configs_that_can_win_the_tie_are_measured():
     assert values["continuous b8 w20ms"] == pytest.approx(values["continuous b8 w0ms"])
     assert plan["start"] == {"continuous b8 w0ms": 8.0}
     assert plan["skipped"]["continuous b8 w20ms"].startswith("predicted the same as continuous b8 w0ms")
+
+
+def test_an_overloaded_open_loop_prediction_is_saturated_like_a_measured_one():
+    light = simulate_trial(TrialConfig("continuous", 8, 0.0, rate=5.0), PROFILE, 40, TRUE, SLOS)
+    flood = simulate_trial(TrialConfig("continuous", 8, 0.0, rate=1000.0), PROFILE, 40, TRUE, SLOS)
+    assert not light.saturated and flood.saturated
+    closed = simulate_trial(TrialConfig("continuous", 8, 0.0, concurrency=64), PROFILE, 40, TRUE, SLOS)
+    assert not closed.saturated  # a closed loop throttles itself: never saturated
+
+
+def test_with_loose_slos_the_predicted_rate_capacity_stops_where_the_queue_grows():
+    # An E2E SLO of 100 s is met even by a flood of 40 requests: only saturation bounds it.
+    loose = [SLO("e2e_ms", "p99", 100_000.0)]
+    spec = parse_spec({"model": "builtin:tiny", "profile": "chat", "policies": ["continuous"],
+                       "batch_sizes": [8], "max_wait_ms": [0], "requests": 40,
+                       "search": {"load": "rate", "predict": False, "start_load": 1.0}})
+    (capacity,) = predicted_capacities(spec, PROFILE, TRUE, loose).values()
+    flood = simulate_trial(TrialConfig("continuous", 8, 0.0, rate=1024.0), PROFILE, 40, TRUE, loose)
+    assert flood.slo_attainment == 1.0  # without the rule it would "carry" the search's limit
+    assert 1.0 < capacity < 1024.0
+    at = simulate_trial(TrialConfig("continuous", 8, 0.0, rate=capacity), PROFILE, 40, TRUE, loose)
+    assert not at.saturated
