@@ -234,7 +234,8 @@ class CapacitySearch:
         return load
 
     def _above(self, lo: float) -> float | None:
-        if lo >= self.s.max_load:
+        # Rounded as the loads are: 1024 req/s is measured as 1020, which must count as the top.
+        if lo >= self._round(self.s.max_load):
             self._finish(AT_LIMIT, f"meets the target at the largest load tried "
                          f"({self.fmt_load(lo)}); capacity is at least that")
             return None

@@ -207,3 +207,16 @@ def test_a_saturated_load_is_a_miss_whatever_its_attainment():
     assert "the queue kept growing at 5 req/s (saturated; attainment 100.0% does not count)" \
         in result.reason
     assert result.attainment[5.0].mean == 1.0  # measured attainment is kept, just not trusted
+
+
+def test_a_rate_limit_that_rounds_down_still_ends_the_bracket():
+    # Loads are rounded to 3 significant figures: a 1024 req/s limit is measured as 1020, which
+    # must count as reaching it (before, the search re-measured 1020 up to its probe limit).
+    passes = step_measure(1e9)
+
+    def measure(key, probe: Probe) -> Sample:
+        assert probe.repetition < 3, f"re-measuring {probe.load} req/s"
+        return passes(key, probe)
+    result, probes = run_one(SearchSettings(start_load=512.0, max_load=1024.0), measure)
+    assert [p.load for p in probes] == [512, 1020]
+    assert result.status == AT_LIMIT and result.capacity == 1020.0
