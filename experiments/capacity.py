@@ -247,7 +247,8 @@ def sentence(capacities: list[ConfigCapacity], profile_name: str) -> str:
         return (f"no config was shown to carry load within the {profile_name} SLOs"
                 + (f" ({undecided} undecided)" if undecided else ""))
     at_least = "at least " if top.capacity.status == AT_LIMIT else ""  # the largest load tried
-    text = (f"{knob_label(top.config)} carries {at_least}{_num(top.capacity.capacity)} {top.unit} "
+    unit = "user" if top.unit == "users" and top.capacity.capacity == 1 else top.unit
+    text = (f"{knob_label(top.config)} carries {at_least}{_num(top.capacity.capacity)} {unit} "
             f"within the {profile_name} SLOs")
     others = sorted({c.config.policy for c in capacities} - {top.config.policy})
     for policy in others:

@@ -119,4 +119,6 @@ def _gap(lo: float, hi: float, unit: str) -> bool:
 
 def _fmt(load: float | None, unit: str) -> str:
     value = load or 0.0
-    return f"{value:g} {unit}" if unit != "x speed-up" else f"{value:g}x speed-up"
+    if unit == "x speed-up":
+        return f"{value:g}x speed-up"
+    return f"{value:g} user" if unit == "users" and value == 1 else f"{value:g} {unit}"

@@ -253,7 +253,9 @@ class CapacitySearch:
 
     def fmt_load(self, load: float) -> str:
         """`4 users` or `2.5 req/s`."""
-        return f"{load:g} users" if self.s.is_integer else f"{load:g} req/s"
+        if self.s.is_integer:
+            return f"{load:g} user" if load == 1 else f"{load:g} users"
+        return f"{load:g} req/s"
 
     def _finish_at(self, hi: float, reason: str) -> None:
         """Done: decided, unless the upper bound is a load the interval never decided (within

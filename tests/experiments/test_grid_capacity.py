@@ -49,6 +49,8 @@ def test_a_pass_above_a_miss_does_not_count():
     assert (cap.capacity.capacity, cap.capacity.upper) == (1.0, 2.0)
     # Between 1 and 2 users there is no other whole number of users to try.
     assert "in between" not in cap.capacity.reason
+    assert cap.capacity.reason.startswith("met the target up to 1 user; attainment 0.500 at 2 users")
+    assert sentence([cap], "chat").startswith("static b4 w0ms carries 1 user within the chat SLOs")
 
 
 def test_a_miss_whose_interval_holds_the_target_is_within_noise():
