@@ -71,7 +71,9 @@ def _card(url: str, profile: str, sweeps: list[SweepRecord]) -> None:
 
 def _config(rec: Recommendation) -> None:
     c = rec.config
-    load = f"{c.concurrency} users" if c.concurrency is not None else f"{c.rate:g} req/s"
+    load = (f"{c.concurrency} user{'s' if c.concurrency != 1 else ''}" if c.concurrency is not None
+            else f"{c.speedup:g}x speed-up" if c.speedup is not None  # a trace sweep's load axis
+            else f"{c.rate:g} req/s")
     key = OBJECTIVES[rec.objective]
     cols = st.columns([1.3, 1, 1, 1, 1.5])
     cols[0].metric("Policy", c.policy)

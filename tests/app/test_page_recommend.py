@@ -53,3 +53,16 @@ def test_report_of_a_trace_sweep_carries_the_trace_attribution(db_url) -> None:
     html = report.build_report(analysis)
     assert "CC-BY 4.0" in html and "Splitwise" in html and "Azure Public Dataset" in html
     assert "trace 1x" in html  # the load legend names speed-ups
+
+
+def test_a_trace_sweeps_card_names_its_speed_up(db_url) -> None:
+    from app.dashboard.synthetic import add_synthetic_sweep
+
+    store = state.get_store(db_url)
+    add_synthetic_sweep(store, {
+        "profile": "azure-conv", "policies": ["continuous"], "batch_sizes": [4],
+        "max_wait_ms": [0.0], "speedup": [1.0, 2.0], "requests": 8})
+    app = page_test("recommend").run()
+    assert not app.exception
+    measured_at = next(m.value for m in app.metric if m.label == "Measured at")
+    assert measured_at in ("1x speed-up", "2x speed-up")
