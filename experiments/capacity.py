@@ -24,6 +24,7 @@ from experiments.search import (
     Probe,
     Sample,
     SearchSettings,
+    fmt_amount,
     search_all,
 )
 
@@ -92,14 +93,14 @@ def settings_for(spec: SweepSpec, profile: Profile, config: TrialConfig,
         top = float(int(search.max_load or MAX_USERS))
         first = min(top, float(max(1, int(start or config.batch_size))))
         return SearchSettings(profile.min_slo_attainment, True, first, 1.0, top, 0.1, 2.0,
-                              search.max_repeats)
+                              search.max_repeats, unit="users")
     # Below this rate one trial's arrivals span more than MAX_ARRIVAL_SPAN_S: not worth it.
     # (A trace's window, not the request count, sets a speed-up trial's length.)
     floor = 0.05 if _is_speedup(spec) else float(f"{spec.requests / MAX_ARRIVAL_SPAN_S:.3g}")
     start = max(start or 1.0, floor)
     return SearchSettings(profile.min_slo_attainment, False, start, floor,
                           max(search.max_load or MAX_RATE, start), search.rel_tol, 2.0,
-                          search.max_repeats)
+                          search.max_repeats, unit=unit_of(spec))
 
 
 def trial_config(spec: SweepSpec, knobs: TrialConfig, probe: Probe) -> TrialConfig:
@@ -247,8 +248,8 @@ def sentence(capacities: list[ConfigCapacity], profile_name: str) -> str:
         return (f"no config was shown to carry load within the {profile_name} SLOs"
                 + (f" ({undecided} undecided)" if undecided else ""))
     at_least = "at least " if top.capacity.status == AT_LIMIT else ""  # the largest load tried
-    unit = "user" if top.unit == "users" and top.capacity.capacity == 1 else top.unit
-    text = (f"{knob_label(top.config)} carries {at_least}{_num(top.capacity.capacity)} {unit} "
+    amount = fmt_amount(top.capacity.capacity, top.unit)  # loads are already rounded
+    text = (f"{knob_label(top.config)} carries {at_least}{amount} "
             f"within the {profile_name} SLOs")
     others = sorted({c.config.policy for c in capacities} - {top.config.policy})
     for policy in others:

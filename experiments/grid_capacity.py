@@ -28,6 +28,7 @@ from experiments.search import (
     WITHIN_NOISE,
     Attainment,
     Capacity,
+    fmt_amount,
     pooled_attainment,
     z_for,
 )
@@ -118,7 +119,4 @@ def _gap(lo: float, hi: float, unit: str) -> bool:
 
 
 def _fmt(load: float | None, unit: str) -> str:
-    value = load or 0.0
-    if unit == "x speed-up":
-        return f"{value:g}x speed-up"
-    return f"{value:g} user" if unit == "users" and value == 1 else f"{value:g} {unit}"
+    return fmt_amount(load or 0.0, unit)

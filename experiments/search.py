@@ -78,6 +78,15 @@ def z_for(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
+def fmt_amount(load: float, unit: str) -> str:
+    """A load as users read it: `1 user`, `4 users`, `2.5 req/s`, `2x speed-up`."""
+    if unit == "x speed-up":
+        return f"{load:g}x speed-up"
+    if unit == "users" and load == 1:
+        return "1 user"
+    return f"{load:g} {unit}"
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """How one config's capacity is searched."""
@@ -91,6 +100,7 @@ class SearchSettings:
     growth: float = 2.0  # bracketing factor
     max_repeats: int = 3  # measurements of one load before calling it within noise
     confidence: float = 0.9
+    unit: str = ""  # how loads read: "users" | "req/s" | "x speed-up"; "" = by is_integer
 
     def __post_init__(self) -> None:
         if not 0 < self.target <= 1:
@@ -253,9 +263,7 @@ class CapacitySearch:
 
     def fmt_load(self, load: float) -> str:
         """`4 users` or `2.5 req/s`."""
-        if self.s.is_integer:
-            return f"{load:g} user" if load == 1 else f"{load:g} users"
-        return f"{load:g} req/s"
+        return fmt_amount(load, self.s.unit or ("users" if self.s.is_integer else "req/s"))
 
     def _finish_at(self, hi: float, reason: str) -> None:
         """Done: decided, unless the upper bound is a load the interval never decided (within

@@ -129,6 +129,8 @@ def test_open_loop_rates_and_trace_speedups_keep_their_unit():
     (cap,) = read_grid(CHAT, [TrialRecord(2, 1, trace, "done", {"requests_completed": 10,
                                                                  "slo_attainment": 1.0})])
     assert (cap.unit, cap.capacity.capacity) == ("x speed-up", 2.0)
+    assert sentence([cap], "azure-conv").startswith(
+        "continuous b8 w0ms carries at least 2x speed-up within the azure-conv SLOs")
 
 
 def test_no_trials_no_configs():

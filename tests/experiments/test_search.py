@@ -220,3 +220,12 @@ def test_a_rate_limit_that_rounds_down_still_ends_the_bracket():
     result, probes = run_one(SearchSettings(start_load=512.0, max_load=1024.0), measure)
     assert [p.load for p in probes] == [512, 1020]
     assert result.status == AT_LIMIT and result.capacity == 1020.0
+
+
+def test_loads_read_in_the_searchs_unit():
+    result, _ = run_one(SearchSettings(start_load=1.0, rel_tol=0.1, unit="x speed-up"),
+                        step_measure(7.3))
+    assert result.reason == "capacity between 7x speed-up and 7.5x speed-up"
+    users, _ = run_one(SearchSettings(start_load=1.0, is_integer=True, min_load=1.0),
+                       step_measure(1.0))
+    assert users.reason == "capacity between 1 user and 2 users"
