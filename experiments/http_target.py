@@ -108,7 +108,7 @@ class HttpTarget:
 
     @property
     def num_waiting(self) -> int:
-        return 0  # known per run only, from the timelines (http_records.depth_samples)
+        return 0  # known per run only, from the timelines (metrics.depth_samples)
 
     @property
     def num_running(self) -> int:
