@@ -14,17 +14,10 @@ from dataclasses import dataclass, replace
 from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
 from experiments.capacity import knob_label, objective_key, run_search, trial_config
-from experiments.estimate import GENERIC, PER_TRIAL_OVERHEAD_S, PRIORS
 from experiments.grid import SweepSpec
-from experiments.predict import cost_to_dict, simulate_trial
+from experiments.predict import PER_TRIAL_OVERHEAD_S, cost_to_dict, prior_cost, simulate_trial
 from experiments.profiles import Profile
 from experiments.search import AT_LIMIT, CapacitySearch, Probe, Sample
-
-
-def prior_cost(model: str) -> CostModel:
-    """The cost model before anything is measured: a per-model prior."""
-    return PRIORS.get(model, GENERIC)
-
 
 # simulated trials (sample, seconds, objective value), reused within one estimate
 Memo = dict[TrialConfig, tuple[Sample, float, float]]

@@ -3,7 +3,8 @@ to measured step times (Vidur's idea at the scale of this project's linear cost 
 
 `fit_cost_model` turns measured steps into a `CostModel` by least squares; `simulate_trial`
 predicts one trial's metrics (same request lengths, seeds, warm-up and window as a real trial),
-so predicted and measured points are compared metric for metric.
+so predicted and measured points are compared metric for metric. `simulate_records` is the one
+simulated trial: predictions, capacity plans and duration estimates (estimate.py) all run it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,29 @@ from engine.core import StepRecord
 from engine.simulate import CostModel, Simulator
 from experiments.loadgen import achieved_rate, offered_rate, record_from_sequence
 from experiments.metrics import compute_trial_metrics, depth_samples, is_saturated
-from experiments.profiles import OpenArrival, Profile
+from experiments.profiles import OpenArrival, Profile, TraceArrival
+from experiments.traces import prepare_replay
 from experiments.trial import sched_config_of
 from experiments.workload import make_requests, open_loop_arrivals
 
 MIN_STEPS = 3  # fewer steps of a phase than this: keep the prior's coefficients for it
+MS = 1e-3
+# The cost model before anything is measured. Fitted to step times measured on a 2-core CPU
+# (decode at batch 1/4/16, prefill of 64 to 1,024 tokens); HF's per-layer Python overhead
+# dominates these small models' steps.
+PRIORS: dict[str, CostModel] = {
+    "builtin:tiny": CostModel(8.0 * MS, 0.12 * MS, 4.0 * MS, 0.3 * MS),
+    "builtin:small": CostModel(20.0 * MS, 0.5 * MS, 12.0 * MS, 1.3 * MS),
+}
+GENERIC = CostModel(20 * MS, 0.2 * MS, 25 * MS, 0.5 * MS)
+# Wall seconds a trial costs beyond its simulated requests (reconfigure, store writes): the
+# duration estimates of sweeps and searches add it per trial.
+PER_TRIAL_OVERHEAD_S = 0.1
+
+
+def prior_cost(model: str) -> CostModel:
+    """The cost model before anything is measured: a per-model prior."""
+    return PRIORS.get(model, GENERIC)
 
 
 def fit_line(x: list[float], y: list[float], prior: tuple[float, float]) -> tuple[float, float]:
@@ -58,12 +77,31 @@ def fit_cost_model(steps: Iterable[StepRecord], prior: CostModel) -> CostModel:
 def simulate_records(config: TrialConfig, profile: Profile, num_requests: int, cost: CostModel,
                      seed: int = 0, kv_budget_tokens: int = 1 << 30, slos: list[SLO] = (),
                      ) -> tuple[list[RequestRecord], list[RequestRecord], list[StepRecord]]:
-    """Measured records, background records and steps of one simulated trial."""
+    """Measured records, background records and steps of one simulated trial: the engine's
+    scheduler as the trial configures it (`sched_config_of`: the token budget, the adaptive
+    policy's SLO targets), driven as the trial's load generator drives the real one."""
+    sim = Simulator(sched_config_of(config, slos), cost, kv_budget_tokens, config.replicas, config.router,
+                    seed)
+    num_warmup, num_measured = _submit_load(sim, config, profile, num_requests, seed)
+    records = [record_from_sequence(s, i) for i, s in enumerate(sim.run())]
+    measured = [r for i, r in enumerate(records) if num_warmup <= i < num_warmup + num_measured]
+    background = [r for i, r in enumerate(records) if not num_warmup <= i < num_warmup + num_measured]
+    return measured, background, sim.steps
+
+
+def _submit_load(sim: Simulator, config: TrialConfig, profile: Profile, num_requests: int,
+                 seed: int) -> tuple[int, int]:
+    """Submit the trial's requests as trial.run_trial sends them; (warm-up, measured) counts."""
+    if config.speedup is not None and isinstance(profile.arrival, TraceArrival):
+        replay = prepare_replay(profile.arrival, config.speedup)  # the window sets the count
+        lengths = list(zip(replay.prompt_tokens.tolist(), replay.output_tokens.tolist(), strict=True))
+        num_warmup = min(profile.warmup_requests, len(lengths) - 1)
+        for at_s, (p, o) in zip(replay.arrival_s.tolist(), lengths, strict=True):
+            sim.submit_at(at_s, p, o)
+        return num_warmup, len(lengths) - num_warmup
     n = num_requests + profile.warmup_requests
     specs = make_requests(profile, n, seed, vocab_size=2, max_context_tokens=1 << 20, avoid_ids=[])
     lengths = [(len(s.prompt_ids), s.max_new_tokens) for s in specs]
-    sim = Simulator(sched_config_of(config, slos), cost, kv_budget_tokens, config.replicas, config.router,
-                    seed)
     if config.concurrency is not None:
         _closed_loop(sim, lengths, config.concurrency, profile.warmup_requests)
     else:
@@ -71,15 +109,7 @@ def simulate_records(config: TrialConfig, profile: Profile, num_requests: int, c
         for at_s, (p, o) in zip(open_loop_arrivals(config.rate, config.burstiness, n, seed, schedule),
                                 lengths, strict=True):
             sim.submit_at(at_s, p, o)
-    seqs = sim.run()
-    records = [record_from_sequence(s, i) for i, s in enumerate(seqs)]
-    measured = [r for i, r in enumerate(records) if _is_measured(i, profile, num_requests)]
-    background = [r for i, r in enumerate(records) if not _is_measured(i, profile, num_requests)]
-    return measured, background, sim.steps
-
-
-def _is_measured(idx: int, profile: Profile, num_requests: int) -> bool:
-    return profile.warmup_requests <= idx < profile.warmup_requests + num_requests
+    return profile.warmup_requests, num_requests
 
 
 def _closed_loop(sim: Simulator, lengths: list[tuple[int, int]], concurrency: int,

@@ -121,7 +121,7 @@ class ScaleView:
 
 def scale_view(trials: list[TrialRecord], profile: Profile, slos: list[SLO], model: str) -> ScaleView | None:
     """The chart's inputs from a sweep's trials; None without a done one-replica trial."""
-    from experiments.estimate import GENERIC, PRIORS
+    from experiments.predict import GENERIC, PRIORS
 
     done = [t for t in trials if t.status == "done"]
     ones = [t for t in done if t.config.replicas == 1 and t.config.repetition == 0

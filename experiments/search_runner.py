@@ -21,9 +21,9 @@ from experiments.capacity import (
     sample_of,
     uses_prediction,
 )
-from experiments.capacity_plan import calibration_probe, make_plan, prior_cost, revise_plan
+from experiments.capacity_plan import calibration_probe, make_plan, revise_plan
 from experiments.grid import server_key
-from experiments.predict import cost_to_dict, fit_cost_model
+from experiments.predict import cost_to_dict, fit_cost_model, prior_cost
 from experiments.search import CapacitySearch, Sample
 from experiments.sweep import SweepRunner
 from experiments.trial import TrialResult

@@ -3,6 +3,9 @@
 A crash loses at most the trial in flight; `resume` skips trials already stored (done or
 failed), so every trial lands exactly once. Cancellation (a flag in the db, or a local event)
 is checked between trials and, through `should_stop`, inside the trial in flight.
+
+This is the base runner: the capacity search's and Ray's runners build on it, and
+`runners.runner_for` (above all three) picks the one a stored sweep needs.
 """
 
 from __future__ import annotations
@@ -23,11 +26,10 @@ from db.store import Store
 from engine.config import EngineConfig
 from engine.core import StepRecord
 from experiments.engines import preset
-from experiments.estimate import GENERIC, PRIORS
 from experiments.external import ExternalTarget, ServerProcess, api_key_from_env, load_tokenizer
 from experiments.grid import GridError, SweepSpec, server_key
 from experiments.http_target import server_root
-from experiments.predict import fit_cost_model, prediction_details, step_summary, stored_steps
+from experiments.predict import fit_cost_model, prediction_details, prior_cost, step_summary, stored_steps
 from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
 from experiments.provenance import provenance
 from experiments.server_metrics import MetricsScraper
@@ -289,7 +291,7 @@ class SweepRunner:
             return metrics  # no engine steps to fit (HTTP), or a trace (not simulated)
         if self._steps is None:  # a resumed sweep: the steps stored with earlier trials
             self._steps = stored_steps(t.details for t in self.store.list_trials(self.sweep_id))
-        cost = fit_cost_model(self._steps, PRIORS.get(self.spec.model, GENERIC))
+        cost = fit_cost_model(self._steps, prior_cost(self.spec.model))
         try:
             details = prediction_details(config, self.profile, self.spec.requests,
                                          self.spec.seed + config.repetition, slos, cost,
@@ -356,32 +358,3 @@ def with_provenance(metrics: TrialMetrics, target: object, **extra: object) -> T
         where["replicas"] = target.placement()
     where.update(extra)
     return dataclasses.replace(metrics, details={**metrics.details, "provenance": where})
-
-
-def runner_for(store: Store, sweep_id: int, **kwargs) -> SweepRunner:
-    """The runner a stored sweep needs: a load grid, or a capacity search."""
-    spec = SweepSpec(**store.get_sweep(sweep_id).grid)
-    if spec.executor == "ray":
-        from experiments.ray_executor import RaySweepRunner  # it imports this module
-
-        return RaySweepRunner(store, sweep_id, **kwargs)
-    if spec.search is None:
-        return SweepRunner(store, sweep_id, **kwargs)
-    from experiments.search_runner import SearchRunner  # it imports this module
-
-    return SearchRunner(store, sweep_id, **kwargs)
-
-
-def run_queued(store: Store, pid: int, stop: threading.Event | None = None) -> list[int]:
-    """Worker loop: claim and run queued sweeps in order, one at a time, until none is left."""
-    ran: list[int] = []
-    while not (stop and stop.is_set()):
-        sweep = store.claim_next_sweep(pid)
-        if sweep is None:
-            break
-        ran.append(sweep.id)
-        try:
-            runner_for(store, sweep.id, stop=stop).run()
-        except Exception:  # noqa: S112 - stored as failed by run(); go on with the queue
-            continue
-    return ran

@@ -35,11 +35,10 @@ from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig, SchedulerConfig  # noqa: E402
 from engine.simulate import CostModel, Simulator  # noqa: E402
 from experiments import traces  # noqa: E402
-from experiments.estimate import PRIORS  # noqa: E402
 from experiments.loadgen import record_from_sequence  # noqa: E402
 from experiments.local import LocalTarget  # noqa: E402
 from experiments.metrics import meets_slos  # noqa: E402
-from experiments.predict import fit_cost_model  # noqa: E402
+from experiments.predict import PRIORS, fit_cost_model  # noqa: E402
 from experiments.profiles import load_profile, resolve_slos  # noqa: E402
 from experiments.trial import (  # noqa: E402
     measure_baseline,

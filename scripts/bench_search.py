@@ -31,7 +31,8 @@ from experiments.capacity import best, knob_label  # noqa: E402
 from experiments.grid import parse_spec  # noqa: E402
 from experiments.profiles import load_profile  # noqa: E402
 from experiments.recommend import recommend  # noqa: E402
-from experiments.sweep import create_sweep, runner_for  # noqa: E402
+from experiments.runners import runner_for  # noqa: E402
+from experiments.sweep import create_sweep  # noqa: E402
 
 FULL = {"batch_sizes": [1, 4, 8, 16], "max_wait_ms": [0, 5, 20], "loads": [1, 2, 4, 8, 16, 32],
         "requests": 48}
@@ -171,15 +172,9 @@ def dense_readings(trials, target: float) -> dict:
 def simulated(model: str) -> None:
     """The issue's full grid, grid vs search, on the virtual clock under the prior cost model."""
     from experiments.capacity import run_search
-    from experiments.capacity_plan import (
-        calibration_probe,
-        make_plan,
-        prior_cost,
-        revise_plan,
-        simulated_measure,
-    )
+    from experiments.capacity_plan import calibration_probe, make_plan, revise_plan, simulated_measure
     from experiments.estimate import predicted_slos
-    from experiments.predict import simulate_trial
+    from experiments.predict import prior_cost, simulate_trial
 
     for profile in ("chat", "batch"):
         prof, cost = load_profile(profile), prior_cost(model)

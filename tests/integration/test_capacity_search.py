@@ -17,8 +17,9 @@ from experiments.analysis import sweep_capacities
 from experiments.grid import parse_spec
 from experiments.local import LocalTarget
 from experiments.profiles import load_profile
+from experiments.runners import runner_for
 from experiments.search import UNDECIDED
-from experiments.sweep import create_sweep, runner_for, set_search_budget
+from experiments.sweep import create_sweep, set_search_budget
 
 ROOT = Path(__file__).resolve().parents[2]
 

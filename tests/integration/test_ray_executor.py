@@ -113,7 +113,7 @@ def sweep_args(db: str, profile: Path, address: str, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_cancel_keeps_finished_trials_and_resume_runs_each_once(tmp_path, tiny_profile, cluster):
     from db.store import Store
-    from experiments.sweep import runner_for
+    from experiments.runners import runner_for
 
     db = f"sqlite:///{tmp_path / 'c.db'}"
     # Eight trials of ~1 s on two slots: after the first lands, three more rounds are left, so
@@ -146,7 +146,8 @@ def test_a_killed_worker_costs_one_retry_and_no_lost_trial(tmp_path, tiny_profil
     from db.store import Store
     from experiments.grid import parse_spec
     from experiments.profiles import load_profile
-    from experiments.sweep import create_sweep, runner_for
+    from experiments.runners import runner_for
+    from experiments.sweep import create_sweep
 
     store = Store(f"sqlite:///{tmp_path / 'k.db'}")
     spec = parse_spec({"profile": str(tiny_profile), "policies": ["continuous"], "batch_sizes": [2, 4],
