@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from app.cli import app
-from app.cmd_trial import _exported_scale, _from_exported
+from app.cmd_trial import exported_scale, from_exported
 from app.parsing import parse_budget
 from engine.config import EngineConfig, SchedulerConfig
 
@@ -40,9 +40,9 @@ def serve(
     from engine.server import serve as run_server
 
     if config is not None:
-        model, policy, batch_size, max_wait_ms, budget = _from_exported(config, model)
+        model, policy, batch_size, max_wait_ms, budget = from_exported(config, model)
         ttft_slo_ms, tpot_slo_ms = _exported_targets(config, ttft_slo_ms, tpot_slo_ms)
-        replicas, router = _exported_scale(config, replicas, router)
+        replicas, router = exported_scale(config, replicas, router)
     else:
         budget = parse_budget("--max-num-batched-tokens", max_num_batched_tokens)
     sched = SchedulerConfig(policy, batch_size, max_wait_ms, ttft_slo_ms=ttft_slo_ms,
@@ -72,7 +72,7 @@ def _exported_targets(path: Path, ttft_slo_ms: float | None,
     """The adaptive policy's SLO targets from an exported config (flags win)."""
     from experiments.export import load_exported_config
 
-    cfg = load_exported_config(path.read_text())  # already validated by _from_exported
+    cfg = load_exported_config(path.read_text())  # already validated by from_exported
     return (ttft_slo_ms if ttft_slo_ms is not None else cfg.get("ttft_slo_ms"),
             tpot_slo_ms if tpot_slo_ms is not None else cfg.get("tpot_slo_ms"))
 

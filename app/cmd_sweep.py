@@ -56,8 +56,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def _lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup=None,
-           budgets=None) -> dict[str, Any]:
+def lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup=None,
+          budgets=None) -> dict[str, Any]:
     return {
         "max_num_batched_tokens":
             None if budgets is None else parse_budgets("--max-num-batched-tokens", budgets),
@@ -104,7 +104,8 @@ def sweep(
     kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
     name: str | None = typer.Option(None, help="a name for this sweep"),
     target_url: str | None = typer.Option(
-        None, "--target", help="OpenAI-compatible base URL to drive instead of the local engine"),
+        None, "--target", help="OpenAI-compatible base URL to drive instead of the local engine "
+        "(it batches by its own settings: no knob flags unless --server-cmd starts it)"),
     target_model: str | None = typer.Option(None, "--target-model", help="model name on the target"),
     api_key_env: str | None = typer.Option(
         None, "--api-key-env", help="env var holding the target's API key (never stored)"),
@@ -128,7 +129,7 @@ def sweep(
         None, "--ray-address", help="Ray head HOST:PORT (default: a local cluster for this command)"),
 ) -> None:
     """Run a grid of trials (policy x batch size x max wait x load x repetitions) into the store."""
-    from experiments.sweep import runner_for
+    from experiments.runners import runner_for
 
     if resume is not None:
         store = open_store(db)
@@ -140,13 +141,13 @@ def sweep(
                  "target_model": target_model, "api_key_env": api_key_env, "tokenizer": tokenizer,
                  "server_cmd": server_cmd, "engine": engine, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
-                 **_lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
-                         max_num_batched_tokens),
+                 **lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
+                        max_num_batched_tokens),
                  **_scale_lists(replicas, router),
                  "executor": executor, "ray_address": ray_address}
         store, sweep_id, target = _create(db, spec_from_flags(config, flags))
-    runner = runner_for(store, sweep_id, on_progress=_progress_printer(), target=target)
-    with _ctrl_c_cancels(runner.stop):
+    runner = runner_for(store, sweep_id, on_progress=progress_printer(), target=target)
+    with ctrl_c_cancels(runner.stop):
         status = runner.run()
     _print_outcome(store, sweep_id, status, json_out)
 
@@ -165,7 +166,7 @@ def _create(db: str | None, data: dict[str, Any]):
                                             store.list_profiles() if store is not None else {}))
     target = None
     if spec.is_external:  # the target answers and the tokenizer loads before any row is written
-        _check_external(spec)
+        spec = check_external(spec)
     elif spec.executor == "ray":  # Ray installed, its head answering, the model known
         _check_ray(spec)
     else:
@@ -173,6 +174,7 @@ def _create(db: str | None, data: dict[str, Any]):
         target = local_target_for(spec, spec.trial_configs()[0].replicas)
     store = store or open_store(db)
     sweep_id = create_sweep(store, spec, prof)
+    record_server(store, sweep_id, spec)
     est = estimate_sweep_s(spec, prof)
     print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min "
           f"(db: {store.display_url})", file=sys.stderr)
@@ -190,11 +192,15 @@ def _check_ray(spec) -> None:
     load_tokenizer(spec.model)  # an unknown model fails here, not on every worker
 
 
-def _check_external(spec) -> None:
+def check_external(spec):
+    """Check an external run before anything is written; return the spec to store. For a bare
+    --target that is the spec naming the model the server serves (as `model` and `target_model`,
+    the tokenizer pinned to the one checked here), so the sweep is listed and exported by what
+    was measured, never by the tokenizer's default (builtin:tiny)."""
     from app.preflight import check_target_answers
     from experiments.external import api_key_from_env, load_tokenizer
 
-    api_key_from_env(spec.api_key_env)  # set now, or the first trial would fail
+    key = api_key_from_env(spec.api_key_env)  # set now, or the first trial would fail
     if spec.engine is not None:  # its server starts per config, later; it must be installed now
         from experiments.engines import EngineUnavailableError, preset
 
@@ -204,10 +210,39 @@ def _check_external(spec) -> None:
             raise BadInput(str(exc)) from None
     elif spec.server_cmd is None:  # a --server-cmd server starts per config, later
         check_target_answers(spec.target)
-    load_tokenizer(spec.tokenizer or spec.target_model or spec.model)
+    tokenizer = spec.tokenizer or spec.target_model or spec.model
+    load_tokenizer(tokenizer)
+    if not spec.is_bare_target:
+        return spec
+    from experiments.http_target import HttpTarget
+
+    try:  # the model its requests name: --target-model as given, else the first /v1/models lists
+        served = HttpTarget(spec.target, model=spec.target_model, api_key=key).model
+    except Exception as exc:  # an HTTP error, or a body that is not a model list: the wrong URL
+        raise BadInput(f"cannot use --target {spec.target}: {type(exc).__name__}: {exc}") from None
+    return spec.model_copy(update={"model": served, "target_model": served, "tokenizer": tokenizer})
 
 
-class _ctrl_c_cancels:
+def record_server(store, sweep_id: int, spec) -> None:
+    """An external run records the server it measured as its sweep's device (`server at URL
+    (vllm 0.6.3)`, or `server per config from --engine vllm`), which `sweeps` and the exports
+    name; a local run records its device when its worker loads the model."""
+    from experiments.external import api_key_from_env
+    from experiments.http_target import describe_server
+    from experiments.provenance import SERVER_DEVICE, server_at, server_per_config
+
+    if not spec.is_external:
+        return
+    if spec.is_bare_target:
+        key = api_key_from_env(spec.api_key_env)
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        where = server_at(describe_server(spec.target, spec.target_model, auth))
+    else:
+        where = server_per_config(f"--engine {spec.engine}" if spec.engine else "--server-cmd")
+    store.set_sweep_device(sweep_id, SERVER_DEVICE, where, spec.dtype)
+
+
+class ctrl_c_cancels:
     """First Ctrl-C cancels the sweep gracefully (it keeps what finished); a second one aborts."""
 
     def __init__(self, stop: threading.Event) -> None:
@@ -226,7 +261,7 @@ class _ctrl_c_cancels:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _progress_printer():
+def progress_printer():
     is_tty = sys.stderr.isatty()
 
     def show(p) -> None:
@@ -268,11 +303,23 @@ def sweeps(
 
 
 def _sweep_row(s) -> dict[str, Any]:
-    return {"id": s.id, "name": s.name, "status": s.status, "model": s.model,
-            "profile": s.profile.get("name"), "device": s.device_name or s.device,
+    return {"id": s.id, "name": s.name, "status": s.status, **_measured(s),
+            "profile": s.profile.get("name"),
             "trials_done": s.trials_done, "trials_failed": s.trials_failed,
             "trials_total": s.trials_total,
             "created_at": s.created_at.isoformat(timespec="seconds") if s.created_at else None}
+
+
+def _measured(s) -> dict[str, Any]:
+    """The model and device columns: for an external server, the model names the server."""
+    from experiments.provenance import SERVER_DEVICE
+
+    if s.device == SERVER_DEVICE and s.device_name:  # `mock on server at http://h/v1 (vllm 0.6.3)`
+        return {"model": f"{s.model} on {s.device_name}", "device": s.device}
+    if _bare_target(s.grid):  # stored before the server was recorded
+        served = s.grid.get("target_model") or "the served model"
+        return {"model": f"{served} on server at {s.grid['target']}", "device": SERVER_DEVICE}
+    return {"model": s.model, "device": s.device_name or s.device}
 
 
 TRIAL_COLUMNS = ["trial_id", "status", "policy", "batch_size", "max_wait_ms", "max_num_batched_tokens",
@@ -281,15 +328,34 @@ TRIAL_COLUMNS = ["trial_id", "status", "policy", "batch_size", "max_wait_ms", "m
                  "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size", "saturated", "client_bound", "error"]
 
 
-def trial_rows(records) -> list[dict[str, Any]]:
-    """One flat row per trial: config then every metric."""
-    return [{"trial_id": t.trial_id, "status": t.status, "policy": t.config.policy,
-             "batch_size": t.config.batch_size, "max_wait_ms": t.config.max_wait_ms,
-             "max_num_batched_tokens": t.config.max_num_batched_tokens,
+def trial_rows(records, server_batches: bool = False) -> list[dict[str, Any]]:
+    """One flat row per trial: config then every metric, and where it was measured.
+    `server_batches`: a bare --target's trials, whose stored knobs are placeholders (see
+    grid.SERVER_OWN_KNOBS): shown as policy `server` and no batch size, wait or budget."""
+    return [{"trial_id": t.trial_id, "status": t.status, **_knobs(t.config, server_batches),
              "replicas": t.config.replicas, "router": t.config.router,
              "load": t.config.load_label, "concurrency": t.config.concurrency,
              "rate": t.config.rate, "repetition": t.config.repetition, **t.metrics,
-             "error": t.error} for t in records]
+             "measured_on": _measured_on(t.details), "error": t.error} for t in records]
+
+
+def _bare_target(grid: dict) -> bool:
+    """SweepSpec.is_bare_target read off a stored grid (no parse: any stored grid lists)."""
+    return bool(grid.get("target")) and not grid.get("server_cmd") and not grid.get("engine")
+
+
+def _knobs(config, server_batches: bool) -> dict[str, Any]:
+    if server_batches:
+        return {"policy": "server", "batch_size": None, "max_wait_ms": None,
+                "max_num_batched_tokens": None}
+    return {"policy": config.policy, "batch_size": config.batch_size,
+            "max_wait_ms": config.max_wait_ms, "max_num_batched_tokens": config.max_num_batched_tokens}
+
+
+def _measured_on(details: dict) -> str | None:
+    """The trial's recorded device: a GPU or CPU, or `model at URL (engine version)`."""
+    where = (details or {}).get("provenance") or {}
+    return where.get("device_name") or where.get("device")
 
 
 @app.command()
@@ -302,7 +368,8 @@ def trials(
     if format not in ("table", "csv", "json"):
         raise BadInput(f"--format must be table, csv or json, got {format!r}")
     store = open_store(db, create=False)
-    rows = trial_rows(store.list_trials(store.get_sweep(sweep_id).id))
+    sweep = store.get_sweep(sweep_id)
+    rows = trial_rows(store.list_trials(sweep.id), _bare_target(sweep.grid))
     if format == "json":
         print_json(rows)
     elif format == "csv":
@@ -318,7 +385,7 @@ def worker(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Run queued sweeps one after another until none is left (the dashboard starts this)."""
-    from experiments.sweep import run_queued
+    from experiments.runners import run_queued
 
     done = run_queued(open_store(db), os.getpid())
     print(f"worker: ran {len(done)} sweep(s): {', '.join(fmt(i) for i in done) or '-'}", file=sys.stderr)

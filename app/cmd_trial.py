@@ -70,6 +70,8 @@ def trial_json(config: TrialConfig, metrics: dict, model: str, profile: str) -> 
 
 def _print_table(out: dict) -> None:
     pairs = [(k, out[k]) for k in ("model", "profile")] + list(out["config"].items())
+    if out.get("measured_on"):
+        pairs.insert(1, ("measured on", out["measured_on"]))
     pairs += [(k, out[k]) for k in ("requests_completed", "requests_failed", "duration_s",
                                     "requests_per_s", "output_tokens_per_s", "total_tokens_per_s",
                                     "goodput_rps", "slo_attainment", "mean_batch_size",
@@ -100,9 +102,12 @@ def trial(
     model: str = typer.Option("builtin:tiny", help="builtin:tiny, builtin:small, a HF id or a local path"),
     profile: str = typer.Option(
         "chat", help="built-in profile name, a profile .yaml, or a trace (.csv, .jsonl) to replay"),
-    policy: str = typer.Option("continuous", help="static | continuous | adaptive"),
-    batch_size: int = typer.Option(8, "--batch-size", help="max batch size"),
-    max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="max batching wait (ms)"),
+    # Knob defaults are applied below: a --target refuses knobs given to it (its server batches
+    # by its own settings), so "not given" must be told apart from the default.
+    policy: str | None = typer.Option(None, help="static | continuous | adaptive (default continuous)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="max batch size (default 8)"),
+    max_wait_ms: float | None = typer.Option(
+        None, "--max-wait-ms", help="max batching wait in ms (default 0)"),
     max_num_batched_tokens: str | None = typer.Option(
         None, "--max-num-batched-tokens",
         help="prefill token budget per step (chunked prefill, continuous only); none = no chunking"),
@@ -124,7 +129,8 @@ def trial(
         "seconds of the trace, then let the requests finish)"),
     config: Path | None = typer.Option(None, "--config", help="YAML from `tradeoff export --format yaml`"),
     target: str | None = typer.Option(
-        None, "--target", help="OpenAI-compatible base URL to drive instead of the local engine"),
+        None, "--target", help="OpenAI-compatible base URL to drive instead of the local engine "
+        "(it batches by its own settings: no knob flags)"),
     target_model: str | None = typer.Option(None, "--target-model", help="model name on the target"),
     api_key_env: str | None = typer.Option(
         None, "--api-key-env", help="env var holding the target's API key (never stored)"),
@@ -135,9 +141,17 @@ def trial(
         None, "--router", help="round_robin | least_outstanding | power_of_two (with --replicas > 1)"),
 ) -> None:
     """Run one trial: one batching config at one load level."""
+    if target is not None:
+        from experiments.grid import SERVER_OWN_KNOBS
+
+        _refuse_server_knobs(**{"--policy": policy, "--batch-size": batch_size, "--max-wait-ms":
+                                max_wait_ms, "--max-num-batched-tokens": max_num_batched_tokens,
+                                "--config": config})
+        own = {key: values[0] for key, values in SERVER_OWN_KNOBS.items()}  # run with, never shown
+        policy, batch_size, max_wait_ms = own["policies"], own["batch_sizes"], own["max_wait_ms"]
     if config is not None:
-        model, policy, batch_size, max_wait_ms, budget = _from_exported(config, model)
-        replicas, router = _exported_scale(config, replicas, router)
+        model, policy, batch_size, max_wait_ms, budget = from_exported(config, model)
+        replicas, router = exported_scale(config, replicas, router)
     else:
         budget = parse_budget("--max-num-batched-tokens", max_num_batched_tokens)
     if requests < 1:
@@ -145,8 +159,9 @@ def trial(
     if duration is not None and not 0 < duration < math.inf:
         raise BadInput(f"--duration must be a finite number of seconds > 0, got {duration}")
     prof = load_profile(profile)
-    trial_config = build_trial_config(policy, batch_size, max_wait_ms, concurrency, rate,
-                                       burstiness, prof.arrival, speedup, budget)
+    trial_config = build_trial_config(policy or "continuous", 8 if batch_size is None else batch_size,
+                                       max_wait_ms or 0.0, concurrency, rate, burstiness,
+                                       prof.arrival, speedup, budget)
     if trial_config.speedup is not None:  # --duration sets the replay window instead
         prof, duration = _trace_window(prof, trial_config.speedup, duration, trace_start)
     trial_config = with_replicas(trial_config, replicas, router, external=target is not None)
@@ -158,6 +173,17 @@ def trial(
                                      kv_budget_tokens=kv_budget, seed=seed),
                         prof, trial_config, requests, seed, duration, remote)
     print_json(out) if json_out else _print_table(out)
+
+
+def _refuse_server_knobs(**given: object) -> None:
+    """A --target batches by its own settings: a knob given for it would only be a label."""
+    flags = [flag for flag, value in given.items() if value is not None]
+    if flags:
+        one = len(flags) == 1
+        raise BadInput(f"{'/'.join(flags)} describe{'s' * one} the server's own batching, which "
+                       f"tradeoff does not control for --target URL; drop {'it' if one else 'them'} "
+                       "(the trial measures the server as it runs), or sweep knobs on a server "
+                       "started per config with `tradeoff sweep --server-cmd` or `--engine`")
 
 
 def _trace_window(prof, speedup: float, duration: float | None, start: float | None):
@@ -195,6 +221,7 @@ def _connect(url: str, model: str | None, tokenizer: str, api_key_env: str | Non
 def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, requests: int,
                   seed: int, duration: float | None, remote=None) -> dict:
     """Load the model (or use `remote`), measure the baseline if the SLOs need it, run the trial."""
+    from experiments.provenance import server_at
     from experiments.trial import measure_baseline, run_trial
 
     target = remote or _local_target(engine_config, trial_config)
@@ -207,13 +234,17 @@ def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, 
         result = run_trial(target.engine, trial_config, prof, requests, seed=seed,
                            slos=resolve_slos(prof, baseline), max_duration_s=duration,
                            **kwargs, **target.memory_kwargs())
+        server = remote.engine.describe() if remote is not None else None
     finally:
         target.close()
     out = trial_json(trial_config, result.metrics.to_dict(), engine_config.model, prof.name)
     if trial_config.replicas > 1:
         out["placement"] = placement
-    if remote is not None:  # the server's own knobs are its business; say what was driven
-        out.update(model=remote.engine.model, target=remote.engine.api_base)
+    if server is not None:  # what was measured: the server with its own knobs, not ours
+        out.update(model=server.model, target=server.url, server=server.to_dict(),
+                   measured_on=server_at(server),
+                   config={**out["config"], "policy": "server", "batch_size": None,
+                           "max_wait_ms": None, "max_num_batched_tokens": None})
     return out
 
 
@@ -228,7 +259,7 @@ def _local_target(engine_config: EngineConfig, trial_config: TrialConfig):
     return ReplicaTarget.start(engine_config, trial_config.replicas, trial_config.router)
 
 
-def _from_exported(path: Path, model: str) -> tuple[str, str, int, float, int | None]:
+def from_exported(path: Path, model: str) -> tuple[str, str, int, float, int | None]:
     from experiments.export import load_exported_config
 
     try:
@@ -243,11 +274,11 @@ def _from_exported(path: Path, model: str) -> tuple[str, str, int, float, int | 
             cfg.get("max_num_batched_tokens"))
 
 
-def _exported_scale(path: Path, replicas: int, router: str | None) -> tuple[int, str | None]:
+def exported_scale(path: Path, replicas: int, router: str | None) -> tuple[int, str | None]:
     """The replica count and router of an exported config, unless given as flags."""
     from experiments.export import load_exported_config
 
     if replicas != 1 or router is not None:
         return replicas, router
-    cfg = load_exported_config(path.read_text())  # already validated by _from_exported
+    cfg = load_exported_config(path.read_text())  # already validated by from_exported
     return cfg["replicas"], cfg["router"]

@@ -6,6 +6,10 @@ Formats (`FORMATS`): `json` and `yaml` (tradeoff's own document, read back by
 (model-config.yaml). Every format carries the expected metrics, the SLOs and the provenance;
 where a server lacks a knob, a comment says so rather than inventing a mapping.
 
+A bare `--target` run (device `server at URL (engine version)`, provenance.py) measured a server
+batching by its own settings: its export sets no knob (json / yaml: `server:` for `engine:`;
+other formats: comments only). `--engine` / `--server-cmd` runs set the knobs and name the server.
+
 The json / yaml document (schema version 1):
 
     version: 1
@@ -47,6 +51,7 @@ from experiments.export_scale import (
     triton_instances,
     vllm_flags,
 )
+from experiments.provenance import batches_by_itself, is_server
 from experiments.recommend import Recommendation, config_to_dict, fmt_value, latency_label
 
 FORMATS: tuple[str, ...] = ("json", "yaml", "vllm", "triton", "ray-serve", "torchserve")
@@ -55,6 +60,7 @@ PROVENANCE_KEYS: tuple[str, ...] = (
 )
 _REQUIRED_PROVENANCE = PROVENANCE_KEYS[:4]  # profile and version may be unknown (None)
 SCHEMA_VERSION = 1
+_SERVER_NAMES = {"vllm": "vLLM", "triton": "Triton", "ray-serve": "Ray Serve", "torchserve": "TorchServe"}
 _PER_REQUEST = (
     "measured with continuous (iteration-level) batching, but {server} batches per request "
     "(a batch runs to completion before the next forms), so the measured numbers won't "
@@ -69,6 +75,8 @@ def export_config(rec: Recommendation, fmt: str, provenance: dict) -> str:
     if rec.config is None:
         raise ValueError(f"nothing to export: {rec.explanation}")
     provenance = _checked_provenance(provenance)
+    if batches_by_itself(provenance["device"]):
+        return _render_server_own(rec, fmt, provenance)
     if rec.config.policy == "adaptive" and fmt not in ("json", "yaml"):
         return _render_nearest_fixed(rec, fmt, provenance)
     return _RENDERERS[fmt](rec, provenance)
@@ -83,8 +91,7 @@ def _render_nearest_fixed(rec: Recommendation, fmt: str, provenance: dict) -> st
     # Servers other than tradeoff's own have no SLO-driven cap and wait: say so, export the nearest.
     c = _config(rec)
     fixed = nearest_fixed_config(c)
-    server = {"vllm": "vLLM", "triton": "Triton", "ray-serve": "Ray Serve",
-              "torchserve": "TorchServe"}.get(fmt, fmt)
+    server = _SERVER_NAMES.get(fmt, fmt)
     note = (f"policy adaptive has no {server} equivalent: it sets the batch cap (up to "
             f"{c.batch_size}) and the batching wait (up to {c.max_wait_ms:g} ms) at run time from the "
             "queue, recent step times and the TTFT/TPOT SLOs. Below is the nearest fixed config, "
@@ -174,7 +181,7 @@ def _common_notes(rec: Recommendation, provenance: dict, target: str) -> list[st
         f"provenance: model {p['model']}, device {p['device']}, sweep {p['sweep_id']}, "
         f"{p['date']}, profile {p['profile'] or 'unknown'}, "
         f"tradeoff {p['tradeoff_version'] or 'unknown'}.",
-        _expected_note(rec),
+        _expected_note(rec, p),
         *[_slo_note(c) for c in rec.to_dict()["slos"]],
     ]
 
@@ -187,13 +194,15 @@ _EXPECTED = (
 )
 
 
-def _expected_note(rec: Recommendation) -> str:
+def _expected_note(rec: Recommendation, provenance: dict) -> str:
     n = rec.point.n if rec.point else 1
     parts = [text.format(fmt_value(v)) for key, text in _EXPECTED
              if (v := rec.metrics.get(key)) is not None]
     runs = f"mean of {n} runs" if n > 1 else "1 run"
     load = _load_words(_config(rec))
-    return f"expected ({runs} on tradeoff's engine, {load}): {', '.join(parts)}."
+    device = provenance["device"]
+    engine = device if is_server(device) else "tradeoff's engine"
+    return f"expected ({runs} on {engine}, {load}): {', '.join(parts)}."
 
 
 def _slo_note(check: dict) -> str:
@@ -224,7 +233,7 @@ def _render_vllm(rec: Recommendation, provenance: dict) -> str:
              f"--max-num-seqs {c.batch_size}: the most sequences vLLM runs in one iteration, "
              "tradeoff's max batch size.",
              _vllm_wait_note(c.max_wait_ms),
-             _vllm_budget_note(c.max_num_batched_tokens),
+             _vllm_budget_note(c.max_num_batched_tokens, is_server(provenance["device"])),
              f"The load ({_load_words(c)}) is a client-side setting; vLLM has no flag for it."]
     if c.policy != "continuous":
         notes.append("policy static has no vLLM equivalent: vLLM always batches continuously "
@@ -240,11 +249,14 @@ def _render_vllm(rec: Recommendation, provenance: dict) -> str:
             + f"vllm serve {shlex.quote(model)} --max-num-seqs {c.batch_size}{chunked}{dp_flag}\n")
 
 
-def _vllm_budget_note(budget: int | None) -> str:
+def _vllm_budget_note(budget: int | None, on_server: bool) -> str:
     if budget is not None:
         return (f"--max-num-batched-tokens {budget} --enable-chunked-prefill: the most tokens one "
                 "step processes, long prompts prefilled in chunks next to running decodes, as "
                 "tradeoff measured.")
+    if on_server:  # an --engine / --server-cmd run: the server's default, not tradeoff's prefill
+        return ("No prefill token budget was set, so the server measured used its own default "
+                "(vLLM's V1 engine always chunks prefills): set --max-num-batched-tokens to pin it.")
     return ("No prefill token budget was measured (tradeoff prefilled whole prompts in a step of "
             "their own). vLLM's V1 engine always chunks prefills, with its own default budget: "
             "set --max-num-batched-tokens at least the longest prompt to come near, or re-measure "
@@ -348,6 +360,33 @@ def _torchserve_rounding(wait_ms: float, delay_ms: int) -> list[str]:
     if wait_ms == delay_ms:
         return []
     return [f"maxBatchDelay is whole milliseconds: {wait_ms:g} ms rounded to {delay_ms} ms."]
+
+
+def _render_server_own(rec: Recommendation, fmt: str, provenance: dict) -> str:
+    """A bare --target's measurement: what the server did at the load, and no knob, since the
+    stored ones are placeholders (grid.SERVER_OWN_KNOBS), not its settings."""
+    p, verdict = provenance, "met" if rec.feasible else "came nearest to"
+    said = (f"{p['model']} on {p['device']}, batching by its own settings, {verdict} the "
+            f"{p['profile'] or 'profile'} SLOs under {_load_words(_config(rec))}.")
+    if fmt in ("json", "yaml"):
+        doc = config_document(rec, provenance)
+        server = {"measured": p["device"], "model": p["model"],
+                  "batching": "the server's own settings; tradeoff set none of its knobs"}
+        doc = {("server" if k == "engine" else k): (server if k == "engine" else v)
+               for k, v in doc.items()} | {"explanation": said}
+        if fmt == "json":
+            return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+        head = ["tradeoff measurement of a running server: a record of what was measured, not a "
+                "config for `tradeoff serve` or `tradeoff trial --config`.", *_warning(rec)]
+        return _comments(head) + yaml.safe_dump(doc, sort_keys=False)
+    server = _SERVER_NAMES.get(fmt, fmt)
+    notes = [f"tradeoff measurement, no {server} config: {said}",
+             *_common_notes(rec, provenance, server)[1:],
+             f"No {server} config to export: tradeoff drove a running server (--target) and set "
+             "none of its batching knobs, so none was measured; the numbers above are that "
+             "server's, with the settings it ran with. To measure batching knobs, start the server "
+             "per config with `tradeoff sweep --engine` or `--server-cmd`."]
+    return _comments(notes)
 
 
 _RENDERERS: dict[str, Callable[[Recommendation, dict], str]] = {

@@ -20,6 +20,11 @@ def load_exported_config(text: str) -> dict:
     except yaml.YAMLError as exc:
         raise ValueError(f"exported config is not valid YAML or JSON: {exc}") from exc
     engine = doc.get("engine") if isinstance(doc, dict) else None
+    server = doc.get("server") if isinstance(doc, dict) and engine is None else None
+    if isinstance(server, dict):  # export.py's record of a bare --target: its knobs were its own
+        raise ValueError(f"the document records a measurement of {server.get('measured')}, which "
+                         "batched by its own settings, so it has no engine config to run; measure "
+                         "that server again with `tradeoff trial --target URL`")
     if not isinstance(engine, dict):
         raise ValueError("exported config needs an `engine:` mapping with model, policy, "
                          "max_batch_size and max_wait_ms")

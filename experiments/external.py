@@ -18,6 +18,7 @@ from typing import Any
 
 from common.records import TrialConfig
 from experiments.http_target import HttpTarget, wait_for_health
+from experiments.provenance import SERVER_DEVICE
 from experiments.server_cmd import ServerCmdError, render_server_cmd
 
 STOP_GRACE_S = 10.0
@@ -61,6 +62,14 @@ def api_key_from_env(var: str | None) -> str | None:
     return key
 
 
+@dataclass(frozen=True)
+class ServedFacts:
+    """A server as a trial's device: `server`, and `model at URL (engine version)`."""
+
+    device: str
+    device_name: str
+
+
 @dataclass
 class ExternalTarget:
     """An HttpTarget plus what trials need to know about the server's model."""
@@ -71,8 +80,11 @@ class ExternalTarget:
     @classmethod
     def connect(cls, base_url: str, model: str | None, tokenizer: Any,
                 api_key: str | None = None) -> ExternalTarget:
-        """Connect to a running server (its first model unless `model` is given)."""
-        return cls(HttpTarget(base_url, model=model, api_key=api_key, tokenizer=tokenizer), tokenizer)
+        """Connect to a running server (its first model unless `model` is given) and ask what it
+        runs now, while it is idle: after a heavy trial the short probe could time out."""
+        engine = HttpTarget(base_url, model=model, api_key=api_key, tokenizer=tokenizer)
+        engine.describe()
+        return cls(engine, tokenizer)
 
     def request_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of run_trial that describe the model (from its tokenizer)."""
@@ -86,6 +98,12 @@ class ExternalTarget:
     def memory_kwargs(self) -> dict[str, Any]:
         """An external server's memory is not visible from the client."""
         return {}
+
+    @property
+    def loaded(self) -> ServedFacts:
+        """What ran the trials, in the shape sweeps record for a loaded model: each trial's
+        provenance (`sweep.with_provenance`) then names this server, its model and version."""
+        return ServedFacts(SERVER_DEVICE, self.engine.describe().label)
 
     def close(self) -> None:
         self.engine.close()

@@ -14,6 +14,14 @@ from engine.routing import DEFAULT_ROUTER, check_replicas
 from experiments.engines import lacking_knobs
 from experiments.server_cmd import ServerCmdError, check_server_cmd
 
+# A bare --target (no --server-cmd or --engine) batches by its own settings, which tradeoff
+# neither sets nor knows. Its trials still need knob values (TrialConfig and the trials table have
+# no "unknown"), so they record these placeholders, and readers that know the sweep is a bare
+# target (SweepSpec.is_bare_target; its device `server at URL`) never show them as settings.
+SERVER_OWN_KNOBS: dict[str, list] = {"policies": ["continuous"], "batch_sizes": [1], "max_wait_ms": [0.0]}
+_KNOB_FLAGS = {"policies": "--policy", "batch_sizes": "--batch-sizes", "max_wait_ms": "--max-wait-ms",
+               "max_num_batched_tokens": "--max-num-batched-tokens"}
+
 
 class GridError(ValueError):
     """An invalid sweep spec; one line naming the field."""
@@ -207,8 +215,8 @@ class SweepSpec(BaseModel):
         server_knobs = (len(self.policies) * len(self.batch_sizes) * len(self.max_wait_ms)
                         * len(self.max_num_batched_tokens))
         if self.target is not None and self.server_cmd is None and server_knobs > 1:
-            raise ValueError("an external target's batch size, wait and policy are set by the "
-                             "server: give one value each, or a --server-cmd template to sweep them")
+            raise ValueError("an external target batches by its own settings: sweep the knobs "
+                             "with a --server-cmd template or an --engine preset")
         if self.target is not None and not self.target.startswith(("http://", "https://")):
             raise ValueError(f"target {self.target!r} is not an http(s) URL")
         return self
@@ -227,6 +235,12 @@ class SweepSpec(BaseModel):
     @property
     def is_external(self) -> bool:
         return self.target is not None or self.server_cmd is not None or self.engine is not None
+
+    @property
+    def is_bare_target(self) -> bool:
+        """A --target URL that no --server-cmd starts: the server batches by its own settings and
+        the trials' knobs are the SERVER_OWN_KNOBS placeholders, not settings."""
+        return self.target is not None and not self.starts_servers
 
     @property
     def starts_servers(self) -> bool:
@@ -316,6 +330,7 @@ def _coarseness(index: int, size: int) -> int:
 
 def parse_spec(data: dict) -> SweepSpec:
     """Validate a spec from any front end; the error names the first bad field."""
+    data = _server_own_knobs(data)
     try:
         return SweepSpec(**data)
     except ValidationError as exc:
@@ -323,3 +338,18 @@ def parse_spec(data: dict) -> SweepSpec:
         where = ".".join(str(p) for p in err["loc"]) or "sweep"
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise GridError(f"{where}: {msg}") from None
+
+
+def _server_own_knobs(data: dict) -> dict:
+    """A new spec for a bare target gets the placeholder knobs; knobs given for it are refused,
+    since the server would batch by its own settings whatever the labels said. (Stored specs are
+    not parsed here, so sweeps stored with knob labels still load.)"""
+    if not data.get("target") or data.get("server_cmd") or data.get("engine"):
+        return data
+    given = [flag for key, flag in _KNOB_FLAGS.items() if data.get(key) is not None]
+    if given:
+        one = len(given) == 1
+        raise GridError(f"{'/'.join(given)} describe{'s' * one} the server's own batching, which "
+                        f"tradeoff does not control for --target URL; drop {'it' if one else 'them'}, "
+                        "or start the server per config with --server-cmd or --engine")
+    return {**data, **SERVER_OWN_KNOBS}

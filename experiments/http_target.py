@@ -10,6 +10,7 @@ merges the workers' raw timelines into RequestRecords (experiments/http_records.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
@@ -25,10 +26,12 @@ from engine.core import StepRecord
 from experiments.client_pool import ClientPool
 from experiments.http_client import ClientSpec, Job
 from experiments.http_records import load_result
+from experiments.provenance import ServerInfo, said
 
 USERS_PER_WORKER = 16  # closed loop: one client process per this many virtual users
 RATE_PER_WORKER = 200.0  # open loop: one client process per this many requests/s
 START_MARGIN_S = 0.05  # workers are armed; the run starts this long after the last one is
+DESCRIBE_TIMEOUT_S = 2.0  # /v1/models and /version for labels only: a server without them is fine
 
 
 class Tokenizer(Protocol):
@@ -92,6 +95,7 @@ class HttpTarget:
         self._spec = lambda: ClientSpec(f"{self.api_base}/completions", api_key, timeout_s)
         self._auth = lambda: {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._pool: ClientPool | None = None
+        self._info: ServerInfo | None = None
         self.model = model or self._first_model()
 
     # -- the target interface -----------------------------------------------------------------
@@ -147,6 +151,12 @@ class HttpTarget:
                             [i >= num_warmup for i in indices], 0.0, len(specs),
                             offsets_s=[arrivals[i] for i in indices]))
         return self._run(jobs, specs, num_warmup, batch_size, max_duration_s, should_stop)
+
+    def describe(self) -> ServerInfo:
+        """What the server says it runs (asked once, briefly; see `describe_server`)."""
+        if self._info is None:
+            self._info = describe_server(self.api_base, self.model, self._auth())
+        return self._info
 
     def close(self) -> None:
         """Stop the client workers (what is in flight is cancelled)."""
@@ -223,6 +233,31 @@ def _message_of(text: str) -> str:
         return text[:500]
     error = body.get("error", body) if isinstance(body, dict) else body
     return str(error.get("message", error) if isinstance(error, dict) else error)
+
+
+def describe_server(base_url: str, model: str, headers: dict[str, str] | None = None,
+                    timeout_s: float = DESCRIBE_TIMEOUT_S) -> ServerInfo:
+    """The served model's `owned_by` (GET /v1/models) and the server's version (GET /version,
+    vLLM's {"version": ...}), each None when the route is absent, slow or answers otherwise:
+    OpenAI-compatible servers differ here, and a label is not worth failing a run for."""
+    url = api_base(base_url)
+    listed = _get_json(f"{url}/models", headers or {}, timeout_s)
+    models = listed.get("data") if isinstance(listed, dict) else None
+    entries = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+    entry = next((m for m in entries if m.get("id") == model), {})
+    version = _get_json(f"{server_root(url)}/version", headers or {}, timeout_s)
+    return ServerInfo(url, model, said(entry.get("owned_by")),
+                      said(version.get("version") if isinstance(version, dict) else None))
+
+
+def _get_json(url: str, headers: dict[str, str], timeout_s: float) -> object:
+    """GET `url` as JSON; None on any failure (an error status, a timeout, not JSON)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=timeout_s) as resp:
+            return json.loads(resp.read(1 << 20))
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+        return None
 
 
 def wait_for_health(base_url: str, timeout_s: float, interval_s: float = 0.25,

@@ -33,6 +33,7 @@ FILES: dict[str, str | bytes] = {
     "sweep_empty_loads.yaml": "concurrency: []\n",
     "sweep_server_cmd.yaml": "concurrency: [1]\nserver_cmd: 'serve --port {port} --bs {bs}'\n",
     "sweep_long_name.yaml": "concurrency: [1]\nname: " + "x" * 300 + "\n",
+    "sweep_target_knobs.yaml": "max_wait_ms: [0]\n",
     "profile_malformed.yaml": "name: [tiny\n",
     "profile_binary.yaml": b"\xff\xfe\x00garbage",
     "profile_list.yaml": "- name\n",
@@ -72,8 +73,8 @@ def c(argv: str, field: str) -> Case:
 
 SWEEP = "sweep --concurrency 1 --db {db}"
 SWEEP_NEW = "sweep --concurrency 1 --db {newdb}"
-# An external target sets its own knobs: one value of each, unless a --server-cmd sweeps them.
-TARGET = SWEEP + " --policy continuous --batch-sizes 4 --max-wait-ms 0 --target"
+# A bare external target batches by its own settings: no knob flags, unless a --server-cmd sets them.
+TARGET = SWEEP + " --target"
 SERVE_CMD = "serve --port {port} --max-num-seqs {batch_size}"
 SEARCH = "search --concurrency --db {db}"
 
@@ -105,6 +106,11 @@ CASES: dict[str, Case] = {
     "trial api key unset": c("trial --target {dead} --api-key-env TRADEOFF_TEST_NO_SUCH_KEY",
                              "--api-key-env"),
     "trial tokenizer offline": c("trial --target {live} --target-model foo/bar", "foo/bar"),
+    "trial target knob label": c("trial --target {live} --policy adaptive", "--policy describes"),
+    "trial target batch label": c("trial --target {live} --batch-size 8 --max-wait-ms 0",
+                                  "--batch-size/--max-wait-ms describe"),
+    "trial target exported": c("trial --target {live} --config {tmp}/exported_bad_policy.yaml",
+                               "--config describes"),
     "trial exported missing": c("trial --config {tmp}/nope.yaml", "--config"),
     "trial exported malformed": c("trial --config {tmp}/exported_malformed.yaml", "--config"),
     "trial exported policy": c("trial --config {tmp}/exported_bad_policy.yaml", "engine.policy"),
@@ -135,6 +141,9 @@ CASES: dict[str, Case] = {
     "sweep target not http": c(TARGET + " ftp://x/v1", "target"),
     "sweep target down": c(TARGET + " {dead}", "--target"),
     "sweep target grid": c(SWEEP + " --target {dead} --batch-sizes 1,4", "server-cmd"),
+    "sweep target knob label": c(SWEEP + " --target {dead} --policy adaptive", "--policy describes"),
+    "sweep target knob yaml": c(SWEEP + " --target {dead} --config {tmp}/sweep_target_knobs.yaml",
+                                "--max-wait-ms describes"),
     "sweep server-cmd placeholder": c(SWEEP + " --target {dead} --server-cmd 'x {{nosuch}}'",
                                       "{nosuch}"),
     "sweep server-cmd positional": c(SWEEP + " --server-cmd 'x {{}} {{port}}'", "server_cmd"),
@@ -256,9 +265,9 @@ CASES: dict[str, Case] = {
     "search server-cmd tokenizer": c(SEARCH + f" --server-cmd '{SERVE_CMD}' --tokenizer "
                                      "builtin:nosuch".replace("{", "{{").replace("}", "}}"),
                                      "builtin:nosuch"),
-    "search target down": c(SEARCH + " --policy continuous --batch-sizes 4 --max-wait-ms 0 "
-                            "--target {dead}", "--target"),
+    "search target down": c(SEARCH + " --target {dead}", "--target"),
     "search target grid": c(SEARCH + " --target {dead} --batch-sizes 1,4", "server-cmd"),
+    "search target knob label": c(SEARCH + " --target {dead} --max-wait-ms 0", "--max-wait-ms"),
     "search resume new budget 0": c("search --resume 1 --budget-min 0 --db {db}", "--budget-min"),
     "bench repeats 0": c("bench --repeats 0", "--repeats"),
     "bench repeats word": c("bench --repeats many", "--repeats"),

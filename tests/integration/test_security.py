@@ -145,12 +145,11 @@ def test_api_key_reaches_the_server_and_nothing_else(
     monkeypatch.setattr("experiments.client_stats.MIN_LIMIT_MS", 1e9)
     caplog.set_level(logging.DEBUG)  # every logger, at its chattiest
     db = tmp_path / "k.db"
-    knobs = ["--policy", "continuous", "--batch-sizes", "4", "--max-wait-ms", "0"]
+    # No knob flags: a bare --target batches by its own settings (they would be refused).
     target = ["--target", url, "--api-key-env", "TRADEOFF_TEST_KEY", "--profile", str(tiny_profile)]
-    assert main(["sweep", *target, *knobs, "--concurrency", "2", "--requests", "4",
+    assert main(["sweep", *target, "--concurrency", "2", "--requests", "4",
                  "--db", f"sqlite:///{db}", "--json"]) == 0
-    assert main(["trial", *target, "--batch-size", "4", "--concurrency", "2", "--requests", "4",
-                 "--json"]) == 0
+    assert main(["trial", *target, "--concurrency", "2", "--requests", "4", "--json"]) == 0
     assert f"Bearer {SECRET}" in seen  # the key was really used
     texts = [capsys.readouterr(), caplog.text]
     for fmt in ("json", "yaml", "vllm", "triton", "ray-serve", "torchserve"):
