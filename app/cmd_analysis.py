@@ -65,26 +65,23 @@ def recommend(
         raise BadInput(f"--format must be table or json, got {format!r}")
     analysis = _analysis(db, sweep, profile)
     record = analysis.sweep
+    rec = analysis.recommendation.to_dict()
     out = {"profile": record.profile_name or record.profile.get("name"), "sweep_id": record.id,
-           **analysis.recommendation.to_dict()}
+           **rec, "recommendation": rec}
     # Name the server config that carries the most within the SLOs, and how much: a search's
     # answer, or read off a grid's load levels (a grid without SLOs has no capacity).
     from app.cmd_search import capacity_summary
-    from experiments.analysis import capacities_of
 
-    capacities = capacities_of(record, analysis.trials, analysis.slos)
-    if capacities:
-        out["capacity"] = capacity_summary(record, capacities)
+    if analysis.capacities:
+        out["capacity"] = capacity_summary(analysis)
     if format == "json":
         print_json(out)
         return
-    if "capacity" in out:
-        print(out["capacity"]["sentence"])
-    print(out["explanation"])
+    print(out["capacity"]["sentence"] if "capacity" in out else out["explanation"])
     print()
     if out["config"]:
         print_pairs(list(out["config"].items()))
-    print_table(out["slos"], ["metric", "percentile", "max_ms", "value", "passed", "margin_ms"])
+    print_table(out["slos"], ["metric", "percentile", "threshold_ms", "rule", "value", "passed"])
 
 
 @app.command()

@@ -10,11 +10,12 @@ import typer
 from app.cli import app
 from app.cmd_sweep import (
     DB_HELP,
-    _check_external,
-    _ctrl_c_cancels,
-    _lists,
-    _progress_printer,
+    check_external,
+    ctrl_c_cancels,
+    lists,
     open_store,
+    progress_printer,
+    record_server,
 )
 from app.errors import BadInput
 from app.output import print_json
@@ -24,9 +25,14 @@ from app.output import print_json
 def search(
     model: str = typer.Option("builtin:tiny", help="builtin:tiny, builtin:small, a HF id or a path"),
     profile: str = typer.Option("chat", help="workload profile; it must have SLOs"),
-    policy: str = typer.Option("static,continuous", help="comma list: static,continuous,adaptive"),
-    batch_sizes: str = typer.Option("1,4,16", "--batch-sizes", help="comma list, e.g. 1,4,16"),
-    max_wait_ms: str = typer.Option("0,10", "--max-wait-ms", help="comma list in ms, e.g. 0,10"),
+    # No defaults here: a bare --target refuses knobs it was given (its server batches by itself);
+    # otherwise the spec's defaults apply (static,continuous; 1,4,16; 0,10).
+    policy: str | None = typer.Option(
+        None, help="comma list: static,continuous,adaptive (default static,continuous)"),
+    batch_sizes: str | None = typer.Option(
+        None, "--batch-sizes", help="comma list, e.g. 1,4,16 (the default)"),
+    max_wait_ms: str | None = typer.Option(
+        None, "--max-wait-ms", help="comma list in ms, e.g. 0,10 (the default)"),
     rate: bool = typer.Option(False, "--rate", help="search open-loop arrival rate (req/s; default)"),
     concurrency: bool = typer.Option(False, "--concurrency", help="search closed-loop users instead"),
     speedup: bool = typer.Option(
@@ -70,7 +76,8 @@ def search(
     json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
 ) -> None:
     """Find each config's capacity (largest load meeting the SLOs) by bracketing and bisection."""
-    from experiments.sweep import runner_for, set_search_budget
+    from experiments.runners import runner_for
+    from experiments.sweep import set_search_budget
 
     if rate + concurrency + speedup > 1:
         raise BadInput("give one of --rate (open loop), --concurrency (closed loop) or "
@@ -85,19 +92,19 @@ def search(
     else:
         data = {"model": model, "profile": profile, "burstiness": burstiness, "requests": requests,
                 "seed": seed, "device": device, "dtype": dtype, "kv_budget_tokens": kv_budget,
-                "name": name or f"capacity search: {profile} on {model}",
+                "name": name or f"capacity search: {profile} on {target_url or model}",
                 "target": target_url, "target_model": target_model, "api_key_env": api_key_env,
                 "tokenizer": tokenizer, "server_cmd": server_cmd, "engine": engine,
                 "server_timeout_s": server_timeout,
-                **_lists(policy, batch_sizes, max_wait_ms, None, None),
+                **lists(policy, batch_sizes, max_wait_ms, None, None),
                 "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
                            "budget_s": (budget_min or 10.0) * 60, "start_load": start_load,
                            "max_load": max_load, "max_repeats": max_repeats,
                            "predict": predict, "keep_ratio": keep_ratio}}
         spec, prof = validate_search(data, lambda: _user_profiles(db))
         sweep_id, target, store = create_search(db, spec, prof)
-    runner = runner_for(store, sweep_id, on_progress=_progress_printer(), target=target)
-    with _ctrl_c_cancels(runner.stop):
+    runner = runner_for(store, sweep_id, on_progress=progress_printer(), target=target)
+    with ctrl_c_cancels(runner.stop):
         status = runner.run()
     _print_outcome(store, runner, status, json_out)
 
@@ -138,7 +145,7 @@ def create_search(db: str | None, spec, prof) -> tuple[int, Any, Any]:
     store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
     budget = f"budget {spec.search.budget_s / 60:g} min"
     if spec.is_external:  # the target answers (or the template is sound), the tokenizer loads
-        _check_external(spec)
+        spec = check_external(spec)  # a bare --target's spec names the model it serves
         target, estimate = None, "no estimate (an external server's speed is unknown until measured)"
     else:
         # The model first: a bad name is one line of stderr (exit 2), before any progress output.
@@ -148,6 +155,7 @@ def create_search(db: str | None, spec, prof) -> tuple[int, Any, Any]:
         estimate = f"~{est_trials} trials, estimated {est_s / 60:.1f} min"
     store = store or open_store(db)
     sweep_id = create_sweep(store, spec, prof)
+    record_server(store, sweep_id, spec)  # an external server, as the sweep's device
     print(f"search {sweep_id}: {len(spec.knob_configs())} configs, {estimate} ({budget}; "
           f"db: {store.display_url})", file=sys.stderr)
     return sweep_id, target, store
@@ -173,29 +181,31 @@ def _check_resume(store, sweep_id: int) -> int:
     return sweep.id
 
 
-def capacity_summary(sweep, capacities: list) -> dict[str, Any]:
-    """Every config's capacity, the one that carries the most, and the sentence naming it."""
+def capacity_summary(analysis) -> dict[str, Any]:
+    """Every config's capacity, the one the recommendation names, and its sentence: all read
+    from the one recommendation, so they cannot disagree."""
     from experiments.analysis import capacity_sentence
-    from experiments.capacity import best, knobs_of
+    from experiments.capacity import knobs_of
 
-    top = best(capacities)
-    return {"capacities": [c.to_dict() for c in capacities],
+    rec = analysis.recommendation
+    top = rec.capacity if rec.feasible else None
+    return {"capacities": [c.to_dict() for c in analysis.capacities],
             "recommended": None if top is None else {
                 "config": knobs_of(top.config), "capacity": top.capacity.capacity,
-                "unit": top.unit},
-            "sentence": capacity_sentence(sweep, capacities)}
+                "unit": top.unit, "tie_with": [c.to_dict()["label"] for c in rec.tie_with]},
+            "sentence": capacity_sentence(analysis)}
 
 
 def search_outcome(store, sweep_id: int) -> dict[str, Any]:
     """The CLI contract's JSON object, replayed from the stored trials."""
-    from experiments.analysis import sweep_capacities
+    from experiments.analysis import analyse
     from experiments.capacity import NOT_ANSWERED, RULED_OUT
 
-    sweep = store.get_sweep(sweep_id)
-    capacities, trials = sweep_capacities(store, sweep_id)
+    analysis = analyse(store, store.get_sweep(sweep_id))
+    sweep, capacities, trials = analysis.sweep, analysis.capacities, analysis.trials
     return {
         "sweep_id": sweep.id, "profile": sweep.profile.get("name"),
-        **capacity_summary(sweep, capacities),
+        **capacity_summary(analysis), "recommendation": analysis.recommendation.to_dict(),
         "trials_run": len(trials), "trials_failed": sum(t.status == "failed" for t in trials),
         # Ruled out (predicted or shown unable to win) is an answer, not "undecided".
         "undecided": [c.to_dict()["label"] for c in capacities if c.capacity.status in NOT_ANSWERED],

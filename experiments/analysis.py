@@ -3,20 +3,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import date
 from statistics import median
 
 from common.records import SLO, TrialConfig, TrialRecord
+from db.rows import StoredRequest
 from db.store import Store, SweepRecord
-from experiments.capacity import ConfigCapacity, plan_of, run_search, sentence
-from experiments.estimate import GENERIC, PRIORS
+from experiments.answer import SLORule, rules_for
+from experiments.capacity import ConfigCapacity, plan_of, run_search
 from experiments.export import export_config
 from experiments.grid import SweepSpec
-from experiments.grid_capacity import read_grid
-from experiments.predict import fit_cost_model, predict_points, stored_steps
+from experiments.grid_capacity import read_grid, read_levels
+from experiments.predict import GENERIC, PRIORS, fit_cost_model, predict_points, stored_steps
 from experiments.profiles import SLO_METRICS, Profile
-from experiments.recommend import Recommendation, recommend
+from experiments.provenance import batches_by_itself
+from experiments.recommend import OBJECTIVES, Recommendation, recommend
 
 
 class NoSweepError(LookupError):
@@ -31,6 +34,8 @@ class SweepAnalysis:
     trials: list[TrialRecord]
     slos: list[SLO]
     recommendation: Recommendation
+    capacities: list[ConfigCapacity] = field(default_factory=list)  # what the answer chose from
+    whatif: bool = False  # judged under SLOs other than the sweep's own
 
 
 def find_sweep(store: Store, sweep_id: int | None, profile: str | None) -> SweepRecord:
@@ -58,12 +63,79 @@ def stored_slos(trials: list[TrialRecord], store: Store) -> list[SLO]:
 
 def analyse(store: Store, sweep: SweepRecord, slos: list[SLO] | None = None,
             objective: str | None = None) -> SweepAnalysis:
-    """Recommend for `sweep`, with its stored SLOs unless `slos` overrides them (what-if)."""
+    """Recommend for `sweep`, with its stored SLOs unless `slos` overrides them (what-if: each
+    trial's requests are judged again under those SLOs, by the same evidence rule)."""
     trials = store.list_trials(sweep.id)
-    resolved = stored_slos(trials, store) if slos is None else slos
+    stored = stored_slos(trials, store)
+    whatif = slos is not None and set(slos) != set(stored)
+    resolved = stored if slos is None else slos
     profile = Profile(**sweep.profile)
-    rec = recommend(trials, objective or profile.objective, resolved)
-    return SweepAnalysis(sweep, trials, resolved, rec)
+    objective = objective or profile.objective
+    judged = rejudge(trials, resolved, store.get_requests) if whatif and resolved else trials
+    caps = _capacities(sweep, profile, judged, resolved, objective, whatif)
+    rec = recommend(judged, objective, resolved, target=profile.min_slo_attainment,
+                    capacities=caps or None, rules=slo_rules(profile, resolved, stored),
+                    profile_name=profile.name, subject=server_subject(sweep))
+    return SweepAnalysis(sweep, judged, resolved, rec, caps, whatif)
+
+
+def server_subject(sweep: SweepRecord) -> str | None:
+    """`the server at URL (engine version)` for a bare --target, whose knobs were its own."""
+    return f"the {sweep.device_name}" if batches_by_itself(sweep.device_name) else None
+
+
+def _capacities(sweep: SweepRecord, profile: Profile, trials: list[TrialRecord], slos: list[SLO],
+                objective: str, whatif: bool) -> list[ConfigCapacity]:
+    if is_search(sweep) and not whatif:  # a what-if reads the search's loads as a grid
+        return run_search(SweepSpec(**sweep.grid), profile, trials)
+    return read_levels(trials, profile.min_slo_attainment, OBJECTIVES[objective]) if slos else []
+
+
+def slo_rules(profile: Profile, slos: list[SLO], stored: list[SLO]) -> list[SLORule]:
+    """Where each threshold came from: `k x unloaded p50 B ms` for the profile's relative SLOs
+    as the sweep resolved them, `absolute`, or `what-if` for thresholds the user moved."""
+    multiples = {m: s.max_x_baseline for m, s in profile.slos.items() if s.max_x_baseline}
+    rules = rules_for(slos, multiples)
+    return [r if r.slo in stored or r.rule == "absolute" else SLORule(r.slo, "what-if")
+            for r in rules]
+
+
+def rejudge(trials: list[TrialRecord], slos: list[SLO],
+            requests: Callable[[int], list[StoredRequest]]) -> list[TrialRecord]:
+    """The trials with SLO attainment and goodput recomputed from their stored requests under
+    `slos` (the per-request check of docs/metrics.md), so what-if SLOs are judged by the same
+    evidence rule as the sweep's own."""
+    out = []
+    for t in trials:
+        if t.status != "done" or not t.metrics:
+            out.append(t)
+            continue
+        reqs = requests(t.trial_id)
+        good = sum(stored_meets(r, slos) for r in reqs)
+        ok = sum(r.is_ok for r in reqs)
+        rps = float(t.metrics.get("requests_per_s") or 0.0)
+        metrics = {**t.metrics, "slo_attainment": good / len(reqs) if reqs else 0.0,
+                   "goodput_rps": rps * good / ok if ok else 0.0}
+        out.append(replace(t, metrics=metrics))
+    return out
+
+
+def stored_meets(r: StoredRequest, slos: list[SLO]) -> bool:
+    """`metrics.meets_slos` over a stored request (times in ms from the trial start)."""
+    if not r.is_ok or r.done_ms is None:
+        return False
+    first = r.first_token_ms
+    values = {"ttft_ms": None if first is None else first - r.scheduled_ms,
+              "e2e_ms": r.done_ms - r.scheduled_ms,
+              "tpot_ms": (None if first is None or r.num_output_tokens < 2
+                          else (r.done_ms - first) / (r.num_output_tokens - 1))}
+    for slo in slos:
+        value = values.get(slo.metric)
+        if value is None and slo.metric == "tpot_ms":
+            continue  # a 1-token output has no TPOT: nothing to violate
+        if value is None or value > slo.max_ms:
+            return False
+    return True
 
 
 def export_provenance(sweep: SweepRecord) -> dict:
@@ -100,13 +172,18 @@ def capacities_of(sweep: SweepRecord, trials: list[TrialRecord],
     return read_grid(Profile(**sweep.profile), trials) if slos else []
 
 
-def capacity_sentence(sweep: SweepRecord, capacities: list[ConfigCapacity]) -> str:
-    """The sentence naming the config that carries the most; for a grid, how coarse that is."""
-    text = sentence(capacities, sweep.profile.get("name") or "profile")
-    if is_search(sweep) or not capacities:
-        return text
-    return (text + " (read off the grid's load levels, so coarse: loads between two levels were "
-            "not tried; `tradeoff search` finds the boundary)")
+def capacity_sentence(analysis: SweepAnalysis) -> str:
+    """The recommendation's sentence; for a grid, how coarse its capacity reading is."""
+    note = coarse_note(analysis)
+    return analysis.recommendation.explanation + (f" {note}" if note else "")
+
+
+def coarse_note(analysis: SweepAnalysis) -> str:
+    """For a grid's capacity reading, why it is coarse; "" otherwise."""
+    if is_search(analysis.sweep) or not analysis.capacities:
+        return ""
+    return ("Capacity is read off the grid's load levels, so coarse: loads between two levels "
+            "were not tried; `tradeoff search` finds the boundary.")
 
 
 def prediction_errors(trials: list[TrialRecord]) -> dict[str, dict[str, float]]:

@@ -15,7 +15,6 @@ from common.records import TrialConfig, TrialRecord, config_to_dict
 from experiments.grid import SweepSpec
 from experiments.profiles import Profile
 from experiments.search import (
-    AT_LIMIT,
     INVALID,
     PRUNED,
     UNDECIDED,
@@ -24,7 +23,6 @@ from experiments.search import (
     Probe,
     Sample,
     SearchSettings,
-    fmt_amount,
     search_all,
 )
 
@@ -230,41 +228,3 @@ def _value_at(spec: SweepSpec, knobs: TrialConfig, found: Capacity,
 def can_continue(capacities: list[ConfigCapacity]) -> bool:
     """Whether resuming the search has work left: a config stopped undecided or not started."""
     return any(c.capacity.status in (UNDECIDED, NOT_STARTED) for c in capacities)
-
-
-def best(capacities: list[ConfigCapacity]) -> ConfigCapacity | None:
-    """The config with the highest decided capacity; ties go to the higher objective value
-    measured at that load, then to the first (the coarsest)."""
-    decided = [c for c in capacities if c.capacity.is_decided and c.capacity.capacity > 0]
-    return max(decided, key=lambda c: (c.capacity.capacity, c.value_at_capacity or 0.0),
-               default=None)
-
-
-def sentence(capacities: list[ConfigCapacity], profile_name: str) -> str:
-    """`continuous b8 w2ms carries 14.2 req/s within the chat SLOs; the best static config 6.1`."""
-    top = best(capacities)
-    if top is None:
-        undecided = sum(c.capacity.status in NOT_ANSWERED for c in capacities)
-        return (f"no config was shown to carry load within the {profile_name} SLOs"
-                + (f" ({undecided} undecided)" if undecided else ""))
-    at_least = "at least " if top.capacity.status == AT_LIMIT else ""  # the largest load tried
-    amount = fmt_amount(top.capacity.capacity, top.unit)  # loads are already rounded
-    text = (f"{knob_label(top.config)} carries {at_least}{amount} "
-            f"within the {profile_name} SLOs")
-    others = sorted({c.config.policy for c in capacities} - {top.config.policy})
-    for policy in others:
-        mine = [c for c in capacities if c.config.policy == policy]
-        rival = best(mine)
-        pruned = max((c.capacity.capacity for c in mine if c.capacity.status == PRUNED), default=0.0)
-        text += (f"; the best {policy} config {_num(rival.capacity.capacity)}" if rival
-                 else f"; {policy} configs at least {_num(pruned)}, then ruled out" if pruned > 0
-                 else f"; no {policy} config was shown to carry any")
-    undecided = sum(c.capacity.status in NOT_ANSWERED for c in capacities)
-    ruled_out = sum(c.capacity.status in RULED_OUT for c in capacities)
-    notes = ([f"{undecided} of {len(capacities)} configs undecided"] if undecided else []) + (
-        [f"{ruled_out} ruled out as unable to win"] if ruled_out else [])
-    return text + (f" ({'; '.join(notes)})" if notes else "")
-
-
-def _num(value: float) -> str:
-    return f"{value:.3g}" if value < 100 else f"{value:.0f}"

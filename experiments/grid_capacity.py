@@ -54,14 +54,17 @@ def read_grid(profile: Profile, trials: Sequence[TrialRecord]) -> list[ConfigCap
     """Each measured server config's capacity read off the grid's load levels, from the SLO
     attainment stored with each trial (the caller checks that the grid had SLOs at all: without
     any, every request "meets" them and attainment is 1)."""
+    return read_levels(trials, profile.min_slo_attainment, objective_key(profile))
+
+
+def read_levels(trials: Sequence[TrialRecord], target: float, key: str) -> list[ConfigCapacity]:
+    """`read_grid` given the attainment target and the objective's metric directly."""
     by_config: dict[TrialConfig, dict[float, list[TrialRecord]]] = {}
     unit = "req/s"
     for t in trials:
         load, unit = load_of(t.config)
         by_config.setdefault(knobs(t.config), {}).setdefault(load, []).append(t)
-    key = objective_key(profile)
-    return [_read_one(config, levels, profile.min_slo_attainment, unit, key)
-            for config, levels in by_config.items()]
+    return [_read_one(config, levels, target, unit, key) for config, levels in by_config.items()]
 
 
 def _read_one(config: TrialConfig, levels: dict[float, list[TrialRecord]], target: float,

@@ -1,22 +1,18 @@
 """Pick one config for a workload profile from a sweep's trials: pure functions.
 
-Rules, in order:
+With SLOs, the recommendation is a server config at its capacity: the config that carries the
+most load within the SLOs, and how much (`choice.choose` over the capacities, read off a grid's
+levels by `grid_capacity` or replayed from a search). Whether a load meets the SLOs is decided
+by one evidence rule (docs/metrics.md): the share of its requests meeting every SLO, pooled
+over its repetitions, against the profile's attainment target; one repetition and several are
+judged alike. Configs within noise of the winner are named as a tie (`tie_with`).
 
-- Trials are folded per config and load level with `pareto.aggregate` (mean and 95% interval
-  over repetitions); failed and unfinished trials are ignored.
-- A point qualifies iff it is not saturated, not client-bound (its load generator lagged: the
-  numbers are not the server's), and every SLO holds on the conservative side of its interval:
-  the upper 95% bound of the latency (the value itself with one repetition) <= max_ms. A point
-  that did not measure an SLO's metric fails that SLO.
-- Among qualifying points the highest *mean* objective metric wins. The mean, not the lower
-  bound: the SLO gate is already conservative, and ranking by lower bound would favour configs
-  with fewer repetitions (one repetition has no interval to subtract). Ties go to the lower
-  mean of the first SLO's latency, then the smaller batch size, the smaller wait, the first
-  trial id.
-- No SLOs: the knee (`pareto.knee`) of the frontier of the objective metric against mean p90
-  E2E over unsaturated, not client-bound points: the point past which more throughput costs disproportionately
-  more latency.
-- Nothing qualifies: infeasible; the nearest miss minimises max over SLOs of value / max_ms.
+Without SLOs: the knee (`pareto.knee`) of the frontier of the objective metric against mean p90
+E2E over unsaturated, not client-bound points: the point past which more throughput costs
+disproportionately more latency.
+
+Failed and unfinished trials are ignored; client-bound points (the load generator lagged: the
+numbers are not the server's) and saturated ones never qualify.
 """
 
 from __future__ import annotations
@@ -27,7 +23,12 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from common.records import LATENCY_METRICS, SLO, STATS, TrialConfig, TrialRecord, config_to_dict
+from experiments.answer import SLORule, at_load, rules_for, sentence
+from experiments.capacity import ConfigCapacity, knob_label
+from experiments.choice import at_capacity, choose, deployed
+from experiments.grid_capacity import read_levels
 from experiments.pareto import ConfigPoint, aggregate, knee
+from experiments.search import Attainment
 
 OBJECTIVES: dict[str, str] = {"max_goodput": "goodput_rps", "max_throughput": "output_tokens_per_s"}
 KNEE_LATENCY_KEY = "e2e_ms_p90"
@@ -45,7 +46,9 @@ _THROUGHPUT_NAMES = {
 
 
 class SLOCheck(NamedTuple):
-    """One SLO against a point's conservative value (upper 95% bound, or the value if n=1)."""
+    """One SLO against the recommended point's measured value (the mean over repetitions of
+    the trials' percentile). The verdict that decides is the pooled attainment (see
+    `Recommendation.attainment`); this row shows where the latency stands against the SLO."""
 
     slo: SLO
     value: float | None  # None: the point did not measure this metric
@@ -55,13 +58,16 @@ class SLOCheck(NamedTuple):
     def to_dict(self) -> dict:
         """JSON-ready dict: the SLO's fields plus value, passed and margin_ms."""
         slo = {"metric": self.slo.metric, "percentile": self.slo.percentile}
-        return {**slo, "max_ms": self.slo.max_ms, "value": self.value,
-                "passed": self.passed, "margin_ms": self.margin_ms}
+        return {**slo, "max_ms": self.slo.max_ms, "threshold_ms": self.slo.max_ms,
+                "value": self.value, "passed": self.passed, "margin_ms": self.margin_ms}
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The chosen config (or the nearest miss), its mean metrics, SLO checks and why."""
+    """The one answer: the chosen config (or the nearest miss), what it measured, and why.
+
+    With SLOs, `config` is the winning server config at its capacity load, `capacity` its
+    capacity answer, `tie_with` the configs within noise of it, `rules` the resolved SLOs."""
 
     feasible: bool
     objective: str
@@ -71,18 +77,35 @@ class Recommendation:
     explanation: str
     point: ConfigPoint | None = None  # n, intervals and trial ids behind `metrics`
     nearest_miss: SLOCheck | None = None  # the worst-missed SLO when infeasible
+    capacity: ConfigCapacity | None = None
+    tie_with: tuple[ConfigCapacity, ...] = ()
+    rules: tuple[SLORule, ...] = ()
+    attainment: Attainment | None = None  # pooled over the repetitions at the capacity load
+    target: float | None = None  # the attainment target it was judged against
 
     def to_dict(self) -> dict:
         """JSON-ready dict; metrics nested like `tradeoff trial --json`."""
         metrics = nest_metrics(self.metrics)
         if self.point is not None:
             metrics["saturated"] = self.point.saturated
-        miss = self.nearest_miss
+        miss, cap, att = self.nearest_miss, self.capacity, self.attainment
+        rules = {r.slo.key: r.to_dict() for r in self.rules}
+        slos = [{**rules.get(c.slo.key, {}), **c.to_dict()} for c in self.slo_checks]
         return {
             "feasible": self.feasible, "objective": self.objective,
             "config": None if self.config is None else config_to_dict(self.config),
+            "label": None if cap is None else knob_label(cap.config),
+            "capacity": None if cap is None else cap.capacity.capacity,
+            "upper": None if cap is None else cap.capacity.upper,
+            "unit": None if cap is None else cap.unit,
+            "status": None if cap is None else cap.capacity.status,
+            "decided": None if cap is None else cap.capacity.is_decided,
+            "tie_with": [knob_label(c.config) for c in self.tie_with],
+            "attainment": None if att is None else {
+                "mean": att.mean, "lo": att.lo, "hi": att.hi, "requests": att.num_total,
+                "target": self.target},
             "repetitions": 0 if self.point is None else self.point.n,
-            "metrics": metrics, "slos": [c.to_dict() for c in self.slo_checks],
+            "metrics": metrics, "slos": slos or [r.to_dict() for r in self.rules],
             "nearest_miss": None if miss is None else miss.to_dict(),
             "explanation": self.explanation,
         }
@@ -141,15 +164,17 @@ def _pct(new: float, base: float) -> float | None:
 
 
 def check_slos(point: ConfigPoint, slos: Sequence[SLO]) -> list[SLOCheck]:
-    """Each SLO against the point's upper 95% bound (its value when n = 1)."""
+    """Each SLO against the point's mean over repetitions (shown, not deciding: the pooled
+    attainment decides). A mean, not an upper t-bound: with two repetitions that bound is huge,
+    so loads measured twice would lose to loads measured once."""
     return [_check(point, slo) for slo in slos]
 
 
 def _check(point: ConfigPoint, slo: SLO) -> SLOCheck:
-    bounds = point.interval(slo.key)
-    if bounds is None:
+    value = point.mean.get(slo.key)
+    if value is None:
         return SLOCheck(slo, None, False, None)
-    return SLOCheck(slo, bounds[1], bounds[1] <= slo.max_ms, slo.max_ms - bounds[1])
+    return SLOCheck(slo, value, value <= slo.max_ms, slo.max_ms - value)
 
 
 def _ratio(check: SLOCheck) -> float:
@@ -174,9 +199,18 @@ def objective_key(objective: str, throughput_key: str | None = None) -> str:
 
 
 def recommend(
-    trials: list[TrialRecord], objective: str, slos: list[SLO], throughput_key: str | None = None
+    trials: list[TrialRecord], objective: str, slos: list[SLO], throughput_key: str | None = None,
+    *, target: float = 0.9, capacities: list[ConfigCapacity] | None = None,
+    rules: Sequence[SLORule] | None = None, profile_name: str = "profile",
+    subject: str | None = None,
 ) -> Recommendation:
-    """The best config for `objective` under `slos` (see the module docstring for the rules)."""
+    """The best config for `objective` under `slos` (see the module docstring for the rules).
+
+    With SLOs: `capacities` (a search's replayed answer) or, by default, the capacity read off
+    the trials' load levels, each level judged by its stored SLO attainment against `target`
+    (so the trials must have been judged against `slos`: see `analysis.rejudge` for what-ifs).
+    `rules` say where each threshold came from (default: absolute); `subject` names a server
+    whose batching was its own (a bare --target), in place of the placeholder knobs."""
     key = objective_key(objective, throughput_key)
     # Decide on the few metrics the rules read, then fold the chosen config in full.
     wanted = sorted({key, FASTEST_KEY, KNEE_LATENCY_KEY, *(s.key for s in slos)})
@@ -189,8 +223,12 @@ def recommend(
         return _empty(objective, _why_client_bound(len(measured)))
     if not pool:
         return _empty(objective, _why_saturated(len(trusted)))
-    rec = _pick_knee(pool, objective, key) if not slos else _pick_slo(pool, objective, key, slos)
-    return _explain_adaptive(_with_all_metrics(rec, trials))
+    if not slos and not capacities:  # no SLOs and no search's answer: the knee
+        return _explain_adaptive(_with_all_metrics(_pick_knee(pool, objective, key), trials))
+    caps = read_levels(trials, target, key) if capacities is None else capacities
+    rules = tuple(rules_for(slos) if rules is None else rules)
+    rec = _pick_capacity(trials, caps, pool, objective, key, slos, rules, profile_name, subject)
+    return _explain_adaptive(replace(rec, target=target))
 
 
 def _explain_adaptive(rec: Recommendation) -> Recommendation:
@@ -234,19 +272,25 @@ def _why_saturated(num_points: int) -> str:
             "(arrivals outpaced completions); sweep lower load levels.")
 
 
-def _pick_slo(pool: list[ConfigPoint], objective: str, key: str, slos: list[SLO]) -> Recommendation:
-    latency_key = slos[0].key
-    ok = [p for p in pool if all(c.passed for c in check_slos(p, slos))]
-    if not ok:
-        return _nearest_miss(pool, objective, key, slos)
-    chosen = min(ok, key=lambda p: _rank(p, key, latency_key))
+def _pick_capacity(trials: Sequence[TrialRecord], caps: list[ConfigCapacity],
+                   pool: list[ConfigPoint], objective: str, key: str, slos: list[SLO],
+                   rules: tuple[SLORule, ...], profile_name: str,
+                   subject: str | None = None) -> Recommendation:
+    choice = choose(caps, trials, key)
+    text = sentence(caps, profile_name, trials, key, rules, choice, subject) + "."
+    winner = choice.winner
+    if winner is None:
+        miss = _nearest_miss(pool, objective, key, slos)
+        return replace(miss, explanation=f"{text[:-1]}; {miss.explanation}", rules=rules)
+    reps = at_capacity(winner, trials, key).trials
+    point = aggregate(reps)[0] if reps else None
+    att = winner.capacity.attainment.get(winner.capacity.capacity)
     name, unit = _THROUGHPUT_NAMES.get(key, (key, ""))
-    meets = "the SLO" if len(slos) == 1 else f"all {len(slos)} SLOs"
-    head = (f"{describe_config(chosen.config)} gives the highest {name} "
-            f"({fmt_value(chosen.mean[key])} {unit}) that meets {meets}")
-    text = f"{head}; {_tail(chosen, pool, key, latency_key)}."
-    return Recommendation(True, objective, chosen.config, chosen.mean, check_slos(chosen, slos),
-                          text, chosen)
+    measured = "" if point is None else at_load(name, unit, point.mean.get(key), point.n, att)
+    return Recommendation(True, objective, deployed(winner, trials),
+                          {} if point is None else point.mean,
+                          [] if point is None else check_slos(point, slos), text + measured,
+                          point, None, winner, choice.tie_with, rules, att)
 
 
 def _pick_knee(pool: list[ConfigPoint], objective: str, key: str) -> Recommendation:
@@ -276,7 +320,7 @@ def _nearest_miss(
     worst = max(checks, key=_ratio)
     num_other = sum(not c.passed for c in checks) - 1
     others = f" and {num_other} other SLO{'s' * (num_other > 1)}" if num_other else ""
-    text = (f"nothing meets the SLOs; the nearest miss, {describe_config(miss.config)}, "
+    text = (f"the nearest miss, {describe_config(miss.config)}, "
             f"{_miss_phrase(miss, worst)}{others}.")
     return Recommendation(False, objective, miss.config, miss.mean, checks, text, miss, worst)
 
@@ -285,9 +329,9 @@ def _miss_phrase(point: ConfigPoint, check: SLOCheck) -> str:
     label = latency_label(check.slo.key)
     if check.value is None:
         return f"did not measure {label} (SLO {fmt_value(check.slo.max_ms)} ms)"
-    bound = ", upper 95% bound" if point.ci_high.get(check.slo.key) is not None else ""
+    mean = f", mean of {point.n}" if point.n > 1 else ""
     return (f"misses {label} by {fmt_value(check.value - check.slo.max_ms)} ms "
-            f"({fmt_value(check.value)} ms{bound} vs {fmt_value(check.slo.max_ms)} ms)")
+            f"({fmt_value(check.value)} ms{mean} vs {fmt_value(check.slo.max_ms)} ms)")
 
 
 def _tail(chosen: ConfigPoint, pool: list[ConfigPoint], key: str, latency_key: str,

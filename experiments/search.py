@@ -8,9 +8,10 @@ clock and runs nothing, so the virtual clock and injected noise test it exactly.
 
 Noise: a load passes when the attainment's confidence interval lies wholly at or above the
 target, fails when it lies below; in between it is measured again (another repetition, another
-seed) until the interval decides or `max_repeats` is spent. A load still undecided then is taken
-as an upper bound (not shown to pass: conservative) and the search goes on below it; if the
-final upper bound is such a load, the answer says the boundary is within noise. The interval
+seed) until the interval decides or `max_repeats` is spent. A load still undecided then is
+judged by the evidence rule every view uses: the pooled share against the target (so n = 1
+and n >= 2 are judged alike and more evidence never makes a load look worse); if the final
+bracket ends on such a load, the answer says the boundary is within noise. The interval
 is Wilson's over the pooled requests; requests in one trial share a queue and are not
 independent, so it is optimistic, which is why undecided loads get fresh repetitions (new
 seeds) rather than only more requests.
@@ -195,11 +196,18 @@ class CapacitySearch:
         elif att.hi < self.s.target:
             self.hi, self.current = probe.load, None
         elif self._num_tries(probe.load) >= self.s.max_repeats:
-            # Not shown to pass: an upper bound, conservatively; the search goes on below it.
-            self.hi, self.current = probe.load, None
+            # The evidence rule (docs/metrics.md): the pooled share decides, as it does for one
+            # repetition and for a grid, so more evidence never makes a load look worse; the
+            # interval only says the verdict is within noise.
+            if att.mean >= self.s.target:
+                self.lo, self.current = probe.load, None
+            else:
+                self.hi, self.current = probe.load, None
+            verdict = "met" if att.mean >= self.s.target else "missed"
             self.noisy[probe.load] = (f"attainment at {self.fmt_load(probe.load)} is {att.mean:.1%} "
                                       f"[{att.lo:.1%}, {att.hi:.1%}] after {len(samples)} "
-                                      f"repetitions: within noise of the {self.s.target:.0%} target")
+                                      f"repetitions: {verdict}, within noise of the "
+                                      f"{self.s.target:.0%} target")
 
     def _num_tries(self, load: float) -> int:
         """Measurements of `load` so far, valid or not: the next one's repetition index."""
@@ -270,8 +278,9 @@ class CapacitySearch:
         noise) or one that could not be measured (invalid: undecided, capacity a lower bound)."""
         if hi in self.unmeasurable:
             self._finish(INVALID, f"{reason}; {self.unmeasurable[hi]}")
-        elif hi in self.noisy:
-            self._finish(WITHIN_NOISE, f"{reason}; {self.noisy[hi]}")
+        elif hi in self.noisy or self.lo in self.noisy:
+            noisy = self.noisy.get(hi) or self.noisy[self.lo]
+            self._finish(WITHIN_NOISE, f"{reason}; {noisy}")
         elif hi in self.saturated:
             self._finish(DECIDED, f"{reason}; {self.saturated[hi]}")
         else:

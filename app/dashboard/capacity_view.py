@@ -18,7 +18,7 @@ from experiments.analysis import (
     prediction_errors,
     sweep_capacities,
 )
-from experiments.capacity import ConfigCapacity, best
+from experiments.capacity import ConfigCapacity
 
 
 @st.cache_resource(ttl=state.STABLE_TTL_S, max_entries=16, show_spinner=False)
@@ -27,24 +27,26 @@ def capacities(url: str, key: state.SweepVersion) -> list[ConfigCapacity]:
     return sweep_capacities(state.get_store(url), key[0])[0]
 
 
-def capacity_section(url: str, sweep: SweepRecord, chart_key: str, whatif: bool = False) -> None:
-    """The sentence naming each config's capacity within the SLOs, and the chart per config: a
-    search's answer, or read off a grid's load levels (nothing for a grid without SLOs).
-    Capacity is judged per request as the trials ran, so what-if SLOs do not move it: `whatif`
-    says so rather than letting it pass for the what-if answer."""
+def capacity_section(url: str, sweep: SweepRecord, chart_key: str, whatif: bool = False,
+                     sentence: bool = True) -> None:
+    """The sentence naming the config that carries the most within the SLOs (the one
+    recommendation's), and the chart per config: a search's answer, or read off a grid's load
+    levels (nothing for a grid without SLOs). The chart is under the sweep's own SLOs; with
+    `whatif` the page shows the what-if answer itself, so this says which SLOs the chart uses.
+    `sentence`: False where the page already shows the recommendation's sentence."""
     key = state.version(sweep)
     caps = capacities(url, key)
     if not caps:
         return
     trials = state.trials(url, key)
-    text = widgets.md(capacity_sentence(sweep, caps))
+    analysis = state.analysis(url, key)
+    text = widgets.md(capacity_sentence(analysis))
     if whatif:
-        st.info("Under the sweep's own SLOs, not the what-if ones: " + text,
-                icon=":material/speed:")
-    elif best(caps) is not None:
-        st.success(text, icon=":material/speed:")
-    else:
-        st.info(text, icon=":material/speed:")
+        st.info("The chart below is under the sweep's own SLOs, not the what-if ones: " + text)
+    elif sentence:
+        rec = analysis.recommendation
+        decided = rec.feasible and rec.capacity is not None and rec.capacity.capacity.is_decided
+        (st.success if decided else st.info)(text)  # an undecided answer is a lower bound
     search = is_search(sweep)
     fig = capacity_charts.capacity_figure(caps, predicted_capacity(trials) if search else None)
     st.plotly_chart(fig, key=chart_key)

@@ -10,6 +10,7 @@ from app import launcher
 from app.dashboard import capacity_view, charts, charts_time, state, widgets
 from common.records import SLO, TrialRecord
 from db.store import SweepRecord
+from experiments.analysis import capacity_sentence
 from experiments.metrics import latency_samples
 from experiments.pareto import ConfigPoint, classify
 from experiments.profiles import SLO_METRICS, SLO_PERCENTILES
@@ -56,14 +57,18 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
     is_whatif = set(slos) != set(base)
     if not is_whatif:
         slos = list(base)  # same order as the Recommend page: the same tie-breaks and words
-    rec = state.whatif(url, key, tuple(slos), state.objective(sweep))
+    analysis = state.analysis(url, key)
+    rec = (state.whatif(url, key, tuple(slos), state.objective(sweep)) if is_whatif
+           else analysis.recommendation)
     labels = classify(points, throughput, latency)
     fig = charts.frontier_figure(points, labels, throughput, latency, rec.config, slos,
                                  colour_by=colour_by)
     capacity_view.add_predictions(fig, trials, throughput, latency)
     if whole_grid:
         capacity_view.add_grid_prediction(fig, url, key, throughput, latency)
-    capacity_view.capacity_section(url, sweep, f"explore_capacity_{sweep.id}", is_whatif)
+    # The sentence is the recommendation's, shown once below; the section draws the chart.
+    capacity_view.capacity_section(url, sweep, f"explore_capacity_{sweep.id}", is_whatif,
+                                   sentence=False)
     with chart:
         event = st.plotly_chart(fig, key=f"explore_chart_{sweep.id}", on_select="rerun",
                                 selection_mode="points")
@@ -73,7 +78,7 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
                    + (" Roofline: fraction of the device's limit the local engine's steps reached "
                       "(decode vs memory bandwidth, prefill vs compute); blank where unknown."
                       if colour_by.startswith("roofline") else ""))
-    _recommendation(rec, is_whatif)
+    _recommendation(rec, rec.explanation if is_whatif else capacity_sentence(analysis), is_whatif)
     chosen = _chosen(sweep.id, points, rec, event)
     _details(url, sweep, state.point_details(url, key, points[chosen]), slos)
     _table(points, labels, throughput, latency)
@@ -118,9 +123,9 @@ def _slider_top(trials: Sequence[TrialRecord], key: str, slo: SLO | None) -> flo
     return float(f"{top:.2g}")
 
 
-def _recommendation(rec: Recommendation, is_whatif: bool) -> None:
+def _recommendation(rec: Recommendation, text: str, is_whatif: bool) -> None:
     head = "With your what-if SLOs: " if is_whatif else "Recommended: "
-    text = head + widgets.md(rec.explanation)
+    text = head + widgets.md(text)
     if rec.feasible:
         st.success(text, icon=":material/star:")
     else:

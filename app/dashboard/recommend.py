@@ -9,7 +9,8 @@ import streamlit as st
 from app import launcher
 from app.dashboard import capacity_view, charts, report, state, widgets
 from db.store import SweepRecord
-from experiments.analysis import SweepAnalysis, export_analysis
+from experiments.analysis import SweepAnalysis, capacity_sentence, export_analysis
+from experiments.answer import amount
 from experiments.export import FORMATS
 from experiments.recommend import OBJECTIVES, Recommendation
 
@@ -56,39 +57,40 @@ def _card(url: str, profile: str, sweeps: list[SweepRecord]) -> None:
     sweep = by_id[sweep_id]
     if launcher.is_active(sweep):
         widgets.live_strip(url, sweep.id, state.version(sweep))
-    capacity_view.capacity_section(url, sweep, f"recommend_capacity_{profile}")
     analysis = state.analysis(url, state.version(sweep))
     rec = analysis.recommendation
     if rec.config is None:
         st.info(widgets.md(rec.explanation))
         return
     _config(rec)
-    (st.success if rec.feasible else st.warning)(widgets.md(rec.explanation))
+    (st.success if rec.feasible else st.warning)(widgets.md(capacity_sentence(analysis)))
     if rec.slo_checks:
-        st.dataframe([_slo_row(c) for c in rec.slo_checks], hide_index=True)
+        st.dataframe(report.slo_rows(rec), hide_index=True)
+    capacity_view.capacity_section(url, sweep, f"recommend_capacity_{profile}", sentence=False)
     _downloads(analysis, profile)
 
 
 def _config(rec: Recommendation) -> None:
-    c = rec.config
-    load = (f"{c.concurrency} user{'s' if c.concurrency != 1 else ''}" if c.concurrency is not None
-            else f"{c.speedup:g}x speed-up" if c.speedup is not None  # a trace sweep's load axis
-            else f"{c.rate:g} req/s")
+    c, cap = rec.config, rec.capacity
     key = OBJECTIVES[rec.objective]
-    cols = st.columns([1.3, 1, 1, 1, 1.5])
+    cols = st.columns([1.3, 1, 1, 1.4, 1.5])
     cols[0].metric("Policy", c.policy)
     cols[1].metric("Max batch size", c.batch_size)
     cols[2].metric("Max wait", f"{c.max_wait_ms:g} ms")
-    cols[3].metric("Measured at", load)
+    if cap is not None:  # the answer: what the config carries within the SLOs
+        cols[3].metric("Carries", amount(cap), help="capacity within the SLOs (see the sentence)")
+    else:
+        cols[3].metric("Measured at", load_label(c))
     value = rec.metrics.get(key)
-    cols[4].metric(charts.throughput_label(key), "-" if value is None else f"{value:.4g}",
-                   help=charts.throughput_label(key))
+    cols[4].metric(charts.throughput_label(key), "-" if value is None else f"{value:.3g}",
+                   help=charts.throughput_label(key) + " at that load, mean over repetitions")
 
 
-def _slo_row(check) -> dict:
-    return {"SLO": f"{check.slo.percentile} {charts.LATENCY_NAMES[check.slo.metric]}",
-            "max (ms)": check.slo.max_ms, "measured (ms, upper 95%)": check.value,
-            "headroom (ms)": check.margin_ms, "met": "yes" if check.passed else "no"}
+def load_label(c) -> str:
+    """`4 users`, `2.5 req/s` or `2x speed-up`."""
+    return (f"{c.concurrency} user{'s' if c.concurrency != 1 else ''}" if c.concurrency is not None
+            else f"{c.speedup:g}x speed-up" if c.speedup is not None  # a trace sweep's load axis
+            else f"{c.rate:g} req/s")
 
 
 def _downloads(analysis: SweepAnalysis, profile: str) -> None:

@@ -11,11 +11,10 @@ from datetime import datetime, timezone
 from html import escape
 
 from app.dashboard import charts
-from experiments.analysis import SweepAnalysis, capacities_of, capacity_sentence, export_analysis
+from experiments.analysis import SweepAnalysis, coarse_note, export_analysis
 from experiments.arrivals import ATTRIBUTION, BUILTIN_TRACES
-from experiments.capacity import best
 from experiments.pareto import ConfigPoint, aggregate, classify
-from experiments.recommend import KNEE_LATENCY_KEY, OBJECTIVES, config_to_dict
+from experiments.recommend import KNEE_LATENCY_KEY, OBJECTIVES, Recommendation, config_to_dict
 
 TEMPLATE = "plotly_white"  # the report is a light document, outside any Streamlit theme
 _CSS = """
@@ -54,29 +53,33 @@ def _meta(analysis: SweepAnalysis) -> str:
     return _table([{k: v for k, v in items}])
 
 
-def _slo_rows(analysis: SweepAnalysis) -> list[dict]:
+def slo_rows(rec: Recommendation) -> list[dict]:
+    """The recommendation's SLOs: threshold, where it came from, the measured value."""
+    rules = {r.slo.key: r.rule for r in rec.rules}
+    n = rec.point.n if rec.point is not None else 0
     return [{"SLO": f"{c.slo.percentile} {charts.LATENCY_NAMES[c.slo.metric]}",
-             "max (ms)": c.slo.max_ms, "measured (ms, upper 95%)": c.value,
-             "met": "yes" if c.passed else "no"} for c in analysis.recommendation.slo_checks]
+             "threshold (ms)": float(f"{c.slo.max_ms:.3g}"), "rule": rules.get(c.slo.key, "absolute"),
+             f"measured (ms, mean of {n})": None if c.value is None else float(f"{c.value:.3g}"),
+             "within": "yes" if c.passed else "no"} for c in rec.slo_checks]
 
 
 def _recommendation(analysis: SweepAnalysis) -> str:
     rec = analysis.recommendation
     verdict = ("<span class='ok'>meets the SLOs</span>" if rec.feasible
-               else "<span class='miss'>nothing meets the SLOs: nearest miss</span>")
+               else "<span class='miss'>no config was shown to carry load within the SLOs: nearest miss</span>")
     config = _table([config_to_dict(rec.config)]) if rec.config else ""
     return (f"<div class='box'><p>{verdict}</p>{config}<p>{escape(rec.explanation)}</p>"
-            f"{_table(_slo_rows(analysis))}</div>")
+            f"{_table(slo_rows(rec))}</div>")
 
 
 def _capacity(analysis: SweepAnalysis) -> str:
     """Each config's capacity (a search's answer replayed, or read off a grid's load levels):
     the sentence and one row per config; nothing for a grid without SLOs."""
-    caps = capacities_of(analysis.sweep, analysis.trials, analysis.slos)
+    caps = analysis.capacities
     if not caps:
         return ""
-    text = capacity_sentence(analysis.sweep, caps)
-    css = "ok" if best(caps) is not None else "miss"
+    text = coarse_note(analysis)  # the sentence itself is the recommendation's, shown above
+    css = "ok" if analysis.recommendation.feasible else "miss"
     rows = [{"config": d["label"], "capacity": d["capacity"], "upper": d["upper"],
              "unit": d["unit"], "decided": "yes" if d["decided"] else "no", "status": d["status"],
              "reason": d["reason"], "trials": d["trials"]} for d in (c.to_dict() for c in caps)]

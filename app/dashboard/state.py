@@ -18,11 +18,7 @@ from experiments.analysis import SweepAnalysis, analyse, stored_slos
 from experiments.pareto import ConfigPoint, aggregate
 from experiments.profiles import Profile
 from experiments.recommend import (
-    FASTEST_KEY,
-    KNEE_LATENCY_KEY,
-    OBJECTIVES,
     Recommendation,
-    recommend,
 )
 from experiments.scaleout import ScalePoint, ScaleView, simulate_scaling
 from experiments.scaleout import scale_view as build_scale_view
@@ -109,11 +105,10 @@ def requests(url: str, trial_id: int) -> list[StoredRequest]:
 
 @st.cache_resource(ttl=STABLE_TTL_S, max_entries=64, show_spinner=False)
 def whatif(url: str, key: SweepVersion, slos: tuple[SLO, ...], objective: str) -> Recommendation:
-    """The recommendation under what-if SLOs (cached: sliders rerun the page often)."""
-    # Exactly the metrics recommend() reads (tests/app check it matches the full records).
-    needed = (OBJECTIVES[objective], FASTEST_KEY, KNEE_LATENCY_KEY, *(s.key for s in slos))
-    return recommend(slim(trials(url, key), (*needed, "saturated", "client_bound")), objective,
-                     list(slos))
+    """The recommendation under what-if SLOs (cached: sliders rerun the page often): the same
+    analysis, with each trial's stored requests judged again under `slos`."""
+    store = get_store(url)
+    return analyse(store, store.get_sweep(key[0]), list(slos), objective).recommendation
 
 
 def objective(sweep: SweepRecord) -> str:

@@ -70,7 +70,7 @@ def test_search_sweep_shows_capacities_and_prediction_error(db_url, store: Store
     app = page_test("explore").run()
     assert not app.exception
     sentence = next(plain(s.value) for s in app.success if "carries" in s.value)
-    assert sentence.startswith("continuous b4 w0ms carries 4 req/s within the chat SLOs")
+    assert sentence.startswith("Recommended: continuous b4 w0ms carries 4 req/s within the chat SLOs")
     assert "the best static config 1" in sentence
     assert any("whisker" in c for c in texts(app.caption))
     assert len(app.get("plotly_chart")) >= 2  # the capacity chart and the frontier
@@ -94,8 +94,10 @@ def test_report_of_a_search_shows_the_capacity_table_and_sentence(db_url, store:
     analysis = state.analysis(db_url, state.version(store.get_sweep(sweep_id)))
     html = report.build_report(analysis)
     section = html[html.index("Capacity within the SLOs"):html.index("<h2>Recommendation")]
-    assert ("continuous b4 w0ms carries 4 req/s within the chat SLOs; the best static config 1"
-            in unescape(section))
+    # The sentence is the recommendation's (one answer), shown once in its section.
+    answer = unescape(html[html.index("<h2>Recommendation"):])
+    assert "continuous b4 w0ms carries 4 req/s within the chat SLOs" in answer
+    assert "the best static config 1" in answer
     head, *rows = [[unescape(c) for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", row)]
                    for row in re.findall(r"<tr>(.*?)</tr>", section)]
     assert head == ["config", "capacity", "upper", "unit", "decided", "status", "reason", "trials"]
@@ -130,7 +132,7 @@ def test_report_of_a_grid_reads_capacity_off_its_levels(db_url, results) -> None
 def test_explore_names_a_grids_best_capacity(db_url, results) -> None:
     from app.dashboard import state
     from experiments.analysis import sweep_capacities
-    from experiments.capacity import best
+    from experiments.answer import best
 
     store = state.get_store(db_url)
     app = page_test("explore").run()
@@ -140,10 +142,12 @@ def test_explore_names_a_grids_best_capacity(db_url, results) -> None:
     assert not app.exception
     speed = [plain(s.value) for s in [*app.success, *app.info] if "within the chat SLOs" in s.value
              or "shown to carry" in s.value]
-    top = best(sweep_capacities(store, results["chat"])[0])
+    caps, trials = sweep_capacities(store, results["chat"])
+    top = best(caps, trials)
     assert len(speed) == 1 and "read off the grid's load levels" in speed[0]
     assert top is not None  # the synthetic chat grid: b4 and b16 meet 4 users, b1 only 1
-    assert speed[0].startswith(f"{top.config.server_label.replace('/', ' ')} carries 4 users")
+    assert speed[0].startswith(
+        f"Recommended: {top.config.server_label.replace('/', ' ')} carries 4 users")
     assert any("next level, which missed" in c for c in texts(app.caption))
 
 
@@ -171,7 +175,7 @@ def test_a_budget_stopped_search_resumes_with_a_new_budget(db_url, store: Store,
     sweep_id = add_stopped_search(store)
     app = page_test("run").run()
     assert not app.exception
-    assert any("(2 undecided)" in plain(t) for t in texts(app.info))
+    assert any("(2 of 2 configs undecided)" in plain(t) for t in texts(app.info))
     assert not [b for b in app.button if b.key == "run_resume"]  # a done grid's button: not here
     app.number_input(key="run_resume_budget").set_value(3.0).run()
     app.button(key="run_resume_search").click().run()

@@ -7,7 +7,7 @@ import json
 from dashboard_helpers import page_test, plain, texts
 
 from app.dashboard import state
-from experiments.recommend import recommend
+from experiments.analysis import analyse
 
 
 def _chart(app, index: int = 0) -> dict:
@@ -34,7 +34,8 @@ def test_chart_has_policies_frontier_recommendation_and_error_bars(db_url, resul
     assert static["error_y"]["array"]  # 2 repetitions: 95% intervals
     assert spec["layout"]["xaxis"]["title"]["text"] == "p90 TTFT (ms)"
     assert spec["layout"]["yaxis"]["title"]["text"].startswith("Goodput")
-    assert any("meets all 2 SLOs" in plain(t) for t in texts(app.success))
+    assert any(plain(t).startswith("Recommended: ") and "within the chat SLOs" in plain(t)
+               for t in texts(app.success))
 
 
 def test_axes_choice_changes_the_chart(db_url, results) -> None:
@@ -56,13 +57,13 @@ def test_whatif_slo_moves_the_recommendation(db_url, results) -> None:
     chat = results["chat"]
     app.slider(key=f"slo_{chat}_tpot_ms_max_p90").set_value(0.1).run()  # nothing meets it
     assert not app.exception
-    assert any("nothing meets the SLOs" in plain(t) for t in texts(app.warning))
+    assert any("no config was shown to carry load" in plain(t) for t in texts(app.warning))
     app.checkbox(key=f"slo_{chat}_tpot_ms_on").uncheck().run()
     app.checkbox(key=f"slo_{chat}_ttft_ms_on").uncheck().run()  # no SLOs: the knee
     after = texts(app.success)
     assert after and after != before and "knee" in plain(after[0])
     # The grid's capacity reading stays under the sweep's own SLOs, and says so.
-    assert any(plain(t).startswith("Under the sweep's own SLOs, not the what-if ones: ")
+    assert any(plain(t).startswith("The chart below is under the sweep's own SLOs, not the what-if ")
                and "carries 4 users" in plain(t) for t in texts(app.info))
 
 
@@ -83,14 +84,14 @@ def test_details_show_distributions_timeline_and_batch(db_url, results) -> None:
     assert app.selectbox(key=f"explore_rep_{results['chat']}")  # 2 repetitions to pick from
 
 
-def test_whatif_on_slim_records_matches_the_full_recommendation(db_url, store, results) -> None:
+def test_whatif_under_the_sweeps_own_slos_is_the_recommendation(db_url, store, results) -> None:
     sweep = store.get_sweep(results["chat"])
     key = state.version(sweep)
     slos = tuple(state.base_slos(db_url, key))
-    slim = state.whatif(db_url, key, slos, "max_goodput")
-    full = recommend(store.list_trials(sweep.id), "max_goodput", list(slos))
-    assert (slim.config, slim.explanation, slim.feasible) == \
-        (full.config, full.explanation, full.feasible)
+    whatif = state.whatif(db_url, key, slos, "max_goodput")
+    own = analyse(store, sweep).recommendation
+    assert (whatif.config, whatif.explanation, whatif.feasible) == \
+        (own.config, own.explanation, own.feasible)
 
 
 def test_clicked_point_index_from_either_customdata_shape() -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from common.records import TrialConfig, TrialRecord
+from experiments.answer import best, sentence
 from experiments.capacity import (
     NOT_STARTED,
     SKIPPED,
     ConfigCapacity,
-    best,
     run_search,
     sample_of,
-    sentence,
 )
 from experiments.grid import parse_spec
 from experiments.profiles import load_profile
@@ -64,9 +63,15 @@ def cap(policy: str, batch: int, value: float, status: str = DECIDED) -> ConfigC
 def test_sentence_names_the_best_config_and_each_other_policys_best():
     caps = [cap("static", 1, 6.1), cap("static", 8, 3.0), cap("continuous", 8, 14.2),
             cap("continuous", 16, 20.0, UNDECIDED)]
-    assert best(caps).capacity.capacity == 14.2  # undecided capacities never win
-    assert sentence(caps, "chat") == ("continuous b8 w2ms carries 14.2 req/s within the chat SLOs; "
-                                      "the best static config 6.1 (1 of 4 configs undecided)")
+    # An undecided config that passed 20 req/s carries more than one decided at 14.2: it wins,
+    # shown as the bounds it has (never as "no config").
+    assert best(caps).capacity.capacity == 20.0
+    assert sentence(caps, "chat") == ("continuous b16 w2ms carries at least 20 req/s, at most 22 "
+                                      "(undecided) within the chat SLOs; the best static config "
+                                      "6.1 (1 of 4 configs undecided)")
+    decided = caps[:3]
+    assert sentence(decided, "chat") == ("continuous b8 w2ms carries 14.2 req/s within the chat "
+                                         "SLOs; the best static config 6.1")
 
 
 def test_equal_capacities_go_to_the_higher_objective_value_at_that_load():

@@ -83,6 +83,8 @@ def test_the_verdict_lands_in_the_metrics_warmup_not_judged() -> None:
 def trial(trial_id: int, batch_size: int, thr: float, e2e: float, client_bound: bool = False) -> TrialRecord:
     metrics = {"output_tokens_per_s": thr, "goodput_rps": thr / 10, "e2e_ms_p90": e2e, "ttft_ms_p90": e2e / 4,
                "saturated": False, "client_bound": client_bound,
+               # the evidence the SLO rule reads: every request met the SLOs
+               "requests_completed": 100, "requests_failed": 0, "slo_attainment": 1.0,
                "client_bound_reason": "p99 send lag 9.00 ms > 1.00 ms" if client_bound else None}
     config = TrialConfig("continuous", batch_size, 0.0, concurrency=8)
     return TrialRecord(trial_id, 1, config, "done", metrics)

@@ -24,8 +24,9 @@ TTFT_500 = SLO("ttft_ms", "p90", 500.0)
 
 def trial(trial_id: int, config: TrialConfig, ttft: float, goodput: float) -> TrialRecord:
     d = Dist(ttft, ttft, ttft, ttft, ttft, 10)
+    attainment = 1.0 if ttft <= 500 else 0.0  # every request's TTFT is `ttft`: all or none meet it
     metrics = TrialMetrics(100, 0, 10.0, goodput, 100 * goodput, 200 * goodput, d, d, d, d, d, d,
-                           goodput, 1.0, 4.0, None, False).flat()
+                           goodput, attainment, 4.0, None, False).flat()
     return TrialRecord(trial_id, 7, config, "done", metrics)
 
 
@@ -121,6 +122,7 @@ def test_json_and_yaml_documents(continuous, fmt, loads):
     assert doc["expected_metrics"]["ttft_ms"]["p90"] == 400.0
     assert doc["expected_metrics"]["goodput_rps"] == 12.0
     assert doc["slos"][0] == {"metric": "ttft_ms", "percentile": "p90", "max_ms": 500.0,
+                              "threshold_ms": 500.0, "rule": "absolute",
                               "value": 400.0, "passed": True, "margin_ms": 100.0}
     assert doc["provenance"] == PROVENANCE and doc["feasible"] is True
     assert doc["version"] == 1

@@ -112,21 +112,26 @@ def test_undecided_boundary_is_measured_again_until_the_interval_decides():
     assert result.capacity >= 4.0
 
 
-def test_noise_that_never_decides_bounds_the_search_and_says_within_noise():
+def test_a_load_that_never_decides_is_judged_by_its_pooled_share_and_says_within_noise():
     def measure(_key, probe):
-        return Sample(N, N) if probe.load < 4 else Sample(44, N)  # 91.7%: straddles 90% forever
+        if probe.load < 4:
+            return Sample(N, N)
+        # 91.7%: the interval straddles 90% forever, the pooled share passes; 62.5% misses.
+        return Sample(44, N) if probe.load < 8 else Sample(30, N)
     result, probes = run_one(SearchSettings(start_load=1.0, max_repeats=3), measure)
-    # 4 req/s is measured three times, never decides, and becomes the (conservative) upper
-    # bound; bisection goes on below it: 3, 3.5, 3.75 pass, and 4 - 3.75 <= 10% of 4.
+    # 4 req/s is measured three times, never decides, and passes by its pooled share (as one
+    # repetition at 91.7% would on a grid); 8 misses; bisection: 6 and 7 pass the same way,
+    # 7.5 too, and 8 - 7.5 <= 10% of 8.
     assert [(p.load, p.repetition) for p in probes] == [
-        (1, 0), (2, 0), (4, 0), (4, 1), (4, 2), (3, 0), (3.5, 0), (3.75, 0)]
-    assert result.status == WITHIN_NOISE and result.capacity == 3.75 and result.upper == 4.0
-    assert "within noise" in result.reason and result.is_decided
+        (1, 0), (2, 0), (4, 0), (4, 1), (4, 2), (8, 0), (6, 0), (6, 1), (6, 2), (7, 0), (7, 1),
+        (7, 2), (7.5, 0), (7.5, 1), (7.5, 2)]
+    assert result.status == WITHIN_NOISE and result.capacity == 7.5 and result.upper == 8.0
+    assert "met, within noise" in result.reason and result.is_decided
 
 
 def test_first_load_within_noise_still_searches_below_it():
     def measure(_key, probe):
-        return Sample(N, N) if probe.load < 1 else Sample(44, N)
+        return Sample(N, N) if probe.load < 1 else Sample(42, N)  # 87.5%: a miss within noise
     result, _ = run_one(SearchSettings(start_load=1.0, max_repeats=2), measure)
     assert result.status == WITHIN_NOISE and 0.9 <= result.capacity < 1.0
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from common.records import SLO, TrialConfig, TrialRecord
 from engine.simulate import CostModel
-from experiments.capacity import knob_label, run_search, sentence, trial_config
+from experiments.answer import sentence
+from experiments.capacity import knob_label, run_search, trial_config
 from experiments.capacity_plan import predicted_capacities, revise_plan
 from experiments.grid import parse_spec
 from experiments.profiles import Profile
