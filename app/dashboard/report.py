@@ -66,7 +66,8 @@ def slo_rows(rec: Recommendation) -> list[dict]:
 def _recommendation(analysis: SweepAnalysis) -> str:
     rec = analysis.recommendation
     verdict = ("<span class='ok'>meets the SLOs</span>" if rec.feasible
-               else "<span class='miss'>no config was shown to carry load within the SLOs: nearest miss</span>")
+               else "<span class='miss'>no config was shown to carry load within the SLOs: "
+                    "nearest miss</span>")
     config = _table([config_to_dict(rec.config)]) if rec.config else ""
     return (f"<div class='box'><p>{verdict}</p>{config}<p>{escape(rec.explanation)}</p>"
             f"{_table(slo_rows(rec))}</div>")

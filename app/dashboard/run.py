@@ -208,9 +208,8 @@ def _start_row(url: str, spec: SweepSpec | None) -> None:
         if st.button(label, type="primary", disabled=spec is None, key="run_start",
                      icon=":material/play_arrow:"):
             widgets.start(url, spec)
-        if st.button("Run the demo sweep", key="run_demo",
-                     help="builtin:tiny, both policies, batch 1 and 8, 1 and 8 users: ~1 min"):
-            widgets.start(url, launcher.demo_spec())
+        if st.button("Run the demo sweep", key="run_demo", help=widgets.DEMO_HELP):
+            widgets.start_demo(url)
 
 
 def _estimate(url: str, spec: SweepSpec) -> None:

@@ -101,7 +101,14 @@ def test_eta(store) -> None:
     assert launcher.eta_s(store.get_sweep(_queued(store)), now=utcnow()) is None
 
 
-def test_demo_sweep_is_small() -> None:
-    spec = launcher.demo_spec()
-    assert spec.num_trials == 8 and spec.model == "builtin:tiny"
-    assert set(spec.policies) == {"static", "continuous"}
+def test_demo_is_one_grid_under_chat_and_batch_with_repetitions() -> None:
+    chat, batch = launcher.demo_specs()
+    assert (chat.profile, batch.profile) == ("chat", "batch")
+    grid = {k: v for k, v in chat.model_dump().items() if k not in ("profile", "name")}
+    assert grid == {k: v for k, v in batch.model_dump().items() if k not in ("profile", "name")}
+    assert chat.model == "builtin:tiny" and chat.repetitions >= 2  # ties and noise can be told
+    assert set(chat.policies) == {"static", "continuous"} and len(chat.batch_sizes) == 2
+    # The loads bracket both answers: chat's TPOT SLO is met only at light load, batch's loose
+    # E2E SLO at the heaviest, where the larger batch cap can act.
+    assert min(chat.concurrency) <= 2 and max(chat.concurrency) == max(chat.batch_sizes)
+    assert chat.num_trials + batch.num_trials == 32

@@ -19,7 +19,8 @@ def test_empty_store_offers_the_demo_sweep(db_url: str, launches) -> None:
     assert any("demo sweep" in t for t in texts(app.info))
     app.button(key="explore_demo").click().run()
     assert not app.exception
-    assert [s.name for s in launches.specs] == ["demo: tiny model, static vs continuous"]
+    assert [s.name for s in launches.specs] == ["demo: chat, batching trade-off",
+                                                "demo: batch, batching trade-off"]
     assert any("No finished trials" in t for t in texts(app.info))  # the queued demo sweep
 
 

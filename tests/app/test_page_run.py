@@ -62,8 +62,9 @@ def test_start_queues_a_sweep_and_launches_one_worker(db_url, store: Store, laun
 
 def test_demo_button_queues_the_demo_sweep(db_url, launches) -> None:
     page_test("run").run().button(key="run_demo").click().run()
-    (spec,) = launches.specs
-    assert spec.model == "builtin:tiny" and spec.policies == ["static", "continuous"]
+    chat, batch = launches.specs  # one grid, two workloads
+    assert (chat.profile, batch.profile) == ("chat", "batch")
+    assert chat.model == "builtin:tiny" and chat.policies == ["static", "continuous"]
 
 
 def test_results_show_status_escaped_and_frontier(db_url, results) -> None:
