@@ -75,7 +75,12 @@ def search(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
 ) -> None:
-    """Find each config's capacity (largest load meeting the SLOs) by bracketing and bisection."""
+    """Find each config's capacity (largest load meeting the SLOs) by bracketing and bisection.
+
+    A search ends when every config has its answer (bracketed to 10% of a rate or to one user,
+    or met at --max-load, or missed at the lightest load worth trying), when --budget-min of
+    measurement is spent (resume it with --resume), or on Ctrl-C. Nothing else stops it.
+    """
     from experiments.runners import runner_for
     from experiments.sweep import set_search_budget
 

@@ -12,9 +12,10 @@ from app.cli import app
 from app.errors import BadInput
 from app.output import print_json, print_pairs
 from app.parsing import parse_budget
-from common.records import LATENCY_METRICS, TrialConfig, config_to_dict
+from common.records import LATENCY_METRICS, SLO, TrialConfig, config_to_dict
 from engine.config import EngineConfig, SchedulerConfig
 from engine.routing import DEFAULT_ROUTER, check_replicas
+from experiments.answer import SLORule, rules_for
 from experiments.profiles import load_profile, needs_baseline, resolve_slos
 
 
@@ -87,13 +88,15 @@ def _print_table(out: dict) -> None:
                   ("requests replayed", trace["requests_replayed"])]
     roofline = out.get("roofline_fraction") or {}
     pairs += [(f"roofline_{phase}", roofline.get(phase)) for phase in ("decode", "prefill")]
+    pairs += [("SLO", SLORule(SLO(r["metric"], r["percentile"], r["threshold_ms"]), r["rule"]).text)
+              for r in out.get("slo_rules", [])]
     print_pairs(pairs)
     print()
     print(f"{'latency (ms)':14}" + "".join(f"{s:>10}" for s in ("p50", "p90", "p95", "p99", "mean")))
     for metric in LATENCY_METRICS:
         dist = out.get(metric) or {}
-        print(f"{metric:14}" + "".join(
-            f"{dist.get(s, float('nan')) if dist else float('nan'):>10.2f}"
+        print(f"{metric:14}" + "".join(  # an unmeasured value is "-", never nan
+            f"{dist[s]:>10.2f}" if dist.get(s) is not None else f"{'-':>10}"
             for s in ("p50", "p90", "p95", "p99", "mean")))
 
 
@@ -238,6 +241,9 @@ def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, 
     finally:
         target.close()
     out = trial_json(trial_config, result.metrics.to_dict(), engine_config.model, prof.name)
+    # Each threshold with where it came from: `p90 TTFT <= 70 ms = 5 x unloaded p50 14 ms`.
+    multiples = {m: spec.max_x_baseline for m, spec in prof.slos.items() if spec.max_x_baseline}
+    out["slo_rules"] = [r.to_dict() for r in rules_for(resolve_slos(prof, baseline), multiples)]
     if trial_config.replicas > 1:
         out["placement"] = placement
     if server is not None:  # what was measured: the server with its own knobs, not ours

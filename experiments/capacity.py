@@ -179,7 +179,7 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
     max_probes = spec.search.max_probes
 
     def one(key: TrialConfig, probe: Probe) -> Sample | None:
-        if searches[key].num_probes >= max_probes:
+        if max_probes is not None and searches[key].num_probes >= max_probes:
             searches[key].stop(f"probe limit ({max_probes}) reached")
             return None
         config = trial_config(spec, key, probe)

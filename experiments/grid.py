@@ -27,6 +27,9 @@ class GridError(ValueError):
     """An invalid sweep spec; one line naming the field."""
 
 
+TYPICAL_PROBES = 12  # trials one config's search takes on the built-in engine, bracket and bisect
+
+
 class SearchSpec(BaseModel):
     """A capacity search instead of a load grid: per config, the largest load within the SLOs."""
 
@@ -38,7 +41,9 @@ class SearchSpec(BaseModel):
     max_load: float | None = Field(default=None, gt=0)
     rel_tol: float = Field(default=0.1, gt=0, lt=1)  # rate resolution, relative
     max_repeats: int = Field(default=3, ge=1, le=20)  # repetitions of an undecided load
-    max_probes: int = Field(default=12, ge=1, le=100)  # per config: bounds the trials count
+    # Per config; None (the default): no limit, the budget ends a search. Stored searches made
+    # before this keep their 12.
+    max_probes: int | None = Field(default=None, ge=1, le=1000)
     # Predict every config's capacity from a fit to the first trial's steps; start each search
     # there and measure only configs predicted at >= keep_ratio x the best (and each policy's best).
     predict: bool = True
@@ -261,8 +266,8 @@ class SweepSpec(BaseModel):
 
     @property
     def num_trials(self) -> int:
-        if self.search is not None:  # an upper bound: a search stops once it has its answer
-            return len(self.knob_configs()) * self.search.max_probes
+        if self.search is not None:  # a guess for progress bars: a search stops at its answer
+            return len(self.knob_configs()) * (self.search.max_probes or TYPICAL_PROBES)
         return len(self._points()) * self.repetitions
 
     def _points(self) -> list[tuple]:

@@ -82,12 +82,14 @@ def _sizes(configs: Sequence[TrialConfig]) -> dict[float, float]:
     return {level: MIN_SIZE + i * step for i, level in enumerate(levels)}
 
 
-def _errors(points: Sequence[ConfigPoint], key: str) -> dict | None:
+def error_bars(points: Sequence[ConfigPoint], key: str) -> dict | None:
     # Error bars are the 95% intervals over repetitions; none without repetitions.
     if all(p.ci_low.get(key) is None for p in points):
         return None
     means = np.array([_or_nan(p.mean.get(key)) for p in points], dtype=float)
-    low = np.array([_or_nan(p.ci_low.get(key)) for p in points], dtype=float)
+    # Latencies and rates are never negative: a t-interval over 2-3 repetitions can reach below
+    # zero, but the bar stops at the physical range (the axis must not start at -400 ms).
+    low = np.maximum(np.array([_or_nan(p.ci_low.get(key)) for p in points], dtype=float), 0.0)
     high = np.array([_or_nan(p.ci_high.get(key)) for p in points], dtype=float)
     return dict(type="data", symmetric=False, array=np.nan_to_num(high - means),
                 arrayminus=np.nan_to_num(means - low), thickness=1, width=0, color=NEUTRAL)
@@ -139,7 +141,7 @@ def _policy_trace(points, labels, indices, policy, keys, sizes, colour: Colour) 
         mode="markers", name=policy, marker=marker, customdata=_customdata(points, indices),
         text=_hover_text(points, indices, labels), hovertemplate=_hover(*keys),
         legendgroup="policy", legendgrouptitle_text="policy (symbol)",
-        error_x=_errors(chosen, latency_key), error_y=_errors(chosen, throughput_key),
+        error_x=error_bars(chosen, latency_key), error_y=error_bars(chosen, throughput_key),
     )
 
 

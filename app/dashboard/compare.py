@@ -8,6 +8,7 @@ import streamlit as st
 
 from app.dashboard import charts, state, widgets
 from db.store import SweepRecord
+from experiments.answer import amount
 from experiments.pareto import classify
 from experiments.recommend import OBJECTIVES, config_to_dict
 
@@ -31,6 +32,10 @@ def render() -> None:
     first = picked[0]
     throughput, latency = widgets.pick_axes(
         "compare", *widgets.default_axes(first, state.base_slos(url, state.version(first))))
+    different = slo_differences(url, picked)
+    if different:
+        st.warning("These sweeps were judged by different SLOs, so their recommendations answer "
+                   "different questions: " + widgets.md("; ".join(different)))
     st.plotly_chart(_figure(url, picked, throughput, latency), key="compare_chart")
     st.subheader("Recommended configs")
     st.dataframe(side_by_side(url, picked), key="compare_table")
@@ -49,6 +54,17 @@ def side_by_side(url: str, sweeps: Sequence[SweepRecord]) -> dict[str, dict]:
     return {widgets.sweep_label(s): _column(url, s) for s in sweeps}
 
 
+def slo_differences(url: str, sweeps: Sequence[SweepRecord]) -> list[str]:
+    """`sweep label: p90 TTFT <= 70 ms = ...` per sweep, when not every sweep had the same
+    resolved SLOs (a relative SLO resolves to each sweep's own unloaded baseline); [] if all did."""
+    rules = {widgets.sweep_label(s): state.analysis(url, state.version(s)).recommendation.rules
+             for s in sweeps}
+    thresholds = {tuple((r.slo.key, round(r.slo.max_ms, 6)) for r in v) for v in rules.values()}
+    if len(thresholds) <= 1:
+        return []
+    return [f"{label}: {', '.join(r.text for r in v) or 'no SLOs'}" for label, v in rules.items()]
+
+
 def _column(url: str, sweep: SweepRecord) -> dict:
     rec = state.analysis(url, state.version(sweep)).recommendation
     config = config_to_dict(rec.config) if rec.config else {}
@@ -60,5 +76,7 @@ def _column(url: str, sweep: SweepRecord) -> dict:
             "max wait (ms)": str(config.get("max_wait_ms", "-")),
             "load": rec.config.load_label if rec.config else "-",
             "objective": f"{rec.objective} ({charts.throughput_label(key)})",
-            "objective value": "-" if value is None else f"{value:.4g}",
+            "objective value": "-" if value is None else f"{value:.3g}",
+            "capacity": "-" if rec.capacity is None else amount(rec.capacity),
+            "SLOs": "; ".join(r.text for r in rec.rules) or "-",
             "meets SLOs": "yes" if rec.feasible else "no"}

@@ -123,3 +123,15 @@ def test_token_budgets_on_the_run_page() -> None:
     assert "not a number" in errors["max_num_batched_tokens"]
     _, errors = forms.build_spec(RunInputs(policies=("continuous",), token_budgets="8"), {})
     assert "largest batch size (16)" in errors["max_num_batched_tokens"]
+
+
+def test_error_bars_stop_at_zero() -> None:
+    from app.dashboard.charts import error_bars
+    from common.records import TrialConfig
+    from experiments.pareto import ConfigPoint
+
+    # Two repetitions, 160 and 20 ms: the t-interval (t = 12.7) runs to -800 ms; the bar to 0.
+    point = ConfigPoint(TrialConfig("static", 1, 0.0, concurrency=1), 2, {"ttft_ms_p90": 90.0},
+                        {"ttft_ms_p90": -799.0}, {"ttft_ms_p90": 979.0}, (1, 2), False)
+    bars = error_bars([point], "ttft_ms_p90")
+    assert list(bars["arrayminus"]) == [90.0] and list(bars["array"]) == [889.0]

@@ -22,3 +22,18 @@ def test_overlays_frontiers_and_tables_recommendations(db_url, results) -> None:
     table = app.dataframe[0].value
     assert list(table.index)[:2] == ["model", "device"] and len(table.columns) == 2
     assert set(table.loc["policy"]) <= {"static", "continuous"}
+
+
+def test_sweeps_judged_by_different_slos_are_flagged(db_url, results) -> None:
+    # The fixture's chat sweep has relative SLOs resolved to its baseline; its batch sweep none.
+    app = page_test("compare").run()
+    warning = next(t for t in texts(app.warning) if "different SLOs" in t)
+    assert "batch sweep" in warning and "no SLOs" in warning and "x unloaded p50" in warning
+    table = app.dataframe[0].value
+    assert "SLOs" in table.index and "capacity" in table.index
+
+
+def test_sweeps_judged_alike_are_not_flagged(db_url, results) -> None:
+    app = page_test("compare").run()
+    app.multiselect(key="compare_sweeps").set_value([results["chat"], results["chat"]]).run()
+    assert not [t for t in texts(app.warning) if "different SLOs" in t]
