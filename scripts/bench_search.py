@@ -27,7 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from db.store import Store  # noqa: E402
 from experiments.analysis import sweep_capacities  # noqa: E402
-from experiments.capacity import best, knob_label  # noqa: E402
+from experiments.answer import best  # noqa: E402
+from experiments.capacity import knob_label  # noqa: E402
 from experiments.grid import parse_spec  # noqa: E402
 from experiments.profiles import load_profile  # noqa: E402
 from experiments.recommend import recommend  # noqa: E402
