@@ -3,6 +3,7 @@
 # on this machine's disk, else PyTorch's CPU index) instead of a multi-GB CUDA build; machines
 # with an NVIDIA GPU let pip pick the CUDA build as usual.
 #   .ci/setup.sh [extras]     (default extras: ui,serve,test)
+#   .ci/setup.sh ui,serve     only what the dashboard needs (README's first command: no Ray, Playwright, pytest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-ui,serve,test}"

@@ -26,6 +26,7 @@ COMMAND_MODULES: dict[str, str] = {
     "sweep": "cmd_sweep", "sweeps": "cmd_sweep", "trials": "cmd_sweep", "worker": "cmd_sweep",
     "search": "cmd_search", "mock-server": "cmd_mock",
     "recommend": "cmd_analysis", "export": "cmd_analysis", "profiles": "cmd_analysis",
+    "report": "cmd_report", "demo": "cmd_demo",
 }
 
 

@@ -16,7 +16,8 @@ def mock_server(
     ttft_ms: float = typer.Option(..., "--ttft-ms", help="T: first token this long after service starts"),
     itl_ms: float = typer.Option(..., "--itl-ms", help="I: each further token this long after the last"),
     capacity: int = typer.Option(0, help="K: at most K in service, FIFO beyond (0 = unlimited)"),
-    jitter_ms: float = typer.Option(0.0, "--jitter-ms", help="J: each gap uniform in [x - J, x + J]"),
+    # typer renders help as rich markup, where an unescaped "[x ...]" is a tag and vanishes
+    jitter_ms: float = typer.Option(0.0, "--jitter-ms", help="J: each gap uniform in \\[x - J, x + J]"),
     host: str = typer.Option("127.0.0.1", help="bind address"),
     port: int = typer.Option(8000, help="TCP port"),
     model: str = typer.Option("mock", help="the model name /v1/models lists"),

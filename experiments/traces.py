@@ -29,8 +29,8 @@ __all__ = ["ATTRIBUTION", "BUILTIN_TRACES"]  # re-exported: where trace users lo
 
 # Column names tried, in order, when a CSV's columns are not given (case-insensitive).
 TIMESTAMP_ALIASES = ("timestamp", "arrival_time", "time")
-INPUT_ALIASES = ("contexttokens", "input_length", "input_tokens", "prompt_tokens")
-OUTPUT_ALIASES = ("generatedtokens", "output_length", "output_tokens")
+INPUT_ALIASES = ("contexttokens", "input_length", "input_tokens", "prompt_tokens", "input")
+OUTPUT_ALIASES = ("generatedtokens", "output_length", "output_tokens", "output")
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 

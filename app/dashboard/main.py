@@ -26,7 +26,9 @@ def pages() -> list:
 
 def main() -> None:
     """Check the store once, then run the page the user picked."""
-    st.set_page_config(page_title="tradeoff", page_icon=":material/speed:", layout="wide")
+    # An emoji favicon is an inline data: URL; a ":material/..." one is fetched from fonts.gstatic.com
+    # (in-page Material icons are served locally), and nothing may leave the machine.
+    st.set_page_config(page_title="tradeoff", page_icon="⚖️", layout="wide")
     page = st.navigation(pages())
     url = state.db_url()
     try:

@@ -50,6 +50,15 @@ def test_csv_with_named_columns_and_numeric_ms_times():
     assert trace.prompt_tokens.tolist() == [5, 7]
 
 
+def test_csv_with_plain_input_output_columns_needs_no_column_names():
+    trace = parse_csv("timestamp,Input,output\n0.5,9,3\n0,5,6\n", "io.csv")
+    assert trace.arrival_s.tolist() == [0.0, 0.5]
+    assert trace.prompt_tokens.tolist() == [5, 9] and trace.output_tokens.tolist() == [6, 3]
+    # the more specific name still wins where a file has both
+    both = parse_csv("timestamp,input,input_length,output,output_length\n0,1,2,3,4\n", "b.csv")
+    assert (both.prompt_tokens.tolist(), both.output_tokens.tolist()) == ([2], [4])
+
+
 @pytest.mark.parametrize("text, needle", [
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n1.0,5,6\n2.0,x,6\n", "line 3, column ContextTokens"),
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n1.0,5,6\n2.0,5,-1\n", "line 3, column GeneratedTokens"),
