@@ -46,7 +46,9 @@ class Job:
     indices: list[int]  # each item's request index in the whole trial
     is_measured: list[bool]
     start_s: float  # absolute monotonic start, the same for every worker
-    num_specs: int  # cooldown requests cycle the specs: their index is idx + cycle * num_specs
+    # Closed loop: cooldown requests cycle each user's items, the k-th cycle's index being
+    # idx + k * index_stride (a multiple of the trial's spec count, at least its user count).
+    index_stride: int
     users: list[list[int]] = field(default_factory=list)  # closed: each user's item positions
     offsets_s: list[float] = field(default_factory=list)  # open: each item's scheduled offset
 
@@ -118,12 +120,14 @@ class WorkerClient:
 
     async def _user(self, job: Job, items: list[int], out: list[Raw], ended: object) -> None:
         # A virtual user: its next request is scheduled when its previous one ended.
+        if not items:  # nothing to send (cycling nothing would spin and block the loop)
+            return
         scheduled_s, cycle = job.start_s, 0
         while not self.is_stopping:
             for pos in items:
                 if self.is_stopping:
                     return
-                index = job.indices[pos] + cycle * job.num_specs
+                index = job.indices[pos] + cycle * job.index_stride
                 raw = await self._request(job.bodies[pos], index, scheduled_s, out)
                 if cycle == 0:
                     ended(pos)

@@ -124,17 +124,26 @@ class HttpTarget:
 
     def drive_closed_loop(self, specs: list, concurrency: int, num_warmup: int,
                           max_duration_s: float | None, should_stop: Callable[[], bool] | None):
-        """C virtual users, split over the workers; all stay busy until the measured ones end."""
+        """C virtual users, split over the workers; all stay busy until the measured ones end.
+
+        User u sends requests u, u + C, ... of `specs`, then cycles them (cooldown). With more
+        users than specs (C > warm-up + measured), user u >= len(specs) has none of its own: it
+        sends cooldown requests from the start (spec u mod len(specs), as the in-process driver
+        does), so C requests are in flight from the first one, as the trial's concurrency says.
+        """
         num_workers = min(self.max_workers, math.ceil(concurrency / USERS_PER_WORKER))
-        bodies = self._bodies(specs)
-        users = [list(range(u, len(specs), concurrency)) for u in range(concurrency)]
+        bodies, n = self._bodies(specs), len(specs)
+        # Cooldown cycle k sends index i + k * stride: unique, since every first index is < C
+        # <= stride, and of the same spec, since stride is a multiple of n.
+        stride = n * math.ceil(concurrency / n)
+        users = [list(range(u, n, concurrency)) or [u] for u in range(concurrency)]
         jobs = []
         for w in range(num_workers):
             mine = [u for i, u in enumerate(users) if i % num_workers == w]
             indices = [i for user in mine for i in user]
             pos = dict(zip(indices, range(len(indices)), strict=True))
-            jobs.append(Job("closed", [bodies[i] for i in indices], indices,
-                            [i >= num_warmup for i in indices], 0.0, len(specs),
+            jobs.append(Job("closed", [bodies[i % n] for i in indices], indices,
+                            [num_warmup <= i < n for i in indices], 0.0, stride,
                             users=[[pos[i] for i in user] for user in mine]))
         return self._run(jobs, specs, num_warmup, None, max_duration_s, should_stop)
 
