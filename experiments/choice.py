@@ -21,7 +21,7 @@ Ranking (docs/metrics.md, "Ties"):
 - The tie: every candidate whose range overlaps a remaining leader's. It is broken by the most
   headroom (the largest capacity, then the largest upper bound, a miss there within noise before
   a clear one), then the simpler config
-  (smaller batch, smaller wait, then static < continuous < adaptive). Noise never breaks a tie:
+  (smaller batch, smaller wait, then continuous < static < adaptive: POLICY_ORDER). Noise never breaks a tie:
   the rule reads structure, not the objective's means.
 """
 
@@ -37,7 +37,10 @@ from experiments.capacity import RULED_OUT, ConfigCapacity, knob_label
 from experiments.pareto import t95
 from experiments.search import WITHIN_NOISE
 
-POLICY_ORDER = ("static", "continuous", "adaptive")  # simpler first
+# The tie-break's policy order: continuous batching first (what vLLM, SGLang and TGI run by
+# default; at equal capacity it never holds a request behind a running batch), then static,
+# then adaptive (it adds run-time decisions of its own).
+POLICY_ORDER = ("continuous", "static", "adaptive")
 BATCH_ONE = 1.2  # a realised mean batch below this: the batching knobs could not act
 # One repetition has no spread: the demo's four configs at 1 user measured 4.05-7.22 req/s
 # on one machine, so below this relative gap a single run decides nothing.
@@ -126,7 +129,7 @@ def worse_beyond_noise(mine: Sequence[float], theirs: Sequence[float], spread: f
 
 
 def simplicity(config: TrialConfig) -> tuple:
-    """Sort key: the simpler config first (smaller batch, smaller wait, simpler policy)."""
+    """Sort key: the simpler config first (smaller batch, smaller wait, POLICY_ORDER)."""
     policy = POLICY_ORDER.index(config.policy) if config.policy in POLICY_ORDER else len(POLICY_ORDER)
     return (config.batch_size, config.max_wait_ms, policy, config.replicas, knob_label(config))
 
