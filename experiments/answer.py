@@ -106,12 +106,12 @@ def _tie_clause(choice: Choice) -> str:
     text = ""
     if choice.tie_with:
         others = ", ".join(knob_label(c.config) for c in choice.tie_with)
-        text += (f"; the recommended config ties within noise with {others}: add repetitions or a "
-                 "longer trial to separate them (a tie goes to the most headroom, then the "
-                 "simpler config)")
-    if choice.knobs_idle:
-        text += ("; at that load every leading config ran batches of ~1, so the batching knobs "
-                 "could not act: sweep heavier loads to separate them")
+        # What would separate them: loads where the knobs act, or more evidence where they do.
+        remedy = ("every leading config ran batches of ~1 there, so the batching knobs could not "
+                  "act: sweep loads between to separate them" if choice.knobs_idle else
+                  "add repetitions or a longer trial to separate them")
+        text += (f"; the recommended config ties within noise with {others} ({remedy}; a tie "
+                 "goes to the most headroom, then the simpler config)")
     if choice.separated:
         others = ", ".join(knob_label(c.config) for c in choice.separated)
         text += f"; {others} carried as much but with a lower objective, beyond noise"
@@ -146,3 +146,22 @@ def _notes(capacities: Sequence[ConfigCapacity]) -> str:
     notes = ([f"{undecided} of {len(capacities)} configs undecided"] if undecided else []) + (
         [f"{ruled_out} ruled out as unable to win"] if ruled_out else [])
     return f" ({'; '.join(notes)})" if notes else ""
+
+
+def why_empty(trials: Sequence[TrialRecord]) -> str:
+    if not trials:
+        return "there are no trials to recommend from; run a sweep first."
+    failed = sum(t.status == "failed" for t in trials)
+    return (f"nothing to recommend: no trial finished with results ({failed} failed, "
+            f"{len(trials) - failed} still running or without metrics).")
+
+
+def why_client_bound(num_points: int) -> str:
+    return (f"nothing qualifies: all {num_points} measured configs are client-bound (the load "
+            "generator lagged, so their numbers are not the server's); rerun with fewer users or "
+            "on a machine with more cores for the client.")
+
+
+def why_saturated(num_points: int) -> str:
+    return (f"nothing qualifies: all {num_points} measured configs saturated the server "
+            "(arrivals outpaced completions); sweep lower load levels.")

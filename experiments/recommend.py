@@ -23,7 +23,15 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from common.records import LATENCY_METRICS, SLO, STATS, TrialConfig, TrialRecord, config_to_dict
-from experiments.answer import SLORule, at_load, rules_for, sentence
+from experiments.answer import (
+    SLORule,
+    at_load,
+    rules_for,
+    sentence,
+    why_client_bound,
+    why_empty,
+    why_saturated,
+)
 from experiments.capacity import ConfigCapacity, knob_label
 from experiments.choice import at_capacity, choose, deployed
 from experiments.grid_capacity import read_levels
@@ -213,16 +221,16 @@ def recommend(
     whose batching was its own (a bare --target), in place of the placeholder knobs."""
     key = objective_key(objective, throughput_key)
     # Decide on the few metrics the rules read, then fold the chosen config in full.
-    wanted = sorted({key, FASTEST_KEY, KNEE_LATENCY_KEY, *(s.key for s in slos)})
+    wanted = sorted({key, FASTEST_KEY, KNEE_LATENCY_KEY, "slo_attainment", *(s.key for s in slos)})
     measured = [p for p in aggregate(trials, wanted) if p.mean.get(key) is not None]
     trusted = [p for p in measured if not p.client_bound]
     pool = [p for p in trusted if not p.saturated]
     if not measured:
-        return _empty(objective, _why_empty(trials))
+        return _empty(objective, why_empty(trials))
     if not trusted:
-        return _empty(objective, _why_client_bound(len(measured)))
+        return _empty(objective, why_client_bound(len(measured)))
     if not pool:
-        return _empty(objective, _why_saturated(len(trusted)))
+        return _empty(objective, why_saturated(len(trusted)))
     if not slos and not capacities:  # no SLOs and no search's answer: the knee
         return _explain_adaptive(_with_all_metrics(_pick_knee(pool, objective, key), trials))
     caps = read_levels(trials, target, key) if capacities is None else capacities
@@ -251,25 +259,6 @@ def _with_all_metrics(rec: Recommendation, trials: Sequence[TrialRecord]) -> Rec
 
 def _empty(objective: str, explanation: str) -> Recommendation:
     return Recommendation(False, objective, None, {}, [], explanation)
-
-
-def _why_empty(trials: Sequence[TrialRecord]) -> str:
-    if not trials:
-        return "there are no trials to recommend from; run a sweep first."
-    failed = sum(t.status == "failed" for t in trials)
-    return (f"nothing to recommend: no trial finished with results ({failed} failed, "
-            f"{len(trials) - failed} still running or without metrics).")
-
-
-def _why_client_bound(num_points: int) -> str:
-    return (f"nothing qualifies: all {num_points} measured configs are client-bound (the load "
-            "generator lagged, so their numbers are not the server's); rerun with fewer users or "
-            "on a machine with more cores for the client.")
-
-
-def _why_saturated(num_points: int) -> str:
-    return (f"nothing qualifies: all {num_points} measured configs saturated the server "
-            "(arrivals outpaced completions); sweep lower load levels.")
 
 
 def _pick_capacity(trials: Sequence[TrialRecord], caps: list[ConfigCapacity],
@@ -318,6 +307,11 @@ def _nearest_miss(
     miss = min(pool, key=badness)
     checks = check_slos(miss, slos)
     worst = max(checks, key=_ratio)
+    if worst.passed:  # every percentile within its SLO on average, yet too few requests met all
+        share = miss.mean.get("slo_attainment")
+        text = (f"the nearest miss, {describe_config(miss.config)}, met each SLO's percentile on "
+                f"average, but only {share or 0.0:.0%} of its requests met every SLO.")
+        return Recommendation(False, objective, miss.config, miss.mean, checks, text, miss, worst)
     num_other = sum(not c.passed for c in checks) - 1
     others = f" and {num_other} other SLO{'s' * (num_other > 1)}" if num_other else ""
     text = (f"the nearest miss, {describe_config(miss.config)}, "

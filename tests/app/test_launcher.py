@@ -110,5 +110,5 @@ def test_demo_is_one_grid_under_chat_and_batch_with_repetitions() -> None:
     assert set(chat.policies) == {"static", "continuous"} and len(chat.batch_sizes) == 2
     # The loads bracket both answers: chat's TPOT SLO is met only at light load, batch's loose
     # E2E SLO at the heaviest, where the larger batch cap can act.
-    assert min(chat.concurrency) <= 2 and max(chat.concurrency) == max(chat.batch_sizes)
+    assert min(chat.concurrency) == 1 and max(chat.concurrency) == max(chat.batch_sizes)
     assert chat.num_trials + batch.num_trials == 32

@@ -89,7 +89,7 @@ def test_knobs_that_could_not_act_never_separate_configs():
         trial(3 + r, 8, 20, 6.0 + 0.01 * r, concurrency=1, mean_batch=1.0, rep=r) for r in range(2)]
     rec = recommend(trials, "max_goodput", [TTFT_500])
     assert rec.config.batch_size == 1 and [c.config.batch_size for c in rec.tie_with] == [8]
-    assert "batches of ~1, so the batching knobs could not act" in rec.explanation
+    assert "ran batches of ~1 there, so the batching knobs could not act" in rec.explanation
 
 
 def test_repetitions_that_separate_the_objective_break_the_tie_by_evidence():
