@@ -33,7 +33,7 @@ def simulated_measure(spec: SweepSpec, profile: Profile, cost: CostModel, slos: 
 
     def measure(config: TrialConfig) -> Sample:
         if config not in memo:
-            m = simulate_trial(config, profile, spec.requests, cost, slos,
+            m = simulate_trial(config, profile, spec.requests_for(config), cost, slos,
                                spec.seed + config.repetition)
             total = m.requests_completed + m.requests_failed
             sample = Sample(round(m.slo_attainment * total), total, saturated=m.saturated)

@@ -70,7 +70,7 @@ class TrialWorker:
 
         started = _utcnow()
         try:
-            result = run_trial(self.target.engine, config, self.profile, self.spec.requests,
+            result = run_trial(self.target.engine, config, self.profile, self.spec.requests_for(config),
                                seed=self.spec.seed + config.repetition, slos=slos,
                                max_duration_s=self.spec.max_trial_s,
                                **self.target.request_kwargs(), **self.target.memory_kwargs())

@@ -124,7 +124,7 @@ class SearchRunner(SweepRunner):
         spent = time.monotonic() - self._measure_started
         expected = spent / self._num_measured
         if config.rate is not None:
-            span = (self.spec.requests + self.profile.warmup_requests) / config.rate
+            span = (self.spec.requests_for(config) + self.profile.warmup_requests) / config.rate
             expected = max(expected, span)
         if spent + expected > self.spec.search.budget_s:
             self.budget_spent = True

@@ -256,7 +256,7 @@ class SweepRunner:
         try:
             with self._scraper(target) as scraper:
                 result = run_trial(
-                    target.engine, config, self.profile, self.spec.requests,
+                    target.engine, config, self.profile, self.spec.requests_for(config),
                     seed=self.spec.seed + config.repetition, slos=slos,
                     max_duration_s=self._deadline_s(config), should_stop=self.should_stop,
                     **target.request_kwargs(), **target.memory_kwargs())
@@ -293,7 +293,7 @@ class SweepRunner:
             self._steps = stored_steps(t.details for t in self.store.list_trials(self.sweep_id))
         cost = fit_cost_model(self._steps, prior_cost(self.spec.model))
         try:
-            details = prediction_details(config, self.profile, self.spec.requests,
+            details = prediction_details(config, self.profile, self.spec.requests_for(config),
                                          self.spec.seed + config.repetition, slos, cost,
                                          result.metrics, result.steps)
         except Exception as exc:  # noqa: BLE001 - a forecast must never cost a measured trial

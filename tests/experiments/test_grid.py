@@ -37,3 +37,16 @@ def test_bad_budgets_are_rejected(budgets: list, needle: str):
 def test_a_budget_needs_the_continuous_policy():
     with pytest.raises(GridError, match="continuous policy"):
         parse_spec({**BASE, "policies": ["static"], "max_num_batched_tokens": [64]})
+
+
+def test_a_searchs_open_loop_trials_span_min_span_s_of_arrivals():
+    from common.records import TrialConfig
+
+    search = parse_spec({"requests": 48, "search": {"load": "rate", "min_span_s": 10}})
+    at = TrialConfig("continuous", 8, 0.0, rate=22.0)
+    assert search.requests_for(at) == 220  # 48 requests would span 2.2 s: too short to queue
+    assert search.requests_for(TrialConfig("continuous", 8, 0.0, rate=2.0)) == 48
+    users = TrialConfig("continuous", 8, 0.0, concurrency=8)
+    assert search.requests_for(users) == 48  # closed loop: no arrival span to size
+    grid = parse_spec({"requests": 48, "rate": [22.0]})
+    assert grid.requests_for(at) == 48  # a grid keeps what it was given
