@@ -150,7 +150,7 @@ def _notes(capacities: Sequence[ConfigCapacity]) -> str:
 
 def why_empty(trials: Sequence[TrialRecord]) -> str:
     if not trials:
-        return "there are no trials to recommend from; run a sweep first."
+        return "there are no trials to recommend from yet; run a sweep, or wait for the running one."
     failed = sum(t.status == "failed" for t in trials)
     return (f"nothing to recommend: no trial finished with results ({failed} failed, "
             f"{len(trials) - failed} still running or without metrics).")
