@@ -234,8 +234,9 @@ def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, 
         baseline = None
         if needs_baseline(prof):
             baseline = measure_baseline(target.engine, prof, seed=seed, **kwargs)
+        slos = resolve_slos(prof, baseline)
         result = run_trial(target.engine, trial_config, prof, requests, seed=seed,
-                           slos=resolve_slos(prof, baseline), max_duration_s=duration,
+                           slos=slos, max_duration_s=duration,
                            **kwargs, **target.memory_kwargs())
         server = remote.engine.describe() if remote is not None else None
     finally:
@@ -243,7 +244,7 @@ def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, 
     out = trial_json(trial_config, result.metrics.to_dict(), engine_config.model, prof.name)
     # Each threshold with where it came from: `p90 TTFT <= 70 ms = 5 x unloaded p50 14 ms`.
     multiples = {m: spec.max_x_baseline for m, spec in prof.slos.items() if spec.max_x_baseline}
-    out["slo_rules"] = [r.to_dict() for r in rules_for(resolve_slos(prof, baseline), multiples)]
+    out["slo_rules"] = [r.to_dict() for r in rules_for(slos, multiples)]
     if trial_config.replicas > 1:
         out["placement"] = placement
     if server is not None:  # what was measured: the server with its own knobs, not ours

@@ -8,14 +8,15 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from statistics import median
 
-from common.records import SLO, TrialConfig, TrialRecord
+from common.records import SLO, RequestRecord, TrialConfig, TrialRecord
 from db.rows import StoredRequest
 from db.store import Store, SweepRecord
 from experiments.answer import SLORule, rules_for
 from experiments.capacity import ConfigCapacity, plan_of, run_search
 from experiments.export import export_config
 from experiments.grid import SweepSpec
-from experiments.grid_capacity import read_grid, read_levels
+from experiments.grid_capacity import read_levels
+from experiments.metrics import meets_slos
 from experiments.predict import GENERIC, PRIORS, fit_cost_model, predict_points, stored_steps
 from experiments.profiles import SLO_METRICS, Profile
 from experiments.provenance import batches_by_itself
@@ -121,21 +122,13 @@ def rejudge(trials: list[TrialRecord], slos: list[SLO],
 
 
 def stored_meets(r: StoredRequest, slos: list[SLO]) -> bool:
-    """`metrics.meets_slos` over a stored request (times in ms from the trial start)."""
-    if not r.is_ok or r.done_ms is None:
-        return False
-    first = r.first_token_ms
-    values = {"ttft_ms": None if first is None else first - r.scheduled_ms,
-              "e2e_ms": r.done_ms - r.scheduled_ms,
-              "tpot_ms": (None if first is None or r.num_output_tokens < 2
-                          else (r.done_ms - first) / (r.num_output_tokens - 1))}
-    for slo in slos:
-        value = values.get(slo.metric)
-        if value is None and slo.metric == "tpot_ms":
-            continue  # a 1-token output has no TPOT: nothing to violate
-        if value is None or value > slo.max_ms:
-            return False
-    return True
+    """`metrics.meets_slos` over a stored request (times in ms from the trial start): its first
+    token and end are all the per-request SLO metrics read."""
+    first = () if r.first_token_ms is None else (r.first_token_ms / 1000,)
+    record = RequestRecord(r.request_index, r.scheduled_ms / 1000, r.sent_ms / 1000, None, first,
+                           None if r.done_ms is None else r.done_ms / 1000,
+                           r.num_prompt_tokens, r.num_output_tokens, r.error)
+    return meets_slos(record, slos)
 
 
 def export_provenance(sweep: SweepRecord) -> dict:
@@ -157,19 +150,9 @@ def is_search(sweep: SweepRecord) -> bool:
 
 
 def sweep_capacities(store: Store, sweep_id: int) -> tuple[list[ConfigCapacity], list[TrialRecord]]:
-    """Each config's capacity, from a sweep's stored trials, and the trials."""
-    trials = store.list_trials(sweep_id)
-    return capacities_of(store.get_sweep(sweep_id), trials, stored_slos(trials, store)), trials
-
-
-def capacities_of(sweep: SweepRecord, trials: list[TrialRecord],
-                  slos: list[SLO]) -> list[ConfigCapacity]:
-    """Each config's capacity from a sweep's trials (already read): a search's answer replayed,
-    or for a load grid the largest level each config met under the SLOs its trials were judged
-    against (`slos`, the stored ones; none: no capacity to read)."""
-    if is_search(sweep):
-        return run_search(SweepSpec(**sweep.grid), Profile(**sweep.profile), trials)
-    return read_grid(Profile(**sweep.profile), trials) if slos else []
+    """Each config's capacity, from a sweep's stored trials (the analysis's), and the trials."""
+    analysis = analyse(store, store.get_sweep(sweep_id))
+    return analysis.capacities, analysis.trials
 
 
 def capacity_sentence(analysis: SweepAnalysis) -> str:

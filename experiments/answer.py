@@ -15,7 +15,10 @@ from experiments.capacity import NOT_ANSWERED, PRUNED, RULED_OUT, ConfigCapacity
 from experiments.choice import Choice, choose
 from experiments.search import AT_LIMIT, INVALID, UNDECIDED, WITHIN_NOISE, Attainment, fmt_amount
 
-_NAMES = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "e2e_ms": "E2E"}
+METRIC_NAMES = {
+    "ttft_ms": "TTFT", "tpot_ms": "TPOT", "itl_ms": "ITL", "e2e_ms": "E2E",
+    "queue_wait_ms": "queue wait", "service_ms": "service time",
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class SLORule:
     @property
     def text(self) -> str:
         """`p90 TTFT <= 59 ms = 5 x unloaded p50 11.8 ms`."""
-        name = _NAMES.get(self.slo.metric, self.slo.metric)
+        name = METRIC_NAMES.get(self.slo.metric, self.slo.metric)
         head = f"{self.slo.percentile} {name} <= {num(self.slo.max_ms)} ms"
         return head if self.rule == "absolute" else f"{head} = {self.rule}"
 
@@ -85,7 +88,7 @@ def amount(cap: ConfigCapacity) -> str:
     load = fmt_amount(c.capacity, unit)
     if c.status == AT_LIMIT:
         return f"at least {load}"
-    if c.status in (UNDECIDED, INVALID) or c.status in RULED_OUT:
+    if c.status in (UNDECIDED, INVALID, *RULED_OUT):
         upper = "" if c.upper is None else f", at most {num(c.upper)}"
         return f"at least {load}{upper} (undecided)"
     if c.status == WITHIN_NOISE:

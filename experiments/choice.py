@@ -34,6 +34,7 @@ from statistics import fmean
 
 from common.records import TrialConfig, TrialRecord
 from experiments.capacity import RULED_OUT, ConfigCapacity, knob_label
+from experiments.grid_capacity import load_of
 from experiments.pareto import t95
 from experiments.search import WITHIN_NOISE
 
@@ -66,18 +67,11 @@ class Choice:
     separated: tuple[ConfigCapacity, ...] = ()  # same capacity, objective lower beyond noise
 
 
-def load_value(config: TrialConfig) -> float:
-    """A trial's load on its axis (users, req/s or speed-up)."""
-    if config.concurrency is not None:
-        return float(config.concurrency)
-    return float(config.speedup if config.speedup is not None else config.rate or 0.0)
-
-
 def at_capacity(cap: ConfigCapacity, trials: Sequence[TrialRecord], key: str) -> AtCapacity:
     """The finished trials of `cap`'s config at its capacity load, and what they measured."""
     label = knob_label(cap.config)
     mine = tuple(t for t in trials if t.status == "done" and knob_label(t.config) == label
-                 and load_value(t.config) == cap.capacity.capacity)
+                 and load_of(t.config)[0] == cap.capacity.capacity)
     values = tuple(float(v) for t in mine if (v := t.metrics.get(key)) is not None)
     if not mine and cap.value_at_capacity is not None:  # no trials given: the reading's mean
         values = (cap.value_at_capacity,)
@@ -171,6 +165,6 @@ def deployed(cap: ConfigCapacity, trials: Sequence[TrialRecord]) -> TrialConfig:
     """The winner's config at its capacity load, as a stored trial ran it (repetition 0)."""
     label = knob_label(cap.config)
     for t in sorted(trials, key=lambda t: t.trial_id):
-        if knob_label(t.config) == label and load_value(t.config) == cap.capacity.capacity:
+        if knob_label(t.config) == label and load_of(t.config)[0] == cap.capacity.capacity:
             return replace(t.config, repetition=0)
     return cap.config

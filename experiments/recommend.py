@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from common.records import LATENCY_METRICS, SLO, STATS, TrialConfig, TrialRecord, config_to_dict
 from experiments.answer import (
+    METRIC_NAMES,
     SLORule,
     at_load,
     rules_for,
@@ -41,10 +42,6 @@ from experiments.search import Attainment
 OBJECTIVES: dict[str, str] = {"max_goodput": "goodput_rps", "max_throughput": "output_tokens_per_s"}
 KNEE_LATENCY_KEY = "e2e_ms_p90"
 FASTEST_KEY = "output_tokens_per_s"
-_METRIC_NAMES = {
-    "ttft_ms": "TTFT", "tpot_ms": "TPOT", "itl_ms": "ITL", "e2e_ms": "E2E",
-    "queue_wait_ms": "queue wait", "service_ms": "service time",
-}
 _THROUGHPUT_NAMES = {
     "goodput_rps": ("goodput", "req/s"),
     "output_tokens_per_s": ("output throughput", "tokens/s"),
@@ -132,7 +129,7 @@ def nest_metrics(flat: dict[str, float | None]) -> dict:
 def latency_label(key: str) -> str:
     """`ttft_ms_p90` -> `p90 TTFT`."""
     metric, _, stat = key.rpartition("_")
-    return f"{stat} {_METRIC_NAMES.get(metric, metric)}"
+    return f"{stat} {METRIC_NAMES.get(metric, metric)}"
 
 
 def describe_config(config: TrialConfig) -> str:

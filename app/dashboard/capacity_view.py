@@ -16,15 +16,14 @@ from experiments.analysis import (
     predicted_capacity,
     predicted_grid,
     prediction_errors,
-    sweep_capacities,
 )
 from experiments.capacity import ConfigCapacity
 
 
 @st.cache_resource(ttl=state.STABLE_TTL_S, max_entries=16, show_spinner=False)
 def capacities(url: str, key: state.SweepVersion) -> list[ConfigCapacity]:
-    """Each config's capacity, replayed from the stored trials (cached per sweep version)."""
-    return sweep_capacities(state.get_store(url), key[0])[0]
+    """Each config's capacity: the one analysis's (cached per sweep version)."""
+    return state.analysis(url, key).capacities
 
 
 def capacity_section(url: str, sweep: SweepRecord, chart_key: str, whatif: bool = False,

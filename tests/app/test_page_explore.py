@@ -113,3 +113,15 @@ def test_colour_option_changes_the_colour_bar(db_url, results) -> None:
     bars = [t["marker"]["colorbar"]["title"]["text"] for t in _chart(app)["data"]
             if t.get("marker", {}).get("showscale")]
     assert bars == ["decode roofline fraction"]
+
+
+def test_rejudging_stored_requests_under_the_sweeps_own_slos_gives_its_attainment(store, results) -> None:
+    import pytest
+
+    from experiments.analysis import rejudge, stored_slos
+
+    trials = store.list_trials(results["chat"])
+    again = rejudge(trials, stored_slos(trials, store), store.get_requests)
+    done = [(t, a) for t, a in zip(trials, again, strict=True) if t.status == "done"]
+    assert done and all(a.metrics["slo_attainment"] == pytest.approx(t.metrics["slo_attainment"])
+                        for t, a in done)
