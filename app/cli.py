@@ -23,10 +23,10 @@ app = typer.Typer(
 # quick commands (recommend, sweeps, trials) skip the imports of the others.
 COMMAND_MODULES: dict[str, str] = {
     "trial": "cmd_trial", "bench": "cmd_bench", "serve": "cmd_serve", "ui": "cmd_ui",
-    "sweep": "cmd_sweep", "sweeps": "cmd_sweep", "trials": "cmd_sweep", "worker": "cmd_sweep",
+    "sweep": "cmd_sweep", "sweeps": "cmd_list", "trials": "cmd_list", "worker": "cmd_sweep",
     "search": "cmd_search", "mock-server": "cmd_mock",
     "recommend": "cmd_analysis", "export": "cmd_analysis", "profiles": "cmd_analysis",
-    "report": "cmd_report", "demo": "cmd_demo",
+    "report": "cmd_report", "demo": "cmd_demo", "export-model": "cmd_export_model",
 }
 
 

@@ -17,6 +17,14 @@ from app.cmd_sweep import (
     progress_printer,
     record_server,
 )
+from app.engine_options import (
+    ENGINE_ARGS,
+    ENGINE_ENV,
+    ENGINE_PYTHON,
+    SERVER_TIMEOUT,
+    launch_flags,
+    report_start_failures,
+)
 from app.errors import BadInput
 from app.output import print_json
 
@@ -69,8 +77,10 @@ def search(
              "per config, started for its search and stopped before the next"),
     engine: str | None = typer.Option(
         None, "--engine", help="start this engine's server per config: vllm | sglang | tgi | llamacpp"),
-    server_timeout: float | None = typer.Option(
-        None, "--server-timeout", help="seconds a --server-cmd server may take to answer (default 120)"),
+    engine_args: str | None = ENGINE_ARGS,
+    engine_env: list[str] | None = ENGINE_ENV,
+    engine_python: str | None = ENGINE_PYTHON,
+    server_timeout: float | None = SERVER_TIMEOUT,
     resume: int | None = typer.Option(None, "--resume", help="continue search ID, reusing stored trials"),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
@@ -100,7 +110,7 @@ def search(
                 "name": name or f"capacity search: {profile} on {target_url or model}",
                 "target": target_url, "target_model": target_model, "api_key_env": api_key_env,
                 "tokenizer": tokenizer, "server_cmd": server_cmd, "engine": engine,
-                "server_timeout_s": server_timeout,
+                **launch_flags(engine_args, engine_env, engine_python, server_timeout),
                 **lists(policy, batch_sizes, max_wait_ms, None, None),
                 "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
                            "budget_s": (budget_min or 10.0) * 60, "start_load": start_load,
@@ -112,6 +122,7 @@ def search(
     with ctrl_c_cancels(runner.stop):
         status = runner.run()
     _print_outcome(store, runner, status, json_out)
+    report_start_failures(runner)
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import sys
@@ -14,8 +13,16 @@ import typer
 import yaml
 
 from app.cli import app
+from app.engine_options import (
+    ENGINE_ARGS,
+    ENGINE_ENV,
+    ENGINE_PYTHON,
+    SERVER_TIMEOUT,
+    launch_flags,
+    report_start_failures,
+)
 from app.errors import BadInput
-from app.output import fmt, print_json, print_table
+from app.output import fmt, print_json
 from app.parsing import parse_budgets, parse_list
 
 DB_HELP = "SQLAlchemy URL of the result store (default: $TRADEOFF_DB or sqlite:///tradeoff.db)"
@@ -115,6 +122,10 @@ def sweep(
     server_cmd: str | None = typer.Option(
         None, "--server-cmd",
         help="server command template with {batch_size} {max_wait_ms} {policy} {port}, started per config"),
+    engine_args: str | None = ENGINE_ARGS,
+    engine_env: list[str] | None = ENGINE_ENV,
+    engine_python: str | None = ENGINE_PYTHON,
+    server_timeout: float | None = SERVER_TIMEOUT,
     config: Path | None = typer.Option(None, "--config", help="sweep.yaml with the same fields"),
     resume: int | None = typer.Option(None, "--resume", help="finish sweep ID, skipping stored trials"),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
@@ -141,6 +152,7 @@ def sweep(
                  "target_model": target_model, "api_key_env": api_key_env, "tokenizer": tokenizer,
                  "server_cmd": server_cmd, "engine": engine, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
+                 **launch_flags(engine_args, engine_env, engine_python, server_timeout),
                  **lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
                         max_num_batched_tokens),
                  **_scale_lists(replicas, router),
@@ -150,6 +162,7 @@ def sweep(
     with ctrl_c_cancels(runner.stop):
         status = runner.run()
     _print_outcome(store, sweep_id, status, json_out)
+    report_start_failures(runner)
 
 
 def _create(db: str | None, data: dict[str, Any]):
@@ -205,7 +218,7 @@ def check_external(spec):
         from experiments.engines import EngineUnavailableError, preset
 
         try:
-            preset(spec.engine).check_available()
+            preset(spec.engine).check_available(spec.engine_python)
         except EngineUnavailableError as exc:
             raise BadInput(str(exc)) from None
     elif spec.server_cmd is None:  # a --server-cmd server starts per config, later
@@ -290,94 +303,6 @@ def _print_outcome(store, sweep_id: int, status: str, json_out: bool) -> None:
               f"{s.profile.get('name', 'chat')}")
     if status == "failed":
         raise typer.Exit(1)
-
-
-@app.command()
-def sweeps(
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    json_out: bool = typer.Option(False, "--json", help="print JSON"),
-) -> None:
-    """List the sweeps in the store, newest first."""
-    rows = [_sweep_row(s) for s in open_store(db, create=False).list_sweeps()]
-    print_json(rows) if json_out else print_table(rows)
-
-
-def _sweep_row(s) -> dict[str, Any]:
-    return {"id": s.id, "name": s.name, "status": s.status, **_measured(s),
-            "profile": s.profile.get("name"),
-            "trials_done": s.trials_done, "trials_failed": s.trials_failed,
-            "trials_total": s.trials_total,
-            "created_at": s.created_at.isoformat(timespec="seconds") if s.created_at else None}
-
-
-def _measured(s) -> dict[str, Any]:
-    """The model and device columns: for an external server, the model names the server."""
-    from experiments.provenance import SERVER_DEVICE
-
-    if s.device == SERVER_DEVICE and s.device_name:  # `mock on server at http://h/v1 (vllm 0.6.3)`
-        return {"model": f"{s.model} on {s.device_name}", "device": s.device}
-    if _bare_target(s.grid):  # stored before the server was recorded
-        served = s.grid.get("target_model") or "the served model"
-        return {"model": f"{served} on server at {s.grid['target']}", "device": SERVER_DEVICE}
-    return {"model": s.model, "device": s.device_name or s.device}
-
-
-TRIAL_COLUMNS = ["trial_id", "status", "policy", "batch_size", "max_wait_ms", "max_num_batched_tokens",
-                 "replicas", "router", "load", "repetition",
-                 "requests_per_s", "output_tokens_per_s", "goodput_rps", "ttft_ms_p90",
-                 "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size", "saturated", "client_bound", "error"]
-
-
-def trial_rows(records, server_batches: bool = False) -> list[dict[str, Any]]:
-    """One flat row per trial: config then every metric, and where it was measured.
-    `server_batches`: a bare --target's trials, whose stored knobs are placeholders (see
-    grid.SERVER_OWN_KNOBS): shown as policy `server` and no batch size, wait or budget."""
-    return [{"trial_id": t.trial_id, "status": t.status, **_knobs(t.config, server_batches),
-             "replicas": t.config.replicas, "router": t.config.router,
-             "load": t.config.load_label, "concurrency": t.config.concurrency,
-             "rate": t.config.rate, "repetition": t.config.repetition, **t.metrics,
-             "measured_on": _measured_on(t.details), "error": t.error} for t in records]
-
-
-def _bare_target(grid: dict) -> bool:
-    """SweepSpec.is_bare_target read off a stored grid (no parse: any stored grid lists)."""
-    return bool(grid.get("target")) and not grid.get("server_cmd") and not grid.get("engine")
-
-
-def _knobs(config, server_batches: bool) -> dict[str, Any]:
-    if server_batches:
-        return {"policy": "server", "batch_size": None, "max_wait_ms": None,
-                "max_num_batched_tokens": None}
-    return {"policy": config.policy, "batch_size": config.batch_size,
-            "max_wait_ms": config.max_wait_ms, "max_num_batched_tokens": config.max_num_batched_tokens}
-
-
-def _measured_on(details: dict) -> str | None:
-    """The trial's recorded device: a GPU or CPU, or `model at URL (engine version)`."""
-    where = (details or {}).get("provenance") or {}
-    return where.get("device_name") or where.get("device")
-
-
-@app.command()
-def trials(
-    sweep_id: int = typer.Argument(..., help="sweep id (see `tradeoff sweeps`)"),
-    format: str = typer.Option("table", "--format", help="table | csv | json"),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-) -> None:
-    """One row per trial of a sweep, with its config and metrics."""
-    if format not in ("table", "csv", "json"):
-        raise BadInput(f"--format must be table, csv or json, got {format!r}")
-    store = open_store(db, create=False)
-    sweep = store.get_sweep(sweep_id)
-    rows = trial_rows(store.list_trials(sweep.id), _bare_target(sweep.grid))
-    if format == "json":
-        print_json(rows)
-    elif format == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else TRIAL_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        print_table(rows, TRIAL_COLUMNS)
 
 
 @app.command()

@@ -145,7 +145,7 @@ class TrialMetrics:
     service_ms: Dist | None
     goodput_rps: float
     slo_attainment: float
-    mean_batch_size: float
+    mean_batch_size: float | None  # None: the target shows no steps (a server without /metrics)
     peak_memory_mb: float | None
     saturated: bool
     slos: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {percentile, max_ms}

@@ -97,6 +97,13 @@ class Store(TrialsMixin):
             return f"cannot open database '{self.display_url}': {open_reason(exc)}; {URL_HINT}"
         return f"database error in '{self.display_url}': {first_line(exc)}"
 
+    @property
+    def sqlite_path(self) -> str | None:
+        """The file of a SQLite store (None for PostgreSQL or an in-memory SQLite)."""
+        url = self.engine.url
+        path = url.database
+        return path if url.get_backend_name() == "sqlite" and path and path != ":memory:" else None
+
     def _check_exists(self) -> None:
         url = self.engine.url
         path = url.database

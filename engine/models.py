@@ -90,7 +90,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if config.model.startswith(BUILTIN_PREFIX):
-        model, tokenizer = _build_builtin(config.model, config.seed)
+        model, tokenizer = build_builtin(config.model, config.seed)
     else:
         model, tokenizer = _load_hf(config.model, dtype, config.trust_remote_code)
     model = model.to(device=device, dtype=dtype).eval()
@@ -227,7 +227,7 @@ def _byte_of(ch: str) -> int:
     return others[code - 256]
 
 
-def _build_builtin(name: str, seed: int) -> tuple[torch.nn.Module, Any]:
+def build_builtin(name: str, seed: int) -> tuple[torch.nn.Module, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     size = name[len(BUILTIN_PREFIX) :]

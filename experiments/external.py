@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.records import TrialConfig
+from experiments.engine_logs import start_failure
 from experiments.http_target import HttpTarget, wait_for_health
 from experiments.provenance import SERVER_DEVICE
 from experiments.server_cmd import ServerCmdError, render_server_cmd
@@ -117,10 +119,13 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """One server started from the command template; stopped with its whole process group."""
+    """One server started from the command template or an engine preset; stopped with its whole
+    process group. Its output goes to `log_path` (kept: a trial links to the log of its server);
+    `start_s` is how long it took to answer /health."""
 
     def __init__(self, template: str | None, config: TrialConfig, health_timeout_s: float = 120.0,
-                 argv_for: Callable[[int], list[str]] | None = None) -> None:
+                 argv_for: Callable[[int], list[str]] | None = None, env: dict[str, str] | None = None,
+                 log_path: Path | None = None, label: str = "server") -> None:
         self.port = free_port()
         if argv_for is not None:  # an --engine preset: its own argv for this port
             self.argv = argv_for(self.port)
@@ -130,12 +135,23 @@ class ServerProcess:
             except ServerCmdError as exc:
                 raise TargetSetupError(f"--server-cmd: {exc}") from None
         self.health_timeout_s = health_timeout_s
-        self.log_path = Path(tempfile.mkstemp(prefix="tradeoff-server-", suffix=".log")[1])
+        self.env = dict(env or {})
+        self.label = label
+        if log_path is None:
+            log_path = Path(tempfile.mkstemp(prefix="tradeoff-server-", suffix=".log")[1])
+        self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self.start_s: float | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def command(self) -> str:
+        """The command that ran, as a shell would take it (environment first)."""
+        env = [f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items())]
+        return " ".join([*env, shlex.join(self.argv)])
 
     def __enter__(self) -> ServerProcess:
         self.start()
@@ -145,20 +161,34 @@ class ServerProcess:
         self.stop()
 
     def start(self) -> None:
-        """Start the server and wait for /health; on failure show its last log lines."""
+        """Start the server and wait for /health; on failure one line naming the engine's own
+        root cause (engine_logs.start_failure), its whole log kept at log_path."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
         with self.log_path.open("wb") as log:
+            log.write(f"# {self.command}\n".encode())
+            log.flush()
             try:
                 self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                                             stdin=subprocess.DEVNULL, start_new_session=True,
+                                             env={**os.environ, **self.env})
             except OSError as exc:
-                raise TargetSetupError(f"--server-cmd: cannot run {self.argv[0]!r}: {exc.strerror}") from None
+                raise TargetSetupError(f"{self.label}: cannot run {self.argv[0]!r}: {exc.strerror}") from None
         try:
-            wait_for_health(self.base_url, self.health_timeout_s,
-                            is_alive=lambda: self.proc.poll() is None)
-        except (TimeoutError, RuntimeError) as exc:
+            wait_for_health(self.base_url, self.health_timeout_s, is_alive=self.is_alive)
+        except (TimeoutError, RuntimeError):
+            code = self.proc.poll()
             self.stop()
-            raise TargetSetupError(f"server {shlex.join(self.argv)!r} did not become healthy: {exc}; "
-                                   f"last log lines: {self.log_tail()}") from None
+            raise TargetSetupError(start_failure(self.label, code, self.log_text(), str(self.log_path),
+                                                 self.health_timeout_s)) from None
+        self.start_s = time.monotonic() - started
+
+    def is_alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
 
     def stop(self) -> None:
         """SIGTERM the whole process group, SIGKILL after a grace period; nothing left running."""
@@ -172,6 +202,12 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
     def log_tail(self) -> str:
-        lines = deque(self.log_path.read_text(errors="replace").splitlines(), maxlen=LOG_TAIL_LINES)
+        lines = deque(self.log_text().splitlines(), maxlen=LOG_TAIL_LINES)
         return " | ".join(lines) or "(no output)"

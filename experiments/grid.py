@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from common.records import TrialConfig
 from engine.routing import DEFAULT_ROUTER, check_replicas
-from experiments.engines import lacking_knobs
+from experiments.engines import check_launch, lacking_knobs
 from experiments.server_cmd import ServerCmdError, check_server_cmd
 
 # A bare --target (no --server-cmd or --engine) batches by its own settings, which tradeoff
@@ -90,6 +90,11 @@ class SweepSpec(BaseModel):
     server_cmd: str | None = Field(default=None, max_length=2000)  # started per server config
     engine: Literal["vllm", "sglang", "tgi", "llamacpp"] | None = None  # a preset server per config
     server_timeout_s: float = Field(default=120.0, gt=0)
+    # How a started server is launched (engines.check_launch): extra arguments (--engine only),
+    # its environment, and the Python of the environment the engine lives in (`PY -m module`).
+    engine_args: list[str] = Field(default_factory=list, max_length=100)
+    engine_env: dict[str, str] = Field(default_factory=dict, max_length=100)
+    engine_python: str | None = Field(default=None, max_length=1000)
     search: SearchSpec | None = None  # set: search each config's capacity instead of a load grid
     replicas: list[int] = Field(default=[1], min_length=1)  # engine replicas behind a router
     executor: Literal["local", "ray"] = "local"  # where trials run: this process, or Ray workers
@@ -240,6 +245,12 @@ class SweepSpec(BaseModel):
         lacks = lacking_knobs(self.engine, list(self.policies), list(self.max_wait_ms))
         if lacks:
             raise ValueError(f"{self.engine} has no setting for {'; '.join(lacks)}")
+        return self
+
+    @model_validator(mode="after")
+    def _launch_settings_need_a_server(self) -> SweepSpec:
+        check_launch(self.engine, self.starts_servers, self.engine_args, self.engine_env,
+                     self.engine_python)
         return self
 
     @property

@@ -103,8 +103,11 @@ def meets_slos(r: RequestRecord, slos: list[SLO]) -> bool:
     return True
 
 
-def mean_batch_size(steps: list[StepRecord], start_s: float, end_s: float) -> float:
-    """Decode-step batch size averaged over time inside [start_s, end_s]; 0 without decodes."""
+def mean_batch_size(steps: list[StepRecord], start_s: float, end_s: float) -> float | None:
+    """Decode-step batch size averaged over time inside [start_s, end_s]; 0 without decodes;
+    None without any step (an HTTP target, whose batches are not visible from the client)."""
+    if not steps:
+        return None
     decodes = [s for s in steps if s.phase in ("decode", "mixed")]  # mixed: its decoded rows
     weights = [_overlap(s, start_s, end_s) for s in decodes]
     if sum(weights) > 0:

@@ -22,6 +22,7 @@ from experiments.capacity import (
     uses_prediction,
 )
 from experiments.capacity_plan import calibration_probe, make_plan, revise_plan
+from experiments.external import TargetSetupError
 from experiments.grid import server_key
 from experiments.predict import cost_to_dict, fit_cost_model, prior_cost
 from experiments.search import CapacitySearch, Sample
@@ -56,7 +57,13 @@ class SearchRunner(SweepRunner):
                 if self.should_stop() or not self._fits_budget(config):
                     return None  # that config stops here, undecided; cheaper ones may go on
                 self._num_measured += 1
-                target, config_slos = targets.get(config)
+                try:
+                    target, config_slos = targets.get(config)
+                except TargetSetupError as exc:
+                    if not self.spec.starts_servers:
+                        raise
+                    self.fail_start([config], str(exc))  # this config ends here; the others go on
+                    return None
                 self._run_one(target, config, config_slos)
                 stored = [t for t in self.store.list_trials(self.sweep_id) if t.config == config]
                 return sample_of(stored[0]) if stored else None  # none: stopped mid-trial
@@ -161,7 +168,7 @@ class _TargetPerServer:
     def get(self, config: TrialConfig) -> tuple:
         """(target, resolved SLOs) for `config`, starting its server if another one runs."""
         key = server_key(config) if self.runner.spec.starts_servers else None
-        if self.target is None or key != self.key:
+        if self.target is None or key != self.key or self.runner.servers.died():
             self.stack.close()  # stops the previous config's server (its whole process group)
             self.target = None
             self.target = self.stack.enter_context(self.runner._open_target(config))

@@ -1,5 +1,7 @@
 """A server's Prometheus /metrics during a trial: parsed with prometheus_client's own text
-parser, sampled on a background thread, summarised into the trial's details."""
+parser, sampled on a background thread, summarised into the trial's details: each gauge's
+series, mean and max; each counter's increase over the trial (prefix-cache queries and hits,
+preemptions), and the prefix-cache hit rate those give."""
 
 from __future__ import annotations
 
@@ -7,8 +9,11 @@ import threading
 import time
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from common.records import TrialMetrics
 
 DEFAULT_INTERVAL_S = 0.5
 
@@ -27,8 +32,10 @@ class MetricsScraper:
     """Samples GET `url` every `interval_s` on a daemon thread until stopped."""
 
     def __init__(self, url: str, gauges: Mapping[str, tuple[str, ...]],
+                 counters: Mapping[str, tuple[str, ...]] | None = None,
                  interval_s: float = DEFAULT_INTERVAL_S) -> None:
         self.url, self.gauges, self.interval_s = url, dict(gauges), interval_s
+        self.counters = dict(counters or {})
         self.samples: list[tuple[float, dict[str, float | None]]] = []  # (seconds since start, values)
         self.errors = 0
         self._stop = threading.Event()
@@ -43,25 +50,59 @@ class MetricsScraper:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._scrape()  # the counters' increase runs to the trial's end, not the last tick
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=2.0) as resp:
-                    text = resp.read().decode("utf-8", errors="replace")
-                self.samples.append((time.monotonic() - self._start_s, parse_gauges(text, self.gauges)))
-            except (OSError, ValueError):  # a missed scrape is counted, not fatal to the trial
-                self.errors += 1
+            self._scrape()
             self._stop.wait(self.interval_s)
+
+    def _scrape(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=2.0) as resp:
+                text = resp.read().decode("utf-8", errors="replace")
+            self.samples.append((time.monotonic() - self._start_s,
+                                 parse_gauges(text, {**self.gauges, **self.counters})))
+        except (OSError, ValueError):  # a missed scrape is counted, not fatal to the trial
+            self.errors += 1
 
     def summary(self) -> dict:
         """JSON-ready: the series per gauge and its mean and max (None where never exported)."""
         series = {name: [s[1][name] for s in self.samples] for name in self.gauges}
         stats = {name: _stats(values) for name, values in series.items()}
+        increases = {name: _increase([s[1][name] for s in self.samples]) for name in self.counters}
         return {"url": self.url, "interval_s": self.interval_s, "t_s": [round(s[0], 3) for s in self.samples],
-                "series": series, "stats": stats, "scrape_errors": self.errors}
+                "series": series, "stats": stats, "counters": increases,
+                "prefix_cache_hit_rate": hit_rate(increases), "scrape_errors": self.errors}
 
 
 def _stats(values: list[float | None]) -> dict[str, float] | None:
     known = [v for v in values if v is not None]
     return {"mean": sum(known) / len(known), "max": max(known)} if known else None
+
+
+def _increase(values: list[float | None]) -> float | None:
+    """A counter's increase between its first and last sample over the trial (None: never seen).
+    Sampled every interval_s, so what happened before the first sample is not counted."""
+    known = [v for v in values if v is not None]
+    return known[-1] - known[0] if len(known) >= 2 else None
+
+
+def hit_rate(increases: Mapping[str, float | None]) -> float | None:
+    """Prefix-cache hits / queries over the trial (vLLM counts both in tokens); None when the
+    engine exports no such counters or nothing was queried."""
+    queries, hits = increases.get("prefix_cache_queries"), increases.get("prefix_cache_hits")
+    return hits / queries if queries and hits is not None else None
+
+
+def with_server_metrics(metrics: TrialMetrics, summary: dict) -> TrialMetrics:
+    """The trial's metrics with the engine's series in details["server_metrics"], and, where the
+    client saw no engine steps, the mean batch size as the engine reports it: the mean of its
+    running-requests gauge over the trial (details["mean_batch_size_from"] says so)."""
+    details = {**metrics.details, "server_metrics": summary}
+    running = (summary.get("stats") or {}).get("running")
+    if metrics.mean_batch_size is not None or not running:
+        return replace(metrics, details=details)
+    details["mean_batch_size_from"] = "the server's running-requests gauge (/metrics), time-averaged"
+    return replace(metrics, mean_batch_size=running["mean"], details=details)

@@ -26,13 +26,14 @@ from db.store import Store
 from engine.config import EngineConfig
 from engine.core import StepRecord
 from experiments.engines import preset
-from experiments.external import ExternalTarget, ServerProcess, api_key_from_env, load_tokenizer
+from experiments.external import ExternalTarget, TargetSetupError, api_key_from_env, load_tokenizer
 from experiments.grid import GridError, SweepSpec, server_key
 from experiments.http_target import server_root
 from experiments.predict import fit_cost_model, prediction_details, prior_cost, step_summary, stored_steps
 from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
 from experiments.provenance import provenance
-from experiments.server_metrics import MetricsScraper
+from experiments.server_metrics import MetricsScraper, with_server_metrics
+from experiments.servers import SweepServers, log_root
 from experiments.traces import TraceError, prepare_replay
 from experiments.trial import (
     TrialResult,
@@ -141,6 +142,7 @@ class SweepRunner:
         self._steps: list[StepRecord] | None = None  # measured steps, for the prediction fit
         self._last_beat = 0.0
         self._started = time.monotonic()
+        self.servers = SweepServers(self.spec, sweep_id, log_root(store.sqlite_path))
         stored = store.list_trials(sweep_id)
         self.num_done = sum(t.status == "done" for t in stored)
         self.num_failed = sum(t.status == "failed" for t in stored)
@@ -172,13 +174,37 @@ class SweepRunner:
             return "done"
         self._report(None)
         for configs in self._groups(todo):
-            with self._open_target(configs[0]) as target:
-                slos = self._slos(target)
-                for config in configs:
-                    if self.should_stop():
-                        return "cancelled"
-                    self._run_one(target, config, slos)
+            if not self._run_group(list(configs)):
+                return "cancelled"
         return "cancelled" if self.stop.is_set() else "done"
+
+    def _run_group(self, pending: list[TrialConfig]) -> bool:
+        """Run one target's trials; False once cancelled. A server that fails to start fails
+        its configs' trials (with its one-line reason) and the sweep goes on; one that dies
+        mid-trial fails that trial and is restarted for the rest."""
+        while pending:
+            try:
+                with self._open_target(pending[0]) as target:
+                    slos = self._slos(target)
+                    while pending and not self.servers.died():
+                        if self.should_stop():
+                            return False
+                        self._run_one(target, pending.pop(0), slos)
+            except TargetSetupError as exc:
+                if not self.spec.starts_servers:
+                    raise
+                self.fail_start(pending, str(exc))
+                return True
+        return True
+
+    def fail_start(self, configs: list[TrialConfig], reason: str) -> None:
+        """Store each config's trial as failed because its server could not start."""
+        self.servers.failures.append(reason)
+        for config in configs:
+            self.store.add_failed_trial(self.sweep_id, config, reason, utcnow(), utcnow())
+            self.num_failed += 1
+        configs.clear()
+        self._report(None)
 
     def _groups(self, todo: list[TrialConfig]) -> list[list[TrialConfig]]:
         """Trials per target: all on one local engine, or one group per server config."""
@@ -212,23 +238,14 @@ class SweepRunner:
         with contextlib.ExitStack() as stack:
             url = self.spec.target
             if self.spec.starts_servers:
-                server = stack.enter_context(ServerProcess(
-                    self.spec.server_cmd, config, self.spec.server_timeout_s,
-                    argv_for=self._engine_argv(config)))
-                url = server.base_url
+                url = stack.enter_context(self.servers.process(config)).base_url
             target = stack.enter_context(contextlib.closing(ExternalTarget.connect(
                 url, self.spec.target_model, self._tokenizer(),
                 api_key_from_env(self.spec.api_key_env))))
+            if self.spec.starts_servers:
+                self.servers.started(target.engine.describe().version)
             self._warm_up(target)
             yield target
-
-    def _engine_argv(self, config: TrialConfig) -> Callable[[int], list[str]] | None:
-        """The --engine preset's command for `config` (given a port); None for a --server-cmd."""
-        if self.spec.engine is None:
-            return None
-        engine = preset(self.spec.engine)
-        engine.check_available()  # a resumed sweep may run where the engine is not installed
-        return lambda port: engine.argv(self.spec.model, config, port)
 
     def _tokenizer(self):
         if self._tok is None:
@@ -261,26 +278,31 @@ class SweepRunner:
                     max_duration_s=self._deadline_s(config), should_stop=self.should_stop,
                     **target.request_kwargs(), **target.memory_kwargs())
         except Exception as exc:  # the sweep goes on; the failure is stored with its reason
-            self.store.add_failed_trial(self.sweep_id, config, f"{type(exc).__name__}: {exc}",
-                                        started, utcnow())
-            self.num_failed += 1
-            self._report(None)
+            died = self.servers.died()
+            self._fail_trial(config, self.servers.death_note() if died else f"{type(exc).__name__}: {exc}",
+                             started)
             return
         if result.was_stopped:
             return  # cancelled mid-trial: a partial trial is not a result
+        if self.servers.died():  # what it measured was a dying server, not a config
+            completed = result.metrics.requests_completed
+            self._fail_trial(config, self.servers.death_note(completed, len(result.records)), started)
+            return
         if result.metrics.requests_completed == 0:  # e.g. every request over the KV budget
             error = next((r.error for r in result.records if r.error), "no request completed")
-            self.store.add_failed_trial(self.sweep_id, config, error, started, utcnow())
-            self.num_failed += 1
-            self._report(None)
+            self._fail_trial(config, error, started)
             return
-        metrics = with_provenance(result.metrics, target)
+        metrics = with_provenance(result.metrics, target, **self.servers.launch_facts())
         metrics = self._with_prediction(config, result, slos, metrics)
         if scraper is not None:  # the engine's own gauges over the trial, next to ours
-            metrics = replace(metrics, details={**metrics.details,
-                                               "server_metrics": scraper.summary()})
+            metrics = with_server_metrics(metrics, scraper.summary())
         self.store.add_trial(self.sweep_id, config, metrics, result.records, started, utcnow())
         self.num_done += 1
+        self._report(None)
+
+    def _fail_trial(self, config: TrialConfig, reason: str, started: datetime) -> None:
+        self.store.add_failed_trial(self.sweep_id, config, reason, started, utcnow())
+        self.num_failed += 1
         self._report(None)
 
     def _with_prediction(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
@@ -306,7 +328,8 @@ class SweepRunner:
         if self.spec.engine is None:
             return contextlib.nullcontext()
         url = f"{server_root(target.engine.api_base)}/metrics"
-        return MetricsScraper(url, preset(self.spec.engine).gauges)
+        engine = preset(self.spec.engine)
+        return MetricsScraper(url, engine.gauges, engine.counters)
 
     def _deadline_s(self, config: TrialConfig) -> float | None:
         # A trace trial replays its whole window and drains (bounded) unless max_trial_s says less.

@@ -56,7 +56,7 @@ def test_engine_excludes_a_server_command():
 
 def test_a_missing_engine_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    needle = r"'vllm' is not on PATH; install it \(pip install vllm\)"
+    needle = r"'vllm' is not on PATH; install it \(pip install vllm; on a CPU: .ci/vllm.sh\), or pass --engine-python"
     with pytest.raises(EngineUnavailableError, match=needle):
         preset("vllm").check_available()
 
@@ -109,7 +109,8 @@ llamacpp:requests_deferred 1
 
 @pytest.mark.parametrize("engine, text, expected", [
     ("vllm", VLLM_TEXT, {"running": 7.0, "waiting": 3.0, "kv_usage": 0.42}),
-    ("sglang", SGLANG_TEXT, {"running": 5.0, "waiting": 0.0, "kv_usage": 0.25}),
+    ("sglang", SGLANG_TEXT, {"running": 5.0, "waiting": 0.0, "kv_usage": 0.25,
+                             "prefix_cache_hit_rate": None}),
     ("tgi", TGI_TEXT, {"running": 4.0, "waiting": 2.0, "kv_usage": None}),
     ("llamacpp", LLAMACPP_TEXT, {"running": 2.0, "waiting": 1.0, "kv_usage": 0.5}),
 ])

@@ -1,0 +1,59 @@
+"""The options that say how a started server is launched, shared by `sweep` and `search`: one
+definition of each flag, its help and its parsing (issue 19: no option boilerplate per command)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any
+
+import typer
+
+from app.errors import BadInput
+
+ENGINE_ARGS = typer.Option(
+    None, "--engine-args",
+    help="extra arguments for each --engine server, one quoted string, e.g. "
+         "\"--max-model-len 2048 --dtype float32\" (not the flags the grid sets)")
+ENGINE_ENV = typer.Option(
+    None, "--engine-env",
+    help="NAME=VALUE in each started server's environment (repeat it), e.g. VLLM_CPU_KVCACHE_SPACE=2")
+ENGINE_PYTHON = typer.Option(
+    None, "--engine-python",
+    help="python of the environment the --engine lives in: runs `PY -m <its server module>`")
+SERVER_TIMEOUT = typer.Option(
+    None, "--server-timeout", help="seconds a started server may take to answer /health (default 120)")
+
+
+def launch_flags(engine_args: str | None, engine_env: list[str] | None, engine_python: str | None,
+                 server_timeout: float | None) -> dict[str, Any]:
+    """The spec fields of the launch options (None where a flag was not given)."""
+    return {"engine_args": None if engine_args is None else split_args(engine_args),
+            "engine_env": None if not engine_env else parse_env(engine_env),
+            "engine_python": engine_python, "server_timeout_s": server_timeout}
+
+
+def split_args(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise BadInput(f"--engine-args: {str(exc).lower()}; fix the quoting") from None
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise BadInput(f"--engine-env {pair!r}: give NAME=VALUE, e.g. VLLM_CPU_KVCACHE_SPACE=2")
+        env[name] = value
+    return env
+
+
+def report_start_failures(runner: Any) -> None:
+    """Each failed server start in one line on stderr, then exit 1 (the rest of the sweep ran)."""
+    failures = runner.servers.failures
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    if failures:
+        raise typer.Exit(1)

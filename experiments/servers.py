@@ -1,0 +1,94 @@
+"""The servers a sweep starts (`--engine` or `--server-cmd`): one per server config, each start
+timed, its output kept in a log file of its own that the config's trials link to, and a server
+that dies mid-trial noticed, so that trial fails with the reason and the next config restarts it.
+
+What a trial records of its server (`launch_facts`): the engine's name and version, the exact
+command that ran, how long it took to start, and its log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from common.records import TrialConfig
+from experiments.engine_logs import root_cause
+from experiments.engines import preset
+from experiments.external import ServerProcess
+from experiments.grid import SweepSpec
+
+LOG_DIR_ENV = "TRADEOFF_LOG_DIR"
+DEFAULT_LOG_DIR = "tradeoff-logs"
+
+
+def log_root(sqlite_path: str | None) -> Path:
+    """Where server logs go: $TRADEOFF_LOG_DIR, else `tradeoff-logs/` beside a SQLite store,
+    else in the working directory."""
+    if os.environ.get(LOG_DIR_ENV):
+        return Path(os.environ[LOG_DIR_ENV])
+    if sqlite_path:
+        return Path(sqlite_path).resolve().parent / DEFAULT_LOG_DIR
+    return Path(DEFAULT_LOG_DIR).resolve()
+
+
+class SweepServers:
+    """Makes each server config's ServerProcess for one sweep and remembers the one running."""
+
+    def __init__(self, spec: SweepSpec, sweep_id: int, logs: Path) -> None:
+        self.spec = spec
+        self.dir = logs / f"sweep-{sweep_id}"
+        self.current: ServerProcess | None = None
+        self.version: str | None = None
+        self.failures: list[str] = []  # one line per failed start, for the command's exit
+
+    @property
+    def name(self) -> str:
+        return self.spec.engine or "server"
+
+    def process(self, config: TrialConfig) -> ServerProcess:
+        """A (not yet started) server for `config`, logging to a new file of its own."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", config.server_label)
+        log = self.dir / f"{stamp}-{slug}-{os.getpid()}.log"
+        argv_for = None
+        if self.spec.engine is not None:
+            engine = preset(self.spec.engine)
+            engine.check_available(self.spec.engine_python)  # a resumed sweep may run elsewhere
+            model, python, args = self.spec.model, self.spec.engine_python, self.spec.engine_args
+
+            def argv_for(port: int) -> list[str]:
+                return engine.command(model, config, port, python, args)
+        self.current = ServerProcess(self.spec.server_cmd, config, self.spec.server_timeout_s,
+                                     argv_for=argv_for, env=self.spec.engine_env, log_path=log,
+                                     label=f"{self.name} server for {config.server_label}")
+        self.version = None
+        return self.current
+
+    def started(self, version: str | None) -> None:
+        """The running server answered; `version` is what it says of itself (GET /version)."""
+        self.version = version
+
+    def died(self) -> bool:
+        """Whether the server started last is no longer running."""
+        return self.current is not None and self.current.proc is not None and not self.current.is_alive()
+
+    def death_note(self, completed: int | None = None, total: int | None = None) -> str:
+        """Why a trial failed when its server exited under it, in one line."""
+        server = self.current
+        assert server is not None
+        cause = root_cause(server.log_text())
+        counts = "" if completed is None else f" ({completed} of {total} requests completed)"
+        return "; ".join(p for p in (
+            f"the {self.name} server exited with code {server.exit_code} during the trial{counts}",
+            cause, f"log: {server.log_path}") if p)
+
+    def launch_facts(self) -> dict:
+        """What a trial records of the server it ran on (details["provenance"])."""
+        server = self.current
+        if server is None:
+            return {}
+        return {"engine": {"name": self.name, "version": self.version, "command": server.command},
+                "server_start_s": None if server.start_s is None else round(server.start_s, 3),
+                "server_log": str(server.log_path)}

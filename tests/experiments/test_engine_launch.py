@@ -1,0 +1,134 @@
+"""How tradeoff launches a real engine: argv and environment, the extra arguments it refuses, the
+one-line start failures read from real vLLM logs, and what a trial records of its server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.records import TrialConfig
+from experiments.engine_logs import fix_for, root_cause, start_failure, strip_prefix
+from experiments.engines import EngineUnavailableError, check_launch, preset
+from experiments.grid import GridError, parse_spec
+from experiments.server_metrics import hit_rate
+from experiments.servers import LOG_DIR_ENV, SweepServers, log_root
+
+LOGS = Path(__file__).parent / "logs"
+C16 = TrialConfig("continuous", 16, 0.0, concurrency=4)
+BUDGET = TrialConfig("continuous", 4, 0.0, concurrency=4, max_num_batched_tokens=256)
+
+
+def test_vllm_from_another_environment_runs_its_module_with_the_model_as_a_flag():
+    argv = preset("vllm").command("/m", BUDGET, 8001, python="/venv/bin/python",
+                                  extra_args=["--dtype", "float32"])
+    assert argv == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m",
+                    "--host", "127.0.0.1", "--port", "8001", "--max-num-seqs", "4",
+                    "--max-num-batched-tokens", "256", "--enable-chunked-prefill",
+                    "--dtype", "float32"]
+
+
+def test_without_a_python_the_preset_keeps_its_own_command_and_extras_go_last():
+    argv = preset("vllm").command("/m", C16, 9, extra_args=["--enforce-eager"])
+    assert argv[:3] == ["vllm", "serve", "/m"] and argv[-1] == "--enforce-eager"
+    sglang = preset("sglang").command("/m", C16, 9, python="/py")
+    assert sglang[:5] == ["/py", "-m", "sglang.launch_server", "--model-path", "/m"]
+
+
+@pytest.mark.parametrize("args, owner", [
+    (["--max-num-seqs", "8"], "--batch-sizes"),
+    (["--max-num-batched-tokens=512"], "--max-num-batched-tokens"),
+    (["--port", "1"], "where it listens"),
+])
+def test_extra_arguments_may_not_set_what_the_grid_sets(args: list[str], owner: str):
+    with pytest.raises(ValueError, match=f"set by tradeoff.*{owner}"):
+        preset("vllm").check_extra_args(args)
+
+
+def test_launch_settings_need_a_server_that_takes_them():
+    with pytest.raises(ValueError, match="engine_args: extra arguments go to an --engine"):
+        check_launch(None, True, ["--x"], {}, None)
+    with pytest.raises(ValueError, match="engine_python"):
+        check_launch(None, True, [], {}, "/py")
+    with pytest.raises(ValueError, match="engine_env: only a server tradeoff starts"):
+        check_launch(None, False, [], {"A": "1"}, None)
+    with pytest.raises(ValueError, match="'A-B' is not a variable name"):
+        check_launch("vllm", True, [], {"A-B": "1"}, None)
+    check_launch(None, True, [], {"A": "1"}, None)  # a --server-cmd server takes an environment
+
+
+def test_the_spec_refuses_bad_launch_settings_in_one_line():
+    base = {"concurrency": [1], "policies": ["continuous"], "max_wait_ms": [0], "engine": "vllm"}
+    with pytest.raises(GridError, match="--max-num-seqs is set by tradeoff"):
+        parse_spec({**base, "engine_args": ["--max-num-seqs", "2"]})
+    spec = parse_spec({**base, "engine_env": {"VLLM_CPU_KVCACHE_SPACE": "1"}, "engine_python": "/py"})
+    assert spec.engine_env == {"VLLM_CPU_KVCACHE_SPACE": "1"} and spec.engine_python == "/py"
+
+
+def test_engine_python_must_exist_and_import_the_engine(tmp_path: Path):
+    with pytest.raises(EngineUnavailableError, match="no such executable"):
+        preset("vllm").check_available(str(tmp_path / "python"))
+    with pytest.raises(EngineUnavailableError, match="cannot import 'vllm'; install it there"):
+        preset("vllm").check_available(sys.executable)  # this environment has no vllm
+    with pytest.raises(EngineUnavailableError, match="a binary"):
+        preset("llamacpp").check_available(sys.executable)
+
+
+def test_vllms_cpu_memory_failure_names_its_cause_and_the_variable_that_fixes_it():
+    log = (LOGS / "vllm_cpu_memory.log").read_text()
+    cause = root_cause(log)
+    assert cause is not None and cause.startswith("ValueError: Available memory on node 0")
+    assert "See root cause above" not in cause  # vLLM's own last line is only a wrapper
+    line = start_failure("vllm server for continuous/b4/w0ms", 1, log, "/logs/x.log")
+    assert "\n" not in line
+    assert line.startswith("vllm server for continuous/b4/w0ms exited with code 1; ValueError")
+    assert "fix: give the CPU KV cache a size: --engine-env VLLM_CPU_KVCACHE_SPACE=GiB" in line
+    assert line.endswith("log: /logs/x.log")
+
+
+def test_a_bad_argument_is_argparses_line():
+    log = (LOGS / "vllm_bad_argument.log").read_text()
+    assert root_cause(log) == "error: unrecognized arguments: --bogus-flag"
+    assert fix_for(root_cause(log)).startswith("fix --engine-args")
+
+
+def test_a_silent_hang_says_how_long_it_waited_and_what_to_raise():
+    line = start_failure("s", None, "# argv\nloading weights\n", "/l", timeout_s=90)
+    assert line == ("s did not answer /health within 90 s; last output: loading weights; "
+                    "fix: give it longer with --server-timeout SECONDS; log: /l")
+    assert "it printed nothing" in start_failure("s", 3, "", "/l")
+
+
+def test_log_prefixes_are_stripped():
+    line = "(VllmWorker-0 pid=3641) ERROR 12-06 06:59:04 [multiproc_executor.py:953] ValueError: x"
+    assert strip_prefix(line) == "ValueError: x"
+
+
+def test_logs_go_beside_a_sqlite_store_unless_told(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv(LOG_DIR_ENV, raising=False)
+    assert log_root(str(tmp_path / "t.db")) == tmp_path / "tradeoff-logs"
+    monkeypatch.setenv(LOG_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert log_root(None) == tmp_path / "elsewhere"
+
+
+def test_a_trial_records_its_servers_command_version_start_time_and_log(tmp_path: Path):
+    spec = parse_spec({"concurrency": [1], "server_cmd": "srv --port {port} --bs {batch_size}",
+                       "engine_env": {"K": "v w"}})
+    servers = SweepServers(spec, 7, tmp_path)
+    assert servers.launch_facts() == {}  # nothing started yet
+    server = servers.process(C16)
+    server.start_s = 12.3456
+    servers.started("1.2.3")
+    facts = servers.launch_facts()
+    assert facts["engine"] == {"name": "server", "version": "1.2.3",
+                               "command": f"K='v w' srv --port {server.port} --bs 16"}
+    assert facts["server_start_s"] == 12.346
+    assert Path(facts["server_log"]).parent == tmp_path / "sweep-7"
+    assert not servers.died()  # never started: not dead either
+
+
+def test_prefix_cache_hit_rate_is_hits_over_queries_and_unknown_without_queries():
+    assert hit_rate({"prefix_cache_queries": 200.0, "prefix_cache_hits": 50.0}) == 0.25
+    assert hit_rate({"prefix_cache_queries": 0.0, "prefix_cache_hits": 0.0}) is None
+    assert hit_rate({}) is None
