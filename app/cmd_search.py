@@ -16,6 +16,7 @@ from app.cmd_sweep import (
     open_store,
     progress_printer,
     record_server,
+    starts_note,
 )
 from app.engine_options import (
     ENGINE_ARGS,
@@ -156,13 +157,16 @@ def create_search(db: str | None, spec, prof) -> tuple[int, Any, Any]:
     even a new db file): (sweep id, target, store)."""
     from app.preflight import existing_store
     from experiments.estimate import estimate_search_s
+    from experiments.servers import recorded_starts
     from experiments.sweep import create_sweep, local_target_for
 
     store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
     budget = f"budget {spec.search.budget_s / 60:g} min"
     if spec.is_external:  # the target answers (or the template is sound), the tokenizer loads
         spec = check_external(spec)  # a bare --target's spec names the model it serves
-        target, estimate = None, "no estimate (an external server's speed is unknown until measured)"
+        starts = recorded_starts(store, spec) if store is not None and spec.starts_servers else []
+        target, estimate = None, ("no estimate of its trials (an external server's speed is unknown "
+                                  f"until measured){starts_note(spec, starts)}")
     else:
         # The model first: a bad name is one line of stderr (exit 2), before any progress output.
         target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written

@@ -171,6 +171,7 @@ def _create(db: str | None, data: dict[str, Any]):
     from experiments.estimate import estimate_sweep_s
     from experiments.grid import parse_spec
     from experiments.profiles import load_profile
+    from experiments.servers import recorded_starts
     from experiments.sweep import create_sweep, local_target_for, sweep_profile
 
     spec = parse_spec(data)
@@ -188,10 +189,24 @@ def _create(db: str | None, data: dict[str, Any]):
     store = store or open_store(db)
     sweep_id = create_sweep(store, spec, prof)
     record_server(store, sweep_id, spec)
-    est = estimate_sweep_s(spec, prof)
-    print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min "
-          f"(db: {store.display_url})", file=sys.stderr)
+    starts = recorded_starts(store, spec) if spec.starts_servers else []
+    est = estimate_sweep_s(spec, prof, starts)
+    print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min"
+          f"{starts_note(spec, starts)} (db: {store.display_url})", file=sys.stderr)
     return store, sweep_id, target
+
+
+def starts_note(spec, measured: list[float]) -> str:
+    """`, of which 6 server starts of ~75 s (a prior for vllm)`, or "" when none start."""
+    from experiments.estimate import server_starts, start_s_of
+
+    n = server_starts(spec)
+    if not n:
+        return ""
+    source = f"the mean of {len(measured)} measured before" if measured else \
+        f"a prior for {spec.engine or '--server-cmd'}, until one is measured"
+    each = start_s_of(spec, measured)
+    return f", of which {n} server start{'s' if n > 1 else ''} of ~{each:.0f} s ({source})"
 
 
 def _check_ray(spec) -> None:

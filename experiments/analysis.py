@@ -14,7 +14,7 @@ from db.store import Store, SweepRecord
 from experiments.answer import SLORule, rules_for
 from experiments.capacity import ConfigCapacity, plan_of, run_search
 from experiments.export import export_config
-from experiments.grid import SweepSpec
+from experiments.grid import SweepSpec, server_key
 from experiments.grid_capacity import read_levels
 from experiments.metrics import meets_slos
 from experiments.predict import GENERIC, PRIORS, fit_cost_model, predict_points, stored_steps
@@ -140,8 +140,23 @@ def export_provenance(sweep: SweepRecord) -> dict:
 
 
 def export_analysis(analysis: SweepAnalysis, fmt: str) -> str:
-    """The recommended config of `analysis` rendered as `fmt`."""
-    return export_config(analysis.recommendation, fmt, export_provenance(analysis.sweep))
+    """The recommended config of `analysis` rendered as `fmt`, naming the server it ran on."""
+    provenance = {**export_provenance(analysis.sweep),
+                  "engine": measured_server(analysis.trials, analysis.recommendation.config)}
+    return export_config(analysis.recommendation, fmt, provenance)
+
+
+def measured_server(trials: list[TrialRecord], config: TrialConfig | None) -> dict | None:
+    """The server a config's trials ran on ({name, version, command}: a started engine's, as
+    recorded in each trial's provenance), or None (tradeoff's own engine, or a bare target)."""
+    if config is None:
+        return None
+    key = server_key(config)
+    for trial in trials:
+        engine = ((trial.details or {}).get("provenance") or {}).get("engine")
+        if trial.status == "done" and engine and server_key(trial.config) == key:
+            return engine
+    return None
 
 
 def is_search(sweep: SweepRecord) -> bool:

@@ -42,6 +42,9 @@ class EnginePreset:
     counters: dict[str, tuple[str, ...]] = field(default_factory=dict)  # deltas over a trial
     # Flags tradeoff sets from the grid (and host/port): --engine-args may not set them.
     owned_flags: tuple[str, ...] = ()
+    # Seconds from launch to /health, for estimates before any start was measured (vLLM on a
+    # 2-core CPU: ~75 s with torch.compile, ~35 s with --enforce-eager; GPUs: 30-120 s).
+    start_prior_s: float = 60.0
 
     def check_available(self, python: str | None = None) -> None:
         """EngineUnavailableError unless the server can be started from here (with `python`:
@@ -155,7 +158,8 @@ PRESETS: dict[str, EnginePreset] = {
         counters={"prefix_cache_queries": ("vllm:prefix_cache_queries_total",),
                   "prefix_cache_hits": ("vllm:prefix_cache_hits_total",),
                   "preemptions": ("vllm:num_preemptions_total",)},
-        owned_flags=("--model", "--host", "--port", "--max-num-seqs", "--max-num-batched-tokens")),
+        owned_flags=("--model", "--host", "--port", "--max-num-seqs", "--max-num-batched-tokens"),
+        start_prior_s=75.0),
     "sglang": EnginePreset(
         "sglang", "python3", "sglang", "pip install 'sglang[all]'", _sglang,
         {"running": ("sglang:num_running_reqs",), "waiting": ("sglang:num_queue_reqs",),
@@ -173,7 +177,7 @@ PRESETS: dict[str, EnginePreset] = {
         "llamacpp", "llama-server", None, "llama.cpp's llama-server binary on PATH", _llamacpp,
         {"running": ("llamacpp:requests_processing",), "waiting": ("llamacpp:requests_deferred",),
          "kv_usage": ("llamacpp:kv_cache_usage_ratio",)},
-        owned_flags=("-m", "--host", "--port", "--parallel", "--batch-size")),
+        owned_flags=("-m", "--host", "--port", "--parallel", "--batch-size"), start_prior_s=10.0),
 }
 
 
@@ -215,3 +219,11 @@ def check_launch(engine: str | None, starts_servers: bool, args: list[str], env:
         raise ValueError(f"engine_env: {bad!r} is not a variable name; use NAME=VALUE")
     if engine is not None:
         preset(engine).check_extra_args(args)
+
+
+SERVER_CMD_START_PRIOR_S = 30.0  # a --server-cmd server: unknown, a middling guess until measured
+
+
+def start_prior_s(engine: str | None) -> float:
+    """Seconds a server start is assumed to take before one was measured."""
+    return SERVER_CMD_START_PRIOR_S if engine is None else preset(engine).start_prior_s

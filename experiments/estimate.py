@@ -15,7 +15,8 @@ from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
 from experiments.capacity import run_search, uses_prediction
 from experiments.capacity_plan import calibration_probe, make_plan, simulated_measure
-from experiments.grid import SweepSpec
+from experiments.engines import start_prior_s
+from experiments.grid import SweepSpec, server_key
 from experiments.metrics import latency_samples, summarize
 from experiments.predict import GENERIC, PER_TRIAL_OVERHEAD_S, PRIORS, simulate_records
 from experiments.profiles import SLO_METRICS, Profile, ProfileError, resolve_slos
@@ -32,8 +33,23 @@ def simulate_trial_s(config: TrialConfig, profile: Profile, num_requests: int, c
     return max((r.done_s or 0.0 for r in measured or background), default=0.0)
 
 
-def estimate_sweep_s(spec: SweepSpec, profile: Profile) -> float:
-    """Estimated seconds for the whole sweep: model load plus every simulated trial."""
+def server_starts(spec: SweepSpec) -> int:
+    """How many servers a sweep starts: one per server config (0 when it starts none)."""
+    if not spec.starts_servers:
+        return 0
+    configs = spec.knob_configs() if spec.search is not None else spec.trial_configs()
+    return len({server_key(c) for c in configs})
+
+
+def start_s_of(spec: SweepSpec, measured: list[float]) -> float:
+    """Seconds per server start: the mean of starts measured before (same engine and model),
+    else the engine's prior."""
+    return sum(measured) / len(measured) if measured else start_prior_s(spec.engine)
+
+
+def estimate_sweep_s(spec: SweepSpec, profile: Profile, measured_starts: list[float] = ()) -> float:
+    """Estimated seconds for the whole sweep: model load or server starts, plus every simulated
+    trial."""
     cost = PRIORS.get(spec.model, GENERIC)
     # Repetitions differ only in seed: simulate each config once and multiply.
     configs = [c for c in spec.trial_configs() if c.repetition == 0]
@@ -46,7 +62,9 @@ def estimate_sweep_s(spec: SweepSpec, profile: Profile) -> float:
     workers = 1
     if spec.executor == "ray" and spec.ray_address is None:
         workers = max(1, len(os.sched_getaffinity(0)) // spec.ray_cpus_per_trial)
-    return MODEL_LOAD_S * loads + (trial_s + PER_TRIAL_OVERHEAD_S * len(configs)) * spec.repetitions / workers
+    starts = server_starts(spec)
+    setup_s = starts * start_s_of(spec, list(measured_starts)) if starts else MODEL_LOAD_S * loads
+    return setup_s + (trial_s + PER_TRIAL_OVERHEAD_S * len(configs)) * spec.repetitions / workers
 
 
 def _adaptive_targets(configs: list[TrialConfig], profile: Profile, cost: CostModel,

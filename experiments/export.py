@@ -51,12 +51,20 @@ from experiments.export_scale import (
     triton_instances,
     vllm_flags,
 )
+from experiments.export_server import (
+    RELAUNCH_PORT,
+    measured_on,
+    relaunch_command,
+    vllm_budget_note,
+    vllm_wait_note,
+)
 from experiments.provenance import batches_by_itself, is_server
 from experiments.recommend import Recommendation, config_to_dict, fmt_value, latency_label
 
 FORMATS: tuple[str, ...] = ("json", "yaml", "vllm", "triton", "ray-serve", "torchserve")
 PROVENANCE_KEYS: tuple[str, ...] = (
     "model", "device", "sweep_id", "date", "profile", "tradeoff_version",
+    "engine",  # {name, version, command} of a server tradeoff started (None: its own engine)
 )
 _REQUIRED_PROVENANCE = PROVENANCE_KEYS[:4]  # profile and version may be unknown (None)
 SCHEMA_VERSION = 1
@@ -200,9 +208,7 @@ def _expected_note(rec: Recommendation, provenance: dict) -> str:
              if (v := rec.metrics.get(key)) is not None]
     runs = f"mean of {n} runs" if n > 1 else "1 run"
     load = _load_words(_config(rec))
-    device = provenance["device"]
-    engine = device if is_server(device) else "tradeoff's engine"
-    return f"expected ({runs} on {engine}, {load}): {', '.join(parts)}."
+    return f"expected ({runs} on {measured_on(provenance)}, {load}): {', '.join(parts)}."
 
 
 def _slo_note(check: dict) -> str:
@@ -232,8 +238,8 @@ def _render_vllm(rec: Recommendation, provenance: dict) -> str:
     notes = [*_common_notes(rec, provenance, "vLLM"),
              f"--max-num-seqs {c.batch_size}: the most sequences vLLM runs in one iteration, "
              "tradeoff's max batch size.",
-             _vllm_wait_note(c.max_wait_ms),
-             _vllm_budget_note(c.max_num_batched_tokens, is_server(provenance["device"])),
+             vllm_wait_note(c.max_wait_ms),
+             vllm_budget_note(c.max_num_batched_tokens, is_server(provenance["device"])),
              f"The load ({_load_words(c)}) is a client-side setting; vLLM has no flag for it."]
     if c.policy != "continuous":
         notes.append("policy static has no vLLM equivalent: vLLM always batches continuously "
@@ -245,22 +251,13 @@ def _render_vllm(rec: Recommendation, provenance: dict) -> str:
     chunked = "" if budget is None else f" --max-num-batched-tokens {budget} --enable-chunked-prefill"
     dp_flag, dp_notes = vllm_flags(c)
     notes.extend(dp_notes)
+    started = provenance.get("engine")
+    if started and started.get("name") == "vllm" and started.get("command"):
+        notes.append(f"the command measured: {started['command']}. Below it is again, listening "
+                     f"on port {RELAUNCH_PORT}.")
+        return _comments(notes) + relaunch_command(started["command"]) + "\n"
     return (_comments(notes)
             + f"vllm serve {shlex.quote(model)} --max-num-seqs {c.batch_size}{chunked}{dp_flag}\n")
-
-
-def _vllm_budget_note(budget: int | None, on_server: bool) -> str:
-    if budget is not None:
-        return (f"--max-num-batched-tokens {budget} --enable-chunked-prefill: the most tokens one "
-                "step processes, long prompts prefilled in chunks next to running decodes, as "
-                "tradeoff measured.")
-    if on_server:  # an --engine / --server-cmd run: the server's default, not tradeoff's prefill
-        return ("No prefill token budget was set, so the server measured used its own default "
-                "(vLLM's V1 engine always chunks prefills): set --max-num-batched-tokens to pin it.")
-    return ("No prefill token budget was measured (tradeoff prefilled whole prompts in a step of "
-            "their own). vLLM's V1 engine always chunks prefills, with its own default budget: "
-            "set --max-num-batched-tokens at least the longest prompt to come near, or re-measure "
-            "with tradeoff's --max-num-batched-tokens.")
 
 
 def _budget_notes(config: TrialConfig, server: str, nearest: str | None = None) -> list[str]:
@@ -270,15 +267,6 @@ def _budget_notes(config: TrialConfig, server: str, nearest: str | None = None) 
     near = f" {nearest}" if nearest else ""
     return [f"max_num_batched_tokens {config.max_num_batched_tokens} (chunked prefill) has no "
             f"equivalent in {server}: it runs each batch's prompts whole.{near}"]
-
-
-def _vllm_wait_note(wait_ms: float) -> str:
-    if wait_ms == 0:
-        return "max_wait_ms 0 matches vLLM's default: waiting requests join at every step."
-    return (f"max_wait_ms {wait_ms:g} has no equivalent among vLLM's stable flags: vLLM admits "
-            "waiting requests at every step. The nearest analogue, --scheduler-delay-factor "
-            "(older, V0-engine releases), delays new prompts by a multiple of the previous "
-            "prompt's latency rather than a fixed time, so it is not set here.")
 
 
 def _render_triton(rec: Recommendation, provenance: dict) -> str:

@@ -38,6 +38,7 @@ class SearchRunner(SweepRunner):
     _calibrating: TrialConfig | None = None
     _num_finished = 0  # searches finished at the last revision
     _judged_by: list[SLO] | None = None  # the SLOs trials are judged against (for refitted predictions)
+    _server_key: tuple | None = None  # the server config running now
 
     def _run_all(self) -> str:
         search = self.spec.search
@@ -64,6 +65,7 @@ class SearchRunner(SweepRunner):
                         raise
                     self.fail_start([config], str(exc))  # this config ends here; the others go on
                     return None
+                self._server_key = server_key(config)
                 self._run_one(target, config, config_slos)
                 stored = [t for t in self.store.list_trials(self.sweep_id) if t.config == config]
                 return sample_of(stored[0]) if stored else None  # none: stopped mid-trial
@@ -133,6 +135,8 @@ class SearchRunner(SweepRunner):
         if config.rate is not None:
             span = (self.spec.requests_for(config) + self.profile.warmup_requests) / config.rate
             expected = max(expected, span)
+        if self.spec.starts_servers and server_key(config) != self._server_key:
+            expected += self.servers.mean_start_s()  # its server must start first
         if spent + expected > self.spec.search.budget_s:
             self.budget_spent = True
             return False

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from common.records import TrialConfig
+from db.store import Store
 from experiments.engine_logs import root_cause
-from experiments.engines import preset
+from experiments.engines import preset, start_prior_s
 from experiments.external import ServerProcess
 from experiments.grid import SweepSpec
 
@@ -42,6 +43,7 @@ class SweepServers:
         self.current: ServerProcess | None = None
         self.version: str | None = None
         self.failures: list[str] = []  # one line per failed start, for the command's exit
+        self.start_times: list[float] = []  # seconds each start this run took to answer
 
     @property
     def name(self) -> str:
@@ -69,6 +71,14 @@ class SweepServers:
     def started(self, version: str | None) -> None:
         """The running server answered; `version` is what it says of itself (GET /version)."""
         self.version = version
+        if self.current is not None and self.current.start_s is not None:
+            self.start_times.append(self.current.start_s)
+
+    def mean_start_s(self) -> float:
+        """Seconds a start took on average this run (the engine's prior before the first)."""
+        if not self.start_times:
+            return start_prior_s(self.spec.engine)
+        return sum(self.start_times) / len(self.start_times)
 
     def died(self) -> bool:
         """Whether the server started last is no longer running."""
@@ -92,3 +102,18 @@ class SweepServers:
         return {"engine": {"name": self.name, "version": self.version, "command": server.command},
                 "server_start_s": None if server.start_s is None else round(server.start_s, 3),
                 "server_log": str(server.log_path)}
+
+
+def recorded_starts(store: Store, spec: SweepSpec, max_sweeps: int = 5) -> list[float]:
+    """Server start times measured by the latest earlier sweeps that started the same server
+    (same engine or template, same model), one per start (a start's trials share it)."""
+    starts: dict[str, float] = {}
+    matching = [s for s in store.list_sweeps()
+                if (s.grid.get("engine"), s.grid.get("server_cmd"), s.model)
+                == (spec.engine, spec.server_cmd, spec.model)]
+    for sweep in matching[:max_sweeps]:
+        for trial in store.list_trials(sweep.id):
+            where = (trial.details or {}).get("provenance") or {}
+            if where.get("server_start_s") is not None:
+                starts[str(where.get("server_log"))] = float(where["server_start_s"])
+    return list(starts.values())

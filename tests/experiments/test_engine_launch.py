@@ -132,3 +132,36 @@ def test_prefix_cache_hit_rate_is_hits_over_queries_and_unknown_without_queries(
     assert hit_rate({"prefix_cache_queries": 200.0, "prefix_cache_hits": 50.0}) == 0.25
     assert hit_rate({"prefix_cache_queries": 0.0, "prefix_cache_hits": 0.0}) is None
     assert hit_rate({}) is None
+
+
+def test_the_measured_command_relaunches_on_a_fixed_port_with_its_environment():
+    from experiments.export_server import relaunch_command
+
+    measured = "K='v w' VLLM_CPU_KVCACHE_SPACE=1 /py -m vllm.x --model '/m dir' --port 41234 --dtype float32"
+    assert relaunch_command(measured, 8000) == (
+        "K='v w' VLLM_CPU_KVCACHE_SPACE=1 /py -m vllm.x --model '/m dir' --port 8000 --dtype float32")
+
+
+def test_exports_name_the_started_engine_as_where_figures_came_from():
+    from experiments.export_server import measured_on
+
+    started = {"name": "vllm", "version": "0.32.0", "command": "x"}
+    assert measured_on({"engine": started, "device": "server"}) == "vllm 0.32.0 (started by tradeoff)"
+    assert measured_on({"engine": None, "device": "cpu"}) == "tradeoff's engine"
+
+
+def test_the_server_a_config_ran_on_is_read_from_its_trials():
+    from common.records import TrialRecord
+    from experiments.analysis import measured_server
+
+    engine = {"name": "vllm", "version": "0.32.0", "command": "c16"}
+    other = TrialConfig("continuous", 4, 0.0, concurrency=4)
+
+    def trial(config: TrialConfig, status: str, details: dict) -> TrialRecord:
+        return TrialRecord(1, 1, config, status, {}, details=details)
+
+    trials = [trial(other, "done", {"provenance": {"engine": {**engine, "command": "c4"}}}),
+              trial(C16, "failed", {}), trial(TrialConfig("continuous", 16, 0.0, concurrency=8),
+                                              "done", {"provenance": {"engine": engine}})]
+    assert measured_server(trials, C16) == engine  # the same server config at another load
+    assert measured_server(trials, None) is None
