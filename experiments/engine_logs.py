@@ -25,8 +25,8 @@ HINTS: tuple[tuple[str, str], ...] = (
     ("No module named", "pass --engine-python PY of the environment the engine is installed in"),
     ("out of memory", "lower --gpu-memory-utilization or --max-model-len through --engine-args"),
     ("Address already in use", "another process holds the port; retry, or stop it"),
-    ("max_num_batched_tokens", "raise --max-num-batched-tokens to at least the model's length, "
-                               "or add --max-model-len to --engine-args"),
+    ("max_num_batched_tokens (", "give --max-num-batched-tokens values no smaller than the batch "
+                                 "sizes they are paired with"),
 )
 
 
@@ -41,12 +41,21 @@ def root_cause(log: str) -> str | None:
     for line in lines:
         if match := _ARGPARSE.match(line):
             return _short(f"error: {match.group(1)}")
-    causes = [line for line in lines if _EXCEPTION.match(line)]
-    real = [line for line in causes if not any(w in line for w in _WRAPPERS)]
+    causes = [i for i, line in enumerate(lines) if _EXCEPTION.match(line)]
+    real = [i for i in causes if not any(w in lines[i] for w in _WRAPPERS)]
     if real or causes:
-        return _short((real or causes)[0])
+        first = (real or causes)[0]
+        return _short(lines[first] + _validation_detail(lines, first))
     said = [line for line in lines if line and not line.startswith("# ")]  # "# argv" is ours
     return _short(f"last output: {said[-1]}") if said else None
+
+
+def _validation_detail(lines: list[str], at: int) -> str:
+    """pydantic's "N validation error for X" says what was wrong on the line after it."""
+    if "validation error" not in lines[at] or at + 1 >= len(lines):
+        return ""
+    detail = lines[at + 1].split(" [type=")[0]
+    return f": {detail}"
 
 
 def fix_for(cause: str) -> str | None:

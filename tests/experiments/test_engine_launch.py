@@ -165,3 +165,10 @@ def test_the_server_a_config_ran_on_is_read_from_its_trials():
                                               "done", {"provenance": {"engine": engine}})]
     assert measured_server(trials, C16) == engine  # the same server config at another load
     assert measured_server(trials, None) is None
+
+
+def test_a_pydantic_validation_failure_says_which_value_was_wrong():
+    log = (LOGS / "vllm_budget_below_batch.log").read_text()
+    line = start_failure("vllm server for continuous/b4/w0ms/t2", 1, log, "/l")
+    assert "max_num_batched_tokens (2) must be greater than or equal to max_num_seqs (4)" in line
+    assert "fix: give --max-num-batched-tokens values no smaller than the batch sizes" in line

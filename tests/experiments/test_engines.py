@@ -56,7 +56,8 @@ def test_engine_excludes_a_server_command():
 
 def test_a_missing_engine_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    needle = r"'vllm' is not on PATH; install it \(pip install vllm; on a CPU: .ci/vllm.sh\), or pass --engine-python"
+    needle = (r"'vllm' is not on PATH; install it \(pip install vllm; on a CPU: .ci/vllm.sh\), "
+              "or pass --engine-python")
     with pytest.raises(EngineUnavailableError, match=needle):
         preset("vllm").check_available()
 
