@@ -14,7 +14,7 @@ from app.output import print_json, print_pairs
 from app.parsing import parse_budget
 from common.records import LATENCY_METRICS, SLO, TrialConfig, config_to_dict
 from engine.config import EngineConfig, SchedulerConfig
-from engine.routing import DEFAULT_ROUTER, check_replicas
+from engine.routing import DEFAULT_ROUTER, ROUTERS, check_replicas
 from experiments.answer import SLORule, rules_for
 from experiments.profiles import load_profile, needs_baseline, resolve_slos
 
@@ -141,7 +141,7 @@ def trial(
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     replicas: int = typer.Option(1, "--replicas", help="engine replicas (processes) behind a router"),
     router: str | None = typer.Option(
-        None, "--router", help="round_robin | least_outstanding | power_of_two (with --replicas > 1)"),
+        None, "--router", help=f"{' | '.join(ROUTERS)} (with --replicas > 1)"),
 ) -> None:
     """Run one trial: one batching config at one load level."""
     if target is not None:

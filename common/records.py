@@ -14,7 +14,8 @@ STATS: tuple[str, ...] = ("p50", "p90", "p95", "p99", "mean")
 # Latency metrics, all in milliseconds; every one is reported at every stat in STATS.
 LATENCY_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_wait_ms", "service_ms")
 # Short router names for labels (`x2lo` = 2 replicas behind least_outstanding).
-ROUTER_ABBREV: dict[str, str] = {"round_robin": "rr", "least_outstanding": "lo", "power_of_two": "p2"}
+ROUTER_ABBREV: dict[str, str] = {"round_robin": "rr", "least_outstanding": "lo", "power_of_two": "p2",
+                                  "prefix_affinity": "pa"}
 THROUGHPUT_METRICS: tuple[str, ...] = (
     "requests_per_s", "output_tokens_per_s", "total_tokens_per_s", "goodput_rps",
 )
@@ -38,6 +39,11 @@ class RequestRecord:
     num_prompt_tokens: int
     num_output_tokens: int
     error: str | None = None
+    # Session workloads: which conversation the request belongs to and its turn (1 = first).
+    session_id: int | None = None
+    turn: int | None = None
+    # Prompt tokens the server served from its prefix cache; None where the target does not say.
+    num_cached_tokens: int | None = None
 
     @property
     def is_ok(self) -> bool:
@@ -69,7 +75,7 @@ class TrialConfig:
     repetition: int = 0
     max_num_batched_tokens: int | None = None  # prefill token budget per step; None = no chunking
     replicas: int = 1  # engine replicas behind a router, measured as one target
-    router: str | None = None  # "round_robin" | "least_outstanding" | "power_of_two"; None for 1 replica
+    router: str | None = None  # one of engine.routing.ROUTERS; None for 1 replica
     speedup: float | None = None  # trace replay: time scale of the trace's arrivals (the load axis)
 
     @property
@@ -154,6 +160,9 @@ class TrialMetrics:
     client_bound_reason: str | None = None
     client_lag_ms: ClientLag | None = None
     roofline_fraction: Roofline | None = None
+    # Cached / all prompt tokens of the measured requests whose target reported cached tokens;
+    # None when none did (unknown, never 0 by default).
+    prefix_cache_hit_rate: float | None = None
     # JSON-ready extras stored whole, not as columns; keys by convention: "timeseries", "trace",
     # "provenance", "client", "prediction".
     details: dict = field(default_factory=dict)

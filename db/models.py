@@ -167,6 +167,8 @@ class TrialModel(Base):
     router: Mapped[str | None] = mapped_column(String(CODE_LEN))
     speedup: Mapped[float | None]
     details_json: Mapped[str | None] = mapped_column(Text)
+    # Added in schema version 4 (a metric: TrialMetrics.flat() keeps this column order).
+    prefix_cache_hit_rate: Mapped[float | None]
 
 
 class RequestModel(Base):
@@ -190,6 +192,10 @@ class RequestModel(Base):
     itl_mean_ms: Mapped[float | None]
     itl_max_ms: Mapped[float | None]
     error: Mapped[str | None] = mapped_column(Text)
+    # Added in schema version 4: session workloads and prefix caching (NULL: none / unknown).
+    session_id: Mapped[int | None]
+    turn: Mapped[int | None]
+    num_cached_tokens: Mapped[int | None]
 
 
 class ProfileModel(Base):

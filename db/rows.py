@@ -69,6 +69,9 @@ class StoredRequest:
     itl_mean_ms: float | None
     itl_max_ms: float | None
     error: str | None
+    session_id: int | None = None  # schema version 4: session workloads
+    turn: int | None = None
+    num_cached_tokens: int | None = None  # None: the target did not say
 
     @property
     def is_ok(self) -> bool:
@@ -160,7 +163,8 @@ def request_row(trial_id: int, r: RequestRecord, origin_s: float) -> dict[str, A
         "done_ms": ms(r.done_s, origin_s),
         "itl_mean_ms": float(sum(gaps_ms) / len(gaps_ms)) if gaps_ms else None,
         "itl_max_ms": float(max(gaps_ms)) if gaps_ms else None,
-        "error": r.error,
+        "error": r.error, "session_id": plain(r.session_id), "turn": plain(r.turn),
+        "num_cached_tokens": plain(r.num_cached_tokens),
     }
 
 

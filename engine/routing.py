@@ -1,19 +1,31 @@
 """Request routers for N engine replicas: pure decisions over each replica's outstanding count.
 
 A router sees what a load balancer in front of replicas sees: how many requests it has sent to
-each replica that have not finished yet. No clock, no I/O: the simulator (virtual clock) and the
-real replica set (wall clock, processes) call the same code, so routing is tested exactly.
+each replica that have not finished yet, and (prefix_affinity) the prompt. No clock, no I/O: the
+simulator (virtual clock) and the real replica set (wall clock, processes) call the same code,
+so routing is tested exactly.
 """
 
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
 from engine.config import ConfigError
 
-ROUTERS: tuple[str, ...] = ("round_robin", "least_outstanding", "power_of_two")
+ROUTERS: tuple[str, ...] = ("round_robin", "least_outstanding", "power_of_two", "prefix_affinity")
+# prefix_affinity: prompts are matched in blocks of this many tokens (vLLM's KV block size).
+AFFINITY_BLOCK_TOKENS = 16
+# ... a match must cover at least this share of the prompt to count (SGLang's cache-aware
+# router uses 0.5): a shared system prompt alone must not pull every new session to one replica.
+MIN_MATCH_SHARE = 0.5
+# ... and the matched replica may have at most this many more outstanding requests than the
+# least loaded one, else the request goes there (a hot prefix must not starve the others).
+MAX_IMBALANCE = 8
+# ... block hashes remembered (least recently routed forgotten first).
+MAX_AFFINITY_BLOCKS = 1 << 16
 # When N > 1 replicas are asked for without a router: what vLLM's router and most LLM load
 # balancers do by default, and the one that keeps long requests from queueing short ones.
 DEFAULT_ROUTER = "least_outstanding"
@@ -22,8 +34,9 @@ DEFAULT_ROUTER = "least_outstanding"
 class Router(Protocol):
     """Picks the replica for the next request."""
 
-    def pick(self, outstanding: Sequence[int]) -> int:
-        """Index of the replica to send to, given each replica's outstanding requests."""
+    def pick(self, outstanding: Sequence[int], prompt_ids: Sequence[int] | None = None) -> int:
+        """Index of the replica to send to, given each replica's outstanding requests (and the
+        request's prompt, which only prefix-aware routers read)."""
         ...
 
 
@@ -33,7 +46,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def pick(self, outstanding: Sequence[int]) -> int:
+    def pick(self, outstanding: Sequence[int], prompt_ids: Sequence[int] | None = None) -> int:
         index = self._next % len(outstanding)
         self._next = index + 1
         return index
@@ -42,8 +55,8 @@ class RoundRobin:
 class LeastOutstanding:
     """The replica with the fewest outstanding requests; ties go to the lowest index."""
 
-    def pick(self, outstanding: Sequence[int]) -> int:
-        return min(range(len(outstanding)), key=lambda i: (outstanding[i], i))
+    def pick(self, outstanding: Sequence[int], prompt_ids: Sequence[int] | None = None) -> int:
+        return least_outstanding(outstanding)
 
 
 class PowerOfTwo:
@@ -56,11 +69,71 @@ class PowerOfTwo:
     def __init__(self, seed: int = 0) -> None:
         self._rng = random.Random(seed)
 
-    def pick(self, outstanding: Sequence[int]) -> int:
+    def pick(self, outstanding: Sequence[int], prompt_ids: Sequence[int] | None = None) -> int:
         if len(outstanding) == 1:
             return 0
         first, second = self._rng.sample(range(len(outstanding)), 2)
         return second if outstanding[second] < outstanding[first] else first
+
+
+class PrefixAffinity:
+    """The replica that last served the longest prefix of this prompt (its KV cache likely
+    still holds it), else the least outstanding. A session's next turn re-sends its history, so
+    it follows its earlier turns; requests sharing a long document follow each other too.
+
+    The prompt is matched in blocks of AFFINITY_BLOCK_TOKENS, each keyed by a hash of its tokens
+    and everything before it (as vLLM's prefix cache keys blocks). A match counts only if it
+    covers MIN_MATCH_SHARE of the prompt and its replica is at most MAX_IMBALANCE requests busier
+    than the least loaded one. Without a prompt it is least outstanding.
+    """
+
+    def __init__(self, block_tokens: int = AFFINITY_BLOCK_TOKENS,
+                 max_blocks: int = MAX_AFFINITY_BLOCKS) -> None:
+        self.block_tokens, self.max_blocks = block_tokens, max_blocks
+        self._owner: OrderedDict[int, int] = OrderedDict()  # block hash -> replica
+
+    def pick(self, outstanding: Sequence[int], prompt_ids: Sequence[int] | None = None) -> int:
+        fallback = least_outstanding(outstanding)
+        if not prompt_ids:
+            return fallback
+        hashes = block_hashes(prompt_ids, self.block_tokens)
+        index = self._matched(hashes, len(prompt_ids))
+        if index is None or index >= len(outstanding) or \
+                outstanding[index] - outstanding[fallback] > MAX_IMBALANCE:
+            index = fallback
+        self._remember(hashes, index)
+        return index
+
+    def _matched(self, hashes: list[int], num_tokens: int) -> int | None:
+        """The replica of the longest remembered prefix covering enough of the prompt."""
+        for depth in range(len(hashes), 0, -1):
+            if depth * self.block_tokens < MIN_MATCH_SHARE * num_tokens:
+                return None
+            owner = self._owner.get(hashes[depth - 1])
+            if owner is not None:
+                return owner
+        return None
+
+    def _remember(self, hashes: list[int], index: int) -> None:
+        for h in hashes:
+            self._owner[h] = index
+            self._owner.move_to_end(h)
+        while len(self._owner) > self.max_blocks:
+            self._owner.popitem(last=False)
+
+
+def least_outstanding(outstanding: Sequence[int]) -> int:
+    """The replica with the fewest outstanding requests; ties go to the lowest index."""
+    return min(range(len(outstanding)), key=lambda i: (outstanding[i], i))
+
+
+def block_hashes(prompt_ids: Sequence[int], block_tokens: int) -> list[int]:
+    """One hash per whole block of the prompt, each of its tokens and all blocks before it."""
+    out, prev = [], 0
+    for start in range(0, len(prompt_ids) - block_tokens + 1, block_tokens):
+        prev = hash((prev, tuple(prompt_ids[start:start + block_tokens])))
+        out.append(prev)
+    return out
 
 
 def check_replicas(num_replicas: int, router: str | None) -> None:
@@ -78,4 +151,6 @@ def make_router(name: str | None, seed: int = 0) -> Router:
         return LeastOutstanding()
     if name == "power_of_two":
         return PowerOfTwo(seed)
+    if name == "prefix_affinity":
+        return PrefixAffinity()
     return RoundRobin()

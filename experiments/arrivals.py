@@ -112,6 +112,8 @@ class TraceArrival(_Strict):
     length_scale: float = Field(default=1.0, gt=0)
     max_prompt_tokens: int | None = Field(default=None, ge=1)
     max_output_tokens: int | None = Field(default=None, ge=1)
+    # Tokens per block of a Mooncake trace's `hash_ids` (its block size: 512), before length_scale.
+    block_tokens: int = Field(default=512, ge=1)
 
     @property
     def label(self) -> str:

@@ -19,6 +19,7 @@ import aiohttp
 
 from engine.pacer import Pacer
 from experiments import sse
+from experiments.http_sessions import SessionJob, conversations
 
 MAX_CONNECTIONS = 4096  # far above any load level a sweep offers
 CONNECT_TIMEOUT_S = 30.0
@@ -51,10 +52,13 @@ class Job:
     index_stride: int
     users: list[list[int]] = field(default_factory=list)  # closed: each user's item positions
     offsets_s: list[float] = field(default_factory=list)  # open: each item's scheduled offset
+    sessions: SessionJob | None = None  # kind "sessions": conversations, bodies built as they go
 
 
 # One request's raw outcome, a tuple to pickle cheaply: (index, scheduled_s, sent_s,
-# chunk_times_s, usage_tokens, texts (only without usage), finish_reason, done_s, error).
+# chunk_times_s, usage_tokens, texts (without usage, or for sessions), finish_reason, done_s,
+# error, cached_tokens (usage.prompt_tokens_details.cached_tokens), prompt_tokens (usage's,
+# else for sessions the worker's count), session_id, turn).
 Raw = tuple
 
 
@@ -87,11 +91,15 @@ class WorkerClient:
     async def run(self, job: Job, on_measured_done: object) -> tuple[list[Raw], list[float]]:
         """Run `job`; call `on_measured_done()` once its measured items have ended."""
         self.is_stopping, out, lags = False, [], []
-        num_measured = sum(job.is_measured)
+        sessions = job.sessions
+        num_measured = sum(job.is_measured) if sessions is None else sessions.num_measured_here()
         left = [num_measured]
 
         def ended(pos: int) -> None:
-            if pos < len(job.is_measured) and job.is_measured[pos]:
+            # Sessions: `pos` is the request index (their requests are not known up front).
+            is_measured = (pos < len(job.is_measured) and job.is_measured[pos] if sessions is None
+                           else sessions.is_measured(pos))
+            if is_measured:
                 left[0] -= 1
                 if left[0] == 0:
                     on_measured_done()
@@ -100,8 +108,10 @@ class WorkerClient:
             on_measured_done()
         probe = self.loop.create_task(self._probe_lag(lags))
         try:
-            await self._until(job.start_s)
-            if job.kind == "closed":
+            await self.until(job.start_s)
+            if sessions is not None:
+                await self._gather(conversations(self, job.start_s, sessions, out, ended))
+            elif job.kind == "closed":
                 await self._gather([self._user(job, items, out, ended) for items in job.users])
             else:
                 await self._send_arrivals(job, out, ended)
@@ -128,7 +138,7 @@ class WorkerClient:
                 if self.is_stopping:
                     return
                 index = job.indices[pos] + cycle * job.index_stride
-                raw = await self._request(job.bodies[pos], index, scheduled_s, out)
+                raw = await self.request(job.bodies[pos], index, scheduled_s, out)
                 if cycle == 0:
                     ended(pos)
                 scheduled_s = raw[7]
@@ -139,16 +149,16 @@ class WorkerClient:
         # intended time, so latency counts from the schedule (no coordinated omission).
         sends = []
         for pos, offset_s in enumerate(job.offsets_s):
-            await self._until(job.start_s + offset_s)
+            await self.until(job.start_s + offset_s)
             if self.is_stopping:
                 break
-            coro = self._request(job.bodies[pos], job.indices[pos], job.start_s + offset_s, out)
+            coro = self.request(job.bodies[pos], job.indices[pos], job.start_s + offset_s, out)
             task = self._track(self.loop.create_task(coro))
             task.add_done_callback(lambda _t, pos=pos: ended(pos))
             sends.append(task)
         await asyncio.gather(*sends, return_exceptions=True)
 
-    async def _until(self, when_s: float) -> None:
+    async def until(self, when_s: float) -> None:
         if when_s - time.monotonic() <= 0:
             return
         wake = self.loop.create_future()
@@ -160,11 +170,14 @@ class WorkerClient:
         # arrives now would be stamped: a busy loop and a process the OS did not run both show.
         while True:
             when_s = time.monotonic() + LAG_PROBE_INTERVAL_S
-            await self._until(when_s)
+            await self.until(when_s)
             lags.append(time.monotonic() - when_s)
 
-    async def _request(self, body: bytes, index: int, scheduled_s: float, out: list[Raw]) -> Raw:
-        stream = _Stream()
+    async def request(self, body: bytes, index: int, scheduled_s: float, out: list[Raw],
+                       session: tuple[int, int, int] | None = None) -> Raw:
+        # session: (session id, turn, prompt tokens as counted by the worker); its response
+        # text is kept, since the next turn re-sends it.
+        stream = _Stream(keep_text=session is not None)
         sent_s = time.monotonic()
         error = None
         try:
@@ -180,7 +193,7 @@ class WorkerClient:
         except Exception as exc:  # a broken stream fails this request only
             error = f"{type(exc).__name__}: {exc}"
         finally:
-            raw = stream.raw(index, scheduled_s, sent_s, error)
+            raw = stream.raw(index, scheduled_s, sent_s, error, session)
             out.append(raw)
         return raw
 
@@ -188,12 +201,16 @@ class WorkerClient:
 class _Stream:
     """What one response stream carried."""
 
-    __slots__ = ("times", "token_payloads", "usage_tokens", "done_s", "error", "reason")
+    __slots__ = ("times", "token_payloads", "usage_tokens", "done_s", "error", "reason",
+                 "keep_text", "prompt_tokens", "cached_tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, keep_text: bool = False) -> None:
         self.times: list[float] = []
         self.token_payloads: list[bytes] = []
         self.usage_tokens: int | None = None
+        self.prompt_tokens: int | None = None
+        self.cached_tokens: int | None = None
+        self.keep_text = keep_text
         self.done_s: float | None = None
         self.error: str | None = None
         self.reason: str | None = None
@@ -224,6 +241,9 @@ class _Stream:
             self.error = f"server error mid-stream: {self.error}"
             return True
         self.usage_tokens = sse.completion_tokens(event) or self.usage_tokens
+        prompt_tokens, cached_tokens = prompt_usage(event)
+        self.prompt_tokens = prompt_tokens if prompt_tokens is not None else self.prompt_tokens
+        self.cached_tokens = cached_tokens if cached_tokens is not None else self.cached_tokens
         if sse.has_choice(event):
             self.times.append(now_s)
             self.token_payloads.append(payload)
@@ -239,14 +259,30 @@ class _Stream:
             return "TargetError: the stream ended before `data: [DONE]`"
         return None
 
-    def raw(self, index: int, scheduled_s: float, sent_s: float, error: str | None) -> Raw:
+    def raw(self, index: int, scheduled_s: float, sent_s: float, error: str | None,
+            session: tuple[int, int, int] | None = None) -> Raw:
         done_s = self.done_s if error is None and self.done_s else time.monotonic()
         texts = None
-        if error is None and self.usage_tokens is None:  # the parent must count tokens
+        if error is None and (self.usage_tokens is None or self.keep_text):
             texts = [sse.chunk_text_and_reason(p)[0] for p in self.token_payloads]
         reason = ("cancelled" if error == CANCELLED else "error") if error else self.reason
+        session_id, turn, num_prompt = session or (None, None, None)
+        if self.prompt_tokens is not None:
+            num_prompt = self.prompt_tokens
         return (index, scheduled_s, sent_s, self.times, self.usage_tokens, texts, reason,
-                done_s, error)
+                done_s, error, self.cached_tokens, num_prompt, session_id, turn)
+
+
+def prompt_usage(event: dict) -> tuple[int | None, int | None]:
+    """(usage.prompt_tokens, usage.prompt_tokens_details.cached_tokens), each None if absent."""
+    usage = event.get("usage")
+    if not isinstance(usage, dict):
+        return None, None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    prompt = usage.get("prompt_tokens")
+    return (prompt if isinstance(prompt, int) else None,
+            cached if isinstance(cached, int) else None)
 
 
 async def _error_text(resp: aiohttp.ClientResponse) -> str:

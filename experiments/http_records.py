@@ -22,16 +22,20 @@ def num_text_tokens(tokenizer: Any, text: str) -> int:
     return max(0, len(tokenizer.encode(text)) - len(tokenizer.encode("")))
 
 
-def to_record(raw: Raw, specs: list[RequestSpec], tokenizer: Any) -> RequestRecord:
-    """One request's RequestRecord from a worker's raw tuple."""
-    index, scheduled_s, sent_s, times, usage_tokens, texts, _reason, done_s, error = raw
+def to_record(raw: Raw, specs: list[RequestSpec] | None, tokenizer: Any) -> RequestRecord:
+    """One request's RequestRecord from a worker's raw tuple (sessions: no `specs`, the worker
+    counted the prompt)."""
+    index, scheduled_s, sent_s, times, usage_tokens, texts, _reason, done_s, error = raw[:9]
+    cached_tokens, num_prompt, session_id, turn = raw[9:13]
     if error is None:
         times = _token_times(times, usage_tokens, texts, tokenizer)
+    if specs is not None:
+        num_prompt = len(specs[index % len(specs)].prompt_ids)
     return RequestRecord(
         request_id=index, scheduled_s=scheduled_s, sent_s=sent_s, admitted_s=None,
-        token_times_s=tuple(times), done_s=done_s,
-        num_prompt_tokens=len(specs[index % len(specs)].prompt_ids),
-        num_output_tokens=len(times), error=error,
+        token_times_s=tuple(times), done_s=done_s, num_prompt_tokens=num_prompt,
+        num_output_tokens=len(times), error=error, session_id=session_id, turn=turn,
+        num_cached_tokens=cached_tokens,
     )
 
 
@@ -45,14 +49,17 @@ def _token_times(times: list[float], usage_tokens: int | None, texts: list[str] 
     return sse.token_times(times, num_text_tokens(tokenizer, "".join(texts)), weights)
 
 
-def load_result(per_worker: list[tuple[list[Raw], dict]], outcome: str, specs: list[RequestSpec],
-                num_warmup: int, start_s: float, batch_size: int | None, tokenizer: Any,
-                use_uvloop: bool) -> LoadResult:
-    """Merge the workers' outcomes; `batch_size` is set for open loops (the saturation rule)."""
+def load_result(per_worker: list[tuple[list[Raw], dict]], outcome: str,
+                specs: list[RequestSpec] | None, num_warmup: int, start_s: float,
+                batch_size: int | None, tokenizer: Any, use_uvloop: bool,
+                num_measured: int | None = None) -> LoadResult:
+    """Merge the workers' outcomes; `batch_size` is set for open loops (the saturation rule).
+    Measured: indices from `num_warmup` on, `num_measured` of them (default: to len(specs))."""
     raws = sorted((raw for raws, _ in per_worker for raw in raws), key=lambda r: r[0])
+    end = num_warmup + num_measured if num_measured is not None else len(specs or [])
     measured, background = [], []
     for raw in raws:
-        is_measured = num_warmup <= raw[0] < len(specs)
+        is_measured = num_warmup <= raw[0] < end
         if is_measured and raw[8] == CANCELLED:
             continue  # cut by the deadline or a stop: not a result
         (measured if is_measured else background).append(to_record(raw, specs, tokenizer))

@@ -26,7 +26,9 @@ from engine.core import StepRecord
 from experiments.client_pool import ClientPool
 from experiments.http_client import ClientSpec, Job
 from experiments.http_records import load_result
+from experiments.http_sessions import SessionJob, TurnText
 from experiments.provenance import ServerInfo, said
+from experiments.sessions import Session, SessionLoad
 
 USERS_PER_WORKER = 16  # closed loop: one client process per this many virtual users
 RATE_PER_WORKER = 200.0  # open loop: one client process per this many requests/s
@@ -161,6 +163,26 @@ class HttpTarget:
                             offsets_s=[arrivals[i] for i in indices]))
         return self._run(jobs, specs, num_warmup, batch_size, max_duration_s, should_stop)
 
+    def drive_sessions(self, load: SessionLoad, batch_size: int | None,
+                       max_duration_s: float | None, should_stop: Callable[[], bool] | None):
+        """Multi-turn conversations from the workers: each turn re-sends the history as text
+        (earlier prompts and the streamed responses) plus its message (experiments/http_sessions.py)."""
+        if self.tokenizer is None:
+            raise TargetError("a session workload sends the conversation as text: give the "
+                              "target a tokenizer (--tokenizer)")
+        base = self._body([], 1, as_text=True)
+        for key in ("prompt", "max_tokens"):
+            base.pop(key)
+        jobs = session_jobs(load, base, self.tokenizer, self.max_workers)
+        if self._pool is None:
+            self._pool = ClientPool(self._spec(), self.use_uvloop)
+        start_s, per_worker, outcome = self._pool.run(jobs, START_MARGIN_S, max_duration_s,
+                                                      should_stop)
+        is_open = load.arrivals_s is not None
+        return load_result(per_worker, outcome, None, load.num_warmup, start_s,
+                           batch_size if is_open else None, self.tokenizer, self.use_uvloop,
+                           load.num_measured)
+
     def describe(self) -> ServerInfo:
         """What the server says it runs (asked once, briefly; see `describe_server`)."""
         if self._info is None:
@@ -196,8 +218,9 @@ class HttpTarget:
             self.is_text_prompt = self._refuses_token_ids(specs[0].prompt_ids)
         return [json.dumps(self._body(s.prompt_ids, s.max_new_tokens)).encode() for s in specs]
 
-    def _body(self, prompt_ids: list[int], max_tokens: int) -> dict[str, Any]:
-        prompt: Any = self.tokenizer.decode(prompt_ids) if self.is_text_prompt else prompt_ids
+    def _body(self, prompt_ids: list[int], max_tokens: int, as_text: bool = False) -> dict[str, Any]:
+        is_text = as_text or self.is_text_prompt
+        prompt: Any = self.tokenizer.decode(prompt_ids) if is_text else prompt_ids
         body: dict[str, Any] = {
             "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0,
             "top_p": 1.0, "stream": True, "stream_options": {"include_usage": True},
@@ -233,6 +256,31 @@ class HttpTarget:
                 return resp.status, resp.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
+
+
+def session_jobs(load: SessionLoad, base_body: dict, tokenizer: Tokenizer,
+                 max_workers: int) -> list[Job]:
+    """The workers' shares of a session run: closed, users dealt round-robin; open, sessions."""
+    def texts(session: Session) -> list[TurnText]:
+        return [(tokenizer.decode(t.message_ids), len(t.message_ids), t.max_new_tokens, t.think_s)
+                for t in session.turns]
+
+    def job(**share: Any) -> Job:
+        sj = SessionJob(base_body, load.max_context_tokens, load.num_warmup, load.num_measured,
+                        load.concurrency, **share)
+        return Job("sessions", [], [], [], 0.0, 0, sessions=sj)
+
+    if load.concurrency is not None:
+        num_workers = min(max_workers, math.ceil(load.concurrency / USERS_PER_WORKER))
+        return [job(users={u: [(s.session_id, texts(s)) for s in load.user_sessions(u)]
+                           for u in range(w, load.concurrency, num_workers)})
+                for w in range(num_workers)]
+    arrivals = load.arrivals_s or []
+    turns_per_s = sum(len(s.turns) for s in load.sessions) / max(arrivals[-1], 1e-9)
+    num_workers = max(1, min(max_workers, len(arrivals), math.ceil(turns_per_s / RATE_PER_WORKER)))
+    rows = list(zip(arrivals, load.offsets(), load.sessions, strict=True))
+    return [job(arrivals=[(a, first, s.session_id, texts(s)) for a, first, s in rows[w::num_workers]])
+            for w in range(num_workers)]
 
 
 def _message_of(text: str) -> str:

@@ -81,6 +81,8 @@ def record_from_sequence(seq: Sequence, request_id: int) -> RequestRecord:
         admitted_s=seq.admitted_s, token_times_s=tuple(seq.token_times_s), done_s=seq.done_s,
         num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
         error=(seq.error or "failed") if seq.status is SeqStatus.FAILED else None,
+        # An engine with prefix caching counts the prompt tokens it reused; None: it does not say.
+        num_cached_tokens=getattr(seq, "num_cached_tokens", None),
     )
 
 
@@ -161,16 +163,7 @@ class _Run:
 
     def wait(self, deadline_s: float | None, should_stop: StopCheck | None) -> str:
         """Wait for every measured request to end: "done", or "cut" (deadline), or "stopped"."""
-        while True:
-            left_s = None if deadline_s is None else max(0.0, deadline_s - self.engine.now())
-            if should_stop is not None:
-                left_s = STOP_POLL_S if left_s is None else min(left_s, STOP_POLL_S)
-            if self.measured_done.wait(left_s):
-                return "done"
-            if deadline_s is not None and self.engine.now() >= deadline_s:
-                return "cut"
-            if should_stop is not None and should_stop():
-                return "stopped"
+        return wait_measured(self.measured_done, self.engine.now, deadline_s, should_stop)
 
     def stop(self) -> None:
         """Stop issuing, cancel what is still in flight (warm-up, cooldown, cut), drain."""
@@ -192,6 +185,21 @@ class _Run:
         """Measured requests that ended on their own (cancelled ones were cut, not measured)."""
         return [record_from_sequence(seq, idx) for idx, seq in sorted(self.seqs.items())
                 if self.is_measured(idx) and seq.finish_reason != "cancelled"]
+
+
+def wait_measured(measured_done: threading.Event, now: Callable[[], float],
+                  deadline_s: float | None, should_stop: StopCheck | None) -> str:
+    """Wait for `measured_done`: "done", or "cut" (the deadline passed), or "stopped"."""
+    while True:
+        left_s = None if deadline_s is None else max(0.0, deadline_s - now())
+        if should_stop is not None:
+            left_s = STOP_POLL_S if left_s is None else min(left_s, STOP_POLL_S)
+        if measured_done.wait(left_s):
+            return "done"
+        if deadline_s is not None and now() >= deadline_s:
+            return "cut"
+        if should_stop is not None and should_stop():
+            return "stopped"
 
 
 def run_closed_loop(engine: LoadTarget, specs: list[RequestSpec], concurrency: int, num_warmup: int,

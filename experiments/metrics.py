@@ -151,6 +151,7 @@ def compute_trial_metrics(records: list[RequestRecord], steps: list[StepRecord],
         peak_memory_mb=peak_memory_mb,
         saturated=saturated,
         slos={s.metric: {"percentile": s.percentile, "max_ms": s.max_ms} for s in slos},
+        prefix_cache_hit_rate=prefix_cache_hit_rate(records),
     )
 
 
@@ -161,6 +162,46 @@ def _tokens_in(r: RequestRecord, start_s: float, end_s: float) -> int:
 
 def _per_s(count: float, duration_s: float) -> float:
     return count / duration_s if duration_s > 0 else 0.0
+
+
+# -- prefix caching and sessions ---------------------------------------------------------------
+
+
+def prefix_cache_hit_rate(records: list[RequestRecord]) -> float | None:
+    """Cached / all prompt tokens over the successful measured requests whose target reported
+    its cached tokens; None when none did (unknown is not 0) or they had no prompt tokens."""
+    known = [r for r in records if r.is_ok and r.num_cached_tokens is not None]
+    num_prompt = sum(r.num_prompt_tokens for r in known)
+    if num_prompt == 0:
+        return None
+    return sum(r.num_cached_tokens or 0 for r in known) / num_prompt
+
+
+def prefix_cache_details(records: list[RequestRecord]) -> dict:
+    """The hit rate's inputs over the successful measured requests, and why it is unknown."""
+    ok = [r for r in records if r.is_ok]
+    known = [r for r in ok if r.num_cached_tokens is not None]
+    reason = None if known else ("the target reported no cached prompt tokens (an engine "
+                                 "without prefix caching, or a server that does not say)")
+    return {"num_cached_tokens": sum(r.num_cached_tokens or 0 for r in known),
+            "num_prompt_tokens": sum(r.num_prompt_tokens for r in known),
+            "num_reporting": len(known), "num_requests": len(ok), "reason": reason}
+
+
+def ttft_by_turn(records: list[RequestRecord]) -> dict[str, dict[str, float | int]]:
+    """TTFT p50/p90 (ms, linear interpolation) and sample count per turn number ("1", "2", ...),
+    over the successful measured requests of session workloads; {} without sessions."""
+    by_turn: dict[int, list[float]] = {}
+    for r in records:
+        value = ttft_ms(r) if r.is_ok and r.turn is not None else None
+        if value is not None:
+            by_turn.setdefault(r.turn, []).append(value)  # type: ignore[arg-type]
+    out = {}
+    for turn in sorted(by_turn):
+        dist = summarize(by_turn[turn])
+        assert dist is not None
+        out[str(turn)] = {"p50": dist.p50, "p90": dist.p90, "count": dist.count}
+    return out
 
 
 # -- sanity checks ------------------------------------------------------------------------------

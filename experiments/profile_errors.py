@@ -56,7 +56,9 @@ class ErrorSchema:
             return f"must be one of {_unquote(ctx['expected'])} (got {err['input']!r})"
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             tag_field = self.union_fields.get(path[-1], "kind") if path else "kind"
-            tags = ", ".join(self.tags[tag_field])
+            # pydantic names the tags of the union at hand (nested unions share a tag field).
+            tags = (_unquote(ctx["expected_tags"]) if "expected_tags" in ctx
+                    else ", ".join(self.tags[tag_field]))
             got = f"got {ctx['tag']!r}" if "tag" in ctx else "it is missing"
             return f"{tag_field} must be one of {tags} ({got})"
         if kind == "missing":

@@ -120,6 +120,35 @@ LengthDist = Annotated[
 ]
 
 
+class FixedThink(_Strict):
+    """The same think time (s) before every turn after the first."""
+
+    kind: Literal["fixed"]
+    value: float = Field(ge=0, le=3600)
+
+
+class UniformThink(_Strict):
+    """Think times uniform in [min, max] seconds."""
+
+    kind: Literal["uniform"]
+    min: float = Field(ge=0)
+    max: float = Field(ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> UniformThink:
+        return _check_min_max(self)
+
+
+class ExponentialThink(_Strict):
+    """Exponential think times with this mean (s): memoryless users."""
+
+    kind: Literal["exponential"]
+    mean: float = Field(gt=0, le=3600)
+
+
+ThinkTime = Annotated[FixedThink | UniformThink | ExponentialThink, Field(discriminator="kind")]
+
+
 def _check_min_max(dist: Any) -> Any:
     if dist.max < dist.min:
         raise ValueError(f"max ({dist.max}) must be >= min ({dist.min})")
@@ -154,6 +183,22 @@ class OpenArrival(_Strict):
 Arrival = Annotated[ClosedArrival | OpenArrival | TraceArrival, Field(discriminator="mode")]
 
 
+class SessionSpec(_Strict):
+    """Multi-turn conversations: each turn re-sends the history (earlier prompts and responses)
+    plus a new message of `prompt_tokens`; the next turn follows the response after a think time."""
+
+    turns: LengthDist  # turns per conversation
+    think_time_s: ThinkTime = Field(default_factory=lambda: FixedThink(kind="fixed", value=0.0))
+
+
+class SharedPrefix(_Strict):
+    """`num_prefixes` distinct prefixes (system prompts, RAG documents) of `prefix_tokens` each;
+    every request (a session: its first turn) starts with one of them, drawn uniformly."""
+
+    num_prefixes: int = Field(ge=1, le=1 << 16)
+    prefix_tokens: int = Field(ge=1, le=MAX_REQUEST_TOKENS)
+
+
 class SLOSpec(_Strict):
     """`metric` at `percentile` <= max_ms, or <= max_x_baseline x the unloaded p50."""
 
@@ -185,6 +230,8 @@ class Profile(_Strict):
     slos: dict[Literal["ttft_ms", "tpot_ms", "e2e_ms"], SLOSpec] = Field(default_factory=dict)
     objective: Literal["max_goodput", "max_throughput"] = Field(
         "max_goodput", validate_default=True)
+    session: SessionSpec | None = None  # multi-turn conversations (closed or open arrival)
+    shared_prefix: SharedPrefix | None = None
     warmup_requests: int = Field(default=4, ge=0)
     # Goodput capacity (DistServe): the largest load whose share of requests meeting every SLO
     # is at least this.
@@ -207,6 +254,15 @@ class Profile(_Strict):
                                  "add e.g. {kind: fixed, value: 64}")
         return self
 
+    @field_validator("session", "shared_prefix")
+    @classmethod
+    def _check_not_trace(cls, value: Any, info: ValidationInfo) -> Any:
+        # A trace's rows carry their own lengths (and Mooncake's hash_ids their prefix reuse).
+        if value is not None and isinstance(info.data.get("arrival"), TraceArrival):
+            raise ValueError(f"a trace replay has no {info.field_name}: its rows say what is "
+                             "sent; drop it, or use arrival mode closed or open")
+        return value
+
     @property
     def is_trace(self) -> bool:
         """Whether this profile replays a trace (lengths and arrivals from its rows)."""
@@ -222,7 +278,7 @@ _SCHEMA = ErrorSchema(
     tags={"kind": {"fixed": FixedLength, "uniform": UniformLength, "normal": NormalLength,
                    "lognormal": LogNormalLength, "choice": ChoiceLength},
           "mode": {"closed": ClosedArrival, "open": OpenArrival, "trace": TraceArrival}},
-    sections={"slos": SLOSpec})
+    sections={"slos": SLOSpec, "session": SessionSpec, "shared_prefix": SharedPrefix})
 
 
 def list_builtin_profiles() -> list[str]:

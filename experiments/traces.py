@@ -46,6 +46,9 @@ class Trace:
     arrival_s: np.ndarray  # float64, non-decreasing, arrival_s[0] == 0
     prompt_tokens: np.ndarray  # int64 >= 0
     output_tokens: np.ndarray  # int64 >= 0
+    # Mooncake's `hash_ids`: each row's prompt blocks by hash (same hash, same tokens); None
+    # when the trace has none (CSV traces, JSONL without the field).
+    hash_ids: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def num_requests(self) -> int:
@@ -65,6 +68,7 @@ class Replay:
     output_tokens: np.ndarray
     start_s: float  # window in trace time (s from the trace's first request)
     end_s: float
+    hash_ids: tuple[tuple[int, ...], ...] | None = None  # per row, as in Trace
 
     @property
     def num_requests(self) -> int:
@@ -125,21 +129,38 @@ def parse_csv(text: str, source: str, columns: dict[str, str] | None = None,
 
 
 def parse_jsonl(text: str, source: str, time_unit: str = "ms") -> Trace:
-    """A Mooncake-style JSONL trace: `timestamp` (ms), `input_length`, `output_length` per line."""
+    """A Mooncake-style JSONL trace: `timestamp` (ms), `input_length`, `output_length` per line,
+    and `hash_ids` (the prompt's block hashes), kept when every line has them."""
     rows: list[tuple[float, int, int]] = []
+    hashes: list[tuple[int, ...] | None] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            rows.append(_jsonl_row(line, line_no, source))
+            obj = _jsonl_object(line, line_no, source)
+            rows.append(_jsonl_row(obj, line_no, source))
+            hashes.append(_hash_ids(obj, line_no, source))
     if not rows:
         raise TraceError(f"trace '{source}': no requests; each line needs timestamp, "
                          "input_length and output_length")
     arr = np.asarray(rows, dtype=float)
     unit = _time_unit(time_unit, source)
+    hash_ids = None if any(h is None for h in hashes) else tuple(hashes)
     return _make_trace(Path(source).name, arr[:, 0] * unit, arr[:, 1].astype(np.int64),
-                       arr[:, 2].astype(np.int64), source)
+                       arr[:, 2].astype(np.int64), source, hash_ids)
 
 
-def _jsonl_row(line: str, line_no: int, source: str) -> tuple[float, int, int]:
+def _hash_ids(obj: dict, line_no: int, source: str) -> tuple[int, ...] | None:
+    value = obj.get("hash_ids")
+    if value is None:
+        return None
+    is_ok = isinstance(value, list) and all(
+        isinstance(h, int) and not isinstance(h, bool) for h in value)
+    if not is_ok:
+        raise TraceError(f"trace '{source}' line {line_no}, column hash_ids: needs a list of "
+                         f"whole numbers (block hashes), got {value!r}")
+    return tuple(value)
+
+
+def _jsonl_object(line: str, line_no: int, source: str) -> dict:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -147,6 +168,10 @@ def _jsonl_row(line: str, line_no: int, source: str) -> tuple[float, int, int]:
                          f"({exc.msg})") from None
     if not isinstance(obj, dict):
         raise TraceError(f"trace '{source}' line {line_no}: expected a JSON object per line")
+    return obj
+
+
+def _jsonl_row(obj: dict, line_no: int, source: str) -> tuple[float, int, int]:
     values = []
     for key in ("timestamp", "input_length", "output_length"):
         value = obj.get(key)
@@ -211,12 +236,13 @@ def _time_unit(unit: str, source: str) -> float:
 
 
 def _make_trace(name: str, arrival: np.ndarray, prompt: np.ndarray, output: np.ndarray,
-                source: str) -> Trace:
+                source: str, hash_ids: tuple[tuple[int, ...], ...] | None = None) -> Trace:
     if arrival.size == 0:
         raise TraceError(f"trace '{source}': no requests (only a header?)")
     order = np.argsort(arrival, kind="stable")  # some traces log out of order
     arrival = arrival[order] - arrival[order[0]]
-    return Trace(name, arrival, prompt[order], output[order])
+    hashes = None if hash_ids is None else tuple(hash_ids[i] for i in order)
+    return Trace(name, arrival, prompt[order], output[order], hashes)
 
 
 # -- window, speed-up, lengths ------------------------------------------------------------------
@@ -235,7 +261,8 @@ def replay_window(trace: Trace, start_s: float, duration_s: float, speedup: floa
         raise TraceError(f"trace '{trace.name}' has no requests in [{start_s:g}, {end_s:g}) s "
                          f"(it spans {trace.span_s:.0f} s); move start_s or lengthen the window")
     return Replay((trace.arrival_s[lo:hi] - start_s) / speedup, trace.prompt_tokens[lo:hi],
-                  trace.output_tokens[lo:hi], start_s, end_s)
+                  trace.output_tokens[lo:hi], start_s, end_s,
+                  None if trace.hash_ids is None else trace.hash_ids[lo:hi])
 
 
 def scale_lengths(tokens: np.ndarray, length_scale: float, max_tokens: int | None) -> np.ndarray:
@@ -253,7 +280,12 @@ def prepare_replay(arrival: TraceArrival, speedup: float | None = None,
     return Replay(window.arrival_s,
                   scale_lengths(window.prompt_tokens, arrival.length_scale, arrival.max_prompt_tokens),
                   scale_lengths(window.output_tokens, arrival.length_scale, arrival.max_output_tokens),
-                  window.start_s, window.end_s)
+                  window.start_s, window.end_s, window.hash_ids)
+
+
+def block_tokens_of(arrival: TraceArrival) -> int:
+    """Tokens per `hash_ids` block as replayed: the trace's block size x length_scale (>= 1)."""
+    return max(1, round(arrival.block_tokens * arrival.length_scale))
 
 
 def scaled_rows(arrival: TraceArrival, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,11 +13,19 @@ from engine.config import SchedulerConfig
 from engine.core import StepRecord
 from experiments.client_stats import with_client_check
 from experiments.loadgen import LoadResult, LoadTarget, StopCheck, run_closed_loop, run_open_loop
-from experiments.metrics import compute_trial_metrics, latency_samples, summarize
+from experiments.metrics import (
+    compute_trial_metrics,
+    latency_samples,
+    prefix_cache_details,
+    summarize,
+    ttft_by_turn,
+)
 from experiments.profiles import SLO_METRICS, OpenArrival, Profile, TraceArrival
+from experiments.session_loadgen import run_sessions
+from experiments.sessions import session_load
 from experiments.timeseries import trial_timeseries
-from experiments.traces import ATTRIBUTION, BUILTIN_TRACES, Replay, prepare_replay
-from experiments.workload import RequestSpec, make_requests, open_loop_arrivals, requests_of_lengths
+from experiments.traces import ATTRIBUTION, BUILTIN_TRACES, Replay, block_tokens_of, prepare_replay
+from experiments.workload import RequestSpec, make_requests, open_loop_arrivals, replay_requests
 
 # A trace trial replays its window, then lets the requests in flight finish for up to this
 # many window lengths (plus TRACE_DRAIN_S) before it is cut.
@@ -65,12 +73,16 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
     details: dict = {}
     if config.speedup is not None:
         replay = _replay_of(profile, config)
-        specs = requests_of_lengths(replay.prompt_tokens.tolist(), replay.output_tokens.tolist(),
-                                    seed, **model)
+        specs = replay_requests(replay, block_tokens_of(profile.arrival), seed, **model)
         num_warmup = min(profile.warmup_requests, len(specs) - 1)
         load = run_open_loop(engine, specs, replay.arrival_s.tolist(), num_warmup,
                              config.batch_size, max_duration_s, should_stop)
         details["trace"] = trace_details(profile, replay, config.speedup, load)
+    elif profile.session is not None:
+        num_warmup = profile.warmup_requests
+        sessions = session_load(profile, config.concurrency, config.rate, config.burstiness,
+                                num_warmup, num_requests, seed, **model)
+        load = run_sessions(engine, sessions, config.batch_size, max_duration_s, should_stop)
     else:
         num_warmup = profile.warmup_requests
         specs = make_requests(profile, num_warmup + num_requests, seed, **model)
@@ -80,12 +92,24 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
     metrics = compute_trial_metrics(load.records, steps, slos, peak_mb, load.saturated,
                                     load.background)
     details["timeseries"] = trial_timeseries(load.records, load.background, steps, slos)
+    details.update(reuse_details(profile, load.records))
     metrics = replace(metrics, details={**metrics.details, **details})
     metrics = with_client_check(metrics, load.records, load.background, load.client, num_warmup,
                                 steps)
     if roofline is not None:  # the local engine's steps against its device's peaks
         metrics = replace(metrics, roofline_fraction=roofline(steps))
     return TrialResult(config, metrics, load.records, steps, load.was_cut, load.was_stopped)
+
+
+def reuse_details(profile: Profile, records: list[RequestRecord]) -> dict:
+    """Session and prefix-cache extras: TTFT by turn, and the hit rate's inputs (or why unknown)."""
+    out: dict = {}
+    if profile.session is not None:
+        out["ttft_ms_by_turn"] = ttft_by_turn(records)
+    cache = prefix_cache_details(records)
+    if profile.session is not None or profile.shared_prefix is not None or cache["num_reporting"]:
+        out["prefix_cache"] = cache
+    return out
 
 
 def trace_deadline_s(window_s: float) -> float:

@@ -14,6 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from experiments.arrivals import RateSchedule, TraceArrival, warp_arrivals
+from experiments.prefixes import (
+    allowed_ids,
+    prefix_choices,
+    prompt_of_blocks,
+    shared_prefixes,
+)
 from experiments.profiles import (
     ChoiceLength,
     FixedLength,
@@ -23,7 +29,7 @@ from experiments.profiles import (
     Profile,
     UniformLength,
 )
-from experiments.traces import scaled_rows
+from experiments.traces import Replay, scaled_rows
 
 _PROMPT_STREAM, _OUTPUT_STREAM, _TOKEN_STREAM, _ARRIVAL_STREAM = range(4)
 
@@ -76,16 +82,28 @@ def make_requests(profile: Profile, n: int, seed: int, vocab_size: int,
         assert profile.prompt_tokens is not None and profile.output_tokens is not None  # validated
         prompt_lens = sample_lengths(profile.prompt_tokens, n, _rng(seed, _PROMPT_STREAM))
         output_lens = sample_lengths(profile.output_tokens, n, _rng(seed, _OUTPUT_STREAM))
-    return requests_of_lengths(prompt_lens, output_lens, seed, vocab_size, max_context_tokens,
-                               avoid_ids)
+    specs = requests_of_lengths(prompt_lens, output_lens, seed, vocab_size, max_context_tokens,
+                                avoid_ids)
+    if profile.shared_prefix is None:
+        return specs
+    prefix = profile.shared_prefix
+    prefixes = shared_prefixes(prefix.num_prefixes, prefix.prefix_tokens, seed,
+                               allowed_ids(vocab_size, avoid_ids))
+    firsts = [prefixes[k] for k in prefix_choices(prefix.num_prefixes, n, seed)]
+    return [with_prefix(first, spec, max_context_tokens) for first, spec in zip(firsts, specs, strict=True)]
+
+
+def with_prefix(prefix_ids: list[int], spec: RequestSpec, max_context_tokens: int) -> RequestSpec:
+    """`spec` with `prefix_ids` in front, clipped to the context from the end (the prefix stays)."""
+    num_prompt, num_output = clip_to_context(len(prefix_ids) + len(spec.prompt_ids),
+                                             spec.max_new_tokens, max_context_tokens)
+    return RequestSpec((prefix_ids + spec.prompt_ids)[:num_prompt], num_output)
 
 
 def requests_of_lengths(prompt_lens: list[int], output_lens: list[int], seed: int, vocab_size: int,
                         max_context_tokens: int, avoid_ids: Seq[int]) -> list[RequestSpec]:
     """Seeded random prompts of these lengths (special ids avoided), clipped to the context."""
-    allowed = np.setdiff1d(np.arange(vocab_size), np.asarray(list(avoid_ids), dtype=int))
-    if allowed.size == 0:
-        raise ValueError(f"no token ids to sample: vocab_size {vocab_size}, avoid_ids {avoid_ids}")
+    allowed = allowed_ids(vocab_size, avoid_ids)
     lens = [clip_to_context(p, o, max_context_tokens)
             for p, o in zip(prompt_lens, output_lens, strict=True)]
     # One draw for all prompts, then split: fast enough for 100k-request trials.
@@ -93,6 +111,22 @@ def requests_of_lengths(prompt_lens: list[int], output_lens: list[int], seed: in
     ends = np.cumsum([p for p, _ in lens]).tolist()
     starts = [0, *ends[:-1]]
     return [RequestSpec(tokens[a:b], o) for a, b, (_, o) in zip(starts, ends, lens, strict=True)]
+
+
+def replay_requests(replay: Replay, block_tokens: int, seed: int, vocab_size: int,
+                    max_context_tokens: int, avoid_ids: Seq[int]) -> list[RequestSpec]:
+    """A trace window's requests: with `hash_ids` rows, each prompt is made of its named blocks
+    (same hash, same tokens), so the trace's prefix reuse is replayed; else random prompts."""
+    prompts, outputs = replay.prompt_tokens.tolist(), replay.output_tokens.tolist()
+    if replay.hash_ids is None:
+        return requests_of_lengths(prompts, outputs, seed, vocab_size, max_context_tokens, avoid_ids)
+    allowed = allowed_ids(vocab_size, avoid_ids)
+    specs = []
+    for row, (hash_ids, p, o) in enumerate(zip(replay.hash_ids, prompts, outputs, strict=True)):
+        num_prompt, num_output = clip_to_context(p, o, max_context_tokens)
+        specs.append(RequestSpec(prompt_of_blocks(hash_ids, num_prompt, block_tokens, seed,
+                                                  allowed, row), num_output))
+    return specs
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:

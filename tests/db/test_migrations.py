@@ -21,6 +21,7 @@ from db.store import make_engine
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1.db"
 FIXTURE_V2 = Path(__file__).parent / "fixtures" / "v2.db"
+FIXTURE_V3 = Path(__file__).parent / "fixtures" / "v3.db"
 T0 = datetime(2025, 1, 2, 3, 4, 5)
 
 
@@ -157,6 +158,23 @@ def test_upgrade_from_v2_fixture_keeps_the_data(tmp_path):
         with pytest.raises(StoreError, match="already has trial"):
             store.add_failed_trial(1, done.config, "again", T0, T0)
     assert hashlib.sha256(FIXTURE_V2.read_bytes()).hexdigest() == digest
+
+
+def test_upgrade_from_v3_fixture_adds_sessions_and_prefix_cache(tmp_path):
+    digest = hashlib.sha256(FIXTURE_V3.read_bytes()).hexdigest()
+    path = tmp_path / "v3.db"
+    shutil.copy(FIXTURE_V3, path)
+    url = f"sqlite:///{path}"
+    assert version_of(url) == 3
+    with Store(url) as store:
+        assert version_of(url) == SCHEMA_VERSION
+        done, _failed = store.list_trials(1)
+        # Rows from before version 4: no hit rate known, requests without sessions.
+        assert done.metrics["prefix_cache_hit_rate"] is None
+        requests = store.get_requests(done.trial_id)
+        assert requests and all((r.session_id, r.turn, r.num_cached_tokens) == (None, None, None)
+                                for r in requests)
+    assert hashlib.sha256(FIXTURE_V3.read_bytes()).hexdigest() == digest
 
 
 def test_upgraded_fixture_has_the_fresh_schema(tmp_path):

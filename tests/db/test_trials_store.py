@@ -3,6 +3,7 @@ identity, details."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import datetime, timedelta, timezone
 
@@ -203,3 +204,17 @@ def test_nested_self_check_fields_flatten_to_store_keys(make_metrics):
         (0.1, 2.0, 9.0)
     assert (flat["roofline_decode"], flat["roofline_prefill"]) == (0.5, None)
     assert "details" not in flat and "client_lag_ms" not in flat
+
+
+def test_session_turn_and_cached_tokens_round_trip(store, new_sweep, config, make_metrics):
+    turn2 = RequestRecord(0, 5.0, 5.1, 5.2, (5.3,), 5.4, 96, 1, session_id=3, turn=2,
+                          num_cached_tokens=64)
+    plain = RequestRecord(1, 5.0, 5.1, 5.2, (5.3,), 5.4, 16, 1)
+    metrics = dataclasses.replace(make_metrics(), prefix_cache_hit_rate=0.5)
+    sweep_id = new_sweep()
+    trial_id = store.add_trial(sweep_id, config, metrics, [turn2, plain], T0, T1)
+    first, second = store.get_requests(trial_id)
+    assert (first.session_id, first.turn, first.num_cached_tokens) == (3, 2, 64)
+    assert (second.session_id, second.turn, second.num_cached_tokens) == (None, None, None)
+    [trial] = store.list_trials(sweep_id)
+    assert trial.metrics["prefix_cache_hit_rate"] == 0.5

@@ -35,17 +35,20 @@ def parse_error(text: str) -> str:
 
 
 def test_builtin_profiles_load_with_their_objectives() -> None:
-    assert list_builtin_profiles() == ["azure-code", "azure-conv", "batch", "chat", "code", "rag"]
+    assert list_builtin_profiles() == ["azure-code", "azure-conv", "batch", "chat", "chat-multiturn",
+                                       "code", "rag", "rag-shared"]
     objectives = {name: load_profile(name).objective for name in list_builtin_profiles()}
     assert objectives == {"batch": "max_throughput", "chat": "max_goodput",
                           "code": "max_goodput", "rag": "max_goodput",
-                          "azure-code": "max_goodput", "azure-conv": "max_goodput"}
+                          "azure-code": "max_goodput", "azure-conv": "max_goodput",
+                          "chat-multiturn": "max_goodput", "rag-shared": "max_goodput"}
 
 
 def test_builtin_slos_match_their_workloads() -> None:
     slo_metrics = {name: sorted(load_profile(name).slos) for name in list_builtin_profiles()}
     assert slo_metrics == {"batch": ["e2e_ms"], "chat": ["tpot_ms", "ttft_ms"],
-                           "code": ["e2e_ms"], "rag": ["ttft_ms"],
+                           "code": ["e2e_ms"], "rag": ["ttft_ms"], "rag-shared": ["ttft_ms"],
+                           "chat-multiturn": ["tpot_ms", "ttft_ms"],
                            "azure-code": ["tpot_ms", "ttft_ms"], "azure-conv": ["tpot_ms", "ttft_ms"]}
     assert all(needs_baseline(load_profile(n)) for n in list_builtin_profiles())
 
@@ -116,7 +119,8 @@ def test_unknown_profile_lists_builtins() -> None:
     with pytest.raises(ProfileError) as info:
         load_profile("foo")
     assert str(info.value) == (
-        "unknown profile 'foo'; built-in profiles: azure-code, azure-conv, batch, chat, code, rag "
+        "unknown profile 'foo'; built-in profiles: azure-code, azure-conv, batch, chat, "
+        "chat-multiturn, code, rag, rag-shared "
         "(or pass a .yaml path, or a .csv / .jsonl trace to replay)")
 
 
@@ -146,3 +150,42 @@ def test_absolute_slos_need_no_baseline() -> None:
     profile = parse_profile_yaml(GOOD, "x.yaml")
     assert not needs_baseline(profile)
     assert resolve_slos(profile, None) == [SLO("ttft_ms", "p90", 50.0)]
+
+
+SESSION = GOOD + ("session:\n  turns: {kind: uniform, min: 2, max: 4}\n"
+                  "  think_time_s: {kind: fixed, value: 0.5}\n")
+
+
+def test_session_and_shared_prefix_profiles_parse() -> None:
+    profile = parse_profile_yaml(SESSION + "shared_prefix: {num_prefixes: 2, prefix_tokens: 16}\n", "s")
+    assert profile.session is not None and profile.session.think_time_s.value == 0.5
+    assert (profile.shared_prefix.num_prefixes, profile.shared_prefix.prefix_tokens) == (2, 16)
+    assert parse_profile_yaml(GOOD + "session: {turns: {kind: fixed, value: 3}}\n", "s") \
+        .session.think_time_s.value == 0.0  # no think time unless asked
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (("min: 2, max: 4", "min: 0, max: 4"), "session.turns.uniform.min: must be greater than or equal to 1"),
+    (("kind: fixed, value: 0.5", "kind: fixed, value: -1"),
+     "session.think_time_s.fixed.value: must be greater than or equal to 0"),
+    (("kind: fixed, value: 0.5", "kind: poisson, mean: 1"),
+     "session.think_time_s: kind must be one of fixed, uniform, exponential (got 'poisson')"),
+    (("turns:", "turn:"), "session.turn: unknown field; allowed fields: turns, think_time_s"),
+])
+def test_bad_session_profiles_are_one_line_naming_the_field(edit: tuple[str, str], expected: str) -> None:
+    assert expected in parse_error(SESSION.replace(*edit))
+
+
+def test_bad_shared_prefix_and_trace_sessions_are_refused() -> None:
+    assert "shared_prefix.num_prefixes: must be greater than or equal to 1" in parse_error(
+        GOOD + "shared_prefix: {num_prefixes: 0, prefix_tokens: 8}\n")
+    trace = ("name: t\narrival: {mode: trace, trace: azure_conv}\nobjective: max_throughput\n"
+             "session: {turns: {kind: fixed, value: 2}}\n")
+    assert "'x.yaml': session: a trace replay has no session" in parse_error(trace)
+
+
+def test_builtin_session_and_shared_prefix_profiles() -> None:
+    chat = load_profile("chat-multiturn")
+    assert chat.session is not None and chat.arrival.mode == "closed"
+    rag = load_profile("rag-shared")
+    assert rag.shared_prefix is not None and rag.shared_prefix.num_prefixes > 1
