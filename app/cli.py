@@ -73,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     typer_app = importlib.import_module("app.cli").app
     try:
         code = typer_app(args=argv, standalone_mode=False)
-        # typer (non-standalone) turns Ctrl-C into Exit(130) and *returns* its code; commands
-        # themselves return None.
+        # typer (non-standalone) turns Ctrl-C into Exit(130) and a command's typer.Exit(N) into
+        # a *returned* N; commands themselves return None.
         if code == 130:
             print("aborted", file=sys.stderr)
             return 130
+        if isinstance(code, int) and code:
+            return code
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:

@@ -119,7 +119,7 @@ class ReplicaSet:
             seq = Sequence(rid, list(prompt_ids), params,
                            sent_s if scheduled_s is None else scheduled_s, sent_s)
             loads = [r.outstanding if r.is_alive else 1 << 30 for r in self.replicas]
-            replica = self.replicas[self.router.pick(loads)]
+            replica = self.replicas[self.router.pick(loads, seq.prompt_ids)]  # prefix routers read it
             if replica.is_alive:
                 replica.outstanding += 1
                 self._num_waiting += 1

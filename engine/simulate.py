@@ -168,6 +168,8 @@ class Simulator:
             self.seqs.append(seq)
             if on_finish is not None:
                 self._finish_hooks[seq.seq_id] = on_finish
+            # No prompt: simulated prompts are placeholders ([1] * n), which a prefix router
+            # would take for one shared prefix; it routes by load here (least outstanding).
             index = self.router.pick([r.num_outstanding for r in self.replicas])
             self.routed_to.append(index)
             self.replicas[index].num_outstanding += 1

@@ -22,6 +22,7 @@ _WRAPPERS = ("See root cause above", "Engine core initialization failed")
 HINTS: tuple[tuple[str, str], ...] = (
     ("Available memory on node", "give the CPU KV cache a size: --engine-env VLLM_CPU_KVCACHE_SPACE=GiB"),
     ("unrecognized arguments", "fix --engine-args (the engine's own --help lists its flags)"),
+    ("error: argument ", "fix that argument's value (in --engine-args or the --server-cmd template)"),
     ("No module named", "pass --engine-python PY of the environment the engine is installed in"),
     ("out of memory", "lower --gpu-memory-utilization or --max-model-len through --engine-args"),
     ("Address already in use", "another process holds the port; retry, or stop it"),

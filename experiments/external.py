@@ -191,14 +191,16 @@ class ServerProcess:
         return None if self.proc is None else self.proc.poll()
 
     def stop(self) -> None:
-        """SIGTERM the whole process group, SIGKILL after a grace period; nothing left running."""
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM the whole process group, SIGKILL after a grace period; nothing left running,
+        even when the leader died first (a crashed vLLM API server leaves its engine core)."""
+        if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(STOP_GRACE_S)
-        with contextlib.suppress(ProcessLookupError):  # anything left in the group, leader or not
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(STOP_GRACE_S)
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # the rest of the group
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 

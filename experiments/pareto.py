@@ -90,7 +90,7 @@ class ConfigPoint:
     trial_ids: tuple[int, ...]
     saturated: bool
     num_samples: dict[str, int] = field(default_factory=dict)
-    client_bound: bool = False  # a repetition's load generator lagged: not on any frontier
+    client_bound: bool = False  # every repetition's load generator lagged: not on any frontier
     client_bound_reason: str | None = None
 
     def interval(self, key: str) -> tuple[float, float] | None:
@@ -128,6 +128,12 @@ def _is_number(value: object) -> bool:
 
 
 def _fold(config: TrialConfig, reps: list[TrialRecord], only: Sequence[str] | None = None) -> ConfigPoint:
+    # A client-bound repetition is no evidence of the server (as in capacity.sample_of): the
+    # point is the clean repetitions', and client-bound only when every repetition lagged.
+    lagged = [t for t in reps if t.metrics.get("client_bound")]
+    reason = (lagged[0].metrics.get("client_bound_reason") or "the load generator lagged") if lagged else None
+    if lagged and len(lagged) < len(reps):
+        reps, lagged, reason = [t for t in reps if not t.metrics.get("client_bound")], [], None
     keys = only if only is not None else dict.fromkeys(
         itertools.chain.from_iterable(t.metrics for t in reps))
     mean: dict[str, float | None] = {}
@@ -142,8 +148,6 @@ def _fold(config: TrialConfig, reps: list[TrialRecord], only: Sequence[str] | No
         counts[key] = len(values)
         mean[key], low[key], high[key] = mean_ci(values) if values else (None, None, None)
     saturated = any(bool(t.metrics.get("saturated")) for t in reps)
-    lagged = [t for t in reps if t.metrics.get("client_bound")]
-    reason = (lagged[0].metrics.get("client_bound_reason") or "the load generator lagged") if lagged else None
     ids = tuple(t.trial_id for t in reps)
     return ConfigPoint(config, len(reps), mean, low, high, ids, saturated, counts, bool(lagged), reason)
 

@@ -99,10 +99,17 @@ def hit_rate(increases: Mapping[str, float | None]) -> float | None:
 def with_server_metrics(metrics: TrialMetrics, summary: dict) -> TrialMetrics:
     """The trial's metrics with the engine's series in details["server_metrics"], and, where the
     client saw no engine steps, the mean batch size as the engine reports it: the mean of its
-    running-requests gauge over the trial (details["mean_batch_size_from"] says so)."""
+    running-requests gauge over the trial (details["mean_batch_size_from"] says so); where no
+    request reported cached tokens, the prefix-cache hit rate from its counters."""
     details = {**metrics.details, "server_metrics": summary}
+    updates: dict = {}
     running = (summary.get("stats") or {}).get("running")
-    if metrics.mean_batch_size is not None or not running:
-        return replace(metrics, details=details)
-    details["mean_batch_size_from"] = "the server's running-requests gauge (/metrics), time-averaged"
-    return replace(metrics, mean_batch_size=running["mean"], details=details)
+    if metrics.mean_batch_size is None and running:
+        updates["mean_batch_size"] = running["mean"]
+        details["mean_batch_size_from"] = "the server's running-requests gauge (/metrics), time-averaged"
+    hit_rate_now = summary.get("prefix_cache_hit_rate")
+    if metrics.prefix_cache_hit_rate is None and hit_rate_now is not None:
+        # vLLM reports cached tokens per request only with --enable-prompt-tokens-details
+        updates["prefix_cache_hit_rate"] = hit_rate_now
+        details["prefix_cache_hit_rate_from"] = "the server's prefix-cache counters (/metrics)"
+    return replace(metrics, **updates, details=details)

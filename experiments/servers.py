@@ -19,7 +19,9 @@ from experiments.engine_logs import root_cause
 from experiments.engines import preset, start_prior_s
 from experiments.external import ServerProcess
 from experiments.grid import SweepSpec
+from experiments.http_target import wait_for_health
 
+SETTLE_S = 5.0
 LOG_DIR_ENV = "TRADEOFF_LOG_DIR"
 DEFAULT_LOG_DIR = "tradeoff-logs"
 
@@ -42,12 +44,14 @@ class SweepServers:
         self.dir = logs / f"sweep-{sweep_id}"
         self.current: ServerProcess | None = None
         self.version: str | None = None
+        self.owned_by: str | None = None  # what a --server-cmd server says it is (/v1/models)
         self.failures: list[str] = []  # one line per failed start, for the command's exit
         self.start_times: list[float] = []  # seconds each start this run took to answer
+        self.broken = False  # alive but not answering /health after a trial
 
     @property
     def name(self) -> str:
-        return self.spec.engine or "server"
+        return self.spec.engine or "--server-cmd"
 
     def process(self, config: TrialConfig) -> ServerProcess:
         """A (not yet started) server for `config`, logging to a new file of its own."""
@@ -65,12 +69,12 @@ class SweepServers:
         self.current = ServerProcess(self.spec.server_cmd, config, self.spec.server_timeout_s,
                                      argv_for=argv_for, env=self.spec.engine_env, log_path=log,
                                      label=f"{self.name} server for {config.server_label}")
-        self.version = None
+        self.version, self.owned_by, self.broken = None, None, False
         return self.current
 
-    def started(self, version: str | None) -> None:
-        """The running server answered; `version` is what it says of itself (GET /version)."""
-        self.version = version
+    def started(self, version: str | None, owned_by: str | None = None) -> None:
+        """The running server answered; what it says of itself (GET /version, /v1/models)."""
+        self.version, self.owned_by = version, owned_by
         if self.current is not None and self.current.start_s is not None:
             self.start_times.append(self.current.start_s)
 
@@ -81,8 +85,21 @@ class SweepServers:
         return sum(self.start_times) / len(self.start_times)
 
     def died(self) -> bool:
-        """Whether the server started last is no longer running."""
-        return self.current is not None and self.current.proc is not None and not self.current.is_alive()
+        """Whether the server started last is no longer running (or stopped answering)."""
+        server = self.current
+        return server is not None and server.proc is not None and (self.broken or not server.is_alive())
+
+    def check_after_trial(self, had_failures: bool) -> bool:
+        """Whether the server died during a trial. After failed requests it may still be on its
+        way down (vLLM's API server exits a moment after its engine core): give it SETTLE_S to
+        exit or answer /health; one that does neither is treated as dead and restarted."""
+        if self.died() or not had_failures or self.current is None:
+            return self.died()
+        try:
+            wait_for_health(self.current.base_url, SETTLE_S, is_alive=self.current.is_alive)
+        except (TimeoutError, RuntimeError):
+            self.broken = True
+        return self.died()
 
     def death_note(self, completed: int | None = None, total: int | None = None) -> str:
         """Why a trial failed when its server exited under it, in one line."""
@@ -90,8 +107,10 @@ class SweepServers:
         assert server is not None
         cause = root_cause(server.log_text())
         counts = "" if completed is None else f" ({completed} of {total} requests completed)"
+        how = f"exited with code {server.exit_code}" if server.exit_code is not None else \
+            "stopped answering /health"
         return "; ".join(p for p in (
-            f"the {self.name} server exited with code {server.exit_code} during the trial{counts}",
+            f"the {self.name} server {how} during the trial{counts}",
             cause, f"log: {server.log_path}") if p)
 
     def launch_facts(self) -> dict:
@@ -99,7 +118,8 @@ class SweepServers:
         server = self.current
         if server is None:
             return {}
-        return {"engine": {"name": self.name, "version": self.version, "command": server.command},
+        name = self.spec.engine or self.owned_by  # a --server-cmd server: what it says it is
+        return {"engine": {"name": name, "version": self.version, "command": server.command},
                 "server_start_s": None if server.start_s is None else round(server.start_s, 3),
                 "server_log": str(server.log_path)}
 

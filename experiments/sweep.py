@@ -243,7 +243,8 @@ class SweepRunner:
                 url, self.spec.target_model, self._tokenizer(),
                 api_key_from_env(self.spec.api_key_env))))
             if self.spec.starts_servers:
-                self.servers.started(target.engine.describe().version)
+                info = target.engine.describe()
+                self.servers.started(info.version, info.owned_by)
             self._warm_up(target)
             yield target
 
@@ -284,7 +285,7 @@ class SweepRunner:
             return
         if result.was_stopped:
             return  # cancelled mid-trial: a partial trial is not a result
-        if self.servers.died():  # what it measured was a dying server, not a config
+        if self.servers.check_after_trial(result.metrics.requests_failed > 0):  # a dying server, not a config
             completed = result.metrics.requests_completed
             self._fail_trial(config, self.servers.death_note(completed, len(result.records)), started)
             return

@@ -6,6 +6,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from engine.routing import DEFAULT_ROUTER
+from engine.routing import ROUTERS as ENGINE_ROUTERS
 from experiments.grid import GridError, SweepSpec, parse_spec
 from experiments.profiles import Profile, ProfileError, load_profile
 from experiments.sweep import sweep_profile
@@ -17,7 +19,8 @@ LOAD_MODES: dict[str, str] = {"concurrency": "closed loop: virtual users",
                               "rate": "open loop: requests/s",
                               "speedup": "trace replay: speed-ups"}
 POLICIES: tuple[str, ...] = ("static", "continuous", "adaptive")
-ROUTERS: tuple[str, ...] = ("least_outstanding", "round_robin", "power_of_two")  # engine.routing
+# engine.routing's vocabulary (pure, no torch), the default first as the form offers it.
+ROUTERS: tuple[str, ...] = (DEFAULT_ROUTER, *(r for r in ENGINE_ROUTERS if r != DEFAULT_ROUTER))
 # Spec fields as parse_spec names them -> the Run page field that shows the error.
 _FIELD_OF = {"concurrency": "load", "rate": "load", "speedup": "load", "sweep": "load",
              "ray_address": "executor"}

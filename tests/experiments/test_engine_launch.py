@@ -119,9 +119,9 @@ def test_a_trial_records_its_servers_command_version_start_time_and_log(tmp_path
     assert servers.launch_facts() == {}  # nothing started yet
     server = servers.process(C16)
     server.start_s = 12.3456
-    servers.started("1.2.3")
+    servers.started("1.2.3", "vllm")
     facts = servers.launch_facts()
-    assert facts["engine"] == {"name": "server", "version": "1.2.3",
+    assert facts["engine"] == {"name": "vllm", "version": "1.2.3",
                                "command": f"K='v w' srv --port {server.port} --bs 16"}
     assert facts["server_start_s"] == 12.346
     assert Path(facts["server_log"]).parent == tmp_path / "sweep-7"
@@ -172,3 +172,18 @@ def test_a_pydantic_validation_failure_says_which_value_was_wrong():
     line = start_failure("vllm server for continuous/b4/w0ms/t2", 1, log, "/l")
     assert "max_num_batched_tokens (2) must be greater than or equal to max_num_seqs (4)" in line
     assert "fix: give --max-num-batched-tokens values no smaller than the batch sizes" in line
+
+
+def test_server_metrics_fill_what_the_client_could_not_see():
+    from dataclasses import replace
+
+    from experiments.metrics import compute_trial_metrics
+    from experiments.server_metrics import with_server_metrics
+
+    base = compute_trial_metrics([], [], [], None, False)
+    summary = {"stats": {"running": {"mean": 3.5, "max": 4.0}}, "prefix_cache_hit_rate": 0.25}
+    filled = with_server_metrics(base, summary)
+    assert (filled.mean_batch_size, filled.prefix_cache_hit_rate) == (3.5, 0.25)
+    assert "running-requests gauge" in filled.details["mean_batch_size_from"]
+    seen = with_server_metrics(replace(base, mean_batch_size=2.0, prefix_cache_hit_rate=0.5), summary)
+    assert (seen.mean_batch_size, seen.prefix_cache_hit_rate) == (2.0, 0.5)  # the client's own wins

@@ -180,3 +180,22 @@ def test_knee_without_a_bend_takes_the_highest_throughput_end():
     assert knee([(1, 1), (5, 9)]) == 1
     assert knee([(1, 1)]) == 0
     assert knee([]) is None
+
+
+def test_a_lagging_repetition_is_left_out_and_the_point_is_client_bound_only_if_all_lagged():
+    from dataclasses import replace
+
+    from common.records import TrialConfig, TrialRecord
+    from experiments.pareto import aggregate
+
+    config = TrialConfig("continuous", 4, 0.0, concurrency=4)
+
+    def rep(i: int, tok_s: float, lagged: bool) -> TrialRecord:
+        return TrialRecord(i, 1, replace(config, repetition=i), "done",
+                           {"output_tokens_per_s": tok_s, "client_bound": lagged,
+                            "client_bound_reason": "send lag" if lagged else None})
+
+    (mixed,) = aggregate([rep(1, 100.0, True), rep(2, 200.0, False), rep(3, 220.0, False)])
+    assert not mixed.client_bound and mixed.n == 2 and mixed.mean["output_tokens_per_s"] == 210.0
+    (lagging,) = aggregate([rep(1, 100.0, True), rep(2, 120.0, True)])
+    assert lagging.client_bound and lagging.client_bound_reason == "send lag" and lagging.n == 2

@@ -1,0 +1,138 @@
+"""tradeoff against a real vLLM (its CPU build): the issue's targets, measured, for docs/benchmarks.md.
+
+    .ci/vllm.sh && .venv/bin/python scripts/bench_vllm.py grid          # ~20-30 min on 2 cores
+    .venv/bin/python scripts/bench_vllm.py relaunch --db sqlite:///...  # after `grid`
+
+- grid: builtin:small exported, the chat profile, --max-num-seqs {4,16,64} x
+  --max-num-batched-tokens {256,2048} x 4 loads; every trial done or failed with its reason? The
+  printed estimate against the wall time (target: within 25%).
+- relaunch: the grid's recommended config measured 3 more times by a sweep (its run-to-run
+  noise), then `tradeoff export --format vllm` relaunched by hand and measured 3 times with
+  `tradeoff trial --target`: are the relaunch's goodput and output tok/s within that noise?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRADEOFF = [str(ROOT / ".venv/bin/tradeoff")]
+VLLM_PY = os.environ.get("TRADEOFF_VLLM_PYTHON") or str(ROOT / ".venv-vllm/bin/python")
+sys.path.insert(0, str(ROOT))
+# vLLM's defaults on a CPU, plus what it needs here: a KV cache size (else it asks for 92% of RAM)
+# and its threads on core 0, leaving core 1 to the client (else the client lags on 2 cores).
+ENGINE = ["--engine", "vllm", "--engine-python", VLLM_PY, "--engine-env", "VLLM_CPU_KVCACHE_SPACE=2",
+          "--engine-env", "VLLM_CPU_OMP_THREADS_BIND=0"]
+METRICS = ("goodput_rps", "output_tokens_per_s", "ttft_ms_p90", "tpot_ms_p50")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRADEOFF, *args], capture_output=True, text=True)
+
+
+def grid(work: Path, requests: int) -> str:
+    model = work / "small"
+    if not model.exists():
+        run("export-model", "builtin:small", str(model)).check_returncode()
+    db = f"sqlite:///{work / 'grid.db'}"
+    started = time.monotonic()
+    out = run("sweep", "--model", str(model), "--profile", "chat", *ENGINE, "--policy", "continuous",
+              "--max-wait-ms", "0", "--batch-sizes", "4,16,64", "--max-num-batched-tokens", "256,2048",
+              "--concurrency", "1,4,16,32", "--requests", str(requests), "--db", db, "--json")
+    wall = time.monotonic() - started
+    estimate = re.search(r"estimated ([\d.]+) min", out.stderr)
+    print(out.stderr.splitlines()[0] if out.stderr else "(no output)")
+    trials = json.loads(run("trials", "1", "--format", "json", "--db", db).stdout)
+    failed = [t for t in trials if t["status"] != "done"]
+    print(f"grid: exit {out.returncode}, {len(trials)} trials, {len(failed)} failed "
+          f"({'; '.join(sorted({t['error'] for t in failed})) or 'none'}), wall {wall / 60:.1f} min")
+    starts = sorted({(t['batch_size'], t['max_num_batched_tokens'], t['server_start_s']) for t in trials
+                     if t['server_start_s']})
+    print("server starts (s):", ", ".join(f"b{b}/t{k}: {s:.0f}" for b, k, s in starts))
+    if estimate:
+        est = float(estimate.group(1)) * 60
+        print(f"estimate {est / 60:.1f} min vs wall {wall / 60:.1f} min: {est / wall - 1:+.0%}")
+    print(run("recommend", "--sweep", "1", "--db", db).stdout)
+    return db
+
+
+def relaunch(db: str, work: Path, requests: int) -> None:
+    doc = json.loads(run("export", "--sweep", "1", "--format", "json", "--db", db).stdout)
+    batch, budget = doc["engine"]["max_batch_size"], doc["engine"].get("max_num_batched_tokens")
+    users = doc["load"]["concurrency"]
+    model = work / "small"
+    print(f"recommended: batch {batch}, budget {budget}, {users} users")
+    reps_db = f"sqlite:///{work / 'reps.db'}"
+    out = run("sweep", "--model", str(model), "--profile", "chat", *ENGINE, "--policy", "continuous",
+              "--max-wait-ms", "0", "--batch-sizes", str(batch), "--max-num-batched-tokens",
+              str(budget or "none"), "--concurrency", str(users), "--repetitions", "3",
+              "--requests", str(requests), "--db", reps_db, "--json")
+    out.check_returncode()
+    swept = json.loads(run("trials", "1", "--format", "json", "--db", reps_db).stdout)
+    command = run("export", "--sweep", "1", "--format", "vllm", "--db", db).stdout.strip().splitlines()[-1]
+    words = shlex.split(command)
+    env = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
+    argv = [w for w in words if not re.match(r"^[A-Z_]+=", w)]
+    print("relaunching:", command)
+    again = []
+    with open(work / "relaunch.log", "wb") as log:
+        server = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            from experiments.http_target import wait_for_health
+
+            wait_for_health("http://127.0.0.1:8000/v1", 600, is_alive=lambda: server.poll() is None)
+            for seed in (1, 2, 3):
+                trial = run("trial", "--target", "http://127.0.0.1:8000/v1", "--tokenizer", str(model),
+                            "--profile", "chat", "--concurrency", str(users), "--requests", str(requests),
+                            "--seed", str(seed), "--json")
+                trial.check_returncode()
+                again.append(json.loads(trial.stdout))
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(60)
+    for key in METRICS:
+        a = [t[key] for t in swept if t.get(key) is not None]
+        b = [t[key] for t in again if t.get(key) is not None]
+        if len(a) < 2 or not b:
+            print(f"{key}: not enough values ({a}, {b})")
+            continue
+        mean_a, sd_a, mean_b = statistics.fmean(a), statistics.stdev(a), statistics.fmean(b)
+        within = abs(mean_b - mean_a) <= 2 * sd_a
+        print(f"{key}: sweep {mean_a:.2f} +- {sd_a:.2f} (3 reps), relaunch {mean_b:.2f} "
+              f"({', '.join(f'{v:.2f}' for v in b)}): {'within' if within else 'OUTSIDE'} 2 sd")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("grid", "relaunch", "both"))
+    parser.add_argument("--work", type=Path, default=None, help="where models and dbs go")
+    parser.add_argument("--db", default=None, help="the grid's db, for `relaunch`")
+    parser.add_argument("--requests", type=int, default=32)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-vllm-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work dir: {work}")
+    db = args.db
+    if args.what in ("grid", "both"):
+        db = grid(work, args.requests)
+    if args.what in ("relaunch", "both"):
+        if db is None:
+            raise SystemExit("relaunch needs --db (the grid's) or `both`")
+        relaunch(db, work, args.requests)
+
+
+if __name__ == "__main__":
+    main()
