@@ -27,6 +27,7 @@ COMMAND_MODULES: dict[str, str] = {
     "search": "cmd_search", "mock-server": "cmd_mock",
     "recommend": "cmd_analysis", "export": "cmd_analysis", "profiles": "cmd_analysis",
     "report": "cmd_report", "demo": "cmd_demo", "export-model": "cmd_export_model",
+    "calibrate": "cmd_calibrate",
 }
 
 

@@ -1,0 +1,123 @@
+"""Black-box calibration: the simulator's step-cost model fitted to a few probes of a running
+server, so any engine (vLLM, SGLang, a `--target` URL) gets predictions, not only tradeoff's own.
+
+Two probes, both through the same load generator as trials, both seen only from the client:
+
+- prefill: TTFT against prompt length at 1 user (prompts of PROMPT_LENGTHS tokens, 2 output
+  tokens, PROBE_REPEATS each, the median per length). At 1 user nothing queues, so TTFT =
+  client round trip + one prefill step: the line's slope is the per-token prefill cost, its
+  intercept the step's fixed cost plus the round trip.
+- decode: time per output token against running requests (closed loop at USER_LEVELS users up
+  to the server's cap, short prompts, DECODE_TOKENS forced output tokens, the median TPOT per
+  level). Between a request's first and last token the server runs decode steps, so TPOT =
+  one decode step of ~C rows (plus the server's time between steps): a line in C.
+
+The fit is a `CostModel` (engine/simulate.py); `predict_grid` runs the engine's scheduler
+(continuous batching, a cap on running requests, an optional per-step token budget, as
+vLLM's --max-num-seqs and --max-num-batched-tokens) on the virtual clock under it.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from common.records import SLO, TrialConfig
+from engine.simulate import CostModel
+from experiments.loadgen import LoadTarget, run_closed_loop
+from experiments.metrics import latency_samples
+from experiments.predict import PREDICTED_KEYS, fit_line, simulate_trial
+from experiments.profiles import Profile
+from experiments.workload import RequestSpec
+
+PROMPT_LENGTHS: tuple[int, ...] = (16, 128, 512, 1024)
+USER_LEVELS: tuple[int, ...] = (1, 2, 4, 8, 16)
+PROBE_REPEATS = 5
+DECODE_TOKENS = 32
+DECODE_PROMPT_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe's reading: `kind` prefill (x = prompt tokens, TTFT) or decode (x = users, TPOT)."""
+
+    kind: str
+    x: int
+    seconds: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The fitted cost model, the probes it was fitted to, and each probe's fit error."""
+
+    cost: CostModel
+    probes: tuple[Probe, ...]
+
+    def fitted_s(self, probe: Probe) -> float:
+        """What the cost model says the probe should have read."""
+        if probe.kind == "prefill":
+            return self.cost.prefill_s(1, probe.x)
+        return self.cost.decode_s(probe.x)
+
+    def to_dict(self) -> dict:
+        return {"cost_model": asdict(self.cost),
+                "probes": [{**asdict(p), "fitted_s": self.fitted_s(p),
+                            "error": self.fitted_s(p) / p.seconds - 1 if p.seconds else None}
+                           for p in self.probes]}
+
+
+def probe_server(target: LoadTarget, *, vocab_size: int, max_context_tokens: int,
+                 avoid_ids: Sequence[int], max_running: int = 16, seed: int = 0) -> list[Probe]:
+    """Both probes against a running server (see the module doc); a few seconds to a minute."""
+    rng = random.Random(seed)
+    allowed = [i for i in range(vocab_size) if i not in set(avoid_ids)]
+
+    def prompt(n: int) -> list[int]:
+        return [rng.choice(allowed) for _ in range(n)]
+
+    probes = []
+    for length in (n for n in PROMPT_LENGTHS if n + 8 < max_context_tokens):
+        specs = [RequestSpec(prompt(length), 2) for _ in range(PROBE_REPEATS + 1)]
+        ttft = latency_samples(run_closed_loop(target, specs, 1, num_warmup=1).records)["ttft_ms"]
+        if ttft:
+            probes.append(Probe("prefill", length, statistics.median(ttft) / 1000, len(ttft)))
+    for users in sorted({u for u in USER_LEVELS if u <= max_running} | {max_running}):
+        specs = [RequestSpec(prompt(DECODE_PROMPT_TOKENS), DECODE_TOKENS) for _ in range(3 * users)]
+        tpot = latency_samples(run_closed_loop(target, specs, users, num_warmup=users).records)["tpot_ms"]
+        if tpot:
+            probes.append(Probe("decode", users, statistics.median(tpot) / 1000, len(tpot)))
+    return probes
+
+
+def fit(probes: Sequence[Probe]) -> Calibration:
+    """The cost model through the probes (least squares; a line needs two distinct x)."""
+    prefill = [(p.x, p.seconds) for p in probes if p.kind == "prefill"]
+    decode = [(p.x, p.seconds) for p in probes if p.kind == "decode"]
+    if not prefill or not decode:
+        raise ValueError("calibration needs at least one prefill and one decode probe; the server "
+                         "answered too few (see its log)")
+    # fit_line keeps costs >= 0 and, with fewer than 3 points, the prior: a flat level.
+    p_base, p_per_token = _line(prefill)
+    d_base, d_per_seq = _line(decode)
+    return Calibration(CostModel(p_base, p_per_token, d_base, d_per_seq, 0.0), tuple(probes))
+
+
+def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    ys = [y for _, y in points]
+    return fit_line([x for x, _ in points], ys, (statistics.median(ys), 0.0))
+
+
+def predict_grid(cost: CostModel, profile: Profile, configs: Sequence[TrialConfig], num_requests: int,
+                 slos: Sequence[SLO] = (), seed: int = 0) -> list[tuple[TrialConfig, dict]]:
+    """Each config's predicted metrics (PREDICTED_KEYS) under the calibrated cost model."""
+    return [(c, {k: simulate_trial(c, profile, num_requests, cost, list(slos), seed).flat().get(k)
+                 for k in PREDICTED_KEYS}) for c in configs]
+
+
+def prediction_errors(predicted: dict, measured: dict) -> dict[str, float | None]:
+    """predicted / measured - 1 per predicted metric (None where either is missing or zero)."""
+    return {k: (predicted[k] / measured[k] - 1 if predicted.get(k) and measured.get(k) else None)
+            for k in PREDICTED_KEYS}
