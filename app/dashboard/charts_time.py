@@ -25,3 +25,24 @@ def timeseries_figure(series: dict, height: int = 420) -> go.Figure:
                      row=3, col=1)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), legend_orientation="h")
     return fig
+
+
+SERVER_ROWS = (("running", "Running requests"), ("waiting", "Waiting requests"),
+               ("kv_usage", "KV cache usage"))
+
+
+def server_metrics_figure(summary: dict, height: int = 380) -> go.Figure:
+    """The engine's own gauges (details["server_metrics"], its /metrics sampled during the
+    trial), stacked on one time axis; gauges the engine does not export are left out."""
+    rows = [(key, title) for key, title in SERVER_ROWS
+            if any(v is not None for v in summary.get("series", {}).get(key, []))]
+    fig = make_subplots(rows=max(len(rows), 1), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[title for _, title in rows] or ["(no gauges exported)"])
+    t = list(summary.get("t_s", []))
+    for row, (key, title) in enumerate(rows, start=1):
+        fig.add_trace(go.Scatter(x=t, y=summary["series"][key], name=title, mode="lines+markers",
+                                 line_shape="hv"), row=row, col=1)
+    fig.update_xaxes(title_text=f"Trial time (s), sampled every {summary.get('interval_s', 0.5):g} s",
+                     row=max(len(rows), 1), col=1)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), showlegend=False)
+    return fig

@@ -177,9 +177,13 @@ def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SL
         st.caption("This trial stored no requests.")
         return
     samples = latency_samples([charts.as_request_record(r) for r in requests])
-    dist, timeline, batch, over_time = st.tabs(["Latency distributions", "Request timeline",
-                                                "Batch size over time", "SLOs over time"])
-    _over_time(over_time, _trial_details(url, sweep, trial_id))
+    details = _trial_details(url, sweep, trial_id)
+    names = ["Latency distributions", "Request timeline", "Batch size over time", "SLOs over time"]
+    tabs = st.tabs(names + (["Server metrics"] if details.get("server_metrics") else []))
+    dist, timeline, batch, over_time = tabs[:4]
+    _over_time(over_time, details)
+    if len(tabs) > 4:
+        _server_metrics(tabs[4], details["server_metrics"])
     dist.plotly_chart(charts.latency_figure(samples, slos), key="explore_dist")
     timeline.plotly_chart(charts.timeline_figure(requests), key="explore_timeline")
     batch.plotly_chart(charts.batch_figure(requests, point.config.batch_size), key="explore_batch")
@@ -207,6 +211,18 @@ def _over_time(tab, details: dict) -> None:
         tab.caption(f"Replayed {trace['requests_replayed']} requests of {trace['trace']}, trace "
                     f"window {trace['window_start_s']:g}-{trace['window_end_s']:g} s at "
                     f"{trace['speedup']:g}x. {trace.get('attribution') or ''}")
+
+
+def _server_metrics(tab, summary: dict) -> None:
+    tab.plotly_chart(charts_time.server_metrics_figure(summary), key="explore_server_metrics")
+    counters = {k: v for k, v in (summary.get("counters") or {}).items() if v is not None}
+    said = [f"{k.replace('_', ' ')}: {v:g}" for k, v in counters.items()]
+    if summary.get("prefix_cache_hit_rate") is not None:
+        said.append(f"prefix-cache hit rate {summary['prefix_cache_hit_rate']:.1%}")
+    tab.caption(f"The engine's own /metrics ({summary.get('url')}), sampled during the trial"
+                + (f"; over the trial: {', '.join(said)}" if said else "")
+                + (f"; {summary['scrape_errors']} scrapes failed" if summary.get("scrape_errors") else "")
+                + ".")
 
 
 def _metric_row(point: ConfigPoint, key: str) -> dict:

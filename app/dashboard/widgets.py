@@ -164,6 +164,13 @@ def where_it_ran(details: dict) -> str | None:
     if where.get("gpu_ids"):
         parts.append(f"GPUs {', '.join(where['gpu_ids'])}")
     runner = f"Ray worker {where['worker']}" if where.get("executor") == "ray" else "this engine"
+    started = where.get("engine")
+    if started:  # a server tradeoff started: its name, version, start-up and the exact command
+        version = f" {started['version']}" if started.get("version") else ""
+        start = where.get("server_start_s")
+        took = f", started in {start:.0f} s" if start is not None else ""
+        return (f"Ran on {started.get('name') or 'a server'}{version} started by tradeoff{took}: "
+                f"`{started.get('command')}` (log: {where.get('server_log')}).")
     text = f"Ran on {runner} ({', '.join(parts)})"
     if where.get("attempt", 1) > 1:
         text += f", attempt {where['attempt']} (its first worker was lost)"

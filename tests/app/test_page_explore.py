@@ -125,3 +125,27 @@ def test_rejudging_stored_requests_under_the_sweeps_own_slos_gives_its_attainmen
     done = [(t, a) for t, a in zip(trials, again, strict=True) if t.status == "done"]
     assert done and all(a.metrics["slo_attainment"] == pytest.approx(t.metrics["slo_attainment"])
                         for t, a in done)
+
+
+SERVER_METRICS = {"url": "http://127.0.0.1:1/metrics", "interval_s": 0.5, "t_s": [0.0, 0.5, 1.0],
+                  "series": {"running": [1.0, 4.0, 3.0], "waiting": [0.0, 2.0, 0.0],
+                             "kv_usage": [None, None, None]},
+                  "stats": {}, "counters": {"preemptions": 0.0, "prefix_cache_queries": 120.0},
+                  "prefix_cache_hit_rate": 0.25, "scrape_errors": 0}
+STARTED = {"node": "vm", "device": "server", "server_start_s": 31.4, "server_log": "/logs/1.log",
+           "engine": {"name": "vllm", "version": "0.32.0", "command": "PY -m vllm... --max-num-seqs 4"}}
+
+
+def test_a_started_engines_trial_shows_its_command_and_its_own_metrics(db_url, results, store) -> None:
+    for trial in store.list_trials(results["chat"]):
+        store.set_trial_details(trial.trial_id, {**trial.details, "server_metrics": SERVER_METRICS,
+                                                 "provenance": STARTED})
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    assert not app.exception
+    shown = [plain(t) for t in texts(app.caption) + texts(app.markdown) + texts(app.info)]
+    assert any("Ran on vllm 0.32.0 started by tradeoff, started in 31 s" in t for t in shown)
+    assert any("The engine's own /metrics" in t and "prefix-cache hit rate 25.0%" in t for t in shown)
+    figure = next(json.loads(c.proto.spec) for c in app.get("plotly_chart")
+                  if "explore_server_metrics" in c.proto.id)
+    assert [t["name"] for t in figure["data"]] == ["Running requests", "Waiting requests"]  # no KV gauge
