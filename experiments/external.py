@@ -104,7 +104,7 @@ class ExternalTarget:
     @property
     def loaded(self) -> ServedFacts:
         """What ran the trials, in the shape sweeps record for a loaded model: each trial's
-        provenance (`sweep.with_provenance`) then names this server, its model and version."""
+        provenance (`measure.with_provenance`) then names this server, its model and version."""
         return ServedFacts(SERVER_DEVICE, self.engine.describe().label)
 
     def close(self) -> None:

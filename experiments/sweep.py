@@ -11,9 +11,7 @@ This is the base runner: the capacity search's and Ray's runners build on it, an
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +23,12 @@ from common.records import SLO, TrialConfig, TrialMetrics
 from db.store import Store
 from engine.config import EngineConfig
 from engine.core import StepRecord
-from experiments.engines import preset
 from experiments.external import ExternalTarget, TargetSetupError, api_key_from_env, load_tokenizer
 from experiments.grid import GridError, SweepSpec, server_key
-from experiments.http_target import server_root
+from experiments.measure import measure
 from experiments.predict import fit_cost_model, prediction_details, prior_cost, step_summary, stored_steps
 from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
 from experiments.provenance import provenance
-from experiments.server_metrics import MetricsScraper, with_server_metrics
 from experiments.servers import SweepServers, log_root
 from experiments.traces import TraceError, prepare_replay
 from experiments.trial import (
@@ -271,33 +267,17 @@ class SweepRunner:
     def _run_one(self, target: LocalTarget | ExternalTarget, config: TrialConfig, slos: list[SLO]) -> None:
         self._report(config.label)
         started = utcnow()
-        try:
-            with self._scraper(target) as scraper:
-                result = run_trial(
-                    target.engine, config, self.profile, self.spec.requests_for(config),
-                    seed=self.spec.seed + config.repetition, slos=slos,
-                    max_duration_s=self._deadline_s(config), should_stop=self.should_stop,
-                    **target.request_kwargs(), **target.memory_kwargs())
-        except Exception as exc:  # the sweep goes on; the failure is stored with its reason
-            died = self.servers.died()
-            self._fail_trial(config, self.servers.death_note() if died else f"{type(exc).__name__}: {exc}",
-                             started)
+        out = measure(target, config, self.profile, self.spec.requests_for(config),
+                      seed=self.spec.seed + config.repetition, slos=slos, servers=self.servers,
+                      engine=self.spec.engine, max_duration_s=self._deadline_s(config),
+                      should_stop=self.should_stop)
+        if out.error is not None:
+            self._fail_trial(config, out.error, started)
             return
-        if result.was_stopped:
+        if out.metrics is None or out.result is None:
             return  # cancelled mid-trial: a partial trial is not a result
-        if self.servers.check_after_trial(result.metrics.requests_failed > 0):  # a dying server, not a config
-            completed = result.metrics.requests_completed
-            self._fail_trial(config, self.servers.death_note(completed, len(result.records)), started)
-            return
-        if result.metrics.requests_completed == 0:  # e.g. every request over the KV budget
-            error = next((r.error for r in result.records if r.error), "no request completed")
-            self._fail_trial(config, error, started)
-            return
-        metrics = with_provenance(result.metrics, target, **self.servers.launch_facts())
-        metrics = self._with_prediction(config, result, slos, metrics)
-        if scraper is not None:  # the engine's own gauges over the trial, next to ours
-            metrics = with_server_metrics(metrics, scraper.summary())
-        self.store.add_trial(self.sweep_id, config, metrics, result.records, started, utcnow())
+        metrics = self._with_prediction(config, out.result, slos, out.metrics)
+        self.store.add_trial(self.sweep_id, config, metrics, out.records, started, utcnow())
         self.num_done += 1
         self._report(None)
 
@@ -323,14 +303,6 @@ class SweepRunner:
             details = {"failed": f"{type(exc).__name__}: {exc}", "steps": step_summary(result.steps)}
         self._steps.extend(result.steps)
         return replace(metrics, details={**metrics.details, "prediction": details})
-
-    def _scraper(self, target: LocalTarget | ExternalTarget) -> contextlib.AbstractContextManager:
-        """Scrapes an --engine server's /metrics during a trial; a no-op for other targets."""
-        if self.spec.engine is None:
-            return contextlib.nullcontext()
-        url = f"{server_root(target.engine.api_base)}/metrics"
-        engine = preset(self.spec.engine)
-        return MetricsScraper(url, engine.gauges, engine.counters)
 
     def _deadline_s(self, config: TrialConfig) -> float | None:
         # A trace trial replays its whole window and drains (bounded) unless max_trial_s says less.
@@ -370,15 +342,3 @@ def replica_count(target: object) -> int:
     """How many engine replicas a target runs (1 for one in-process engine)."""
     replicas = getattr(getattr(target, "engine", None), "replicas", None)
     return 1 if replicas is None else len(replicas)
-
-
-def with_provenance(metrics: TrialMetrics, target: object, **extra: object) -> TrialMetrics:
-    """The trial's metrics with where it ran in details["provenance"] (node, device, replicas)."""
-    loaded = getattr(target, "loaded", None)
-    where = {"node": socket.gethostname(), "pid": os.getpid(),
-             "device": None if loaded is None else str(loaded.device),
-             "device_name": getattr(loaded, "device_name", None)}
-    if hasattr(target, "placement"):
-        where["replicas"] = target.placement()
-    where.update(extra)
-    return dataclasses.replace(metrics, details={**metrics.details, "provenance": where})
