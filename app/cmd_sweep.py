@@ -181,9 +181,9 @@ def _create(db: str | None, data: dict[str, Any]):
     target = None
     if spec.is_external:  # the target answers and the tokenizer loads before any row is written
         spec = check_external(spec)
-    elif spec.executor == "ray":  # Ray installed, its head answering, the model known
+    if spec.executor == "ray":  # Ray installed, its head answering, the model known
         _check_ray(spec)
-    else:
+    elif not spec.is_external:
         # ModelLoadError (bad input) before any row is written; the first group's replica count
         target = local_target_for(spec, spec.trial_configs()[0].replicas)
     store = store or open_store(db)

@@ -62,8 +62,8 @@ def estimate_sweep_s(spec: SweepSpec, profile: Profile, measured_starts: list[fl
     workers = 1
     if spec.executor == "ray" and spec.ray_address is None:
         workers = max(1, len(os.sched_getaffinity(0)) // spec.ray_cpus_per_trial)
-    starts = server_starts(spec)
-    setup_s = starts * start_s_of(spec, list(measured_starts)) if starts else MODEL_LOAD_S * loads
+    starts = server_starts(spec)  # on Ray, each worker starts its own servers, in parallel
+    setup_s = starts * start_s_of(spec, list(measured_starts)) / workers if starts else MODEL_LOAD_S * loads
     return setup_s + (trial_s + PER_TRIAL_OVERHEAD_S * len(configs)) * spec.repetitions / workers
 
 

@@ -189,9 +189,10 @@ class SweepSpec(BaseModel):
             if self.ray_address is not None:
                 raise ValueError("--ray-address needs --executor ray")
             return self
-        if self.is_external:
-            raise ValueError("--executor ray runs the local engine on Ray workers; an external "
-                             "target is driven from here: drop --executor ray")
+        if self.is_bare_target:
+            raise ValueError("--executor ray runs an engine on each Ray worker; a running --target "
+                             "is driven from here: drop --executor ray (or let each worker start "
+                             "its own server with --engine or --server-cmd)")
         if self.search is not None:
             raise ValueError("a capacity search runs one probe after another: use the local executor")
         if max(self.replicas) > 1:

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from common.records import TrialConfig
+from experiments.profiles import needs_baseline, resolve_slos
 from experiments.sweep import SweepRunner, utcnow
 
 MAX_ATTEMPTS = 2  # a trial whose worker is lost runs once more elsewhere, then fails
@@ -73,9 +74,78 @@ class RaySweepRunner(SweepRunner):
 
         _connect(self.spec.ray_address)
         try:
+            if self.spec.starts_servers:
+                return self._run_servers(ray, todo)
             return self._run_on(ray, todo)
         finally:
             ray.shutdown()  # a local cluster started by _connect ends here too
+
+    def _run_servers(self, ray: Any, todo: deque[TrialConfig]) -> str:
+        """Each worker owns the servers of the server configs it is given (one at a time). With
+        relative SLOs the first config runs alone, so every trial is judged by the SLOs resolved
+        against its server's baseline; the rest then run in parallel."""
+        self._ray = ray
+        self._next_index = 0
+        groups = deque(self._groups(list(todo)))
+        workers = [self._spawn_server_worker()
+                   for _ in range(_num_slots(ray, len(groups), self.spec.ray_cpus_per_trial))]
+        self._report(None)
+        slos = None
+        if needs_baseline(self.profile) and groups:
+            first = groups.popleft()
+            self._report(f"w{workers[0].index}: {first[0].server_label} (and the baseline)")
+            slos = self._store_group(ray.get(workers[0].actor.run_group.remote(first, None)), workers[0])
+        else:
+            slos = resolve_slos(self.profile, None)
+        idle, inflight = list(workers), {}
+        while groups or inflight:
+            if self.should_stop():
+                ray.get([w.actor.stop.remote() for w, _ in inflight.values()])  # servers stopped
+                return "cancelled"
+            while idle and groups:
+                w, group = idle.pop(0), groups.popleft()
+                inflight[w.actor.run_group.remote(group, slos)] = (w, group)
+            self._report(" | ".join(f"w{w.index}: {g[0].server_label}" for w, g in inflight.values()))
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
+            for ref in ready:
+                w, group = inflight.pop(ref)
+                try:
+                    self._store_group(ray.get(ref), w)
+                    idle.append(w)
+                except ray.exceptions.RayActorError as exc:  # its servers died with it
+                    for config in group:
+                        self._fail(config, f"worker {w.index} lost: {_first_line(exc)}", None)
+                    idle.append(self._spawn_server_worker())
+        return "cancelled" if self.stop.is_set() else "done"
+
+    def _store_group(self, out: dict, worker: _Worker) -> list:
+        """Store one server config's trials as its worker returned them; its resolved SLOs."""
+        if not worker.where:
+            worker.where = self._ray.get(worker.actor.where.remote())
+        self.servers.failures.extend(f for f in out["start_failures"] if f not in self.servers.failures)
+        for config, result in out["outcomes"]:
+            if "error" in result:
+                self._fail(config, result["error"], result["started"], result["finished"])
+            elif "metrics" in result:
+                metrics = result["metrics"]
+                where = {**metrics.details.get("provenance", {}), **worker.where}
+                metrics = replace(metrics, details={**metrics.details, "provenance": where})
+                self.store.add_trial(self.sweep_id, config, metrics, result["records"],
+                                     result["started"], result["finished"])
+                self.num_done += 1
+                self._report(None)
+        return out["slos"]
+
+    def _spawn_server_worker(self) -> _Worker:
+        from experiments.ray_server_worker import ServerWorker
+
+        index, self._next_index = self._next_index, self._next_index + 1
+        gpus = _cluster_gpus(self._ray)
+        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": self.spec.ray_cpus_per_trial}
+        cls = self._ray.remote(**options, max_restarts=0, max_concurrency=2)(ServerWorker)
+        actor = cls.remote(self.spec.model_dump(mode="json"), self.profile.model_dump(mode="json"),
+                           index, self.sweep_id, str(self.servers.dir.parent))
+        return _Worker(index, actor)
 
     def _run_on(self, ray: Any, todo: deque[TrialConfig]) -> str:
         self._ray = ray
@@ -115,8 +185,6 @@ class RaySweepRunner(SweepRunner):
         return _Worker(index, actor)
 
     def _ray_slos(self, worker: _Worker) -> list:
-        from experiments.profiles import needs_baseline, resolve_slos
-
         ray = self._ray
         worker.where = ray.get(worker.actor.where.remote())  # the model loaded: errors surface here
         if self._baseline is None and needs_baseline(self.profile):

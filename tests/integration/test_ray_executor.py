@@ -194,3 +194,24 @@ def _worker_pids() -> list[int]:
 
     return [p.pid for p in psutil.process_iter(["cmdline"])
             if any("TrialWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+@pytest.mark.slow
+def test_each_worker_starts_and_owns_the_servers_of_its_configs(capsys, tmp_path, tiny_profile, cluster):
+    # Two server configs (the mock ignores its knobs but each gets its own process), two slots.
+    mock = (f"{sys.executable} -m app.cli mock-server --ttft-ms 5 --itl-ms 2 --capacity {{batch_size}} "
+            "--port {port}")
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    code, out, err = run_cli(capsys, "sweep", "--profile", str(tiny_profile), "--server-cmd", mock,
+                             "--tokenizer", "builtin:tiny", "--policy", "continuous", "--batch-sizes",
+                             "2,4", "--max-wait-ms", "0", "--concurrency", "1,2", "--requests", "6",
+                             "--db", db, "--executor", "ray", "--ray-address", cluster, "--json")
+    assert code == 0, err
+    assert json.loads(out)["trials_done"] == 4
+    code, out, _ = run_cli(capsys, "trials", "1", "--format", "json", "--db", db)
+    trials = json.loads(out)
+    logs = {t["batch_size"]: t["provenance"]["server_log"] for t in trials}
+    assert len(set(logs.values())) == 2  # one server per config, shared by its two loads
+    assert all(t["provenance"]["executor"] == "ray" and t["server_start_s"] > 0 for t in trials)
+    assert all(Path(log).parent == tmp_path / "tradeoff-logs" / "sweep-1" for log in logs.values())
+    assert "mock-server" in trials[0]["provenance"]["engine"]["command"]

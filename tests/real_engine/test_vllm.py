@@ -205,3 +205,18 @@ def _wait_until_serving_a_trial(port: int, timeout_s: float = 300) -> None:
             pass
         time.sleep(0.3)
     raise TimeoutError("the trial never started")
+
+
+def test_ray_workers_each_start_their_own_vllm(vllm_python: str, tiny_dir: Path, profile_file: Path,
+                                               tmp_path):
+    pytest.importorskip("ray")
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    result = tradeoff("sweep", "--executor", "ray", "--model", str(tiny_dir), "--profile", str(profile_file),
+                      *engine_flags(vllm_python), "--policy", "continuous", "--batch-sizes", "2,4",
+                      "--max-wait-ms", "0", "--concurrency", "2", "--requests", "8", "--db", db)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = trials_json(db, 1)
+    assert [t["status"] for t in trials] == ["done", "done"]
+    assert {t["provenance"]["executor"] for t in trials} == {"ray"}
+    assert len({t["provenance"]["server_log"] for t in trials}) == 2
+    assert vllm_servers() == []
