@@ -56,6 +56,9 @@ class RunInputs:
     replicas: str = "1"  # replica counts, e.g. "1, 2"
     routers: tuple[str, ...] = ("least_outstanding",)  # used by counts > 1
     engine: str | None = None  # a preset server per config (vllm, sglang, tgi, llamacpp)
+    engine_python: str = ""  # its environment's python; empty: the preset's command on PATH
+    engine_args: str = ""  # extra server arguments, as a shell would split them
+    engine_env: str = ""  # NAME=VALUE, comma-separated
 
 
 def parse_numbers(text: str, kind: type) -> list:
@@ -109,23 +112,41 @@ def build_spec(inputs: RunInputs, user_profiles: dict[str, str]) -> tuple[SweepS
         return None, _grid_error(str(exc))
     except ProfileError as exc:
         return None, {"profile": str(exc)}
-    error = _ray_error(spec.ray_address) if spec.executor == "ray" else _engine_error(spec.engine)
+    error = _ray_error(spec.ray_address) if spec.executor == "ray" else \
+        _engine_error(spec.engine, spec.engine_python)
     if error is not None:
         return None, {"executor": error}
     return spec, {}
 
 
-def _engine_error(engine: str | None) -> str | None:
+def _engine_error(engine: str | None, python: str | None = None) -> str | None:
     # Said on the page: the worker would otherwise fail its first trial on a missing binary.
     from experiments.engines import EngineUnavailableError, preset
 
     if engine is None:
         return None
     try:
-        preset(engine).check_available()
+        preset(engine).check_available(python)
     except EngineUnavailableError as exc:
         return str(exc).removeprefix(f"--engine {engine}: ")
     return None
+
+
+def _launch_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
+    """The launch fields of the spec; a malformed one is said under the Run-on field."""
+    import shlex
+
+    data: dict = {"engine_python": inputs.engine_python.strip() or None}
+    try:
+        data["engine_args"] = shlex.split(inputs.engine_args)
+    except ValueError as exc:
+        errors["executor"] = f"extra server arguments: {str(exc).lower()}; fix the quoting"
+    pairs = [p.strip() for p in inputs.engine_env.split(",") if p.strip()]
+    bad = next((p for p in pairs if "=" not in p or p.startswith("=")), None)
+    if bad is not None:
+        errors["executor"] = f"server environment {bad!r}: give NAME=VALUE, e.g. VLLM_CPU_KVCACHE_SPACE=2"
+    data["engine_env"] = dict(p.split("=", 1) for p in pairs if bad is None)
+    return data
 
 
 def _ray_error(address: str | None) -> str | None:
@@ -144,7 +165,8 @@ def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
             "policies": list(inputs.policies), "requests": inputs.requests,
             "repetitions": inputs.repetitions, "name": inputs.name.strip() or None,
             "executor": "local" if inputs.engine else inputs.executor,
-            "ray_address": inputs.ray_address.strip() or None, "engine": inputs.engine}
+            "ray_address": inputs.ray_address.strip() or None, "engine": inputs.engine,
+            **_launch_data(inputs, errors)}
     closed = inputs.load_mode == "concurrency"
     lists = (("batch_sizes", inputs.batch_sizes, int), ("max_wait_ms", inputs.max_wait_ms, float),
              ("load", inputs.loads, int if closed else float))
@@ -183,7 +205,8 @@ def _grid_error(message: str) -> dict[str, str]:
     field = where.split(".")[0]
     if field == "sweep" and "max_num_batched_tokens" in what:  # a check across fields names it
         field = "max_num_batched_tokens"
-    elif field == "sweep" and "has no setting for" in what:  # an engine lacking a knob
+    elif field == "sweep" and ("has no setting for" in what  # an engine lacking a knob
+                               or what.startswith(("engine_args", "engine_env", "engine_python"))):
         field = "executor"
     return {_FIELD_OF.get(field, field): what or message}
 

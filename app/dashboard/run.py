@@ -65,11 +65,25 @@ def _inputs(url: str, is_search: bool = False) -> tuple[RunInputs, dict]:
     slots["repetitions"] = right.empty()
     replicas, routers = _replica_inputs(slots, is_search)
     executor, ray_address, engine = _executor_inputs(slots, is_search)
+    launch = _launch_inputs() if engine else ("", "", "")
     inputs = RunInputs(model, device, profile, tuple(policies), batch_sizes, waits, mode, loads,
                        burstiness, int(requests), int(repetitions), name, search_load,
                        float(budget_min), token_budgets, executor, ray_address, replicas,
-                       tuple(routers), engine)
+                       tuple(routers), engine, *launch)
     return inputs, slots
+
+
+def _launch_inputs() -> tuple[str, str, str]:
+    """How the engine's server starts (the CLI's --engine-python, --engine-args, --engine-env)."""
+    python = st.text_input("Engine's Python (optional)", key="run_engine_python",
+                           help="the python of the environment the engine lives in, e.g. "
+                                ".venv-vllm/bin/python (.ci/vllm.sh makes one with vLLM's CPU build)")
+    left, right = st.columns(2)
+    args = left.text_input("Extra server arguments", key="run_engine_args",
+                           help='e.g. --max-model-len 2048 --enforce-eager (not the flags the grid sets)')
+    env = right.text_input("Server environment", key="run_engine_env",
+                           help="NAME=VALUE, comma-separated, e.g. VLLM_CPU_KVCACHE_SPACE=2")
+    return python, args, env
 
 
 def _replica_inputs(slots: dict, is_search: bool) -> tuple[str, list[str]]:

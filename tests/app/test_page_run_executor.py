@@ -78,7 +78,8 @@ def test_an_engine_not_installed_here_is_said_and_blocks_start(db_url: str, tmp_
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     app = _engine_page()
     assert not app.exception
-    assert any("'vllm' is not on PATH; install it (pip install vllm)" in plain(e.value) for e in app.error)
+    assert any("'vllm' is not on PATH; install it (pip install vllm; on a CPU: .ci/vllm.sh)" in plain(e.value)
+               for e in app.error)
     assert app.button(key="run_start").disabled
 
 
@@ -96,6 +97,8 @@ def test_an_installed_engine_is_queued_as_a_server_per_config(db_url: str, store
                                                               tmp_path, monkeypatch) -> None:
     _fake_vllm_on_path(tmp_path, monkeypatch)
     app = _engine_page()
+    app.text_input(key="run_engine_args").input("--max-model-len 2048 --dtype 'float32'").run()
+    app.text_input(key="run_engine_env").input("VLLM_CPU_KVCACHE_SPACE=2, A=b=c").run()
     assert not app.error
     assert any("No duration estimate" in c.value and "once per config (3)" in c.value for c in app.caption)
     app.button(key="run_start").click().run()
@@ -103,6 +106,8 @@ def test_an_installed_engine_is_queued_as_a_server_per_config(db_url: str, store
     (spec,) = launches.specs
     assert (spec.engine, spec.executor, spec.policies, spec.batch_sizes) == (
         "vllm", "local", ["continuous"], [1, 4, 16])
+    assert spec.engine_args == ["--max-model-len", "2048", "--dtype", "float32"]
+    assert spec.engine_env == {"VLLM_CPU_KVCACHE_SPACE": "2", "A": "b=c"}
 
 
 def test_a_search_offers_engines_but_not_ray(db_url: str) -> None:
@@ -119,3 +124,21 @@ def _fake_vllm_on_path(tmp_path, monkeypatch) -> None:
     (bin_dir / "vllm").write_text("#!/bin/sh\nexit 1\n")  # never started: the page only checks PATH
     (bin_dir / "vllm").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+
+
+def test_the_engines_launch_fields_are_checked_before_start(db_url: str, tmp_path, monkeypatch) -> None:
+    _fake_vllm_on_path(tmp_path, monkeypatch)
+    app = _engine_page()
+    app.text_input(key="run_engine_args").input("--max-num-seqs 4").run()
+    errors = [plain(e.value) for e in app.error]
+    assert any("--max-num-seqs is set by tradeoff for each server config (from --batch-sizes)" in e
+               for e in errors), errors
+    assert app.button(key="run_start").disabled
+    app.text_input(key="run_engine_args").input("--enforce-eager").run()
+    app.text_input(key="run_engine_env").input("VLLM_CPU_KVCACHE_SPACE").run()
+    assert any("server environment 'VLLM_CPU_KVCACHE_SPACE': give NAME=VALUE" in plain(e.value)
+               for e in app.error)
+    app.text_input(key="run_engine_env").input("VLLM_CPU_KVCACHE_SPACE=2").run()
+    app.text_input(key="run_engine_python").input(str(tmp_path / "no-python")).run()
+    assert any("no such executable" in plain(e.value) for e in app.error)
+    assert app.button(key="run_start").disabled
