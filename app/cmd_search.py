@@ -28,6 +28,7 @@ from app.engine_options import (
 )
 from app.errors import BadInput
 from app.output import print_json
+from app.parsing import parse_slos
 
 
 @app.command()
@@ -78,6 +79,9 @@ def search(
              "per config, started for its search and stopped before the next"),
     engine: str | None = typer.Option(
         None, "--engine", help="start this engine's server per config: vllm | sglang | tgi | llamacpp"),
+    slo: list[str] | None = typer.Option(
+        None, "--slo", help="an absolute SLO in place of the profile's, METRIC[:PCT]=MS (repeat it), "
+                            "e.g. --slo ttft_ms=200 --slo tpot_ms:p99=50"),
     engine_args: str | None = ENGINE_ARGS,
     engine_env: list[str] | None = ENGINE_ENV,
     engine_python: str | None = ENGINE_PYTHON,
@@ -112,6 +116,7 @@ def search(
                 "target": target_url, "target_model": target_model, "api_key_env": api_key_env,
                 "tokenizer": tokenizer, "server_cmd": server_cmd, "engine": engine,
                 **launch_flags(engine_args, engine_env, engine_python, server_timeout),
+                "slos": parse_slos(slo),
                 **lists(policy, batch_sizes, max_wait_ms, None, None),
                 "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
                            "budget_s": (budget_min or 10.0) * 60, "start_load": start_load,
@@ -146,7 +151,7 @@ def validate_search(data: dict[str, Any], user_profiles) -> tuple[Any, Any]:
         if spec.profile.endswith((".yaml", ".yml")) or "/" in spec.profile:
             raise
         prof = load_profile(spec.profile, user_profiles())
-    sweep_profile(spec, prof)  # GridError: a trace profile, or one without SLOs
+    prof = sweep_profile(spec, prof)  # GridError: a trace profile, or one without SLOs
     if not spec.knob_configs():
         raise BadInput("the search space is empty: give at least one policy, batch size and wait")
     return spec, prof

@@ -23,7 +23,7 @@ from app.engine_options import (
 )
 from app.errors import BadInput
 from app.output import fmt, print_json
-from app.parsing import parse_budgets, parse_list
+from app.parsing import parse_budgets, parse_list, parse_slos
 
 DB_HELP = "SQLAlchemy URL of the result store (default: $TRADEOFF_DB or sqlite:///tradeoff.db)"
 
@@ -122,6 +122,9 @@ def sweep(
     server_cmd: str | None = typer.Option(
         None, "--server-cmd",
         help="server command template with {batch_size} {max_wait_ms} {policy} {port}, started per config"),
+    slo: list[str] | None = typer.Option(
+        None, "--slo", help="an absolute SLO in place of the profile's, METRIC[:PCT]=MS (repeat it), "
+                            "e.g. --slo ttft_ms=200 --slo tpot_ms:p99=50"),
     engine_args: str | None = ENGINE_ARGS,
     engine_env: list[str] | None = ENGINE_ENV,
     engine_python: str | None = ENGINE_PYTHON,
@@ -153,6 +156,7 @@ def sweep(
                  "server_cmd": server_cmd, "engine": engine, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
                  **launch_flags(engine_args, engine_env, engine_python, server_timeout),
+                 "slos": parse_slos(slo),
                  **lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
                         max_num_batched_tokens),
                  **_scale_lists(replicas, router),

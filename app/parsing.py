@@ -35,3 +35,25 @@ def parse_list(option: str, text: str, kind: type) -> list:
     except ValueError:
         noun = "integers" if kind is int else "numbers"
         raise BadInput(f"{option}: {text!r} is not a list of {noun}; e.g. {option} 1,4,16") from None
+
+
+SLO_EXAMPLE = "e.g. --slo ttft_ms=200 --slo tpot_ms:p99=50"
+
+
+def parse_slos(items: list[str] | None) -> dict[str, dict] | None:
+    """`--slo METRIC[:PERCENTILE]=MS` (repeated) -> {metric: {percentile, max_ms}}; p90 by default.
+    None when no --slo was given (the profile's own SLOs apply)."""
+    if not items:
+        return None
+    slos: dict[str, dict] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        metric, _, percentile = name.partition(":")
+        try:
+            max_ms = float(value)
+        except ValueError:
+            max_ms = None
+        if not sep or not metric or max_ms is None:
+            raise BadInput(f"--slo {item!r}: give METRIC[:PERCENTILE]=MS, {SLO_EXAMPLE}")
+        slos[metric.strip()] = {"percentile": percentile.strip() or "p90", "max_ms": max_ms}
+    return slos

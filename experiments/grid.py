@@ -95,6 +95,8 @@ class SweepSpec(BaseModel):
     engine_args: list[str] = Field(default_factory=list, max_length=100)
     engine_env: dict[str, str] = Field(default_factory=dict, max_length=100)
     engine_python: str | None = Field(default=None, max_length=1000)
+    # Absolute SLOs in place of the profile's ({metric: {percentile, max_ms}}; sweep_profile).
+    slos: dict[str, dict] | None = None
     search: SearchSpec | None = None  # set: search each config's capacity instead of a load grid
     replicas: list[int] = Field(default=[1], min_length=1)  # engine replicas behind a router
     executor: Literal["local", "ray"] = "local"  # where trials run: this process, or Ray workers

@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from common.records import SLO, TrialConfig, TrialMetrics
 from db.store import Store
 from engine.config import EngineConfig
@@ -67,7 +69,9 @@ class Progress:
 
 
 def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
-    """The profile as the sweep runs it: a trace profile with the spec's replay window."""
+    """The profile as the sweep runs it: the spec's SLOs in place of its own, a trace profile
+    with the spec's replay window."""
+    profile = with_slos(profile, spec.slos)
     is_trace = isinstance(profile.arrival, TraceArrival)
     searches_speedup = spec.search is not None and spec.search.load == "speedup"
     if spec.search is not None and is_trace and not searches_speedup:
@@ -90,6 +94,18 @@ def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
         except TraceError as exc:
             raise GridError(f"speedup: {exc}") from None
     return profile
+
+
+def with_slos(profile: Profile, slos: dict[str, dict] | None) -> Profile:
+    """`profile` judged by `slos` ({metric: {percentile, max_ms}}) instead of its own SLOs."""
+    if slos is None:
+        return profile
+    try:
+        return Profile(**{**profile.model_dump(mode="json"), "slos": slos})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"][1:])
+        raise GridError(f"slos: {where}: {first['msg']}") from None
 
 
 def create_sweep(store: Store, spec: SweepSpec, profile: Profile) -> int:

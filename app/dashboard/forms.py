@@ -10,7 +10,7 @@ from engine.routing import DEFAULT_ROUTER
 from engine.routing import ROUTERS as ENGINE_ROUTERS
 from experiments.grid import GridError, SweepSpec, parse_spec
 from experiments.profiles import Profile, ProfileError, load_profile
-from experiments.sweep import sweep_profile
+from experiments.sweep import sweep_profile, with_slos
 
 # engine.models.builtin_names() has these, but importing it loads torch into the UI process.
 BUILTIN_MODELS: tuple[str, ...] = ("builtin:tiny", "builtin:small", "builtin:0.5b")
@@ -59,6 +59,7 @@ class RunInputs:
     engine_python: str = ""  # its environment's python; empty: the preset's command on PATH
     engine_args: str = ""  # extra server arguments, as a shell would split them
     engine_env: str = ""  # NAME=VALUE, comma-separated
+    slos: tuple[tuple[str, float], ...] | None = None  # absolute p90 SLOs (metric, ms); None: the profile's
 
 
 def parse_numbers(text: str, kind: type) -> list:
@@ -166,7 +167,9 @@ def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
             "repetitions": inputs.repetitions, "name": inputs.name.strip() or None,
             "executor": "local" if inputs.engine else inputs.executor,
             "ray_address": inputs.ray_address.strip() or None, "engine": inputs.engine,
-            **_launch_data(inputs, errors)}
+            **_launch_data(inputs, errors),
+            "slos": None if inputs.slos is None else {m: {"percentile": "p90", "max_ms": v}
+                                                      for m, v in inputs.slos}}
     closed = inputs.load_mode == "concurrency"
     lists = (("batch_sizes", inputs.batch_sizes, int), ("max_wait_ms", inputs.max_wait_ms, float),
              ("load", inputs.loads, int if closed else float))
@@ -212,5 +215,5 @@ def _grid_error(message: str) -> dict[str, str]:
 
 
 def profile_for(spec: SweepSpec, user_profiles: dict[str, str]) -> Profile:
-    """The profile a validated spec names."""
-    return load_profile(spec.profile, user_profiles)
+    """The profile a validated spec names, judged by the spec's SLOs where it sets them."""
+    return with_slos(load_profile(spec.profile, user_profiles), spec.slos)

@@ -66,10 +66,11 @@ def _inputs(url: str, is_search: bool = False) -> tuple[RunInputs, dict]:
     replicas, routers = _replica_inputs(slots, is_search)
     executor, ray_address, engine = _executor_inputs(slots, is_search)
     launch = _launch_inputs() if engine else ("", "", "")
+    slos = slots.pop("slos_input")
     inputs = RunInputs(model, device, profile, tuple(policies), batch_sizes, waits, mode, loads,
                        burstiness, int(requests), int(repetitions), name, search_load,
                        float(budget_min), token_budgets, executor, ray_address, replicas,
-                       tuple(routers), engine, *launch)
+                       tuple(routers), engine, *launch, slos)
     return inputs, slots
 
 
@@ -150,9 +151,26 @@ def _where_inputs(url: str, slots: dict) -> tuple[str, str, str, str]:
                            index=profiles.index("chat") if "chat" in profiles else 0,
                            help="request lengths, SLOs and objective (see Profiles)")
     slots["profile"] = st.empty()
+    slots["slos_input"] = _slo_inputs()
+    slots["slos"] = st.empty()
     name = st.text_input("Sweep name (optional)", key="run_name", max_chars=200)
     slots["name"] = st.empty()
     return model, device, profile, name
+
+
+def _slo_inputs() -> tuple[tuple[str, float], ...] | None:
+    """Absolute p90 SLOs in place of the profile's (the CLI's --slo); None: the profile's own."""
+    if not st.checkbox("Set absolute SLOs instead of the profile's", key="run_slos_on",
+                       help="the profile's relative SLOs (e.g. 5 x the unloaded TTFT) move with "
+                            "the machine; absolute ones judge every sweep alike"):
+        return None
+    cols = st.columns(3)
+    values = [(metric, col.number_input(f"p90 {label} (ms, 0 = none)", 0.0, 1e6, default,
+                                        key=f"run_slo_{metric}"))
+              for col, (metric, label, default) in zip(cols, (("ttft_ms", "TTFT", 500.0),
+                                                             ("tpot_ms", "TPOT", 100.0),
+                                                             ("e2e_ms", "E2E", 0.0)), strict=True)]
+    return tuple((m, float(v)) for m, v in values if v > 0)
 
 
 def _knob_inputs(slots: dict) -> tuple[list[str], str, str, str]:

@@ -90,3 +90,14 @@ def test_failed_sweep_can_be_resumed(db_url, store: Store, results, launches) ->
     assert not app.exception
     status = store.get_sweep(results["batch"]).status
     assert status == "queued" or launches.commands  # requeued, or resumed in its own worker
+
+
+def test_absolute_slos_replace_the_profiles_in_the_queued_sweep(db_url: str, launches) -> None:
+    app = page_test("run").run()
+    app.checkbox(key="run_slos_on").check().run()
+    app.number_input(key="run_slo_ttft_ms").set_value(250.0).run()
+    app.number_input(key="run_slo_tpot_ms").set_value(0.0).run()  # 0: no TPOT SLO
+    app.button(key="run_start").click().run()
+    assert not app.exception
+    (spec,) = launches.specs
+    assert spec.slos == {"ttft_ms": {"percentile": "p90", "max_ms": 250.0}}
