@@ -11,12 +11,13 @@ from experiments.provenance import is_server
 
 
 def measured_on(provenance: dict) -> str:
-    """`vllm 0.32.0 (started by tradeoff)`, `server at URL (...)`, or tradeoff's engine."""
-    started = provenance.get("engine")
-    if started:
-        version = f" {started['version']}" if started.get("version") else ""
-        return f"{started['name']}{version} (started by tradeoff)"
+    """`server per config from --engine vllm (vllm 0.32.0)`, `server at URL (...)`, or
+    tradeoff's engine: where an export's expected figures were measured."""
     device = provenance["device"]
+    started = provenance.get("engine")
+    if started and (started.get("name") or started.get("version")):
+        said = " ".join(str(v) for v in (started.get("name"), started.get("version")) if v)
+        return f"{device} ({said})"
     return device if is_server(device) else "tradeoff's engine"
 
 

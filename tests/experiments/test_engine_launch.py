@@ -146,7 +146,8 @@ def test_exports_name_the_started_engine_as_where_figures_came_from():
     from experiments.export_server import measured_on
 
     started = {"name": "vllm", "version": "0.32.0", "command": "x"}
-    assert measured_on({"engine": started, "device": "server"}) == "vllm 0.32.0 (started by tradeoff)"
+    device = "server per config from --engine vllm"
+    assert measured_on({"engine": started, "device": device}) == f"{device} (vllm 0.32.0)"
     assert measured_on({"engine": None, "device": "cpu"}) == "tradeoff's engine"
 
 

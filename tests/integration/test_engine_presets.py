@@ -41,7 +41,8 @@ def test_no_engine_on_path_exits_2_saying_what_to_install(capsys, tmp_path: Path
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [
-        "error: --engine vllm: 'vllm' is not on PATH; install it (pip install vllm)"]
+        "error: --engine vllm: 'vllm' is not on PATH; install it (pip install vllm; on a CPU: "
+        ".ci/vllm.sh), or pass --engine-python PY of the environment it lives in"]
     assert not db.exists() or sqlite3.connect(db).execute("select count(*) from sweeps").fetchone() == (0,)
 
 

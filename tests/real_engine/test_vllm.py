@@ -80,7 +80,8 @@ def test_the_exported_command_relaunches_and_reproduces_the_measurement(sweep_db
     text = tradeoff("export", "--sweep", "1", "--format", "vllm", "--db", db)
     assert text.returncode == 0, text.stderr
     command = text.stdout.strip().splitlines()[-1]
-    assert "on vllm" in text.stdout and "(started by tradeoff)" in text.stdout  # where figures came from
+    # where the figures came from: the engine tradeoff started, and its version
+    assert re.search(r"on server per config from --engine vllm \(vllm \d", " ".join(text.stdout.split()))
     words = shlex.split(command)
     env = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
     argv = [w for w in words if not re.match(r"^[A-Z_]+=", w)]
