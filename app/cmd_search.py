@@ -56,8 +56,9 @@ def search(
         None, "--max-repeats", help="repetitions of a load the SLO verdict is unsure of (default 3)"),
     predict: bool = typer.Option(
         True, "--predict/--no-predict",
-        help="fit the simulator to the first trial, start each config at its predicted capacity "
-             "and skip configs predicted far below the best"),
+        help="fit the simulator to the first trial (or, on servers it starts, to probes of the "
+             "first server), start each config at its predicted capacity and skip configs "
+             "predicted far below the best"),
     keep_ratio: float | None = typer.Option(
         None, "--keep-ratio", help="measure configs predicted at >= this x the best (default 0.5)"),
     burstiness: float | None = typer.Option(None, help="open loop gamma shape (1 = Poisson)"),

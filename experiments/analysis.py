@@ -17,7 +17,14 @@ from experiments.export import export_config
 from experiments.grid import SweepSpec, server_key
 from experiments.grid_capacity import read_levels
 from experiments.metrics import meets_slos
-from experiments.predict import GENERIC, PRIORS, fit_cost_model, predict_points, stored_steps
+from experiments.predict import (
+    GENERIC,
+    PRIORS,
+    fit_cost_model,
+    predict_points,
+    stored_calibration,
+    stored_steps,
+)
 from experiments.profiles import SLO_METRICS, Profile
 from experiments.provenance import batches_by_itself
 from experiments.recommend import OBJECTIVES, Recommendation, recommend
@@ -205,7 +212,8 @@ def predicted_grid(store: Store, sweep: SweepRecord) -> list[tuple[TrialConfig, 
     predicts it, under the cost model fitted to all the sweep's stored steps."""
     trials = store.list_trials(sweep.id)
     spec, profile = SweepSpec(**sweep.grid), Profile(**sweep.profile)
-    cost = fit_cost_model(stored_steps(t.details for t in trials), PRIORS.get(spec.model, GENERIC))
+    cost = stored_calibration(t.details for t in trials) or \
+        fit_cost_model(stored_steps(t.details for t in trials), PRIORS.get(spec.model, GENERIC))
     configs = ([c for c in spec.trial_configs() if c.repetition == 0] if spec.search is None
                else sorted({replace(t.config, repetition=0) for t in trials}, key=lambda c: c.label))
     return predict_points(configs, profile, spec.requests, cost, stored_slos(trials, store), spec.seed)

@@ -136,9 +136,11 @@ RULED_OUT = (SKIPPED, PRUNED)  # not searched to the end: predicted, or shown, u
 
 
 def uses_prediction(spec: SweepSpec) -> bool:
-    """Whether the search calibrates and predicts: local engine only (it needs engine steps),
-    and not over a trace's speed-up (trace trials are not simulated)."""
-    return (spec.search is not None and spec.search.predict and not spec.is_external
+    """Whether the search calibrates and predicts: on the local engine (from its steps) or on
+    servers it starts (from black-box probes of the first; a bare --target's knobs are not
+    settings, so there is nothing to predict between), and not over a trace's speed-up (trace
+    trials are not simulated)."""
+    return (spec.search is not None and spec.search.predict and not spec.is_bare_target
             and spec.search.load != "speedup")
 
 

@@ -155,14 +155,16 @@ def _same(a: _Prediction, b: _Prediction) -> bool:
     return a.capacity == b.capacity and abs(a.value - b.value) <= SAME * max(abs(a.value), abs(b.value), 1e-9)
 
 
-def calibration_probe(spec: SweepSpec, profile: Profile, slos: list[SLO]) -> TrialConfig:
-    """The calibration trial: its config at the prior's predicted capacity (repetition 0)."""
+def calibration_probe(spec: SweepSpec, profile: Profile, slos: list[SLO],
+                      cost: CostModel | None = None) -> TrialConfig:
+    """The calibration trial: its config at the predicted capacity (repetition 0), under `cost`
+    (a server's black-box calibration) or the model's prior."""
     assert spec.search is not None
     knobs = calibration_config(spec)
     cap = predicted_capacities(spec.model_copy(update={"policies": [knobs.policy],
                                                        "batch_sizes": [knobs.batch_size],
                                                        "max_wait_ms": [knobs.max_wait_ms]}),
-                               profile, prior_cost(spec.model), slos)[knob_label(knobs)]
+                               profile, cost or prior_cost(spec.model), slos)[knob_label(knobs)]
     load = first_load(cap, spec)
     if spec.search.load == "concurrency":
         return replace(knobs, concurrency=int(load), rate=None)

@@ -204,6 +204,23 @@ def cost_to_dict(cost: CostModel) -> dict:
             "step_overhead_ms": cost.step_overhead_s * 1e3}
 
 
+def cost_from_dict(d: dict) -> CostModel:
+    """The inverse of cost_to_dict."""
+    return CostModel(d["prefill_base_ms"] / 1e3, d["prefill_per_token_ms"] / 1e3,
+                     d["decode_base_ms"] / 1e3, d["decode_per_seq_ms"] / 1e3,
+                     d.get("step_overhead_ms", 0.0) / 1e3)
+
+
+def stored_calibration(details: Iterable[dict]) -> CostModel | None:
+    """The black-box calibration a sweep stored with its first trial (a server's probes,
+    experiments/calibrate.py); None for a sweep calibrated from engine steps or not at all."""
+    for d in details:
+        calibration = (d or {}).get("prediction", {}).get("calibration")
+        if calibration:
+            return cost_from_dict(calibration["cost_model"])
+    return None
+
+
 def prediction_details(config: TrialConfig, profile: Profile, num_requests: int, seed: int,
                        slos: list[SLO], cost: CostModel, measured: TrialMetrics,
                        steps: list[StepRecord]) -> dict:

@@ -21,10 +21,10 @@ from experiments.capacity import (
     sample_of,
     uses_prediction,
 )
-from experiments.capacity_plan import calibration_probe, make_plan, revise_plan
+from experiments.capacity_plan import calibration_config, calibration_probe, make_plan, revise_plan
 from experiments.external import TargetSetupError
 from experiments.grid import server_key
-from experiments.predict import cost_to_dict, fit_cost_model, prior_cost
+from experiments.predict import cost_to_dict
 from experiments.search import CapacitySearch, Sample
 from experiments.sweep import SweepRunner
 from experiments.trial import TrialResult
@@ -39,6 +39,8 @@ class SearchRunner(SweepRunner):
     _num_finished = 0  # searches finished at the last revision
     _judged_by: list[SLO] | None = None  # the SLOs trials are judged against (for refitted predictions)
     _server_key: tuple | None = None  # the server config running now
+    _probed = None  # a started server's black-box calibration (experiments/calibrate.Calibration)
+    _probe_failure: str | None = None
 
     def _run_all(self) -> str:
         search = self.spec.search
@@ -71,18 +73,41 @@ class SearchRunner(SweepRunner):
                 return sample_of(stored[0]) if stored else None  # none: stopped mid-trial
 
             if uses_prediction(self.spec) and plan_of(self.store.list_trials(self.sweep_id)) is None:
-                self._calibrate(measure, slos)
+                self._calibrate(measure, slos, targets)
             self.capacities = run_search(self.spec, self.profile, self.store.list_trials(self.sweep_id),
                                          measure, self._can_continue, revise=self._revise)
         return "cancelled" if self.stop.is_set() else "done"
 
-    def _calibrate(self, measure, slos: list[SLO]) -> None:
-        """Measure the calibration trial; `_with_prediction` stores the plan with it."""
-        self._calibrating = calibration_probe(self.spec, self.profile, slos)
+    def _calibrate(self, measure, slos: list[SLO], targets: _TargetPerServer) -> None:
+        """Measure the calibration trial; `_with_prediction` stores the plan with it. On servers
+        tradeoff starts, the first config's server is probed first (experiments/calibrate.py)
+        and the fit, not engine steps, predicts every config."""
+        if self.spec.starts_servers:
+            slos = self._probe_first_server(targets)
+            if self.calibration is None:
+                return  # the probes failed: the search goes on without a plan
+        self._calibrating = calibration_probe(self.spec, self.profile, slos, self.calibration)
         try:
             measure(self._calibrating)
         finally:
             self._calibrating = None
+
+    def _probe_first_server(self, targets: _TargetPerServer) -> list[SLO]:
+        """Start the calibration config's server, probe it, keep the fit; its SLOs."""
+        from experiments.calibrate import fit, probe_server
+
+        knobs = calibration_config(self.spec)
+        self._report(f"{knobs.server_label}: probing the server (calibration)")
+        try:
+            target, slos = targets.get(knobs)
+            probes = probe_server(target.engine, max_running=knobs.batch_size, seed=self.spec.seed,
+                                  **target.request_kwargs())
+            self._probed = fit(probes)
+        except (TargetSetupError, ValueError, RuntimeError) as exc:
+            self._probe_failure = f"{type(exc).__name__}: {exc}"
+            return []
+        self.calibration = self._probed.cost
+        return slos
 
     def _revise(self, config: TrialConfig, searches: dict[TrialConfig, CapacitySearch]) -> dict[str, str]:
         """After a trial measured now: prune the configs that can no longer win, and note it
@@ -91,7 +116,7 @@ class SearchRunner(SweepRunner):
         finished = sum(s.is_finished for s in searches.values())
         refit = finished > self._num_finished and uses_prediction(self.spec) and self._judged_by is not None
         self._num_finished = finished
-        cost = fit_cost_model(self._steps or [], prior_cost(self.spec.model)) if refit else None
+        cost = self.fitted_cost() if refit else None
         try:
             pruned = revise_plan(self.spec, self.profile, cost, self._judged_by or [], searches)
         except Exception:  # noqa: BLE001 - a revision only saves trials; without it none are lost
@@ -110,7 +135,7 @@ class SearchRunner(SweepRunner):
         metrics = super()._with_prediction(config, result, slos, metrics)
         if config != self._calibrating:
             return metrics
-        cost = fit_cost_model(self._steps or [], prior_cost(self.spec.model))
+        cost = self.fitted_cost()
         load = config.concurrency if config.concurrency is not None else config.rate
         knobs = replace(config, concurrency=None, rate=None)
         try:
@@ -118,6 +143,8 @@ class SearchRunner(SweepRunner):
         except Exception as exc:  # noqa: BLE001 - no plan: every config starts at the default
             plan = {"start": {}, "skipped": {}, "failed": f"{type(exc).__name__}: {exc}"}
         prediction = {**metrics.details.get("prediction", {}), "plan": plan}
+        if self._probed is not None:  # stored with the plan: a resume and the UI predict from it
+            prediction["calibration"] = {**self._probed.to_dict(), "cost_model": cost_to_dict(cost)}
         return self._replace_details(metrics, prediction)
 
     @staticmethod

@@ -25,10 +25,18 @@ from common.records import SLO, TrialConfig, TrialMetrics
 from db.store import Store
 from engine.config import EngineConfig
 from engine.core import StepRecord
+from engine.simulate import CostModel
 from experiments.external import ExternalTarget, TargetSetupError, api_key_from_env, load_tokenizer
 from experiments.grid import GridError, SweepSpec, server_key
 from experiments.measure import measure
-from experiments.predict import fit_cost_model, prediction_details, prior_cost, step_summary, stored_steps
+from experiments.predict import (
+    fit_cost_model,
+    prediction_details,
+    prior_cost,
+    step_summary,
+    stored_calibration,
+    stored_steps,
+)
 from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
 from experiments.provenance import provenance
 from experiments.servers import SweepServers, log_root
@@ -152,6 +160,7 @@ class SweepRunner:
         self._tok = None
         self._baseline: dict[str, float] | None = None
         self._steps: list[StepRecord] | None = None  # measured steps, for the prediction fit
+        self.calibration: CostModel | None = None  # a started server's, from black-box probes
         self._last_beat = 0.0
         self._started = time.monotonic()
         self.servers = SweepServers(self.spec, sweep_id, log_root(store.sqlite_path))
@@ -306,11 +315,9 @@ class SweepRunner:
                          metrics: TrialMetrics) -> TrialMetrics:
         """The metrics plus details["prediction"]: what the simulator, fitted to the steps of
         the trials before this one, predicted for it, and this trial's steps for later fits."""
-        if self.spec.is_external or config.speedup is not None or not result.steps:
-            return metrics  # no engine steps to fit (HTTP), or a trace (not simulated)
-        if self._steps is None:  # a resumed sweep: the steps stored with earlier trials
-            self._steps = stored_steps(t.details for t in self.store.list_trials(self.sweep_id))
-        cost = fit_cost_model(self._steps, prior_cost(self.spec.model))
+        if config.speedup is not None or not (result.steps or self.calibration):
+            return metrics  # a trace (not simulated), or nothing to fit (a server not calibrated)
+        cost = self.fitted_cost()
         try:
             details = prediction_details(config, self.profile, self.spec.requests_for(config),
                                          self.spec.seed + config.repetition, slos, cost,
@@ -319,6 +326,17 @@ class SweepRunner:
             details = {"failed": f"{type(exc).__name__}: {exc}", "steps": step_summary(result.steps)}
         self._steps.extend(result.steps)
         return replace(metrics, details={**metrics.details, "prediction": details})
+
+    def fitted_cost(self) -> CostModel:
+        """The cost model predictions use now: a server's black-box calibration (its probes), else
+        the fit to every engine step measured so far (the model's prior before any)."""
+        if self._steps is None:  # a resumed sweep: what earlier trials stored
+            stored = [t.details for t in self.store.list_trials(self.sweep_id)]
+            self._steps = stored_steps(stored)
+            self.calibration = self.calibration or stored_calibration(stored)
+        if self.calibration is not None:
+            return self.calibration
+        return fit_cost_model(self._steps, prior_cost(self.spec.model))
 
     def _deadline_s(self, config: TrialConfig) -> float | None:
         # A trace trial replays its whole window and drains (bounded) unless max_trial_s says less.

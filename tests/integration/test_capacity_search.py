@@ -129,3 +129,26 @@ def test_budget_stop_then_resume_reuses_stored_trials(tmp_path: Path, tiny_profi
     capacities, trials = sweep_capacities(store, sweep_id)
     assert sum(c.capacity.num_probes for c in capacities) == len(trials)
     assert all(c.capacity.status != UNDECIDED for c in capacities)
+
+
+@pytest.mark.slow
+def test_a_search_over_started_servers_calibrates_from_probes_of_the_first(tmp_path: Path,
+                                                                           tiny_profile: Path):
+    # Each config's server is a mock of exactly known timing: first token 20 ms, then 5 ms each.
+    mock = (f"{sys.executable} -m app.cli mock-server --ttft-ms 20 --itl-ms 5 "
+            "--capacity {batch_size} --port {port}")
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    out = subprocess.run([sys.executable, "-m", "app.cli", "search", "--server-cmd", mock,
+                          "--tokenizer", "builtin:tiny", "--profile", str(tiny_profile),
+                          "--policy", "continuous", "--batch-sizes", "2,8", "--max-wait-ms", "0",
+                          "--concurrency", "--max-load", "16", "--requests", "12",
+                          "--budget-min", "3", "--db", db, "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first = min(Store(db, create=False).list_trials(1), key=lambda t: t.trial_id)
+    prediction = first.details["prediction"]
+    assert first.config.batch_size == 8  # the calibration config: the largest batch
+    cost = prediction["calibration"]["cost_model"]
+    assert 20 <= cost["prefill_base_ms"] <= 35 and 4.5 <= cost["decode_base_ms"] <= 8  # the mock's timing
+    assert {p["kind"] for p in prediction["calibration"]["probes"]} == {"prefill", "decode"}
+    assert set(prediction["plan"]["predicted"]) == {"continuous b2 w0ms", "continuous b8 w0ms"}
+    assert prediction["predicted"]["ttft_ms_p50"] is not None  # each trial's prediction, from the fit
