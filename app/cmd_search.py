@@ -28,7 +28,7 @@ from app.engine_options import (
 )
 from app.errors import BadInput
 from app.output import print_json
-from app.parsing import parse_slos
+from app.parsing import parse_slos, parse_switches
 
 
 @app.command()
@@ -80,6 +80,9 @@ def search(
              "per config, started for its search and stopped before the next"),
     engine: str | None = typer.Option(
         None, "--engine", help="start this engine's server per config: vllm | sglang | tgi | llamacpp"),
+    prefix_caching: str | None = typer.Option(
+        None, "--prefix-caching", help="comma list of on, off, default: reuse computed prompt blocks "
+                                       "(vLLM --enable-prefix-caching, SGLang's radix cache)"),
     slo: list[str] | None = typer.Option(
         None, "--slo", help="an absolute SLO in place of the profile's, METRIC[:PCT]=MS (repeat it), "
                             "e.g. --slo ttft_ms=200 --slo tpot_ms:p99=50"),
@@ -118,6 +121,8 @@ def search(
                 "tokenizer": tokenizer, "server_cmd": server_cmd, "engine": engine,
                 **launch_flags(engine_args, engine_env, engine_python, server_timeout),
                 "slos": parse_slos(slo),
+                "prefix_caching": None if prefix_caching is None else
+                parse_switches("--prefix-caching", prefix_caching),
                 **lists(policy, batch_sizes, max_wait_ms, None, None),
                 "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
                            "budget_s": (budget_min or 10.0) * 60, "start_load": start_load,

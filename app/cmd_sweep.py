@@ -23,7 +23,7 @@ from app.engine_options import (
 )
 from app.errors import BadInput
 from app.output import fmt, print_json
-from app.parsing import parse_budgets, parse_list, parse_slos
+from app.parsing import parse_budgets, parse_list, parse_slos, parse_switches
 
 DB_HELP = "SQLAlchemy URL of the result store (default: $TRADEOFF_DB or sqlite:///tradeoff.db)"
 
@@ -122,6 +122,9 @@ def sweep(
     server_cmd: str | None = typer.Option(
         None, "--server-cmd",
         help="server command template with {batch_size} {max_wait_ms} {policy} {port}, started per config"),
+    prefix_caching: str | None = typer.Option(
+        None, "--prefix-caching", help="comma list of on, off, default: reuse computed prompt blocks "
+                                       "(vLLM --enable-prefix-caching, SGLang's radix cache)"),
     slo: list[str] | None = typer.Option(
         None, "--slo", help="an absolute SLO in place of the profile's, METRIC[:PCT]=MS (repeat it), "
                             "e.g. --slo ttft_ms=200 --slo tpot_ms:p99=50"),
@@ -157,6 +160,8 @@ def sweep(
                  "trace_start_s": trace_start,
                  **launch_flags(engine_args, engine_env, engine_python, server_timeout),
                  "slos": parse_slos(slo),
+                 "prefix_caching": None if prefix_caching is None else
+                 parse_switches("--prefix-caching", prefix_caching),
                  **lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
                         max_num_batched_tokens),
                  **_scale_lists(replicas, router),

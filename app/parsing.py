@@ -57,3 +57,15 @@ def parse_slos(items: list[str] | None) -> dict[str, dict] | None:
             raise BadInput(f"--slo {item!r}: give METRIC[:PERCENTILE]=MS, {SLO_EXAMPLE}")
         slos[metric.strip()] = {"percentile": percentile.strip() or "p90", "max_ms": max_ms}
     return slos
+
+
+SWITCHES = {"on": True, "off": False, "default": None}
+
+
+def parse_switches(option: str, text: str) -> list[bool | None]:
+    """`on,off,default` -> [True, False, None] (default: the engine's own setting)."""
+    items = [item.strip().lower() for item in text.split(",")]
+    bad = next((item for item in items if item not in SWITCHES), None)
+    if bad is not None:
+        raise BadInput(f"{option}: {bad!r} is not on, off or default; e.g. {option} on,off")
+    return [SWITCHES[item] for item in dict.fromkeys(items)]

@@ -77,6 +77,7 @@ class TrialConfig:
     replicas: int = 1  # engine replicas behind a router, measured as one target
     router: str | None = None  # one of engine.routing.ROUTERS; None for 1 replica
     speedup: float | None = None  # trace replay: time scale of the trace's arrivals (the load axis)
+    prefix_caching: bool | None = None  # reuse computed prompt blocks; None: the engine's default
 
     @property
     def load_label(self) -> str:
@@ -96,6 +97,8 @@ class TrialConfig:
             parts.append(f"t{self.max_num_batched_tokens}")
         if self.replicas != 1:
             parts.append(f"x{self.replicas}{ROUTER_ABBREV.get(self.router or '', self.router or '')}")
+        if self.prefix_caching is not None:
+            parts.append("pc" if self.prefix_caching else "nopc")
         return "/".join(parts)
 
     @property
@@ -125,7 +128,8 @@ def config_to_dict(config: TrialConfig) -> dict:
     out: dict = {"policy": config.policy, "batch_size": config.batch_size,
                  "max_wait_ms": config.max_wait_ms,
                  "max_num_batched_tokens": config.max_num_batched_tokens,
-                 "replicas": config.replicas, "router": config.router}
+                 "replicas": config.replicas, "router": config.router,
+                 **({} if config.prefix_caching is None else {"prefix_caching": config.prefix_caching})}
     if config.concurrency is not None:
         return {**out, "concurrency": config.concurrency}
     if config.speedup is not None:

@@ -196,11 +196,13 @@ def _v3_knobs_and_self_check(conn: Connection) -> None:
 
 
 def _v4_sessions_and_prefix_cache(conn: Connection) -> None:
-    """Version 4: a request's session, turn and cached prompt tokens; a trial's prefix-cache hit rate."""
+    """Version 4: a request's session, turn and cached prompt tokens; a trial's prefix-cache hit
+    rate and its prefix-caching knob (NULL: the engine's default)."""
     for column in (Column("session_id", Integer), Column("turn", Integer),
                    Column("num_cached_tokens", Integer)):
         add_column(conn, "requests", column)
     add_column(conn, "trials", Column("prefix_cache_hit_rate", Float))
+    add_column(conn, "trials", Column("prefix_caching", Boolean))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -208,7 +210,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "worker liveness columns, sweep queue index, profiles", _v2_liveness_and_profiles),
     Migration(3, "token budget, replicas, router, speed-up, client self-check, roofline, details",
               _v3_knobs_and_self_check),
-    Migration(4, "request session, turn and cached prompt tokens; trial prefix-cache hit rate",
+    Migration(4, "request session, turn and cached prompt tokens; trial prefix caching and hit rate",
               _v4_sessions_and_prefix_cache),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version

@@ -167,8 +167,9 @@ class TrialModel(Base):
     router: Mapped[str | None] = mapped_column(String(CODE_LEN))
     speedup: Mapped[float | None]
     details_json: Mapped[str | None] = mapped_column(Text)
-    # Added in schema version 4 (a metric: TrialMetrics.flat() keeps this column order).
+    # Added in schema version 4 (a metric: TrialMetrics.flat() keeps this column order) and a knob.
     prefix_cache_hit_rate: Mapped[float | None]
+    prefix_caching: Mapped[bool | None]
 
 
 class RequestModel(Base):
@@ -215,6 +216,7 @@ _TRIAL_NON_METRICS = frozenset({
     "id", "sweep_id", "policy", "batch_size", "max_wait_ms", "concurrency", "rate", "burstiness",
     "repetition", "load_key", "status", "started_at", "finished_at", "nonfinite", "slos_json",
     "error", "max_num_batched_tokens", "replicas", "router", "speedup", "details_json",
+    "prefix_caching",
 })
 # The keys of TrialMetrics.flat(), in column order (a test keeps the two in step).
 METRIC_COLUMNS: tuple[str, ...] = tuple(

@@ -111,6 +111,8 @@ def load_key(config: TrialConfig) -> str:
         key += f"/t={config.max_num_batched_tokens}"
     if config.replicas != 1 or config.router is not None:
         key += f"/n={config.replicas}/{config.router}"
+    if config.prefix_caching is not None:
+        key += f"/pc={int(config.prefix_caching)}"
     return key
 
 
@@ -177,6 +179,7 @@ def config_values(config: TrialConfig) -> dict[str, Any]:
         "max_num_batched_tokens": plain(config.max_num_batched_tokens),
         "replicas": plain(config.replicas), "router": config.router,
         "speedup": None if config.speedup is None else float(config.speedup),
+        "prefix_caching": config.prefix_caching,
         "load_key": load_key(config),
     }
 
@@ -188,7 +191,7 @@ INSERT_TRIAL = insert(TRIALS).returning(TRIALS.c.id)
 INSERT_REQUESTS = insert(REQUESTS)
 CONFIG_NAMES = (
     "policy", "batch_size", "max_wait_ms", "concurrency", "rate", "burstiness", "repetition",
-    "max_num_batched_tokens", "replicas", "router", "speedup",
+    "max_num_batched_tokens", "replicas", "router", "speedup", "prefix_caching",
 )
 CONFIG_COLUMNS = tuple(TRIALS.c[name] for name in CONFIG_NAMES)
 NUM_CONFIG = len(CONFIG_COLUMNS)

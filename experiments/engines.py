@@ -104,7 +104,9 @@ def _module_args(name: str, argv: list[str]) -> list[str]:
     return argv[3:] if argv[:2] == ["python3", "-m"] else argv[1:]
 
 
-_OWNERS = {"--max-num-seqs": "--batch-sizes", "--max-running-requests": "--batch-sizes",
+_OWNERS = {"--enable-prefix-caching": "--prefix-caching", "--no-enable-prefix-caching": "--prefix-caching",
+           "--disable-radix-cache": "--prefix-caching",
+           "--max-num-seqs": "--batch-sizes", "--max-running-requests": "--batch-sizes",
            "--max-batch-size": "--batch-sizes", "--parallel": "--batch-sizes",
            "--max-num-batched-tokens": "--max-num-batched-tokens",
            "--chunked-prefill-size": "--max-num-batched-tokens",
@@ -121,15 +123,20 @@ def _vllm(model: str, c: TrialConfig, port: int) -> list[str]:
             "--max-num-seqs", str(c.batch_size)]
     if c.max_num_batched_tokens is not None:
         argv += ["--max-num-batched-tokens", str(c.max_num_batched_tokens), "--enable-chunked-prefill"]
+    if c.prefix_caching is not None:  # vLLM's automatic prefix caching (on by default in V1)
+        argv.append("--enable-prefix-caching" if c.prefix_caching else "--no-enable-prefix-caching")
     return argv
 
 
 def _sglang(model: str, c: TrialConfig, port: int) -> list[str]:
     # -1 disables SGLang's chunked prefill, which is on by default: "no budget" means whole prompts.
     chunk = -1 if c.max_num_batched_tokens is None else c.max_num_batched_tokens
-    return ["python3", "-m", "sglang.launch_server", "--model-path", model, "--host", "127.0.0.1",
+    argv = ["python3", "-m", "sglang.launch_server", "--model-path", model, "--host", "127.0.0.1",
             "--port", str(port), "--max-running-requests", str(c.batch_size),
             "--chunked-prefill-size", str(chunk), "--enable-metrics"]
+    if c.prefix_caching is False:  # SGLang's radix cache is its prefix cache, on by default
+        argv.append("--disable-radix-cache")
+    return argv
 
 
 def _tgi(model: str, c: TrialConfig, port: int) -> list[str]:
@@ -158,7 +165,8 @@ PRESETS: dict[str, EnginePreset] = {
         counters={"prefix_cache_queries": ("vllm:prefix_cache_queries_total",),
                   "prefix_cache_hits": ("vllm:prefix_cache_hits_total",),
                   "preemptions": ("vllm:num_preemptions_total",)},
-        owned_flags=("--model", "--host", "--port", "--max-num-seqs", "--max-num-batched-tokens"),
+        owned_flags=("--model", "--host", "--port", "--max-num-seqs", "--max-num-batched-tokens",
+                     "--enable-prefix-caching", "--no-enable-prefix-caching"),
         start_prior_s=75.0),
     "sglang": EnginePreset(
         "sglang", "python3", "sglang", "pip install 'sglang[all]'", _sglang,
@@ -166,7 +174,7 @@ PRESETS: dict[str, EnginePreset] = {
          "kv_usage": ("sglang:token_usage",), "prefix_cache_hit_rate": ("sglang:cache_hit_rate",)},
         entry_module="sglang.launch_server",
         owned_flags=("--model-path", "--host", "--port", "--max-running-requests",
-                     "--chunked-prefill-size")),
+                     "--chunked-prefill-size", "--disable-radix-cache")),
     "tgi": EnginePreset(
         "tgi", "text-generation-launcher", None,
         "Hugging Face text-generation-inference; its launcher binary on PATH", _tgi,
@@ -188,9 +196,12 @@ def preset(name: str) -> EnginePreset:
     return PRESETS[name]
 
 
-def lacking_knobs(name: str, policies: list[str], max_wait_ms: list[float]) -> list[str]:
+def lacking_knobs(name: str, policies: list[str], max_wait_ms: list[float],
+                  prefix_caching: list[bool | None] = (None,)) -> list[str]:
     """The grid's knobs this engine cannot set: said, never mapped onto something else."""
     lacks = []
+    if name in ("tgi", "llamacpp") and any(pc is not None for pc in prefix_caching):
+        lacks.append(f"prefix_caching (its preset does not set it; leave it at {name}'s default)")
     if any(w != 0 for w in max_wait_ms):
         lacks.append(f"max_wait_ms (only 0: {name} admits waiting requests at every step)")
     if any(p != "continuous" for p in policies):

@@ -249,6 +249,10 @@ def _render_vllm(rec: Recommendation, provenance: dict) -> str:
         notes.append(f"{model} is tradeoff's built-in test model; put a Hugging Face model id.")
     budget = c.max_num_batched_tokens
     chunked = "" if budget is None else f" --max-num-batched-tokens {budget} --enable-chunked-prefill"
+    if c.prefix_caching is not None:
+        chunked += " --enable-prefix-caching" if c.prefix_caching else " --no-enable-prefix-caching"
+        notes.append(f"prefix caching {'on' if c.prefix_caching else 'off'} as measured "
+                     "(vLLM's automatic prefix caching; on by default in its V1 engine).")
     dp_flag, dp_notes = vllm_flags(c)
     notes.extend(dp_notes)
     started = provenance.get("engine")
@@ -289,8 +293,12 @@ def _render_triton(rec: Recommendation, provenance: dict) -> str:
 
 
 def _per_request_notes(rec: Recommendation, server: str) -> list[str]:
-    continuous = _config(rec).policy == "continuous"
-    return [_PER_REQUEST.format(server=server)] if continuous else []
+    config = _config(rec)
+    notes = [_PER_REQUEST.format(server=server)] if config.policy == "continuous" else []
+    if config.prefix_caching:
+        notes.append(f"prefix caching (measured on) has no equivalent in {server}: it recomputes "
+                     "every prompt, so later turns and shared prefixes cost more than measured.")
+    return notes
 
 
 def _render_ray_serve(rec: Recommendation, provenance: dict) -> str:

@@ -21,7 +21,7 @@ from experiments.server_cmd import ServerCmdError, check_server_cmd
 # target (SweepSpec.is_bare_target; its device `server at URL`) never show them as settings.
 SERVER_OWN_KNOBS: dict[str, list] = {"policies": ["continuous"], "batch_sizes": [1], "max_wait_ms": [0.0]}
 _KNOB_FLAGS = {"policies": "--policy", "batch_sizes": "--batch-sizes", "max_wait_ms": "--max-wait-ms",
-               "max_num_batched_tokens": "--max-num-batched-tokens"}
+               "max_num_batched_tokens": "--max-num-batched-tokens", "prefix_caching": "--prefix-caching"}
 
 
 class GridError(ValueError):
@@ -71,6 +71,8 @@ class SweepSpec(BaseModel):
     max_wait_ms: list[float] = Field(default=[0.0, 10.0], min_length=1)
     # Prefill token budgets (None = no chunking); a budget applies to the continuous policy only.
     max_num_batched_tokens: list[int | None] = Field(default=[None], min_length=1)
+    # Reuse of computed prompt blocks across requests; None: the engine's default (engines.py).
+    prefix_caching: list[bool | None] = Field(default=[None], min_length=1)
     concurrency: list[int] | None = None
     rate: list[float] | None = None
     speedup: list[float] | None = None  # trace replay: the trace profile's load axis
@@ -245,9 +247,17 @@ class SweepSpec(BaseModel):
             return self
         if self.server_cmd is not None or self.target is not None:
             raise ValueError("engine starts its own server per config: drop server_cmd and target")
-        lacks = lacking_knobs(self.engine, list(self.policies), list(self.max_wait_ms))
+        lacks = lacking_knobs(self.engine, list(self.policies), list(self.max_wait_ms),
+                              list(self.prefix_caching))
         if lacks:
             raise ValueError(f"{self.engine} has no setting for {'; '.join(lacks)}")
+        return self
+
+    @model_validator(mode="after")
+    def _prefix_caching_where_built(self) -> SweepSpec:
+        if not self.is_external and any(self.prefix_caching):
+            raise ValueError("prefix_caching on: tradeoff's own engine has no prefix cache yet (it "
+                             "recomputes every prompt); measure prefix caching with --engine vllm")
         return self
 
     @model_validator(mode="after")
@@ -303,7 +313,7 @@ class SweepSpec(BaseModel):
 
     def _axes(self) -> list[list]:
         return [self.policies, self.batch_sizes, self.max_wait_ms, self.loads, self.scales,
-                self.max_num_batched_tokens]
+                self.max_num_batched_tokens, list(dict.fromkeys(self.prefix_caching))]
 
     def trial_configs(self) -> list[TrialConfig]:
         """All trials, coarse first: grid corners before midpoints, repetition 0 before 1."""
@@ -329,20 +339,22 @@ class SweepSpec(BaseModel):
         return [replace(c, concurrency=None) for c in grid.trial_configs()]
 
     def _config(self, point: tuple, repetition: int) -> TrialConfig:
-        (_, policy), (_, batch), (_, wait), (_, load), (_, (replicas, router)), (_, budget) = point
+        (_, policy), (_, batch), (_, wait), (_, load), (_, (replicas, router)), (_, budget), \
+            (_, cache) = point
+        knobs = {"repetition": repetition, "replicas": replicas, "router": router,
+                 "max_num_batched_tokens": budget, "prefix_caching": cache}
         if self.speedup is not None:
-            return TrialConfig(policy, batch, wait, speedup=load, repetition=repetition,
-                               replicas=replicas, router=router, max_num_batched_tokens=budget)
+            return TrialConfig(policy, batch, wait, speedup=load, **knobs)
         closed = self.concurrency is not None
         return TrialConfig(policy, batch, wait, concurrency=load if closed else None,
                            rate=None if closed else load,
-                           burstiness=1.0 if closed else self.burstiness, repetition=repetition,
-                           replicas=replicas, router=router, max_num_batched_tokens=budget)
+                           burstiness=1.0 if closed else self.burstiness, **knobs)
 
 
-def server_key(config: TrialConfig) -> tuple[str, int, float, int | None]:
+def server_key(config: TrialConfig) -> tuple[str, int, float, int | None, bool | None]:
     """The knobs a server is started with (load levels run against one server)."""
-    return config.policy, config.batch_size, config.max_wait_ms, config.max_num_batched_tokens
+    return (config.policy, config.batch_size, config.max_wait_ms, config.max_num_batched_tokens,
+            config.prefix_caching)
 
 
 def _coarseness(index: int, size: int) -> int:

@@ -218,3 +218,13 @@ def test_session_turn_and_cached_tokens_round_trip(store, new_sweep, config, mak
     assert (second.session_id, second.turn, second.num_cached_tokens) == (None, None, None)
     [trial] = store.list_trials(sweep_id)
     assert trial.metrics["prefix_cache_hit_rate"] == 0.5
+
+
+def test_prefix_caching_is_part_of_a_trials_identity(store, new_sweep, config, make_metrics):
+    sweep_id = new_sweep()
+    variants = [dataclasses.replace(config, prefix_caching=pc) for pc in (None, True, False)]
+    for variant in variants:  # three distinct trials: no duplicate-trial error
+        store.add_trial(sweep_id, variant, make_metrics(), [], T0, T1)
+    assert [t.config.prefix_caching for t in store.list_trials(sweep_id)] == [None, True, False]
+    with pytest.raises(DuplicateTrialError):
+        store.add_trial(sweep_id, variants[1], make_metrics(), [], T0, T1)

@@ -188,3 +188,22 @@ def test_server_metrics_fill_what_the_client_could_not_see():
     assert "running-requests gauge" in filled.details["mean_batch_size_from"]
     seen = with_server_metrics(replace(base, mean_batch_size=2.0, prefix_cache_hit_rate=0.5), summary)
     assert (seen.mean_batch_size, seen.prefix_cache_hit_rate) == (2.0, 0.5)  # the client's own wins
+
+
+def test_prefix_caching_is_a_server_knob_each_engine_sets_its_own_way():
+    on = TrialConfig("continuous", 8, 0.0, concurrency=4, prefix_caching=True)
+    off = TrialConfig("continuous", 8, 0.0, concurrency=4, prefix_caching=False)
+    assert preset("vllm").command("/m", on, 1)[-1] == "--enable-prefix-caching"
+    assert preset("vllm").command("/m", off, 1)[-1] == "--no-enable-prefix-caching"
+    assert "--disable-radix-cache" in preset("sglang").command("/m", off, 1)
+    assert "--disable-radix-cache" not in preset("sglang").command("/m", on, 1)
+    assert (on.server_label, off.server_label) == ("continuous/b8/w0ms/pc", "continuous/b8/w0ms/nopc")
+    with pytest.raises(ValueError, match="--no-enable-prefix-caching is set by tradeoff.*--prefix-caching"):
+        preset("vllm").check_extra_args(["--no-enable-prefix-caching"])
+    base = {"concurrency": [1], "policies": ["continuous"], "max_wait_ms": [0]}
+    with pytest.raises(GridError, match="tgi has no setting for prefix_caching"):
+        parse_spec({**base, "engine": "tgi", "prefix_caching": [True]})
+    with pytest.raises(GridError, match="tradeoff's own engine has no prefix cache yet"):
+        parse_spec({**base, "prefix_caching": [True, False]})
+    spec = parse_spec({**base, "engine": "vllm", "batch_sizes": [4], "prefix_caching": [True, False]})
+    assert [c.prefix_caching for c in spec.trial_configs()] == [True, False]
