@@ -11,7 +11,7 @@ import typer
 from app.cli import app
 from app.errors import BadInput
 from app.output import print_json, print_pairs
-from app.parsing import parse_budget
+from app.parsing import parse_budget, parse_switches
 from common.records import LATENCY_METRICS, SLO, TrialConfig, config_to_dict
 from engine.config import EngineConfig, SchedulerConfig
 from engine.routing import DEFAULT_ROUTER, ROUTERS, check_replicas
@@ -22,7 +22,8 @@ from experiments.profiles import load_profile, needs_baseline, resolve_slos
 def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
                        concurrency: int | None, rate: float | None, burstiness: float,
                        arrival, speedup: float | None = None,
-                       max_num_batched_tokens: int | None = None) -> TrialConfig:
+                       max_num_batched_tokens: int | None = None,
+                       prefix_caching: bool | None = None) -> TrialConfig:
     """Validate the knobs and the load (one of concurrency / rate / speedup, else the profile's)."""
     # raises ConfigError on bad knobs
     SchedulerConfig(policy, batch_size, max_wait_ms, max_num_batched_tokens=max_num_batched_tokens)
@@ -49,7 +50,7 @@ def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
             rate, burstiness = arrival.rate, arrival.burstiness
     return TrialConfig(policy, batch_size, max_wait_ms, concurrency=concurrency, rate=rate,
                        burstiness=burstiness if rate is not None else 1.0, speedup=speedup,
-                       max_num_batched_tokens=max_num_batched_tokens)
+                       max_num_batched_tokens=max_num_batched_tokens, prefix_caching=prefix_caching)
 
 
 def with_replicas(config: TrialConfig, replicas: int, router: str | None, external: bool) -> TrialConfig:
@@ -114,6 +115,9 @@ def trial(
     max_num_batched_tokens: str | None = typer.Option(
         None, "--max-num-batched-tokens",
         help="prefill token budget per step (chunked prefill, continuous only); none = no chunking"),
+    prefix_caching: str | None = typer.Option(
+        None, "--prefix-caching", help="on | off: reuse computed prompt blocks (tradeoff's engine: "
+                                       "off only, it has no prefix cache yet)"),
     concurrency: int | None = typer.Option(None, help="closed loop: virtual users"),
     rate: float | None = typer.Option(None, help="open loop: requests/s"),
     burstiness: float = typer.Option(1.0, help="open loop gamma shape (1 = Poisson)"),
@@ -149,7 +153,7 @@ def trial(
 
         _refuse_server_knobs(**{"--policy": policy, "--batch-size": batch_size, "--max-wait-ms":
                                 max_wait_ms, "--max-num-batched-tokens": max_num_batched_tokens,
-                                "--config": config})
+                                "--prefix-caching": prefix_caching, "--config": config})
         own = {key: values[0] for key, values in SERVER_OWN_KNOBS.items()}  # run with, never shown
         policy, batch_size, max_wait_ms = own["policies"], own["batch_sizes"], own["max_wait_ms"]
     if config is not None:
@@ -164,7 +168,7 @@ def trial(
     prof = load_profile(profile)
     trial_config = build_trial_config(policy or "continuous", 8 if batch_size is None else batch_size,
                                        max_wait_ms or 0.0, concurrency, rate, burstiness,
-                                       prof.arrival, speedup, budget)
+                                       prof.arrival, speedup, budget, _caching(prefix_caching))
     if trial_config.speedup is not None:  # --duration sets the replay window instead
         prof, duration = _trace_window(prof, trial_config.speedup, duration, trace_start)
     trial_config = with_replicas(trial_config, replicas, router, external=target is not None)
@@ -176,6 +180,22 @@ def trial(
                                      kv_budget_tokens=kv_budget, seed=seed),
                         prof, trial_config, requests, seed, duration, remote)
     print_json(out) if json_out else _print_table(out)
+
+
+def _caching(text: str | None) -> bool | None:
+    """--prefix-caching on | off on tradeoff's own engine (which has no prefix cache yet)."""
+    if text is None:
+        return None
+    values = parse_switches("--prefix-caching", text)
+    if len(values) != 1:
+        raise BadInput("--prefix-caching: a trial runs one setting; give on or off (a sweep "
+                       "takes a list)")
+    value = values[0]
+    if value:
+        raise BadInput("--prefix-caching on: tradeoff's own engine has no prefix cache yet (it "
+                       "recomputes every prompt); measure prefix caching on a real engine with "
+                       "`tradeoff sweep --engine vllm --prefix-caching on,off`")
+    return value
 
 
 def _refuse_server_knobs(**given: object) -> None:

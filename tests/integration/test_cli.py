@@ -206,3 +206,24 @@ def test_ctrl_c_cancels_the_sweep_and_keeps_finished_trials(tmp_path: Path, tiny
     sweep = Store(db, create=False).list_sweeps()[0]
     assert sweep.status == "cancelled"
     assert all(t.status == "done" for t in Store(db, create=False).list_trials(sweep.id))
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("on", "tradeoff's own engine has no prefix cache yet"),
+    ("on,off", "a trial runs one setting"),
+    ("maybe", "'maybe' is not on, off or default"),
+])
+def test_prefix_caching_flag_refusals_are_one_line(capsys, value: str, needle: str):
+    code, out, err = run_cli(capsys, "trial", "--prefix-caching", value)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and needle in err
+
+
+@pytest.mark.slow
+def test_a_multiturn_trial_with_caching_off_reports_an_exact_zero_hit_rate(capsys):
+    code, out, err = run_cli(capsys, "trial", "--model", "builtin:tiny", "--profile", "chat-multiturn",
+                             "--prefix-caching", "off", "--concurrency", "4", "--requests", "12", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["config"]["prefix_caching"] is False
+    assert result["prefix_cache_hit_rate"] == 0.0  # this engine recomputes every prompt, exactly
+    assert result["details"]["ttft_ms_by_turn"]["1"]["count"] >= 1
