@@ -38,7 +38,8 @@ class SleepyExecutor:
 def test_record_from_sequence() -> None:
     seq = Sequence(7, [1, 2, 3], SamplingParams(), scheduled_s=1.0, sent_s=1.5, admitted_s=2.0,
                    token_times_s=[2.5, 3.0], output_ids=[5, 5], done_s=3.0)
-    assert record_from_sequence(seq, 4) == RequestRecord(4, 1.0, 1.5, 2.0, (2.5, 3.0), 3.0, 3, 2)
+    assert record_from_sequence(seq, 4) == RequestRecord(4, 1.0, 1.5, 2.0, (2.5, 3.0), 3.0, 3, 2,
+                                                         num_cached_tokens=0)  # the engine: none cached
     seq.status, seq.error = SeqStatus.FAILED, "OOM"
     assert record_from_sequence(seq, 4).error == "OOM"
 
