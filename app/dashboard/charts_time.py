@@ -46,3 +46,14 @@ def server_metrics_figure(summary: dict, height: int = 380) -> go.Figure:
                      row=max(len(rows), 1), col=1)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), showlegend=False)
     return fig
+
+
+def turns_figure(by_turn: dict, height: int = 320) -> go.Figure:
+    """TTFT p50 and p90 per turn of a multi-turn workload (details["ttft_ms_by_turn"])."""
+    turns = sorted(by_turn, key=int)
+    fig = go.Figure([go.Bar(x=[f"turn {t}" for t in turns], y=[by_turn[t][p] for t in turns],
+                            name=f"TTFT {p}", text=[f"n={by_turn[t]['count']}" for t in turns])
+                     for p in ("p50", "p90")])
+    fig.update_layout(height=height, barmode="group", yaxis_title="TTFT (ms)",
+                      margin=dict(l=10, r=10, t=30, b=10), legend_orientation="h")
+    return fig

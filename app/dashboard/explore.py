@@ -179,11 +179,16 @@ def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SL
     samples = latency_samples([charts.as_request_record(r) for r in requests])
     details = _trial_details(url, sweep, trial_id)
     names = ["Latency distributions", "Request timeline", "Batch size over time", "SLOs over time"]
-    tabs = st.tabs(names + (["Server metrics"] if details.get("server_metrics") else []))
+    extra = {"Server metrics": details.get("server_metrics"), "By turn": details.get("ttft_ms_by_turn")}
+    extra = {name: value for name, value in extra.items() if value}
+    tabs = st.tabs(names + list(extra))
     dist, timeline, batch, over_time = tabs[:4]
     _over_time(over_time, details)
-    if len(tabs) > 4:
-        _server_metrics(tabs[4], details["server_metrics"])
+    for tab, (name, value) in zip(tabs[4:], extra.items(), strict=True):
+        if name == "Server metrics":
+            _server_metrics(tab, value)
+        else:
+            _by_turn(tab, value, details.get("prefix_cache") or {})
     dist.plotly_chart(charts.latency_figure(samples, slos), key="explore_dist")
     timeline.plotly_chart(charts.timeline_figure(requests), key="explore_timeline")
     batch.plotly_chart(charts.batch_figure(requests, point.config.batch_size), key="explore_batch")
@@ -211,6 +216,16 @@ def _over_time(tab, details: dict) -> None:
         tab.caption(f"Replayed {trace['requests_replayed']} requests of {trace['trace']}, trace "
                     f"window {trace['window_start_s']:g}-{trace['window_end_s']:g} s at "
                     f"{trace['speedup']:g}x. {trace.get('attribution') or ''}")
+
+
+def _by_turn(tab, by_turn: dict, cache: dict) -> None:
+    tab.plotly_chart(charts_time.turns_figure(by_turn), key="explore_by_turn")
+    cached, prompt = cache.get("num_cached_tokens"), cache.get("num_prompt_tokens")
+    hit = (f"{cached:,} of {prompt:,} prompt tokens came from the prefix cache ({cached / prompt:.1%})"
+           if cache.get("num_reporting") and prompt else
+           cache.get("reason") or "no request reported cached prompt tokens")
+    tab.caption(f"Each turn re-sends the conversation so far: later turns have longer prompts, "
+                f"which a prefix cache makes cheap. {hit}.")
 
 
 def _server_metrics(tab, summary: dict) -> None:

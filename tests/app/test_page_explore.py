@@ -149,3 +149,21 @@ def test_a_started_engines_trial_shows_its_command_and_its_own_metrics(db_url, r
     figure = next(json.loads(c.proto.spec) for c in app.get("plotly_chart")
                   if "explore_server_metrics" in c.proto.id)
     assert [t["name"] for t in figure["data"]] == ["Running requests", "Waiting requests"]  # no KV gauge
+
+
+def test_a_multiturn_trial_shows_ttft_by_turn_and_its_cache_hits(db_url, results, store) -> None:
+    by_turn = {"1": {"p50": 20.0, "p90": 25.0, "count": 8}, "2": {"p50": 35.0, "p90": 50.0, "count": 6}}
+    cache = {"num_cached_tokens": 300, "num_prompt_tokens": 1200, "num_reporting": 14,
+             "num_requests": 14, "reason": None}
+    for trial in store.list_trials(results["chat"]):
+        store.set_trial_details(trial.trial_id, {**trial.details, "ttft_ms_by_turn": by_turn,
+                                                 "prefix_cache": cache})
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    assert not app.exception
+    assert any("300 of 1,200 prompt tokens came from the prefix cache (25.0%)" in plain(t)
+               for t in texts(app.caption))
+    figure = next(json.loads(c.proto.spec) for c in app.get("plotly_chart")
+                  if "explore_by_turn" in c.proto.id)
+    assert [t["name"] for t in figure["data"]] == ["TTFT p50", "TTFT p90"]
+    assert figure["data"][1]["y"] == [25.0, 50.0]
