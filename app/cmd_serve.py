@@ -34,8 +34,12 @@ def serve(
     replicas: int = typer.Option(1, "--replicas", help="engine replicas (processes) behind a router"),
     router: str | None = typer.Option(
         None, "--router", help="round_robin | least_outstanding | power_of_two (with --replicas > 1)"),
+    in_process: bool = typer.Option(
+        False, "--in-process", help="run the engine on a thread of the HTTP server's process instead "
+        "of its own process (HTTP work then shares the GIL with engine steps; for comparison)"),
 ) -> None:
     """Serve a model with the chosen batching config (OpenAI-compatible)."""
+    from app.errors import BadInput
     from app.preflight import check_bind
     from engine.server import serve as run_server
 
@@ -50,10 +54,12 @@ def serve(
     engine_config = EngineConfig(model=model, device=device, dtype=dtype,
                                  kv_budget_tokens=kv_budget)
     router = _checked_router(replicas, router)
+    if in_process and replicas > 1:
+        raise BadInput("--in-process runs one engine in the server's process; drop it or --replicas")
     # Bound before the model loads: a bad host or a port in use fails at once, as one line.
     with check_bind(host, port) as sock:
         run_server(engine_config, sched, host=host, port=port, sock=sock, replicas=replicas,
-                   router=router)
+                   router=router, in_process=in_process)
 
 
 def _checked_router(replicas: int, router: str | None) -> str | None:

@@ -36,6 +36,9 @@ def placements(config: EngineConfig, num_replicas: int) -> list[tuple[str, dict[
         if num_replicas > len(gpus):
             raise ConfigError(f"{num_replicas} replicas need {num_replicas} GPUs (one each) but "
                               f"{len(gpus)} are visible; lower --replicas")
+        index = config.device.partition(":")[2]
+        if num_replicas == 1 and index.isdigit() and int(index) < len(gpus):
+            gpus = [gpus[int(index)]]  # one engine on the GPU asked for (`serve --device cuda:1`)
         return [(f"cuda:{g}", {**env, "CUDA_VISIBLE_DEVICES": g}) for g in gpus[:num_replicas]]
     if config.device.startswith("cuda"):
         raise ConfigError(f"device {config.device!r} asked for but no GPU is visible; use cpu or auto")

@@ -57,6 +57,7 @@ class _Replica:
         self.replies: queue.SimpleQueue = queue.SimpleQueue()
         self.outstanding = 0
         self.is_alive = True
+        self.exit_reason: str | None = None  # why it went, once it has
         self.info: dict[str, Any] = {}
         self.reader: threading.Thread | None = None
 
@@ -172,6 +173,11 @@ class ReplicaSet:
     def kv_budget_tokens(self) -> int:
         return min(r.info["kv_budget_tokens"] for r in self.replicas)
 
+    @property
+    def lost(self) -> list[str]:
+        """Why each replica that has exited went; empty while every one runs."""
+        return [r.exit_reason for r in self.replicas if r.exit_reason is not None]
+
     def placements(self) -> list[str]:
         """Where each replica runs, e.g. `cuda:0` or `cpu:0-1`."""
         return [r.placement for r in self.replicas]
@@ -236,9 +242,13 @@ class ReplicaSet:
         except (EOFError, OSError):
             pass
         r.is_alive = False
-        code = r.proc.poll()
-        self._fail_replica(r, f"replica {r.index} ({r.placement}) exited"
-                              + ("" if code is None else f" with code {code}"))
+        try:  # the socket closes a moment before the process can be reaped
+            code: int | None = r.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            code = None
+        r.exit_reason = (f"replica {r.index} ({r.placement}) exited"
+                         + ("" if code is None else f" with code {code}"))
+        self._fail_replica(r, r.exit_reason)
 
     def _on_message(self, r: _Replica, msg: tuple) -> None:
         kind = msg[0]

@@ -2,16 +2,19 @@
 
 This module wires the app: routes, error handlers, and running it. Request validation lives in
 `server_requests`, token streaming and response bodies in `server_stream`, /metrics in
-`server_metrics` (imports run downward: this module imports them, never the reverse).
+`server_metrics`, the engine's process and its health in `server_engine` (imports run downward:
+this module imports them, never the reverse).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -29,6 +32,7 @@ from engine.openai_schema import (
     error_body,
     parse_request,
 )
+from engine.server_engine import EngineGoneError, EngineWatch, engine_health, start_served_engine
 from engine.server_metrics import ServerMetrics
 from engine.server_requests import RequestValidator, read_body
 from engine.server_stream import Chunks, Generation, LoopBridge, complete, stream_body
@@ -47,6 +51,11 @@ class _Server:
 
     async def handle(self, request: Request, kind: type[SamplingRequest]) -> Response:
         arrived_s = self.engine.now()
+        health = engine_health(self.engine)
+        if health.is_dead:  # refused at once: nothing could answer it
+            self.metrics.requests["rejected"] += 1
+            return JSONResponse(error_body(f"the engine has stopped: {health.reason}",
+                                           "server_error", code="engine_gone"), 503)
         if self.bridge is None:
             self.bridge = LoopBridge(asyncio.get_running_loop())
         try:
@@ -107,8 +116,11 @@ def create_app(engine: Engine, loaded: Any, model_name: str) -> FastAPI:
         return _models_body(model_name, loaded.max_context_tokens)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> Response:
+        state = engine_health(engine)
+        if not state.is_ok:  # an engine process exited: a supervisor should restart us
+            return JSONResponse({"status": "unhealthy", "reason": state.reason}, 503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -138,31 +150,56 @@ async def _server_error(_request: Request, exc: Exception) -> JSONResponse:
 
 def serve(engine_config: EngineConfig, sched_config: SchedulerConfig, host: str = "127.0.0.1",
           port: int = 8000, sock: socket.socket | None = None, replicas: int = 1,
-          router: str | None = None) -> None:
+          router: str | None = None, in_process: bool = False) -> None:
     """Load the model, start the engine and serve until interrupted (Ctrl-C / SIGTERM).
 
     `sock`, already bound by the caller (the CLI binds before loading the model, so a port in
-    use fails at once as one line), replaces host and port. `replicas` > 1 serves N replica
-    processes behind `router` instead of one in-process engine."""
-    if replicas > 1:
-        from engine.replicas import ReplicaSet
-        from engine.served_model import served_model
-
-        engine = ReplicaSet.start(engine_config, sched_config, replicas, router, engine_config.seed)
-        loaded = served_model(engine_config, engine)
-    else:
-        from engine.factory import start_engine  # torch and the model stack load only here
-
-        engine, loaded = start_engine(engine_config, sched_config)
+    use fails at once as one line), replaces host and port. The engine runs in its own process
+    (`replicas` > 1: N processes behind `router`), or on a thread here with `in_process`.
+    EngineGoneError once every engine process has exited (the server stops serving then)."""
+    engine, loaded = start_served_engine(engine_config, sched_config, replicas, router, in_process)
     try:
         app = create_app(engine, loaded, engine_config.model)
         # Access logs cost a line per request; a bounded graceful shutdown keeps a sweep's
         # SIGTERM from waiting on long streams.
         config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info",
                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-        uvicorn.Server(config).run(sockets=None if sock is None else [sock])
+        server = uvicorn.Server(config)
+        with (EngineWatch(engine, lambda _reason: setattr(server, "should_exit", True)) as watch,
+              _sigterm_unwinds()):
+            server.run(sockets=None if sock is None else [with_tcp_proto(sock)])
     finally:
         engine.close()
+    if watch.reason is not None:
+        raise EngineGoneError(f"the engine process has exited ({watch.reason}); the server stopped")
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM exits through `finally` blocks (the engine processes are stopped, not orphaned
+    to die with PR_SET_PDEATHSIG): uvicorn shuts down on it, then re-raises it to the handler
+    it found, whose default would end the process on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_cleanly(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def with_tcp_proto(sock: socket.socket) -> socket.socket:
+    """The same bound socket, its protocol read back from the kernel (IPPROTO_TCP, not 0).
+
+    asyncio turns Nagle's algorithm off (TCP_NODELAY) only on accepted sockets whose `proto` is
+    IPPROTO_TCP; one made by `socket.socket(family, SOCK_STREAM)` says 0, so every stream's
+    first chunks waited ~40 ms for the client's delayed ACK (TTFT +40 ms at one user)."""
+    return socket.socket(fileno=sock.detach())
 
 
 class BackgroundServer:
@@ -185,7 +222,7 @@ class BackgroundServer:
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [with_tcp_proto(sock)]},
                                        name="tradeoff-http", daemon=True)
         self.thread.start()
         _wait_until(lambda: self.server.started, timeout_s, "the HTTP server did not start")
