@@ -101,7 +101,7 @@ def search(
     measurement is spent (resume it with --resume), or on Ctrl-C. Nothing else stops it.
     """
     from experiments.runners import runner_for
-    from experiments.sweep import set_search_budget
+    from experiments.search_runner import set_search_budget
 
     if rate + concurrency + speedup > 1:
         raise BadInput("give one of --rate (open loop), --concurrency (closed loop) or "

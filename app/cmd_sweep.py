@@ -122,6 +122,9 @@ def sweep(
     server_cmd: str | None = typer.Option(
         None, "--server-cmd",
         help="server command template with {batch_size} {max_wait_ms} {policy} {port}, started per config"),
+    calibrate: bool | None = typer.Option(
+        None, "--calibrate", help="probe the first server it starts and predict every trial from "
+                                  "the fit (tradeoff calibrate, built in; --engine/--server-cmd)"),
     prefix_caching: str | None = typer.Option(
         None, "--prefix-caching", help="comma list of on, off, default: reuse computed prompt blocks "
                                        "(vLLM --enable-prefix-caching, SGLang's radix cache)"),
@@ -159,7 +162,7 @@ def sweep(
                  "server_cmd": server_cmd, "engine": engine, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
                  **launch_flags(engine_args, engine_env, engine_python, server_timeout),
-                 "slos": parse_slos(slo),
+                 "slos": parse_slos(slo), "calibrate": calibrate,
                  "prefix_caching": None if prefix_caching is None else
                  parse_switches("--prefix-caching", prefix_caching),
                  **lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,

@@ -135,7 +135,7 @@ def resume_sweep(store: Store, url: str, sweep_id: int) -> None:
 def resume_search(store: Store, url: str, sweep_id: int, budget_s: float) -> None:
     """Continue a stopped capacity search (budget spent, cancelled or failed) under a new time
     budget: the worker runs it as `tradeoff search --resume` does, reusing every stored trial."""
-    from experiments.sweep import set_search_budget  # GridError: not a search, or a bad budget
+    from experiments.search_runner import set_search_budget  # GridError: not a search, or a bad budget
 
     sweep = store.get_sweep(sweep_id)
     if is_active(sweep):

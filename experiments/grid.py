@@ -97,6 +97,7 @@ class SweepSpec(BaseModel):
     engine_args: list[str] = Field(default_factory=list, max_length=100)
     engine_env: dict[str, str] = Field(default_factory=dict, max_length=100)
     engine_python: str | None = Field(default=None, max_length=1000)
+    calibrate: bool = False  # probe the first started server and predict every trial from the fit
     # Absolute SLOs in place of the profile's ({metric: {percentile, max_ms}}; sweep_profile).
     slos: dict[str, dict] | None = None
     search: SearchSpec | None = None  # set: search each config's capacity instead of a load grid
@@ -254,16 +255,15 @@ class SweepSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _prefix_caching_where_built(self) -> SweepSpec:
+    def _server_settings_need_a_server(self) -> SweepSpec:
+        check_launch(self.engine, self.starts_servers, self.engine_args, self.engine_env,
+                     self.engine_python)
+        if self.calibrate and not self.starts_servers:
+            raise ValueError("calibrate: probes a server tradeoff starts (--engine or --server-cmd); "
+                             "tradeoff's own engine is fitted to its steps without it")
         if not self.is_external and any(self.prefix_caching):
             raise ValueError("prefix_caching on: tradeoff's own engine has no prefix cache yet (it "
                              "recomputes every prompt); measure prefix caching with --engine vllm")
-        return self
-
-    @model_validator(mode="after")
-    def _launch_settings_need_a_server(self) -> SweepSpec:
-        check_launch(self.engine, self.starts_servers, self.engine_args, self.engine_env,
-                     self.engine_python)
         return self
 
     @property

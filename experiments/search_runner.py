@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 
 from common.records import SLO, TrialConfig, TrialMetrics
+from db.store import Store
 from experiments.capacity import (
     ConfigCapacity,
     plan_of,
@@ -23,11 +24,22 @@ from experiments.capacity import (
 )
 from experiments.capacity_plan import calibration_config, calibration_probe, make_plan, revise_plan
 from experiments.external import TargetSetupError
-from experiments.grid import server_key
+from experiments.grid import GridError, SweepSpec, server_key
 from experiments.predict import cost_to_dict
 from experiments.search import CapacitySearch, Sample
 from experiments.sweep import SweepRunner
 from experiments.trial import TrialResult
+
+
+def set_search_budget(store: Store, sweep_id: int, budget_s: float) -> None:
+    """Give a stored capacity search a new time budget, spent by its next (resumed) run."""
+    spec = SweepSpec(**store.get_sweep(sweep_id).grid)
+    if spec.search is None:
+        raise GridError(f"sweep {sweep_id} is a load grid, not a capacity search: it has no budget")
+    if not 0 < budget_s < float("inf"):
+        raise GridError(f"budget: must be > 0 s and finite, got {budget_s:g}")
+    search = spec.search.model_copy(update={"budget_s": float(budget_s)})
+    store.set_sweep_grid(sweep_id, spec.model_copy(update={"search": search}).model_dump(mode="json"))
 
 
 class SearchRunner(SweepRunner):
@@ -39,8 +51,6 @@ class SearchRunner(SweepRunner):
     _num_finished = 0  # searches finished at the last revision
     _judged_by: list[SLO] | None = None  # the SLOs trials are judged against (for refitted predictions)
     _server_key: tuple | None = None  # the server config running now
-    _probed = None  # a started server's black-box calibration (experiments/calibrate.Calibration)
-    _probe_failure: str | None = None
 
     def _run_all(self) -> str:
         search = self.spec.search
@@ -94,19 +104,14 @@ class SearchRunner(SweepRunner):
 
     def _probe_first_server(self, targets: _TargetPerServer) -> list[SLO]:
         """Start the calibration config's server, probe it, keep the fit; its SLOs."""
-        from experiments.calibrate import fit, probe_server
 
         knobs = calibration_config(self.spec)
-        self._report(f"{knobs.server_label}: probing the server (calibration)")
         try:
             target, slos = targets.get(knobs)
-            probes = probe_server(target.engine, max_running=knobs.batch_size, seed=self.spec.seed,
-                                  **target.request_kwargs())
-            self._probed = fit(probes)
-        except (TargetSetupError, ValueError, RuntimeError) as exc:
-            self._probe_failure = f"{type(exc).__name__}: {exc}"
+        except TargetSetupError as exc:
+            self.probe_failure = f"{type(exc).__name__}: {exc}"
             return []
-        self.calibration = self._probed.cost
+        self.probe_server(target, knobs.batch_size)
         return slos
 
     def _revise(self, config: TrialConfig, searches: dict[TrialConfig, CapacitySearch]) -> dict[str, str]:
@@ -143,8 +148,6 @@ class SearchRunner(SweepRunner):
         except Exception as exc:  # noqa: BLE001 - no plan: every config starts at the default
             plan = {"start": {}, "skipped": {}, "failed": f"{type(exc).__name__}: {exc}"}
         prediction = {**metrics.details.get("prediction", {}), "plan": plan}
-        if self._probed is not None:  # stored with the plan: a resume and the UI predict from it
-            prediction["calibration"] = {**self._probed.to_dict(), "cost_model": cost_to_dict(cost)}
         return self._replace_details(metrics, prediction)
 
     @staticmethod

@@ -30,6 +30,7 @@ from experiments.external import ExternalTarget, TargetSetupError, api_key_from_
 from experiments.grid import GridError, SweepSpec, server_key
 from experiments.measure import measure
 from experiments.predict import (
+    cost_to_dict,
     fit_cost_model,
     prediction_details,
     prior_cost,
@@ -127,17 +128,6 @@ def create_sweep(store: Store, spec: SweepSpec, profile: Profile) -> int:
     )
 
 
-def set_search_budget(store: Store, sweep_id: int, budget_s: float) -> None:
-    """Give a stored capacity search a new time budget, spent by its next (resumed) run."""
-    spec = SweepSpec(**store.get_sweep(sweep_id).grid)
-    if spec.search is None:
-        raise GridError(f"sweep {sweep_id} is a load grid, not a capacity search: it has no budget")
-    if not 0 < budget_s < float("inf"):
-        raise GridError(f"budget: must be > 0 s and finite, got {budget_s:g}")
-    search = spec.search.model_copy(update={"budget_s": float(budget_s)})
-    store.set_sweep_grid(sweep_id, spec.model_copy(update={"search": search}).model_dump(mode="json"))
-
-
 def utcnow() -> datetime:
     """Naive UTC, as the store keeps datetimes."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -161,6 +151,8 @@ class SweepRunner:
         self._baseline: dict[str, float] | None = None
         self._steps: list[StepRecord] | None = None  # measured steps, for the prediction fit
         self.calibration: CostModel | None = None  # a started server's, from black-box probes
+        self.probed = None  # that calibration with its probes, until stored with a trial
+        self.probe_failure: str | None = None
         self._last_beat = 0.0
         self._started = time.monotonic()
         self.servers = SweepServers(self.spec, sweep_id, log_root(store.sqlite_path))
@@ -267,6 +259,10 @@ class SweepRunner:
                 info = target.engine.describe()
                 self.servers.started(info.version, info.owned_by)
             self._warm_up(target)
+            if self.spec.calibrate and self.calibration is None:
+                self.fitted_cost()  # a resumed sweep: the calibration its first trial stored
+                if self.calibration is None:  # else probe the first server, once per sweep
+                    self.probe_server(target, config.batch_size)
             yield target
 
     def _tokenizer(self):
@@ -324,8 +320,24 @@ class SweepRunner:
                                          result.metrics, result.steps)
         except Exception as exc:  # noqa: BLE001 - a forecast must never cost a measured trial
             details = {"failed": f"{type(exc).__name__}: {exc}", "steps": step_summary(result.steps)}
+        if self.probed is not None:  # stored once: a resume and the UI predict from it
+            details["calibration"] = {**self.probed.to_dict(), "cost_model": cost_to_dict(cost)}
+            self.probed = None
         self._steps.extend(result.steps)
         return replace(metrics, details={**metrics.details, "prediction": details})
+
+    def probe_server(self, target: ExternalTarget, max_running: int) -> None:
+        """Fit the cost model to black-box probes of a started server (experiments/calibrate.py);
+        the next stored trial keeps them. A failure only costs predictions."""
+        from experiments.calibrate import fit, probe_server
+        self._report(f"probing the server (calibration, up to {max_running} running)")
+        try:
+            self.probed = fit(probe_server(target.engine, max_running=max_running, seed=self.spec.seed,
+                                           **target.request_kwargs()))
+        except (ValueError, RuntimeError, OSError) as exc:
+            self.probe_failure = f"{type(exc).__name__}: {exc}"
+            return
+        self.calibration = self.probed.cost
 
     def fitted_cost(self) -> CostModel:
         """The cost model predictions use now: a server's black-box calibration (its probes), else

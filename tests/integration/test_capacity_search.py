@@ -19,7 +19,8 @@ from experiments.local import LocalTarget
 from experiments.profiles import load_profile
 from experiments.runners import runner_for
 from experiments.search import UNDECIDED
-from experiments.sweep import create_sweep, set_search_budget
+from experiments.search_runner import set_search_budget
+from experiments.sweep import create_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -152,3 +153,19 @@ def test_a_search_over_started_servers_calibrates_from_probes_of_the_first(tmp_p
     assert {p["kind"] for p in prediction["calibration"]["probes"]} == {"prefill", "decode"}
     assert set(prediction["plan"]["predicted"]) == {"continuous b2 w0ms", "continuous b8 w0ms"}
     assert prediction["predicted"]["ttft_ms_p50"] is not None  # each trial's prediction, from the fit
+
+
+@pytest.mark.slow
+def test_a_grid_over_started_servers_calibrates_when_asked(tmp_path: Path, tiny_profile: Path):
+    mock = (f"{sys.executable} -m app.cli mock-server --ttft-ms 20 --itl-ms 5 "
+            "--capacity {batch_size} --port {port}")
+    db = f"sqlite:///{tmp_path / 'g.db'}"
+    out = subprocess.run([sys.executable, "-m", "app.cli", "sweep", "--calibrate", "--server-cmd", mock,
+                          "--tokenizer", "builtin:tiny", "--profile", str(tiny_profile), "--policy",
+                          "continuous", "--batch-sizes", "2,4", "--max-wait-ms", "0", "--concurrency",
+                          "2", "--requests", "8", "--db", db], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    trials = sorted(Store(db, create=False).list_trials(1), key=lambda t: t.trial_id)
+    assert "calibration" in trials[0].details["prediction"]  # stored once, with the first trial
+    assert not any("calibration" in t.details["prediction"] for t in trials[1:])
+    assert all(t.details["prediction"]["predicted"]["ttft_ms_p50"] for t in trials)  # every trial
