@@ -9,11 +9,17 @@ from engine.engine import Engine
 from engine.models import LoadedModel, kv_budget_tokens, load_model
 from engine.runner import ModelRunner
 from engine.sequence import SamplingParams, Sequence
+from engine.threads import set_engine_threads
 
 
-def start_engine(config: EngineConfig, sched_config: SchedulerConfig) -> tuple[Engine, LoadedModel]:
-    """Load `config.model` and start an engine thread over it (raises ModelLoadError)."""
+def start_engine(config: EngineConfig, sched_config: SchedulerConfig,
+                 num_threads: int | None = None) -> tuple[Engine, LoadedModel]:
+    """Load `config.model` and start an engine thread over it (raises ModelLoadError). On a CPU
+    its threads are `num_threads` (a replica's pinned cores), else all cores but one, left to
+    the client sharing the process (engine/threads.py): chosen, never inherited."""
     loaded = load_model(config)
+    if loaded.device.type == "cpu":
+        set_engine_threads(num_threads)
     backend = "inductor" if config.should_compile(loaded.device.type) else None
     runner = ModelRunner(loaded, compile_backend=backend)
     if loaded.device.type == "cuda":  # the KV budget comes from what is free after a warm-up

@@ -142,13 +142,10 @@ def main(argv: list[str]) -> int:
     conn = Connection(fd)
     engine_config, sched_config = conn.recv()
     try:
-        import torch
-
-        if cpus:
-            torch.set_num_threads(len(cpus))
         from engine.factory import start_engine
 
-        engine, loaded = start_engine(engine_config, sched_config)
+        # A process of its own, pinned: all its cores (the client is another process).
+        engine, loaded = start_engine(engine_config, sched_config, len(cpus) or None)
     except Exception as exc:  # a bad model or device: the parent reports it as a load error
         conn.send([("failed", type(exc).__name__, str(exc))])
         return 1

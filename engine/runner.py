@@ -1,4 +1,6 @@
-"""The torch executor: one batch of rows over one right-aligned, left-padded KV cache.
+"""The torch executors. `ModelRunner(loaded)` picks one: the lean Llama-family executor
+(engine/llama_runner.py: its own forward over a slot KV cache) where the model allows it, else
+`HFRunner`, below: the Hugging Face forward over one right-aligned, left-padded KV cache.
 
 Row i of the cache holds `pads[i]` padding columns, then its real tokens; every row ends at the
 last column, so a decode step appends one column for all rows, in place (GrowableLayer).
@@ -34,13 +36,16 @@ from engine.kv_cache import (
     stack_caches,
     stack_right_aligned,
 )
+from engine.llama import lean_unsupported_reason
+from engine.llama_runner import LlamaRunner
 from engine.models import LoadedModel
 from engine.sampling import RowSampling, sample
 from engine.scheduler import PrefillChunk
 from engine.sequence import Sequence
 
 __all__ = [  # the cache helpers moved to kv_cache.py; importers of these names keep working
-    "GROW_COLUMNS", "GrowableLayer", "ModelRunner", "UnsupportedModelError", "new_cache", "prefill_groups",
+    "GROW_COLUMNS", "GrowableLayer", "HFRunner", "ModelRunner", "UnsupportedModelError", "new_cache",
+    "prefill_groups",
 ]
 
 # A join's prompts are prefilled in length groups, each padded by at most this fraction of its
@@ -52,7 +57,18 @@ ACCEL_MAX_PAD_FRACTION = 1.0
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
-class ModelRunner:
+def ModelRunner(loaded: LoadedModel, max_pad_fraction: float | None = None,  # named as a class: it was one
+                compile_backend: str | None = None, is_lean: bool | None = None) -> HFRunner | LlamaRunner:
+    """The executor for `loaded`: lean where `lean_unsupported_reason` allows (or `is_lean` says)."""
+    check_supported(loaded)
+    if is_lean is None:
+        is_lean = lean_unsupported_reason(loaded.model) is None
+    if is_lean:
+        return LlamaRunner(loaded, compile_backend=compile_backend)
+    return HFRunner(loaded, max_pad_fraction, compile_backend)
+
+
+class HFRunner:
     """Executor over a Hugging Face decoder-only model with a DynamicCache (see module doc)."""
 
     def __init__(self, loaded: LoadedModel, max_pad_fraction: float | None = None,
@@ -64,6 +80,11 @@ class ModelRunner:
         # The decode step's forward, compiled when asked (torch.compile, dynamic shapes: batch and
         # cache length change every few steps); prefill stays eager, the reference path.
         self._decode_model = self.model
+        if compile_backend == "inductor" and self.device.type == "cpu":
+            raise UnsupportedModelError(
+                f"cannot compile the decode step of {loaded.name!r} on a CPU: inductor fails on the "
+                "Hugging Face forward there (size_bytes_is_heap_allocated_); only Llama-family models "
+                "(the lean path) compile on a CPU; use --compile-decode off")
         if compile_backend is not None:
             self._decode_model = torch.compile(self.model, backend=compile_backend, dynamic=True)
         if max_pad_fraction is None:

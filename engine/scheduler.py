@@ -4,9 +4,11 @@ It plans, the executor runs the plan, the core commits the tokens. `now` is alwa
 so the same code runs under the wall clock (the real engine) and a virtual clock (tests, the
 simulator) with identical batching semantics.
 
-KV memory model: the runner keeps one right-aligned, left-padded cache, so a batch occupies
-`rows x longest row` tokens. A batch is admitted only if, even when every row reaches its
-`max_new_tokens`, `num_rows * max(max_num_tokens)` stays within the budget.
+KV memory model: a batch occupies `rows x longest row` tokens, and is admitted only if, even
+when every row reaches its `max_new_tokens`, `num_rows * max(max_num_tokens)` stays within the
+budget. That is what both runners hold: the lean runner's slot cache (engine/slot_cache.py) is
+`slots x capacity`, sized at each reallocation to the live rows and their longest
+prompt + max_new_tokens; the Hugging Face runner's left-padded cache is `rows x longest row`.
 
 Prefill token budget (`max_num_batched_tokens`, continuous only): a step decodes every prefilled
 row and spends the rest of the budget on prompt chunks, oldest first (Sarathi-Serve), so a long

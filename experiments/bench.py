@@ -18,7 +18,9 @@ import numpy as np
 
 from engine.baselines import hf_generate, raw_decode_loop
 from engine.config import EngineConfig, SchedulerConfig
+from engine.llama_runner import LlamaRunner, lean_decode_loop
 from engine.sequence import SamplingParams, Sequence
+from engine.threads import set_engine_threads
 from experiments.local import LocalTarget
 
 
@@ -71,10 +73,12 @@ def engine_tok_s(target: LocalTarget, policy: str, batch_size: int,
 
 
 def raw_tok_s(target: LocalTarget, prompts: list[list[int]], num_new: int, batch_size: int) -> float:
-    """The bare loop over the same batches the static engine forms."""
+    """The bare loop over the same batches the static engine forms, on the engine's forward."""
+    is_lean = isinstance(target.engine.core.executor, LlamaRunner)
+    loop = lean_decode_loop if is_lean else raw_decode_loop
     tokens, seconds = 0, 0.0
     for i in range(0, len(prompts), batch_size):
-        n, s = raw_decode_loop(target.loaded, prompts[i:i + batch_size], num_new)
+        n, s = loop(target.loaded, prompts[i:i + batch_size], num_new)
         tokens, seconds = tokens + n, seconds + s
     return tokens / seconds
 
@@ -96,9 +100,11 @@ def decode_tok_s(target: LocalTarget, batch_sizes: list[int], prompt_len: int = 
 def run_bench(model: str = "builtin:small", device: str = "auto",
               workload: BenchWorkload | None = None, repeats: int = 3,
               decode_batches: list[int] | None = None, is_decode_only: bool = False,
-              compile_decode: bool | None = None) -> dict:
-    """Measure every figure in one process, one model load; return the JSON-ready result."""
+              compile_decode: bool | None = None, num_threads: int | None = None) -> dict:
+    """Measure every figure in one process, one model load; return the JSON-ready result.
+    `num_threads` None: the engine's own choice (engine/threads.py)."""
     w = workload or BenchWorkload()
+    num_threads = set_engine_threads(num_threads)
     config = EngineConfig(model=model, device=device, seed=w.seed, compile_decode=compile_decode)
     target = LocalTarget.start(config)
     try:
@@ -108,7 +114,9 @@ def run_bench(model: str = "builtin:small", device: str = "auto",
         return {"model": target.loaded.name, "device": str(target.loaded.device),
                 "device_name": target.loaded.device_name, "dtype": str(target.loaded.dtype),
                 "num_params": target.loaded.num_params,
-                "compiled_decode": config.should_compile(target.loaded.device.type), **result}
+                "compiled_decode": config.should_compile(target.loaded.device.type),
+                "forward": "lean" if isinstance(target.engine.core.executor, LlamaRunner) else "hf",
+                "num_threads": num_threads, **result}
     finally:
         target.close()
 

@@ -1,4 +1,6 @@
-"""ModelRunner: batched, padded, join/leave decoding equals each request decoded alone."""
+"""HFRunner (the Hugging Face path): batched, padded, join/leave decoding equals each request
+decoded alone. The builtins take the lean path by default (tests/engine/test_llama_runner.py);
+these tests pin the padded-cache runner, which every non-Llama-family model uses."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from engine.baselines import hf_generate, raw_decode_loop
 from engine.config import EngineConfig, SchedulerConfig
 from engine.core import EngineCore
 from engine.models import LoadedModel, init_random_weights, load_model
-from engine.runner import GROW_COLUMNS, ModelRunner, UnsupportedModelError, prefill_groups
+from engine.runner import GROW_COLUMNS, HFRunner, ModelRunner, UnsupportedModelError, prefill_groups
 from engine.scheduler import Scheduler
 from engine.sequence import SamplingParams, Sequence
 
@@ -48,7 +50,7 @@ class Driver:
     """Drives a runner through joins, decode steps and leaves; records each sequence's tokens."""
 
     def __init__(self, loaded: LoadedModel, max_pad_fraction: float | None = None) -> None:
-        self.runner = ModelRunner(loaded, max_pad_fraction)
+        self.runner = HFRunner(loaded, max_pad_fraction)
         self.tokens: dict[int, list[int]] = {}
 
     def join(self, *seqs: Sequence) -> None:
@@ -68,7 +70,7 @@ class Driver:
         check_invariants(self.runner)
 
 
-def check_invariants(runner: ModelRunner) -> None:
+def check_invariants(runner: HFRunner) -> None:
     """Right-aligned rows, no all-padding leading column, masks/positions consistent."""
     if not runner.rows:
         assert runner.num_cache_tokens == 0 and not runner.cache.layers
@@ -206,7 +208,7 @@ def test_long_decodes_grow_the_cache_past_its_spare_columns(tiny: LoadedModel) -
 
 
 def test_decode_rejects_sequences_that_are_not_the_rows(tiny: LoadedModel) -> None:
-    runner, a, b = ModelRunner(tiny), seq(70, 5), seq(71, 6)
+    runner, a, b = HFRunner(tiny), seq(70, 5), seq(71, 6)
     runner.prefill([a, b])
     with pytest.raises(ValueError, match="running rows"):
         runner.decode([a])
@@ -302,7 +304,7 @@ class StepClock:
 @pytest.mark.parametrize("policy", ["continuous", "static"])
 def test_engine_core_and_scheduler_drive_the_runner(tiny: LoadedModel, policy: str) -> None:
     scheduler = Scheduler(SchedulerConfig(policy=policy, max_batch_size=3), kv_budget_tokens=4096)
-    core = EngineCore(scheduler, ModelRunner(tiny), StepClock(), eos_token_id=None)
+    core = EngineCore(scheduler, HFRunner(tiny), StepClock(), eos_token_id=None)
     lengths, outputs = [5, 17, 9, 30, 2, 12, 7], [6, 2, 9, 4, 11, 3, 5]
     seqs = [seq(80 + i, n, m) for i, (n, m) in enumerate(zip(lengths, outputs, strict=True))]
     for s in seqs:
@@ -319,7 +321,7 @@ def test_chunked_prefill_gives_the_same_greedy_tokens(tiny: LoadedModel, budget:
     # Long prompts are prefilled in chunks across steps, next to running decodes; each request's
     # greedy tokens still equal its solo run (the unchunked reference).
     config = SchedulerConfig(max_batch_size=3, max_num_batched_tokens=budget)
-    core = EngineCore(Scheduler(config, kv_budget_tokens=4096), ModelRunner(tiny), StepClock(), None)
+    core = EngineCore(Scheduler(config, kv_budget_tokens=4096), HFRunner(tiny), StepClock(), None)
     lengths, outputs = [5, 17, 9, 30, 2, 12, 7], [6, 2, 9, 4, 11, 3, 5]
     seqs = [seq(80 + i, n, m) for i, (n, m) in enumerate(zip(lengths, outputs, strict=True))]
     for s in seqs:
@@ -335,7 +337,7 @@ def test_chunked_prefill_gives_the_same_greedy_tokens(tiny: LoadedModel, budget:
 
 def test_a_request_cancelled_mid_prefill_leaves_no_partial_cache(tiny: LoadedModel) -> None:
     config = SchedulerConfig(max_batch_size=2, max_num_batched_tokens=4)
-    core = EngineCore(Scheduler(config, kv_budget_tokens=4096), ModelRunner(tiny), StepClock(), None)
+    core = EngineCore(Scheduler(config, kv_budget_tokens=4096), HFRunner(tiny), StepClock(), None)
     long_ = seq(90, 30, 3)
     core.add(long_)
     core.step()  # its first 4 prompt tokens

@@ -1,0 +1,270 @@
+"""A lean forward for the Llama family (Llama, Qwen2, Mistral shapes), over a slot KV cache.
+
+The Hugging Face module stays the reference and keeps its weights: this forward reads the same
+tensors (q/k/v and gate/up fused into one matmul each, the HF parameters re-pointed at views
+of the fused tensors, so no weight is held twice). One forward runs one packed step: the
+decode rows' tokens first (one each), then each prompt chunk's tokens, T in all; matmuls run
+over all T tokens at once, attention per kind (decode rows batched, each chunk on its own).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LEAN_MODEL_TYPES = ("llama", "qwen2", "mistral")
+# On CPU, a step of at most this many rows multiplies by a second, transposed ([in, out]) copy
+# of each weight: MKL runs x @ W_t ~30% faster than x @ W.T for one or two rows (builtin:small,
+# 1 thread: 6.2 vs 8.7 ms of matmuls per step) and ~5% slower from four rows on.
+SMALL_BATCH_ROWS = 2
+MAX_TRANSPOSED_BYTES = 2**30  # the copy doubles the weights' memory: small models only
+# Decode attention reads a view of slots [0, highest live + 1); when it would span more than
+# this many times the decode rows (long rows left alone at high slots), copying the rows' K/V
+# out is cheaper than attending over the free slots (builtin:small, 2 rows of 600 tokens at
+# slots 5 and 12: ~26 ms steps against ~15 ms for 2 rows at slots 0 and 1).
+GATHER_FACTOR = 2
+# Rope variants whose inverse frequencies are fixed at load time (dynamic ones change with length).
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """One prompt chunk of a step: tokens [start, start + num_tokens) of the sequence in `slot`."""
+
+    slot: int
+    start: int
+    num_tokens: int
+    mask: torch.Tensor | None  # [n * G, start + n] bool (query rows token-major, G per token)
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """One packed forward: decode rows first, then prompt chunks (see the module doc)."""
+
+    ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    slots: torch.Tensor  # [T] cache row of each token
+    num_decode: int  # B: the first B tokens are one per decode row, in slot order
+    num_view_rows: int  # decode attention runs over cache rows [0, num_view_rows)
+    decode_rows: torch.Tensor | None  # [B] slot of each decode row; None when they are 0..B-1
+    decode_mask: torch.Tensor | None  # [num_view_rows, 1, 1, S] additive (0 or -inf); None: all valid
+    decode_len: int  # S: longest decode row's context, its new token included
+    chunks: tuple[ChunkSpan, ...]
+    logit_index: torch.Tensor | None  # [R] tokens whose logits are wanted; None = every token
+    is_small: bool = False  # T <= SMALL_BATCH_ROWS: the transposed weights (a flag, not a shape
+    # test, so a compiled step holds no guard on its batch size)
+    is_gathered: bool = False  # decode attention over the rows' K/V copied out (few rows, many
+    # free slots below the highest: see GATHER_FACTOR), not over the view of every slot
+
+
+def lean_unsupported_reason(model: torch.nn.Module) -> str | None:
+    """Why the lean forward cannot run `model` exactly (None: it can)."""
+    config = model.config
+    if config.model_type not in LEAN_MODEL_TYPES:
+        return f"model type {config.model_type!r} (lean path: {', '.join(LEAN_MODEL_TYPES)})"
+    if config.hidden_act != "silu":
+        return f"activation {config.hidden_act!r}"
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+        return "sliding-window layers"
+    if config.model_type == "mistral" and getattr(config, "sliding_window", None) is not None:
+        return "sliding-window attention"
+    rope = getattr(model.model, "rotary_emb", None)
+    if rope is None or getattr(rope, "rope_type", None) not in STATIC_ROPE_TYPES:
+        return f"rope type {getattr(rope, 'rope_type', None)!r}"
+    return None
+
+
+_LEAN: weakref.WeakKeyDictionary[torch.nn.Module, LeanLlama] = weakref.WeakKeyDictionary()
+
+
+def lean_model(hf_model: torch.nn.Module) -> LeanLlama:
+    """The lean forward of `hf_model`, built once per model (runners and the raw loop share it)."""
+    if hf_model not in _LEAN:
+        _LEAN[hf_model] = LeanLlama(hf_model).eval()
+    return _LEAN[hf_model]
+
+
+class LlamaLayer(torch.nn.Module):
+    """One decoder layer's weights; the forward is `LeanLlama.forward` (no per-layer call overhead)."""
+
+    def __init__(self, hf_layer: torch.nn.Module, is_transposed: bool) -> None:
+        super().__init__()
+        attn, mlp = hf_layer.self_attn, hf_layer.mlp
+        self.qkv = Linear(fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj),
+                          fuse_biases(attn.q_proj, attn.k_proj, attn.v_proj), is_transposed)
+        self.o = Linear(attn.o_proj.weight, attn.o_proj.bias, is_transposed)
+        self.gate_up = Linear(fuse_linears(mlp.gate_proj, mlp.up_proj),
+                              fuse_biases(mlp.gate_proj, mlp.up_proj), is_transposed)
+        self.down = Linear(mlp.down_proj.weight, mlp.down_proj.bias, is_transposed)
+        self.input_norm = hf_layer.input_layernorm.weight
+        self.post_norm = hf_layer.post_attention_layernorm.weight
+
+
+class Linear(torch.nn.Module):
+    """y = x W^T + b, with a transposed copy of W for small batches where that is faster."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, is_transposed: bool) -> None:
+        super().__init__()
+        self.weight, self.bias = weight, bias  # [out, in], [out]
+        self.weight_t = weight.detach().t().contiguous() if is_transposed else None  # [in, out]
+
+    def forward(self, x: torch.Tensor, is_small: bool) -> torch.Tensor:
+        if self.weight_t is None or not is_small:
+            return F.linear(x, self.weight, self.bias)
+        y = x @ self.weight_t
+        return y if self.bias is None else y + self.bias
+
+
+class LeanLlama(torch.nn.Module):
+    """The forward of a loaded Hugging Face Llama-family model, on its own weights."""
+
+    def __init__(self, hf_model: torch.nn.Module) -> None:
+        super().__init__()
+        reason = lean_unsupported_reason(hf_model)
+        if reason is not None:
+            raise ValueError(f"no lean forward for this model: {reason}")
+        config = hf_model.config
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.eps = config.rms_norm_eps
+        inner = hf_model.model
+        self.embed = inner.embed_tokens.weight
+        weight_bytes = sum(p.numel() * p.element_size() for p in inner.layers.parameters())
+        is_transposed = self.embed.device.type == "cpu" and weight_bytes <= MAX_TRANSPOSED_BYTES
+        self.layers = torch.nn.ModuleList(LlamaLayer(layer, is_transposed) for layer in inner.layers)
+        self.norm = inner.norm.weight
+        self.lm_head = hf_model.lm_head.weight
+        self.inv_freq = inner.rotary_emb.inv_freq  # [D / 2] float32
+        self.rope_scaling = float(inner.rotary_emb.attention_scaling)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def forward(self, step: StepInputs, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+        """Logits of the wanted tokens [R, V]; writes every token's K/V into its slot, in place."""
+        x = F.embedding(step.ids, self.embed)  # [T, hidden]
+        cos, sin = self.rope(step.positions, x.dtype)  # [T, 1, D]
+        num_qk = (self.num_heads + self.num_kv_heads) * self.head_dim
+        for layer, k_cache, v_cache in zip(self.layers, keys, values, strict=True):
+            # k_cache, v_cache: [num_slots, Hkv, capacity, D]
+            h = rms_norm(x, layer.input_norm, self.eps)
+            qkv = layer.qkv(h, step.is_small)  # [T, (H + 2 Hkv) D]
+            qk = rotate(qkv[:, :num_qk].view(len(x), -1, self.head_dim), cos, sin)
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [T, H, D], [T, Hkv, D]
+            v = qkv[:, num_qk:].view(len(x), self.num_kv_heads, self.head_dim)
+            k_cache[step.slots, :, step.positions] = k  # the step's K/V, written in place
+            v_cache[step.slots, :, step.positions] = v
+            x = x + layer.o(self.attend(q, k_cache, v_cache, step), step.is_small)
+            h = rms_norm(x, layer.post_norm, self.eps)
+            gate, up = layer.gate_up(h, step.is_small).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up, step.is_small)
+        if step.logit_index is not None:
+            x = x.index_select(0, step.logit_index)
+        return F.linear(rms_norm(x, self.norm, self.eps), self.lm_head)
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, 1, D] as the HF rotary embedding computes them (fp32, then the model dtype)."""
+        freqs = positions[:, None].float() * self.inv_freq  # [T, D / 2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return (emb.cos() * self.rope_scaling).to(dtype), (emb.sin() * self.rope_scaling).to(dtype)
+
+    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               step: StepInputs) -> torch.Tensor:
+        """Attention output [T, H * D] for the step's decode rows and chunks."""
+        outs = []
+        if step.num_decode:
+            outs.append(self.decode_attention(q[: step.num_decode], k_cache, v_cache, step))
+        offset = step.num_decode
+        for chunk in step.chunks:
+            end = chunk.start + chunk.num_tokens
+            keys = k_cache[chunk.slot : chunk.slot + 1, :, :end]  # [1, Hkv, start + n, D]
+            values = v_cache[chunk.slot : chunk.slot + 1, :, :end]
+            outs.append(self.grouped(q[offset : offset + chunk.num_tokens], keys, values, chunk.mask))
+            offset += chunk.num_tokens
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def decode_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         step: StepInputs) -> torch.Tensor:
+        # One query per row, so a KV head's G query heads are its G "query positions": GQA with
+        # no K/V expansion, and the same padding mask for all of them. Rows are cache slots, so
+        # the keys are a view of the cache: no gather.
+        num_rows, group = step.num_view_rows, self.num_heads // self.num_kv_heads
+        q = q.view(-1, self.num_kv_heads, group, self.head_dim)  # [B, Hkv, G, D]
+        if step.is_gathered:
+            keys = k_cache.narrow(2, 0, step.decode_len).index_select(0, step.decode_rows)
+            values = v_cache.narrow(2, 0, step.decode_len).index_select(0, step.decode_rows)
+            mask = None if step.decode_mask is None else step.decode_mask.index_select(0, step.decode_rows)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, Hkv, G, D]
+            return out.reshape(-1, self.num_heads * self.head_dim)
+        if step.decode_rows is not None:  # free slots below the highest: zero queries, dropped after
+            q = q.new_zeros(num_rows, *q.shape[1:]).index_copy_(0, step.decode_rows, q)
+        keys = k_cache.narrow(0, 0, num_rows).narrow(2, 0, step.decode_len)  # [rows, Hkv, S, D]
+        values = v_cache.narrow(0, 0, num_rows).narrow(2, 0, step.decode_len)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.decode_mask)
+        if step.decode_rows is not None:
+            out = out.index_select(0, step.decode_rows)
+        return out.reshape(-1, self.num_heads * self.head_dim)
+
+    def grouped(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """One sequence's chunk: q [n, H, D] over its cached keys [1, Hkv, S, D] -> [n, H * D]."""
+        num_tokens, group = len(q), self.num_heads // self.num_kv_heads
+        # [n, Hkv, G, D] -> [1, Hkv, n * G, D]: the G heads sharing a KV head as extra query rows
+        q = q.view(num_tokens, self.num_kv_heads, group, self.head_dim).transpose(0, 1)
+        q = q.reshape(1, self.num_kv_heads, num_tokens * group, self.head_dim)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        out = out.view(self.num_kv_heads, num_tokens, group, self.head_dim).transpose(0, 1)
+        return out.reshape(num_tokens, self.num_heads * self.head_dim)
+
+
+def chunk_mask(start: int, num_tokens: int, group: int, device: torch.device) -> torch.Tensor:
+    """Causal mask of a chunk over its whole context: [n * G, start + n], query i sees keys <= start + i."""
+    keys = torch.arange(start + num_tokens, device=device)
+    queries = torch.arange(start, start + num_tokens, device=device).repeat_interleave(group)
+    return keys[None, :] <= queries[:, None]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's RMSNorm: normalised in fp32, scaled in the model dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [T, heads, D] (HF's rotate_half convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def fuse_linears(*linears: torch.nn.Linear) -> torch.nn.Parameter:
+    """One weight [sum out, in] for several linears; each HF weight becomes a view of it."""
+    fused = torch.nn.Parameter(torch.cat([m.weight.detach() for m in linears]), requires_grad=False)
+    offset = 0
+    for m in linears:  # shared storage: the HF reference and this forward read the same tensor
+        rows = m.weight.shape[0]
+        m.weight.data = fused.data[offset : offset + rows]
+        offset += rows
+    return fused
+
+
+def fuse_biases(*linears: torch.nn.Linear) -> torch.nn.Parameter | None:
+    """The fused bias, or None when the linears have none (Llama, Mistral); zeros for a missing one."""
+    if all(m.bias is None for m in linears):
+        return None
+    parts = [m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.weight.shape[0])
+             for m in linears]
+    fused = torch.nn.Parameter(torch.cat(parts), requires_grad=False)
+    offset = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        if m.bias is not None:
+            m.bias.data = fused.data[offset : offset + rows]
+        offset += rows
+    return fused

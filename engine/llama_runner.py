@@ -1,0 +1,218 @@
+"""The lean executor for Llama-family models: packed steps over a slot KV cache.
+
+Every step is one forward (engine/llama.py): the decode rows' pending tokens, then the prompt
+chunks' tokens, packed without padding. A prefill is a step of whole-prompt chunks, a decode a
+step of rows only, a mixed step both: so chunked prefill, joins and leaves cost no cache move
+and no second forward. A sequence holds its slot from its first chunk to its release.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from engine.compiled_decode import CompiledDecode
+from engine.llama import GATHER_FACTOR, SMALL_BATCH_ROWS, ChunkSpan, StepInputs, chunk_mask, lean_model
+from engine.models import LoadedModel
+from engine.sampling import RowSampling, sample
+from engine.scheduler import PrefillChunk
+from engine.sequence import SamplingParams, Sequence
+from engine.slot_cache import CAPACITY_STEP, SlotKVCache
+
+StepFn = Callable[[StepInputs, list[torch.Tensor], list[torch.Tensor]], torch.Tensor]
+
+
+class LlamaRunner:
+    """Executor over `LeanLlama` and a `SlotKVCache` (see the module doc)."""
+
+    def __init__(self, loaded: LoadedModel, compile_backend: str | None = None) -> None:
+        self.loaded = loaded
+        self.device = loaded.device
+        self.model = lean_model(loaded.model)
+        self.cache = SlotKVCache(self.model.num_layers, self.model.num_kv_heads, self.model.head_dim,
+                                 loaded.dtype, self.device, loaded.max_context_tokens)
+        # Pure decode steps may run compiled (engine/compiled_decode.py); mixed steps stay eager.
+        self.decode_fn: StepFn = self.model
+        if compile_backend is not None:
+            compiled = CompiledDecode(self.model, compile_backend)
+            self.cache.reallocate(SMALL_BATCH_ROWS + 1, CAPACITY_STEP)
+            compiled.warm_up(self.cache.keys, self.cache.values)  # writes only into free slots
+            self.decode_fn = compiled
+        self.rows: list[Sequence] = []  # prefilled sequences, in join order
+        self.pending: dict[int, int] = {}  # id(seq) -> its sampled token, not yet in the cache
+        self.generators: dict[int, torch.Generator | None] = {}  # id(seq) -> its seeded stream
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.rows)
+
+    @torch.inference_mode()
+    def prefill(self, seqs: list[Sequence]) -> list[int]:
+        """Prefill whole prompts (one packed forward, no padding); they join the batch."""
+        return self.mixed([], [PrefillChunk(s, 0, s.num_prompt_tokens) for s in seqs])
+
+    @torch.inference_mode()
+    def decode(self, seqs: list[Sequence]) -> list[int]:
+        """One step for `seqs` (prefilled rows, any order); tokens in their order."""
+        return self.mixed(seqs, [])
+
+    @torch.inference_mode()
+    def release(self, seqs: list[Sequence]) -> None:
+        """Free the slots of `seqs` (unknown ones ignored): no cache moves."""
+        gone = {id(s) for s in seqs}
+        for key in gone:
+            self.cache.remove(key)
+            self.pending.pop(key, None)
+            self.generators.pop(key, None)
+        self.rows = [s for s in self.rows if id(s) not in gone]
+
+    @torch.inference_mode()
+    def mixed(self, decode: list[Sequence], chunks: list[PrefillChunk]) -> list[int]:
+        """One forward: `decode`'s rows one token each, then `chunks`; tokens for `decode`, then
+        for each last chunk's sequence."""
+        self._check_decode(decode)
+        self._start(chunks)
+        order = sorted(range(len(decode)), key=lambda i: self.cache.slot_of[id(decode[i])])
+        rows = [decode[i] for i in order]  # slot order: the attention view's row order
+        step = self._inputs(rows, chunks)
+        logits = (self.decode_fn if not chunks else self.model)(step, self.cache.keys, self.cache.values)
+        sampled = [*rows, *(c.seq for c in chunks if c.is_last)]
+        tokens = sample(logits, self._sampling(sampled)).tolist()  # [R]
+        self._commit(rows, chunks, tokens)
+        by_row = dict(zip(map(id, sampled), tokens, strict=True))
+        return [by_row[id(s)] for s in decode] + [by_row[id(c.seq)] for c in chunks if c.is_last]
+
+    def _check_decode(self, decode: list[Sequence]) -> None:
+        if len({id(s) for s in decode}) != len(decode) or any(id(s) not in self.pending for s in decode):
+            raise ValueError(f"decode needs running rows (prefilled, each once); got {len(decode)} "
+                             "sequences that are not")
+
+    def _start(self, chunks: list[PrefillChunk]) -> None:
+        """Check each chunk continues its prompt; first chunks take a slot (and a sampling stream)."""
+        firsts = [c.seq for c in chunks if c.start == 0]
+        for seq in firsts:
+            self._check_joiner(seq)
+        for chunk in chunks:
+            slot = self.cache.slot_of.get(id(chunk.seq)) if chunk.start else None
+            if chunk.start and (slot is None or self.cache.lengths[slot] != chunk.start):
+                done = 0 if slot is None else self.cache.lengths[slot]
+                raise ValueError(f"sequence {chunk.seq.seq_id}: chunk starts at {chunk.start}, "
+                                 f"but {done} prompt tokens are prefilled")
+        self.cache.add([id(s) for s in firsts], [s.max_num_tokens for s in firsts])
+        for seq in firsts:
+            seed = seq.params.seed
+            self.generators[id(seq)] = (None if seed is None else
+                                        torch.Generator(device=self.device).manual_seed(seed))
+
+    def _check_joiner(self, seq: Sequence) -> None:
+        if id(seq) in self.cache.slot_of:
+            raise ValueError(f"sequence {seq.seq_id} is already in the batch")
+        if not seq.prompt_ids:
+            raise ValueError(f"sequence {seq.seq_id} has an empty prompt")
+        if seq.max_num_tokens > self.loaded.max_context_tokens:
+            raise ValueError(f"sequence {seq.seq_id} may reach {seq.max_num_tokens} tokens but "
+                             f"{self.loaded.name} supports {self.loaded.max_context_tokens}")
+
+    def _inputs(self, rows: list[Sequence], chunks: list[PrefillChunk]) -> StepInputs:
+        """The packed step: rows' pending tokens at their lengths, then each chunk's tokens."""
+        cache, slot_of = self.cache, self.cache.slot_of
+        slots = [slot_of[id(s)] for s in rows]
+        ids = [self.pending[id(s)] for s in rows]
+        positions = [cache.lengths[i] for i in slots]
+        token_slots = list(slots)
+        spans, logit_index = [], list(range(len(rows)))
+        group = self.model.num_heads // self.model.num_kv_heads
+        for chunk in chunks:
+            slot, end = slot_of[id(chunk.seq)], chunk.start + chunk.num_tokens
+            ids += chunk.seq.prompt_ids[chunk.start : end]
+            positions += range(chunk.start, end)
+            token_slots += [slot] * chunk.num_tokens
+            spans.append(ChunkSpan(slot, chunk.start, chunk.num_tokens,
+                                   chunk_mask(chunk.start, chunk.num_tokens, group, self.device)))
+            if chunk.is_last:
+                logit_index.append(len(ids) - 1)
+        tensor = self._long
+        num_view_rows = slots[-1] + 1 if slots else 0
+        decode_len = max(positions[: len(rows)], default=-1) + 1
+        return StepInputs(
+            tensor(ids), tensor(positions), tensor(token_slots), len(rows), num_view_rows,
+            None if slots == list(range(len(slots))) else tensor(slots),
+            self._decode_mask(slots, positions[: len(rows)], num_view_rows, decode_len),
+            decode_len, tuple(spans), None if not chunks else tensor(logit_index),
+            is_small=len(ids) <= SMALL_BATCH_ROWS,
+            is_gathered=num_view_rows > GATHER_FACTOR * len(rows) and bool(rows),
+        )
+
+    def _long(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    def _decode_mask(self, slots: list[int], positions: list[int], num_view_rows: int,
+                     decode_len: int) -> torch.Tensor | None:
+        """[rows, 1, 1, S] additive: each decode row sees its own context (a float mask: SDPA on
+        CPU converts a bool one on every call); None when every row sees all S columns."""
+        if len(slots) == num_view_rows and min(positions, default=0) + 1 == decode_len:
+            return None
+        lengths = [1] * num_view_rows  # a free slot's row: one visible column, never all masked
+        for slot, pos in zip(slots, positions, strict=True):
+            lengths[slot] = pos + 1
+        columns = torch.arange(decode_len, device=self.device)
+        valid = torch.tensor(lengths, device=self.device)
+        mask = torch.zeros(num_view_rows, 1, 1, decode_len, dtype=self.loaded.dtype, device=self.device)
+        return mask.masked_fill_((columns[None, :] >= valid[:, None])[:, None, None, :], float("-inf"))
+
+    def _sampling(self, seqs: list[Sequence]) -> RowSampling:
+        params = [s.params for s in seqs]
+        is_all_greedy = all(p.temperature <= 0 for p in params)
+        if is_all_greedy:  # the hot path: no tensors built
+            return RowSampling(torch.empty(0), torch.empty(0), [], True)
+        return RowSampling(
+            torch.tensor([p.temperature for p in params], device=self.device),
+            torch.tensor([p.top_p for p in params], device=self.device),
+            [self.generators[id(s)] for s in seqs], False,
+        )
+
+    def _commit(self, rows: list[Sequence], chunks: list[PrefillChunk], tokens: list[int]) -> None:
+        cache = self.cache
+        for seq, token in zip(rows, tokens, strict=False):
+            cache.lengths[cache.slot_of[id(seq)]] += 1
+            self.pending[id(seq)] = token
+        last = iter(tokens[len(rows) :])
+        for chunk in chunks:
+            cache.lengths[cache.slot_of[id(chunk.seq)]] = chunk.start + chunk.num_tokens
+            if chunk.is_last:
+                self.pending[id(chunk.seq)] = next(last)
+                self.rows.append(chunk.seq)
+        if self.device.type == "cuda":  # a step without sampled tokens must not end before its kernels
+            torch.cuda.synchronize(self.device)
+
+
+@torch.inference_mode()
+def lean_decode_loop(loaded: LoadedModel, prompt_ids: list[list[int]],
+                     num_new_tokens: int) -> tuple[int, float]:
+    """The bare loop on the lean forward: one prefill, then greedy decode steps with no
+    scheduling, no bookkeeping and no per-step host sync; returns (output tokens, seconds).
+    The ceiling for the engine's lean path, as `baselines.raw_decode_loop` is for the HF path."""
+    if len({len(p) for p in prompt_ids}) != 1:
+        raise ValueError("lean_decode_loop needs prompts of one length (it uses no mask)")
+    runner = LlamaRunner(loaded)
+    params = SamplingParams(max_new_tokens=num_new_tokens)
+    seqs = [Sequence(i, p, params, 0.0, 0.0) for i, p in enumerate(prompt_ids)]
+    num_rows = len(seqs)
+    _sync(loaded.device)
+    start_s = time.perf_counter()
+    tokens = runner._long(runner.prefill(seqs))  # [B]; a fresh runner: rows are slots 0..B-1
+    keys, values = runner.cache.keys, runner.cache.values  # allocated by the prefill
+    slots = torch.arange(num_rows, device=loaded.device)
+    for length in range(len(prompt_ids[0]), len(prompt_ids[0]) + num_new_tokens - 1):
+        step = StepInputs(tokens, torch.full_like(tokens, length), slots, num_rows, num_rows,
+                          None, None, length + 1, (), None, num_rows <= SMALL_BATCH_ROWS)
+        tokens = runner.model(step, keys, values).argmax(dim=-1)
+    _sync(loaded.device)
+    return num_rows * num_new_tokens, time.perf_counter() - start_s
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
