@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from app.cli import app
@@ -21,7 +23,17 @@ def bench(
         None, "--decode-batches", help="also decode tok/s at these batch sizes, e.g. 1,8,32"),
     decode_only: bool = typer.Option(False, "--decode-only", help="only the --decode-batches figures"),
     compile_decode: str = typer.Option(
-        "auto", "--compile-decode", help="torch.compile the decode step: auto (on with CUDA) | on | off"),
+        "auto", "--compile-decode",
+        help="torch.compile the decode step: auto (on with CUDA) | on | off; on a CPU it costs ~1 min "
+             "of compiling (Llama-family models) and gains ~5% on builtin:small"),
+    threads: str = typer.Option(
+        "auto", "--threads", help="engine intra-op threads: auto (all cores but one) or a number"),
+    vs: str | None = typer.Option(
+        None, "--vs", help="instead: `tradeoff serve` against vllm (started here) or a running "
+        "OpenAI-compatible server's URL, same model, chat profile, 1 and 16 users"),
+    engine_python: str | None = typer.Option(
+        None, "--engine-python", help="with --vs vllm: the Python vLLM is installed in "
+        "(default .venv-vllm/bin/python if present)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Measure engine overhead and batching gains on a fixed offline workload."""
@@ -29,6 +41,9 @@ def bench(
 
     if repeats < 1:
         raise BadInput(f"--repeats must be >= 1, got {repeats}")
+    if vs is not None or engine_python is not None:
+        _bench_vs(model, vs, device, repeats, engine_python, json_out)
+        return
     batches = parse_list("--decode-batches", decode_batches, int) if decode_batches else None
     if batches is not None and min(batches) < 1:
         raise BadInput(f"--decode-batches must be >= 1, got {decode_batches}")
@@ -36,12 +51,43 @@ def bench(
         raise BadInput("--decode-only needs --decode-batches, e.g. --decode-batches 1,8,32")
     if compile_decode not in COMPILE_CHOICES:
         raise BadInput(f"--compile-decode must be auto, on or off, got {compile_decode!r}")
+    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+        raise BadInput(f"--threads must be auto or a number >= 1, got {threads!r}")
     result = run_bench(model, device, repeats=repeats, decode_batches=batches, is_decode_only=decode_only,
-                       compile_decode=COMPILE_CHOICES[compile_decode])
+                       compile_decode=COMPILE_CHOICES[compile_decode],
+                       num_threads=None if threads == "auto" else int(threads))
     if json_out:
         print_json(result)
         return
-    keys = ("model", "device", "engine_vs_raw", "continuous_vs_static", "continuous_vs_hf_generate")
+    keys = ("model", "device", "forward", "num_threads", "engine_vs_raw", "continuous_vs_static",
+            "continuous_vs_hf_generate")
     print_pairs([(k, result[k]) for k in keys if k in result]
                 + [(f"{k} tok/s", v) for k, v in result.get("tok_s", {}).items()]
                 + [(f"decode batch {k} tok/s", v) for k, v in result.get("decode_tok_s", {}).items()])
+
+
+def _bench_vs(model: str, vs: str | None, device: str, repeats: int, engine_python: str | None,
+              json_out: bool) -> None:
+    """`--vs`: tradeoff serve against another server (experiments/bench_vs.py)."""
+    from experiments.bench_vs import check_vs, run_bench_vs
+    from experiments.engines import EngineUnavailableError
+
+    if vs is None:
+        raise BadInput("--engine-python goes with --vs vllm")
+    try:
+        check_vs(vs, engine_python)
+    except (ValueError, EngineUnavailableError) as exc:
+        raise BadInput(str(exc)) from None
+    result = run_bench_vs(model, vs, device, repeats, engine_python,
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
+    if json_out:
+        print_json(result)
+        return
+    other = next(name for name in result["servers"] if name != "tradeoff")
+    for load in result["loads"]:
+        ours, theirs = load["tradeoff"], load[other]
+        print_pairs([(f"{load['users']} users: output tok/s (tradeoff / {other})",
+                      f"{ours['output_tok_s']} / {theirs['output_tok_s']} = {load['tok_s_ratio']}x"),
+                     ("  TTFT p50, p90 (ms)", f"{ours['ttft_ms_p50']}, {ours['ttft_ms_p90']} / "
+                                              f"{theirs['ttft_ms_p50']}, {theirs['ttft_ms_p90']}"),
+                     ("  TPOT p50 (ms)", f"{ours['tpot_ms_p50']} / {theirs['tpot_ms_p50']}")])
