@@ -183,7 +183,7 @@ def _create(db: str | None, data: dict[str, Any]):
     from experiments.estimate import estimate_sweep_s
     from experiments.grid import parse_spec
     from experiments.profiles import load_profile
-    from experiments.servers import recorded_starts
+    from experiments.servers import recorded_calibration, recorded_starts
     from experiments.sweep import create_sweep, local_target_for, sweep_profile
 
     spec = parse_spec(data)
@@ -202,9 +202,11 @@ def _create(db: str | None, data: dict[str, Any]):
     sweep_id = create_sweep(store, spec, prof)
     record_server(store, sweep_id, spec)
     starts = recorded_starts(store, spec) if spec.starts_servers else []
-    est = estimate_sweep_s(spec, prof, starts)
+    cost = recorded_calibration(store, spec) if spec.starts_servers else None
+    est = estimate_sweep_s(spec, prof, starts, cost)
+    steps = "; trials at the step costs an earlier sweep calibrated" if cost else ""
     print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min"
-          f"{starts_note(spec, starts)} (db: {store.display_url})", file=sys.stderr)
+          f"{starts_note(spec, starts)}{steps} (db: {store.display_url})", file=sys.stderr)
     return store, sweep_id, target
 
 

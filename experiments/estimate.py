@@ -47,10 +47,11 @@ def start_s_of(spec: SweepSpec, measured: list[float]) -> float:
     return sum(measured) / len(measured) if measured else start_prior_s(spec.engine)
 
 
-def estimate_sweep_s(spec: SweepSpec, profile: Profile, measured_starts: list[float] = ()) -> float:
-    """Estimated seconds for the whole sweep: model load or server starts, plus every simulated
-    trial."""
-    cost = PRIORS.get(spec.model, GENERIC)
+def estimate_sweep_s(spec: SweepSpec, profile: Profile, measured_starts: list[float] = (),
+                     cost: CostModel | None = None) -> float:
+    """Estimated seconds for the whole sweep: model load or server starts, plus every trial
+    simulated under `cost` (a server's recorded calibration) or the model's prior."""
+    cost = cost or PRIORS.get(spec.model, GENERIC)
     # Repetitions differ only in seed: simulate each config once and multiply.
     configs = [c for c in spec.trial_configs() if c.repetition == 0]
     slos = _adaptive_targets(configs, profile, cost, spec.seed)

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from common.records import TrialConfig
 from db.store import Store
+from engine.simulate import CostModel
 from experiments.engine_logs import root_cause
 from experiments.engines import preset, start_prior_s
 from experiments.external import ServerProcess
 from experiments.grid import SweepSpec
 from experiments.http_target import wait_for_health
+from experiments.predict import stored_calibration
 
 SETTLE_S = 5.0
 LOG_DIR_ENV = "TRADEOFF_LOG_DIR"
@@ -128,12 +130,26 @@ def recorded_starts(store: Store, spec: SweepSpec, max_sweeps: int = 5) -> list[
     """Server start times measured by the latest earlier sweeps that started the same server
     (same engine or template, same model), one per start (a start's trials share it)."""
     starts: dict[str, float] = {}
-    matching = [s for s in store.list_sweeps()
-                if (s.grid.get("engine"), s.grid.get("server_cmd"), s.model)
-                == (spec.engine, spec.server_cmd, spec.model)]
-    for sweep in matching[:max_sweeps]:
+    for sweep in _same_server(store, spec)[:max_sweeps]:
         for trial in store.list_trials(sweep.id):
             where = (trial.details or {}).get("provenance") or {}
             if where.get("server_start_s") is not None:
                 starts[str(where.get("server_log"))] = float(where["server_start_s"])
     return list(starts.values())
+
+
+def recorded_calibration(store: Store, spec: SweepSpec) -> CostModel | None:
+    """The step costs the latest earlier sweep of the same server calibrated (its probes, stored
+    with its first trial), for estimates before anything runs; None when none calibrated."""
+    for sweep in _same_server(store, spec):
+        cost = stored_calibration(t.details for t in store.list_trials(sweep.id))
+        if cost is not None:
+            return cost
+    return None
+
+
+def _same_server(store: Store, spec: SweepSpec) -> list:
+    """Earlier sweeps that started the same server (engine or template, model), newest first."""
+    return [s for s in store.list_sweeps()
+            if (s.grid.get("engine"), s.grid.get("server_cmd"), s.model)
+            == (spec.engine, spec.server_cmd, spec.model)]

@@ -207,3 +207,30 @@ def test_prefix_caching_is_a_server_knob_each_engine_sets_its_own_way():
         parse_spec({**base, "prefix_caching": [True, False]})
     spec = parse_spec({**base, "engine": "vllm", "batch_sizes": [4], "prefix_caching": [True, False]})
     assert [c.prefix_caching for c in spec.trial_configs()] == [True, False]
+
+
+def test_estimates_use_the_start_times_and_step_costs_earlier_sweeps_recorded():
+    from types import SimpleNamespace
+
+    from common.records import TrialRecord
+    from engine.simulate import CostModel
+    from experiments.estimate import estimate_sweep_s
+    from experiments.predict import cost_to_dict
+    from experiments.profiles import load_profile
+    from experiments.servers import recorded_calibration, recorded_starts
+
+    spec = parse_spec({"engine": "vllm", "model": "/m", "policies": ["continuous"], "max_wait_ms": [0],
+                       "batch_sizes": [4, 16], "concurrency": [1, 8], "requests": 16})
+    fast = CostModel(0.002, 1e-5, 0.002, 1e-4, 0.0)
+    calibrated = {"prediction": {"calibration": {"cost_model": cost_to_dict(fast)}},
+                  "provenance": {"server_start_s": 40.0, "server_log": "/l/1"}}
+    other = SimpleNamespace(id=1, grid={"engine": "sglang", "server_cmd": None}, model="/m")
+    same = SimpleNamespace(id=2, grid={"engine": "vllm", "server_cmd": None}, model="/m")
+    trials = {1: [], 2: [TrialRecord(1, 2, C16, "done", {}, details=calibrated)]}
+    store = SimpleNamespace(list_sweeps=lambda: [other, same], list_trials=lambda i: trials[i])
+    assert recorded_starts(store, spec) == [40.0]
+    assert recorded_calibration(store, spec) == fast
+    prior = estimate_sweep_s(spec, load_profile("chat"))
+    informed = estimate_sweep_s(spec, load_profile("chat"), [40.0], fast)
+    assert prior >= 2 * 75 and informed < prior  # 2 starts at the prior 75 s, then at 40 s
+    assert 2 * 40 <= informed < 2 * 40 + 0.5 * (prior - 2 * 75)
