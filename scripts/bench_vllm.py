@@ -104,7 +104,7 @@ def relaunch(db: str, work: Path, requests: int) -> None:
             server.wait(60)
     for key in METRICS:
         a = [t[key] for t in swept if t.get(key) is not None]
-        b = [t[key] for t in again if t.get(key) is not None]
+        b = [v for t in again if (v := _flat(t, key)) is not None]
         if len(a) < 2 or not b:
             print(f"{key}: not enough values ({a}, {b})")
             continue
@@ -112,6 +112,14 @@ def relaunch(db: str, work: Path, requests: int) -> None:
         within = abs(mean_b - mean_a) <= 2 * sd_a
         print(f"{key}: sweep {mean_a:.2f} +- {sd_a:.2f} (3 reps), relaunch {mean_b:.2f} "
               f"({', '.join(f'{v:.2f}' for v in b)}): {'within' if within else 'OUTSIDE'} 2 sd")
+
+
+def _flat(trial: dict, key: str) -> float | None:
+    """`ttft_ms_p90` from `trial --json`, which nests distributions ({"ttft_ms": {"p90": ...}})."""
+    if key in trial:
+        return trial[key]
+    metric, _, stat = key.rpartition("_")
+    return (trial.get(metric) or {}).get(stat)
 
 
 def main() -> None:
