@@ -22,13 +22,15 @@ from app.engine_options import (
     ENGINE_ARGS,
     ENGINE_ENV,
     ENGINE_PYTHON,
+    PREFIX_CACHING,
     SERVER_TIMEOUT,
+    SLO,
+    knob_flags,
     launch_flags,
     report_start_failures,
 )
 from app.errors import BadInput
 from app.output import print_json
-from app.parsing import parse_slos, parse_switches
 
 
 @app.command()
@@ -80,12 +82,8 @@ def search(
              "per config, started for its search and stopped before the next"),
     engine: str | None = typer.Option(
         None, "--engine", help="start this engine's server per config: vllm | sglang | tgi | llamacpp"),
-    prefix_caching: str | None = typer.Option(
-        None, "--prefix-caching", help="comma list of on, off, default: reuse computed prompt blocks "
-                                       "(vLLM --enable-prefix-caching, SGLang's radix cache)"),
-    slo: list[str] | None = typer.Option(
-        None, "--slo", help="an absolute SLO in place of the profile's, METRIC[:PCT]=MS (repeat it), "
-                            "e.g. --slo ttft_ms=200 --slo tpot_ms:p99=50"),
+    prefix_caching: str | None = PREFIX_CACHING,
+    slo: list[str] | None = SLO,
     engine_args: str | None = ENGINE_ARGS,
     engine_env: list[str] | None = ENGINE_ENV,
     engine_python: str | None = ENGINE_PYTHON,
@@ -120,9 +118,7 @@ def search(
                 "target": target_url, "target_model": target_model, "api_key_env": api_key_env,
                 "tokenizer": tokenizer, "server_cmd": server_cmd, "engine": engine,
                 **launch_flags(engine_args, engine_env, engine_python, server_timeout),
-                "slos": parse_slos(slo),
-                "prefix_caching": None if prefix_caching is None else
-                parse_switches("--prefix-caching", prefix_caching),
+                **knob_flags(prefix_caching, slo),
                 **lists(policy, batch_sizes, max_wait_ms, None, None),
                 "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
                            "budget_s": (budget_min or 10.0) * 60, "start_load": start_load,

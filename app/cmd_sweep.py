@@ -17,13 +17,16 @@ from app.engine_options import (
     ENGINE_ARGS,
     ENGINE_ENV,
     ENGINE_PYTHON,
+    PREFIX_CACHING,
     SERVER_TIMEOUT,
+    SLO,
+    knob_flags,
     launch_flags,
     report_start_failures,
 )
 from app.errors import BadInput
 from app.output import fmt, print_json
-from app.parsing import parse_budgets, parse_list, parse_slos, parse_switches
+from app.parsing import parse_budgets, parse_list
 
 DB_HELP = "SQLAlchemy URL of the result store (default: $TRADEOFF_DB or sqlite:///tradeoff.db)"
 
@@ -125,12 +128,8 @@ def sweep(
     calibrate: bool | None = typer.Option(
         None, "--calibrate", help="probe the first server it starts and predict every trial from "
                                   "the fit (tradeoff calibrate, built in; --engine/--server-cmd)"),
-    prefix_caching: str | None = typer.Option(
-        None, "--prefix-caching", help="comma list of on, off, default: reuse computed prompt blocks "
-                                       "(vLLM --enable-prefix-caching, SGLang's radix cache)"),
-    slo: list[str] | None = typer.Option(
-        None, "--slo", help="an absolute SLO in place of the profile's, METRIC[:PCT]=MS (repeat it), "
-                            "e.g. --slo ttft_ms=200 --slo tpot_ms:p99=50"),
+    prefix_caching: str | None = PREFIX_CACHING,
+    slo: list[str] | None = SLO,
     engine_args: str | None = ENGINE_ARGS,
     engine_env: list[str] | None = ENGINE_ENV,
     engine_python: str | None = ENGINE_PYTHON,
@@ -162,9 +161,7 @@ def sweep(
                  "server_cmd": server_cmd, "engine": engine, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
                  **launch_flags(engine_args, engine_env, engine_python, server_timeout),
-                 "slos": parse_slos(slo), "calibrate": calibrate,
-                 "prefix_caching": None if prefix_caching is None else
-                 parse_switches("--prefix-caching", prefix_caching),
+                 "calibrate": calibrate, **knob_flags(prefix_caching, slo),
                  **lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
                         max_num_batched_tokens),
                  **_scale_lists(replicas, router),

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from app.errors import BadInput
+from app.parsing import parse_slos, parse_switches
 
 ENGINE_ARGS = typer.Option(
     None, "--engine-args",
@@ -21,6 +22,12 @@ ENGINE_ENV = typer.Option(
 ENGINE_PYTHON = typer.Option(
     None, "--engine-python",
     help="python of the environment the --engine lives in: runs `PY -m <its server module>`")
+PREFIX_CACHING = typer.Option(
+    None, "--prefix-caching", help="comma list of on, off, default: reuse computed prompt blocks "
+                                   "(vLLM --enable-prefix-caching, SGLang's radix cache)")
+SLO = typer.Option(
+    None, "--slo", help="an absolute SLO in place of the profile's, METRIC[:PCT]=MS (repeat it), "
+                        "e.g. --slo ttft_ms=200 --slo tpot_ms:p99=50")
 SERVER_TIMEOUT = typer.Option(
     None, "--server-timeout", help="seconds a started server may take to answer /health (default 120)")
 
@@ -31,6 +38,12 @@ def launch_flags(engine_args: str | None, engine_env: list[str] | None, engine_p
     return {"engine_args": None if engine_args is None else split_args(engine_args),
             "engine_env": None if not engine_env else parse_env(engine_env),
             "engine_python": engine_python, "server_timeout_s": server_timeout}
+
+
+def knob_flags(prefix_caching: str | None, slo: list[str] | None) -> dict[str, Any]:
+    """The spec fields of --prefix-caching and --slo (None where not given)."""
+    return {"prefix_caching": None if prefix_caching is None else
+            parse_switches("--prefix-caching", prefix_caching), "slos": parse_slos(slo)}
 
 
 def split_args(text: str) -> list[str]:
