@@ -169,7 +169,8 @@ def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SL
                                 format_func=lambda t: f"trial {t}")
     st.dataframe([_metric_row(point, k) for k in KEY_METRICS if k in point.mean],
                  hide_index=True)
-    where = widgets.where_it_ran(_trial_details(url, sweep, trial_id))
+    details = _trial_details(url, sweep, trial_id)
+    where = widgets.where_it_ran(details)
     if where:
         st.caption(widgets.md(where))
     requests = state.requests(url, trial_id)
@@ -177,7 +178,6 @@ def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SL
         st.caption("This trial stored no requests.")
         return
     samples = latency_samples([charts.as_request_record(r) for r in requests])
-    details = _trial_details(url, sweep, trial_id)
     names = ["Latency distributions", "Request timeline", "Batch size over time", "SLOs over time"]
     extra = {"Server metrics": details.get("server_metrics"), "By turn": details.get("ttft_ms_by_turn")}
     extra = {name: value for name, value in extra.items() if value}
