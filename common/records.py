@@ -168,7 +168,7 @@ class TrialMetrics:
     # None when none did (unknown, never 0 by default).
     prefix_cache_hit_rate: float | None = None
     # JSON-ready extras stored whole, not as columns; keys by convention: "timeseries", "trace",
-    # "provenance", "client", "prediction".
+    # "provenance", "client", "prediction", "attainment" (its design effect and effective n).
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

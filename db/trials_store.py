@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -124,3 +124,8 @@ class TrialsMixin:
         with self._session(write=True) as s:
             s.execute(update(TrialModel).where(TrialModel.id == trial_id)
                       .values(details_json=to_json(details) if details else None))
+
+    def delete_trial(self, trial_id: int) -> None:
+        """Delete one trial and its requests (a drifted trial about to be measured again)."""
+        with self._session(write=True) as s:
+            s.execute(delete(TrialModel).where(TrialModel.id == trial_id))  # requests cascade

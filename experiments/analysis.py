@@ -16,7 +16,7 @@ from experiments.capacity import ConfigCapacity, plan_of, run_search
 from experiments.export import export_config
 from experiments.grid import SweepSpec, server_key
 from experiments.grid_capacity import read_levels
-from experiments.metrics import meets_slos
+from experiments.metrics import attainment_evidence, meets_slos
 from experiments.predict import (
     GENERIC,
     PRIORS,
@@ -118,13 +118,14 @@ def rejudge(trials: list[TrialRecord], slos: list[SLO],
         if t.status != "done" or not t.metrics:
             out.append(t)
             continue
-        reqs = requests(t.trial_id)
-        good = sum(stored_meets(r, slos) for r in reqs)
-        ok = sum(r.is_ok for r in reqs)
+        reqs = sorted(requests(t.trial_id), key=lambda r: r.scheduled_ms)
+        passed = [stored_meets(r, slos) for r in reqs]
+        good, ok = sum(passed), sum(r.is_ok for r in reqs)
         rps = float(t.metrics.get("requests_per_s") or 0.0)
         metrics = {**t.metrics, "slo_attainment": good / len(reqs) if reqs else 0.0,
                    "goodput_rps": rps * good / ok if ok else 0.0}
-        out.append(replace(t, metrics=metrics))
+        details = {**t.details, "attainment": attainment_evidence(passed)}
+        out.append(replace(t, metrics=metrics, details=details))
     return out
 
 

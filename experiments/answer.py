@@ -100,8 +100,10 @@ def at_load(name: str, unit: str, value: float | None, n: int, att: Attainment |
     """` At that load: goodput 6.29 req/s over 2 repetitions, 90.6% of 32 requests ...`."""
     if value is None:
         return ""
+    clustered = ("" if att is None or att.effective_n is None else
+                 f"; its misses came in runs, so worth ~{att.effective_n:.0f} independent requests")
     share = "" if att is None else (f", {att.mean:.1%} of {att.num_total} requests within the "
-                                    f"SLOs (90% interval {att.lo:.1%}-{att.hi:.1%})")
+                                    f"SLOs (90% interval {att.lo:.1%}-{att.hi:.1%}{clustered})")
     return f" At that load: {name} {num(value)} {unit} over {n} repetition{'s' * (n != 1)}{share}."
 
 
@@ -163,6 +165,12 @@ def why_client_bound(num_points: int) -> str:
     return (f"nothing qualifies: all {num_points} measured configs are client-bound (the load "
             "generator lagged, so their numbers are not the server's); rerun with fewer users or "
             "on a machine with more cores for the client.")
+
+
+def why_drifted(num_points: int) -> str:
+    return (f"nothing qualifies: all {num_points} measured configs ran while the machine's speed "
+            "had drifted from the sweep's reference (another job, a busy core, throttling), so "
+            "their numbers are not comparable; rerun the sweep on a quiet machine.")
 
 
 def why_saturated(num_points: int) -> str:

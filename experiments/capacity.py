@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from common.records import TrialConfig, TrialRecord, config_to_dict
+from experiments.drift import drift_reason
 from experiments.grid import SweepSpec
 from experiments.profiles import Profile
 from experiments.search import (
@@ -118,12 +119,15 @@ def sample_of(trial: TrialRecord) -> Sample:
     if trial.status != "done":
         return Sample(0, 0, False, f"trial failed: {trial.error or trial.status}")
     m = trial.metrics
+    if drift_reason(trial.details):
+        return Sample(0, 0, False, drift_reason(trial.details))
     if m.get("client_bound"):
         why = m.get("client_bound_reason") or "the load generator lagged"
         return Sample(0, 0, False, f"client-bound ({why})")
     total = int(m.get("requests_completed") or 0) + int(m.get("requests_failed") or 0)
     return Sample(round(float(m.get("slo_attainment") or 0.0) * total), total,
-                  saturated=bool(m.get("saturated")))
+                  saturated=bool(m.get("saturated")),
+                  effective_n=(trial.details.get("attainment") or {}).get("effective_n"))
 
 
 Measure = Callable[[TrialConfig], Sample | None]  # None: not measured (stop that config)

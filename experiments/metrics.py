@@ -134,7 +134,8 @@ def compute_trial_metrics(records: list[RequestRecord], steps: list[StepRecord],
     out_tok = sum(_tokens_in(r, start_s, end_s) for r in everyone)
     prompt_tok = sum(r.num_prompt_tokens for r in everyone
                      if r.token_times_s and start_s <= r.token_times_s[0] <= end_s)
-    num_good = sum(meets_slos(r, slos) for r in records)
+    good = [meets_slos(r, slos) for r in sorted(records, key=lambda r: r.scheduled_s)]
+    num_good = sum(good)
     attainment = num_good / len(records) if records else 0.0
     dists = {name: summarize(values) for name, values in latency_samples(records).items()}
     return TrialMetrics(
@@ -152,7 +153,37 @@ def compute_trial_metrics(records: list[RequestRecord], steps: list[StepRecord],
         saturated=saturated,
         slos={s.metric: {"percentile": s.percentile, "max_ms": s.max_ms} for s in slos},
         prefix_cache_hit_rate=prefix_cache_hit_rate(records),
+        details={"attainment": attainment_evidence(good)},
     )
+
+
+# Batch means (docs/metrics.md, "Correlated requests"): at least this many requests per batch
+# and between 2 and this many batches; fewer requests than two batches: no estimate.
+MIN_BATCH_REQUESTS, MAX_BATCHES = 8, 10
+
+
+def design_effect(good: list[bool]) -> float:
+    """How much the requests of one trial, in arrival order, are worth less than independent
+    ones: the variance of batch means of the pass/fail series over its binomial value (the
+    batch-means method of simulation output analysis). Requests that share a queue pass and miss
+    in runs (one burst or hiccup fails a stretch of them), so the trial carries the evidence of
+    n / effect independent requests. 1 when it cannot be estimated or shows no clustering; at
+    most the batch size (every batch all-pass or all-miss)."""
+    n = len(good)
+    k = min(MAX_BATCHES, n // MIN_BATCH_REQUESTS)
+    p = sum(good) / n if n else 0.0
+    if k < 2 or p in (0.0, 1.0):
+        return 1.0
+    m = n // k
+    means = [sum(good[i * m:(i + 1) * m]) / m for i in range(k)]
+    effect = float(np.var(means, ddof=1)) * m / (p * (1 - p))
+    return min(max(effect, 1.0), float(m))
+
+
+def attainment_evidence(good: list[bool]) -> dict[str, float]:
+    """What a trial's attainment is worth as evidence (requests in arrival order)."""
+    effect = design_effect(good)
+    return {"design_effect": round(effect, 4), "effective_n": round(len(good) / effect, 2)}
 
 
 def _tokens_in(r: RequestRecord, start_s: float, end_s: float) -> int:

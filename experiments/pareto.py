@@ -19,11 +19,13 @@ from dataclasses import dataclass, field, replace
 from statistics import fmean
 
 from common.records import TrialConfig, TrialRecord
+from experiments.drift import drift_reason
 
 Point = tuple[float, float]  # (latency, throughput)
 # `client_bound`: the load generator lagged, so the point's numbers are not the server's; it
-# never enters a frontier (docs/metrics.md, "Client-bound trials").
-CLASSES: tuple[str, ...] = ("frontier", "within_noise", "dominated", "client_bound")
+# never enters a frontier (docs/metrics.md, "Client-bound trials"); nor does `drifted`, a point
+# whose every repetition ran while the machine's speed had drifted (experiments/drift.py).
+CLASSES: tuple[str, ...] = ("frontier", "within_noise", "dominated", "client_bound", "drifted")
 
 # Two-sided 95% Student t critical values, t(0.975; df) for df = 1..30.
 _T95 = (
@@ -59,7 +61,8 @@ def frontier(points: Sequence[Point]) -> list[int]:
 
 def _trial_point(trial: TrialRecord, throughput_key: str, latency_key: str) -> Point | None:
     lat, thr = trial.metrics.get(latency_key), trial.metrics.get(throughput_key)
-    if trial.status != "done" or lat is None or thr is None or trial.metrics.get("client_bound"):
+    if trial.status != "done" or lat is None or thr is None or trial.metrics.get("client_bound") \
+            or drift_reason(trial.details):
         return None
     return float(lat), float(thr)
 
@@ -92,6 +95,13 @@ class ConfigPoint:
     num_samples: dict[str, int] = field(default_factory=dict)
     client_bound: bool = False  # every repetition's load generator lagged: not on any frontier
     client_bound_reason: str | None = None
+    drift_reason: str | None = None  # every repetition ran on a drifted machine (experiments/drift.py)
+
+    @property
+    def untrusted_reason(self) -> str | None:
+        """Why this point is no evidence (not on any frontier, never recommended), or None."""
+        return (self.client_bound_reason or "the load generator lagged") if self.client_bound \
+            else self.drift_reason
 
     def interval(self, key: str) -> tuple[float, float] | None:
         """(low, high) 95% bounds of `key`, the mean twice with one sample, None if unmeasured."""
@@ -128,8 +138,11 @@ def _is_number(value: object) -> bool:
 
 
 def _fold(config: TrialConfig, reps: list[TrialRecord], only: Sequence[str] | None = None) -> ConfigPoint:
-    # A client-bound repetition is no evidence of the server (as in capacity.sample_of): the
-    # point is the clean repetitions', and client-bound only when every repetition lagged.
+    # A client-bound or drifted repetition is no evidence of the server (as in
+    # capacity.sample_of): the point is the clean repetitions', untrusted only when none is clean.
+    drifted = [t for t in reps if drift_reason(t.details)]
+    if drifted and len(drifted) < len(reps):
+        reps, drifted = [t for t in reps if not drift_reason(t.details)], []
     lagged = [t for t in reps if t.metrics.get("client_bound")]
     reason = (lagged[0].metrics.get("client_bound_reason") or "the load generator lagged") if lagged else None
     if lagged and len(lagged) < len(reps):
@@ -149,7 +162,8 @@ def _fold(config: TrialConfig, reps: list[TrialRecord], only: Sequence[str] | No
         mean[key], low[key], high[key] = mean_ci(values) if values else (None, None, None)
     saturated = any(bool(t.metrics.get("saturated")) for t in reps)
     ids = tuple(t.trial_id for t in reps)
-    return ConfigPoint(config, len(reps), mean, low, high, ids, saturated, counts, bool(lagged), reason)
+    return ConfigPoint(config, len(reps), mean, low, high, ids, saturated, counts, bool(lagged), reason,
+                       drift_reason(drifted[0].details) if drifted else None)
 
 
 def aggregate(trials: Sequence[TrialRecord], keys: Sequence[str] | None = None) -> list[ConfigPoint]:
@@ -186,7 +200,7 @@ def classify(
     of the frontier. O(n log n + n * frontier size).
     """
     pairs = {i: p.point(throughput_key, latency_key) for i, p in enumerate(points)
-             if not p.client_bound}
+             if not p.untrusted_reason}
     usable = {i: pair for i, pair in pairs.items() if pair is not None}
     indices = list(usable)
     on_front = {indices[j] for j in frontier(list(usable.values()))}
@@ -195,6 +209,8 @@ def classify(
     for i, p in enumerate(points):
         if p.client_bound:
             labels.append("client_bound")
+        elif p.drift_reason:
+            labels.append("drifted")
         elif i in on_front:
             labels.append("frontier")
         elif i in usable and any(_near_frontier(p, f, throughput_key, latency_key) for f in front):

@@ -30,6 +30,7 @@ from experiments.answer import (
     rules_for,
     sentence,
     why_client_bound,
+    why_drifted,
     why_empty,
     why_saturated,
 )
@@ -108,6 +109,7 @@ class Recommendation:
             "tie_with": [knob_label(c.config) for c in self.tie_with],
             "attainment": None if att is None else {
                 "mean": att.mean, "lo": att.lo, "hi": att.hi, "requests": att.num_total,
+                "effective_requests": att.effective_n,
                 "target": self.target},
             "repetitions": 0 if self.point is None else self.point.n,
             "metrics": metrics, "slos": slos or [r.to_dict() for r in self.rules],
@@ -220,12 +222,13 @@ def recommend(
     # Decide on the few metrics the rules read, then fold the chosen config in full.
     wanted = sorted({key, FASTEST_KEY, KNEE_LATENCY_KEY, "slo_attainment", *(s.key for s in slos)})
     measured = [p for p in aggregate(trials, wanted) if p.mean.get(key) is not None]
-    trusted = [p for p in measured if not p.client_bound]
+    trusted = [p for p in measured if not p.untrusted_reason]
     pool = [p for p in trusted if not p.saturated]
     if not measured:
         return _empty(objective, why_empty(trials))
     if not trusted:
-        return _empty(objective, why_client_bound(len(measured)))
+        why = why_client_bound if any(p.client_bound for p in measured) else why_drifted
+        return _empty(objective, why(len(measured)))
     if not pool:
         return _empty(objective, why_saturated(len(trusted)))
     if not slos and not capacities:  # no SLOs and no search's answer: the knee

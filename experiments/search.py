@@ -41,6 +41,14 @@ class Sample:
     # Open loop, the queue kept growing: the load is beyond what the config serves, whatever
     # this short trial's attainment says (it would fall the longer the trial ran).
     saturated: bool = False
+    # Requests of one trial share a queue: what they are worth as independent requests
+    # (metrics.design_effect); None: num_total.
+    effective_n: float | None = None
+
+    @property
+    def weight(self) -> float:
+        """The sample's worth in independent requests."""
+        return self.num_total if self.effective_n is None else min(self.effective_n, self.num_total)
 
 
 @dataclass(frozen=True)
@@ -51,10 +59,12 @@ class Attainment:
     lo: float
     hi: float
     num_total: int
+    effective_n: float | None = None  # the interval's n: num_total discounted for clustering
 
 
-def wilson(num_good: int, num_total: int, z: float) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (sensible at 0 and 1, unlike Wald's)."""
+def wilson(num_good: float, num_total: float, z: float) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (sensible at 0 and 1, unlike Wald's);
+    `num_total` may be an effective (fractional) sample size."""
     if num_total <= 0:
         return 0.0, 1.0
     p, n = num_good / num_total, num_total
@@ -65,11 +75,15 @@ def wilson(num_good: int, num_total: int, z: float) -> tuple[float, float]:
 
 
 def pooled_attainment(samples: list[Sample], z: float) -> Attainment:
-    """Attainment over every valid sample at one load."""
-    good = sum(s.num_good for s in samples if s.is_valid)
-    total = sum(s.num_total for s in samples if s.is_valid)
-    lo, hi = wilson(good, total, z)
-    return Attainment(good / total if total else 0.0, lo, hi, total)
+    """Attainment over every valid sample at one load: the pooled share of requests, its
+    interval over the samples' effective sizes (clustered misses count for fewer requests)."""
+    valid = [s for s in samples if s.is_valid]
+    good = sum(s.num_good for s in valid)
+    total = sum(s.num_total for s in valid)
+    mean = good / total if total else 0.0
+    weight = sum(s.weight for s in valid)
+    lo, hi = wilson(mean * weight, weight, z)
+    return Attainment(mean, lo, hi, total, None if weight == total else round(weight, 2))
 
 
 def z_for(confidence: float) -> float:

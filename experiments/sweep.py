@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ from db.store import Store
 from engine.config import EngineConfig
 from engine.core import StepRecord
 from engine.simulate import CostModel
+from experiments.drift import SpeedChecks
 from experiments.external import ExternalTarget, TargetSetupError, api_key_from_env, load_tokenizer
 from experiments.grid import GridError, SweepSpec, server_key
 from experiments.measure import measure
@@ -39,6 +40,7 @@ from experiments.predict import (
     stored_steps,
 )
 from experiments.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
+from experiments.progress import Progress
 from experiments.provenance import provenance
 from experiments.servers import SweepServers, log_root
 from experiments.traces import TraceError, prepare_replay
@@ -55,26 +57,6 @@ if TYPE_CHECKING:  # the engine (torch) loads only when a sweep runs, not when t
     from experiments.replica_target import ReplicaTarget
 
 HEARTBEAT_S = 2.0
-
-
-@dataclass(frozen=True)
-class Progress:
-    """What the CLI bar and the UI show while a sweep runs."""
-
-    sweep_id: int
-    trials_total: int
-    trials_done: int
-    trials_failed: int
-    current_label: str | None
-    elapsed_s: float
-
-    @property
-    def eta_s(self) -> float | None:
-        """Remaining time at the mean pace so far; None before the first trial."""
-        finished = self.trials_done + self.trials_failed
-        if not finished:
-            return None
-        return self.elapsed_s / finished * (self.trials_total - finished)
 
 
 def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
@@ -156,6 +138,10 @@ class SweepRunner:
         self._last_beat = 0.0
         self._started = time.monotonic()
         self.servers = SweepServers(self.spec, sweep_id, log_root(store.sqlite_path))
+        # Drift control (experiments/drift.py); a trace replays no generated requests to check.
+        self.speed = SpeedChecks.for_sweep(store, sweep_id, self.profile, self.spec.seed,
+                                           self.spec.search is not None, time.monotonic) \
+            if not isinstance(self.profile.arrival, TraceArrival) else None
         stored = store.list_trials(sweep_id)
         self.num_done = sum(t.status == "done" for t in stored)
         self.num_failed = sum(t.status == "failed" for t in stored)
@@ -189,7 +175,9 @@ class SweepRunner:
         for configs in self._groups(todo):
             if not self._run_group(list(configs)):
                 return "cancelled"
-        return "cancelled" if self.stop.is_set() else "done"
+        reruns = self.speed.reruns() if self.speed else []  # once: the drifted trials again
+        self.num_done -= len(reruns)
+        return "cancelled" if self.stop.is_set() or not self._run_group(reruns) else "done"
 
     def _run_group(self, pending: list[TrialConfig]) -> bool:
         """Run one target's trials; False once cancelled. A server that fails to start fails
@@ -246,7 +234,7 @@ class SweepRunner:
                                         target.loaded.device_name, str(target.loaded.dtype))
             self._warm_up(target)
             with contextlib.closing(target):
-                yield target
+                yield from self._checked(target)
             return
         with contextlib.ExitStack() as stack:
             url = self.spec.target
@@ -263,7 +251,15 @@ class SweepRunner:
                 self.fitted_cost()  # a resumed sweep: the calibration its first trial stored
                 if self.calibration is None:  # else probe the first server, once per sweep
                     self.probe_server(target, config.batch_size)
-            yield target
+            yield from self._checked(target)
+
+    def _checked(self, target: LocalTarget | ExternalTarget) -> Iterator:
+        """Yield `target` between speed checks (drift control): one now, one at its end."""
+        if self.speed is not None:
+            self.speed.measure(target)
+        yield target
+        if self.speed is not None:
+            self.speed.at_end(target)
 
     def _tokenizer(self):
         if self._tok is None:
@@ -298,9 +294,11 @@ class SweepRunner:
         if out.metrics is None or out.result is None:
             return  # cancelled mid-trial: a partial trial is not a result
         metrics = self._with_prediction(config, out.result, slos, out.metrics)
-        self.store.add_trial(self.sweep_id, config, metrics, out.records, started, utcnow())
+        trial_id = self.store.add_trial(self.sweep_id, config, metrics, out.records, started, utcnow())
         self.num_done += 1
         self._report(None)
+        if self.speed is not None:
+            self.speed.after_trial(target, trial_id, config)
 
     def _fail_trial(self, config: TrialConfig, reason: str, started: datetime) -> None:
         self.store.add_failed_trial(self.sweep_id, config, reason, started, utcnow())

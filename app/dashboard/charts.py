@@ -117,7 +117,7 @@ def _customdata(points: Sequence[ConfigPoint], indices: Sequence[int]) -> np.nda
 def _hover_text(points: Sequence[ConfigPoint], indices: Sequence[int], labels) -> list[str]:
     return [f"{points[i].config.label} ({labels[i].replace('_', ' ')}"
             f"{', saturated' if points[i].saturated else ''})"
-            + (f"<br>not on any frontier: {points[i].client_bound_reason}" if points[i].client_bound else "")
+            + (f"<br>not on any frontier: {points[i].untrusted_reason}" if points[i].untrusted_reason else "")
             for i in indices]
 
 
@@ -126,12 +126,12 @@ def _policy_trace(points, labels, indices, policy, keys, sizes, colour: Colour) 
     chosen = [points[i] for i in indices]
     marker = dict(
         # Client-bound points are hollow: measured, but not the server's numbers.
-        symbol=[POLICY_SYMBOLS.get(policy, "square") + ("-open" if points[i].client_bound else "")
+        symbol=[POLICY_SYMBOLS.get(policy, "square") + ("-open" if points[i].untrusted_reason else "")
                 for i in indices],
         size=np.array([sizes[load_value(p.config)] for p in chosen]),
         color=np.array([colour.values[i] for i in indices], dtype=float), colorscale=BATCH_COLORSCALE,
         cmin=colour.cmin, cmax=colour.cmax,
-        line=dict(width=[2.0 if points[i].client_bound else 0.5 for i in indices], color=NEUTRAL),
+        line=dict(width=[2.0 if points[i].untrusted_reason else 0.5 for i in indices], color=NEUTRAL),
         opacity=np.array([1.0 if labels[i] != "dominated" else 0.55 for i in indices]),
     )
     cls = go.Scattergl if len(points) > WEBGL_ABOVE else go.Scatter

@@ -140,7 +140,7 @@ def status_line(sweep: SweepRecord) -> None:
         st.warning(f"{text}.", icon=":material/stop:")
     else:
         finished = sweep.trials_done + sweep.trials_failed
-        st.progress(finished / max(sweep.trials_total, 1), text=f"{text}: {progress_text(sweep)}")
+        st.progress(min(1.0, finished / max(sweep.trials_total, 1)), text=f"{text}: {progress_text(sweep)}")
 
 
 @st.fragment(run_every=LIVE_REFRESH_S)
