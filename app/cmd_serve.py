@@ -33,7 +33,13 @@ def serve(
     config: Path | None = typer.Option(None, "--config", help="YAML from `tradeoff export --format yaml`"),
     replicas: int = typer.Option(1, "--replicas", help="engine replicas (processes) behind a router"),
     router: str | None = typer.Option(
-        None, "--router", help="round_robin | least_outstanding | power_of_two (with --replicas > 1)"),
+        None, "--router", help="round_robin | least_outstanding | power_of_two | prefix_affinity "
+                               "(with --replicas > 1)"),
+    prefix_caching: str = typer.Option(
+        "off", "--prefix-caching", help="on | off: reuse the KV of earlier prompts' blocks "
+                                        "(usage.prompt_tokens_details.cached_tokens says how much)"),
+    prefix_cache_share: float = typer.Option(
+        0.5, "--prefix-cache-share", help="the most of the KV budget cached blocks may hold"),
     in_process: bool = typer.Option(
         False, "--in-process", help="run the engine on a thread of the HTTP server's process instead "
         "of its own process (HTTP work then shares the GIL with engine steps; for comparison)"),
@@ -50,7 +56,9 @@ def serve(
     else:
         budget = parse_budget("--max-num-batched-tokens", max_num_batched_tokens)
     sched = SchedulerConfig(policy, batch_size, max_wait_ms, ttft_slo_ms=ttft_slo_ms,
-                            tpot_slo_ms=tpot_slo_ms, max_num_batched_tokens=budget)
+                            tpot_slo_ms=tpot_slo_ms, max_num_batched_tokens=budget,
+                            enable_prefix_caching=_switch("--prefix-caching", prefix_caching),
+                            prefix_cache_share=prefix_cache_share)
     engine_config = EngineConfig(model=model, device=device, dtype=dtype,
                                  kv_budget_tokens=kv_budget)
     router = _checked_router(replicas, router)
@@ -60,6 +68,14 @@ def serve(
     with check_bind(host, port) as sock:
         run_server(engine_config, sched, host=host, port=port, sock=sock, replicas=replicas,
                    router=router, in_process=in_process)
+
+
+def _switch(option: str, text: str) -> bool:
+    from app.errors import BadInput
+
+    if text.strip().lower() not in ("on", "off"):
+        raise BadInput(f"{option}: {text!r} is not on or off")
+    return text.strip().lower() == "on"
 
 
 def _checked_router(replicas: int, router: str | None) -> str | None:

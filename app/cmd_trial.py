@@ -116,8 +116,8 @@ def trial(
         None, "--max-num-batched-tokens",
         help="prefill token budget per step (chunked prefill, continuous only); none = no chunking"),
     prefix_caching: str | None = typer.Option(
-        None, "--prefix-caching", help="on | off: reuse computed prompt blocks (tradeoff's engine: "
-                                       "off only, it has no prefix cache yet)"),
+        None, "--prefix-caching", help="on | off | default: reuse computed prompt blocks "
+                                       "(tradeoff's engine: off by default)"),
     concurrency: int | None = typer.Option(None, help="closed loop: virtual users"),
     rate: float | None = typer.Option(None, help="open loop: requests/s"),
     burstiness: float = typer.Option(1.0, help="open loop gamma shape (1 = Poisson)"),
@@ -183,19 +183,14 @@ def trial(
 
 
 def _caching(text: str | None) -> bool | None:
-    """--prefix-caching on | off on tradeoff's own engine (which has no prefix cache yet)."""
+    """--prefix-caching on | off | default: one setting (a sweep takes a list)."""
     if text is None:
         return None
     values = parse_switches("--prefix-caching", text)
     if len(values) != 1:
         raise BadInput("--prefix-caching: a trial runs one setting; give on or off (a sweep "
                        "takes a list)")
-    value = values[0]
-    if value:
-        raise BadInput("--prefix-caching on: tradeoff's own engine has no prefix cache yet (it "
-                       "recomputes every prompt); measure prefix caching on a real engine with "
-                       "`tradeoff sweep --engine vllm --prefix-caching on,off`")
-    return value
+    return values[0]
 
 
 def _refuse_server_knobs(**given: object) -> None:

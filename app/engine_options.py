@@ -24,7 +24,8 @@ ENGINE_PYTHON = typer.Option(
     help="python of the environment the --engine lives in: runs `PY -m <its server module>`")
 PREFIX_CACHING = typer.Option(
     None, "--prefix-caching", help="comma list of on, off, default: reuse computed prompt blocks "
-                                   "(vLLM --enable-prefix-caching, SGLang's radix cache)")
+                                   "(tradeoff's engine: off by default; vLLM "
+                                   "--enable-prefix-caching, SGLang's radix cache)")
 SLO = typer.Option(
     None, "--slo", help="an absolute SLO in place of the profile's, METRIC[:PCT]=MS (repeat it), "
                         "e.g. --slo ttft_ms=200 --slo tpot_ms:p99=50")

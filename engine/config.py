@@ -27,6 +27,12 @@ class SchedulerConfig:
     # Prefill token budget (vLLM's name): the most tokens one step processes, decodes included;
     # longer prompts are prefilled in chunks across steps (Sarathi-Serve). None = no chunking.
     max_num_batched_tokens: int | None = None
+    # Automatic prefix caching (vLLM's name): computed blocks of earlier prompts and outputs are
+    # reused instead of recomputed (engine/prefix_cache.py). Off by default on this engine.
+    enable_prefix_caching: bool = False
+    # The most of the KV budget cached blocks may hold; running requests take it back (the
+    # least recently used blocks are evicted when an admission needs the room).
+    prefix_cache_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -39,6 +45,8 @@ class SchedulerConfig:
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):
                 raise ConfigError(f"{name} must be a finite number of ms > 0, got {value}")
+        if not 0 <= self.prefix_cache_share <= 1:  # also rejects NaN
+            raise ConfigError(f"prefix_cache_share must be in [0, 1], got {self.prefix_cache_share}")
         self._check_token_budget()
 
     def _check_token_budget(self) -> None:
@@ -58,7 +66,9 @@ class SchedulerConfig:
     def label(self) -> str:
         """Short label, e.g. `continuous/b8/w5ms`, used in logs and legends."""
         label = f"{self.policy}/b{self.max_batch_size}/w{self.max_wait_ms:g}ms"
-        return label if self.max_num_batched_tokens is None else f"{label}/t{self.max_num_batched_tokens}"
+        if self.max_num_batched_tokens is not None:
+            label += f"/t{self.max_num_batched_tokens}"
+        return label + "/pc" * self.enable_prefix_caching
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,13 @@ class Executor(Protocol):
 
     def mixed(self, decode: list[Sequence], chunks: list[PrefillChunk]) -> list[int]:
         """Decode `decode`'s rows one step and prefill `chunks` (a last chunk joins its sequence
-        to the batch); tokens for `decode`, then for each last chunk's sequence."""
+        to the batch; a first chunk with `cached` payloads starts after them); tokens for
+        `decode`, then for each last chunk's sequence."""
+        ...
+
+    def save_blocks(self, seq: Sequence, first: int, num_blocks: int, block_tokens: int) -> list[object]:
+        """The K/V of blocks [first, first + num_blocks) of `seq`'s computed tokens, one payload
+        per block, for the prefix cache (only executors with `can_cache_prefixes` are asked)."""
         ...
 
 
@@ -127,6 +133,8 @@ class EngineCore:
         num_seqs = len(decode) or len(chunks)
         self.steps.append(StepRecord(start_s, end_s - start_s, phase, num_seqs, num_tokens, pairs, context,
                                      self._gap_s(start_s)))
+        if not decode:  # a prefill after cached blocks (the adaptive fit learns its tail's cost)
+            self.scheduler.observe(phase, num_seqs, num_tokens, end_s - start_s)
         self._commit(decode + [c.seq for c in chunks if c.is_last], tokens, end_s)
         return plan
 
@@ -159,6 +167,7 @@ class EngineCore:
             if reason is not None:  # set before on_token, so a stream can end on this token
                 seq.status, seq.finish_reason, seq.done_s = SeqStatus.FINISHED, reason, now_s
                 finished.append(seq)
+            self._keep_blocks(seq, is_finished=reason is not None)
             if self.on_token is not None:
                 self.on_token(seq)
         if finished:
@@ -167,6 +176,20 @@ class EngineCore:
             for seq in finished:
                 self._notify_finish(seq)
         self._due_since_s = now_s if self.scheduler.running else None
+
+    def _keep_blocks(self, seq: Sequence, is_finished: bool) -> None:
+        """Hand the prefix cache what `seq` computed (before its slot is released): its prompt
+        once prefilled (others sharing it may join meanwhile), everything when it finishes (the
+        next turn of a conversation re-sends it). The last sampled token has no K/V yet."""
+        if self.scheduler.prefix_cache is None:
+            return
+        if is_finished:
+            num_tokens = seq.num_prompt_tokens + seq.num_output_tokens - 1
+        elif seq.num_output_tokens == 1:
+            num_tokens = seq.num_prompt_tokens
+        else:
+            return
+        self.scheduler.cache_computed(seq, num_tokens, self.executor.save_blocks)
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         if seq.num_output_tokens >= seq.params.max_new_tokens:

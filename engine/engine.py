@@ -45,6 +45,7 @@ class Engine:
         eos_token_id: int | None = None,
         max_model_len: int | None = None,
     ) -> None:
+        check_prefix_caching(executor, sched_config)
         self.clock = WallClock()
         self._callbacks: dict[int, _Callbacks] = {}
         self.core = EngineCore(
@@ -124,6 +125,7 @@ class Engine:
         with self._cond:
             if self._inbox or self.core.scheduler.has_work:
                 raise ConfigError("cannot change the batching config while requests are in flight")
+            check_prefix_caching(self.core.executor, sched_config)
             self.core.scheduler.config = sched_config
 
     def take_steps(self) -> list[StepRecord]:
@@ -186,3 +188,11 @@ class Engine:
         cbs = self._callbacks.pop(seq.seq_id, None)
         if cbs is not None and cbs.on_finish is not None:
             cbs.on_finish(seq)
+
+
+def check_prefix_caching(executor: Executor, sched_config: SchedulerConfig) -> None:
+    """Refuse prefix caching on an executor that cannot start a prompt after cached blocks."""
+    if sched_config.enable_prefix_caching and not getattr(executor, "can_cache_prefixes", False):
+        raise ConfigError("prefix caching needs the lean runner (Llama-family models: Llama, Qwen2, "
+                          "Mistral); this model runs on the Hugging Face forward, which recomputes "
+                          "every prompt: use --prefix-caching off")

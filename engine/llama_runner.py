@@ -4,6 +4,10 @@ Every step is one forward (engine/llama.py): the decode rows' pending tokens, th
 chunks' tokens, packed without padding. A prefill is a step of whole-prompt chunks, a decode a
 step of rows only, a mixed step both: so chunked prefill, joins and leaves cost no cache move
 and no second forward. A sequence holds its slot from its first chunk to its release.
+
+Prefix caching: a sequence's first chunk may start after cached blocks; their K/V is copied
+into its new slot first, so the chunk attends to them as to tokens it computed itself.
+`save_blocks` copies a slot's blocks out for the cache (engine/prefix_cache.py).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ StepFn = Callable[[StepInputs, list[torch.Tensor], list[torch.Tensor]], torch.Te
 
 class LlamaRunner:
     """Executor over `LeanLlama` and a `SlotKVCache` (see the module doc)."""
+
+    can_cache_prefixes = True
 
     def __init__(self, loaded: LoadedModel, compile_backend: str | None = None) -> None:
         self.loaded = loaded
@@ -90,23 +96,54 @@ class LlamaRunner:
                              "sequences that are not")
 
     def _start(self, chunks: list[PrefillChunk]) -> None:
-        """Check each chunk continues its prompt; first chunks take a slot (and a sampling stream)."""
-        firsts = [c.seq for c in chunks if c.start == 0]
-        for seq in firsts:
-            self._check_joiner(seq)
+        """Check each chunk continues its prompt; first chunks take a slot (and a sampling
+        stream) and copy their cached blocks in."""
+        firsts = [c for c in chunks if c.is_first]
+        for chunk in firsts:
+            self._check_joiner(chunk)
         for chunk in chunks:
-            slot = self.cache.slot_of.get(id(chunk.seq)) if chunk.start else None
-            if chunk.start and (slot is None or self.cache.lengths[slot] != chunk.start):
+            slot = self.cache.slot_of.get(id(chunk.seq)) if not chunk.is_first else None
+            if not chunk.is_first and (slot is None or self.cache.lengths[slot] != chunk.start):
                 done = 0 if slot is None else self.cache.lengths[slot]
                 raise ValueError(f"sequence {chunk.seq.seq_id}: chunk starts at {chunk.start}, "
                                  f"but {done} prompt tokens are prefilled")
-        self.cache.add([id(s) for s in firsts], [s.max_num_tokens for s in firsts])
-        for seq in firsts:
-            seed = seq.params.seed
-            self.generators[id(seq)] = (None if seed is None else
-                                        torch.Generator(device=self.device).manual_seed(seed))
+        self.cache.add([id(c.seq) for c in firsts], [c.seq.max_num_tokens for c in firsts])
+        for chunk in firsts:
+            seed = chunk.seq.params.seed
+            self.generators[id(chunk.seq)] = (None if seed is None else
+                                              torch.Generator(device=self.device).manual_seed(seed))
+            if chunk.cached:
+                self._load_cached(chunk)
 
-    def _check_joiner(self, seq: Sequence) -> None:
+    def _load_cached(self, chunk: PrefillChunk) -> None:
+        """Copy a first chunk's cached blocks into positions [0, start) of its slot."""
+        slot = self.cache.slot_of[id(chunk.seq)]
+        kv = torch.cat(list(chunk.cached), dim=3)  # [L, 2, Hkv, start, D]
+        for layer, (keys, values) in enumerate(zip(self.cache.keys, self.cache.values, strict=True)):
+            keys[slot, :, : chunk.start] = kv[layer, 0]
+            values[slot, :, : chunk.start] = kv[layer, 1]
+        self.cache.lengths[slot] = chunk.start
+
+    @torch.inference_mode()
+    def save_blocks(self, seq: Sequence, first: int, num_blocks: int,
+                    block_tokens: int) -> list[torch.Tensor]:
+        """Copies of blocks [first, first + num_blocks) of `seq`'s slot: [L, 2, Hkv, block, D] each."""
+        slot = self.cache.slot_of[id(seq)]
+        start, stop = first * block_tokens, (first + num_blocks) * block_tokens
+        if stop > self.cache.lengths[slot]:
+            raise ValueError(f"sequence {seq.seq_id} has {self.cache.lengths[slot]} tokens cached, "
+                             f"not {stop}")
+        layers = zip(self.cache.keys, self.cache.values, strict=True)
+        kv = torch.stack([torch.stack((k[slot, :, start:stop], v[slot, :, start:stop]))
+                          for k, v in layers])  # [L, 2, Hkv, num_blocks x block_tokens, D]
+        # One copy per block: evicting a block must free its memory, not a view's share of it.
+        return [block.clone() for block in kv.split(block_tokens, dim=3)]
+
+    def _check_joiner(self, chunk: PrefillChunk) -> None:
+        seq = chunk.seq
+        if chunk.start != sum(b.shape[3] for b in chunk.cached):  # [L, 2, Hkv, block, D] each
+            raise ValueError(f"sequence {seq.seq_id}: its first chunk starts at {chunk.start} "
+                             "but its cached blocks do not hold exactly that many tokens")
         if id(seq) in self.cache.slot_of:
             raise ValueError(f"sequence {seq.seq_id} is already in the batch")
         if not seq.prompt_ids:

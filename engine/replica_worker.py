@@ -96,7 +96,7 @@ class _Serve:
         # Runs in the engine thread: the engine stamped the time; one tuple, no I/O here.
         # A last token carries its finish state, as the core sets it before on_token.
         self.outbox.put(("token", rid, seq.output_ids[-1], seq.token_times_s[-1], seq.admitted_s,
-                         seq.status.value, seq.finish_reason, seq.done_s))
+                         seq.status.value, seq.finish_reason, seq.done_s, seq.num_cached_tokens))
 
     def _finish(self, rid: int, seq: Any) -> None:
         self.seqs.pop(rid, None)

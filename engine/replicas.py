@@ -260,7 +260,7 @@ class ReplicaSet:
             self._on_finish(*msg[1:])
 
     def _on_token(self, rid: int, token: int, at_s: float, admitted_s: float | None, status: str,
-                  finish_reason: str | None, done_s: float | None) -> None:
+                  finish_reason: str | None, done_s: float | None, num_cached_tokens: int) -> None:
         pending = self._pending.get(rid)
         if pending is None:
             return
@@ -269,7 +269,7 @@ class ReplicaSet:
             with self._lock:
                 self._num_waiting -= 1
                 self._num_running += 1
-        seq.admitted_s = admitted_s
+        seq.admitted_s, seq.num_cached_tokens = admitted_s, num_cached_tokens
         seq.output_ids.append(token)
         seq.token_times_s.append(at_s)
         seq.status, seq.finish_reason, seq.done_s = SeqStatus(status), finish_reason, done_s

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from engine.config import ConfigError
+from engine.prefix_cache import BLOCK_TOKENS, block_hashes
 
 ROUTERS: tuple[str, ...] = ("round_robin", "least_outstanding", "power_of_two", "prefix_affinity")
-# prefix_affinity: prompts are matched in blocks of this many tokens (vLLM's KV block size).
-AFFINITY_BLOCK_TOKENS = 16
+# prefix_affinity: prompts are matched in the blocks the engines' prefix caches keep.
+AFFINITY_BLOCK_TOKENS = BLOCK_TOKENS
 # ... a match must cover at least this share of the prompt to count (SGLang's cache-aware
 # router uses 0.5): a shared system prompt alone must not pull every new session to one replica.
 MIN_MATCH_SHARE = 0.5
@@ -82,9 +83,9 @@ class PrefixAffinity:
     it follows its earlier turns; requests sharing a long document follow each other too.
 
     The prompt is matched in blocks of AFFINITY_BLOCK_TOKENS, each keyed by a hash of its tokens
-    and everything before it (as vLLM's prefix cache keys blocks). A match counts only if it
-    covers MIN_MATCH_SHARE of the prompt and its replica is at most MAX_IMBALANCE requests busier
-    than the least loaded one. Without a prompt it is least outstanding.
+    and everything before it, as the engine's prefix cache keys them (engine/prefix_cache.py). A
+    match counts only if it covers MIN_MATCH_SHARE of the prompt and its replica is at most
+    MAX_IMBALANCE requests busier than the least loaded one. Without a prompt it is least outstanding.
     """
 
     def __init__(self, block_tokens: int = AFFINITY_BLOCK_TOKENS,
@@ -125,15 +126,6 @@ class PrefixAffinity:
 def least_outstanding(outstanding: Sequence[int]) -> int:
     """The replica with the fewest outstanding requests; ties go to the lowest index."""
     return min(range(len(outstanding)), key=lambda i: (outstanding[i], i))
-
-
-def block_hashes(prompt_ids: Sequence[int], block_tokens: int) -> list[int]:
-    """One hash per whole block of the prompt, each of its tokens and all blocks before it."""
-    out, prev = [], 0
-    for start in range(0, len(prompt_ids) - block_tokens + 1, block_tokens):
-        prev = hash((prev, tuple(prompt_ids[start:start + block_tokens])))
-        out.append(prev)
-    return out
 
 
 def check_replicas(num_replicas: int, router: str | None) -> None:

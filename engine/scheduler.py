@@ -14,16 +14,32 @@ Prefill token budget (`max_num_batched_tokens`, continuous only): a step decodes
 row and spends the rest of the budget on prompt chunks, oldest first (Sarathi-Serve), so a long
 prompt stalls the running streams for at most one budget-sized step instead of its whole prefill.
 A sequence in `running` is still prefilling until it has its first output token.
+
+Prefix caching (`enable_prefix_caching`, engine/prefix_cache.py): when a sequence's prefill
+starts, its prompt's leading cached blocks set `num_cached_tokens`, and its first chunk carries
+their payloads and starts after them: only the uncached tail is prefilled and counts against the
+token budget. Every prefill then runs as chunks (the two-phase policies' as one whole-tail chunk
+per sequence). The core hands back the blocks each sequence computed (`cache_computed`: its
+prompt once prefilled, prompt and output when it finishes). KV model with caching: a hit is
+copied into the sequence's own slot, so it saves compute, not slot memory; the cached blocks are
+counted on top of the slots (`rows x longest` + cached tokens <= the budget, and cached tokens
+<= `prefix_cache_share` of it), and an admission evicts the least recently used ones it needs
+room for. So caching never admits fewer requests than no caching.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.adaptive import AdaptiveState
 from engine.config import SchedulerConfig
+from engine.prefix_cache import BLOCK_TOKENS, PrefixCache, block_hashes, reusable_hashes
 from engine.sequence import SeqStatus, Sequence
+
+# The runner's K/V of blocks [first, first + num) of a sequence's tokens, one payload per block.
+SaveBlocks = Callable[[Sequence, int, int, int], list[object]]
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,14 @@ class PrefillChunk:
     seq: Sequence
     start: int
     num_tokens: int
+    # The sequence's first chunk after a prefix-cache hit: the K/V payloads of its `start`
+    # cached tokens, one per block, which the runner copies in before computing the chunk.
+    cached: tuple[object, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def is_first(self) -> bool:
+        """The sequence's first chunk: it takes a slot (after its cached tokens, if any)."""
+        return self.start == self.seq.num_cached_tokens
 
     @property
     def is_last(self) -> bool:
@@ -69,6 +93,7 @@ class Scheduler:
     waiting: deque[Sequence] = field(default_factory=deque)
     running: list[Sequence] = field(default_factory=list)
     _adaptive: AdaptiveState | None = field(default=None, repr=False)
+    _cache: tuple[SchedulerConfig, PrefixCache] | None = field(default=None, repr=False)
 
     @property
     def max_wait_s(self) -> float:
@@ -105,6 +130,12 @@ class Scheduler:
 
     def schedule(self, now_s: float) -> Plan:
         """Plan the next step at time `now_s`."""
+        plan = self._schedule(now_s)
+        if plan.prefill and self.prefix_cache is not None:  # each prefill after its cached blocks
+            return Plan(chunks=tuple(map(self._whole_tail, plan.prefill)), wake_at_s=plan.wake_at_s)
+        return plan
+
+    def _schedule(self, now_s: float) -> Plan:
         if self.config.policy == "static":
             return self._schedule_static(now_s)
         if self.config.policy == "adaptive":
@@ -124,6 +155,57 @@ class Scheduler:
         if self._adaptive is None or self._adaptive.config is not self.config:
             self._adaptive = AdaptiveState(self.config)
         return self._adaptive
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """This config's prefix cache (None when off); a new config starts an empty one."""
+        if not self.config.enable_prefix_caching:
+            return None
+        if self._cache is None or self._cache[0] is not self.config:
+            max_tokens = int(self.config.prefix_cache_share * self.kv_budget_tokens)
+            self._cache = (self.config, PrefixCache(max_tokens // BLOCK_TOKENS))
+        return self._cache[1]
+
+    def cache_computed(self, seq: Sequence, num_tokens: int, save: SaveBlocks) -> None:
+        """Keep the full blocks of `seq`'s first `num_tokens` tokens (prompt, then output), as
+        many as the budget leaves room for; `save` gives the new blocks' payloads."""
+        cache = self.prefix_cache
+        if cache is None:
+            return
+        hashes = block_hashes((seq.prompt_ids + seq.output_ids)[:num_tokens], cache.block_tokens)
+        num_old = cache.num_cached(hashes)
+        room = min(cache.max_num_blocks, self._num_room_blocks(cache))
+        num_new = max(0, min(len(hashes), room) - num_old)
+        payloads = save(seq, num_old, num_new, cache.block_tokens) if num_new else []
+        cache.insert(hashes[: num_old + num_new], payloads, room)
+
+    def _num_room_blocks(self, cache: PrefixCache) -> int:
+        """Blocks the budget leaves beside the running rows (`rows x longest`)."""
+        longest = max((s.max_num_tokens for s in self.running), default=0)
+        return max(0, self.kv_budget_tokens - len(self.running) * longest) // cache.block_tokens
+
+    def _whole_tail(self, seq: Sequence) -> PrefillChunk:
+        chunk = self._first_chunk(seq, seq.num_prompt_tokens)
+        seq.num_computed_tokens = seq.num_prompt_tokens
+        return chunk
+
+    def _first_chunk(self, seq: Sequence, num_left: int) -> PrefillChunk:
+        """A sequence's first chunk: after its cached blocks, which it touches (and carries)."""
+        cache = self.prefix_cache
+        cached: tuple[object, ...] = ()
+        if cache is not None:
+            cached = tuple(cache.match(reusable_hashes(seq.prompt_ids, cache.block_tokens)))
+            seq.num_cached_tokens = seq.num_computed_tokens = len(cached) * cache.block_tokens
+        num_tokens = min(seq.num_prompt_tokens - seq.num_computed_tokens, num_left)
+        return PrefillChunk(seq, seq.num_computed_tokens, num_tokens, cached)
+
+    def _num_uncached(self, seq: Sequence) -> int:
+        """Prompt tokens a waiting sequence would prefill, as the cache stands now."""
+        cache = self.prefix_cache
+        if cache is None:
+            return seq.num_prompt_tokens
+        hashes = reusable_hashes(seq.prompt_ids, cache.block_tokens)
+        return seq.num_prompt_tokens - cache.num_cached(hashes) * cache.block_tokens
 
     def finish(self, seqs: list[Sequence]) -> None:
         """Forget finished or failed sequences (they leave the batch)."""
@@ -177,6 +259,9 @@ class Scheduler:
             seq.status = SeqStatus.RUNNING
             seq.admitted_s = now_s
         self.running.extend(joining)
+        cache = self.prefix_cache
+        if cache is not None:  # cached blocks give back the room the joiners' rows take
+            cache.evict_to(self._num_room_blocks(cache))
         return Plan(prefill=tuple(joining))
 
     def _take_fitting(self, num_free: int) -> list[Sequence]:
@@ -209,12 +294,16 @@ class Scheduler:
     def _plan_chunks(self, seqs: list[Sequence], num_left: int) -> list[PrefillChunk]:
         chunks: list[PrefillChunk] = []
         for seq in seqs:
-            num_tokens = min(seq.num_prompt_tokens - seq.num_computed_tokens, num_left)
-            if num_tokens <= 0:
+            if num_left <= 0:  # before a first chunk's cache match: a matched sequence must run
                 break
-            chunks.append(PrefillChunk(seq, seq.num_computed_tokens, num_tokens))
-            seq.num_computed_tokens += num_tokens  # committed at plan time, as in vLLM
-            num_left -= num_tokens
+            if seq.num_computed_tokens == 0:
+                chunk = self._first_chunk(seq, num_left)
+            else:
+                num_tokens = min(seq.num_prompt_tokens - seq.num_computed_tokens, num_left)
+                chunk = PrefillChunk(seq, seq.num_computed_tokens, num_tokens)
+            chunks.append(chunk)
+            seq.num_computed_tokens += chunk.num_tokens  # committed at plan time, as in vLLM
+            num_left -= chunk.num_tokens
         return chunks
 
     def _num_reachable(self, num_left: int) -> int:
@@ -224,5 +313,5 @@ class Scheduler:
             if num_left <= 0:
                 break
             count += 1
-            num_left -= seq.num_prompt_tokens
+            num_left -= self._num_uncached(seq)
         return count

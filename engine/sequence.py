@@ -46,8 +46,8 @@ class Sequence:
     finish_reason: str | None = None  # "length" | "stop" | "error" | "cancelled"
     error: str | None = None
     num_computed_tokens: int = 0  # prompt tokens already prefilled (chunked prefill progress)
-    # Prompt tokens reused from a prefix cache instead of computed: always 0 on this engine,
-    # which recomputes every prompt (an exact 0, so its trials' prefix-cache hit rate is 0).
+    # Prompt tokens reused from the prefix cache instead of computed, set when its prefill
+    # starts (whole blocks; 0 with prefix caching off, an exact count either way).
     num_cached_tokens: int = 0
 
     @property

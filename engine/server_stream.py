@@ -151,10 +151,12 @@ class Generation:
         )
 
     @property
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict:
+        """OpenAI's usage, with the prompt tokens the prefix cache served (as vLLM reports them)."""
         num_prompt = self.seq.num_prompt_tokens
         return {"prompt_tokens": num_prompt, "completion_tokens": self.num_tokens,
-                "total_tokens": num_prompt + self.num_tokens}
+                "total_tokens": num_prompt + self.num_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.seq.num_cached_tokens}}
 
     async def deltas(self) -> AsyncIterator[list[Delta]]:
         """Batches of per-token deltas as they arrive; the last one carries the finish reason."""

@@ -59,7 +59,12 @@ class CostModel:
 
 @dataclass
 class CostModelExecutor:
-    """Executor that 'runs' a step by advancing the virtual clock; emits token 0 (never EOS)."""
+    """Executor that 'runs' a step by advancing the virtual clock; emits token 0 (never EOS).
+
+    With prefix caching a step's prefill costs its uncached tail only (the chunks' tokens): the
+    scheduler's own cache decides the hits, on the prompts' token ids, as in the real engine."""
+
+    can_cache_prefixes = True
 
     clock: VirtualClock
     cost: CostModel
@@ -77,10 +82,19 @@ class CostModelExecutor:
     def release(self, seqs: list[Sequence]) -> None:
         pass
 
+    def save_blocks(self, seq: Sequence, first: int, num_blocks: int, block_tokens: int) -> list[object]:
+        return [None] * num_blocks  # the cache's keys are all a simulation needs
+
     def mixed(self, decode: list[Sequence], chunks: list[PrefillChunk]) -> list[int]:
         num_tokens = sum(c.num_tokens for c in chunks)
         self.clock.advance_to(self.clock.now() + self.cost.mixed_s(len(decode), len(chunks), num_tokens))
         return [self.token_id] * (len(decode) + sum(c.is_last for c in chunks))
+
+
+def placeholder(seq_id: int, num_tokens: int) -> list[int]:
+    """A prompt of `num_tokens` no other request shares (its first id, negative, is unique), so a
+    prefix cache finds no reuse where none is known."""
+    return ([-1 - seq_id] + [1] * (num_tokens - 1))[:num_tokens]
 
 
 # At equal times, finishes land before arrivals, and both before any replica steps: a
@@ -159,18 +173,23 @@ class Simulator:
         return sorted((s for r in self.replicas for s in r.core.steps), key=lambda s: s.start_s)
 
     def submit_at(self, at_s: float, num_prompt_tokens: int, max_new_tokens: int,
-                  on_finish: Callable[[Sequence], None] | None = None) -> None:
-        """Schedule a request to arrive (scheduled = sent = at_s); the router places it then."""
+                  on_finish: Callable[[Sequence], None] | None = None,
+                  prompt_ids: list[int] | None = None) -> None:
+        """Schedule a request to arrive (scheduled = sent = at_s); the router places it then.
+        `prompt_ids` (else a placeholder of `num_prompt_tokens`) are what a prefix cache and a
+        prefix router match."""
         def arrive() -> None:
-            seq = Sequence(len(self.seqs), [1] * num_prompt_tokens,
+            seq_id = len(self.seqs)
+            prompt = placeholder(seq_id, num_prompt_tokens) if prompt_ids is None else list(prompt_ids)
+            seq = Sequence(seq_id, prompt,
                            SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True),
                            at_s, at_s)
             self.seqs.append(seq)
             if on_finish is not None:
                 self._finish_hooks[seq.seq_id] = on_finish
-            # No prompt: simulated prompts are placeholders ([1] * n), which a prefix router
-            # would take for one shared prefix; it routes by load here (least outstanding).
-            index = self.router.pick([r.num_outstanding for r in self.replicas])
+            # A placeholder prompt ([1] * n) would read as one prefix shared by every request:
+            # a prefix router routes it by load instead (least outstanding).
+            index = self.router.pick([r.num_outstanding for r in self.replicas], prompt_ids)
             self.routed_to.append(index)
             self.replicas[index].num_outstanding += 1
             self.replicas[index].add(seq, at_s)

@@ -261,9 +261,6 @@ class SweepSpec(BaseModel):
         if self.calibrate and not self.starts_servers:
             raise ValueError("calibrate: probes a server tradeoff starts (--engine or --server-cmd); "
                              "tradeoff's own engine is fitted to its steps without it")
-        if not self.is_external and any(self.prefix_caching):
-            raise ValueError("prefix_caching on: tradeoff's own engine has no prefix cache yet (it "
-                             "recomputes every prompt); measure prefix caching with --engine vllm")
         return self
 
     @property

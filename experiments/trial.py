@@ -51,7 +51,8 @@ def sched_config_of(config: TrialConfig, slos: Seq[SLO] = ()) -> SchedulerConfig
     targets = {f"{s.metric.removesuffix('_ms')}_slo_ms": s.max_ms for s in slos
                if s.metric in ("ttft_ms", "tpot_ms")} if config.policy == "adaptive" else {}
     return SchedulerConfig(config.policy, config.batch_size, config.max_wait_ms,
-                           max_num_batched_tokens=config.max_num_batched_tokens, **targets)
+                           max_num_batched_tokens=config.max_num_batched_tokens,
+                           enable_prefix_caching=bool(config.prefix_caching), **targets)
 
 
 def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_requests: int, *,

@@ -70,7 +70,8 @@ def test_completion_non_streaming(client: httpx.Client, served: tuple) -> None:
     assert body["choices"][0]["finish_reason"] == "length"
     num_prompt = len(loaded.encode("Hello"))
     assert body["usage"] == {"prompt_tokens": num_prompt, "completion_tokens": 5,
-                             "total_tokens": num_prompt + 5}
+                             "total_tokens": num_prompt + 5,
+                             "prompt_tokens_details": {"cached_tokens": 0}}  # caching is off
 
 
 def test_completion_stream_sends_a_chunk_per_token_then_usage_and_done(
@@ -83,7 +84,8 @@ def test_completion_stream_sends_a_chunk_per_token_then_usage_and_done(
     assert len(tokens) == 7
     assert [e["choices"][0]["finish_reason"] for e in tokens] == [None] * 6 + ["length"]
     assert usage["choices"] == [] and usage["usage"] == {
-        "prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+        "prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 0}}
     streamed = "".join(e["choices"][0]["text"] for e in tokens)
     whole = client.post("/v1/completions", json={**body, "stream": False}).json()
     assert streamed == whole["choices"][0]["text"]  # greedy: same text both ways

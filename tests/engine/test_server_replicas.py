@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -50,3 +51,34 @@ def test_serve_with_two_replicas_answers_and_stops_them_on_sigterm():
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert psutil.wait_procs(children, timeout=20)[1] == []
+
+
+@pytest.mark.slow
+def test_serve_with_prefix_caching_reports_cached_prompt_tokens_in_usage():
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--prefix-caching", "on",
+                             "--port", str(port), "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        # 40 tokens, sent twice: the second reuses the 2 whole blocks before its last token.
+        body = {"model": "builtin:tiny", "prompt": list(range(65, 105)), "max_tokens": 3,
+                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+        cached = []
+        for _ in range(2):
+            with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=30) as resp:
+                lines = [line for line in resp.iter_lines() if line.startswith("data: {")]
+            usage = json.loads(lines[-1][len("data: "):])["usage"]
+            cached.append(usage["prompt_tokens_details"]["cached_tokens"])
+        assert cached == [0, 32]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

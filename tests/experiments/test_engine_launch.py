@@ -203,8 +203,8 @@ def test_prefix_caching_is_a_server_knob_each_engine_sets_its_own_way():
     base = {"concurrency": [1], "policies": ["continuous"], "max_wait_ms": [0]}
     with pytest.raises(GridError, match="tgi has no setting for prefix_caching"):
         parse_spec({**base, "engine": "tgi", "prefix_caching": [True]})
-    with pytest.raises(GridError, match="tradeoff's own engine has no prefix cache yet"):
-        parse_spec({**base, "prefix_caching": [True, False]})
+    own = parse_spec({**base, "batch_sizes": [4], "prefix_caching": [True, False]})
+    assert [c.prefix_caching for c in own.trial_configs()] == [True, False]  # its engine has one
     spec = parse_spec({**base, "engine": "vllm", "batch_sizes": [4], "prefix_caching": [True, False]})
     assert [c.prefix_caching for c in spec.trial_configs()] == [True, False]
 

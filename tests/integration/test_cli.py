@@ -209,7 +209,6 @@ def test_ctrl_c_cancels_the_sweep_and_keeps_finished_trials(tmp_path: Path, tiny
 
 
 @pytest.mark.parametrize("value, needle", [
-    ("on", "tradeoff's own engine has no prefix cache yet"),
     ("on,off", "a trial runs one setting"),
     ("maybe", "'maybe' is not on, off or default"),
 ])
@@ -225,5 +224,17 @@ def test_a_multiturn_trial_with_caching_off_reports_an_exact_zero_hit_rate(capsy
     assert code == 0, err
     result = json.loads(out)
     assert result["config"]["prefix_caching"] is False
-    assert result["prefix_cache_hit_rate"] == 0.0  # this engine recomputes every prompt, exactly
+    assert result["prefix_cache_hit_rate"] == 0.0  # caching off: every prompt recomputed, exactly
     assert result["details"]["ttft_ms_by_turn"]["1"]["count"] >= 1
+
+
+@pytest.mark.slow
+def test_a_multiturn_trial_with_caching_on_reports_the_engines_hits(capsys):
+    code, out, err = run_cli(capsys, "trial", "--model", "builtin:tiny", "--profile", "chat-multiturn",
+                             "--prefix-caching", "on", "--concurrency", "4", "--requests", "32", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["config"]["prefix_caching"] is True
+    # Later turns re-send their history: most of it comes from the cache (whole blocks only).
+    cache = result["details"]["prefix_cache"]
+    assert 0.2 < result["prefix_cache_hit_rate"] < 1 and cache["num_cached_tokens"] % 16 == 0
