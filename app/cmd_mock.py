@@ -23,6 +23,11 @@ def mock_server(
     model: str = typer.Option("mock", help="the model name /v1/models lists"),
     seed: int = typer.Option(0, help="seed of the jitter"),
     no_usage: bool = typer.Option(False, "--no-usage", help="never send `usage` (clients must count tokens)"),
+    ttft_per_token_ms: float = typer.Option(
+        0.0, "--ttft-per-token-ms", help="first token later by this per prompt token"),
+    itl_per_running_ms: float = typer.Option(
+        0.0, "--itl-per-running-ms", help="each gap longer by this per request in service (a known "
+                                          "batch-dependent decode cost, for calibration tests)"),
 ) -> None:
     """Serve fake completions whose timing is exactly known, to check a load generator."""
     from engine.mock_server import MockConfigError, MockTiming, serve_mock
@@ -30,7 +35,8 @@ def mock_server(
     if not 0 < port < 65536:
         raise BadInput(f"--port must be in 1..65535, got {port}")
     try:
-        timing = MockTiming(ttft_ms, itl_ms, capacity or None, jitter_ms, seed, not no_usage)
+        timing = MockTiming(ttft_ms, itl_ms, capacity or None, jitter_ms, seed, not no_usage,
+                            ttft_per_token_ms, itl_per_running_ms)
     except MockConfigError as exc:
         raise BadInput(str(exc)) from None
     cap = capacity or "unlimited"

@@ -45,6 +45,10 @@ def search(
         None, "--batch-sizes", help="comma list, e.g. 1,4,16 (the default)"),
     max_wait_ms: str | None = typer.Option(
         None, "--max-wait-ms", help="comma list in ms, e.g. 0,10 (the default)"),
+    max_num_batched_tokens: str | None = typer.Option(
+        None, "--max-num-batched-tokens",
+        help="comma list of per-step token budgets (chunked prefill; `none` = no budget), "
+             "searched like the other knobs (vLLM's --max-num-batched-tokens)"),
     rate: bool = typer.Option(False, "--rate", help="search open-loop arrival rate (req/s; default)"),
     concurrency: bool = typer.Option(False, "--concurrency", help="search closed-loop users instead"),
     speedup: bool = typer.Option(
@@ -119,7 +123,7 @@ def search(
                 "tokenizer": tokenizer, "server_cmd": server_cmd, "engine": engine,
                 **launch_flags(engine_args, engine_env, engine_python, server_timeout),
                 **knob_flags(prefix_caching, slo),
-                **lists(policy, batch_sizes, max_wait_ms, None, None),
+                **lists(policy, batch_sizes, max_wait_ms, None, None, budgets=max_num_batched_tokens),
                 "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
                            "budget_s": (budget_min or 10.0) * 60, "start_load": start_load,
                            "max_load": max_load, "max_repeats": max_repeats,
@@ -225,18 +229,27 @@ def capacity_summary(analysis) -> dict[str, Any]:
 
 def search_outcome(store, sweep_id: int) -> dict[str, Any]:
     """The CLI contract's JSON object, replayed from the stored trials."""
+    from experiments.accuracy import prediction_summary
     from experiments.analysis import analyse
     from experiments.capacity import NOT_ANSWERED, RULED_OUT
 
     analysis = analyse(store, store.get_sweep(sweep_id))
     sweep, capacities, trials = analysis.sweep, analysis.capacities, analysis.trials
+    summary = capacity_summary(analysis)
+    prediction = prediction_summary(trials, capacities)
+    for c in summary["capacities"]:  # as predicted before it was measured (None: no prediction)
+        c["predicted"] = prediction["predicted"].get(c["label"])
     return {
         "sweep_id": sweep.id, "profile": sweep.profile.get("name"),
-        **capacity_summary(analysis), "recommendation": analysis.recommendation.to_dict(),
+        **summary, "recommendation": analysis.recommendation.to_dict(),
         "trials_run": len(trials), "trials_failed": sum(t.status == "failed" for t in trials),
-        # Ruled out (predicted or shown unable to win) is an answer, not "undecided".
+        # Ruled out (predicted or shown unable to win) is an answer, not "undecided". A mapping
+        # label -> why: `label in ruled_out` and iterating over labels read as before.
         "undecided": [c.to_dict()["label"] for c in capacities if c.capacity.status in NOT_ANSWERED],
-        "ruled_out": [c.to_dict()["label"] for c in capacities if c.capacity.status in RULED_OUT],
+        "ruled_out": {c.to_dict()["label"]: c.capacity.reason for c in capacities
+                      if c.capacity.status in RULED_OUT},
+        "calibration": prediction["calibration"], "prediction_band": prediction["band"],
+        "prediction_error": prediction["median_abs_error"],
         "db": store.display_url,
     }
 

@@ -43,9 +43,14 @@ class MockTiming:
     jitter_ms: float = 0.0
     seed: int = 0
     send_usage: bool = True  # False: never send `usage` (to check clients that count tokens)
+    # A known batch-dependent cost (calibration tests): a request's first token waits this much
+    # more per prompt token, and each further gap this much more per request in service when
+    # it started (itself included): I(n) = I + b n, like a decode step of n rows.
+    ttft_per_token_ms: float = 0.0
+    itl_per_running_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("ttft_ms", "itl_ms", "jitter_ms"):
+        for name in ("ttft_ms", "itl_ms", "jitter_ms", "ttft_per_token_ms", "itl_per_running_ms"):
             value = getattr(self, name)
             if not (value >= 0 and value < float("inf")):
                 raise MockConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
@@ -57,9 +62,13 @@ class MockTiming:
         return (self.ttft_ms + (num_tokens - 1) * self.itl_ms) / 1e3
 
 
-def token_offsets_s(timing: MockTiming, num_tokens: int, rng: random.Random) -> list[float]:
-    """Each token's time after service start (s): T, T + I, ...; jittered gaps clipped at 0."""
-    gaps = [timing.ttft_ms] + [timing.itl_ms] * (num_tokens - 1)
+def token_offsets_s(timing: MockTiming, num_tokens: int, rng: random.Random,
+                    num_prompt_tokens: int = 0, num_running: int = 1) -> list[float]:
+    """Each token's time after service start (s): T, T + I, ...; jittered gaps clipped at 0.
+    With the per-token and per-running costs: T + t p, then gaps of I + b n."""
+    ttft_ms = timing.ttft_ms + timing.ttft_per_token_ms * num_prompt_tokens
+    itl_ms = timing.itl_ms + timing.itl_per_running_ms * num_running
+    gaps = [ttft_ms] + [itl_ms] * (num_tokens - 1)
     if timing.jitter_ms > 0:
         gaps = [max(0.0, g + rng.uniform(-timing.jitter_ms, timing.jitter_ms)) for g in gaps]
     return list(itertools.accumulate(g / 1e3 for g in gaps))
@@ -158,6 +167,10 @@ class _Job:
 
     def start(self) -> None:
         self.start_s = time.monotonic()
+        timing = self.server.timing
+        if timing.ttft_per_token_ms or timing.itl_per_running_ms:  # known at service start only
+            self.offsets_s = token_offsets_s(timing, self.ask.num_tokens, self.server.rng,
+                                             self.ask.num_prompt_tokens, len(self.server.in_service))
         if self.ask.is_stream:
             self.conn.write(response_head(200, SSE, None))
             self.server.pacer.call_at(self.start_s + self.offsets_s[0], self._emit)

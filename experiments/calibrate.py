@@ -6,13 +6,17 @@ Two probes, both through the same load generator as trials, both seen only from 
 - prefill: TTFT against prompt length at 1 user (prompts of PROMPT_LENGTHS tokens, 2 output
   tokens, PROBE_REPEATS each, the median per length). At 1 user nothing queues, so TTFT =
   client round trip + one prefill step: the line's slope is the per-token prefill cost, its
-  intercept the step's fixed cost plus the round trip.
+  intercept the step's fixed cost plus the round trip. Each request's distance from its
+  length's median is kept (`spread_s`): the server's own stalls, which the simulator adds to
+  predicted TTFTs (predict.BlackBoxCost) so that p90 TTFT is not just the step costs.
 - decode: time per output token against running requests (closed loop at USER_LEVELS users up
   to the server's cap, short prompts, DECODE_TOKENS forced output tokens, the median TPOT per
   level). Between a request's first and last token the server runs decode steps, so TPOT =
   one decode step of ~C rows (plus the server's time between steps): a line in C.
 
-The fit is a `CostModel` (engine/simulate.py); `predict_grid` runs the engine's scheduler
+The fit is a `BlackBoxCost` (a CostModel, engine/simulate.py, plus those residuals): least-squares
+lines, then refined by relative error (experiments/refit.py); a search or sweep refits it to
+every measured trial as it arrives (refit.refit). `predict_grid` runs the engine's scheduler
 (continuous batching, a cap on running requests, an optional per-step token budget, as
 vLLM's --max-num-seqs and --max-num-batched-tokens) on the virtual clock under it.
 """
@@ -24,17 +28,26 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from common.records import SLO, TrialConfig
+from common.records import SLO, TrialConfig, TrialRecord
 from engine.simulate import CostModel
+from experiments.grid import SweepSpec
 from experiments.loadgen import LoadTarget, run_closed_loop
 from experiments.metrics import latency_samples
-from experiments.predict import PREDICTED_KEYS, fit_line, simulate_trial
+from experiments.predict import (
+    PREDICTED_KEYS,
+    BlackBoxCost,
+    cost_from_dict,
+    cost_to_dict,
+    fit_line,
+    simulate_trial,
+)
 from experiments.profiles import Profile
+from experiments.refit import MAX_TRIALS, Observed, PointProbe, fit_probes, refit
 from experiments.workload import RequestSpec
 
 PROMPT_LENGTHS: tuple[int, ...] = (16, 128, 512, 1024)
 USER_LEVELS: tuple[int, ...] = (1, 2, 4, 8, 16)
-PROBE_REPEATS = 5
+PROBE_REPEATS = 8
 DECODE_TOKENS = 32
 DECODE_PROMPT_TOKENS = 16
 
@@ -47,6 +60,7 @@ class Probe:
     x: int
     seconds: float
     samples: int
+    spread_s: tuple[float, ...] = ()  # prefill: each request's TTFT minus the median
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,9 @@ def probe_server(target: LoadTarget, *, vocab_size: int, max_context_tokens: int
         specs = [RequestSpec(prompt(length), 2) for _ in range(PROBE_REPEATS + 1)]
         ttft = latency_samples(run_closed_loop(target, specs, 1, num_warmup=1).records)["ttft_ms"]
         if ttft:
-            probes.append(Probe("prefill", length, statistics.median(ttft) / 1000, len(ttft)))
+            mid = statistics.median(ttft)
+            probes.append(Probe("prefill", length, mid / 1000, len(ttft),
+                                tuple(round((t - mid) / 1000, 6) for t in ttft)))
     for users in sorted({u for u in USER_LEVELS if u <= max_running} | {max_running}):
         specs = [RequestSpec(prompt(DECODE_PROMPT_TOKENS), DECODE_TOKENS) for _ in range(3 * users)]
         tpot = latency_samples(run_closed_loop(target, specs, users, num_warmup=users).records)["tpot_ms"]
@@ -102,7 +118,20 @@ def fit(probes: Sequence[Probe]) -> Calibration:
     # fit_line keeps costs >= 0 and, with fewer than 3 points, the prior: a flat level.
     p_base, p_per_token = _line(prefill)
     d_base, d_per_seq = _line(decode)
-    return Calibration(CostModel(p_base, p_per_token, d_base, d_per_seq, 0.0), tuple(probes))
+    noise = tuple(e for p in probes if p.kind == "prefill" for e in p.spread_s)
+    cost = BlackBoxCost(p_base, p_per_token, d_base, d_per_seq, 0.0, noise)
+    if len(prefill) >= 3 and len(decode) >= 3:
+        cost = fit_probes(cost, point_probes(probes))
+    return Calibration(cost, tuple(probes))
+
+
+def point_probes(probes: Sequence[Probe] | Sequence[dict]) -> list[PointProbe]:
+    """Probes (or their stored dicts) as the refit reads them."""
+    out = []
+    for p in probes:
+        d = asdict(p) if isinstance(p, Probe) else p
+        out.append(PointProbe(d["kind"], int(d["x"]), float(d["seconds"])))
+    return out
 
 
 def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -121,3 +150,35 @@ def prediction_errors(predicted: dict, measured: dict) -> dict[str, float | None
     """predicted / measured - 1 per predicted metric (None where either is missing or zero)."""
     return {k: (predicted[k] / measured[k] - 1 if predicted.get(k) and measured.get(k) else None)
             for k in PREDICTED_KEYS}
+
+
+def refit_details(trials: Sequence[TrialRecord], details: dict, spec: SweepSpec, profile: Profile,
+                  slos: Sequence[SLO], config: TrialConfig, measured: dict, cost: CostModel) -> dict:
+    """`prediction.refit` of a trial just measured on a calibrated server: the black-box fit
+    refined by it and the stored trials before it (refit.refit), anchored to the probes' own
+    fit; the latest one is what predicts next (predict.stored_calibration reads it back)."""
+    calibration = details.get("calibration") or _stored_probes(trials)
+    observed = [*observed_of(trials, spec), Observed(config, measured, spec.requests_for(config),
+                                                     spec.seed + config.repetition)]
+    try:
+        anchor = cost_from_dict(calibration["cost_model"]) if calibration else cost
+        probes = point_probes(calibration["probes"]) if calibration else []
+        fitted = refit(cost, anchor, probes, observed, profile, list(slos))
+    except Exception as exc:  # noqa: BLE001 - a refit only sharpens predictions; keep the last fit
+        return {"cost_model": cost_to_dict(cost), "failed": f"{type(exc).__name__}: {exc}"}
+    return {"cost_model": cost_to_dict(fitted), "trials": min(len(observed), MAX_TRIALS)}
+
+
+def observed_of(trials: Sequence[TrialRecord], spec: SweepSpec) -> list[Observed]:
+    """Stored trials that are fit evidence: done, not client-bound, not a trace replay."""
+    return [Observed(t.config, t.metrics, spec.requests_for(t.config), spec.seed + t.config.repetition)
+            for t in trials if t.status == "done" and t.metrics and not t.metrics.get("client_bound")
+            and t.config.speedup is None]
+
+
+def _stored_probes(trials: Sequence[TrialRecord]) -> dict | None:
+    for t in trials:
+        calibration = (t.details or {}).get("prediction", {}).get("calibration")
+        if calibration:
+            return calibration
+    return None

@@ -82,23 +82,28 @@ def _is_users(spec: SweepSpec) -> bool:
 
 
 def settings_for(spec: SweepSpec, profile: Profile, config: TrialConfig,
-                 start_load: float | None = None) -> SearchSettings:
+                 start_load: float | None = None, growth: float | None = None) -> SearchSettings:
     """One config's search settings: it starts at `start_load` (the plan's prediction), else
-    at the spec's start, else 1 req/s or batch-size users."""
+    at the spec's start, else 1 req/s or batch-size users; it brackets by `growth` (the plan's,
+    from the prediction's error band: probes around the predicted knee), else doubles."""
     search = spec.search
     assert search is not None
     start = start_load or search.start_load
+    growth = growth or 2.0
     if _is_users(spec):
         top = float(int(search.max_load or MAX_USERS))
         first = min(top, float(max(1, int(start or config.batch_size))))
-        return SearchSettings(profile.min_slo_attainment, True, first, 1.0, top, 0.1, 2.0,
+        # Whole users: the step above the start must reach the next user (floor(lo x growth)
+        # > lo for every lo >= first), else a passing load would be measured again and again.
+        growth = max(growth, (first + 1) / first)
+        return SearchSettings(profile.min_slo_attainment, True, first, 1.0, top, 0.1, growth,
                               search.max_repeats, unit="users")
     # Below this rate one trial's arrivals span more than MAX_ARRIVAL_SPAN_S: not worth it.
     # (A trace's window, not the request count, sets a speed-up trial's length.)
     floor = 0.05 if _is_speedup(spec) else float(f"{spec.requests / MAX_ARRIVAL_SPAN_S:.3g}")
     start = max(start or 1.0, floor)
     return SearchSettings(profile.min_slo_attainment, False, start, floor,
-                          max(search.max_load or MAX_RATE, start), search.rel_tol, 2.0,
+                          max(search.max_load or MAX_RATE, start), search.rel_tol, growth,
                           search.max_repeats, unit=unit_of(spec))
 
 
@@ -132,8 +137,11 @@ def sample_of(trial: TrialRecord) -> Sample:
 
 Measure = Callable[[TrialConfig], Sample | None]  # None: not measured (stop that config)
 # Called after a trial measured now (not replayed) is recorded, with every config's search:
-# returns the configs to prune (label -> why), which it stores with that trial for replays.
-Revise = Callable[[TrialConfig, dict[TrialConfig, CapacitySearch]], dict[str, str]]
+# returns the configs to prune (label -> why), or a whole revision (REVISION_KEYS: also new
+# start loads, bracketing factors and order of configs not started yet, from a refitted
+# prediction), which it stores with that trial for replays.
+Revise = Callable[[TrialConfig, dict[TrialConfig, CapacitySearch]], dict]
+REVISION_KEYS = ("pruned", "start", "growth", "order", "predicted")
 SKIPPED, NOT_STARTED = "skipped", "not_started"
 NOT_ANSWERED = (UNDECIDED, INVALID, NOT_STARTED)  # the search has no answer for these yet
 RULED_OUT = (SKIPPED, PRUNED)  # not searched to the end: predicted, or shown, unable to win
@@ -175,12 +183,15 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
         return [ConfigCapacity(k, Capacity(0.0, None, NOT_STARTED, "no trial measured yet", 0), unit)
                 for k in knobs]
     stored = {t.config: t for t in trials}
-    starts, skipped = plan.get("start", {}), plan.get("skipped", {})
+    starts, skipped, growth = plan.get("start", {}), plan.get("skipped", {}), plan.get("growth", {})
     # Most promising first (highest predicted capacity): under a budget they get measured first,
     # and at a rate their trials are the short ones.
     predicted = plan.get("predicted", {})
-    order = sorted(knobs, key=lambda k: -predicted.get(knob_label(k), 0.0))
-    searches = {k: CapacitySearch(settings_for(spec, profile, k, starts.get(knob_label(k))))
+    # On servers tradeoff starts, the calibration config (its server already up) goes first.
+    first = plan.get("first") if spec.starts_servers else None
+    order = sorted(knobs, key=lambda k: (knob_label(k) != first, -predicted.get(knob_label(k), 0.0)))
+    searches = {k: CapacitySearch(settings_for(spec, profile, k, starts.get(knob_label(k)),
+                                               growth.get(knob_label(k))))
                 for k in order if knob_label(k) not in skipped}
     max_probes = spec.search.max_probes
 
@@ -193,17 +204,15 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
             return sample_of(stored[config])
         return measure(config) if measure is not None else None
 
-    revisions = {t.config: t.details.get("revision", {}).get("pruned", {}) for t in trials}
+    revisions = {t.config: t.details.get("revision", {}) for t in trials}
     by_label = {knob_label(k): k for k in searches}
 
     def after(key: TrialConfig, probe: Probe) -> None:
         config = trial_config(spec, key, probe)
         searches[key].next_probe()  # settles it: a search whose answer is in is finished now
-        pruned = revisions.get(config) if config in stored else (
+        revision = revisions.get(config) if config in stored else (
             revise(config, searches) if revise is not None else None)
-        for label, reason in (pruned or {}).items():
-            if label in by_label:
-                searches[by_label[label]].prune(reason)
+        apply_revision(spec, profile, searches, by_label, as_revision(revision or {}))
 
     results = search_all(searches, one, can_continue, interleave=not spec.starts_servers,
                          after=after)
@@ -213,6 +222,33 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
         found = results.get(k) or Capacity(0.0, None, SKIPPED, skipped[knob_label(k)], 0)
         out.append(ConfigCapacity(k, found, unit, _value_at(spec, k, found, stored, key)))
     return out
+
+
+def as_revision(revision: dict) -> dict:
+    """A stored or returned revision; a bare {label: why} (before issue 22) means pruned."""
+    return revision if set(revision) & set(REVISION_KEYS) else {"pruned": revision}
+
+
+def apply_revision(spec: SweepSpec, profile: Profile, searches: dict[TrialConfig, CapacitySearch],
+                   by_label: dict[str, TrialConfig], revision: dict) -> None:
+    """Prune; give configs not started yet their new start load and bracketing factor; put them
+    in the new order (after the configs already started, so no search is left half done)."""
+    for label, reason in revision.get("pruned", {}).items():
+        if label in by_label:
+            searches[by_label[label]].prune(reason)
+    fresh = [k for k in searches if not searches[k].num_probes and not searches[k].is_finished]
+    for k in fresh:
+        load = revision.get("start", {}).get(knob_label(k))
+        if load is not None:
+            growth = revision.get("growth", {}).get(knob_label(k))
+            searches[k] = CapacitySearch(settings_for(spec, profile, k, load, growth))
+    rank = {label: i for i, label in enumerate(revision.get("order", []))}
+    if rank:
+        later = sorted(fresh, key=lambda k: rank.get(knob_label(k), len(rank)))
+        reordered = {k: searches[k] for k in searches if k not in fresh}
+        reordered.update({k: searches[k] for k in later})
+        searches.clear()  # in place: search_all reads the order anew each round
+        searches.update(reordered)
 
 
 def objective_key(profile: Profile) -> str:

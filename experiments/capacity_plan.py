@@ -97,7 +97,8 @@ SAME = 0.002
 
 
 def make_plan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
-              calibration: TrialConfig, calibration_load: float, memo: Memo | None = None) -> dict:
+              calibration: TrialConfig, calibration_load: float, memo: Memo | None = None,
+              growth: float | None = None) -> dict:
     """Start loads from predicted capacities; configs that cannot plausibly win are skipped.
 
     Kept: the calibration config, each policy's predicted best (one config, not every config
@@ -105,7 +106,8 @@ def make_plan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO
     coarsest config), and every config predicted at >= keep_ratio x the best capacity, except
     (a) at the search's largest load, where every config passing ties, one whose predicted value
     there is below (1 - TIE_MARGIN) x the best's, and (b) one predicted exactly as a kept config
-    (same capacity and value: e.g. the batching wait when the queue is never empty)."""
+    (same capacity and value: e.g. the batching wait when the queue is never empty). `growth`:
+    every kept config's bracketing factor around its predicted capacity (none: doubling)."""
     assert spec.search is not None
     ranked = _predicted(spec, profile, cost, slos, memo)
     top = max((p.capacity for p in ranked.values()), default=0.0)
@@ -144,7 +146,9 @@ def make_plan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO
             "predicted": {label: p.capacity for label, p in ranked.items()},
             "predicted_value": {label: p.value for label, p in ranked.items()},
             "start": {label: start[label] for label in labels if label in start},
-            "skipped": {label: skipped[label] for label in labels if label in skipped}}
+            "skipped": {label: skipped[label] for label in labels if label in skipped},
+            "first": knob_label(calibration),
+            **({"growth": {label: growth for label in labels if label in start}} if growth else {})}
 
 
 def _rank(p: _Prediction) -> tuple[float, float]:
@@ -155,17 +159,23 @@ def _same(a: _Prediction, b: _Prediction) -> bool:
     return a.capacity == b.capacity and abs(a.value - b.value) <= SAME * max(abs(a.value), abs(b.value), 1e-9)
 
 
+def calibration_capacity(spec: SweepSpec, profile: Profile, slos: list[SLO],
+                         cost: CostModel | None = None) -> float:
+    """The calibration config's capacity predicted under `cost` (else the model's prior)."""
+    knobs = calibration_config(spec)
+    return predicted_capacities(spec.model_copy(update={"policies": [knobs.policy],
+                                                        "batch_sizes": [knobs.batch_size],
+                                                        "max_wait_ms": [knobs.max_wait_ms]}),
+                                profile, cost or prior_cost(spec.model), slos)[knob_label(knobs)]
+
+
 def calibration_probe(spec: SweepSpec, profile: Profile, slos: list[SLO],
                       cost: CostModel | None = None) -> TrialConfig:
     """The calibration trial: its config at the predicted capacity (repetition 0), under `cost`
     (a server's black-box calibration) or the model's prior."""
     assert spec.search is not None
     knobs = calibration_config(spec)
-    cap = predicted_capacities(spec.model_copy(update={"policies": [knobs.policy],
-                                                       "batch_sizes": [knobs.batch_size],
-                                                       "max_wait_ms": [knobs.max_wait_ms]}),
-                               profile, cost or prior_cost(spec.model), slos)[knob_label(knobs)]
-    load = first_load(cap, spec)
+    load = first_load(calibration_capacity(spec, profile, slos, cost), spec)
     if spec.search.load == "concurrency":
         return replace(knobs, concurrency=int(load), rate=None)
     return replace(knobs, rate=load, burstiness=spec.burstiness)
@@ -195,15 +205,37 @@ def revise_plan(spec: SweepSpec, profile: Profile, cost: CostModel | None, slos:
     rest = [label for label in active if label not in pruned]
     if cost is None or not rest:
         return pruned
-    others = {knob_label(k): "" for k in spec.knob_configs() if knob_label(k) not in rest}
-    measure = simulated_measure(spec, profile, cost, slos, memo=memo)
-    for r in run_search(spec, profile, [], measure, plan={"skipped": others}):
-        label = knob_label(r.config)
-        if label not in rest:
-            continue
+    for label, capacity in _predicted_for(spec, profile, cost, slos, rest, memo).items():
         measured = active[label].lo or 0.0
-        if max(r.capacity.capacity, measured) < spec.search.keep_ratio * best_cap:
-            pruned[label] = (f"refitted prediction {r.capacity.capacity:.3g} (shown so far: "
+        if max(capacity, measured) < spec.search.keep_ratio * best_cap:
+            pruned[label] = (f"refitted prediction {capacity:.3g} (shown so far: "
                              f"{measured:g}) is below {spec.search.keep_ratio:g} x the "
                              f"{best_cap:g} {best_label} carries")
     return pruned
+
+
+def _predicted_for(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
+                   labels: list[str], memo: Memo | None = None) -> dict[str, float]:
+    """label -> capacity predicted under `cost`, for these configs only."""
+    others = {knob_label(k): "" for k in spec.knob_configs() if knob_label(k) not in labels}
+    measure = simulated_measure(spec, profile, cost, slos, memo=memo)
+    return {knob_label(r.config): r.capacity.capacity
+            for r in run_search(spec, profile, [], measure, plan={"skipped": others})
+            if knob_label(r.config) in labels}
+
+
+def replan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
+           searches: dict[TrialConfig, CapacitySearch], growth: float) -> dict:
+    """A revision after a trial on a refitted black-box fit (issue 22): `revise_plan`'s
+    prunes, and, for every config not started yet, its capacity predicted under `cost`, a start
+    load there (the predicted knee), the bracketing factor `growth`, and the order to measure
+    them in (most promising first)."""
+    memo: Memo = {}
+    pruned = revise_plan(spec, profile, cost, slos, searches, memo)
+    fresh = [knob_label(k) for k, s in searches.items()
+             if not s.num_probes and not s.is_finished and knob_label(k) not in pruned]
+    predicted = _predicted_for(spec, profile, cost, slos, fresh, memo) if fresh else {}
+    order = sorted(fresh, key=lambda label: -predicted.get(label, 0.0))
+    return {"pruned": pruned, "predicted": predicted, "order": order,
+            "start": {label: first_load(predicted[label], spec) for label in order if label in predicted},
+            "growth": {label: growth for label in order}}

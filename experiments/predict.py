@@ -9,7 +9,9 @@ simulated trial: predictions, capacity plans and duration estimates (estimate.py
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,9 +21,10 @@ from engine.simulate import CostModel, Simulator
 from experiments.loadgen import achieved_rate, offered_rate, record_from_sequence
 from experiments.metrics import compute_trial_metrics, depth_samples, is_saturated
 from experiments.profiles import OpenArrival, Profile, TraceArrival
+from experiments.sim_sessions import SIM_VOCAB_SIZE, simulate_sessions
 from experiments.traces import prepare_replay
 from experiments.trial import sched_config_of
-from experiments.workload import make_requests, open_loop_arrivals
+from experiments.workload import RequestSpec, make_requests, open_loop_arrivals
 
 MIN_STEPS = 3  # fewer steps of a phase than this: keep the prior's coefficients for it
 MS = 1e-3
@@ -39,6 +42,17 @@ GENERIC = CostModel(20 * MS, 0.2 * MS, 25 * MS, 0.5 * MS)
 # Wall seconds a trial costs beyond its simulated requests (reconfigure, store writes): the
 # duration estimates of sweeps and searches add it per trial.
 PER_TRIAL_OVERHEAD_S = 0.1
+
+
+@dataclass(frozen=True)
+class BlackBoxCost(CostModel):
+    """A server's step costs fitted from the client (experiments/calibrate.py, refit.py), plus
+    what the client saw beyond them: each probe request's TTFT minus its prompt length's median
+    at 1 user (nothing queued), seconds. A simulated request's first token (and so its whole
+    stream) is late by one of them, drawn with the trial's seed: a server's stalls (its HTTP
+    front end, scheduling, the shared machine) are what make p90 TTFT exceed the step costs."""
+
+    ttft_noise_s: tuple[float, ...] = ()
 
 
 def prior_cost(model: str) -> CostModel:
@@ -85,6 +99,9 @@ def simulate_records(config: TrialConfig, profile: Profile, num_requests: int, c
     policy's SLO targets), driven as the trial's load generator drives the real one."""
     sim = Simulator(sched_config_of(config, slos), cost, kv_budget_tokens, config.replicas, config.router,
                     seed)
+    if profile.session is not None and config.speedup is None:  # conversations, turn by turn
+        measured, background = simulate_sessions(sim, config, profile, num_requests, seed)
+        return measured, background, sim.steps
     num_warmup, num_measured = _submit_load(sim, config, profile, num_requests, seed)
     records = [record_from_sequence(s, i) for i, s in enumerate(sim.run())]
     measured = [r for i, r in enumerate(records) if num_warmup <= i < num_warmup + num_measured]
@@ -103,32 +120,34 @@ def _submit_load(sim: Simulator, config: TrialConfig, profile: Profile, num_requ
             sim.submit_at(at_s, p, o)
         return num_warmup, len(lengths) - num_warmup
     n = num_requests + profile.warmup_requests
-    specs = make_requests(profile, n, seed, vocab_size=2, max_context_tokens=1 << 20, avoid_ids=[])
-    lengths = [(len(s.prompt_ids), s.max_new_tokens) for s in specs]
+    # Real prompts (shared prefixes included), for a prefix cache and a prefix router to match.
+    specs = make_requests(profile, n, seed, vocab_size=SIM_VOCAB_SIZE, max_context_tokens=1 << 20,
+                          avoid_ids=[])
     if config.concurrency is not None:
-        _closed_loop(sim, lengths, config.concurrency, profile.warmup_requests)
+        _closed_loop(sim, specs, config.concurrency, profile.warmup_requests)
     else:
         schedule = profile.arrival.schedule if isinstance(profile.arrival, OpenArrival) else None
-        for at_s, (p, o) in zip(open_loop_arrivals(config.rate, config.burstiness, n, seed, schedule),
-                                lengths, strict=True):
-            sim.submit_at(at_s, p, o)
+        for at_s, s in zip(open_loop_arrivals(config.rate, config.burstiness, n, seed, schedule),
+                           specs, strict=True):
+            sim.submit_at(at_s, len(s.prompt_ids), s.max_new_tokens, prompt_ids=s.prompt_ids)
     return profile.warmup_requests, num_requests
 
 
-def _closed_loop(sim: Simulator, lengths: list[tuple[int, int]], concurrency: int,
+def _closed_loop(sim: Simulator, specs: list[RequestSpec], concurrency: int,
                  num_warmup: int) -> None:
     # As the real closed loop: each user sends again when its request ends, cycling through the
     # specs (cooldown) until every measured request has ended.
-    state = {"issued": 0, "measured_left": len(lengths) - num_warmup}
+    state = {"issued": 0, "measured_left": len(specs) - num_warmup}
 
     def issue(at_s: float) -> None:
         idx = state["issued"]
         state["issued"] += 1
-        p, o = lengths[idx % len(lengths)]
-        sim.submit_at(at_s, p, o, on_finish=lambda seq: finished(idx, seq))
+        s = specs[idx % len(specs)]
+        sim.submit_at(at_s, len(s.prompt_ids), s.max_new_tokens, on_finish=lambda seq: finished(idx, seq),
+                      prompt_ids=s.prompt_ids)
 
     def finished(idx: int, seq) -> None:
-        if num_warmup <= idx < len(lengths):
+        if num_warmup <= idx < len(specs):
             state["measured_left"] -= 1
         if state["measured_left"] > 0:
             issue(seq.done_s)
@@ -142,6 +161,7 @@ def simulate_trial(config: TrialConfig, profile: Profile, num_requests: int, cos
     """Predicted metrics of one trial under `cost`."""
     measured, background, steps = simulate_records(config, profile, num_requests, cost, seed,
                                                    slos=slos)
+    measured = with_ttft_noise(measured, getattr(cost, "ttft_noise_s", ()), seed)
     saturated = False
     if config.concurrency is None:  # open loop: the measured trial's rule (docs/metrics.md)
         sent = sorted(r.scheduled_s for r in measured)
@@ -149,6 +169,23 @@ def simulate_trial(config: TrialConfig, profile: Profile, num_requests: int, cos
         saturated = is_saturated(depths, offered_rate(sent), achieved_rate(measured),
                                  config.batch_size)
     return compute_trial_metrics(measured, steps, slos, None, saturated, background)
+
+
+def with_ttft_noise(records: list[RequestRecord], noise_s: Sequence[float],
+                    seed: int) -> list[RequestRecord]:
+    """Each record's stream delayed by a residual drawn from `noise_s` (seeded); a negative
+    one takes at most half the simulated TTFT off. No noise: the records unchanged."""
+    if not noise_s:
+        return records
+    rng, out = random.Random(seed), []
+    for r in records:
+        if not r.token_times_s or r.done_s is None:
+            out.append(r)
+            continue
+        shift = max(noise_s[rng.randrange(len(noise_s))], -0.5 * (r.token_times_s[0] - r.scheduled_s))
+        out.append(replace(r, token_times_s=tuple(t + shift for t in r.token_times_s),
+                           done_s=r.done_s + shift))
+    return out
 
 
 def relative_errors(predicted: dict, measured: dict, keys: Iterable[str]) -> dict[str, float]:
@@ -200,28 +237,37 @@ def stored_steps(details_list: Iterable[dict]) -> list[StepRecord]:
 
 
 def cost_to_dict(cost: CostModel) -> dict:
-    """Milliseconds, for details and the UI."""
-    return {"prefill_base_ms": cost.prefill_base_s * 1e3,
-            "prefill_per_token_ms": cost.prefill_per_token_s * 1e3,
-            "decode_base_ms": cost.decode_base_s * 1e3, "decode_per_seq_ms": cost.decode_per_seq_s * 1e3,
-            "step_overhead_ms": cost.step_overhead_s * 1e3}
+    """Milliseconds, for details and the UI (a black-box fit's TTFT residuals too)."""
+    out = {"prefill_base_ms": cost.prefill_base_s * 1e3,
+           "prefill_per_token_ms": cost.prefill_per_token_s * 1e3,
+           "decode_base_ms": cost.decode_base_s * 1e3, "decode_per_seq_ms": cost.decode_per_seq_s * 1e3,
+           "step_overhead_ms": cost.step_overhead_s * 1e3}
+    if isinstance(cost, BlackBoxCost):
+        out["ttft_noise_ms"] = [round(e * 1e3, 3) for e in cost.ttft_noise_s]
+    return out
 
 
 def cost_from_dict(d: dict) -> CostModel:
     """The inverse of cost_to_dict."""
-    return CostModel(d["prefill_base_ms"] / 1e3, d["prefill_per_token_ms"] / 1e3,
-                     d["decode_base_ms"] / 1e3, d["decode_per_seq_ms"] / 1e3,
-                     d.get("step_overhead_ms", 0.0) / 1e3)
+    costs = (d["prefill_base_ms"] / 1e3, d["prefill_per_token_ms"] / 1e3,
+             d["decode_base_ms"] / 1e3, d["decode_per_seq_ms"] / 1e3,
+             d.get("step_overhead_ms", 0.0) / 1e3)
+    if "ttft_noise_ms" in d:
+        return BlackBoxCost(*costs, tuple(e / 1e3 for e in d["ttft_noise_ms"]))
+    return CostModel(*costs)
 
 
 def stored_calibration(details: Iterable[dict]) -> CostModel | None:
-    """The black-box calibration a sweep stored with its first trial (a server's probes,
-    experiments/calibrate.py); None for a sweep calibrated from engine steps or not at all."""
+    """The black-box calibration a sweep stored (a server's probes, experiments/calibrate.py,
+    with its first trial), as last refitted to measured trials (`prediction.refit`, stored with
+    the trial that refined it); None for a sweep calibrated from engine steps or not at all."""
+    latest = None
     for d in details:
-        calibration = (d or {}).get("prediction", {}).get("calibration")
-        if calibration:
-            return cost_from_dict(calibration["cost_model"])
-    return None
+        prediction = (d or {}).get("prediction", {})
+        fitted = (prediction.get("refit") or prediction.get("calibration") or {}).get("cost_model")
+        if fitted and (latest is None or "refit" in prediction):
+            latest = cost_from_dict(fitted)
+    return latest
 
 
 def prediction_details(config: TrialConfig, profile: Profile, num_requests: int, seed: int,

@@ -314,10 +314,10 @@ def search_all(searches: Mapping[Hashable, CapacitySearch], measure: Measure,
     """Run every search to its end, one probe at a time: round-robin when `interleave` (a
     budget stop leaves every config with a bracket), else one config after another (one server
     start per config). Stops the rest, undecided, once `can_continue()` says no. `after` is
-    called once each measurement is recorded (it may prune other searches)."""
-    keys = list(searches)
+    called once each measurement is recorded (it may prune other searches, or reorder and
+    replace those not started: the order is read anew each round)."""
     while True:
-        active = [k for k in keys if not searches[k].is_finished]
+        active = [k for k in list(searches) if not searches[k].is_finished]
         if not active:
             break
         for key in active if interleave else active[:1]:

@@ -10,19 +10,29 @@ config's capacity predicted, and the plan (start loads, skipped configs) stored 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import replace
 
 from common.records import SLO, TrialConfig, TrialMetrics
 from db.store import Store
+from experiments.accuracy import error_band, knee_growth, predicted_before
 from experiments.capacity import (
     ConfigCapacity,
+    knob_label,
     plan_of,
     run_search,
     sample_of,
     uses_prediction,
 )
-from experiments.capacity_plan import calibration_config, calibration_probe, make_plan, revise_plan
+from experiments.capacity_plan import (
+    calibration_capacity,
+    calibration_config,
+    calibration_probe,
+    make_plan,
+    replan,
+    revise_plan,
+)
 from experiments.external import TargetSetupError
 from experiments.grid import GridError, SweepSpec, server_key
 from experiments.predict import cost_to_dict
@@ -51,6 +61,7 @@ class SearchRunner(SweepRunner):
     _num_finished = 0  # searches finished at the last revision
     _judged_by: list[SLO] | None = None  # the SLOs trials are judged against (for refitted predictions)
     _server_key: tuple | None = None  # the server config running now
+    _probe_predicted: float | None = None  # the calibration config's capacity from the probes
 
     def _run_all(self) -> str:
         search = self.spec.search
@@ -97,6 +108,8 @@ class SearchRunner(SweepRunner):
             if self.calibration is None:
                 return  # the probes failed: the search goes on without a plan
         self._calibrating = calibration_probe(self.spec, self.profile, slos, self.calibration)
+        if self.calibration is not None:  # its capacity as predicted from the probes alone
+            self._probe_predicted = calibration_capacity(self.spec, self.profile, slos, self.calibration)
         try:
             measure(self._calibrating)
         finally:
@@ -121,18 +134,39 @@ class SearchRunner(SweepRunner):
         finished = sum(s.is_finished for s in searches.values())
         refit = finished > self._num_finished and uses_prediction(self.spec) and self._judged_by is not None
         self._num_finished = finished
-        cost = self.fitted_cost() if refit else None
+        black_box = self._is_black_box()
+        cost = self.fitted_cost() if refit or black_box else None
+        trials = self.store.list_trials(self.sweep_id)
         try:
-            pruned = revise_plan(self.spec, self.profile, cost, self._judged_by or [], searches)
+            if black_box:  # refitted after every trial: re-plan the configs not started yet
+                revision = replan(self.spec, self.profile, cost, self._judged_by or [], searches,
+                                  self._growth(trials, searches))
+            else:
+                revision = {"pruned": revise_plan(self.spec, self.profile, cost, self._judged_by or [],
+                                                  searches)}
         except Exception:  # noqa: BLE001 - a revision only saves trials; without it none are lost
             return {}
-        if pruned:
-            stored = [t for t in self.store.list_trials(self.sweep_id) if t.config == config]
-            if not stored:
-                return {}  # not stored (stopped mid-trial): a replay could not prune here either
-            revision = {"pruned": pruned, **({"cost_model": cost_to_dict(cost)} if cost else {})}
-            self.store.set_trial_details(stored[0].trial_id, {**stored[0].details, "revision": revision})
-        return pruned
+        stored = [t for t in trials if t.config == config]
+        if not stored or not any(revision.values()):
+            return {}  # not stored (stopped mid-trial): a replay could not revise here either
+        revision = {k: v for k, v in revision.items() if v}
+        if cost is not None:
+            revision["cost_model"] = cost_to_dict(cost)
+        self.store.set_trial_details(stored[0].trial_id, {**stored[0].details, "revision": revision})
+        return revision
+
+    def _is_black_box(self) -> bool:
+        """A search over servers it starts, calibrated from probes (refitted every trial)."""
+        return (self.spec.starts_servers and uses_prediction(self.spec)
+                and self._judged_by is not None and self.calibration is not None)
+
+    def _growth(self, trials: list, searches: dict[TrialConfig, CapacitySearch]) -> float:
+        """The bracketing factor around a predicted knee: the error band so far."""
+        predicted = predicted_before(trials)
+        errors = [math.log(s.result().capacity / predicted[knob_label(k)])
+                  for k, s in searches.items() if s.is_finished and s.result().is_decided
+                  and s.result().capacity > 0 and predicted.get(knob_label(k))]
+        return knee_growth(error_band(trials, errors))
 
     def _with_prediction(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
                          metrics: TrialMetrics) -> TrialMetrics:
@@ -143,10 +177,18 @@ class SearchRunner(SweepRunner):
         cost = self.fitted_cost()
         load = config.concurrency if config.concurrency is not None else config.rate
         knobs = replace(config, concurrency=None, rate=None)
+        # On started servers each config's search probes around its predicted knee, as far
+        # apart as the calibration trial's own error says (accuracy.knee_growth).
+        growth = None
+        if self._is_black_box():
+            err = metrics.details.get("prediction", {}).get("error", {}).get("output_tokens_per_s")
+            growth = knee_growth({} if err is None else error_band([], [-math.log1p(err)]))
         try:
-            plan = make_plan(self.spec, self.profile, cost, slos, knobs, float(load))
+            plan = make_plan(self.spec, self.profile, cost, slos, knobs, float(load), growth=growth)
         except Exception as exc:  # noqa: BLE001 - no plan: every config starts at the default
             plan = {"start": {}, "skipped": {}, "failed": f"{type(exc).__name__}: {exc}"}
+        if self._probe_predicted is not None:
+            plan["calibration_predicted"] = self._probe_predicted
         prediction = {**metrics.details.get("prediction", {}), "plan": plan}
         return self._replace_details(metrics, prediction)
 

@@ -31,6 +31,7 @@ from experiments.external import ExternalTarget, TargetSetupError, api_key_from_
 from experiments.grid import GridError, SweepSpec, server_key
 from experiments.measure import measure
 from experiments.predict import (
+    cost_from_dict,
     cost_to_dict,
     fit_cost_model,
     prediction_details,
@@ -321,6 +322,11 @@ class SweepRunner:
         if self.probed is not None:  # stored once: a resume and the UI predict from it
             details["calibration"] = {**self.probed.to_dict(), "cost_model": cost_to_dict(cost)}
             self.probed = None
+        if self.calibration is not None and "predicted" in details:  # issue 22: refine the fit
+            from experiments.calibrate import refit_details
+            details["refit"] = refit_details(self.store.list_trials(self.sweep_id), details, self.spec,
+                                             self.profile, slos, config, metrics.flat(), cost)
+            self.calibration = cost_from_dict(details["refit"]["cost_model"])
         self._steps.extend(result.steps)
         return replace(metrics, details={**metrics.details, "prediction": details})
 

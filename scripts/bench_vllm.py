@@ -6,6 +6,8 @@
 - grid: builtin:small exported, the chat profile, --max-num-seqs {4,16,64} x
   --max-num-batched-tokens {256,2048} x 4 loads; every trial done or failed with its reason? The
   printed estimate against the wall time (target: within 25%).
+- search (issue 22): `tradeoff search --engine vllm` over the same space: wall time, answer, the
+  prediction's errors; with --db GRID, the grid's trials predicted from the search's probes.
 - relaunch: the grid's recommended config measured 3 more times by a sweep (its run-to-run
   noise), then `tradeoff export --format vllm` relaunched by hand and measured 3 times with
   `tradeoff trial --target`: are the relaunch's goodput and output tok/s within that noise?
@@ -114,6 +116,64 @@ def relaunch(db: str, work: Path, requests: int) -> None:
               f"({', '.join(f'{v:.2f}' for v in b)}): {'within' if within else 'OUTSIDE'} 2 sd")
 
 
+def search(work: Path, requests: int, grid_db: str | None) -> None:
+    """Issue 22: `tradeoff search --engine vllm` over the grid's space (probes of one server,
+    refits, knee probes, skips): its wall time and answer; then, against a measured grid, the
+    per-trial error of the probes' fit alone and of the search's last refit."""
+    model = work / "small"
+    if not model.exists():
+        run("export-model", "builtin:small", str(model)).check_returncode()
+    db = f"sqlite:///{work / 'search.db'}"
+    started = time.monotonic()
+    out = run("search", "--model", str(model), "--profile", "chat", *ENGINE, "--policy", "continuous",
+              "--max-wait-ms", "0", "--batch-sizes", "4,16,64", "--max-num-batched-tokens", "256,2048",
+              "--concurrency", "--max-load", "32", "--requests", str(requests), "--budget-min", "10",
+              "--db", db, "--json")
+    wall = time.monotonic() - started
+    if out.returncode != 0:
+        print(out.stderr[-3000:])
+    doc = json.loads(out.stdout)
+    print(f"search: exit {out.returncode}, {doc['trials_run']} trials, wall {wall / 60:.1f} min")
+    for c in doc["capacities"]:
+        print(f"  {c['label']:<36} capacity {c['capacity']:g} ({c['status']}), predicted {c['predicted']}")
+    print("recommended:", doc["recommended"], "\nruled out:", json.dumps(doc["ruled_out"], indent=1))
+    print("calibration:", json.dumps(doc["calibration"]), "\nband:", json.dumps(doc["prediction_band"]))
+    print("per-trial median |error| (search's own trials):", doc["prediction_error"])
+    if grid_db:
+        _grid_errors(db, doc["sweep_id"], grid_db)
+
+
+def _grid_errors(search_db: str, search_id: int, grid_db: str) -> None:
+    """Each grid sweep's trials predicted under the search's probe fit and its last refit."""
+    from db.store import Store
+    from experiments.accuracy import TABLE_KEYS
+    from experiments.analysis import stored_slos
+    from experiments.grid import SweepSpec
+    from experiments.predict import cost_from_dict, simulate_trial, stored_calibration
+    from experiments.profiles import Profile
+
+    trials = Store(search_db, create=False).list_trials(search_id)
+    probed = next(t.details["prediction"]["calibration"] for t in trials
+                  if t.details.get("prediction", {}).get("calibration"))
+    fits = {"probes of one server": cost_from_dict(probed["cost_model"]),
+            "last refit": stored_calibration(t.details for t in trials)}
+    grid = Store(grid_db, create=False)
+    keys = [k for k, _ in TABLE_KEYS] + ["ttft_ms_p50", "tpot_ms_p50"]
+    for sweep in grid.list_sweeps():
+        measured = [t for t in grid.list_trials(sweep.id) if t.status == "done"]
+        spec, prof, slos = SweepSpec(**sweep.grid), Profile(**sweep.profile), stored_slos(measured, grid)
+        for name, cost in fits.items():
+            errs: dict[str, list[float]] = {k: [] for k in keys}
+            for t in measured:
+                p = simulate_trial(t.config, prof, spec.requests_for(t.config), cost, slos,
+                                   spec.seed + t.config.repetition).flat()
+                for k in keys:
+                    if p.get(k) and t.metrics.get(k):
+                        errs[k].append(abs(p[k] / t.metrics[k] - 1))
+            print(f"grid sweep {sweep.id} under {name}: median |error| "
+                  + ", ".join(f"{k} {statistics.median(v):.0%}" for k, v in errs.items() if v))
+
+
 def _flat(trial: dict, key: str) -> float | None:
     """`ttft_ms_p90` from `trial --json`, which nests distributions ({"ttft_ms": {"p90": ...}})."""
     if key in trial:
@@ -125,15 +185,18 @@ def _flat(trial: dict, key: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("grid", "relaunch", "both"))
+    parser.add_argument("what", choices=("grid", "relaunch", "both", "search"))
     parser.add_argument("--work", type=Path, default=None, help="where models and dbs go")
-    parser.add_argument("--db", default=None, help="the grid's db, for `relaunch`")
+    parser.add_argument("--db", default=None, help="the grid's db, for `relaunch` and `search`")
     parser.add_argument("--requests", type=int, default=32)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work dir: {work}")
     db = args.db
+    if args.what == "search":
+        search(work, args.requests, db)
+        return
     if args.what in ("grid", "both"):
         db = grid(work, args.requests)
     if args.what in ("relaunch", "both"):

@@ -73,11 +73,24 @@ def predicted_pairs(trials: Sequence[TrialRecord], throughput_key: str,
 
 
 def add_predicted_frontier(fig: go.Figure, pairs: Sequence[tuple[float, float]],
-                           name: str = "predicted frontier") -> go.Figure:
-    """The Pareto frontier of predicted points, dashed, on an existing frontier figure."""
+                           name: str = "predicted frontier",
+                           band: tuple[dict, dict] | None = None) -> go.Figure:
+    """The Pareto frontier of predicted points, dashed, on an existing frontier figure; with
+    `band` (the latency metric's and the throughput metric's measured / predicted ratios,
+    accuracy.error_band), the region the measurements fell in around such predictions, shaded
+    between the optimistic (lower latency, higher throughput) and pessimistic edges."""
     if not pairs:
         return fig
     front = [pairs[i] for i in frontier(list(pairs))]
+    if band is not None:
+        lat, thr = band
+        for edge, (lat_x, thr_x) in (("pessimistic", (lat["hi"], thr["lo"])),
+                                     ("optimistic", (lat["lo"], thr["hi"]))):
+            fig.add_trace(go.Scatter(
+                x=[p[0] * lat_x for p in front], y=[p[1] * thr_x for p in front], mode="lines",
+                name=f"{name}: error band", showlegend=edge == "optimistic", hoverinfo="skip",
+                legendgroup="band", line=dict(color=NEUTRAL, width=0.5),
+                fill="tonexty" if edge == "optimistic" else None, fillcolor="rgba(128,128,128,0.15)"))
     fig.add_trace(go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers",
                              name=name, hoverinfo="skip",
                              marker=dict(symbol="x-thin-open", size=7, color=NEUTRAL),

@@ -10,6 +10,7 @@ import streamlit as st
 from app.dashboard import capacity_charts, charts, state, widgets
 from common.records import TrialRecord
 from db.store import SweepRecord
+from experiments import accuracy
 from experiments.analysis import (
     capacity_sentence,
     is_search,
@@ -71,9 +72,18 @@ _GRID_CAPTION = (
 
 def add_predictions(fig: go.Figure, trials: Sequence[TrialRecord], throughput: str,
                     latency: str) -> go.Figure:
-    """The predicted frontier (dashed) of the measured points, each as predicted before it ran."""
+    """The predicted frontier (dashed) of the measured points, each as predicted before it ran,
+    with the error band of the predictions so far where both axes have one."""
     return capacity_charts.add_predicted_frontier(
-        fig, capacity_charts.predicted_pairs(trials, throughput, latency))
+        fig, capacity_charts.predicted_pairs(trials, throughput, latency),
+        band=axes_band(trials, throughput, latency))
+
+
+def axes_band(trials: Sequence[TrialRecord], throughput: str, latency: str) -> tuple | None:
+    """(latency band, throughput band) from the measured-vs-predicted errors; None if either
+    axis has none."""
+    lat, thr = (accuracy.ratio_band(accuracy.log_errors(trials, k)) for k in (latency, throughput))
+    return None if lat is None or thr is None else (lat, thr)
 
 
 @st.cache_resource(ttl=state.STABLE_TTL_S, max_entries=8, show_spinner="Simulating the grid...")
@@ -88,29 +98,28 @@ def add_grid_prediction(fig: go.Figure, url: str, key: state.SweepVersion, throu
     """The predicted frontier of the whole grid, measured or not (dashed)."""
     pairs = [(m[latency], m[throughput]) for _, m in grid_prediction(url, key)
              if m.get(latency) is not None and m.get(throughput) is not None]
-    return capacity_charts.add_predicted_frontier(fig, pairs, "predicted frontier (whole grid)")
+    return capacity_charts.add_predicted_frontier(fig, pairs, "predicted frontier (whole grid)",
+                                                  band=axes_band(state.trials(url, key), throughput,
+                                                                 latency))
 
 
-def prediction_table(trials: Sequence[TrialRecord]) -> None:
-    """Median absolute prediction error per metric, and each point's predicted vs measured."""
+def prediction_table(trials: Sequence[TrialRecord], capacities: Sequence[ConfigCapacity] = ()) -> None:
+    """The honest error table: median absolute prediction error per metric, every measured
+    trial's prediction (made before it ran) against its measurement, and, for a search, every
+    config's capacity predicted before it was measured against the capacity found."""
     errors = prediction_errors(list(trials))
     if not errors:
         return
     with st.expander("Prediction error (simulator vs measured)"):
         st.caption("Each trial was predicted before it ran, by the engine's scheduler on a "
-                   "virtual clock under a cost model fitted to the steps of the trials before it.")
+                   "virtual clock under a cost model fitted to the steps of the trials before it "
+                   "(on a server tradeoff starts: to probes of the first server, refitted to "
+                   "every trial measured since). Error = predicted / measured - 1.")
         st.dataframe([{"metric": charts.metric_label(k), "trials": v["n"],
                        "median |error|": f"{v['median_abs_error']:.1%}"}
                       for k, v in sorted(errors.items())], hide_index=True)
-        st.dataframe([_row(t) for t in trials if t.details.get("prediction")], hide_index=True)
-
-
-def _row(t: TrialRecord) -> dict:
-    pred = t.details["prediction"]
-    row: dict = {"trial": t.trial_id, "config": t.config.label}
-    for key in ("output_tokens_per_s", "ttft_ms_p90"):
-        row[f"{key} measured"] = t.metrics.get(key)
-        row[f"{key} predicted"] = pred.get("predicted", {}).get(key)
-        err = pred.get("error", {}).get(key)
-        row[f"{key} error"] = None if err is None else f"{err:+.0%}"
-    return row
+        st.dataframe(accuracy.trial_rows(trials), hide_index=True)
+        predicted = accuracy.predicted_before(list(trials))
+        if capacities and predicted:
+            st.markdown("**Capacity: predicted before measuring vs found**")
+            st.dataframe(accuracy.capacity_rows(capacities, predicted), hide_index=True)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import streamlit as st
 
 from app import launcher
-from app.dashboard import capacity_view, charts, charts_time, state, widgets
+from app.dashboard import capacity_view, chart_reading, charts, charts_time, state, widgets
+from common.numbers import num
 from common.records import SLO, TrialRecord
 from db.store import SweepRecord
 from experiments.analysis import capacity_sentence
@@ -50,6 +51,10 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
         colour_by = st.selectbox("Colour by", list(charts.COLOUR_OPTIONS), key=f"explore_colour_{sweep.id}",
                                  format_func=charts.COLOUR_OPTIONS.__getitem__)
         slos = _slo_controls(sweep.id, trials, base)
+        axis = st.radio("Latency axis", chart_reading.AXIS_MODES, horizontal=True,
+                        key=f"explore_axis_{sweep.id}",
+                        help="auto: log when the points span more than 10x, so a few slow "
+                             "outliers do not crush the rest against the axis")
         whole_grid = st.checkbox("Predicted frontier of the whole grid", key=f"explore_pred_{sweep.id}",
                                  help="every config x load simulated under the cost model fitted "
                                       "to this sweep's measured steps (a few seconds)")
@@ -62,7 +67,7 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
            else analysis.recommendation)
     labels = classify(points, throughput, latency)
     fig = charts.frontier_figure(points, labels, throughput, latency, rec.config, slos,
-                                 colour_by=colour_by)
+                                 colour_by=colour_by, latency_axis=axis)
     capacity_view.add_predictions(fig, trials, throughput, latency)
     if whole_grid:
         capacity_view.add_grid_prediction(fig, url, key, throughput, latency)
@@ -72,9 +77,8 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
     with chart:
         event = st.plotly_chart(fig, key=f"explore_chart_{sweep.id}", on_select="rerun",
                                 selection_mode="points")
-        st.caption(f"Colour: {charts.COLOUR_OPTIONS[colour_by]} · symbol: policy · size: load · "
-                   "star: recommended; dashed: the frontier as predicted before measuring. "
-                   "Click a point for its details."
+        st.caption(chart_reading.describe(fig, charts.COLOUR_OPTIONS[colour_by])
+                   + " Click a point for its details."
                    + (" Roofline: fraction of the device's limit the local engine's steps reached "
                       "(decode vs memory bandwidth, prefill vs compute); blank where unknown."
                       if colour_by.startswith("roofline") else ""))
@@ -82,7 +86,7 @@ def _explore(url: str, sweep: SweepRecord, trials: list[TrialRecord]) -> None:
     chosen = _chosen(sweep.id, points, rec, event)
     _details(url, sweep, state.point_details(url, key, points[chosen]), slos)
     _table(points, labels, throughput, latency)
-    capacity_view.prediction_table(trials)
+    capacity_view.prediction_table(trials, analysis.capacities)
 
 
 def _slo_controls(sweep_id: int, trials: Sequence[TrialRecord], base: Sequence[SLO]) -> list[SLO]:
@@ -242,8 +246,8 @@ def _server_metrics(tab, summary: dict) -> None:
 
 def _metric_row(point: ConfigPoint, key: str) -> dict:
     low, high = point.ci_low.get(key), point.ci_high.get(key)
-    interval = "" if low is None or high is None else f"{low:.4g} - {high:.4g}"
-    return {"metric": charts.metric_label(key), "mean": point.mean.get(key),
+    interval = "-" if low is None or high is None else f"{num(low)} - {num(high)}"
+    return {"metric": charts.metric_label(key), "mean": num(point.mean.get(key)),
             "95% interval": interval}
 
 
@@ -251,6 +255,6 @@ def _table(points: Sequence[ConfigPoint], labels: Sequence[str], throughput: str
            latency: str) -> None:
     with st.expander(f"All {len(points)} configs"):
         st.dataframe([{"config": p.config.label, "class": c, "repetitions": p.n,
-                       throughput: p.mean.get(throughput), latency: p.mean.get(latency),
+                       throughput: num(p.mean.get(throughput)), latency: num(p.mean.get(latency)),
                        "saturated": p.saturated} for p, c in zip(points, labels, strict=True)],
                      hide_index=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import pytest
 from dashboard_helpers import page_test, plain, texts
 
 from app.dashboard.synthetic import synthetic_requests
@@ -192,3 +193,34 @@ def test_a_decided_search_offers_no_resume(db_url, store: Store) -> None:
     app = page_test("run").run()
     assert not app.exception
     assert not [b for b in app.button if b.key in ("run_resume_search", "run_resume")]
+
+
+def test_report_and_explore_carry_the_honest_error_table(db_url, store: Store) -> None:
+    from html import unescape
+
+    from app.dashboard import report, state
+
+    sweep_id = add_search_sweep(store)
+    html = unescape(report.build_report(state.analysis(db_url, state.version(store.get_sweep(sweep_id)))))
+    section = html[html.index("<h2>Prediction vs measurement"):]
+    assert "Median |error|: tok/s 10%, p90 TTFT ms 0%" in section
+    head = re.findall(r"<th>(.*?)</th>", section[section.index("<table>"):])[:11]
+    assert head[:5] == ["trial", "config", "tok/s predicted", "tok/s measured", "tok/s error"]
+    assert section.count("+10%") == len(store.list_trials(sweep_id))  # one row per measured trial
+    app = page_test("explore").run()
+    assert not app.exception
+    assert any(e.label.startswith("Prediction error") for e in app.expander)
+
+
+def test_the_predicted_frontier_carries_its_error_band() -> None:
+    import plotly.graph_objects as go
+
+    from app.dashboard.capacity_charts import add_predicted_frontier
+
+    band = ({"lo": 0.8, "hi": 1.5, "n": 4}, {"lo": 0.7, "hi": 1.1, "n": 4})  # latency, throughput
+    fig = add_predicted_frontier(go.Figure(), [(10.0, 100.0), (20.0, 200.0)], band=band)
+    edges = {t.name: t for t in fig.data if "error band" in (t.name or "")}
+    pessimistic, optimistic = fig.data[0], fig.data[1]
+    assert len(edges) == 1 and optimistic.fill == "tonexty"
+    assert list(pessimistic.x) == [15.0, 30.0] and list(pessimistic.y) == [70.0, 140.0]
+    assert list(optimistic.x) == [8.0, 16.0] and list(optimistic.y) == pytest.approx([110.0, 220.0])

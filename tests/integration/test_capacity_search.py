@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common.records import TrialConfig
 from db.store import Store
 from engine.config import EngineConfig
 from experiments.analysis import sweep_capacities
@@ -153,6 +154,34 @@ def test_a_search_over_started_servers_calibrates_from_probes_of_the_first(tmp_p
     assert {p["kind"] for p in prediction["calibration"]["probes"]} == {"prefill", "decode"}
     assert set(prediction["plan"]["predicted"]) == {"continuous b2 w0ms", "continuous b8 w0ms"}
     assert prediction["predicted"]["ttft_ms_p50"] is not None  # each trial's prediction, from the fit
+    # Issue 22's contract: each config's capacity predicted before it was measured, the
+    # calibration (probe runs, the latest fit), the configs the prediction ruled out, with why.
+    doc = json.loads(out.stdout)
+    assert all(isinstance(c["predicted"], (int, float)) for c in doc["capacities"])
+    assert doc["calibration"]["probes"] == len(prediction["calibration"]["probes"])
+    assert doc["calibration"]["refits"] >= 1 and "decode_base_ms" in doc["calibration"]["model"]
+    assert isinstance(doc["ruled_out"], dict) and all(doc["ruled_out"].values())
+    assert "output_tokens_per_s" in doc["prediction_band"]
+    assert "refit" in prediction  # every trial on a calibrated server refines the fit
+
+
+@pytest.mark.slow
+def test_black_box_fit_recovers_a_batch_dependent_server(tmp_path: Path, tiny_profile: Path):
+    # A mock of known step costs: first token 10 ms + 0.02 ms per prompt token, then gaps of
+    # 2 ms + 0.5 ms per request in service. The probes' fit must recover both lines.
+    from experiments.calibrate import fit, probe_server
+    from experiments.external import ServerProcess
+    from experiments.http_target import HttpTarget
+
+    cmd = (f"{sys.executable} -m app.cli mock-server --ttft-ms 10 --ttft-per-token-ms 0.02 "
+           "--itl-ms 2 --itl-per-running-ms 0.5 --capacity 16 --port {port}")
+    knobs = TrialConfig("continuous", 16, 0.0, concurrency=1)
+    with ServerProcess(cmd, knobs, health_timeout_s=30) as server, HttpTarget(server.base_url) as target:
+        cal = fit(probe_server(target, vocab_size=259, max_context_tokens=4096,
+                               avoid_ids=[256, 257, 258], max_running=16))
+    assert cal.cost.prefill_per_token_s * 1e3 == pytest.approx(0.02, rel=0.3)
+    assert cal.cost.decode_per_seq_s * 1e3 == pytest.approx(0.5, rel=0.3)
+    assert cal.cost.decode_s(8) * 1e3 == pytest.approx(2 + 0.5 * 8, rel=0.25)
 
 
 @pytest.mark.slow

@@ -72,8 +72,10 @@ def test_search_starts_one_server_per_config_and_finds_each_capacity(tmp_path: P
     assert found[2]["decided"] or (found[2]["status"] == "pruned" and found[2]["upper"] <= 4
                                    and "b4" in found[2]["reason"])
     assert out["recommended"]["config"]["batch_size"] == 4 and out["recommended"]["capacity"] == 4
-    assert out["undecided"] == [] and out["ruled_out"] == (
+    assert out["undecided"] == [] and list(out["ruled_out"]) == (
         [found[2]["label"]] if found[2]["status"] == "pruned" else [])
+    assert all(out["ruled_out"].values())  # each with its reason
+    assert all(c["predicted"] is None for c in out["capacities"]) and out["calibration"] is None
     assert all(c["unit"] == "users" for c in out["capacities"])
     # Each config's server started exactly once, with its own K, one config after another.
     started = [int(line.split("--capacity ")[1].split()[0]) for line in log.read_text().splitlines()]
