@@ -40,7 +40,7 @@ RESUMABLE_STATUSES = ("failed", "cancelled")
 # it passed in 4 of 5 runs and flipped the answer once. Two repetitions, so ties and noise can
 # be told apart. Timed on the 2-core machine in docs/benchmarks.md.
 DEMO_GRID = {"model": "builtin:tiny", "policies": ["static", "continuous"], "batch_sizes": [4, 16],
-             "max_wait_ms": [0.0], "concurrency": [1, 16], "requests": 16, "repetitions": 2}
+             "max_wait_ms": [0.0], "concurrency": [2, 16], "requests": 16, "repetitions": 2}
 DEMO_PROFILES = ("chat", "batch")
 
 

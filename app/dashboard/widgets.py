@@ -73,8 +73,8 @@ def pick_axes(key: str, default_throughput: str, default_latency: str) -> tuple[
     return throughput, f"{latency}_{percentile}"
 
 
-DEMO_HELP = ("builtin:tiny, static and continuous batching, batch 4 and 16, at 1 and 16 users, "
-             "2 repetitions, under the chat and the batch profile: about 1.5 min per profile on a "
+DEMO_HELP = ("builtin:tiny, static and continuous batching, batch 4 and 16, at 2 and 16 users, "
+             "2 repetitions, under the chat and the batch profile: about a minute in all on a "
              "2-core CPU")
 
 
@@ -82,7 +82,7 @@ def demo_offer(url: str, key: str) -> None:
     """The empty state: what a sweep is, and a button that starts the demo one."""
     st.info("No sweeps yet. The demo sweep runs the built-in tiny model under two workloads, chat "
             "and batch, with both batching policies (static and continuous), batch sizes 4 and 16, "
-            "at 1 and 16 concurrent users, twice each: it shows batching raising throughput at a "
+            "at 2 and 16 concurrent users, twice each: it shows batching raising throughput at a "
             "latency cost, and the two workloads recommending different configs. It runs in a "
             "background worker, so you can keep browsing.")
     if st.button("Run the demo sweep", type="primary", key=key, icon=":material/play_arrow:",

@@ -35,3 +35,6 @@ def test_demo_recommends_per_profile_with_its_resolved_slos(tmp_path: Path, caps
     assert all(label.split()[1] == "b16" for label in batch["tie_with"])
     # Chat: batching's latency cost shows; it never carries the heaviest load within its SLOs.
     assert out["chat"]["capacity"] is None or out["chat"]["capacity"] < 16
+    # At 2 users static batching holds a new turn until the other user's answer ends (p90 TTFT
+    # far over 5 x unloaded): chat's answer, where it has one, is continuous batching.
+    assert out["chat"]["config"] is None or out["chat"]["config"]["policy"] == "continuous"
