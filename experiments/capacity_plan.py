@@ -183,28 +183,32 @@ def calibration_probe(spec: SweepSpec, profile: Profile, slos: list[SLO],
 
 def revise_plan(spec: SweepSpec, profile: Profile, cost: CostModel | None, slos: list[SLO],
                 searches: dict[TrialConfig, CapacitySearch], memo: Memo | None = None) -> dict[str, str]:
-    """Configs still being searched that can no longer win, given the best decided capacity C:
-    (a) measured: it missed the SLOs at a load below C (or clearly at C), so its capacity is
-    below C; (b) refitted: under `cost` (refitted to every step so far; None: no prediction)
-    it is predicted, and has measured, below `keep_ratio` x C. label -> why."""
+    """Configs still being searched that can no longer win: (a) measured: it missed the SLOs at
+    a load below one another config was shown to carry, finished or not (or clearly at it), so
+    its capacity is below that config's; (b) refitted: under `cost` (refitted to every step so
+    far; None: no prediction) it is predicted, and has measured, below `keep_ratio` x the best
+    decided capacity C. label -> why."""
     assert spec.search is not None
+    active = {knob_label(k): s for k, s in searches.items() if not s.is_finished}
+    # (a) needs no finished search: any load a config was shown to carry (its `lo`, finished or
+    # not) beats a config that missed at that load or below.
+    shown = [(knob_label(k), s.lo) for k, s in searches.items() if s.lo]
+    pruned = {}
+    if shown:
+        best_label, best_lo = max(shown, key=lambda kl: kl[1])
+        for label, s in active.items():
+            hi = s.hi
+            if label != best_label and hi is not None and (
+                    hi < best_lo or (hi == best_lo and hi not in s.noisy and hi not in s.unmeasurable)):
+                pruned[label] = (f"missed the SLOs at {s.fmt_load(hi)}, a load {best_label} carries "
+                                 f"({best_lo:g}): it cannot carry more")
     decided = [(k, s.result()) for k, s in searches.items() if s.is_finished]
     decided = [(k, c) for k, c in decided if c.is_decided and c.capacity > 0]
-    if not decided:
-        return {}
+    rest = [label for label in active if label not in pruned]
+    if cost is None or not rest or not decided:
+        return pruned
     top_knobs, top = max(decided, key=lambda kc: kc[1].capacity)
     best_cap, best_label = top.capacity, knob_label(top_knobs)
-    active = {knob_label(k): s for k, s in searches.items() if not s.is_finished}
-    pruned = {}
-    for label, s in active.items():
-        hi = s.hi
-        if hi is not None and (hi < best_cap or (hi == best_cap and hi not in s.noisy
-                                                  and hi not in s.unmeasurable)):
-            pruned[label] = (f"missed the SLOs at {s.fmt_load(hi)}, a load {best_label} carries "
-                             f"({best_cap:g}): it cannot carry more")
-    rest = [label for label in active if label not in pruned]
-    if cost is None or not rest:
-        return pruned
     for label, capacity in _predicted_for(spec, profile, cost, slos, rest, memo).items():
         measured = active[label].lo or 0.0
         if max(capacity, measured) < spec.search.keep_ratio * best_cap:

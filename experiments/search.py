@@ -311,31 +311,47 @@ After = Callable[[Hashable, Probe], None]
 def search_all(searches: Mapping[Hashable, CapacitySearch], measure: Measure,
                can_continue: Callable[[], bool] = lambda: True,
                interleave: bool = True, after: After | None = None) -> dict[Hashable, Capacity]:
-    """Run every search to its end, one probe at a time: round-robin when `interleave` (a
-    budget stop leaves every config with a bracket), else one config after another (one server
-    start per config). Stops the rest, undecided, once `can_continue()` says no. `after` is
-    called once each measurement is recorded (it may prune other searches, or reorder and
-    replace those not started: the order is read anew each round)."""
+    """Run every search to its end, one probe at a time. With `interleave`: every config's first
+    probe in order, then always the config that could still carry the most (the highest failed
+    load, unbounded first; the fewest probes among equals), so the budget goes to the race's
+    leaders and a leader shown to carry more than another missed ends that other's search
+    (through `after`); else one config after another (one server start per config). Stops the
+    rest, undecided, once `can_continue()` says no. `after` is called once each measurement is
+    recorded (it may prune other searches, or reorder and replace those not started: the order
+    is read anew each step)."""
     while True:
         active = [k for k in list(searches) if not searches[k].is_finished]
         if not active:
             break
-        for key in active if interleave else active[:1]:
-            if not can_continue():
-                _stop_all(searches, "stopped (time budget spent, or cancelled)")
-                return {k: s.result() for k, s in searches.items()}
-            probe = searches[key].next_probe()
-            if probe is None:
-                continue
-            sample = measure(key, probe)  # None: not measured (the measure says why, via stop)
-            if sample is None:
-                searches[key].stop("search stopped before its answer (budget spent, cancelled, "
-                                   "or still running)")
-            else:
-                searches[key].record(probe, sample)
-                if after is not None:
-                    after(key, probe)
+        if not can_continue():
+            _stop_all(searches, "stopped (time budget spent, or cancelled)")
+            break
+        key = _leader(searches, active) if interleave else active[0]
+        probe = searches[key].next_probe()
+        if probe is None:
+            continue
+        sample = measure(key, probe)  # None: not measured (the measure says why, via stop)
+        if sample is None:
+            searches[key].stop("search stopped before its answer (budget spent, cancelled, "
+                               "or still running)")
+        else:
+            searches[key].record(probe, sample)
+            if after is not None:
+                after(key, probe)
     return {k: s.result() for k, s in searches.items()}
+
+
+def _leader(searches: Mapping[Hashable, CapacitySearch], active: list[Hashable]) -> Hashable:
+    """The next config to probe: one not probed yet, in order, else the highest potential."""
+    fresh = [k for k in active if searches[k].num_probes == 0]
+    if fresh:
+        return fresh[0]
+
+    def potential(key: Hashable) -> tuple[float, int]:
+        hi = searches[key].hi
+        return (math.inf if hi is None else hi, -searches[key].num_probes)
+
+    return max(active, key=potential)
 
 
 def _stop_all(searches: Mapping[Hashable, CapacitySearch], reason: str) -> None:

@@ -234,3 +234,21 @@ def test_loads_read_in_the_searchs_unit():
     users, _ = run_one(SearchSettings(start_load=1.0, is_integer=True, min_load=1.0),
                        step_measure(1.0))
     assert users.reason == "capacity between 1 user and 2 users"
+
+
+def test_after_the_first_round_the_config_that_could_carry_most_is_probed():
+    # A carries 6 (misses from 8 on), B carries 3 (misses from 4 on), both start at 1.
+    searches = {"A": CapacitySearch(SearchSettings(start_load=1.0)),
+                "B": CapacitySearch(SearchSettings(start_load=1.0))}
+    caps = {"A": 6.0, "B": 3.0}
+    calls: list[tuple[str, float]] = []
+
+    def measure(key, probe):
+        calls.append((key, probe.load))
+        return Sample(N if probe.load <= caps[key] else 0, N)
+    out = search_all(searches, measure)
+    # Unbounded configs alternate (fewest probes first) until B misses at 4; then A, the one
+    # whose miss is highest (8), is searched to its end before B goes on.
+    assert calls == [("A", 1), ("B", 1), ("A", 2), ("B", 2), ("A", 4), ("B", 4), ("A", 8),
+                     ("A", 6), ("A", 7), ("A", 6.5), ("B", 3), ("B", 3.5), ("B", 3.25)]
+    assert (out["A"].capacity, out["B"].capacity) == (6.0, 3.0)

@@ -65,9 +65,18 @@ def test_a_config_that_failed_below_the_best_capacity_is_pruned():
                                             "carries (8): it cannot carry more")
 
 
-def test_nothing_is_pruned_before_a_capacity_is_decided():
+def test_a_load_shown_carried_prunes_before_any_search_finishes():
+    # b8 passed 8 users and goes on searching; b4 missed at 4, below it: it cannot win. b2
+    # missed at 16, above what b8 has shown so far: it stays in the race.
+    leader, below, above = searched(8, [PASS]), searched(4, [FAIL]), searched(16, [FAIL])
+    assert not leader.is_finished
+    pruned = revise_plan(users_spec([8, 4, 2]), PROFILE, None, SLOS,
+                         {knobs(8): leader, knobs(4): below, knobs(2): above})
+    assert pruned == {"continuous b4 w0ms": "missed the SLOs at 4 users, a load continuous b8 "
+                                            "w0ms carries (8): it cannot carry more"}
+    # Nothing carried yet: nothing to prune by.
     assert revise_plan(users_spec([8, 4]), PROFILE, None, SLOS,
-                       {knobs(8): searched(8, [PASS]), knobs(4): searched(4, [FAIL])}) == {}
+                       {knobs(8): searched(8, [FAIL]), knobs(4): searched(4, [FAIL])}) == {}
 
 
 def test_a_config_predicted_far_below_the_best_measured_capacity_is_pruned():
