@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from app.cli import app
-from app.cmd_trial import exported_scale, from_exported
+from app.cmd_trial import exported_caching, exported_scale, from_exported
 from app.parsing import parse_budget
 from engine.config import EngineConfig, SchedulerConfig
 
@@ -35,9 +35,9 @@ def serve(
     router: str | None = typer.Option(
         None, "--router", help="round_robin | least_outstanding | power_of_two | prefix_affinity "
                                "(with --replicas > 1)"),
-    prefix_caching: str = typer.Option(
-        "off", "--prefix-caching", help="on | off: reuse the KV of earlier prompts' blocks "
-                                        "(usage.prompt_tokens_details.cached_tokens says how much)"),
+    prefix_caching: str | None = typer.Option(
+        None, "--prefix-caching", help="on | off (default off, or the --config's): reuse the KV of "
+        "earlier prompts' blocks (usage.prompt_tokens_details.cached_tokens says how much)"),
     prefix_cache_share: float = typer.Option(
         0.5, "--prefix-cache-share", help="the most of the KV budget cached blocks may hold"),
     in_process: bool = typer.Option(
@@ -53,11 +53,14 @@ def serve(
         model, policy, batch_size, max_wait_ms, budget = from_exported(config, model)
         ttft_slo_ms, tpot_slo_ms = _exported_targets(config, ttft_slo_ms, tpot_slo_ms)
         replicas, router = exported_scale(config, replicas, router)
+        caching = exported_caching(config, None if prefix_caching is None
+                                   else _switch("--prefix-caching", prefix_caching))
     else:
         budget = parse_budget("--max-num-batched-tokens", max_num_batched_tokens)
+        caching = _switch("--prefix-caching", prefix_caching or "off")
     sched = SchedulerConfig(policy, batch_size, max_wait_ms, ttft_slo_ms=ttft_slo_ms,
                             tpot_slo_ms=tpot_slo_ms, max_num_batched_tokens=budget,
-                            enable_prefix_caching=_switch("--prefix-caching", prefix_caching),
+                            enable_prefix_caching=bool(caching),
                             prefix_cache_share=prefix_cache_share)
     engine_config = EngineConfig(model=model, device=device, dtype=dtype,
                                  kv_budget_tokens=kv_budget)

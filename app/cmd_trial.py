@@ -166,9 +166,12 @@ def trial(
     if duration is not None and not 0 < duration < math.inf:
         raise BadInput(f"--duration must be a finite number of seconds > 0, got {duration}")
     prof = load_profile(profile)
+    caching = _caching(prefix_caching)
+    if config is not None:
+        caching = exported_caching(config, caching)
     trial_config = build_trial_config(policy or "continuous", 8 if batch_size is None else batch_size,
                                        max_wait_ms or 0.0, concurrency, rate, burstiness,
-                                       prof.arrival, speedup, budget, _caching(prefix_caching))
+                                       prof.arrival, speedup, budget, caching)
     if trial_config.speedup is not None:  # --duration sets the replay window instead
         prof, duration = _trace_window(prof, trial_config.speedup, duration, trace_start)
     trial_config = with_replicas(trial_config, replicas, router, external=target is not None)
@@ -294,6 +297,13 @@ def from_exported(path: Path, model: str) -> tuple[str, str, int, float, int | N
         raise BadInput(f"--config {path}: {exc}") from None
     return (cfg.get("model") or model, cfg["policy"], cfg["batch_size"], cfg["max_wait_ms"],
             cfg.get("max_num_batched_tokens"))
+
+
+def exported_caching(path: Path, given: bool | None) -> bool | None:
+    """The exported config's prefix caching, unless given as a flag."""
+    from experiments.export import load_exported_config
+
+    return given if given is not None else load_exported_config(path.read_text())["prefix_caching"]
 
 
 def exported_scale(path: Path, replicas: int, router: str | None) -> tuple[int, str | None]:

@@ -145,6 +145,8 @@ def config_document(rec: Recommendation, provenance: dict) -> dict:
                        if c["metric"] in ("ttft_ms", "tpot_ms")})
     if config.get("max_num_batched_tokens") is not None:
         engine["max_num_batched_tokens"] = config["max_num_batched_tokens"]
+    if config.get("prefix_caching") is not None:  # `tradeoff serve --config` turns it on too
+        engine["prefix_caching"] = config["prefix_caching"]
     if rec.config is not None and rec.config.replicas > 1:
         engine.update(engine_fields(rec.config))
     load = {k: v for k, v in config.items() if k in ("concurrency", "rate", "burstiness", "speedup")}

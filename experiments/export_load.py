@@ -14,7 +14,8 @@ from experiments.export_scale import exported_scale
 
 def load_exported_config(text: str) -> dict:
     """Validate an exported json / yaml document; return policy, batch_size, max_wait_ms, model,
-    the adaptive policy's ttft_slo_ms / tpot_slo_ms (None when absent), replicas and router."""
+    the adaptive policy's ttft_slo_ms / tpot_slo_ms (None when absent), replicas, router and
+    prefix_caching (None when absent: the engine's default, off)."""
     try:
         doc = _parse_document(text)
     except yaml.YAMLError as exc:
@@ -31,8 +32,16 @@ def load_exported_config(text: str) -> dict:
     return {"policy": _policy(engine), "batch_size": _batch_size(engine),
             "max_wait_ms": _max_wait_ms(engine), "model": _model(engine),
             "max_num_batched_tokens": _token_budget(engine),
+            "prefix_caching": _prefix_caching(engine),
             **{k: _slo_target(engine, k) for k in ("ttft_slo_ms", "tpot_slo_ms")},
             **dict(zip(("replicas", "router"), exported_scale(engine), strict=True))}
+
+
+def _prefix_caching(engine: dict) -> bool | None:
+    value = engine.get("prefix_caching")
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"engine.prefix_caching must be true or false, got {value!r}")
+    return value
 
 
 def _slo_target(engine: dict, key: str) -> float | None:

@@ -133,7 +133,8 @@ def test_exported_documents_load_back(static, fmt):
     loaded = load_exported_config(export_config(static, fmt, PROVENANCE))
     assert loaded == {"policy": "static", "batch_size": 4, "max_wait_ms": 2.5,
                       "model": "meta-llama/Llama-3.2-1B", "max_num_batched_tokens": None,
-                      "ttft_slo_ms": None, "tpot_slo_ms": None, "replicas": 1, "router": None}
+                      "ttft_slo_ms": None, "tpot_slo_ms": None, "replicas": 1, "router": None,
+                      "prefix_caching": None}
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
@@ -142,6 +143,14 @@ def test_a_token_budget_travels_through_the_document(fmt):
     text = export_config(rec, fmt, PROVENANCE)
     assert yaml.safe_load(text)["engine"]["max_num_batched_tokens"] == 256
     assert load_exported_config(text)["max_num_batched_tokens"] == 256
+
+
+@pytest.mark.parametrize("caching", [True, False, None])
+def test_prefix_caching_travels_through_the_document(caching):
+    rec = rec_for(TrialConfig("continuous", 8, 0.0, concurrency=4, prefix_caching=caching))
+    text = export_config(rec, "yaml", PROVENANCE)
+    assert yaml.safe_load(text)["engine"].get("prefix_caching") is caching  # None: not written
+    assert load_exported_config(text)["prefix_caching"] is caching
 
 
 def test_open_loop_load_and_dates_in_documents(static):
@@ -163,6 +172,8 @@ def test_open_loop_load_and_dates_in_documents(static):
     ("engine: {policy: static, max_batch_size: 2, max_wait_ms: 1}", "engine.model"),
     ("engine: {policy: continuous, max_batch_size: 2, max_wait_ms: 1, model: m, "
      "max_num_batched_tokens: 0}", "max_num_batched_tokens"),
+    ("engine: {policy: continuous, max_batch_size: 2, max_wait_ms: 1, model: m, "
+     "prefix_caching: sometimes}", "engine.prefix_caching"),
 ])
 def test_load_exported_config_rejects_malformed_input(text, field):
     with pytest.raises(ValueError, match=re.escape(field)):
@@ -344,3 +355,15 @@ def test_ray_serve_triton_torchserve_carry_the_replica_count(scaled):
     assert group == {"count": [1], "kind": ["KIND_GPU"], "gpus": [0, 1]}
     ts = yaml.safe_load(export_config(scaled, "torchserve", PROVENANCE))
     assert (ts["minWorkers"], ts["maxWorkers"]) == (2, 2)
+
+
+def test_yaml_carries_measurements_to_three_significant_digits() -> None:
+    # No 17-digit floats: measured values are rounded, the user's thresholds stay as given.
+    rec = recommend([trial(1, TrialConfig("continuous", 16, 5.0, concurrency=8), 123.456789,
+                           12.3456789)], "max_goodput", [SLO("ttft_ms", "p90", 500.123)])
+    text = export_config(rec, "yaml", PROVENANCE)
+    doc = yaml.safe_load(text)
+    assert doc["expected_metrics"]["ttft_ms"]["p90"] == 123.0
+    assert doc["expected_metrics"]["goodput_rps"] == 12.3
+    assert doc["slos"][0]["value"] == 123.0 and doc["slos"][0]["max_ms"] == 500.123
+    assert not re.search(r"\d\.\d{5,}", text)

@@ -238,3 +238,20 @@ def test_a_multiturn_trial_with_caching_on_reports_the_engines_hits(capsys):
     # Later turns re-send their history: most of it comes from the cache (whole blocks only).
     cache = result["details"]["prefix_cache"]
     assert 0.2 < result["prefix_cache_hit_rate"] < 1 and cache["num_cached_tokens"] % 16 == 0
+
+
+@pytest.mark.slow
+def test_an_exported_config_with_caching_on_runs_with_caching_on(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("engine: {model: 'builtin:tiny', policy: continuous, max_batch_size: 4, "
+                      "max_wait_ms: 0, prefix_caching: true}\n")
+    code, out, err = run_cli(capsys, "trial", "--config", str(config), "--profile", "chat-multiturn",
+                             "--concurrency", "2", "--requests", "12", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["config"]["prefix_caching"] is True and result["prefix_cache_hit_rate"] > 0
+    # A flag still wins over the document.
+    code, out, err = run_cli(capsys, "trial", "--config", str(config), "--profile", "chat-multiturn",
+                             "--prefix-caching", "off", "--concurrency", "2", "--requests", "8", "--json")
+    assert code == 0, err
+    assert json.loads(out)["config"]["prefix_caching"] is False
