@@ -7,6 +7,8 @@ import math
 import sys
 from typing import Any
 
+from common.numbers import num
+
 
 def _clean(value: Any) -> Any:
     # JSON has no NaN/inf: emit null rather than invalid JSON.
@@ -25,14 +27,11 @@ def print_json(obj: Any) -> None:
 
 
 def fmt(value: Any) -> str:
-    """Human formatting: 3 significant decimals for floats, '-' for missing."""
-    if value is None:
-        return "-"
+    """Human formatting: 3 significant digits for floats (`common.numbers.num`), '-' for
+    missing or non-finite."""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
-    return str(value)
+    return num(value)
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from common.numbers import num
 from common.records import SLO, TrialRecord
 from experiments.capacity import NOT_ANSWERED, PRUNED, RULED_OUT, ConfigCapacity, knob_label
 from experiments.choice import Choice, choose
@@ -49,11 +50,6 @@ def rules_for(slos: Sequence[SLO], multiples: dict[str, float] | None = None) ->
         x = (multiples or {}).get(slo.metric)
         out.append(SLORule(slo, f"{x:g} x unloaded p50 {num(slo.max_ms / x)} ms" if x else "absolute"))
     return out
-
-
-def num(value: float) -> str:
-    """Three significant digits, no exponent for everyday sizes: 59, 11.8, 0.512, 1234."""
-    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def best(capacities: Sequence[ConfigCapacity], trials: Sequence[TrialRecord] = (),

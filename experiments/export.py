@@ -41,6 +41,7 @@ from datetime import date, datetime
 
 import yaml
 
+from common.numbers import rounded_tree
 from common.records import TrialConfig
 from experiments.export_load import load_exported_config  # noqa: F401 (callers import it from here)
 from experiments.export_scale import (
@@ -152,9 +153,16 @@ def config_document(rec: Recommendation, provenance: dict) -> dict:
     load = {k: v for k, v in config.items() if k in ("concurrency", "rate", "burstiness", "speedup")}
     return _plain_dict({
         "version": SCHEMA_VERSION, "engine": engine, "load": load,
-        "expected_metrics": full["metrics"], "slos": full["slos"],
+        # Measurements to 3 significant digits: a 17-digit float claims a precision no trial has.
+        "expected_metrics": rounded_tree(full["metrics"]), "slos": _rounded_slos(full["slos"]),
         "feasible": rec.feasible, "explanation": rec.explanation, "provenance": provenance,
     })
+
+
+def _rounded_slos(slos: list[dict]) -> list[dict]:
+    # The thresholds are the user's own numbers and stay exact; what was measured is rounded.
+    return [{k: rounded_tree(v) if k in ("value", "margin_ms") else v for k, v in c.items()}
+            for c in slos]
 
 
 def _render_json(rec: Recommendation, provenance: dict) -> str:

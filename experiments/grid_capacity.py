@@ -89,12 +89,12 @@ def _read_one(config: TrialConfig, levels: dict[float, list[TrialRecord]], targe
         if any(s.saturated for s in valid):
             return _answer(config, passed, load, DECIDED,
                            f"{met}the queue kept growing at {_fmt(load, unit)} (saturated; "
-                           f"attainment {att.mean:.3f} does not count)", levels, atts, unit, key)
+                           f"attainment {att.mean:.1%} does not count)", levels, atts, unit, key)
         if att.mean < target:
             noisy = att.lo <= target <= att.hi
             return _answer(config, passed, load, WITHIN_NOISE if noisy else DECIDED,
-                           f"{met}attainment {att.mean:.3f} at {_fmt(load, unit)}"
-                           + (f" (its {CONFIDENCE:.0%} interval [{att.lo:.3f}, {att.hi:.3f}] "
+                           f"{met}attainment {att.mean:.1%} at {_fmt(load, unit)}"
+                           + (f" (its {CONFIDENCE:.0%} interval [{att.lo:.1%}, {att.hi:.1%}] "
                               f"holds the {target:g} target: within noise)" if noisy else "")
                            + ("; loads in between were not tried"
                               if passed is not None and _gap(passed, load, unit) else ""),

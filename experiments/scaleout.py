@@ -17,7 +17,13 @@ from engine.simulate import CostModel
 from experiments.profiles import Profile
 
 REPLICA_COUNTS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-MAX_SIM_REQUESTS = 1536  # per simulated trial: keeps 64 replicas to a second or two
+# Requests per simulated point: at least MIN_SIM_REQUESTS (few replicas are cheap, and fewer
+# requests than that leave goodput to the warm-up's edges), at most MAX_SIM_REQUESTS (a step
+# at 64 replicas costs 64 times one at 1): four configs x 7 counts in about 3 s on 2 cores.
+MIN_SIM_REQUESTS = 192
+MAX_SIM_REQUESTS = 768
+REQUESTS_PER_REPLICA = 24
+SCALE_METRICS = ("per_replica", "efficiency", "total")
 
 
 @dataclass(frozen=True)
@@ -65,14 +71,17 @@ def knobs_label(config: TrialConfig) -> str:
 
 def simulate_scaling(base: TrialConfig, profile: Profile, slos: list[SLO], cost: CostModel,
                      router: str, counts: Sequence[int] = REPLICA_COUNTS,
-                     requests_per_replica: int = 48, seed: int = 0) -> list[ScalePoint]:
-    """Simulated goodput of `base` (one replica's load) at each replica count behind `router`."""
+                     requests_per_replica: int = REQUESTS_PER_REPLICA, seed: int = 0,
+                     min_requests: int = 0) -> list[ScalePoint]:
+    """Simulated goodput of `base` (one replica's load) at each replica count behind `router`:
+    `requests_per_replica` x N requests, at least `min_requests`, at most MAX_SIM_REQUESTS."""
     from experiments.predict import simulate_trial
 
     points = []
     for n in counts:
         config = scaled(base, n, router)
-        num_requests = min(requests_per_replica * n, max(requests_per_replica, MAX_SIM_REQUESTS))
+        num_requests = min(max(requests_per_replica * n, min_requests),
+                           max(min_requests, MAX_SIM_REQUESTS))
         m = simulate_trial(config, profile, num_requests, cost, slos, seed)
         points.append(ScalePoint(knobs_label(base), n, config.router, base.load_label,
                                  m.goodput_rps, m.requests_per_s, "simulated"))
@@ -135,3 +144,32 @@ def scale_view(trials: list[TrialRecord], profile: Profile, slos: list[SLO], mod
     bases = [dataclasses.replace(t.config, repetition=0) for t in ones]
     return ScaleView(profile, slos, cost, source, bases, list(dict.fromkeys(b.load_label for b in bases)),
                      measured_points(done))
+
+
+def scaling_values(points: Sequence[ScalePoint], metric: str) -> list[float | None]:
+    """Each point's `metric` (SCALE_METRICS): goodput per replica (flat under perfect scaling),
+    scaling efficiency (goodput / (N x the same config's, source's and load's one-replica
+    goodput), 1.0 = perfect; None without a nonzero one-replica point) or total goodput."""
+    if metric == "total":
+        return [p.goodput_rps for p in points]
+    if metric == "per_replica":
+        return [p.goodput_rps / p.replicas for p in points]
+    ones: dict[tuple, list[float]] = {}
+    for p in points:
+        if p.replicas == 1:
+            ones.setdefault((p.config, p.source, p.load_per_replica), []).append(p.goodput_rps)
+    base = {k: sum(v) / len(v) for k, v in ones.items()}
+    out: list[float | None] = []
+    for p in points:
+        one = base.get((p.config, p.source, p.load_per_replica))
+        out.append(p.goodput_rps / (p.replicas * one) if one else None)
+    return out
+
+
+def measured_routers(points: Iterable[ScalePoint]) -> list[str]:
+    """The routers measured trials ran behind (replicas > 1), most trials first."""
+    counts: dict[str, int] = {}
+    for p in points:
+        if p.source == "measured" and p.replicas > 1 and p.router:
+            counts[p.router] = counts.get(p.router, 0) + 1
+    return sorted(counts, key=lambda r: -counts[r])

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.dashboard import capacity_charts, charts, state, widgets
+from common.numbers import readable_rows
 from common.records import TrialRecord
 from db.store import SweepRecord
 from experiments import accuracy
@@ -52,7 +53,7 @@ def capacity_section(url: str, sweep: SweepRecord, chart_key: str, whatif: bool 
     st.plotly_chart(fig, key=chart_key)
     st.caption(_SEARCH_CAPTION if search else _GRID_CAPTION)
     with st.expander("Capacity per config"):
-        st.dataframe([c.to_dict() | {"config": None} for c in caps], hide_index=True,
+        st.dataframe(readable_rows([c.to_dict() | {"config": None} for c in caps]), hide_index=True,
                      column_order=["label", "capacity", "upper", "unit", "decided", "status",
                                    "trials", "reason"])
 
@@ -118,8 +119,8 @@ def prediction_table(trials: Sequence[TrialRecord], capacities: Sequence[ConfigC
         st.dataframe([{"metric": charts.metric_label(k), "trials": v["n"],
                        "median |error|": f"{v['median_abs_error']:.1%}"}
                       for k, v in sorted(errors.items())], hide_index=True)
-        st.dataframe(accuracy.trial_rows(trials), hide_index=True)
+        st.dataframe(readable_rows(accuracy.trial_rows(trials)), hide_index=True)
         predicted = accuracy.predicted_before(list(trials))
         if capacities and predicted:
             st.markdown("**Capacity: predicted before measuring vs found**")
-            st.dataframe(accuracy.capacity_rows(capacities, predicted), hide_index=True)
+            st.dataframe(readable_rows(accuracy.capacity_rows(capacities, predicted)), hide_index=True)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from app.dashboard import chart_reading
 from app.dashboard.colours import COLOUR_OPTIONS, Colour, colour_of  # noqa: F401 (pages use charts.*)
 from common.records import SLO, RequestRecord, TrialConfig
 from db.store import StoredRequest
@@ -195,26 +196,24 @@ def _frontier_trace(points, labels, keys, name: str = "Pareto frontier",
 def _recommended_trace(point: ConfigPoint, keys) -> go.Scatter:
     throughput_key, latency_key = keys
     return go.Scatter(x=[point.mean.get(latency_key)], y=[point.mean.get(throughput_key)],
-                      mode="markers", name="recommended", hoverinfo="skip",
+                      mode="markers", name="recommended", hoverinfo="skip", cliponaxis=False,
                       marker=dict(symbol="star", size=24, color="rgba(0,0,0,0)",
                                   line=dict(width=2.5, color=HIGHLIGHT)))
 
 
-def _slo_lines(fig: go.Figure, slos: Sequence[SLO], latency_key: str) -> None:
+def _slo_lines(fig: go.Figure, slos: Sequence[SLO], latency_key: str, axis_type: str) -> None:
     for slo in slos:
         if slo.key == latency_key:
-            fig.add_vline(x=slo.max_ms, line=dict(color=HIGHLIGHT, dash="dash", width=1.5),
-                          annotation_text=f"SLO {slo.max_ms:.4g} ms",
-                          annotation_position="top left")
+            chart_reading.add_slo_line(fig, slo.max_ms, HIGHLIGHT, axis_type)
 
 
 def frontier_figure(
     points: Sequence[ConfigPoint], labels: Sequence[str], throughput_key: str, latency_key: str,
     recommended: TrialConfig | None = None, slos: Sequence[SLO] = (), height: int = 520,
-    colour_by: str = "batch_size",
+    colour_by: str = "batch_size", latency_axis: str = "auto",
 ) -> go.Figure:
     """Throughput vs latency per config: colour = batch size (or `colour_by`), symbol = policy,
-    size = load.
+    size = load; the latency axis `latency_axis` ('auto': log when the points span > 10x).
 
     `labels` come from `pareto.classify`; the frontier line joins the `frontier` points,
     dominated points are drawn fainter, client-bound ones hollow with the reason on hover.
@@ -234,8 +233,16 @@ def frontier_figure(
         fig.add_trace(_recommended_trace(by_config[recommended], keys))
     fig.add_trace(_colorbar_trace(colour))
     fig.add_traces(_load_legend(sizes, _load_kind([points[i].config for i in placed])))
-    _slo_lines(fig, slos, latency_key)
-    return _layout(fig, latency_label(latency_key), throughput_label(throughput_key), height)
+    axis_type = chart_reading.latency_axis_type((points[i].mean.get(latency_key) for i in placed),
+                                                latency_axis)
+    _slo_lines(fig, slos, latency_key, axis_type)
+    _layout(fig, latency_label(latency_key), throughput_label(throughput_key), height)
+    fig.update_xaxes(type=axis_type)
+    if axis_type == "log":  # rangemode applies to linear axes only
+        fig.update_xaxes(rangemode=None)
+    if fig.layout.annotations:
+        fig.update_layout(margin_t=chart_reading.TOP_MARGIN_PX)
+    return fig
 
 
 def _layout(fig: go.Figure, x_title: str, y_title: str, height: int) -> go.Figure:

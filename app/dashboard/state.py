@@ -20,7 +20,7 @@ from experiments.profiles import Profile
 from experiments.recommend import (
     Recommendation,
 )
-from experiments.scaleout import ScalePoint, ScaleView, simulate_scaling
+from experiments.scaleout import MIN_SIM_REQUESTS, ScalePoint, ScaleView, simulate_scaling
 from experiments.scaleout import scale_view as build_scale_view
 
 LIVE_TTL_S = 2.0  # sweeps move while a page is open; the live panels poll at this pace
@@ -133,4 +133,5 @@ def scale_view(url: str, key: SweepVersion) -> ScaleView | None:
 def scale_simulation(url: str, key: SweepVersion, base: TrialConfig, router: str) -> list[ScalePoint]:
     """Simulated goodput of one config at 1-64 replicas (a few seconds; cached)."""
     view = scale_view(url, key)
-    return [] if view is None else simulate_scaling(base, view.profile, view.slos, view.cost, router)
+    return [] if view is None else simulate_scaling(base, view.profile, view.slos, view.cost, router,
+                                                    min_requests=MIN_SIM_REQUESTS)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
+import pytest
 from dashboard_helpers import page_test, plain, texts
 
 from app.dashboard import state
@@ -167,3 +170,50 @@ def test_a_multiturn_trial_shows_ttft_by_turn_and_its_cache_hits(db_url, results
                   if "explore_by_turn" in c.proto.id)
     assert [t["name"] for t in figure["data"]] == ["TTFT p50", "TTFT p90"]
     assert figure["data"][1]["y"] == [25.0, 50.0]
+
+
+def test_latency_axis_goes_log_when_points_span_more_than_ten_x(db_url, results) -> None:
+    # The chat grid's batch-1 configs at 16 users queue ~100x longer than the fast points: on a
+    # linear axis those crush the rest against it.
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    layout = _chart(app)["layout"]
+    assert layout["xaxis"]["type"] == "log"
+    slo = next(a for a in layout["annotations"] if a["text"].startswith("SLO"))
+    # Above the plot area (clear of the star), at log10 of the threshold on the log axis.
+    assert (slo["yref"], slo["y"], slo["yanchor"]) == ("paper", 1, "bottom")
+    assert slo["x"] == pytest.approx(math.log10(60.0)) and slo["text"] == "SLO 60 ms"
+    caption = next(t for t in texts(app.caption) if t.startswith("Colour:"))
+    assert "Latency on a log scale" in caption
+    app.radio(key=f"explore_axis_{results['chat']}").set_value("linear").run()
+    assert _chart(app)["layout"]["xaxis"]["type"] == "linear"
+    caption = next(t for t in texts(app.caption) if t.startswith("Colour:"))
+    assert "log scale" not in caption
+
+
+def test_caption_describes_only_the_lines_drawn(db_url, results, store) -> None:
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    caption = next(t for t in texts(app.caption) if t.startswith("Colour:"))
+    frontier = next(t for t in _chart(app)["data"] if t.get("name") == "Pareto frontier")
+    assert frontier["line"]["dash"] == "dot" and "dotted line: the measured Pareto frontier" in caption
+    assert "star: recommended" in caption
+    assert "predicted" not in caption and "dashed line" not in caption  # no prediction stored
+    for t in store.list_trials(results["chat"]):  # each trial as predicted before it ran
+        predicted = {k: t.metrics[k] for k in ("goodput_rps", "ttft_ms_p90")}
+        store.set_trial_details(t.trial_id, {**t.details, "prediction": {"predicted": predicted}})
+    state.trials.clear()  # details changed under the same sweep version
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    caption = next(t for t in texts(app.caption) if t.startswith("Colour:"))
+    assert "dashed line: the frontier as predicted before measuring" in caption
+
+
+def test_details_table_has_three_digits_and_dashes_for_unknowns(db_url, results) -> None:
+    app = page_test("explore").run()
+    app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
+    table = next(d.value for d in app.dataframe if "95% interval" in d.value.columns)
+    means = dict(zip(table["metric"], table["mean"], strict=True))
+    assert all(re.fullmatch(r"-|\d+|\d\.\d{1,2}|\d\d\.\d|0\.\d+(e-\d+)?", v) for v in means.values()), means
+    assert all(len(v.replace("0.", "").lstrip("0")) <= 4 for v in means.values())
+    assert means["Decode roofline (fraction of the memory-bandwidth bound)"] == "-"

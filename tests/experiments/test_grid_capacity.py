@@ -49,7 +49,7 @@ def test_a_pass_above_a_miss_does_not_count():
     assert (cap.capacity.capacity, cap.capacity.upper) == (1.0, 2.0)
     # Between 1 and 2 users there is no other whole number of users to try.
     assert "in between" not in cap.capacity.reason
-    assert cap.capacity.reason.startswith("met the target up to 1 user; attainment 0.500 at 2 users")
+    assert cap.capacity.reason.startswith("met the target up to 1 user; attainment 50.0% at 2 users")
     assert sentence([cap], "chat").startswith("static b4 w0ms carries 1 user within the chat SLOs")
 
 
@@ -97,7 +97,7 @@ def test_a_saturated_level_is_a_miss_whatever_its_attainment():
     (cap,) = read_grid(CHAT, [trial(1.0, False), trial(4.0, False), trial(16.0, True)])
     assert cap.config == knobs(rate)
     assert (cap.capacity.capacity, cap.capacity.upper, cap.capacity.status) == (4.0, 16.0, DECIDED)
-    assert "the queue kept growing at 16 req/s (saturated; attainment 1.000 does not count)" \
+    assert "the queue kept growing at 16 req/s (saturated; attainment 100.0% does not count)" \
         in cap.capacity.reason
 
 
