@@ -42,8 +42,12 @@ def placements(config: EngineConfig, num_replicas: int) -> list[tuple[str, dict[
         return [(f"cuda:{g}", {**env, "CUDA_VISIBLE_DEVICES": g}) for g in gpus[:num_replicas]]
     if config.device.startswith("cuda"):
         raise ConfigError(f"device {config.device!r} asked for but no GPU is visible; use cpu or auto")
-    shares = cpu_shares(sorted(os.sched_getaffinity(0)), num_replicas)
-    return [(f"cpu:{','.join(map(str, s))}", {**env, "_TRADEOFF_CPUS": ",".join(map(str, s))})
+    cpus = sorted(os.sched_getaffinity(0))
+    shares = cpu_shares(cpus, num_replicas)
+    # The replica learns how many cores the whole set has: one that holds them all shares them
+    # with the HTTP front end and the client (engine/threads.py).
+    return [(f"cpu:{','.join(map(str, s))}", {**env, "_TRADEOFF_CPUS": ",".join(map(str, s)),
+                                              "_TRADEOFF_HOST_CPUS": str(len(cpus))})
             for s in shares]
 
 

@@ -129,7 +129,15 @@ def _describe(engine: Any, loaded: Any) -> dict:
             "max_context_tokens": loaded.max_context_tokens, "avoid_ids": sorted(special),
             "device": str(loaded.device), "device_name": loaded.device_name,
             "dtype": str(loaded.dtype), "kv_budget_tokens": engine.kv_budget_tokens,
-            "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0))}
+            "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)),
+            "threads": torch_threads()}
+
+
+def torch_threads() -> int:
+    """The engine's intra-op threads (torch is loaded by then)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main(argv: list[str]) -> int:
@@ -143,9 +151,14 @@ def main(argv: list[str]) -> int:
     engine_config, sched_config = conn.recv()
     try:
         from engine.factory import start_engine
+        from engine.threads import engine_num_threads
 
-        # A process of its own, pinned: all its cores (the client is another process).
-        engine, loaded = start_engine(engine_config, sched_config, len(cpus) or None)
+        # A process of its own, pinned: all its cores, but one when they are all the machine's
+        # (the HTTP front end and the client run beside it: measured 2x slower decode at 16 users
+        # with both cores, docs/benchmarks.md "tradeoff serve vs vLLM").
+        host = int(os.environ.get("_TRADEOFF_HOST_CPUS", "0"))
+        threads = engine_num_threads(len(cpus), is_sharing_cores=len(cpus) >= host) if cpus else None
+        engine, loaded = start_engine(engine_config, sched_config, threads)
     except Exception as exc:  # a bad model or device: the parent reports it as a load error
         conn.send([("failed", type(exc).__name__, str(exc))])
         return 1

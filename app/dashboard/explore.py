@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import launcher
 from app.dashboard import capacity_view, chart_reading, charts, charts_time, state, widgets
-from common.numbers import num
+from common.numbers import num, rounded
 from common.records import SLO, TrialRecord
 from db.store import SweepRecord
 from experiments.analysis import capacity_sentence
@@ -254,7 +254,9 @@ def _metric_row(point: ConfigPoint, key: str) -> dict:
 def _table(points: Sequence[ConfigPoint], labels: Sequence[str], throughput: str,
            latency: str) -> None:
     with st.expander(f"All {len(points)} configs"):
+        # Rounded numbers, not text: a click on a column header sorts them as numbers.
         st.dataframe([{"config": p.config.label, "class": c, "repetitions": p.n,
-                       throughput: num(p.mean.get(throughput)), latency: num(p.mean.get(latency)),
+                       throughput: rounded(p.mean.get(throughput)),
+                       latency: rounded(p.mean.get(latency)),
                        "saturated": p.saturated} for p, c in zip(points, labels, strict=True)],
                      hide_index=True)

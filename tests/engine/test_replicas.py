@@ -63,6 +63,9 @@ def test_two_replicas_serve_as_one_target_and_stop_cleanly():
         assert rs.placements() == [f"cpu:{','.join(map(str, s))}" for s in
                                    cpu_shares(sorted(os.sched_getaffinity(0)), 2)]
         assert [r.info["cpus"] for r in rs.replicas] == cpu_shares(sorted(os.sched_getaffinity(0)), 2)
+        # A share of the machine: every core of it (1 each on 2 cores).
+        assert [r.info["threads"] for r in rs.replicas] == [max(1, len(r.info["cpus"]))
+                                                            for r in rs.replicas]
         seqs = _submit_and_wait(rs, 6)
         for seq in seqs:
             assert seq.status is SeqStatus.FINISHED and seq.num_output_tokens == 6
@@ -130,3 +133,13 @@ def test_replicas_die_with_a_killed_parent():
         assert _wait_gone(pids)
     finally:
         parent.kill()
+
+
+@pytest.mark.slow
+def test_one_replica_on_every_core_leaves_one_to_the_front_end_and_client():
+    rs = ReplicaSet.start(EngineConfig(model="builtin:tiny", device="cpu"), SchedulerConfig(), 1, None)
+    try:
+        cores = len(os.sched_getaffinity(0))
+        assert rs.replicas[0].info["threads"] == max(1, cores - 1)
+    finally:
+        rs.close()
