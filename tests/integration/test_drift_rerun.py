@@ -38,8 +38,9 @@ def run_sweep(tmp_path: Path, tiny_profile: Path, readings: list[dict], monkeypa
 
 
 def test_drifted_trials_are_measured_again_as_the_same_repetitions(tmp_path, tiny_profile, monkeypatch):
-    # Two reference checks, the check at the engine's start, then the one at its end drifts.
-    store = run_sweep(tmp_path, tiny_profile, [REF, REF, REF, SLOW], monkeypatch)
+    # Two reference checks, the check at the engine's start, then the one at its end drifts,
+    # and so does the second check that confirms it.
+    store = run_sweep(tmp_path, tiny_profile, [REF, REF, REF, SLOW, SLOW], monkeypatch)
     trials = store.list_trials(1)
     assert sorted(t.config.label for t in trials) == ["continuous/b1/w0ms/concurrent@2",
                                                       "continuous/b4/w0ms/concurrent@2"]
@@ -51,6 +52,12 @@ def test_drifted_trials_are_measured_again_as_the_same_repetitions(tmp_path, tin
     assert (sweep.trials_done, sweep.trials_failed) == (2, 0)
     checks = [t.details["speed_check"] for t in trials if "speed_check" in t.details]
     assert checks and all(c["drift"] is None for c in checks)
+
+
+def test_one_slow_check_not_confirmed_by_the_next_flags_nothing(tmp_path, tiny_profile, monkeypatch):
+    store = run_sweep(tmp_path, tiny_profile, [REF, REF, REF, SLOW, REF], monkeypatch)
+    trials = store.list_trials(1)
+    assert len(trials) == 2 and not any("drift" in t.details or "rerun" in t.details for t in trials)
 
 
 def test_a_machine_that_stays_drifted_leaves_its_trials_flagged_and_out_of_the_answer(
