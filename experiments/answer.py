@@ -110,6 +110,8 @@ def _tie_clause(choice: Choice) -> str:
         # What would separate them: loads where the knobs act, or more evidence where they do.
         remedy = ("every leading config ran batches of ~1 there, so the batching knobs could not "
                   "act: sweep loads between to separate them" if choice.knobs_idle else
+                  "their batch caps are above the users there, so the same server ran: sweep "
+                  "more users to separate them" if choice.caps_idle else
                   "add repetitions or a longer trial to separate them")
         text += (f"; the recommended config ties within noise with {others} ({remedy}; a tie "
                  "goes to the most headroom, then the simpler config)")

@@ -17,7 +17,8 @@ Ranking (docs/metrics.md, "Ties"):
   or tokens/s) is below another's beyond noise drops out (a t-test whose spread is the relative
   run-to-run spread pooled over every repeated leader; with no repetitions, a gap over
   SINGLE_RUN_NOISE), except where the knobs could not
-  act: realised batches of ~1 measure the same server whatever its knobs.
+  act: realised batches of ~1 measure the same server whatever its knobs, and so do two configs
+  differing only in batch cap at no more users than the smaller cap (`caps_idle`).
 - The tie: every candidate whose range overlaps a remaining leader's. It is broken by the most
   headroom (the largest capacity, then the largest upper bound, a miss there within noise before
   a clear one), then the simpler config
@@ -64,6 +65,7 @@ class Choice:
     winner: ConfigCapacity | None
     tie_with: tuple[ConfigCapacity, ...] = ()
     knobs_idle: bool = False  # every leader ran batches of ~1 at the capacity load
+    caps_idle: bool = False  # the winner's tie is only configs whose batch cap could not bind
     separated: tuple[ConfigCapacity, ...] = ()  # same capacity, objective lower beyond noise
 
 
@@ -135,6 +137,15 @@ def headroom(cap: ConfigCapacity) -> tuple:
     return (-low, -high, not reaches)
 
 
+def caps_idle(a: ConfigCapacity, b: ConfigCapacity) -> bool:
+    """Whether two configs ran the same server at their shared closed-loop load: they differ
+    only in the batch cap, and no more users than the smaller cap ever waited (b4 and b16 at 2
+    users): whatever their objectives measured, the gap is noise."""
+    load = a.capacity.capacity  # leaders share it
+    same = replace(a.config, batch_size=b.config.batch_size) == b.config
+    return same and a.unit == "users" and load <= min(a.config.batch_size, b.config.batch_size)
+
+
 def choose(capacities: Sequence[ConfigCapacity], trials: Sequence[TrialRecord], key: str) -> Choice:
     """The winner and its tie (see the module docstring)."""
     candidates = [c for c in capacities
@@ -152,13 +163,14 @@ def choose(capacities: Sequence[ConfigCapacity], trials: Sequence[TrialRecord], 
         for c in leaders:
             mine = measured[knob_label(c.config)].values
             if any(worse_beyond_noise(mine, measured[knob_label(o.config)].values, spread, df)
-                   for o in leaders if o is not c):
+                   for o in leaders if o is not c and not caps_idle(c, o)):
                 separated.append(c)
     kept = [c for c in leaders if c not in separated]
     tied = [c for c in candidates if c not in separated
             and (c in kept or any(ranges_overlap(c, k) for k in kept))]
     ordered = sorted(tied, key=lambda c: (*headroom(c), *simplicity(c.config)))
-    return Choice(ordered[0], tuple(ordered[1:]), idle and len(leaders) > 1, tuple(separated))
+    caps = len(ordered) > 1 and all(caps_idle(ordered[0], c) for c in ordered[1:])
+    return Choice(ordered[0], tuple(ordered[1:]), idle and len(leaders) > 1, caps, tuple(separated))
 
 
 def deployed(cap: ConfigCapacity, trials: Sequence[TrialRecord]) -> TrialConfig:

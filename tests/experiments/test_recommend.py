@@ -50,7 +50,9 @@ def test_the_config_that_carries_the_most_load_wins_and_the_sentence_says_how_mu
 
 
 def test_max_throughput_ranks_equal_capacities_by_output_tokens_and_throughput_key_overrides():
-    trials = [trial(1, 8, 100, goodput=20, tokens=500), trial(2, 16, 200, goodput=10, tokens=900)]
+    # 32 users: more than either cap, so the caps act and the objectives can differ.
+    trials = [trial(1, 8, 100, goodput=20, tokens=500, concurrency=32),
+              trial(2, 16, 200, goodput=10, tokens=900, concurrency=32)]
     assert recommend(trials, "max_goodput", [TTFT_500]).config.batch_size == 8
     assert recommend(trials, "max_throughput", [TTFT_500]).config.batch_size == 16
     by_requests = recommend(trials, "max_throughput", [TTFT_500], throughput_key="requests_per_s")
@@ -92,9 +94,23 @@ def test_knobs_that_could_not_act_never_separate_configs():
     assert "ran batches of ~1 there, so the batching knobs could not act" in rec.explanation
 
 
+def test_batch_caps_above_the_users_never_separate_configs():
+    # b4 and b16 at 2 users: neither cap binds, the same server; 3 tight repetitions each 10%
+    # apart would separate them anywhere a cap could act (as at 8 users, below).
+    def pair(users: int) -> list[TrialRecord]:
+        return [trial(1 + r, 16, 100, 20.0 + 0.1 * r, rep=r, concurrency=users, mean_batch=2.0)
+                for r in range(3)] + [trial(4 + r, 4, 100, 18.0 + 0.1 * r, rep=r,
+                                            concurrency=users, mean_batch=2.0) for r in range(3)]
+    idle = recommend(pair(2), "max_goodput", [TTFT_500])
+    assert idle.config.batch_size == 4 and [c.config.batch_size for c in idle.tie_with] == [16]
+    assert "batch caps are above the users there, so the same server ran" in idle.explanation
+    acting = recommend(pair(8), "max_goodput", [TTFT_500])
+    assert acting.config.batch_size == 16 and acting.tie_with == ()
+
+
 def test_repetitions_that_separate_the_objective_break_the_tie_by_evidence():
-    better = [trial(1 + r, 16, 100, 20.0 + 0.1 * r, rep=r) for r in range(3)]
-    worse = [trial(4 + r, 8, 100, 18.0 + 0.1 * r, rep=r) for r in range(3)]
+    better = [trial(1 + r, 16, 100, 20.0 + 0.1 * r, rep=r, concurrency=32) for r in range(3)]
+    worse = [trial(4 + r, 8, 100, 18.0 + 0.1 * r, rep=r, concurrency=32) for r in range(3)]
     rec = recommend(better + worse, "max_goodput", [TTFT_500])
     assert rec.config.batch_size == 16 and rec.tie_with == ()
     assert "continuous b8 w5ms carried as much but with a lower objective" in rec.explanation
