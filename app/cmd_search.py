@@ -68,7 +68,9 @@ def search(
     keep_ratio: float | None = typer.Option(
         None, "--keep-ratio", help="measure configs predicted at >= this x the best (default 0.5)"),
     burstiness: float | None = typer.Option(None, help="open loop gamma shape (1 = Poisson)"),
-    requests: int | None = typer.Option(None, help="measured requests per trial (default 48)"),
+    requests: int | None = typer.Option(
+        None, help="measured requests per trial (default 48; a --rate search: 25, the fewest that "
+                   "can decide a 0.9 target, and its trials send at least 10 s of arrivals)"),
     seed: int | None = typer.Option(None),
     device: str | None = typer.Option(None, help="auto | cuda | mps | cpu"),
     dtype: str | None = typer.Option(None),
@@ -116,6 +118,13 @@ def search(
         if budget_min is not None:
             set_search_budget(store, sweep_id, budget_min * 60)
     else:
+        if requests is None and not (concurrency or speedup):
+            # A rate trial is sized by time (search.min_span_s) and evidence: at light loads 48
+            # requests took 48 s at 1 req/s, a fifth of a 4-minute budget, to pass a load far
+            # below capacity.
+            from experiments.search import decisive_requests
+
+            requests = decisive_requests()
         data = {"model": model, "profile": profile, "burstiness": burstiness, "requests": requests,
                 "seed": seed, "device": device, "dtype": dtype, "kv_budget_tokens": kv_budget,
                 "name": name or f"capacity search: {profile} on {target_url or model}",

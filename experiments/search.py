@@ -86,6 +86,15 @@ def pooled_attainment(samples: list[Sample], z: float) -> Attainment:
     return Attainment(mean, lo, hi, total, None if weight == total else round(weight, 2))
 
 
+def decisive_requests(target: float = 0.9, confidence: float = 0.9) -> int:
+    """The fewest requests whose Wilson interval clears `target` when every one passes (25 at
+    0.9 and 90% confidence): fewer can never decide a pass on their own."""
+    z, n = z_for(confidence), 1
+    while wilson(n, n, z)[0] < target:
+        n += 1
+    return n
+
+
 def z_for(confidence: float) -> float:
     """Two-sided normal quantile, e.g. 1.645 for 0.90."""
     from statistics import NormalDist

@@ -252,3 +252,11 @@ def test_after_the_first_round_the_config_that_could_carry_most_is_probed():
     assert calls == [("A", 1), ("B", 1), ("A", 2), ("B", 2), ("A", 4), ("B", 4), ("A", 8),
                      ("A", 6), ("A", 7), ("A", 6.5), ("B", 3), ("B", 3.5), ("B", 3.25)]
     assert (out["A"].capacity, out["B"].capacity) == (6.0, 3.0)
+
+
+def test_decisive_requests_is_the_fewest_whose_all_pass_interval_clears_the_target():
+    from experiments.search import decisive_requests, z_for
+
+    n = decisive_requests(0.9, 0.9)
+    assert n == 25  # by hand: n / (n + z^2) >= 0.9 with z = 1.645 first holds at n = 25
+    assert wilson(n, n, z_for(0.9))[0] >= 0.9 > wilson(n - 1, n - 1, z_for(0.9))[0]
