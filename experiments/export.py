@@ -144,10 +144,9 @@ def config_document(rec: Recommendation, provenance: dict) -> dict:
     if config["policy"] == "adaptive":  # the targets it steers by, for `tradeoff serve --config`
         engine.update({f"{c['metric'].removesuffix('_ms')}_slo_ms": c["max_ms"] for c in full["slos"]
                        if c["metric"] in ("ttft_ms", "tpot_ms")})
-    if config.get("max_num_batched_tokens") is not None:
-        engine["max_num_batched_tokens"] = config["max_num_batched_tokens"]
-    if config.get("prefix_caching") is not None:  # `tradeoff serve --config` turns it on too
-        engine["prefix_caching"] = config["prefix_caching"]
+    # `tradeoff serve --config` reads these back; absent: the engine's default.
+    engine.update({k: config[k] for k in ("max_num_batched_tokens", "prefix_caching")
+                   if config.get(k) is not None})
     if rec.config is not None and rec.config.replicas > 1:
         engine.update(engine_fields(rec.config))
     load = {k: v for k, v in config.items() if k in ("concurrency", "rate", "burstiness", "speedup")}
