@@ -18,6 +18,7 @@ from app.engine_options import (
     ENGINE_ENV,
     ENGINE_PYTHON,
     PREFIX_CACHING,
+    SERVER_CPUS,
     SERVER_TIMEOUT,
     SLO,
     knob_flags,
@@ -134,6 +135,7 @@ def sweep(
     engine_env: list[str] | None = ENGINE_ENV,
     engine_python: str | None = ENGINE_PYTHON,
     server_timeout: float | None = SERVER_TIMEOUT,
+    server_cpus: str | None = SERVER_CPUS,
     config: Path | None = typer.Option(None, "--config", help="sweep.yaml with the same fields"),
     resume: int | None = typer.Option(None, "--resume", help="finish sweep ID, skipping stored trials"),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
@@ -160,7 +162,7 @@ def sweep(
                  "target_model": target_model, "api_key_env": api_key_env, "tokenizer": tokenizer,
                  "server_cmd": server_cmd, "engine": engine, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
-                 **launch_flags(engine_args, engine_env, engine_python, server_timeout),
+                 **launch_flags(engine_args, engine_env, engine_python, server_timeout, server_cpus),
                  "calibrate": calibrate, **knob_flags(prefix_caching, slo),
                  **lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
                         max_num_batched_tokens),
@@ -201,10 +203,19 @@ def _create(db: str | None, data: dict[str, Any]):
     starts = recorded_starts(store, spec) if spec.starts_servers else []
     cost = recorded_calibration(store, spec) if spec.starts_servers else None
     est = estimate_sweep_s(spec, prof, starts, cost)
-    steps = "; trials at the step costs an earlier sweep calibrated" if cost else ""
+    steps = "; trials at the step costs an earlier sweep calibrated" if cost else prior_note(spec.model)
     print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min"
           f"{starts_note(spec, starts)}{steps} (db: {store.display_url})", file=sys.stderr)
     return store, sweep_id, target
+
+
+def prior_note(model: str) -> str:
+    """`; trials at builtin:small's step costs on tradeoff's engine (a prior)` for a directory
+    exported from a built-in (another engine serving it may be faster or slower), else ""."""
+    from engine.export_marker import exported_builtin
+
+    name = exported_builtin(model)
+    return f"; trials at {name}'s step costs on tradeoff's engine (a prior)" if name else ""
 
 
 def starts_note(spec, measured: list[float]) -> str:

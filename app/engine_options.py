@@ -29,16 +29,35 @@ PREFIX_CACHING = typer.Option(
 SLO = typer.Option(
     None, "--slo", help="an absolute SLO in place of the profile's, METRIC[:PCT]=MS (repeat it), "
                         "e.g. --slo ttft_ms=200 --slo tpot_ms:p99=50")
+SERVER_CPUS = typer.Option(
+    None, "--server-cpus",
+    help="CPUs each started server runs on, all its processes (taskset), e.g. 0 or 0-3,8; "
+         "tradeoff's load generator runs on the others, so neither waits for the other")
 SERVER_TIMEOUT = typer.Option(
     None, "--server-timeout", help="seconds a started server may take to answer /health (default 120)")
 
 
 def launch_flags(engine_args: str | None, engine_env: list[str] | None, engine_python: str | None,
-                 server_timeout: float | None) -> dict[str, Any]:
+                 server_timeout: float | None, server_cpus: str | None = None) -> dict[str, Any]:
     """The spec fields of the launch options (None where a flag was not given)."""
     return {"engine_args": None if engine_args is None else split_args(engine_args),
             "engine_env": None if not engine_env else parse_env(engine_env),
-            "engine_python": engine_python, "server_timeout_s": server_timeout}
+            "engine_python": engine_python, "server_timeout_s": server_timeout,
+            "server_cpus": None if server_cpus is None else parse_cpus(server_cpus)}
+
+
+def parse_cpus(text: str) -> list[int]:
+    """`0-3,8` -> [0, 1, 2, 3, 8] (taskset's list syntax)."""
+    cpus: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise BadInput(f"--server-cpus {text!r}: give CPU numbers and ranges, e.g. 0 or 0-3,8") from None
+    if not cpus:
+        raise BadInput(f"--server-cpus {text!r}: no CPU in it (a range's end before its start?)")
+    return sorted(set(cpus))
 
 
 def knob_flags(prefix_caching: str | None, slo: list[str] | None) -> dict[str, Any]:

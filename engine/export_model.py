@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from engine.export_marker import write_marker
 from engine.models import BUILTIN_PREFIX, MAX_CONTEXT_TOKENS, ModelLoadError, build_builtin, builtin_names
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,6 +48,7 @@ def export_builtin(name: str, directory: Path, seed: int = 0, dtype: str = "floa
     model.save_pretrained(directory, safe_serialization=True)
     model.generation_config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    write_marker(directory, name, seed, dtype)  # names the built-in, so its cost prior applies
     for path in directory.iterdir():  # safetensors come 0600: a server run as another user reads them
         path.chmod(0o644)
     return sorted(p.name for p in directory.iterdir())

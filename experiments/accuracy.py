@@ -136,8 +136,9 @@ def _pct(err: float | None) -> str | None:
 def calibration_summary(trials: Sequence[TrialRecord]) -> dict | None:
     """The CLI contract's `calibration`: `probes` (probe runs of a started server's calibration;
     on tradeoff's own engine the one calibration trial whose steps were fitted), `model` (the
-    latest fitted step costs, ms), `initial_model` (before any refit) and `refits`; None when
-    nothing was calibrated."""
+    step costs in use, ms), `initial_model` (before any refit), `refits`, `uses_refit` (whether
+    the refit or the probes' fit predicts now, refit.HeldOut) and `held_out` (its score); None
+    when nothing was calibrated."""
     ordered = sorted(trials, key=lambda t: t.trial_id)
     predictions = [(t.details or {}).get("prediction", {}) for t in ordered]
     probed = next((p["calibration"] for p in predictions if p.get("calibration")), None)
@@ -145,9 +146,11 @@ def calibration_summary(trials: Sequence[TrialRecord]) -> dict | None:
     if probed is None and plan is None:
         return None
     initial = probed["cost_model"] if probed else plan.get("cost_model")
-    refits = [p["refit"]["cost_model"] for p in predictions if p.get("refit")]
-    return {"probes": len(probed["probes"]) if probed else 1, "model": refits[-1] if refits else initial,
-            "initial_model": initial, "refits": len(refits)}
+    refits = [p["refit"] for p in predictions if p.get("refit")]
+    return {"probes": len(probed["probes"]) if probed else 1,
+            "model": refits[-1]["cost_model"] if refits else initial, "initial_model": initial,
+            "refits": len(refits), "uses_refit": bool(refits and refits[-1].get("uses_refit", True)),
+            "held_out": refits[-1].get("held_out") if refits else None}
 
 
 def prediction_summary(trials: Sequence[TrialRecord], capacities: Sequence[ConfigCapacity]) -> dict:

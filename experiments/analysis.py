@@ -18,10 +18,9 @@ from experiments.grid import SweepSpec, server_key
 from experiments.grid_capacity import read_levels
 from experiments.metrics import attainment_evidence, meets_slos
 from experiments.predict import (
-    GENERIC,
-    PRIORS,
     fit_cost_model,
     predict_points,
+    prior_cost,
     stored_calibration,
     stored_steps,
 )
@@ -214,7 +213,7 @@ def predicted_grid(store: Store, sweep: SweepRecord) -> list[tuple[TrialConfig, 
     trials = store.list_trials(sweep.id)
     spec, profile = SweepSpec(**sweep.grid), Profile(**sweep.profile)
     cost = stored_calibration(t.details for t in trials) or \
-        fit_cost_model(stored_steps(t.details for t in trials), PRIORS.get(spec.model, GENERIC))
+        fit_cost_model(stored_steps(t.details for t in trials), prior_cost(spec.model))
     configs = ([c for c in spec.trial_configs() if c.repetition == 0] if spec.search is None
                else sorted({replace(t.config, repetition=0) for t in trials}, key=lambda c: c.label))
     return predict_points(configs, profile, spec.requests, cost, stored_slos(trials, store), spec.seed)

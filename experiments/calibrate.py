@@ -42,7 +42,7 @@ from experiments.predict import (
     simulate_trial,
 )
 from experiments.profiles import Profile
-from experiments.refit import MAX_TRIALS, Observed, PointProbe, fit_probes, refit
+from experiments.refit import MAX_TRIALS, HeldOut, Observed, PointProbe, fit_probes, refit
 from experiments.workload import RequestSpec
 
 PROMPT_LENGTHS: tuple[int, ...] = (16, 128, 512, 1024)
@@ -154,19 +154,35 @@ def prediction_errors(predicted: dict, measured: dict) -> dict[str, float | None
 
 def refit_details(trials: Sequence[TrialRecord], details: dict, spec: SweepSpec, profile: Profile,
                   slos: Sequence[SLO], config: TrialConfig, measured: dict, cost: CostModel) -> dict:
-    """`prediction.refit` of a trial just measured on a calibrated server: the black-box fit
-    refined by it and the stored trials before it (refit.refit), anchored to the probes' own
-    fit; the latest one is what predicts next (predict.stored_calibration reads it back)."""
+    """`prediction.refit` of a trial just measured on a calibrated server: the refit chain
+    (refit.refit, warm-started from the last one, anchored to the probes' fit) moved by this
+    trial if it is clean evidence (not client-bound), and the fit that predicts next
+    (`cost_model`, which predict.stored_calibration reads back): the refit while it predicted
+    the trials it had not seen better than the probes alone (refit.HeldOut), else the probes'."""
     calibration = details.get("calibration") or _stored_probes(trials)
-    observed = [*observed_of(trials, spec), Observed(config, measured, spec.requests_for(config),
-                                                     spec.seed + config.repetition)]
+    latest = _latest_refit(trials)
+    chain = cost_from_dict(latest.get("chain") or latest["cost_model"]) if latest else cost
+    held_out = HeldOut(**latest["held_out"]) if latest and latest.get("held_out") else HeldOut()
+    new = Observed(config, measured, spec.requests_for(config), spec.seed + config.repetition)
+    observed = [*observed_of(trials, spec), *([] if measured.get("client_bound") else [new])]
+    anchor = cost_from_dict(calibration["cost_model"]) if calibration else cost
     try:
-        anchor = cost_from_dict(calibration["cost_model"]) if calibration else cost
-        probes = point_probes(calibration["probes"]) if calibration else []
-        fitted = refit(cost, anchor, probes, observed, profile, list(slos))
+        if observed and observed[-1] is new:
+            held_out = held_out.judged(new, chain, anchor, profile, list(slos))
+            probes = point_probes(calibration["probes"]) if calibration else []
+            chain = refit(chain, anchor, probes, observed, profile, list(slos))
     except Exception as exc:  # noqa: BLE001 - a refit only sharpens predictions; keep the last fit
         return {"cost_model": cost_to_dict(cost), "failed": f"{type(exc).__name__}: {exc}"}
-    return {"cost_model": cost_to_dict(fitted), "trials": min(len(observed), MAX_TRIALS)}
+    return {"cost_model": cost_to_dict(chain if held_out.trusts_refit else anchor),
+            "chain": cost_to_dict(chain), "held_out": asdict(held_out),
+            "uses_refit": held_out.trusts_refit, "trials": min(len(observed), MAX_TRIALS)}
+
+
+def _latest_refit(trials: Sequence[TrialRecord]) -> dict | None:
+    """The refit stored last (by trial id), failed ones skipped."""
+    refits = [(t.trial_id, r) for t in trials
+              if (r := (t.details or {}).get("prediction", {}).get("refit")) and "failed" not in r]
+    return max(refits, key=lambda ir: ir[0])[1] if refits else None
 
 
 def observed_of(trials: Sequence[TrialRecord], spec: SweepSpec) -> list[Observed]:

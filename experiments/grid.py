@@ -97,6 +97,7 @@ class SweepSpec(BaseModel):
     engine_args: list[str] = Field(default_factory=list, max_length=100)
     engine_env: dict[str, str] = Field(default_factory=dict, max_length=100)
     engine_python: str | None = Field(default=None, max_length=1000)
+    server_cpus: list[int] | None = Field(default=None, min_length=1, max_length=4096)  # the rest: the client
     calibrate: bool = False  # probe the first started server and predict every trial from the fit
     # Absolute SLOs in place of the profile's ({metric: {percentile, max_ms}}; sweep_profile).
     slos: dict[str, dict] | None = None
@@ -257,7 +258,7 @@ class SweepSpec(BaseModel):
     @model_validator(mode="after")
     def _server_settings_need_a_server(self) -> SweepSpec:
         check_launch(self.engine, self.starts_servers, self.engine_args, self.engine_env,
-                     self.engine_python)
+                     self.engine_python, self.server_cpus)
         if self.calibrate and not self.starts_servers:
             raise ValueError("calibrate: probes a server tradeoff starts (--engine or --server-cmd); "
                              "tradeoff's own engine is fitted to its steps without it")

@@ -17,6 +17,7 @@ from common.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from experiments.engines import preset
 from experiments.http_target import server_root
 from experiments.loadgen import StopCheck
+from experiments.metrics import window
 from experiments.profiles import Profile
 from experiments.server_metrics import MetricsScraper, with_server_metrics
 from experiments.servers import SweepServers
@@ -58,7 +59,7 @@ def measure(target, config: TrialConfig, profile: Profile, num_requests: int, *,
                                           "no request completed"))
     metrics = with_provenance(result.metrics, target, **servers.launch_facts())
     if scraper is not None:  # the engine's own series over the trial, next to ours
-        metrics = with_server_metrics(metrics, scraper.summary())
+        metrics = with_server_metrics(metrics, scraper.summary(window(result.records)))
     return Outcome(result, metrics)
 
 
@@ -68,7 +69,7 @@ def scraper_for(target, engine: str | None) -> contextlib.AbstractContextManager
         return contextlib.nullcontext()
     preset_ = preset(engine)
     return MetricsScraper(f"{server_root(target.engine.api_base)}/metrics", preset_.gauges,
-                          preset_.counters)
+                          preset_.counters, preset_.scrape_interval_s)
 
 
 def with_provenance(metrics: TrialMetrics, target: object, **extra: object) -> TrialMetrics:

@@ -17,6 +17,7 @@ import numpy as np
 
 from common.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from engine.core import StepRecord
+from engine.export_marker import exported_builtin
 from engine.simulate import CostModel, Simulator
 from experiments.loadgen import achieved_rate, offered_rate, record_from_sequence
 from experiments.metrics import compute_trial_metrics, depth_samples, is_saturated
@@ -56,8 +57,10 @@ class BlackBoxCost(CostModel):
 
 
 def prior_cost(model: str) -> CostModel:
-    """The cost model before anything is measured: a per-model prior."""
-    return PRIORS.get(model, GENERIC)
+    """The cost model before anything is measured: the built-in's prior, also for a directory
+    `tradeoff export-model` wrote from it (any engine serving it: a prior from tradeoff's
+    engine, not that engine's speed), else GENERIC."""
+    return PRIORS.get(model) or PRIORS.get(exported_builtin(model) or "", GENERIC)
 
 
 def fit_line(x: list[float], y: list[float], prior: tuple[float, float]) -> tuple[float, float]:

@@ -10,6 +10,7 @@ log space (so every parameter stays positive and every metric weighs by relative
 by Levenberg-Marquardt with a finite-difference Jacobian, warm-started from the last fit, with
 a mild pull toward the probes' own fit so that one noisy trial cannot swing it. p90s are not
 fitted: they are what the TTFT residuals (predict.BlackBoxCost) and the error band describe.
+Whether the refit or the probes' fit predicts next is decided on held-out trials (`HeldOut`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,35 @@ def refit(cost: CostModel, anchor: CostModel, probes: Sequence[PointProbe],
     return fitter.cost_of(fitter.solve(iterations))
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """Whether refitting has earned its place: each clean trial, before it is fitted, predicted
+    by the refit so far and by the probes' fit alone (the sum of their squared log errors over
+    FIT_KEYS). A refit predicts only while it has done better on trials it had not seen: on a
+    machine that changed between trials, chasing them can predict worse than the probes."""
+
+    refit: float = 0.0
+    probes: float = 0.0
+    num_trials: int = 0
+
+    def judged(self, observed: Observed, chain: CostModel, probes_fit: CostModel, profile: Profile,
+               slos: list[SLO]) -> HeldOut:
+        """These totals with `observed` predicted by `chain` (the refit before it) and the probes."""
+        loss = [sum(e * e for e in log_errors(c, observed, profile, slos)) for c in (chain, probes_fit)]
+        return HeldOut(self.refit + loss[0], self.probes + loss[1], self.num_trials + 1)
+
+    @property
+    def trusts_refit(self) -> bool:
+        return self.refit < self.probes
+
+
+def log_errors(cost: CostModel, observed: Observed, profile: Profile, slos: list[SLO]) -> list[float]:
+    """log(predicted / measured) of FIT_KEYS for one trial simulated under `cost`."""
+    flat = simulate_trial(observed.config, profile, observed.num_requests, cost, slos, observed.seed).flat()
+    return [math.log(flat[k] / observed.metrics[k]) for k in FIT_KEYS
+            if (flat.get(k) or 0) > 0 and (observed.metrics.get(k) or 0) > 0]
+
+
 def fit_probes(cost: CostModel, probes: Sequence[PointProbe], iterations: int = 8) -> CostModel:
     """The probes alone, by relative error (a line through 16 and 1,024 tokens fitted by
     absolute error misses the short prompts chat sends); a cost at 0 starts at its floor."""
@@ -90,9 +120,7 @@ class _Fitter:
         cost = self.cost_of(theta)
         out = [math.log(_probe_s(cost, p) / p.seconds) for p in self.probes if p.seconds > 0]
         for o in self.observed:
-            flat = simulate_trial(o.config, self.profile, o.num_requests, cost, self.slos, o.seed).flat()
-            out += [math.log(flat[k] / o.metrics[k]) for k in FIT_KEYS
-                    if (flat.get(k) or 0) > 0 and (o.metrics.get(k) or 0) > 0]
+            out += log_errors(cost, o, self.profile, self.slos)
         if self.anchor is not None:  # parameters the probes left at their floor are not anchored
             out += [ANCHOR_WEIGHT * (theta[i] - self.anchor[i]) for i in self.free
                     if self.anchor[i] > math.log(FLOORS[i]) + 1e-9]

@@ -124,7 +124,7 @@ class SearchRunner(SweepRunner):
         except TargetSetupError as exc:
             self.probe_failure = f"{type(exc).__name__}: {exc}"
             return []
-        self.probe_server(target, knobs.batch_size)
+        self.probe_server(target, probe_running(self.spec, knobs.batch_size))
         return slos
 
     def _revise(self, config: TrialConfig, searches: dict[TrialConfig, CapacitySearch]) -> dict[str, str]:
@@ -227,6 +227,15 @@ class SearchRunner(SweepRunner):
             self.budget_spent = True
             return False
         return True
+
+
+def probe_running(spec: SweepSpec, batch_size: int) -> int:
+    """The most running requests the probes load a server with: its batch cap, but no more users
+    than a closed-loop search ever offers (probing past them costs time and informs nothing)."""
+    search = spec.search
+    if search is not None and search.load == "concurrency" and search.max_load:
+        return max(1, min(batch_size, int(search.max_load)))
+    return batch_size
 
 
 class _TargetPerServer:

@@ -50,6 +50,7 @@ class SweepServers:
         self.failures: list[str] = []  # one line per failed start, for the command's exit
         self.start_times: list[float] = []  # seconds each start this run took to answer
         self.broken = False  # alive but not answering /health after a trial
+        self.client_cpus: list[int] | None = None  # where the client runs (--server-cpus)
 
     @property
     def name(self) -> str:
@@ -70,9 +71,23 @@ class SweepServers:
                 return engine.command(model, config, port, python, args)
         self.current = ServerProcess(self.spec.server_cmd, config, self.spec.server_timeout_s,
                                      argv_for=argv_for, env=self.spec.engine_env, log_path=log,
-                                     label=f"{self.name} server for {config.server_label}")
+                                     label=f"{self.name} server for {config.server_label}",
+                                     cpus=self.spec.server_cpus)
         self.version, self.owned_by, self.broken = None, None, False
         return self.current
+
+    def pin_client(self) -> list[int] | None:
+        """With `server_cpus`, move this process (and so the client workers it starts) to the
+        other CPUs it may use, so the load generator never waits for the server's threads; the
+        CPUs it now runs on, or None (no server CPUs, or none left over)."""
+        if not self.spec.server_cpus:
+            return None
+        rest = os.sched_getaffinity(0) - set(self.spec.server_cpus)
+        if not rest:
+            return None
+        os.sched_setaffinity(0, rest)
+        self.client_cpus = sorted(rest)
+        return self.client_cpus
 
     def started(self, version: str | None, owned_by: str | None = None) -> None:
         """The running server answered; what it says of itself (GET /version, /v1/models)."""
@@ -83,7 +98,7 @@ class SweepServers:
     def mean_start_s(self) -> float:
         """Seconds a start took on average this run (the engine's prior before the first)."""
         if not self.start_times:
-            return start_prior_s(self.spec.engine)
+            return start_prior_s(self.spec.engine, self.spec.engine_args)
         return sum(self.start_times) / len(self.start_times)
 
     def died(self) -> bool:
@@ -123,7 +138,8 @@ class SweepServers:
         name = self.spec.engine or self.owned_by  # a --server-cmd server: what it says it is
         return {"engine": {"name": name, "version": self.version, "command": server.command},
                 "server_start_s": None if server.start_s is None else round(server.start_s, 3),
-                "server_log": str(server.log_path)}
+                "server_log": str(server.log_path),
+                **({"client_cpus": self.client_cpus} if self.client_cpus else {})}
 
 
 def recorded_starts(store: Store, spec: SweepSpec, max_sweeps: int = 5) -> list[float]:
@@ -149,7 +165,9 @@ def recorded_calibration(store: Store, spec: SweepSpec) -> CostModel | None:
 
 
 def _same_server(store: Store, spec: SweepSpec) -> list:
-    """Earlier sweeps that started the same server (engine or template, model), newest first."""
+    """Earlier sweeps that started the same server (engine or template, model, extra arguments:
+    e.g. --enforce-eager halves a vLLM start), newest first."""
+    server = (spec.engine, spec.server_cmd, spec.model, list(spec.engine_args))
     return [s for s in store.list_sweeps()
-            if (s.grid.get("engine"), s.grid.get("server_cmd"), s.model)
-            == (spec.engine, spec.server_cmd, spec.model)]
+            if (s.grid.get("engine"), s.grid.get("server_cmd"), s.model,
+                list(s.grid.get("engine_args") or ())) == server]

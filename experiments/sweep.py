@@ -150,6 +150,7 @@ class SweepRunner:
     def run(self) -> str:
         """Run every trial not yet stored; return the final status."""
         self.store.start_sweep(self.sweep_id, os.getpid())
+        self.servers.pin_client()  # --server-cpus: the client on the other CPUs
         try:
             status = self._run_all()
         except BaseException as exc:
@@ -178,7 +179,10 @@ class SweepRunner:
                 return "cancelled"
         reruns = self.speed.reruns() if self.speed else []  # once: the drifted trials again
         self.num_done -= len(reruns)
-        return "cancelled" if self.stop.is_set() or not self._run_group(reruns) else "done"
+        for configs in self._groups(reruns):  # each on its own server config's server
+            if self.stop.is_set() or not self._run_group(list(configs)):
+                return "cancelled"
+        return "cancelled" if self.stop.is_set() else "done"
 
     def _run_group(self, pending: list[TrialConfig]) -> bool:
         """Run one target's trials; False once cancelled. A server that fails to start fails

@@ -8,6 +8,8 @@
   printed estimate against the wall time (target: within 25%).
 - search (issue 22): `tradeoff search --engine vllm` over the same space: wall time, answer, the
   prediction's errors; with --db GRID, the grid's trials predicted from the search's probes.
+- servecmd (issue 22): the same space on tradeoff's own engine behind --server-cmd (`tradeoff
+  serve` per config): grid, search, and the black-box prediction against the engine-step one.
 - relaunch: the grid's recommended config measured 3 more times by a sweep (its run-to-run
   noise), then `tradeoff export --format vllm` relaunched by hand and measured 3 times with
   `tradeoff trial --target`: are the relaunch's goodput and output tok/s within that noise?
@@ -40,7 +42,15 @@ METRICS = ("goodput_rps", "output_tokens_per_s", "ttft_ms_p90", "tpot_ms_p50")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*TRADEOFF, *args], capture_output=True, text=True)
+    """`tradeoff ARGS`, or `taskset -c L tradeoff ARGS` when ARGS start with a taskset prefix."""
+    prefix = list(args[:3]) if args and args[0] == "taskset" else []
+    return subprocess.run([*prefix, *TRADEOFF, *args[len(prefix):]], capture_output=True, text=True)
+
+
+def _cpus(text: str) -> list[int]:
+    from app.engine_options import parse_cpus
+
+    return parse_cpus(text)
 
 
 def grid(work: Path, requests: int) -> str:
@@ -87,6 +97,10 @@ def relaunch(db: str, work: Path, requests: int) -> None:
     env = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
     argv = [w for w in words if not re.match(r"^[A-Z_]+=", w)]
     print("relaunching:", command)
+    # A server measured on --server-cpus is relaunched pinned (its command says taskset); the
+    # client then runs on the other CPUs, as in the sweep.
+    client = [] if argv[0] != "taskset" else [
+        "taskset", "-c", ",".join(str(c) for c in sorted(os.sched_getaffinity(0) - set(_cpus(argv[2]))))]
     again = []
     with open(work / "relaunch.log", "wb") as log:
         server = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
@@ -96,14 +110,20 @@ def relaunch(db: str, work: Path, requests: int) -> None:
 
             wait_for_health("http://127.0.0.1:8000/v1", 600, is_alive=lambda: server.poll() is None)
             for seed in (1, 2, 3):
-                trial = run("trial", "--target", "http://127.0.0.1:8000/v1", "--tokenizer", str(model),
-                            "--profile", "chat", "--concurrency", str(users), "--requests", str(requests),
-                            "--seed", str(seed), "--json")
+                trial = run(*client, "trial", "--target", "http://127.0.0.1:8000/v1", "--tokenizer",
+                            str(model), "--profile", "chat", "--concurrency", str(users),
+                            "--requests", str(requests), "--seed", str(seed), "--json")
                 trial.check_returncode()
                 again.append(json.loads(trial.stdout))
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(60)
+    from db.store import Store
+
+    for t in Store(reps_db, create=False).list_trials(1):
+        print("  sweep rep:", _trial_line(t.metrics, t.details))
+    for t in again:
+        print("  relaunch: ", _trial_line({k: _flat(t, k) for k in METRICS}, t.get("details") or {}))
     for key in METRICS:
         a = [t[key] for t in swept if t.get(key) is not None]
         b = [v for t in again if (v := _flat(t, key)) is not None]
@@ -174,6 +194,97 @@ def _grid_errors(search_db: str, search_id: int, grid_db: str) -> None:
                   + ", ".join(f"{k} {statistics.median(v):.0%}" for k, v in errs.items() if v))
 
 
+SERVE = (f"{ROOT / '.venv/bin/tradeoff'} serve --model builtin:small --policy continuous "
+         "--batch-size {batch_size} --max-num-batched-tokens {max_num_batched_tokens} --port {port}")
+SPACE = ["--profile", "chat", "--policy", "continuous", "--max-wait-ms", "0", "--batch-sizes", "4,16,64",
+         "--max-num-batched-tokens", "256,2048"]
+
+
+def servecmd(work: Path, requests: int) -> None:
+    """Issue 22 on tradeoff's own engine behind `--server-cmd` (`tradeoff serve` per config): the
+    grid (wall time, answer), a search over the same space (wall, answer), and the grid's trials
+    predicted from the search's black-box probes vs from the engine's own steps (measured by an
+    in-process grid of the same configs)."""
+    work.mkdir(parents=True, exist_ok=True)
+    dbs = {k: f"sqlite:///{work / f'{k}.db'}" for k in ("serve-grid", "serve-search", "local")}
+    common = [*SPACE, "--requests", str(requests), "--tokenizer", "builtin:small"]
+    grid_loads = ["--concurrency", "1,4,16,32"]
+    for name, args in (("serve-grid", ["sweep", "--server-cmd", SERVE, *common, *grid_loads]),
+                       ("serve-search", ["search", "--server-cmd", SERVE, *common, "--concurrency",
+                                         "--max-load", "32", "--budget-min", "10", "--json"]),
+                       ("local", ["sweep", "--model", "builtin:small", *SPACE, "--requests", str(requests),
+                                  "--concurrency", "1,16"])):
+        started = time.monotonic()
+        out = run(*args, "--db", dbs[name])
+        print(f"{name}: exit {out.returncode}, wall {(time.monotonic() - started) / 60:.1f} min")
+        if out.returncode != 0:
+            print(out.stderr[-2000:])
+        if name == "serve-search":
+            doc = json.loads(out.stdout)
+            print("  recommended:", doc["recommended"], "| trials", doc["trials_run"])
+    print(run("recommend", "--sweep", "1", "--db", dbs["serve-grid"]).stdout.splitlines()[0])
+    _black_box_vs_steps(dbs["serve-search"], dbs["local"], dbs["serve-grid"])
+
+
+def _black_box_vs_steps(search_db: str, local_db: str, grid_db: str) -> None:
+    """Median |black-box / engine-step prediction - 1| over the grid's trials, and each one's
+    median |predicted / measured - 1|."""
+    from db.store import Store
+    from experiments.analysis import stored_slos
+    from experiments.grid import SweepSpec
+    from experiments.predict import (
+        cost_from_dict,
+        fit_cost_model,
+        prior_cost,
+        simulate_trial,
+        stored_steps,
+    )
+    from experiments.profiles import Profile
+
+    search_trials = Store(search_db, create=False).list_trials(1)
+    probed = next(t.details["prediction"]["calibration"] for t in search_trials
+                  if t.details.get("prediction", {}).get("calibration"))
+    try:  # no local grid (not run): the built-in's prior, itself fitted to this engine's steps
+        steps = stored_steps(t.details for t in Store(local_db, create=False).list_trials(1))
+    except Exception:  # noqa: BLE001 - a missing db
+        steps = []
+    fits = {"black box": cost_from_dict(probed["cost_model"]),
+            "engine steps": fit_cost_model(steps, prior_cost("builtin:small"))}
+    print("fits:", {k: {n: round(v * 1e3, 3) for n, v in vars(c).items() if n.endswith("_s")}
+                    for k, c in fits.items()})
+    grid = Store(grid_db, create=False)
+    sweep = grid.get_sweep(1)
+    spec, prof = SweepSpec(**sweep.grid), Profile(**sweep.profile)
+    measured = [t for t in grid.list_trials(1) if t.status == "done"]
+    slos = stored_slos(measured, grid)
+    keys = ("output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p90", "tpot_ms_p50", "slo_attainment")
+    gaps: dict[str, list[float]] = {k: [] for k in keys}
+    errs: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in fits}
+    for t in measured:
+        p = {n: simulate_trial(t.config, prof, spec.requests_for(t.config), c, slos,
+                               spec.seed + t.config.repetition).flat() for n, c in fits.items()}
+        for k in keys:
+            if p["black box"].get(k) and p["engine steps"].get(k):
+                gaps[k].append(abs(p["black box"][k] / p["engine steps"][k] - 1))
+            for n in fits:
+                if p[n].get(k) and t.metrics.get(k):
+                    errs[n][k].append(abs(p[n][k] / t.metrics[k] - 1))
+    med = lambda d: ", ".join(f"{k} {statistics.median(v):.0%}" for k, v in d.items() if v)  # noqa: E731
+    print(f"black box vs engine steps, median |ratio - 1| over {len(measured)} trials: {med(gaps)}")
+    for n in fits:
+        print(f"  {n} vs measured, median |error|: {med(errs[n])}")
+
+
+def _trial_line(flat: dict, details: dict) -> str:
+    """One trial's figures and what says whether it ran clean: the client's event-loop lag, vLLM's
+    running-requests gauge (its mean over the measurement window; sweeps only)."""
+    lag = (details.get("client") or {}).get("loop_lag_ms") or {}
+    running = ((details.get("server_metrics") or {}).get("stats") or {}).get("running") or {}
+    return (" ".join(f"{k} {flat[k]:.1f}" for k in METRICS if flat.get(k) is not None)
+            + f" | loop lag p99 {lag.get('p99', float('nan')):.0f} max {lag.get('max', float('nan')):.0f} ms"
+            + (f" | running mean {running['mean']:.2f}" if running else ""))
+
+
 def _flat(trial: dict, key: str) -> float | None:
     """`ttft_ms_p90` from `trial --json`, which nests distributions ({"ttft_ms": {"p90": ...}})."""
     if key in trial:
@@ -185,17 +296,24 @@ def _flat(trial: dict, key: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("grid", "relaunch", "both", "search"))
+    parser.add_argument("what", choices=("grid", "relaunch", "both", "search", "servecmd"))
     parser.add_argument("--work", type=Path, default=None, help="where models and dbs go")
     parser.add_argument("--db", default=None, help="the grid's db, for `relaunch` and `search`")
     parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--server-cpus", default=None,
+                        help="run every vLLM server on these CPUs (the client on the others)")
     args = parser.parse_args()
+    if args.server_cpus:
+        ENGINE.extend(["--server-cpus", args.server_cpus])
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work dir: {work}")
     db = args.db
     if args.what == "search":
         search(work, args.requests, db)
+        return
+    if args.what == "servecmd":
+        servecmd(work, args.requests)
         return
     if args.what in ("grid", "both"):
         db = grid(work, args.requests)

@@ -55,6 +55,19 @@ def test_late_sends_or_a_lagging_loop_make_it_client_bound() -> None:
     assert not check_client(on_time, stalled, ttft_p50_ms=100.0).is_client_bound
 
 
+def test_a_loop_that_stalls_for_a_good_part_of_the_run_is_client_bound() -> None:
+    # vLLM on 2 cores: a median lag of 0.1 ms, but stalls of 0.3-1 s that held every stream's
+    # chunks (stamped all at once) and every user's next send.
+    records = [req(i, i * 0.1, i * 0.1 + 0.0002) for i in range(40)]
+    lags = [0.0001] * 400 + [0.3, 0.45, 1.0]
+    stalled = check_client(records, ClientStats(loop_lag_s=lags, wall_s=5.0, num_workers=1), 40.0)
+    assert stalled.is_client_bound and "event loop stalled 35% of the run" in stalled.reason
+    assert stalled.details["stalled_share"] == pytest.approx(0.35)
+    # Two workers, one 60 ms hiccup in 5 s each: 1.2% of the run, the OS's ordinary noise.
+    hiccups = ClientStats(loop_lag_s=[0.0001] * 800 + [0.06, 0.06], wall_s=5.0, num_workers=2)
+    assert not check_client(records, hiccups, 40.0).is_client_bound
+
+
 def test_a_send_late_within_a_running_step_costs_nothing() -> None:
     steps = [(0.0, 0.010), (0.010, 0.020), (0.030, 0.040)]  # busy 0-20 ms, idle 20-30, busy 30-40
     records = [req(0, 0.002, 0.009),  # due mid-step, sent before it ended: admitted as if on time

@@ -68,3 +68,25 @@ def test_the_reference_is_the_mean_of_the_start_checks(checks):
     watch = DriftWatch()
     watch.reference_from(checks)
     assert watch.reference == {"ttft_ms": 10.0}
+
+
+def test_reruns_over_started_servers_run_each_on_its_own_servers_config(tmp_path, monkeypatch):
+    # Found measuring vLLM: a grid's drift re-runs of two server configs all ran on the first
+    # one's server (--max-num-batched-tokens 256), stored as the 2048 config's trials.
+    from types import SimpleNamespace
+
+    from db.store import Store
+    from experiments.grid import parse_spec
+    from experiments.profiles import load_profile
+    from experiments.sweep import SweepRunner, create_sweep
+
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    spec = parse_spec({"engine": "vllm", "model": "/m", "policies": ["continuous"], "max_wait_ms": [0],
+                       "batch_sizes": [4], "max_num_batched_tokens": [256, 2048], "concurrency": [1, 4]})
+    runner = SweepRunner(store, create_sweep(store, spec, load_profile("chat")))
+    groups: list[list] = []
+    monkeypatch.setattr(runner, "_run_group", lambda configs: groups.append(configs) or True)
+    runner.speed = SimpleNamespace(reruns=lambda: list(reversed(spec.trial_configs())))
+    assert runner.run() == "done"
+    budgets = [{c.max_num_batched_tokens for c in g} for g in groups]
+    assert len(groups) == 4 and all(len(b) == 1 for b in budgets)  # 2 passes, 2 re-run groups

@@ -232,5 +232,39 @@ def test_estimates_use_the_start_times_and_step_costs_earlier_sweeps_recorded():
     assert recorded_calibration(store, spec) == fast
     prior = estimate_sweep_s(spec, load_profile("chat"))
     informed = estimate_sweep_s(spec, load_profile("chat"), [40.0], fast)
-    assert prior >= 2 * 75 and informed < prior  # 2 starts at the prior 75 s, then at 40 s
-    assert 2 * 40 <= informed < 2 * 40 + 0.5 * (prior - 2 * 75)
+    assert prior >= 2 * 60 and informed < prior  # 2 starts at the prior 60 s, then at 40 s
+    assert 2 * 40 <= informed < 2 * 40 + 0.5 * (prior - 2 * 60)
+    eager = parse_spec({**spec.model_dump(), "engine_args": ["--enforce-eager"]})
+    assert recorded_starts(store, eager) == []  # another command line: another server
+
+
+def test_server_cpus_pin_every_server_process_and_the_client_gets_the_rest(tmp_path: Path):
+    import os
+
+    from app.engine_options import parse_cpus
+    from app.errors import BadInput
+    from experiments.external import ServerProcess, pinned
+
+    assert parse_cpus("0") == [0] and parse_cpus("2-3,0,3") == [0, 2, 3]
+    for bad in ("a", "3-1", ""):
+        with pytest.raises(BadInput, match="--server-cpus"):
+            parse_cpus(bad)
+    assert pinned(["srv", "--port", "1"], None) == ["srv", "--port", "1"]
+    assert pinned(["srv"], [1, 0, 1]) == ["taskset", "-c", "0,1", "srv"]
+    server = ServerProcess("srv --port {port}", C16, cpus=[0], log_path=tmp_path / "l.log")
+    assert server.command.startswith("taskset -c 0 srv --port ")  # what the export relaunches
+    with pytest.raises(GridError, match="server_cpus: pins a server tradeoff starts"):
+        parse_spec({"concurrency": [1], "server_cpus": [0]})
+    spec = parse_spec({"engine": "vllm", "model": "/m", "policies": ["continuous"], "max_wait_ms": [0],
+                       "concurrency": [1], "server_cpus": [0]})
+    before = os.sched_getaffinity(0)
+    try:
+        servers = SweepServers(spec, 1, tmp_path)
+        client = servers.pin_client()
+        if len(before) > 1 and 0 in before:  # the client leaves CPU 0 to the server
+            assert client == sorted(before - {0}) and os.sched_getaffinity(0) == before - {0}
+            assert servers.launch_facts() == {}  # no server yet: nothing to record
+        else:
+            assert client is None and os.sched_getaffinity(0) == before
+    finally:
+        os.sched_setaffinity(0, before)

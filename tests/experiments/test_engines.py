@@ -154,6 +154,57 @@ def test_scraper_samples_a_real_metrics_endpoint_over_http():
     assert len(summary["t_s"]) == len(summary["series"]["waiting"]) >= 3 and summary["scrape_errors"] == 0
 
 
+def test_gauge_stats_are_of_the_samples_inside_the_trials_window():
+    # The scraper starts before the load (client start-up) and ends after it: idle samples there
+    # pulled a 4-user trial's running mean to 0.9-2.0 on vLLM.
+    scraper = MetricsScraper("http://unused/metrics", preset("vllm").gauges)
+    scraper.start_s = 100.0  # the monotonic time it started (set by __enter__)
+    scraper.samples = [(t, {"running": r, "waiting": 0.0, "kv_usage": 0.1})
+                       for t, r in ((0.0, 0.0), (0.5, 0.0), (1.0, 4.0), (1.5, 4.0), (2.0, 3.0), (2.5, 0.0))]
+    everything = scraper.summary()["stats"]["running"]["mean"]
+    windowed = scraper.summary((100.9, 102.1))
+    assert everything == pytest.approx(11 / 6)
+    assert windowed["stats"]["running"] == {"mean": pytest.approx(11 / 3), "max": 4.0}
+    assert windowed["stats_samples"] == 3 and windowed["window_t_s"] == [0.9, 2.1]
+    assert scraper.summary((200.0, 201.0))["stats_samples"] == 6  # nothing inside: all of them
+
+
+def test_vllm_is_read_at_the_trials_ends_and_its_running_mean_is_littles_law():
+    # vLLM's /metrics, scraped under load, stalled the client: read before and after only.
+    reads = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            reads.append(self.path)
+            body = ("# TYPE vllm:request_inference_time_seconds histogram\n"
+                    f"vllm:request_inference_time_seconds_sum{{model_name=\"m\"}} {6.0 * (len(reads) - 1)}\n"
+                    "vllm:num_requests_running{model_name=\"m\"} 0\n").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    vllm = preset("vllm")
+    assert vllm.scrape_interval_s is None
+    try:
+        with MetricsScraper(f"http://127.0.0.1:{server.server_address[1]}/metrics", vllm.gauges,
+                            vllm.counters, vllm.scrape_interval_s) as scraper:
+            threading.Event().wait(0.3)  # the trial: nothing read meanwhile
+            assert len(reads) == 1
+    finally:
+        server.shutdown()
+    start = scraper.start_s
+    summary = scraper.summary((start + 0.5, start + 2.5))  # 6 s of running over a 2 s window
+    assert len(reads) == 2 and summary["counters"]["running_s"] == 6.0
+    assert summary["stats"]["running"] == {"mean": pytest.approx(3.0), "max": None}
+    assert summary["stats"]["waiting"] is None  # not sampled under load: unknown, not 0
+
+
 def test_server_cmd_template_gets_the_budget_placeholder():
     from experiments.server_cmd import render_server_cmd
 

@@ -7,8 +7,9 @@ import os
 import pytest
 
 from common.records import TrialConfig
-from experiments.estimate import MODEL_LOAD_S, PRIORS, estimate_sweep_s, simulate_trial_s
+from experiments.estimate import MODEL_LOAD_S, estimate_sweep_s, simulate_trial_s
 from experiments.grid import parse_spec
+from experiments.predict import PRIORS
 from experiments.profiles import load_profile
 
 

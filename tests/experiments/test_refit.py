@@ -239,3 +239,57 @@ def test_on_started_servers_the_calibration_config_is_searched_first():
     run_search(spec, PROFILE, [], live, plan=plan)
     runs = [b for i, b in enumerate(measured_order) if i == 0 or measured_order[i - 1] != b]
     assert runs == [8, 2, 4]  # one run per config (one server start each), the calibrated first
+
+
+def stored(trial_id: int, c: TrialConfig, metrics: dict, prediction: dict) -> TrialRecord:
+    return TrialRecord(trial_id, 1, c, "done", metrics, details={"prediction": prediction})
+
+
+def test_the_refit_predicts_only_while_it_beats_the_probes_on_trials_it_had_not_seen():
+    from experiments.calibrate import refit_details
+
+    spec = users_spec([16])
+    wrong = CostModel(TRUTH.prefill_base_s, TRUTH.prefill_per_token_s, 2.5 * MS, 0.2 * MS)
+    calibration = {"cost_model": cost_to_dict(wrong), "probes": []}
+    trials: list[TrialRecord] = []
+    fits = []
+    for i, users in enumerate((2, 8, 16, 12)):  # a server the probes misread: trials correct it
+        c = config(16, users)
+        m = measured(TRUTH, c).metrics
+        details = {"calibration": calibration} if i == 0 else {}
+        fit_now = refit_details(trials, details, spec, PROFILE, SLOS, c, m, wrong)
+        fits.append(fit_now)
+        trials.append(stored(i + 1, c, m, {**details, "refit": fit_now}))
+    assert not fits[0]["uses_refit"]  # nothing held out yet: the probes predict
+    assert fits[0]["cost_model"] == cost_to_dict(wrong) and fits[0]["chain"] != fits[0]["cost_model"]
+    assert fits[-1]["uses_refit"] and fits[-1]["held_out"]["num_trials"] == 4
+    assert fits[-1]["cost_model"] == fits[-1]["chain"]
+    assert stored_calibration(t.details for t in trials) == cost_from_dict(fits[-1]["chain"])
+
+
+def test_the_refit_steps_aside_when_trials_mislead_it_and_skips_client_bound_ones():
+    from experiments.calibrate import refit_details
+
+    spec = users_spec([16])
+    calibration = {"cost_model": cost_to_dict(TRUTH), "probes": []}  # the probes were right
+    slow = replace(TRUTH, decode_base_s=3 * TRUTH.decode_base_s)  # trials on a busy machine
+    trials: list[TrialRecord] = []
+    for i, users in enumerate((2, 8, 16, 12)):
+        c = config(16, users)
+        m = measured(slow if i % 2 == 0 else TRUTH, c).metrics  # alternately busy and quiet
+        details = {"calibration": calibration} if i == 0 else {}
+        fit_now = refit_details(trials, details, spec, PROFILE, SLOS, c, m, TRUTH)
+        trials.append(stored(i + 1, c, m, {**details, "refit": fit_now}))
+    assert not fit_now["uses_refit"] and fit_now["cost_model"] == cost_to_dict(TRUTH)
+    lagged = {**measured(slow, config(16, 4)).metrics, "client_bound": True}
+    after = refit_details(trials, {}, spec, PROFILE, SLOS, config(16, 4), lagged, TRUTH)
+    assert after["chain"] == fit_now["chain"] and after["held_out"] == fit_now["held_out"]
+
+
+def test_probes_load_a_server_with_no_more_users_than_the_search_offers():
+    from experiments.search_runner import probe_running
+
+    spec = users_spec([128, 4])  # max_load 64 users
+    assert probe_running(spec, 128) == 64 and probe_running(spec, 4) == 4
+    by_rate = parse_spec({**spec.model_dump(), "search": {**spec.search.model_dump(), "load": "rate"}})
+    assert probe_running(by_rate, 128) == 128  # at a rate, running requests are not capped by users

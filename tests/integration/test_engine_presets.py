@@ -116,3 +116,26 @@ def test_search_starts_the_engine_once_per_config_with_its_flags(capsys, tmp_pat
     trials = Store(db, create=False).list_trials(result["sweep_id"])
     assert result["trials_run"] == len(trials) >= 2
     assert all("prediction" not in t.details for t in trials)  # an external server: nothing to fit
+
+
+@pytest.mark.slow
+def test_server_cpus_pin_the_server_and_keep_the_client_off_them(tmp_path: Path, tiny_profile: Path):
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "vllm"
+    fake.write_text(FAKE_VLLM.format(python=sys.executable))
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin",
+           "FAKE_ENGINE_LOG": str(tmp_path / "argv.jsonl")}
+    db = f"sqlite:///{tmp_path / 't.db'}"
+    argv = [sys.executable, "-m", "app.cli", *sweep_args(db, tiny_profile, "--server-cpus", "0")]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    trial = Store(db, create=False).list_trials(1)[0]
+    where = trial.details["provenance"]
+    assert trial.status == "done" and where["engine"]["command"].startswith("taskset -c 0 vllm serve")
+    others = sorted(os.sched_getaffinity(0) - {0})
+    assert where.get("client_cpus") == (others or None)  # the client ran on the other CPUs
