@@ -15,7 +15,7 @@ import itertools
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from common.records import RequestRecord
@@ -33,7 +33,7 @@ from experiments.loadgen import (
     wait_measured,
 )
 from experiments.metrics import depth_samples, is_saturated
-from experiments.sessions import Session, SessionLoad, closed_index, next_prompt
+from experiments.sessions import Conversation, SessionLoad, next_prompt, turn_index
 
 IN_PROCESS_SESSIONS = {"process": "in-process sessions (engine-thread callbacks, timer thread)"}
 
@@ -76,17 +76,6 @@ def run_sessions(engine: LoadTarget, load: SessionLoad, batch_size: int | None =
     return LoadResult(records, outcome == "cut", outcome == "stopped", saturated, depths,
                       background=background,
                       client=ClientStats(info=IN_PROCESS_SESSIONS, judge_send_lag=judged))
-
-
-@dataclass
-class _Conversation:
-    """One session in flight: the turn to send next and the history so far."""
-
-    session: Session
-    user: int | None  # closed loop
-    first_index: int | None  # open loop
-    turn: int = 0  # 0-based position of the next turn
-    history: list[int] = field(default_factory=list)
 
 
 class _Timer:
@@ -148,7 +137,7 @@ class _SessionRun:
         assert self.load.arrivals_s is not None
         offsets = self.load.offsets()
         for s, (offset_s, first) in enumerate(zip(self.load.arrivals_s, offsets, strict=True)):
-            conv = _Conversation(self.load.sessions[s], None, first)
+            conv = Conversation(self.load.sessions[s], None, first)
             self.timer.at(start_s + offset_s, lambda at, c=conv: self._send(c, at))
 
     def _next_session(self, user: int, at_s: float) -> None:
@@ -156,22 +145,17 @@ class _SessionRun:
         with self.lock:
             k = self.num_sessions_by_user[user]
             self.num_sessions_by_user[user] = k + 1
-        self._send(_Conversation(mine[k % len(mine)], user, None), at_s)
+        self._send(Conversation(mine[k % len(mine)], user, None), at_s)
 
-    def _index(self, conv: _Conversation) -> int | None:
+    def _index(self, conv: Conversation) -> int | None:
         """The next request's index (sessions.py numbering); None once stopping."""
         with self.lock:
             if self.stopping.is_set():
                 return None
             self.num_issued += 1
-            if conv.user is None:
-                assert conv.first_index is not None
-                return conv.first_index + conv.turn
-            num_sent = self.num_sent_by_user[conv.user]
-            self.num_sent_by_user[conv.user] = num_sent + 1
-            return closed_index(conv.user, num_sent, self.load.concurrency or 1)
+            return turn_index(conv, self.num_sent_by_user, self.load.concurrency or 1)
 
-    def _send(self, conv: _Conversation, scheduled_s: float) -> None:
+    def _send(self, conv: Conversation, scheduled_s: float) -> None:
         turn = conv.session.turns[conv.turn]
         prompt = next_prompt(conv.history, turn, self.load.max_context_tokens)
         if prompt is None:
@@ -189,7 +173,7 @@ class _SessionRun:
         if is_late:  # stop() ran between counting and registering: it missed this one
             self.engine.cancel(seq)
 
-    def _finished(self, conv: _Conversation, index: int, seq: Sequence) -> None:
+    def _finished(self, conv: Conversation, index: int, seq: Sequence) -> None:
         with self.lock:
             self.num_finished += 1
             self._count_ended(index)
@@ -215,7 +199,7 @@ class _SessionRun:
             if self.num_measured_ended >= self.load.num_measured:
                 self.measured_done.set()
 
-    def _over(self, conv: _Conversation, at_s: float, num_done: int) -> None:
+    def _over(self, conv: Conversation, at_s: float, num_done: int) -> None:
         """A conversation ended (all turns, out of context, or a failed turn): closed loop, its
         user starts the next one; open loop, its turns from `num_done` on count as ended."""
         if conv.user is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -94,6 +94,28 @@ def next_prompt(history: list[int], turn: Turn, max_context_tokens: int) -> list
 def closed_index(user: int, num_sent: int, concurrency: int) -> int:
     """Closed loop: the index of user `user`'s request number `num_sent` (0-based)."""
     return user + num_sent * concurrency
+
+
+@dataclass
+class Conversation:
+    """One session in flight: the turn to send next and the history so far (the load
+    generator's and the simulator's)."""
+
+    session: Session
+    user: int | None  # closed loop
+    first_index: int | None  # open loop
+    turn: int = 0  # 0-based position of the next turn
+    history: list[int] = field(default_factory=list)
+
+
+def turn_index(conv: Conversation, num_sent_by_user: list[int], concurrency: int) -> int:
+    """The index of `conv`'s next request (this numbering); counts a closed-loop user's send."""
+    if conv.user is None:
+        assert conv.first_index is not None
+        return conv.first_index + conv.turn
+    num_sent = num_sent_by_user[conv.user]
+    num_sent_by_user[conv.user] = num_sent + 1
+    return closed_index(conv.user, num_sent, concurrency)
 
 
 def sample_think_s(dist: ThinkTime, n: int, rng: np.random.Generator) -> list[float]:

@@ -9,29 +9,20 @@ there. Single-threaded: every send is an event of the simulator's loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from common.records import RequestRecord, TrialConfig
 from engine.sequence import SeqStatus, Sequence
 from engine.simulate import Simulator
 from experiments.loadgen import record_from_sequence
 from experiments.profiles import Profile
-from experiments.sessions import Session, SessionLoad, closed_index, next_prompt, session_load
+from experiments.sessions import Conversation, SessionLoad, next_prompt, session_load, turn_index
 
 # Token ids of simulated prompts: a byte vocabulary, so random 16-token blocks of two requests
 # practically never collide (a vocabulary of 2 would make them collide once in 65,536).
 SIM_VOCAB_SIZE = 256
 # As predict.py: the context is no limit (the model is not known here).
 SIM_CONTEXT_TOKENS = 1 << 20
-
-
-@dataclass
-class _Conversation:
-    session: Session
-    user: int | None  # closed loop
-    first_index: int | None  # open loop
-    turn: int = 0
-    history: list[int] = field(default_factory=list)
 
 
 class _SimulatedSessions:
@@ -52,23 +43,18 @@ class _SimulatedSessions:
             return
         assert self.load.arrivals_s is not None
         for s, (at_s, first) in enumerate(zip(self.load.arrivals_s, self.load.offsets(), strict=True)):
-            self._send(_Conversation(self.load.sessions[s], None, first), at_s)
+            self._send(Conversation(self.load.sessions[s], None, first), at_s)
 
     def _next_session(self, user: int, at_s: float) -> None:
         mine = self.load.user_sessions(user)
         k = self.num_sessions_by_user[user]
         self.num_sessions_by_user[user] = k + 1
-        self._send(_Conversation(mine[k % len(mine)], user, None), at_s)
+        self._send(Conversation(mine[k % len(mine)], user, None), at_s)
 
-    def _index(self, conv: _Conversation) -> int:
-        if conv.user is None:
-            assert conv.first_index is not None
-            return conv.first_index + conv.turn
-        num_sent = self.num_sent_by_user[conv.user]
-        self.num_sent_by_user[conv.user] = num_sent + 1
-        return closed_index(conv.user, num_sent, self.load.concurrency or 1)
+    def _index(self, conv: Conversation) -> int:
+        return turn_index(conv, self.num_sent_by_user, self.load.concurrency or 1)
 
-    def _send(self, conv: _Conversation, at_s: float) -> None:
+    def _send(self, conv: Conversation, at_s: float) -> None:
         turn = conv.session.turns[conv.turn]
         prompt = next_prompt(conv.history, turn, self.load.max_context_tokens)
         if prompt is None:
@@ -80,7 +66,7 @@ class _SimulatedSessions:
         self.sim.submit_at(at_s, len(prompt), turn.max_new_tokens, prompt_ids=prompt,
                            on_finish=lambda seq: self._finished(conv, index, seq))
 
-    def _finished(self, conv: _Conversation, index: int, seq: Sequence) -> None:
+    def _finished(self, conv: Conversation, index: int, seq: Sequence) -> None:
         self.sent[index] = (seq, conv.session.session_id, conv.turn + 1)
         self._count_ended(index)
         if self.is_stopping:
@@ -102,7 +88,7 @@ class _SimulatedSessions:
             # As the real run: once every measured turn ended nothing more is sent.
             self.is_stopping = self.num_measured_ended >= self.load.num_measured
 
-    def _over(self, conv: _Conversation, at_s: float, num_done: int) -> None:
+    def _over(self, conv: Conversation, at_s: float, num_done: int) -> None:
         if conv.user is not None:
             if not self.is_stopping:
                 self._next_session(conv.user, at_s)
