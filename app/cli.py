@@ -49,10 +49,10 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     """Library errors that mean the user's input is wrong (exit 2), not a runtime failure."""
     from db.errors import StoreError
     from engine.config import ConfigError
-    from experiments.analysis import NoSweepError
-    from experiments.external import TargetSetupError
-    from experiments.grid import GridError
-    from experiments.profiles import ProfileError
+    from experiments.analysis.queries import NoSweepError
+    from experiments.spec.grid import GridError
+    from experiments.spec.profiles import ProfileError
+    from experiments.targets.external import TargetSetupError
 
     types: list[type[BaseException]] = [BadInput, ConfigError, GridError, ProfileError, StoreError,
                                          NoSweepError, TargetSetupError]

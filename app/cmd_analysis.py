@@ -18,7 +18,7 @@ PROFILE_HELP = ("workload profile whose sweep to use (default: chat; with --swee
 
 
 def _analysis(db: str | None, sweep_id: int | None, profile: str | None):
-    from experiments.analysis import NoSweepError, analyse, find_sweep
+    from experiments.analysis.queries import NoSweepError, analyse, find_sweep
 
     store = open_store(db, create=False)
     name = None if profile is None else _known_profile(store, profile)
@@ -37,7 +37,7 @@ def _analysis(db: str | None, sweep_id: int | None, profile: str | None):
 
 def _known_profile(store, profile: str) -> str:
     """The name `profile` stands for, if it names a built-in, saved or swept profile (or a file)."""
-    from experiments.profiles import ProfileError, load_profile
+    from experiments.spec.profiles import ProfileError, load_profile
 
     swept = _swept_profiles(store)
     if profile in swept:
@@ -94,8 +94,8 @@ def export(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Export the recommended config for tradeoff serve or a real server."""
-    from experiments.analysis import export_analysis
-    from experiments.export import FORMATS
+    from experiments.analysis.queries import export_analysis
+    from experiments.export.render import FORMATS
 
     if format not in FORMATS:
         raise BadInput(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -128,7 +128,7 @@ def profiles(
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """List built-in and user workload profiles."""
-    from experiments.profiles import list_builtin_profiles, load_profile
+    from experiments.spec.profiles import list_builtin_profiles, load_profile
 
     user = _user_profiles(db)
     rows = [_profile_row(load_profile(n), "built-in") for n in list_builtin_profiles()]

@@ -70,7 +70,7 @@ def _bench_vs(model: str, vs: str | None, device: str, repeats: int, engine_pyth
               json_out: bool) -> None:
     """`--vs`: tradeoff serve against another server (experiments/bench_vs.py)."""
     from experiments.bench_vs import check_vs, run_bench_vs
-    from experiments.engines import EngineUnavailableError
+    from experiments.targets.engines import EngineUnavailableError
 
     if vs is None:
         raise BadInput("--engine-python goes with --vs vllm")

@@ -38,8 +38,8 @@ def calibrate(
 ) -> None:
     """Probe a running server (TTFT against prompt length, time per token against running
     requests), fit the simulator's step costs, and predict server configs not yet started."""
-    from experiments.calibrate import fit, probe_server
-    from experiments.external import ExternalTarget, load_tokenizer
+    from experiments.predict.calibrate import fit, probe_server
+    from experiments.targets.external import ExternalTarget, load_tokenizer
 
     if max_running < 1 or requests < 1:
         raise BadInput("--max-running and --requests must be >= 1")
@@ -68,9 +68,9 @@ def calibrate(
 
 def _predictions(cost, profile_name: str, grid: dict, requests: int, seed: int) -> list[dict]:
     from common.records import TrialConfig
-    from experiments.calibrate import predict_grid
-    from experiments.estimate import predicted_slos
-    from experiments.profiles import load_profile
+    from experiments.predict.calibrate import predict_grid
+    from experiments.predict.estimate import predicted_slos
+    from experiments.spec.profiles import load_profile
 
     if not grid["batch_sizes"]:
         return []
@@ -89,7 +89,7 @@ def _measured(db: str | None, sweep_id: int | None, max_running: int, budget: in
     given here (--max-running, the first --max-num-batched-tokens), which its trials ran with."""
     from dataclasses import replace
 
-    from experiments.grid import SweepSpec
+    from experiments.spec.grid import SweepSpec
 
     if sweep_id is None:
         return []
@@ -106,8 +106,8 @@ def _errors(cost, profile_name: str, trials, requests: int, seed: int) -> dict:
     """Each measured trial against its prediction, and the median absolute error per metric."""
     from dataclasses import replace
 
-    from experiments.calibrate import predict_grid, prediction_errors
-    from experiments.profiles import load_profile
+    from experiments.predict.calibrate import predict_grid, prediction_errors
+    from experiments.spec.profiles import load_profile
 
     prof = load_profile(profile_name)
     done = [t for t in trials if t.status == "done" and t.config.speedup is None]

@@ -20,10 +20,10 @@ def demo(
     """Run the demo (builtin:tiny, one grid under the chat and the batch profile) and print the
     recommendation for each: batching's throughput gain and latency cost, decided by evidence."""
     from app import launcher
-    from experiments.analysis import analyse, capacity_sentence
-    from experiments.profiles import load_profile
-    from experiments.runners import runner_for
-    from experiments.sweep import create_sweep
+    from experiments.analysis.queries import analyse, capacity_sentence
+    from experiments.run.runners import runner_for
+    from experiments.run.sweep import create_sweep
+    from experiments.spec.profiles import load_profile
 
     store = open_store(db)
     specs = launcher.demo_specs()

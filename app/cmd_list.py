@@ -34,7 +34,7 @@ def _sweep_row(s) -> dict[str, Any]:
 
 def _measured(s) -> dict[str, Any]:
     """The model and device columns: for an external server, the model names the server."""
-    from experiments.provenance import SERVER_DEVICE
+    from experiments.run.provenance import SERVER_DEVICE
 
     if s.device == SERVER_DEVICE and s.device_name:  # `mock on server at http://h/v1 (vllm 0.6.3)`
         return {"model": f"{s.model} on {s.device_name}", "device": s.device}

@@ -24,7 +24,7 @@ def report(
     if output is not None:
         check_output(output)  # before reading the store, so a typo fails at once
     build_report, report_filename = _report_builder()
-    from experiments.analysis import analyse, find_sweep
+    from experiments.analysis.queries import analyse, find_sweep
 
     with open_store(db, create=False) as store:
         analysis = analyse(store, find_sweep(store, sweep, None))

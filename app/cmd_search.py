@@ -106,8 +106,8 @@ def search(
     or met at --max-load, or missed at the lightest load worth trying), when --budget-min of
     measurement is spent (resume it with --resume), or on Ctrl-C. Nothing else stops it.
     """
-    from experiments.runners import runner_for
-    from experiments.search_runner import set_search_budget
+    from experiments.run.runners import runner_for
+    from experiments.run.search_runner import set_search_budget
 
     if rate + concurrency + speedup > 1:
         raise BadInput("give one of --rate (open loop), --concurrency (closed loop) or "
@@ -124,7 +124,7 @@ def search(
             # A rate trial is sized by time (search.min_span_s) and evidence: at light loads 48
             # requests took 48 s at 1 req/s, a fifth of a 4-minute budget, to pass a load far
             # below capacity.
-            from experiments.search import decisive_requests
+            from experiments.search.strategy import decisive_requests
 
             requests = decisive_requests()
         data = {"model": model, "profile": profile, "burstiness": burstiness, "requests": requests,
@@ -157,9 +157,9 @@ def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
 
 def validate_search(data: dict[str, Any], user_profiles) -> tuple[Any, Any]:
     """The validated spec and its profile; the store is opened only for a user profile's name."""
-    from experiments.grid import parse_spec
-    from experiments.profiles import ProfileError, load_profile
-    from experiments.sweep import sweep_profile
+    from experiments.run.sweep import sweep_profile
+    from experiments.spec.grid import parse_spec
+    from experiments.spec.profiles import ProfileError, load_profile
 
     spec = parse_spec(_drop_none(data))
     try:
@@ -178,9 +178,9 @@ def create_search(db: str | None, spec, prof) -> tuple[int, Any, Any]:
     """Load the model, estimate, then store the sweep (nothing is written before this, not
     even a new db file): (sweep id, target, store)."""
     from app.preflight import existing_store
-    from experiments.estimate import estimate_search_s
-    from experiments.servers import recorded_starts
-    from experiments.sweep import create_sweep, local_target_for
+    from experiments.predict.estimate import estimate_search_s
+    from experiments.run.sweep import create_sweep, local_target_for
+    from experiments.targets.servers import recorded_starts
 
     store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
     budget = f"budget {spec.search.budget_s / 60:g} min"
@@ -214,7 +214,7 @@ def _user_profiles(db: str | None) -> dict[str, str]:
 
 
 def _check_resume(store, sweep_id: int) -> int:
-    from experiments.grid import SweepSpec
+    from experiments.spec.grid import SweepSpec
 
     sweep = store.get_sweep(sweep_id)
     if SweepSpec(**sweep.grid).search is None:
@@ -226,8 +226,8 @@ def _check_resume(store, sweep_id: int) -> int:
 def capacity_summary(analysis) -> dict[str, Any]:
     """Every config's capacity, the one the recommendation names, and its sentence: all read
     from the one recommendation, so they cannot disagree."""
-    from experiments.analysis import capacity_sentence
-    from experiments.capacity import knobs_of
+    from experiments.analysis.queries import capacity_sentence
+    from experiments.search.capacity import knobs_of
 
     rec = analysis.recommendation
     top = rec.capacity if rec.feasible else None
@@ -240,9 +240,9 @@ def capacity_summary(analysis) -> dict[str, Any]:
 
 def search_outcome(store, sweep_id: int) -> dict[str, Any]:
     """The CLI contract's JSON object, replayed from the stored trials."""
-    from experiments.accuracy import prediction_summary
-    from experiments.analysis import analyse
-    from experiments.capacity import NOT_ANSWERED, RULED_OUT
+    from experiments.analysis.queries import analyse
+    from experiments.predict.accuracy import prediction_summary
+    from experiments.search.capacity import NOT_ANSWERED, RULED_OUT
 
     analysis = analyse(store, store.get_sweep(sweep_id))
     sweep, capacities, trials = analysis.sweep, analysis.capacities, analysis.trials

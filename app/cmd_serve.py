@@ -95,7 +95,7 @@ def _checked_router(replicas: int, router: str | None) -> str | None:
 def _exported_targets(path: Path, ttft_slo_ms: float | None,
                       tpot_slo_ms: float | None) -> tuple[float | None, float | None]:
     """The adaptive policy's SLO targets from an exported config (flags win)."""
-    from experiments.export import load_exported_config
+    from experiments.export.render import load_exported_config
 
     cfg = load_exported_config(path.read_text())  # already validated by from_exported
     return (ttft_slo_ms if ttft_slo_ms is not None else cfg.get("ttft_slo_ms"),

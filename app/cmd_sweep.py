@@ -150,7 +150,7 @@ def sweep(
         None, "--ray-address", help="Ray head HOST:PORT (default: a local cluster for this command)"),
 ) -> None:
     """Run a grid of trials (policy x batch size x max wait x load x repetitions) into the store."""
-    from experiments.runners import runner_for
+    from experiments.run.runners import runner_for
 
     if resume is not None:
         store = open_store(db)
@@ -179,11 +179,11 @@ def sweep(
 def _create(db: str | None, data: dict[str, Any]):
     """Validate everything, load the model, and only then write: (store, sweep id, target)."""
     from app.preflight import existing_store
-    from experiments.estimate import estimate_sweep_s
-    from experiments.grid import parse_spec
-    from experiments.profiles import load_profile
-    from experiments.servers import recorded_calibration, recorded_starts
-    from experiments.sweep import create_sweep, local_target_for, sweep_profile
+    from experiments.predict.estimate import estimate_sweep_s
+    from experiments.run.sweep import create_sweep, local_target_for, sweep_profile
+    from experiments.spec.grid import parse_spec
+    from experiments.spec.profiles import load_profile
+    from experiments.targets.servers import recorded_calibration, recorded_starts
 
     spec = parse_spec(data)
     store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
@@ -220,7 +220,7 @@ def prior_note(model: str) -> str:
 
 def starts_note(spec, measured: list[float]) -> str:
     """`, of which 6 server starts of ~75 s (a prior for vllm)`, or "" when none start."""
-    from experiments.estimate import server_starts, start_s_of
+    from experiments.predict.estimate import server_starts, start_s_of
 
     n = server_starts(spec)
     if not n:
@@ -232,8 +232,8 @@ def starts_note(spec, measured: list[float]) -> str:
 
 
 def _check_ray(spec) -> None:
-    from experiments.external import load_tokenizer
-    from experiments.ray_executor import RayUnavailable, check_address
+    from experiments.run.ray_executor import RayUnavailable, check_address
+    from experiments.targets.external import load_tokenizer
 
     try:
         check_address(spec.ray_address)
@@ -248,11 +248,11 @@ def check_external(spec):
     the tokenizer pinned to the one checked here), so the sweep is listed and exported by what
     was measured, never by the tokenizer's default (builtin:tiny)."""
     from app.preflight import check_target_answers
-    from experiments.external import api_key_from_env, load_tokenizer
+    from experiments.targets.external import api_key_from_env, load_tokenizer
 
     key = api_key_from_env(spec.api_key_env)  # set now, or the first trial would fail
     if spec.engine is not None:  # its server starts per config, later; it must be installed now
-        from experiments.engines import EngineUnavailableError, preset
+        from experiments.targets.engines import EngineUnavailableError, preset
 
         try:
             preset(spec.engine).check_available(spec.engine_python)
@@ -264,7 +264,7 @@ def check_external(spec):
     load_tokenizer(tokenizer)
     if not spec.is_bare_target:
         return spec
-    from experiments.http_target import HttpTarget
+    from experiments.targets.http_target import HttpTarget
 
     try:  # the model its requests name: --target-model as given, else the first /v1/models lists
         served = HttpTarget(spec.target, model=spec.target_model, api_key=key).model
@@ -277,9 +277,9 @@ def record_server(store, sweep_id: int, spec) -> None:
     """An external run records the server it measured as its sweep's device (`server at URL
     (vllm 0.6.3)`, or `server per config from --engine vllm`), which `sweeps` and the exports
     name; a local run records its device when its worker loads the model."""
-    from experiments.external import api_key_from_env
-    from experiments.http_target import describe_server
-    from experiments.provenance import SERVER_DEVICE, server_at, server_per_config
+    from experiments.run.provenance import SERVER_DEVICE, server_at, server_per_config
+    from experiments.targets.external import api_key_from_env
+    from experiments.targets.http_target import describe_server
 
     if not spec.is_external:
         return
@@ -347,7 +347,7 @@ def worker(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Run queued sweeps one after another until none is left (the dashboard starts this)."""
-    from experiments.runners import run_queued
+    from experiments.run.runners import run_queued
 
     done = run_queued(open_store(db), os.getpid())
     print(f"worker: ran {len(done)} sweep(s): {', '.join(fmt(i) for i in done) or '-'}", file=sys.stderr)

@@ -15,8 +15,8 @@ from app.parsing import parse_budget, parse_switches
 from common.records import LATENCY_METRICS, SLO, TrialConfig, config_to_dict
 from engine.config import EngineConfig, SchedulerConfig
 from engine.routing import DEFAULT_ROUTER, ROUTERS, check_replicas
-from experiments.answer import SLORule, rules_for
-from experiments.profiles import load_profile, needs_baseline, resolve_slos
+from experiments.analysis.answer import SLORule, rules_for
+from experiments.spec.profiles import load_profile, needs_baseline, resolve_slos
 
 
 def build_trial_config(policy: str, batch_size: int, max_wait_ms: float,
@@ -149,7 +149,7 @@ def trial(
 ) -> None:
     """Run one trial: one batching config at one load level."""
     if target is not None:
-        from experiments.grid import SERVER_OWN_KNOBS
+        from experiments.spec.grid import SERVER_OWN_KNOBS
 
         _refuse_server_knobs(**{"--policy": policy, "--batch-size": batch_size, "--max-wait-ms":
                                 max_wait_ms, "--max-num-batched-tokens": max_num_batched_tokens,
@@ -209,8 +209,8 @@ def _refuse_server_knobs(**given: object) -> None:
 
 def _trace_window(prof, speedup: float, duration: float | None, start: float | None):
     """The profile with its trace window set, and the trial's deadline (window plus drain)."""
-    from experiments.traces import TraceError, prepare_replay
-    from experiments.trial import trace_deadline_s, with_trace_window
+    from experiments.run.trial import trace_deadline_s, with_trace_window
+    from experiments.spec.traces import TraceError, prepare_replay
 
     if duration is not None and not duration > 0:
         raise BadInput(f"--duration must be > 0 s, got {duration}")
@@ -226,7 +226,12 @@ def _trace_window(prof, speedup: float, duration: float | None, start: float | N
 
 def _connect(url: str, model: str | None, tokenizer: str, api_key_env: str | None):
     from app.preflight import check_target_answers
-    from experiments.external import ExternalTarget, TargetSetupError, api_key_from_env, load_tokenizer
+    from experiments.targets.external import (
+        ExternalTarget,
+        TargetSetupError,
+        api_key_from_env,
+        load_tokenizer,
+    )
 
     key = api_key_from_env(api_key_env)
     check_target_answers(url)  # seconds, before the tokenizer look-up (which may be slow)
@@ -242,8 +247,8 @@ def _connect(url: str, model: str | None, tokenizer: str, api_key_env: str | Non
 def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, requests: int,
                   seed: int, duration: float | None, remote=None) -> dict:
     """Load the model (or use `remote`), measure the baseline if the SLOs need it, run the trial."""
-    from experiments.provenance import server_at
-    from experiments.trial import measure_baseline, run_trial
+    from experiments.run.provenance import server_at
+    from experiments.run.trial import measure_baseline, run_trial
 
     target = remote or _local_target(engine_config, trial_config)
     placement = target.placement() if hasattr(target, "placement") else None
@@ -276,16 +281,16 @@ def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, 
 def _local_target(engine_config: EngineConfig, trial_config: TrialConfig):
     """One in-process engine, or N replica processes behind the trial's router."""
     if trial_config.replicas == 1:
-        from experiments.local import LocalTarget
+        from experiments.targets.local import LocalTarget
 
         return LocalTarget.start(engine_config)
-    from experiments.replica_target import ReplicaTarget
+    from experiments.targets.replica_target import ReplicaTarget
 
     return ReplicaTarget.start(engine_config, trial_config.replicas, trial_config.router)
 
 
 def from_exported(path: Path, model: str) -> tuple[str, str, int, float, int | None]:
-    from experiments.export import load_exported_config
+    from experiments.export.render import load_exported_config
 
     try:
         text = path.read_text()
@@ -301,14 +306,14 @@ def from_exported(path: Path, model: str) -> tuple[str, str, int, float, int | N
 
 def exported_caching(path: Path, given: bool | None) -> bool | None:
     """The exported config's prefix caching, unless given as a flag."""
-    from experiments.export import load_exported_config
+    from experiments.export.render import load_exported_config
 
     return given if given is not None else load_exported_config(path.read_text())["prefix_caching"]
 
 
 def exported_scale(path: Path, replicas: int, router: str | None) -> tuple[int, str | None]:
     """The replica count and router of an exported config, unless given as flags."""
-    from experiments.export import load_exported_config
+    from experiments.export.render import load_exported_config
 
     if replicas != 1 or router is not None:
         return replicas, router

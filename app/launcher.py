@@ -21,8 +21,8 @@ from sqlalchemy.engine import make_url
 
 from db.errors import StoreError
 from db.store import Store, SweepRecord, utcnow
-from experiments.grid import SweepSpec, parse_spec
-from experiments.profiles import load_profile
+from experiments.spec.grid import SweepSpec, parse_spec
+from experiments.spec.profiles import load_profile
 
 # A worker on this host is declared dead at once when its pid is gone (Store.mark_dead_workers);
 # the heartbeat timeout only matters for workers elsewhere (a shared PostgreSQL store), and must
@@ -107,8 +107,8 @@ def watch(store: Store, url: str, force: bool = False) -> bool:
 
 def start_sweep(store: Store, url: str, spec: SweepSpec) -> int:
     """Queue a sweep and make sure a worker will run it; return its id."""
-    # experiments.sweep imports torch (the engine); only pay for it when a sweep starts.
-    from experiments.sweep import create_sweep
+    # experiments.run.sweep imports torch (the engine); only pay for it when a sweep starts.
+    from experiments.run.sweep import create_sweep
 
     sweep_id = create_sweep(store, spec, load_profile(spec.profile, store.list_profiles()))
     watch(store, url, force=True)
@@ -137,7 +137,7 @@ def resume_sweep(store: Store, url: str, sweep_id: int) -> None:
 def resume_search(store: Store, url: str, sweep_id: int, budget_s: float) -> None:
     """Continue a stopped capacity search (budget spent, cancelled or failed) under a new time
     budget: the worker runs it as `tradeoff search --resume` does, reusing every stored trial."""
-    from experiments.search_runner import set_search_budget  # GridError: not a search, or a bad budget
+    from experiments.run.search_runner import set_search_budget  # GridError: not a search, or a bad budget
 
     sweep = store.get_sweep(sweep_id)
     if is_active(sweep):

@@ -50,7 +50,7 @@ def _check_creatable(path: Path) -> None:
 
 def check_target_answers(url: str, timeout_s: float = TARGET_PROBE_TIMEOUT_S) -> None:
     """BadInput unless something speaks HTTP at `url` (any status: auth comes later)."""
-    from experiments.http_target import api_base, server_root
+    from experiments.targets.http_target import api_base, server_root
 
     if not url.startswith(("http://", "https://")):
         raise BadInput(f"--target {url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1")

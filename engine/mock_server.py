@@ -4,7 +4,7 @@ Every request, once in service, streams its first token `ttft_ms` after service 
 each further token `itl_ms` later (S = T + (n - 1) I for n tokens), optionally jittered
 uniformly by +-`jitter_ms` per gap. At most `capacity` requests are in service at once; the
 rest wait in a FIFO queue. So closed-loop load with C > K users gives req/s = K / S and
-E2E = C S / K, and open-loop Poisson load with K = 1 is an M/D/1 queue (experiments/queueing.py).
+E2E = C S / K, and open-loop Poisson load with K = 1 is an M/D/1 queue (experiments/load/queueing.py).
 
 Tokens are emitted on an absolute schedule (no drift), by a timerfd-paced loop (engine/pacer.py);
 tokens already due when the loop wakes go out in one write. Each token's text is one ASCII

@@ -21,7 +21,7 @@ from engine.config import EngineConfig, SchedulerConfig
 from engine.llama_runner import LlamaRunner, lean_decode_loop
 from engine.sequence import SamplingParams, Sequence
 from engine.threads import set_engine_threads
-from experiments.local import LocalTarget
+from experiments.targets.local import LocalTarget
 
 
 @dataclass(frozen=True)

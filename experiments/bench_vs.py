@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from common.records import TrialConfig
-from experiments.engines import EngineUnavailableError, preset
-from experiments.external import ExternalTarget, ServerProcess, TargetSetupError, load_tokenizer
-from experiments.profiles import load_profile
-from experiments.trial import run_trial
+from experiments.run.trial import run_trial
+from experiments.spec.profiles import load_profile
+from experiments.targets.engines import EngineUnavailableError, preset
+from experiments.targets.external import ExternalTarget, ServerProcess, TargetSetupError, load_tokenizer
 
 LOADS: tuple[tuple[int, int], ...] = ((1, 24), (16, 96))  # (closed-loop users, measured requests)
 BATCH_SIZE = 16  # tradeoff serve's --batch-size and vLLM's --max-num-seqs

@@ -34,17 +34,17 @@ import numpy as np  # noqa: E402
 from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig, SchedulerConfig  # noqa: E402
 from engine.simulate import CostModel, Simulator  # noqa: E402
-from experiments import traces  # noqa: E402
-from experiments.loadgen import record_from_sequence  # noqa: E402
-from experiments.local import LocalTarget  # noqa: E402
-from experiments.metrics import meets_slos  # noqa: E402
-from experiments.predict import PRIORS, fit_cost_model  # noqa: E402
-from experiments.profiles import load_profile, resolve_slos  # noqa: E402
-from experiments.trial import (  # noqa: E402
+from experiments.analysis.metrics import meets_slos  # noqa: E402
+from experiments.load.loadgen import record_from_sequence  # noqa: E402
+from experiments.predict.simulate import PRIORS, fit_cost_model  # noqa: E402
+from experiments.run.trial import (  # noqa: E402
     measure_baseline,
     run_trial,
     with_trace_window,
 )
+from experiments.spec import traces  # noqa: E402
+from experiments.spec.profiles import load_profile, resolve_slos  # noqa: E402
+from experiments.targets.local import LocalTarget  # noqa: E402
 
 BATCHES, WAITS = (1, 4, 8, 16), (0.0, 5.0, 20.0)
 BENCH_DRAIN_FACTOR = 2.0
@@ -236,7 +236,7 @@ def simulate(profile, configs: list[TrialConfig], slos, steps: list, speedup: fl
 
 
 def fit_cost(steps: list) -> CostModel:
-    """The sweep's own fit (predict.fit_cost_model): linear step costs and the gap between steps."""
+    """The sweep's own fit (simulate.fit_cost_model): linear step costs and the gap between steps."""
     return fit_cost_model(steps, PRIORS["builtin:tiny"])
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ def mock(runs: int, db_dir: Path) -> None:
 def true_capacity(slos: dict[str, float], n: int = 200_000, target: float = 0.9) -> float:
     """The largest Poisson rate whose steady-state share of requests meeting every SLO is >=
     target, for the mock server (FIFO, 8 in service, T = 40 ms, I = 10 ms per later token)."""
-    from experiments.profiles import load_profile
-    from experiments.workload import sample_lengths
+    from experiments.load.workload import sample_lengths
+    from experiments.spec.profiles import load_profile
 
     rng = np.random.default_rng(0)
     tokens = np.asarray(sample_lengths(load_profile("chat").output_tokens, n, rng), dtype=float)

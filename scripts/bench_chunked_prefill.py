@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
-from experiments.local import LocalTarget  # noqa: E402
-from experiments.profiles import load_profile  # noqa: E402
-from experiments.trial import run_trial  # noqa: E402
+from experiments.run.trial import run_trial  # noqa: E402
+from experiments.spec.profiles import load_profile  # noqa: E402
+from experiments.targets.local import LocalTarget  # noqa: E402
 
 FIGURES = ("itl_p99_ms", "itl_p50_ms", "ttft_p50_ms", "ttft_p90_ms", "output_tok_s", "roofline_decode")
 

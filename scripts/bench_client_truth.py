@@ -27,13 +27,13 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.records import TrialConfig  # noqa: E402
-from experiments.external import ServerProcess  # noqa: E402
-from experiments.http_target import HttpTarget  # noqa: E402
-from experiments.loadgen import run_open_loop  # noqa: E402
-from experiments.profiles import FixedLength, parse_profile_yaml  # noqa: E402
-from experiments.queueing import closed_loop, fifo_e2e_s, md1_mean_e2e_s  # noqa: E402
-from experiments.trial import run_trial  # noqa: E402
-from experiments.workload import RequestSpec, open_loop_arrivals  # noqa: E402
+from experiments.load.loadgen import run_open_loop  # noqa: E402
+from experiments.load.queueing import closed_loop, fifo_e2e_s, md1_mean_e2e_s  # noqa: E402
+from experiments.load.workload import RequestSpec, open_loop_arrivals  # noqa: E402
+from experiments.run.trial import run_trial  # noqa: E402
+from experiments.spec.profiles import FixedLength, parse_profile_yaml  # noqa: E402
+from experiments.targets.external import ServerProcess  # noqa: E402
+from experiments.targets.http_target import HttpTarget  # noqa: E402
 
 ANY = TrialConfig("continuous", 1, 0.0, concurrency=1)  # the mock ignores server knobs
 PROFILE = parse_profile_yaml("name: b\nprompt_tokens: {kind: fixed, value: 8}\n"

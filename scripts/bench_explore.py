@@ -31,8 +31,8 @@ from app.dashboard.state import HOVER_KEYS, slim  # noqa: E402
 from app.dashboard.synthetic import add_synthetic_sweep  # noqa: E402
 from common.records import SLO  # noqa: E402
 from db.store import Store  # noqa: E402
-from experiments.pareto import aggregate, classify  # noqa: E402
-from experiments.recommend import FASTEST_KEY, KNEE_LATENCY_KEY, recommend  # noqa: E402
+from experiments.analysis.pareto import aggregate, classify  # noqa: E402
+from experiments.analysis.recommend import FASTEST_KEY, KNEE_LATENCY_KEY, recommend  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
-from experiments.local import LocalTarget  # noqa: E402
-from experiments.predict import fit_cost_model, prior_cost, simulate_trial  # noqa: E402
-from experiments.profiles import load_profile  # noqa: E402
-from experiments.replica_target import ReplicaTarget  # noqa: E402
-from experiments.trial import run_trial  # noqa: E402
+from experiments.predict.simulate import fit_cost_model, prior_cost, simulate_trial  # noqa: E402
+from experiments.run.trial import run_trial  # noqa: E402
+from experiments.spec.profiles import load_profile  # noqa: E402
+from experiments.targets.local import LocalTarget  # noqa: E402
+from experiments.targets.replica_target import ReplicaTarget  # noqa: E402
 
 PROFILE = "chat-multiturn"
 ROUTERS = ("prefix_affinity", "least_outstanding")

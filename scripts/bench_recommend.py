@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from db.store import Store  # noqa: E402
-from experiments.analysis import analyse, find_sweep  # noqa: E402
+from experiments.analysis.queries import analyse, find_sweep  # noqa: E402
 
 # in-process: open the store, read every trial, fold, decide. command: the same plus Python
 # start-up and imports (~0.5 s of it), as a user typing `tradeoff recommend` sees it.

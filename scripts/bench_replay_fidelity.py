@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 
 from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
-from experiments.local import LocalTarget  # noqa: E402
-from experiments.profiles import load_profile  # noqa: E402
-from experiments.trial import run_trial, with_trace_window  # noqa: E402
+from experiments.run.trial import run_trial, with_trace_window  # noqa: E402
+from experiments.spec.profiles import load_profile  # noqa: E402
+from experiments.targets.local import LocalTarget  # noqa: E402
 
 
 def lag_line(lags: list[float]) -> str:

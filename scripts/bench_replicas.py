@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
-from experiments.predict import PRIORS, fit_cost_model, simulate_trial  # noqa: E402
-from experiments.profiles import load_profile, resolve_slos  # noqa: E402
-from experiments.replica_target import ReplicaTarget  # noqa: E402
-from experiments.trial import measure_baseline, run_trial  # noqa: E402
+from experiments.predict.simulate import PRIORS, fit_cost_model, simulate_trial  # noqa: E402
+from experiments.run.trial import measure_baseline, run_trial  # noqa: E402
+from experiments.spec.profiles import load_profile, resolve_slos  # noqa: E402
+from experiments.targets.replica_target import ReplicaTarget  # noqa: E402
 
 
 def parse() -> argparse.Namespace:

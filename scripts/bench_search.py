@@ -26,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from db.store import Store  # noqa: E402
-from experiments.analysis import sweep_capacities  # noqa: E402
-from experiments.answer import best  # noqa: E402
-from experiments.capacity import knob_label  # noqa: E402
-from experiments.grid import parse_spec  # noqa: E402
-from experiments.profiles import load_profile  # noqa: E402
-from experiments.recommend import recommend  # noqa: E402
-from experiments.runners import runner_for  # noqa: E402
-from experiments.sweep import create_sweep  # noqa: E402
+from experiments.analysis.answer import best  # noqa: E402
+from experiments.analysis.queries import sweep_capacities  # noqa: E402
+from experiments.analysis.recommend import recommend  # noqa: E402
+from experiments.run.runners import runner_for  # noqa: E402
+from experiments.run.sweep import create_sweep  # noqa: E402
+from experiments.search.capacity import knob_label  # noqa: E402
+from experiments.spec.grid import parse_spec  # noqa: E402
+from experiments.spec.profiles import load_profile  # noqa: E402
 
 FULL = {"batch_sizes": [1, 4, 8, 16], "max_wait_ms": [0, 5, 20], "loads": [1, 2, 4, 8, 16, 32],
         "requests": 48}
@@ -121,7 +121,7 @@ def fixed_slo_profile(prof, slos) -> str:
 
 
 def _slos(store: Store, trials) -> list:
-    from experiments.analysis import stored_slos
+    from experiments.analysis.queries import stored_slos
     return stored_slos(trials, store)
 
 
@@ -154,7 +154,7 @@ def dense_readings(trials, target: float) -> dict:
     the target (noise lets a lucky high load pass), the load before the first point miss, and
     the search's own rule (below the first load whose 90% Wilson interval does not lie wholly
     above the target: a bisection that measured every load once; it repeats undecided ones)."""
-    from experiments.search import wilson, z_for
+    from experiments.search.strategy import wilson, z_for
 
     z = z_for(0.9)
     rows = sorted((t.config.concurrency, t) for t in trials if t.status == "done")
@@ -172,10 +172,10 @@ def dense_readings(trials, target: float) -> dict:
 
 def simulated(model: str) -> None:
     """The issue's full grid, grid vs search, on the virtual clock under the prior cost model."""
-    from experiments.capacity import run_search
-    from experiments.capacity_plan import calibration_probe, make_plan, revise_plan, simulated_measure
-    from experiments.estimate import predicted_slos
-    from experiments.predict import prior_cost, simulate_trial
+    from experiments.predict.estimate import predicted_slos
+    from experiments.predict.simulate import prior_cost, simulate_trial
+    from experiments.search.capacity import run_search
+    from experiments.search.capacity_plan import calibration_probe, make_plan, revise_plan, simulated_measure
 
     for profile in ("chat", "batch"):
         prof, cost = load_profile(profile), prior_cost(model)

@@ -106,7 +106,7 @@ def relaunch(db: str, work: Path, requests: int) -> None:
         server = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         try:
-            from experiments.http_target import wait_for_health
+            from experiments.targets.http_target import wait_for_health
 
             wait_for_health("http://127.0.0.1:8000/v1", 600, is_alive=lambda: server.poll() is None)
             for seed in (1, 2, 3):
@@ -166,11 +166,11 @@ def search(work: Path, requests: int, grid_db: str | None) -> None:
 def _grid_errors(search_db: str, search_id: int, grid_db: str) -> None:
     """Each grid sweep's trials predicted under the search's probe fit and its last refit."""
     from db.store import Store
-    from experiments.accuracy import TABLE_KEYS
-    from experiments.analysis import stored_slos
-    from experiments.grid import SweepSpec
-    from experiments.predict import cost_from_dict, simulate_trial, stored_calibration
-    from experiments.profiles import Profile
+    from experiments.analysis.queries import stored_slos
+    from experiments.predict.accuracy import TABLE_KEYS
+    from experiments.predict.simulate import cost_from_dict, simulate_trial, stored_calibration
+    from experiments.spec.grid import SweepSpec
+    from experiments.spec.profiles import Profile
 
     trials = Store(search_db, create=False).list_trials(search_id)
     probed = next(t.details["prediction"]["calibration"] for t in trials
@@ -230,16 +230,16 @@ def _black_box_vs_steps(search_db: str, local_db: str, grid_db: str) -> None:
     """Median |black-box / engine-step prediction - 1| over the grid's trials, and each one's
     median |predicted / measured - 1|."""
     from db.store import Store
-    from experiments.analysis import stored_slos
-    from experiments.grid import SweepSpec
-    from experiments.predict import (
+    from experiments.analysis.queries import stored_slos
+    from experiments.predict.simulate import (
         cost_from_dict,
         fit_cost_model,
         prior_cost,
         simulate_trial,
         stored_steps,
     )
-    from experiments.profiles import Profile
+    from experiments.spec.grid import SweepSpec
+    from experiments.spec.profiles import Profile
 
     search_trials = Store(search_db, create=False).list_trials(1)
     probed = next(t.details["prediction"]["calibration"] for t in search_trials

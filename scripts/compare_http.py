@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.records import TrialConfig  # noqa: E402
 from engine.config import EngineConfig, SchedulerConfig  # noqa: E402
-from experiments.external import ExternalTarget, ServerProcess, load_tokenizer  # noqa: E402
-from experiments.local import LocalTarget  # noqa: E402
-from experiments.profiles import load_profile  # noqa: E402
-from experiments.trial import run_trial  # noqa: E402
+from experiments.run.trial import run_trial  # noqa: E402
+from experiments.spec.profiles import load_profile  # noqa: E402
+from experiments.targets.external import ExternalTarget, ServerProcess, load_tokenizer  # noqa: E402
+from experiments.targets.local import LocalTarget  # noqa: E402
 
 SERVE = (f"{sys.executable} -m app.cli serve --model {{model}} --policy {{policy}} "
          "--batch-size {batch_size} --max-wait-ms {max_wait_ms} --port {port}")

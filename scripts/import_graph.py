@@ -104,7 +104,7 @@ def _scan(importer: str, path: Path, graph: Graph) -> None:
                 deps.add(target)
                 if _is_private(alias.name) and target != importer:
                     graph.private.append((importer, target, alias.name))
-    # `module._name` on a module bound by name (`from experiments import sweep; sweep._x`).
+    # `module._name` on a module bound by name (`from experiments.run import sweep; sweep._x`).
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and _is_private(node.attr)
                 and isinstance(node.value, ast.Name) and node.value.id in aliases

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.records import Dist, RequestRecord, TrialConfig, TrialMetrics  # noqa: E402
 from db.store import Store, utcnow  # noqa: E402
-from experiments.profiles import load_profile  # noqa: E402
+from experiments.spec.profiles import load_profile  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

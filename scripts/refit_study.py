@@ -22,12 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from db.store import Store  # noqa: E402
-from experiments import refit as refit_mod  # noqa: E402
-from experiments.analysis import stored_slos  # noqa: E402
-from experiments.calibrate import observed_of, point_probes  # noqa: E402
-from experiments.grid import SweepSpec  # noqa: E402
-from experiments.predict import cost_from_dict, simulate_trial  # noqa: E402
-from experiments.profiles import Profile  # noqa: E402
+from experiments.analysis.queries import stored_slos  # noqa: E402
+from experiments.predict import refit as refit_mod  # noqa: E402
+from experiments.predict.calibrate import observed_of, point_probes  # noqa: E402
+from experiments.predict.simulate import cost_from_dict, simulate_trial  # noqa: E402
+from experiments.spec.grid import SweepSpec  # noqa: E402
+from experiments.spec.profiles import Profile  # noqa: E402
 
 KEYS = ("output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p90", "tpot_ms_p50")
 

@@ -9,7 +9,7 @@ import pytest
 
 # As the CLI does: idle OpenMP threads sleep instead of spinning (set before torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Drift control (experiments/drift.py) re-runs trials measured while the machine's speed moved
+# Drift control (experiments/run/drift.py) re-runs trials measured while the machine's speed moved
 # by more than a third; on a shared test machine that happens at random, and tests of other
 # contracts count trials. tests/integration/test_drift_rerun.py turns it on and drives it.
 os.environ["TRADEOFF_DRIFT_CHECK"] = "off"

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 
 from common.records import TrialRecord
-from experiments.capacity import SKIPPED, ConfigCapacity, knob_label
-from experiments.pareto import frontier
+from experiments.analysis.pareto import frontier
+from experiments.search.capacity import SKIPPED, ConfigCapacity, knob_label
 
 POLICY_COLOURS: dict[str, str] = {"static": "#3b6fd6", "continuous": "#f08a24", "adaptive": "#1fa8a0"}
 NEUTRAL = "rgba(128,128,128,0.9)"

@@ -11,15 +11,15 @@ from app.dashboard import capacity_charts, charts, state, widgets
 from common.numbers import readable_rows
 from common.records import TrialRecord
 from db.store import SweepRecord
-from experiments import accuracy
-from experiments.analysis import (
+from experiments.analysis.queries import (
     capacity_sentence,
     is_search,
     predicted_capacity,
     predicted_grid,
     prediction_errors,
 )
-from experiments.capacity import ConfigCapacity
+from experiments.predict import accuracy
+from experiments.search.capacity import ConfigCapacity
 
 
 @st.cache_resource(ttl=state.STABLE_TTL_S, max_entries=16, show_spinner=False)

@@ -18,7 +18,7 @@ from app.dashboard import chart_reading
 from app.dashboard.colours import COLOUR_OPTIONS, Colour, colour_of  # noqa: F401 (pages use charts.*)
 from common.records import SLO, RequestRecord, TrialConfig
 from db.store import StoredRequest
-from experiments.pareto import ConfigPoint
+from experiments.analysis.pareto import ConfigPoint
 
 THROUGHPUT_LABELS: dict[str, str] = {
     "output_tokens_per_s": "Output throughput (tokens/s)",

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from experiments.scaleout import REPLICA_COUNTS, ScalePoint, scaling_values
+from experiments.analysis.scaleout import REPLICA_COUNTS, ScalePoint, scaling_values
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 METRIC_TITLES = {
@@ -29,7 +29,7 @@ def scale_figure(points: Sequence[ScalePoint], metric: str = "per_replica",
                  replicas_title: str = "Replicas") -> go.Figure:
     """One panel per batching config (configs that scale alike never hide under one line), each
     with a dashed line of simulated points ('simulated') and filled diamonds for measured trials
-    ('measured'), on a log2 replica axis; y is `metric` (experiments.scaleout.SCALE_METRICS)."""
+    ('measured'), on a log2 replica axis; y is `metric` (experiments.analysis.scaleout.SCALE_METRICS)."""
     configs = list(dict.fromkeys(p.config for p in points))
     fig = make_subplots(rows=1, cols=max(len(configs), 1), shared_yaxes=True,
                         horizontal_spacing=0.03, subplot_titles=[html.escape(c) for c in configs])

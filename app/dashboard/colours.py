@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from experiments.pareto import ConfigPoint
+from experiments.analysis.pareto import ConfigPoint
 
 # What the frontier chart's marker colour can show: a config knob or a per-point metric.
 COLOUR_OPTIONS: dict[str, str] = {

@@ -8,9 +8,9 @@ import streamlit as st
 
 from app.dashboard import charts, state, widgets
 from db.store import SweepRecord
-from experiments.answer import amount
-from experiments.pareto import classify
-from experiments.recommend import OBJECTIVES, config_to_dict
+from experiments.analysis.answer import amount
+from experiments.analysis.pareto import classify
+from experiments.analysis.recommend import OBJECTIVES, config_to_dict
 
 
 def render() -> None:

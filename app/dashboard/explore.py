@@ -11,11 +11,11 @@ from app.dashboard import capacity_view, chart_reading, charts, charts_time, sta
 from common.numbers import num, rounded
 from common.records import SLO, TrialRecord
 from db.store import SweepRecord
-from experiments.analysis import capacity_sentence
-from experiments.metrics import latency_samples
-from experiments.pareto import ConfigPoint, classify
-from experiments.profiles import SLO_METRICS, SLO_PERCENTILES
-from experiments.recommend import Recommendation
+from experiments.analysis.metrics import latency_samples
+from experiments.analysis.pareto import ConfigPoint, classify
+from experiments.analysis.queries import capacity_sentence
+from experiments.analysis.recommend import Recommendation
+from experiments.spec.profiles import SLO_METRICS, SLO_PERCENTILES
 
 KEY_METRICS = ("output_tokens_per_s", "requests_per_s", "goodput_rps", "slo_attainment",
                "ttft_ms_p90", "tpot_ms_p90", "e2e_ms_p90", "mean_batch_size",

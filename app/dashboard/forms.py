@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from engine.routing import DEFAULT_ROUTER
 from engine.routing import ROUTERS as ENGINE_ROUTERS
-from experiments.grid import GridError, SweepSpec, parse_spec
-from experiments.profiles import Profile, ProfileError, load_profile
-from experiments.sweep import sweep_profile, with_slos
+from experiments.run.sweep import sweep_profile, with_slos
+from experiments.spec.grid import GridError, SweepSpec, parse_spec
+from experiments.spec.profiles import Profile, ProfileError, load_profile
 
 # engine.models.builtin_names() has these, but importing it loads torch into the UI process.
 BUILTIN_MODELS: tuple[str, ...] = ("builtin:tiny", "builtin:small", "builtin:0.5b")
@@ -27,7 +27,7 @@ _FIELD_OF = {"concurrency": "load", "rate": "load", "speedup": "load", "sweep": 
 EXECUTORS: dict[str, str] = {"local": "this machine, one trial at a time",
                              "ray": "Ray workers, one trial per GPU or CPU slot",
                              "engine": "a deployed engine's own server, started per config"}
-# experiments.engines.ENGINES, in words; the model field names what the engine loads.
+# experiments.targets.engines.ENGINES, in words; the model field names what the engine loads.
 ENGINE_NAMES: dict[str, str] = {"vllm": "vLLM", "sglang": "SGLang", "tgi": "TGI (text-generation-launcher)",
                                 "llamacpp": "llama.cpp (llama-server, a GGUF path as model)"}
 
@@ -122,7 +122,7 @@ def build_spec(inputs: RunInputs, user_profiles: dict[str, str]) -> tuple[SweepS
 
 def _engine_error(engine: str | None, python: str | None = None) -> str | None:
     # Said on the page: the worker would otherwise fail its first trial on a missing binary.
-    from experiments.engines import EngineUnavailableError, preset
+    from experiments.targets.engines import EngineUnavailableError, preset
 
     if engine is None:
         return None
@@ -152,7 +152,7 @@ def _launch_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
 
 def _ray_error(address: str | None) -> str | None:
     # A TCP connect to the head (seconds at most), so a wrong address is said here, not later.
-    from experiments.ray_executor import RayUnavailable, check_address
+    from experiments.run.ray_executor import RayUnavailable, check_address
 
     try:
         check_address(address)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from app.dashboard import state, widgets
 from db.errors import StoreError
-from experiments.profiles import ProfileError, list_builtin_profiles, parse_profile_yaml
+from experiments.spec.profiles import ProfileError, list_builtin_profiles, parse_profile_yaml
 
 NEW = "+ new profile"  # not a valid profile name, so it never collides with one
 TEMPLATE_FROM = "chat"

@@ -9,10 +9,10 @@ import streamlit as st
 from app import launcher
 from app.dashboard import capacity_view, charts, report, state, widgets
 from db.store import SweepRecord
-from experiments.analysis import SweepAnalysis, capacity_sentence, export_analysis
-from experiments.answer import amount
-from experiments.export import FORMATS
-from experiments.recommend import OBJECTIVES, Recommendation
+from experiments.analysis.answer import amount
+from experiments.analysis.queries import SweepAnalysis, capacity_sentence, export_analysis
+from experiments.analysis.recommend import OBJECTIVES, Recommendation
+from experiments.export.render import FORMATS
 
 # Export format -> (file suffix, MIME type); names are `tradeoff-<profile>-<sweep>.<suffix>`.
 FILES: dict[str, tuple[str, str]] = {

@@ -12,11 +12,11 @@ from html import escape
 
 from app.dashboard import charts, report_turns
 from common.numbers import num
-from experiments import accuracy
-from experiments.analysis import SweepAnalysis, coarse_note, export_analysis
-from experiments.arrivals import ATTRIBUTION, BUILTIN_TRACES
-from experiments.pareto import ConfigPoint, aggregate, classify
-from experiments.recommend import KNEE_LATENCY_KEY, OBJECTIVES, Recommendation, config_to_dict
+from experiments.analysis.pareto import ConfigPoint, aggregate, classify
+from experiments.analysis.queries import SweepAnalysis, coarse_note, export_analysis
+from experiments.analysis.recommend import KNEE_LATENCY_KEY, OBJECTIVES, Recommendation, config_to_dict
+from experiments.predict import accuracy
+from experiments.spec.arrivals import ATTRIBUTION, BUILTIN_TRACES
 
 TEMPLATE = "plotly_white"  # the report is a light document, outside any Streamlit theme
 _CSS = """

@@ -12,12 +12,12 @@ from app.dashboard import capacity_view, charts, forms, state, widgets
 from app.dashboard.forms import RunInputs
 from db.errors import StoreError
 from db.store import SweepRecord
-from experiments.analysis import is_search
-from experiments.capacity import can_continue
-from experiments.estimate import estimate_search_s, estimate_sweep_s
-from experiments.grid import GridError, SweepSpec
-from experiments.pareto import classify
-from experiments.profiles import list_builtin_profiles
+from experiments.analysis.pareto import classify
+from experiments.analysis.queries import is_search
+from experiments.predict.estimate import estimate_search_s, estimate_sweep_s
+from experiments.search.capacity import can_continue
+from experiments.spec.grid import GridError, SweepSpec
+from experiments.spec.profiles import list_builtin_profiles
 
 OTHER_MODEL = "Hugging Face id or local path..."
 AUTO_ESTIMATE_MAX_CONFIGS = 64  # the estimate simulates every trial: ~50 ms each on 2 cores

@@ -11,7 +11,7 @@ from app.dashboard import charts_scale, state, widgets
 from common.records import TrialConfig
 from db.store import SweepRecord
 from engine.routing import DEFAULT_ROUTER, ROUTERS
-from experiments.scaleout import REPLICA_COUNTS, ScalePoint, ScaleView, measured_routers
+from experiments.analysis.scaleout import REPLICA_COUNTS, ScalePoint, ScaleView, measured_routers
 
 ROUTER_NAMES = {"least_outstanding": "least outstanding", "round_robin": "round robin",
                 "power_of_two": "power of two choices", "prefix_affinity": "prefix affinity"}

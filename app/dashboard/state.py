@@ -14,14 +14,14 @@ import streamlit as st
 
 from common.records import SLO, TrialConfig, TrialRecord
 from db.store import Store, StoredRequest, SweepRecord, resolve_db_url
-from experiments.analysis import SweepAnalysis, analyse, stored_slos
-from experiments.pareto import ConfigPoint, aggregate
-from experiments.profiles import Profile
-from experiments.recommend import (
+from experiments.analysis.pareto import ConfigPoint, aggregate
+from experiments.analysis.queries import SweepAnalysis, analyse, stored_slos
+from experiments.analysis.recommend import (
     Recommendation,
 )
-from experiments.scaleout import MIN_SIM_REQUESTS, ScalePoint, ScaleView, simulate_scaling
-from experiments.scaleout import scale_view as build_scale_view
+from experiments.analysis.scaleout import MIN_SIM_REQUESTS, ScalePoint, ScaleView, simulate_scaling
+from experiments.analysis.scaleout import scale_view as build_scale_view
+from experiments.spec.profiles import Profile
 
 LIVE_TTL_S = 2.0  # sweeps move while a page is open; the live panels poll at this pace
 STABLE_TTL_S = 600.0  # keyed by the sweep's progress, so only memory bounds these

@@ -15,10 +15,10 @@ from dataclasses import replace
 from common.records import SLO, RequestRecord, TrialConfig
 from db.store import Store
 from engine.core import StepRecord
-from experiments.grid import SweepSpec, parse_spec
-from experiments.metrics import compute_trial_metrics
-from experiments.profiles import load_profile
-from experiments.timeseries import trial_timeseries
+from experiments.analysis.metrics import compute_trial_metrics
+from experiments.analysis.timeseries import trial_timeseries
+from experiments.spec.grid import SweepSpec, parse_spec
+from experiments.spec.profiles import load_profile
 
 DEFAULT_SLOS = (SLO("ttft_ms", "p90", 60.0), SLO("tpot_ms", "p90", 3.0))
 

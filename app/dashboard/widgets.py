@@ -13,9 +13,9 @@ from app.dashboard import charts, state
 from common.records import LATENCY_METRICS, SLO, STATS, THROUGHPUT_METRICS
 from db.errors import StoreError
 from db.store import SweepRecord
-from experiments.grid import SweepSpec
-from experiments.profiles import SLO_METRICS, ProfileError
-from experiments.recommend import KNEE_LATENCY_KEY, OBJECTIVES
+from experiments.analysis.recommend import KNEE_LATENCY_KEY, OBJECTIVES
+from experiments.spec.grid import SweepSpec
+from experiments.spec.profiles import SLO_METRICS, ProfileError
 
 SHARED_SWEEP = "sweep_id"  # the sweep the user last looked at, kept across pages
 LIVE_REFRESH_S = 2.0

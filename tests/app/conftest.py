@@ -13,8 +13,8 @@ from dashboard_helpers import MARKUP_NAME
 from app import launcher
 from app.dashboard.synthetic import add_synthetic_sweep
 from db.store import Store
-from experiments.grid import SweepSpec
-from experiments.profiles import load_profile
+from experiments.spec.grid import SweepSpec
+from experiments.spec.profiles import load_profile
 
 CHAT_SPEC = {"name": MARKUP_NAME, "profile": "chat", "policies": ["static", "continuous"],
              "batch_sizes": [1, 4, 16], "max_wait_ms": [0.0], "concurrency": [1, 4, 16],

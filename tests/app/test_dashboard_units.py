@@ -10,7 +10,7 @@ from app.dashboard.synthetic import synthetic_requests
 from app.dashboard.widgets import md
 from common.records import TrialConfig, TrialRecord
 from db.store import StoredRequest
-from experiments.pareto import aggregate, classify
+from experiments.analysis.pareto import aggregate, classify
 
 
 @pytest.mark.parametrize(("text", "kind", "expected"), [
@@ -50,7 +50,7 @@ def test_md_shows_markup_literally() -> None:
 
 
 def _trial(trial_id: int, config: TrialConfig) -> TrialRecord:
-    from experiments.metrics import compute_trial_metrics
+    from experiments.analysis.metrics import compute_trial_metrics
 
     metrics = compute_trial_metrics(synthetic_requests(config, 8), [], [], None, False)
     return TrialRecord(trial_id, 1, config, "done", metrics.flat())
@@ -128,7 +128,7 @@ def test_token_budgets_on_the_run_page() -> None:
 def test_error_bars_stop_at_zero() -> None:
     from app.dashboard.charts import error_bars
     from common.records import TrialConfig
-    from experiments.pareto import ConfigPoint
+    from experiments.analysis.pareto import ConfigPoint
 
     # Two repetitions, 160 and 20 ms: the t-interval (t = 12.7) runs to -800 ms; the bar to 0.
     point = ConfigPoint(TrialConfig("static", 1, 0.0, concurrency=1), 2, {"ttft_ms_p90": 90.0},

@@ -12,9 +12,9 @@ from dashboard_helpers import page_test, plain, texts
 from app.dashboard.synthetic import synthetic_requests
 from common.records import TrialConfig
 from db.store import Store
-from experiments.grid import parse_spec
-from experiments.metrics import compute_trial_metrics
-from experiments.profiles import load_profile
+from experiments.analysis.metrics import compute_trial_metrics
+from experiments.spec.grid import parse_spec
+from experiments.spec.profiles import load_profile
 
 N = 48
 
@@ -113,7 +113,7 @@ def test_report_of_a_grid_reads_capacity_off_its_levels(db_url, results) -> None
     from html import unescape
 
     from app.dashboard import report, state
-    from experiments.analysis import sweep_capacities
+    from experiments.analysis.queries import sweep_capacities
 
     store = state.get_store(db_url)
     html = unescape(report.build_report(
@@ -132,8 +132,8 @@ def test_report_of_a_grid_reads_capacity_off_its_levels(db_url, results) -> None
 
 def test_explore_names_a_grids_best_capacity(db_url, results) -> None:
     from app.dashboard import state
-    from experiments.analysis import sweep_capacities
-    from experiments.answer import best
+    from experiments.analysis.answer import best
+    from experiments.analysis.queries import sweep_capacities
 
     store = state.get_store(db_url)
     app = page_test("explore").run()

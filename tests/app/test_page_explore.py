@@ -10,7 +10,7 @@ import pytest
 from dashboard_helpers import page_test, plain, texts
 
 from app.dashboard import state
-from experiments.analysis import analyse
+from experiments.analysis.queries import analyse
 
 
 def _chart(app, index: int = 0) -> dict:
@@ -121,7 +121,7 @@ def test_colour_option_changes_the_colour_bar(db_url, results) -> None:
 def test_rejudging_stored_requests_under_the_sweeps_own_slos_gives_its_attainment(store, results) -> None:
     import pytest
 
-    from experiments.analysis import rejudge, stored_slos
+    from experiments.analysis.queries import rejudge, stored_slos
 
     trials = store.list_trials(results["chat"])
     again = rejudge(trials, stored_slos(trials, store), store.get_requests)

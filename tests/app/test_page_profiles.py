@@ -6,7 +6,7 @@ from dashboard_helpers import leaf_after, page_test, plain, texts
 
 from app.dashboard.profiles import NEW, builtin_yaml, new_profile_template
 from db.store import Store
-from experiments.profiles import list_builtin_profiles
+from experiments.spec.profiles import list_builtin_profiles
 
 
 def test_builtins_are_shown(db_url: str) -> None:

@@ -7,7 +7,7 @@ import re
 from dashboard_helpers import MARKUP_NAME, page_test, plain, texts
 
 from app.dashboard import report, state
-from experiments.export import FORMATS
+from experiments.export.render import FORMATS
 
 
 def test_empty_store_offers_the_demo_sweep(db_url: str, launches) -> None:

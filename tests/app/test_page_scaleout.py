@@ -8,7 +8,7 @@ from dashboard_helpers import page_test, plain, texts
 
 from app.dashboard.charts_scale import scale_figure
 from app.dashboard.synthetic import add_synthetic_sweep
-from experiments.scaleout import ScalePoint, scaling_values
+from experiments.analysis.scaleout import ScalePoint, scaling_values
 
 SCALE_SPEC = {"name": "replicas", "profile": "chat", "policies": ["continuous"], "batch_sizes": [4],
               "max_wait_ms": [0.0], "concurrency": [2, 4], "requests": 8, "replicas": [1, 2],

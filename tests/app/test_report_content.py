@@ -7,7 +7,7 @@ import re
 
 from app.dashboard import report
 from app.dashboard.report_turns import turn_rows
-from experiments.analysis import analyse
+from experiments.analysis.queries import analyse
 
 BY_TURN = {"1": {"p50": 20.123456, "p90": 25.0, "count": 8},
            "2": {"p50": 35.987654, "p90": 50.0, "count": 6}}

@@ -6,9 +6,9 @@ import pytest
 
 from app.errors import BadInput
 from app.parsing import parse_slos
-from experiments.grid import GridError
-from experiments.profiles import load_profile
-from experiments.sweep import with_slos
+from experiments.run.sweep import with_slos
+from experiments.spec.grid import GridError
+from experiments.spec.profiles import load_profile
 
 
 def test_slo_flags_parse_with_p90_by_default():

@@ -13,7 +13,7 @@ import pytest
 from app.dashboard import report
 from app.dashboard.synthetic import add_synthetic_sweep
 from db.store import Store
-from experiments.analysis import analyse
+from experiments.analysis.queries import analyse
 
 pytestmark = pytest.mark.e2e
 

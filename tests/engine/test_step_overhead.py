@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.config import SchedulerConfig
 from engine.simulate import CostModel, Simulator
-from experiments.predict import fit_cost_model, step_summary, steps_of_summary
+from experiments.predict.simulate import fit_cost_model, step_summary, steps_of_summary
 
 MS = 1e-3
 # Prefill 10 ms, decode 5 ms whatever the shape, and 1 ms between steps that follow at once.

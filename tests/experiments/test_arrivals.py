@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from experiments.arrivals import PeriodicSchedule, RampSchedule, StepSchedule, warp_arrivals
-from experiments.profiles import ProfileError, parse_profile_yaml
-from experiments.workload import open_loop_arrivals
+from experiments.load.workload import open_loop_arrivals
+from experiments.spec.arrivals import PeriodicSchedule, RampSchedule, StepSchedule, warp_arrivals
+from experiments.spec.profiles import ProfileError, parse_profile_yaml
 
 HEAD = ("name: x\nobjective: max_throughput\nprompt_tokens: {kind: fixed, value: 8}\n"
         "output_tokens: {kind: fixed, value: 8}\n")

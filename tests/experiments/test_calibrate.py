@@ -11,10 +11,17 @@ import pytest
 from app.cli import main
 from common.records import TrialConfig
 from engine.simulate import CostModel
-from experiments.calibrate import Calibration, Probe, fit, predict_grid, prediction_errors, probe_server
-from experiments.external import ServerProcess
-from experiments.http_target import HttpTarget
-from experiments.profiles import load_profile
+from experiments.predict.calibrate import (
+    Calibration,
+    Probe,
+    fit,
+    predict_grid,
+    prediction_errors,
+    probe_server,
+)
+from experiments.spec.profiles import load_profile
+from experiments.targets.external import ServerProcess
+from experiments.targets.http_target import HttpTarget
 
 ANY = TrialConfig("continuous", 1, 0.0, concurrency=1)
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from common.records import TrialConfig, TrialRecord
-from experiments.answer import best, sentence
-from experiments.capacity import (
+from experiments.analysis.answer import best, sentence
+from experiments.search.capacity import (
     NOT_STARTED,
     SKIPPED,
     ConfigCapacity,
     run_search,
     sample_of,
 )
-from experiments.grid import parse_spec
-from experiments.profiles import load_profile
-from experiments.search import DECIDED, UNDECIDED, Capacity
+from experiments.search.strategy import DECIDED, UNDECIDED, Capacity
+from experiments.spec.grid import parse_spec
+from experiments.spec.profiles import load_profile
 
 CONFIG = TrialConfig("continuous", 8, 0.0, rate=2.0)
 

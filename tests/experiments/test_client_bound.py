@@ -11,18 +11,18 @@ from common.records import SLO, ClientLag, RequestRecord, TrialConfig, TrialReco
 from engine.config import SchedulerConfig
 from engine.engine import Engine
 from engine.sequence import Sequence
-from experiments.client_stats import (
+from experiments.analysis.metrics import compute_trial_metrics
+from experiments.analysis.pareto import aggregate, classify, trial_frontier
+from experiments.analysis.recommend import recommend
+from experiments.load.client_stats import (
     ClientStats,
     check_client,
     effective_send_lags_s,
     lag_limit_ms,
     with_client_check,
 )
-from experiments.metrics import compute_trial_metrics
-from experiments.pareto import aggregate, classify, trial_frontier
-from experiments.profiles import parse_profile_yaml
-from experiments.recommend import recommend
-from experiments.trial import run_trial
+from experiments.run.trial import run_trial
+from experiments.spec.profiles import parse_profile_yaml
 
 
 def req(i: int, scheduled: float, sent: float, first: float = 0.05, done: float = 0.1) -> RequestRecord:

@@ -3,8 +3,8 @@
 
 import pytest
 
-from experiments.metrics import attainment_evidence, design_effect
-from experiments.search import (
+from experiments.analysis.metrics import attainment_evidence, design_effect
+from experiments.search.strategy import (
     CapacitySearch,
     Probe,
     Sample,

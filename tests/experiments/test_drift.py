@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from common.records import TrialConfig, TrialRecord
-from experiments.capacity import sample_of
-from experiments.drift import DRIFT_TOLERANCE, DriftWatch, drift_between, drift_reason
-from experiments.pareto import aggregate, classify
+from experiments.analysis.pareto import aggregate, classify
+from experiments.run.drift import DRIFT_TOLERANCE, DriftWatch, drift_between, drift_reason
+from experiments.search.capacity import sample_of
 
 REF = {"ttft_ms": 10.0, "itl_ms": 2.0}
 
@@ -76,9 +76,9 @@ def test_reruns_over_started_servers_run_each_on_its_own_servers_config(tmp_path
     from types import SimpleNamespace
 
     from db.store import Store
-    from experiments.grid import parse_spec
-    from experiments.profiles import load_profile
-    from experiments.sweep import SweepRunner, create_sweep
+    from experiments.run.sweep import SweepRunner, create_sweep
+    from experiments.spec.grid import parse_spec
+    from experiments.spec.profiles import load_profile
 
     store = Store(f"sqlite:///{tmp_path / 'r.db'}")
     spec = parse_spec({"engine": "vllm", "model": "/m", "policies": ["continuous"], "max_wait_ms": [0],

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from common.records import TrialConfig
-from experiments.engine_logs import fix_for, root_cause, start_failure, strip_prefix
-from experiments.engines import EngineUnavailableError, check_launch, preset
-from experiments.grid import GridError, parse_spec
-from experiments.server_metrics import hit_rate
-from experiments.servers import LOG_DIR_ENV, SweepServers, log_root
+from experiments.spec.grid import GridError, parse_spec
+from experiments.targets.engine_logs import fix_for, root_cause, start_failure, strip_prefix
+from experiments.targets.engines import EngineUnavailableError, check_launch, preset
+from experiments.targets.server_metrics import hit_rate
+from experiments.targets.servers import LOG_DIR_ENV, SweepServers, log_root
 
 LOGS = Path(__file__).parent / "logs"
 C16 = TrialConfig("continuous", 16, 0.0, concurrency=4)
@@ -135,7 +135,7 @@ def test_prefix_cache_hit_rate_is_hits_over_queries_and_unknown_without_queries(
 
 
 def test_the_measured_command_relaunches_on_a_fixed_port_with_its_environment():
-    from experiments.export_server import relaunch_command
+    from experiments.export.server import relaunch_command
 
     measured = "K='v w' VLLM_CPU_KVCACHE_SPACE=1 /py -m vllm.x --model '/m dir' --port 41234 --dtype float32"
     assert relaunch_command(measured, 8000) == (
@@ -143,7 +143,7 @@ def test_the_measured_command_relaunches_on_a_fixed_port_with_its_environment():
 
 
 def test_exports_name_the_started_engine_as_where_figures_came_from():
-    from experiments.export_server import measured_on
+    from experiments.export.server import measured_on
 
     started = {"name": "vllm", "version": "0.32.0", "command": "x"}
     device = "server per config from --engine vllm"
@@ -153,7 +153,7 @@ def test_exports_name_the_started_engine_as_where_figures_came_from():
 
 def test_the_server_a_config_ran_on_is_read_from_its_trials():
     from common.records import TrialRecord
-    from experiments.analysis import measured_server
+    from experiments.analysis.queries import measured_server
 
     engine = {"name": "vllm", "version": "0.32.0", "command": "c16"}
     other = TrialConfig("continuous", 4, 0.0, concurrency=4)
@@ -178,8 +178,8 @@ def test_a_pydantic_validation_failure_says_which_value_was_wrong():
 def test_server_metrics_fill_what_the_client_could_not_see():
     from dataclasses import replace
 
-    from experiments.metrics import compute_trial_metrics
-    from experiments.server_metrics import with_server_metrics
+    from experiments.analysis.metrics import compute_trial_metrics
+    from experiments.targets.server_metrics import with_server_metrics
 
     base = compute_trial_metrics([], [], [], None, False)
     summary = {"stats": {"running": {"mean": 3.5, "max": 4.0}}, "prefix_cache_hit_rate": 0.25}
@@ -214,10 +214,10 @@ def test_estimates_use_the_start_times_and_step_costs_earlier_sweeps_recorded():
 
     from common.records import TrialRecord
     from engine.simulate import CostModel
-    from experiments.estimate import estimate_sweep_s
-    from experiments.predict import cost_to_dict
-    from experiments.profiles import load_profile
-    from experiments.servers import recorded_calibration, recorded_starts
+    from experiments.predict.estimate import estimate_sweep_s
+    from experiments.predict.simulate import cost_to_dict
+    from experiments.spec.profiles import load_profile
+    from experiments.targets.servers import recorded_calibration, recorded_starts
 
     spec = parse_spec({"engine": "vllm", "model": "/m", "policies": ["continuous"], "max_wait_ms": [0],
                        "batch_sizes": [4, 16], "concurrency": [1, 8], "requests": 16})
@@ -243,7 +243,7 @@ def test_server_cpus_pin_every_server_process_and_the_client_gets_the_rest(tmp_p
 
     from app.engine_options import parse_cpus
     from app.errors import BadInput
-    from experiments.external import ServerProcess, pinned
+    from experiments.targets.external import ServerProcess, pinned
 
     assert parse_cpus("0") == [0] and parse_cpus("2-3,0,3") == [0, 2, 3]
     for bad in ("a", "3-1", ""):

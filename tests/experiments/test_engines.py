@@ -8,9 +8,9 @@ import threading
 import pytest
 
 from common.records import TrialConfig
-from experiments.engines import ENGINES, EngineUnavailableError, preset
-from experiments.grid import GridError, parse_spec
-from experiments.server_metrics import MetricsScraper, parse_gauges
+from experiments.spec.grid import GridError, parse_spec
+from experiments.targets.engines import ENGINES, EngineUnavailableError, preset
+from experiments.targets.server_metrics import MetricsScraper, parse_gauges
 
 PLAIN = TrialConfig("continuous", 16, 0.0, concurrency=4)
 BUDGET = TrialConfig("continuous", 16, 0.0, concurrency=4, max_num_batched_tokens=512)
@@ -206,7 +206,7 @@ def test_vllm_is_read_at_the_trials_ends_and_its_running_mean_is_littles_law():
 
 
 def test_server_cmd_template_gets_the_budget_placeholder():
-    from experiments.server_cmd import render_server_cmd
+    from experiments.targets.server_cmd import render_server_cmd
 
     template = "srv --port {port} --max-num-batched-tokens={max_num_batched_tokens}"
     assert render_server_cmd(template, BUDGET, 1)[-1] == "--max-num-batched-tokens=512"

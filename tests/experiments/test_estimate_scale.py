@@ -7,10 +7,10 @@ import os
 import pytest
 
 from common.records import TrialConfig
-from experiments.estimate import MODEL_LOAD_S, estimate_sweep_s, simulate_trial_s
-from experiments.grid import parse_spec
-from experiments.predict import PRIORS
-from experiments.profiles import load_profile
+from experiments.predict.estimate import MODEL_LOAD_S, estimate_sweep_s, simulate_trial_s
+from experiments.predict.simulate import PRIORS
+from experiments.spec.grid import parse_spec
+from experiments.spec.profiles import load_profile
 
 
 def test_a_local_ray_cluster_divides_trial_time_by_its_slots():

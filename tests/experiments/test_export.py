@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from common.records import SLO, Dist, TrialConfig, TrialMetrics, TrialRecord
-from experiments.export import FORMATS, export_config, load_exported_config
-from experiments.recommend import Recommendation, recommend
+from experiments.analysis.recommend import Recommendation, recommend
+from experiments.export.render import FORMATS, export_config, load_exported_config
 
 PROVENANCE = {
     "model": "meta-llama/Llama-3.2-1B", "device": "NVIDIA H100 80GB", "sweep_id": 7,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from common.records import SLO, TrialConfig
-from experiments.export import FORMATS, export_config, load_exported_config
+from experiments.export.render import FORMATS, export_config, load_exported_config
 from tests.experiments.test_export import PROVENANCE, TTFT_500, comments, parse_pbtxt, rec_for, trial
 
 ADAPTIVE = TrialConfig("adaptive", 16, 20.0, speedup=4.0)
@@ -40,7 +40,7 @@ def test_nearest_fixed_config_is_what_the_server_formats_carry():
 
 def test_tradeoff_documents_keep_adaptive_with_its_slo_targets():
     slos = [TTFT_500, SLO("tpot_ms", "p90", 40.0)]
-    from experiments.recommend import recommend
+    from experiments.analysis.recommend import recommend
 
     rec = recommend([trial(1, ADAPTIVE, 30.0, 12.0)], "max_goodput", slos)
     text = export_config(rec, "yaml", PROVENANCE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.grid import GridError, parse_spec, server_key
+from experiments.spec.grid import GridError, parse_spec, server_key
 
 BASE = {"policies": ["static", "continuous"], "batch_sizes": [1, 4], "max_wait_ms": [0],
         "concurrency": [2]}

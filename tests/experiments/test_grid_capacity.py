@@ -7,10 +7,10 @@ from itertools import count
 import pytest
 
 from common.records import TrialConfig, TrialRecord
-from experiments.answer import best, sentence
-from experiments.grid_capacity import knobs, read_grid
-from experiments.profiles import load_profile
-from experiments.search import AT_LIMIT, DECIDED, INVALID, UNDECIDED, WITHIN_NOISE
+from experiments.analysis.answer import best, sentence
+from experiments.analysis.grid_capacity import knobs, read_grid
+from experiments.search.strategy import AT_LIMIT, DECIDED, INVALID, UNDECIDED, WITHIN_NOISE
+from experiments.spec.profiles import load_profile
 
 CHAT = load_profile("chat")  # max_goodput, attainment target 0.9
 _ids = count(1)

@@ -20,15 +20,15 @@ import pytest
 
 from common.records import TrialConfig
 from engine.models import build_byte_tokenizer
-from experiments.client_stats import check_client
-from experiments.external import ServerProcess
-from experiments.http_target import HttpTarget
-from experiments.loadgen import run_closed_loop, run_open_loop
-from experiments.metrics import compute_trial_metrics
-from experiments.profiles import FixedLength, parse_profile_yaml
-from experiments.queueing import closed_loop, fifo_e2e_s, md1_mean_e2e_s
-from experiments.trial import run_trial
-from experiments.workload import RequestSpec, open_loop_arrivals
+from experiments.analysis.metrics import compute_trial_metrics
+from experiments.load.client_stats import check_client
+from experiments.load.loadgen import run_closed_loop, run_open_loop
+from experiments.load.queueing import closed_loop, fifo_e2e_s, md1_mean_e2e_s
+from experiments.load.workload import RequestSpec, open_loop_arrivals
+from experiments.run.trial import run_trial
+from experiments.spec.profiles import FixedLength, parse_profile_yaml
+from experiments.targets.external import ServerProcess
+from experiments.targets.http_target import HttpTarget
 
 pytestmark = pytest.mark.slow  # real processes and real load for seconds
 ANY = TrialConfig("continuous", 1, 0.0, concurrency=1)  # the mock ignores server knobs
@@ -173,9 +173,9 @@ def test_a_killed_parent_takes_its_workers_along(mock, tmp_path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
         "import sys, time\n"
-        "from experiments.http_target import HttpTarget\n"
-        "from experiments.workload import RequestSpec\n"
-        "from experiments.loadgen import run_closed_loop\n"
+        "from experiments.targets.http_target import HttpTarget\n"
+        "from experiments.load.workload import RequestSpec\n"
+        "from experiments.load.loadgen import run_closed_loop\n"
         f"t = HttpTarget({url!r}, max_workers=2)\n"
         "run_closed_loop(t, [RequestSpec([1], 2)] * 40, concurrency=32, num_warmup=0)\n"
         "print(*t.worker_pids, flush=True)\n"

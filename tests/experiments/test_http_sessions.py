@@ -10,13 +10,13 @@ import pytest
 
 from common.records import TrialConfig
 from engine.models import build_byte_tokenizer
-from experiments.external import ServerProcess
-from experiments.http_client import prompt_usage
-from experiments.http_records import to_record
-from experiments.http_target import HttpTarget
-from experiments.profiles import parse_profile_yaml
-from experiments.session_loadgen import run_sessions
-from experiments.sessions import session_load
+from experiments.load.http_client import prompt_usage
+from experiments.load.http_records import to_record
+from experiments.load.session_loadgen import run_sessions
+from experiments.load.sessions import session_load
+from experiments.spec.profiles import parse_profile_yaml
+from experiments.targets.external import ServerProcess
+from experiments.targets.http_target import HttpTarget
 
 ANY = TrialConfig("continuous", 1, 0.0, concurrency=1)  # the mock ignores server knobs
 PROFILE = """\

@@ -17,9 +17,9 @@ from engine.engine import Engine
 from engine.factory import start_engine
 from engine.models import build_byte_tokenizer
 from engine.server import BackgroundServer, create_app
-from experiments.http_target import HttpTarget, api_base, server_root, wait_for_health
-from experiments.loadgen import run_closed_loop
-from experiments.workload import RequestSpec
+from experiments.load.loadgen import run_closed_loop
+from experiments.load.workload import RequestSpec
+from experiments.targets.http_target import HttpTarget, api_base, server_root, wait_for_health
 
 pytestmark = pytest.mark.slow  # loads builtin:tiny once for the module
 

@@ -10,14 +10,14 @@ from common.records import RequestRecord
 from engine.config import SchedulerConfig
 from engine.engine import Engine
 from engine.sequence import SamplingParams, SeqStatus, Sequence
-from experiments.loadgen import (
+from experiments.load.loadgen import (
     achieved_rate,
     offered_rate,
     record_from_sequence,
     run_closed_loop,
     run_open_loop,
 )
-from experiments.workload import RequestSpec
+from experiments.load.workload import RequestSpec
 
 
 class SleepyExecutor:

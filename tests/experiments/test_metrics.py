@@ -8,8 +8,7 @@ from common.records import SLO, Dist, RequestRecord
 from engine.config import SchedulerConfig
 from engine.core import StepRecord
 from engine.simulate import CostModel, Simulator
-from experiments.loadgen import record_from_sequence
-from experiments.metrics import (
+from experiments.analysis.metrics import (
     compute_trial_metrics,
     is_saturated,
     itl_ms,
@@ -22,6 +21,7 @@ from experiments.metrics import (
     tpot_ms,
     window,
 )
+from experiments.load.loadgen import record_from_sequence
 
 
 def rec(i: int, scheduled: float, sent: float, admitted: float | None, tokens: tuple[float, ...],

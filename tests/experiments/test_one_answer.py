@@ -9,11 +9,11 @@ import random
 import pytest
 
 from common.records import SLO, TrialConfig, TrialRecord
-from experiments.answer import amount
-from experiments.capacity import knob_label
-from experiments.choice import ranges_overlap
-from experiments.export import export_config
-from experiments.recommend import recommend
+from experiments.analysis.answer import amount
+from experiments.analysis.choice import ranges_overlap
+from experiments.analysis.recommend import recommend
+from experiments.export.render import export_config
+from experiments.search.capacity import knob_label
 
 TTFT = SLO("ttft_ms", "p90", 100.0)
 PROVENANCE = {"model": "builtin:tiny", "device": "cpu", "sweep_id": 1, "date": "2026-12-06",
@@ -76,7 +76,7 @@ def test_the_winner_carries_at_least_as_much_as_any_config(seed: int) -> None:
     rec = recommend(trials, "max_goodput", [TTFT])
     if rec.capacity is None:
         return
-    from experiments.grid_capacity import read_levels
+    from experiments.analysis.grid_capacity import read_levels
 
     for c in read_levels(trials, 0.9, "goodput_rps"):
         assert c.capacity.capacity <= rec.capacity.capacity.capacity or ranges_overlap(c, rec.capacity)
@@ -84,7 +84,7 @@ def test_the_winner_carries_at_least_as_much_as_any_config(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(60))
 def test_another_passing_repetition_never_lowers_a_configs_capacity(seed: int) -> None:
-    from experiments.grid_capacity import read_levels
+    from experiments.analysis.grid_capacity import read_levels
 
     rng = random.Random(seed)
     trials = random_sweep(rng)

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from common.records import TrialConfig, TrialRecord
-from experiments.pareto import (
+from experiments.analysis.pareto import (
     ConfigPoint,
     aggregate,
     classify,
@@ -186,7 +186,7 @@ def test_a_lagging_repetition_is_left_out_and_the_point_is_client_bound_only_if_
     from dataclasses import replace
 
     from common.records import TrialConfig, TrialRecord
-    from experiments.pareto import aggregate
+    from experiments.analysis.pareto import aggregate
 
     config = TrialConfig("continuous", 4, 0.0, concurrency=4)
 

@@ -8,10 +8,7 @@ import pytest
 from common.records import SLO, TrialConfig
 from engine.core import StepRecord
 from engine.simulate import CostModel
-from experiments.capacity import SKIPPED, knob_label, run_search
-from experiments.capacity_plan import make_plan, predicted_capacities
-from experiments.grid import parse_spec
-from experiments.predict import (
+from experiments.predict.simulate import (
     fit_cost_model,
     fit_line,
     prediction_details,
@@ -20,7 +17,10 @@ from experiments.predict import (
     step_summary,
     steps_of_summary,
 )
-from experiments.profiles import Profile
+from experiments.search.capacity import SKIPPED, knob_label, run_search
+from experiments.search.capacity_plan import make_plan, predicted_capacities
+from experiments.spec.grid import parse_spec
+from experiments.spec.profiles import Profile
 
 MS = 1e-3
 TRUE = CostModel(prefill_base_s=6 * MS, prefill_per_token_s=0.2 * MS,

@@ -6,11 +6,11 @@ from collections import Counter
 
 import numpy as np
 
-from experiments.arrivals import TraceArrival
-from experiments.prefixes import allowed_ids, block, prefix_choices, prompt_of_blocks
-from experiments.profiles import parse_profile_yaml
-from experiments.traces import Replay, block_tokens_of, parse_jsonl, replay_window
-from experiments.workload import RequestSpec, make_requests, replay_requests, with_prefix
+from experiments.load.prefixes import allowed_ids, block, prefix_choices, prompt_of_blocks
+from experiments.load.workload import RequestSpec, make_requests, replay_requests, with_prefix
+from experiments.spec.arrivals import TraceArrival
+from experiments.spec.profiles import parse_profile_yaml
+from experiments.spec.traces import Replay, block_tokens_of, parse_jsonl, replay_window
 
 RAG_YAML = """\
 name: r

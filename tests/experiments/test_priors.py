@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from engine.export_marker import MARKER_FILE, exported_builtin, write_marker
-from experiments.engines import SERVER_CMD_START_PRIOR_S, start_prior_s
-from experiments.estimate import estimate_sweep_s, server_overhead_s, speed_check_s
-from experiments.grid import parse_spec
-from experiments.predict import GENERIC, PRIORS, prior_cost
-from experiments.profiles import load_profile
+from experiments.predict.estimate import estimate_sweep_s, server_overhead_s, speed_check_s
+from experiments.predict.simulate import GENERIC, PRIORS, prior_cost
+from experiments.spec.grid import parse_spec
+from experiments.spec.profiles import load_profile
+from experiments.targets.engines import SERVER_CMD_START_PRIOR_S, start_prior_s
 
 
 def test_an_exported_directory_names_its_builtin_and_gets_its_prior(tmp_path: Path):

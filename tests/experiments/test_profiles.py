@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.records import SLO
-from experiments.profiles import (
+from experiments.spec.profiles import (
     ClosedArrival,
     OpenArrival,
     ProfileError,

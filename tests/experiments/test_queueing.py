@@ -2,7 +2,7 @@
 
 import pytest
 
-from experiments.queueing import closed_loop, md1_mean_e2e_s, service_s
+from experiments.load.queueing import closed_loop, md1_mean_e2e_s, service_s
 
 
 def test_service_time() -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from common.records import SLO, Dist, TrialConfig, TrialMetrics, TrialRecord
-from experiments.recommend import recommend
+from experiments.analysis.recommend import recommend
 
 TTFT_500 = SLO("ttft_ms", "p90", 500.0)
 TPOT_50 = SLO("tpot_ms", "p90", 50.0)

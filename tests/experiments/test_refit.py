@@ -12,10 +12,18 @@ import pytest
 
 from common.records import SLO, TrialConfig, TrialRecord
 from engine.simulate import CostModel
-from experiments import accuracy
-from experiments.calibrate import Probe as ProbeReading
-from experiments.calibrate import fit
-from experiments.capacity import (
+from experiments.predict import accuracy
+from experiments.predict.calibrate import Probe as ProbeReading
+from experiments.predict.calibrate import fit
+from experiments.predict.refit import Observed, PointProbe, refit
+from experiments.predict.simulate import (
+    BlackBoxCost,
+    cost_from_dict,
+    cost_to_dict,
+    simulate_trial,
+    stored_calibration,
+)
+from experiments.search.capacity import (
     ConfigCapacity,
     apply_revision,
     as_revision,
@@ -24,18 +32,10 @@ from experiments.capacity import (
     settings_for,
     trial_config,
 )
-from experiments.capacity_plan import replan, simulated_measure
-from experiments.grid import parse_spec
-from experiments.predict import (
-    BlackBoxCost,
-    cost_from_dict,
-    cost_to_dict,
-    simulate_trial,
-    stored_calibration,
-)
-from experiments.profiles import Profile
-from experiments.refit import Observed, PointProbe, refit
-from experiments.search import Capacity, CapacitySearch, Probe, Sample, SearchSettings
+from experiments.search.capacity_plan import replan, simulated_measure
+from experiments.search.strategy import Capacity, CapacitySearch, Probe, Sample, SearchSettings
+from experiments.spec.grid import parse_spec
+from experiments.spec.profiles import Profile
 
 MS = 1e-3
 TRUTH = CostModel(8 * MS, 0.3 * MS, 5 * MS, 0.8 * MS)  # the synthetic server's step costs
@@ -246,7 +246,7 @@ def stored(trial_id: int, c: TrialConfig, metrics: dict, prediction: dict) -> Tr
 
 
 def test_the_refit_predicts_only_while_it_beats_the_probes_on_trials_it_had_not_seen():
-    from experiments.calibrate import refit_details
+    from experiments.predict.calibrate import refit_details
 
     spec = users_spec([16])
     wrong = CostModel(TRUTH.prefill_base_s, TRUTH.prefill_per_token_s, 2.5 * MS, 0.2 * MS)
@@ -268,7 +268,7 @@ def test_the_refit_predicts_only_while_it_beats_the_probes_on_trials_it_had_not_
 
 
 def test_the_refit_steps_aside_when_trials_mislead_it_and_skips_client_bound_ones():
-    from experiments.calibrate import refit_details
+    from experiments.predict.calibrate import refit_details
 
     spec = users_spec([16])
     calibration = {"cost_model": cost_to_dict(TRUTH), "probes": []}  # the probes were right
@@ -287,7 +287,7 @@ def test_the_refit_steps_aside_when_trials_mislead_it_and_skips_client_bound_one
 
 
 def test_probes_load_a_server_with_no_more_users_than_the_search_offers():
-    from experiments.search_runner import probe_running
+    from experiments.run.search_runner import probe_running
 
     spec = users_spec([128, 4])  # max_load 64 users
     assert probe_running(spec, 128) == 64 and probe_running(spec, 4) == 4

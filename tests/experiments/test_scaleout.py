@@ -6,14 +6,14 @@ import pytest
 
 from common.records import TrialConfig, TrialRecord
 from engine.simulate import CostModel
-from experiments.profiles import Profile
-from experiments.scaleout import (
+from experiments.analysis.scaleout import (
     measured_points,
     per_replica,
     scaled,
     simulate_scaling,
     sweep_cost_model,
 )
+from experiments.spec.profiles import Profile
 
 MS = 1e-3
 COST = CostModel(8 * MS, 0.1 * MS, 4 * MS, 0.3 * MS)

@@ -7,9 +7,8 @@ import pytest
 
 from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
-from experiments.predict import simulate_trial
-from experiments.profiles import Profile
-from experiments.search import (
+from experiments.predict.simulate import simulate_trial
+from experiments.search.strategy import (
     AT_LIMIT,
     DECIDED,
     INVALID,
@@ -22,6 +21,7 @@ from experiments.search import (
     search_all,
     wilson,
 )
+from experiments.spec.profiles import Profile
 
 MS = 1e-3
 N = 48
@@ -255,7 +255,7 @@ def test_after_the_first_round_the_config_that_could_carry_most_is_probed():
 
 
 def test_decisive_requests_is_the_fewest_whose_all_pass_interval_clears_the_target():
-    from experiments.search import decisive_requests, z_for
+    from experiments.search.strategy import decisive_requests, z_for
 
     n = decisive_requests(0.9, 0.9)
     assert n == 25  # by hand: n / (n + z^2) >= 0.9 with z = 1.645 first holds at n = 25

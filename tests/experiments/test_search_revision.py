@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from common.records import SLO, TrialConfig, TrialRecord
 from engine.simulate import CostModel
-from experiments.answer import sentence
-from experiments.capacity import knob_label, run_search, trial_config
-from experiments.capacity_plan import predicted_capacities, revise_plan
-from experiments.grid import parse_spec
-from experiments.profiles import Profile
-from experiments.search import AT_LIMIT, PRUNED, CapacitySearch, Probe, Sample, SearchSettings
+from experiments.analysis.answer import sentence
+from experiments.search.capacity import knob_label, run_search, trial_config
+from experiments.search.capacity_plan import predicted_capacities, revise_plan
+from experiments.search.strategy import AT_LIMIT, PRUNED, CapacitySearch, Probe, Sample, SearchSettings
+from experiments.spec.grid import parse_spec
+from experiments.spec.profiles import Profile
 
 MS = 1e-3
 COST = CostModel(prefill_base_s=6 * MS, prefill_per_token_s=0.2 * MS,
@@ -127,8 +127,8 @@ def test_a_replay_prunes_where_the_live_search_pruned():
 
 
 def test_a_policy_whose_configs_were_all_pruned_says_what_they_were_shown_to_carry():
-    from experiments.capacity import ConfigCapacity
-    from experiments.search import Capacity
+    from experiments.search.capacity import ConfigCapacity
+    from experiments.search.strategy import Capacity
 
     caps = [ConfigCapacity(knobs(8), Capacity(8.0, None, AT_LIMIT, "", 1), "users"),
             ConfigCapacity(TrialConfig("static", 8, 0.0), Capacity(2.0, 4.0, PRUNED, "why", 2), "users")]

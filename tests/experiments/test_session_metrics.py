@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.records import RequestRecord
-from experiments.metrics import (
+from experiments.analysis.metrics import (
     compute_trial_metrics,
     prefix_cache_details,
     prefix_cache_hit_rate,

@@ -11,9 +11,8 @@ import pytest
 from engine.config import SchedulerConfig
 from engine.engine import Engine
 from engine.sequence import Sequence
-from experiments.profiles import parse_profile_yaml
-from experiments.session_loadgen import run_sessions
-from experiments.sessions import (
+from experiments.load.session_loadgen import run_sessions
+from experiments.load.sessions import (
     SessionLoad,
     Turn,
     closed_index,
@@ -22,6 +21,7 @@ from experiments.sessions import (
     session_load,
     sessions_needed,
 )
+from experiments.spec.profiles import parse_profile_yaml
 
 VOCAB, CONTEXT = 50, 4096
 SESSION_YAML = """\

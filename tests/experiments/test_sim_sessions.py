@@ -7,9 +7,9 @@ import pytest
 
 from common.records import TrialConfig
 from engine.simulate import CostModel
-from experiments.metrics import prefix_cache_hit_rate
-from experiments.predict import prior_cost, simulate_records, simulate_trial
-from experiments.profiles import load_profile
+from experiments.analysis.metrics import prefix_cache_hit_rate
+from experiments.predict.simulate import prior_cost, simulate_records, simulate_trial
+from experiments.spec.profiles import load_profile
 
 COST = prior_cost("builtin:small")
 

@@ -1,6 +1,6 @@
 """The SSE scan (hot path) and token times from chunk times: pure functions."""
 
-from experiments.sse import (
+from experiments.load.sse import (
     DONE,
     PARSE,
     SKIP,

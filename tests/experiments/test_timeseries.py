@@ -6,7 +6,7 @@ import pytest
 
 from common.records import SLO, RequestRecord
 from engine.core import StepRecord
-from experiments.timeseries import trial_timeseries, window_size_s
+from experiments.analysis.timeseries import trial_timeseries, window_size_s
 
 
 def rec(i: int, sched: float, admitted: float | None, first: float, done: float) -> RequestRecord:

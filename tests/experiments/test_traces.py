@@ -7,9 +7,9 @@ import gzip
 import numpy as np
 import pytest
 
-from experiments.arrivals import TraceArrival
-from experiments.profiles import ProfileError, load_profile
-from experiments.traces import (
+from experiments.spec.arrivals import TraceArrival
+from experiments.spec.profiles import ProfileError, load_profile
+from experiments.spec.traces import (
     ATTRIBUTION,
     Trace,
     TraceError,

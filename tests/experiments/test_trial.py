@@ -11,10 +11,10 @@ from common.records import SLO, TrialConfig
 from engine.config import SchedulerConfig
 from engine.engine import Engine
 from engine.sequence import Sequence
-from experiments.metrics import littles_law_concurrency
-from experiments.profiles import Profile, parse_profile_yaml
-from experiments.trial import measure_baseline, run_trial
-from experiments.workload import make_requests
+from experiments.analysis.metrics import littles_law_concurrency
+from experiments.load.workload import make_requests
+from experiments.run.trial import measure_baseline, run_trial
+from experiments.spec.profiles import Profile, parse_profile_yaml
 
 PROFILE = parse_profile_yaml("""\
 name: t

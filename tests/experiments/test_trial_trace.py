@@ -10,10 +10,10 @@ import pytest
 
 from common.records import SLO, TrialConfig
 from engine.engine import Engine
-from experiments.arrivals import warp_arrivals
-from experiments.profiles import load_profile, parse_profile_yaml
-from experiments.trial import run_trial, with_trace_window
-from experiments.workload import open_loop_arrivals
+from experiments.load.workload import open_loop_arrivals
+from experiments.run.trial import run_trial, with_trace_window
+from experiments.spec.arrivals import warp_arrivals
+from experiments.spec.profiles import load_profile, parse_profile_yaml
 from tests.experiments.test_trial import MODEL, PROFILE, engine  # noqa: F401 - fixture
 
 SLOS = [SLO("ttft_ms", "p90", 500.0), SLO("tpot_ms", "p90", 50.0)]

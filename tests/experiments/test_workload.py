@@ -6,19 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.profiles import (
+from experiments.load.workload import (
+    clip_to_context,
+    make_requests,
+    open_loop_arrivals,
+    sample_lengths,
+)
+from experiments.spec.profiles import (
     ChoiceLength,
     FixedLength,
     LogNormalLength,
     NormalLength,
     UniformLength,
     parse_profile_yaml,
-)
-from experiments.workload import (
-    clip_to_context,
-    make_requests,
-    open_loop_arrivals,
-    sample_lengths,
 )
 
 PROFILE = parse_profile_yaml("""\

@@ -25,7 +25,7 @@ from bad_inputs_cases import CASES, FILES, Case
 from app.cli import main
 from common.records import Dist, TrialConfig, TrialMetrics
 from db.store import Store
-from experiments.profiles import load_profile
+from experiments.spec.profiles import load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 SQLITE_SIDECARS = ("-wal", "-shm", "-journal")

@@ -16,7 +16,7 @@ import pytest
 
 import experiments.bench_vs
 from app.cli import main
-from experiments.external import free_port
+from experiments.targets.external import free_port
 
 ITL_MS = 4.0
 

@@ -14,14 +14,14 @@ import pytest
 from common.records import TrialConfig
 from db.store import Store
 from engine.config import EngineConfig
-from experiments.analysis import sweep_capacities
-from experiments.grid import parse_spec
-from experiments.local import LocalTarget
-from experiments.profiles import load_profile
-from experiments.runners import runner_for
-from experiments.search import UNDECIDED
-from experiments.search_runner import set_search_budget
-from experiments.sweep import create_sweep
+from experiments.analysis.queries import sweep_capacities
+from experiments.run.runners import runner_for
+from experiments.run.search_runner import set_search_budget
+from experiments.run.sweep import create_sweep
+from experiments.search.strategy import UNDECIDED
+from experiments.spec.grid import parse_spec
+from experiments.spec.profiles import load_profile
+from experiments.targets.local import LocalTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -169,9 +169,9 @@ def test_a_search_over_started_servers_calibrates_from_probes_of_the_first(tmp_p
 def test_black_box_fit_recovers_a_batch_dependent_server(tmp_path: Path, tiny_profile: Path):
     # A mock of known step costs: first token 10 ms + 0.02 ms per prompt token, then gaps of
     # 2 ms + 0.5 ms per request in service. The probes' fit must recover both lines.
-    from experiments.calibrate import fit, probe_server
-    from experiments.external import ServerProcess
-    from experiments.http_target import HttpTarget
+    from experiments.predict.calibrate import fit, probe_server
+    from experiments.targets.external import ServerProcess
+    from experiments.targets.http_target import HttpTarget
 
     cmd = (f"{sys.executable} -m app.cli mock-server --ttft-ms 10 --ttft-per-token-ms 0.02 "
            "--itl-ms 2 --itl-per-running-ms 0.5 --capacity 16 --port {port}")

@@ -13,7 +13,7 @@ import pytest
 from app.cli import main
 from app.dashboard.synthetic import add_synthetic_sweep
 from db.store import Store
-from experiments.analysis import analyse
+from experiments.analysis.queries import analyse
 
 SPEC = {"model": "builtin:tiny", "profile": "chat", "policies": ["static", "continuous"],
         "batch_sizes": [1, 4], "max_wait_ms": [0.0], "concurrency": [1, 4], "requests": 8}

@@ -92,9 +92,9 @@ def test_capacity_search_over_a_trace_needs_speedup(capsys, tmp_path: Path, args
 
 
 def test_capacity_search_probes_speedups_as_trace_trials():
-    from experiments.capacity import trial_config, unit_of
-    from experiments.grid import parse_spec
-    from experiments.search import Probe
+    from experiments.search.capacity import trial_config, unit_of
+    from experiments.search.strategy import Probe
+    from experiments.spec.grid import parse_spec
 
     spec = parse_spec({"profile": "azure-conv", "policies": ["adaptive"], "batch_sizes": [8],
                        "max_wait_ms": [0.0], "search": {"load": "speedup"}})

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from db.store import Store
-from experiments import drift
-from experiments.analysis import analyse
-from experiments.grid import parse_spec
-from experiments.profiles import load_profile
-from experiments.sweep import SweepRunner, create_sweep
+from experiments.analysis.queries import analyse
+from experiments.run import drift
+from experiments.run.sweep import SweepRunner, create_sweep
+from experiments.spec.grid import parse_spec
+from experiments.spec.profiles import load_profile
 
 pytestmark = pytest.mark.slow
 REF, SLOW = {"ttft_ms": 10.0, "itl_ms": 2.0}, {"ttft_ms": 10.0, "itl_ms": 3.0}

@@ -14,10 +14,10 @@ import pytest
 from common.records import TrialConfig
 from db.store import Store
 from engine.config import EngineConfig, SchedulerConfig
-from experiments.external import ExternalTarget, ServerProcess, TargetSetupError, load_tokenizer
-from experiments.local import LocalTarget
-from experiments.profiles import load_profile
-from experiments.trial import run_trial
+from experiments.run.trial import run_trial
+from experiments.spec.profiles import load_profile
+from experiments.targets.external import ExternalTarget, ServerProcess, TargetSetupError, load_tokenizer
+from experiments.targets.local import LocalTarget
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,12 +21,12 @@ import pytest
 
 from common.records import RequestRecord, TrialConfig
 from engine.config import EngineConfig, SchedulerConfig
-from experiments import client_pool
-from experiments.external import ServerProcess
-from experiments.http_target import HttpTarget
-from experiments.loadgen import LoadResult, run_closed_loop
-from experiments.local import LocalTarget
-from experiments.workload import RequestSpec
+from experiments.load import client_pool
+from experiments.load.loadgen import LoadResult, run_closed_loop
+from experiments.load.workload import RequestSpec
+from experiments.targets.external import ServerProcess
+from experiments.targets.http_target import HttpTarget
+from experiments.targets.local import LocalTarget
 
 pytestmark = pytest.mark.slow  # real processes
 ANY = TrialConfig("continuous", 1, 0.0, concurrency=1)  # the mock ignores server knobs

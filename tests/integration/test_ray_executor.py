@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from experiments.ray_executor import MAX_ATTEMPTS, retry_or_fail
+from experiments.run.ray_executor import MAX_ATTEMPTS, retry_or_fail
 
 ray = pytest.importorskip("ray")
 
@@ -113,7 +113,7 @@ def sweep_args(db: str, profile: Path, address: str, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_cancel_keeps_finished_trials_and_resume_runs_each_once(tmp_path, tiny_profile, cluster):
     from db.store import Store
-    from experiments.runners import runner_for
+    from experiments.run.runners import runner_for
 
     db = f"sqlite:///{tmp_path / 'c.db'}"
     # Eight trials of ~1 s on two slots: after the first lands, three more rounds are left, so
@@ -144,10 +144,10 @@ def test_cancel_keeps_finished_trials_and_resume_runs_each_once(tmp_path, tiny_p
 @pytest.mark.slow
 def test_a_killed_worker_costs_one_retry_and_no_lost_trial(tmp_path, tiny_profile, cluster):
     from db.store import Store
-    from experiments.grid import parse_spec
-    from experiments.profiles import load_profile
-    from experiments.runners import runner_for
-    from experiments.sweep import create_sweep
+    from experiments.run.runners import runner_for
+    from experiments.run.sweep import create_sweep
+    from experiments.spec.grid import parse_spec
+    from experiments.spec.profiles import load_profile
 
     store = Store(f"sqlite:///{tmp_path / 'k.db'}")
     spec = parse_spec({"profile": str(tiny_profile), "policies": ["continuous"], "batch_sizes": [2, 4],

@@ -10,10 +10,10 @@ import torch
 from common.records import TrialConfig
 from engine.config import EngineConfig
 from engine.models import reset_peak_memory
-from experiments.local import LocalTarget
-from experiments.metrics import littles_law_concurrency
-from experiments.profiles import load_profile
-from experiments.trial import run_trial
+from experiments.analysis.metrics import littles_law_concurrency
+from experiments.run.trial import run_trial
+from experiments.spec.profiles import load_profile
+from experiments.targets.local import LocalTarget
 
 pytestmark = pytest.mark.slow
 

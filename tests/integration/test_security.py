@@ -15,7 +15,7 @@ import pytest
 
 from app.cli import main
 from common.records import TrialConfig
-from experiments.server_cmd import render_server_cmd
+from experiments.targets.server_cmd import render_server_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("app", "engine", "experiments", "db")
@@ -95,7 +95,7 @@ def test_server_cmd_placeholders_fill_one_argument_each() -> None:
 
 
 def test_shell_syntax_in_a_server_cmd_reaches_the_program_as_plain_text(tmp_path: Path) -> None:
-    from experiments.external import ServerProcess, TargetSetupError
+    from experiments.targets.external import ServerProcess, TargetSetupError
 
     out, marker = tmp_path / "argv.json", tmp_path / "PWNED"
     script = "import json, sys; json.dump(sys.argv[1:], open(sys.argv[1], 'w'))"
@@ -142,7 +142,7 @@ def test_api_key_reaches_the_server_and_nothing_else(
     monkeypatch.setenv("TRADEOFF_TEST_KEY", SECRET)
     # This test follows the key, not the client's health: on a busy CI machine the 2-user trial
     # can be flagged client-bound, and then there would be no recommendation to export.
-    monkeypatch.setattr("experiments.client_stats.MIN_LIMIT_MS", 1e9)
+    monkeypatch.setattr("experiments.load.client_stats.MIN_LIMIT_MS", 1e9)
     caplog.set_level(logging.DEBUG)  # every logger, at its chattiest
     db = tmp_path / "k.db"
     # No knob flags: a bare --target batches by its own settings (they would be refused).
@@ -170,7 +170,7 @@ def test_api_key_reaches_the_server_and_nothing_else(
 def _report(db: Path) -> str:
     from app.dashboard.report import build_report
     from db.store import Store
-    from experiments.analysis import analyse
+    from experiments.analysis.queries import analyse
 
     with Store(f"sqlite:///{db}", create=False) as store:
         return build_report(analyse(store, store.get_sweep(1)))

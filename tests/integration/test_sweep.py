@@ -17,10 +17,10 @@ import yaml
 from db.errors import StoreError
 from db.store import Store
 from engine.config import EngineConfig
-from experiments.grid import parse_spec
-from experiments.local import LocalTarget
-from experiments.profiles import load_profile
-from experiments.sweep import SweepRunner, create_sweep
+from experiments.run.sweep import SweepRunner, create_sweep
+from experiments.spec.grid import parse_spec
+from experiments.spec.profiles import load_profile
+from experiments.targets.local import LocalTarget
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

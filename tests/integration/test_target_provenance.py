@@ -22,8 +22,8 @@ import pytest
 from app.cli import main
 from common.records import TrialConfig
 from db.store import Store
-from experiments.external import ServerProcess
-from experiments.http_target import describe_server
+from experiments.targets.external import ServerProcess
+from experiments.targets.http_target import describe_server
 
 pytestmark = pytest.mark.slow  # real servers, real trials
 SERVED = "acme/mock-7b"

@@ -19,8 +19,8 @@ import pytest
 from vllm_helpers import ROOT, engine_flags, tradeoff, trials_json, vllm_servers
 
 from db.store import Store
-from experiments.external import free_port
-from experiments.http_target import wait_for_health
+from experiments.targets.external import free_port
+from experiments.targets.http_target import wait_for_health
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 RELAUNCH_TOLERANCE = 0.35  # output tok/s of a relaunch vs the sweep's, on a shared 2-core machine

@@ -1,0 +1,1 @@
+"""What results mean: trial metrics, Pareto frontiers, capacities, the one recommendation."""

@@ -1,0 +1,1 @@
+"""A recommendation exported as a server config, and an exported config read back."""

@@ -1,0 +1,1 @@
+"""Predictions on the virtual clock: simulated trials, cost-model fits, calibration, estimates."""

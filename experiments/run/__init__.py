@@ -1,0 +1,1 @@
+"""Running sweeps: one trial, the grid sweep, search and Ray runners, drift control, provenance."""

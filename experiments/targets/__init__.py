@@ -1,0 +1,1 @@
+"""What a trial measures: the local engine, replicas, external and started servers."""
