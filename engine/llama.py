@@ -16,11 +16,15 @@ import torch
 import torch.nn.functional as F
 
 LEAN_MODEL_TYPES = ("llama", "qwen2", "mistral")
-# On CPU, a step of at most this many rows multiplies by a second, transposed ([in, out]) copy
-# of each weight: MKL runs x @ W_t ~30% faster than x @ W.T for one or two rows (builtin:small,
-# 1 thread: 6.2 vs 8.7 ms of matmuls per step) and ~5% slower from four rows on.
+# On CPU each weight gets a second copy laid out for the matmul kernel: oneDNN's packed ("reordered")
+# layout where torch has oneDNN, as vLLM's CPU build does (builtin:small's four matmuls per layer,
+# 1 thread, packed vs F.linear: 1.1x at 1 row, 2x at 2-4 rows, 1.4x at 16, 1.15x at 64-256; a
+# decode step at 16 rows 25 -> ~18 ms). Without oneDNN, a step of at most SMALL_BATCH_ROWS rows
+# multiplies by a transposed ([in, out]) copy: MKL runs x @ W_t ~30% faster than x @ W.T for one
+# or two rows and ~5% slower from four rows on.
 SMALL_BATCH_ROWS = 2
-MAX_TRANSPOSED_BYTES = 2**30  # the copy doubles the weights' memory: small models only
+MAX_COPY_BYTES = 2**30  # the copy doubles the weights' memory: small models only
+PACK_ROWS_HINT = 16  # the batch size oneDNN's layout is chosen for (any batch size runs on it)
 # Decode attention reads a view of slots [0, highest live + 1); when it would span more than
 # this many times the decode rows (long rows left alone at high slots), copying the rows' K/V
 # out is cheaper than attending over the free slots (builtin:small, 2 rows of 600 tokens at
@@ -90,32 +94,54 @@ def lean_model(hf_model: torch.nn.Module) -> LeanLlama:
 class LlamaLayer(torch.nn.Module):
     """One decoder layer's weights; the forward is `LeanLlama.forward` (no per-layer call overhead)."""
 
-    def __init__(self, hf_layer: torch.nn.Module, is_transposed: bool) -> None:
+    def __init__(self, hf_layer: torch.nn.Module, has_copy: bool) -> None:
         super().__init__()
         attn, mlp = hf_layer.self_attn, hf_layer.mlp
         self.qkv = Linear(fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj),
-                          fuse_biases(attn.q_proj, attn.k_proj, attn.v_proj), is_transposed)
-        self.o = Linear(attn.o_proj.weight, attn.o_proj.bias, is_transposed)
+                          fuse_biases(attn.q_proj, attn.k_proj, attn.v_proj), has_copy)
+        self.o = Linear(attn.o_proj.weight, attn.o_proj.bias, has_copy)
         self.gate_up = Linear(fuse_linears(mlp.gate_proj, mlp.up_proj),
-                              fuse_biases(mlp.gate_proj, mlp.up_proj), is_transposed)
-        self.down = Linear(mlp.down_proj.weight, mlp.down_proj.bias, is_transposed)
+                              fuse_biases(mlp.gate_proj, mlp.up_proj), has_copy)
+        self.down = Linear(mlp.down_proj.weight, mlp.down_proj.bias, has_copy)
         self.input_norm = hf_layer.input_layernorm.weight
         self.post_norm = hf_layer.post_attention_layernorm.weight
 
 
 class Linear(torch.nn.Module):
-    """y = x W^T + b, with a transposed copy of W for small batches where that is faster."""
+    """y = x W^T + b, on a copy of W laid out for the CPU's matmul kernel where there is room
+    (see MAX_COPY_BYTES): oneDNN's packed layout, else a transposed copy for small batches."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, is_transposed: bool) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, has_copy: bool) -> None:
         super().__init__()
         self.weight, self.bias = weight, bias  # [out, in], [out]
-        self.weight_t = weight.detach().t().contiguous() if is_transposed else None  # [in, out]
+        self.packed = pack_weight(weight) if has_copy else None  # oneDNN layout, opaque
+        self.weight_t = (weight.detach().t().contiguous()  # [in, out]
+                         if has_copy and self.packed is None else None)
 
     def forward(self, x: torch.Tensor, is_small: bool) -> torch.Tensor:
+        if self.packed is not None and not torch.compiler.is_compiling():  # inductor: its own kernels
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         if self.weight_t is None or not is_small:
             return F.linear(x, self.weight, self.bias)
         y = x @ self.weight_t
         return y if self.bias is None else y + self.bias
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
+    """W [out, in] reordered for oneDNN's matmul, or None where torch has no oneDNN for it (not
+    a CPU, a dtype it lacks, a build without it): a probe checks the packed product against
+    F.linear's, so a kernel that runs but disagrees is never used."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
+        probe = torch.linspace(-1, 1, 3 * weight.shape[1], dtype=weight.dtype).view(3, -1)
+        got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+    except (RuntimeError, AttributeError):  # no such op, or none for this dtype
+        return None
+    want = F.linear(probe, weight.detach())
+    tolerance = 1e-4 if weight.dtype == torch.float32 else 5e-2
+    return packed if torch.allclose(got, want, rtol=tolerance, atol=tolerance) else None
 
 
 class LeanLlama(torch.nn.Module):
@@ -134,10 +160,10 @@ class LeanLlama(torch.nn.Module):
         inner = hf_model.model
         self.embed = inner.embed_tokens.weight
         weight_bytes = sum(p.numel() * p.element_size() for p in inner.layers.parameters())
-        is_transposed = self.embed.device.type == "cpu" and weight_bytes <= MAX_TRANSPOSED_BYTES
-        self.layers = torch.nn.ModuleList(LlamaLayer(layer, is_transposed) for layer in inner.layers)
+        has_copy = self.embed.device.type == "cpu" and weight_bytes <= MAX_COPY_BYTES
+        self.layers = torch.nn.ModuleList(LlamaLayer(layer, has_copy) for layer in inner.layers)
         self.norm = inner.norm.weight
-        self.lm_head = hf_model.lm_head.weight
+        self.lm_head = Linear(hf_model.lm_head.weight, None, has_copy)
         self.inv_freq = inner.rotary_emb.inv_freq  # [D / 2] float32
         self.rope_scaling = float(inner.rotary_emb.attention_scaling)
 
@@ -165,7 +191,7 @@ class LeanLlama(torch.nn.Module):
             x = x + layer.down(F.silu(gate) * up, step.is_small)
         if step.logit_index is not None:
             x = x.index_select(0, step.logit_index)
-        return F.linear(rms_norm(x, self.norm, self.eps), self.lm_head)
+        return self.lm_head(rms_norm(x, self.norm, self.eps), len(x) <= SMALL_BATCH_ROWS)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [T, 1, D] as the HF rotary embedding computes them (fp32, then the model dtype)."""

@@ -27,6 +27,10 @@ from experiments.targets.external import ExternalTarget, ServerProcess, TargetSe
 
 LOADS: tuple[tuple[int, int], ...] = ((1, 24), (16, 96))  # (closed-loop users, measured requests)
 BATCH_SIZE = 16  # tradeoff serve's --batch-size and vLLM's --max-num-seqs
+# Both servers schedule alike: chunked prefill under vLLM's own default token budget on a CPU
+# (its API server's 2048), prefix caching off in both (vLLM's default is on, tradeoff's off; the
+# chat profile's random prompts share nothing). So the comparison is of engines, not defaults.
+TOKEN_BUDGET = 2048
 PROFILE = "chat"
 SERVE_START_TIMEOUT_S = 300.0
 VLLM_START_TIMEOUT_S = 600.0  # ~75 s on a quiet 2-core CPU (torch.compile); far more when shared
@@ -110,7 +114,9 @@ def run_bench_vs(model: str, vs: str, device: str = "auto", repeats: int = 3,
 def _serve_process(model: str, device: str) -> ServerProcess:
     def argv(port: int) -> list[str]:
         return [sys.executable, "-m", "app.cli", "serve", "--model", model, "--device", device,
-                "--policy", "continuous", "--batch-size", str(BATCH_SIZE), "--port", str(port)]
+                "--policy", "continuous", "--batch-size", str(BATCH_SIZE),
+                "--max-num-batched-tokens", str(TOKEN_BUDGET), "--prefix-caching", "off",
+                "--port", str(port)]
 
     return ServerProcess(None, _config(BATCH_SIZE), SERVE_START_TIMEOUT_S, argv_for=argv,
                          label="tradeoff serve")
@@ -163,7 +169,8 @@ def _connect(url: str, tokenizer: Any) -> ExternalTarget:
 
 def _config(users: int, repetition: int = 0) -> TrialConfig:
     # The knobs are labels here: each server batches by its own start flags.
-    return TrialConfig("continuous", BATCH_SIZE, 0.0, concurrency=users, repetition=repetition)
+    return TrialConfig("continuous", BATCH_SIZE, 0.0, concurrency=users, repetition=repetition,
+                       max_num_batched_tokens=TOKEN_BUDGET, prefix_caching=False)
 
 
 def measure_rounds(contenders: list[Contender], repeats: int, log: Log) -> list[dict]:
@@ -202,6 +209,7 @@ def summary(model: str, contenders: list[Contender], rows: list[dict], repeats: 
         entry["tok_s_ratio"] = round(entry[ours.name]["output_tok_s"] / theirs, 3) if theirs else None
         loads.append(entry)
     return {"model": model, "profile": PROFILE, "rounds": repeats, "batch_size": BATCH_SIZE,
+            "max_num_batched_tokens": TOKEN_BUDGET, "prefix_caching": False,
             "servers": {c.name: _describe(c) for c in contenders}, "loads": loads}
 
 

@@ -64,6 +64,9 @@ def test_vs_url_measures_both_servers_per_load_and_stops_its_own(capsys, monkeyp
         assert theirs["tpot_ms_p50"] == pytest.approx(ITL_MS, abs=2.0)  # the mock's known gap
     assert "mock at" in result["servers"]["other"]["server"]
     assert "serve --model builtin:tiny" in result["servers"]["tradeoff"]["command"]
+    # Both servers schedule alike: tradeoff serve runs vLLM's CPU token budget, prefix caching off.
+    assert "--max-num-batched-tokens 2048 --prefix-caching off" in result["servers"]["tradeoff"]["command"]
+    assert (result["max_num_batched_tokens"], result["prefix_caching"]) == (2048, False)
     assert "round 1/1, 4 users: other" in err
     time.sleep(0.5)
     assert {p.pid for p in _serve_processes()} <= before, "the bench's tradeoff serve outlived it"
