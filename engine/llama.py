@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 
 LEAN_MODEL_TYPES = ("llama", "qwen2", "mistral")
-# On CPU each weight gets a second copy laid out for the matmul kernel: oneDNN's packed ("reordered")
-# layout where torch has oneDNN, as vLLM's CPU build does (builtin:small's four matmuls per layer,
-# 1 thread, packed vs F.linear: 1.1x at 1 row, 2x at 2-4 rows, 1.4x at 16, 1.15x at 64-256; a
-# decode step at 16 rows 25 -> ~18 ms). Without oneDNN, a step of at most SMALL_BATCH_ROWS rows
-# multiplies by a transposed ([in, out]) copy: MKL runs x @ W_t ~30% faster than x @ W.T for one
-# or two rows and ~5% slower from four rows on.
+# On CPU each weight gets copies laid out for the matmul kernels. A step of at most
+# SMALL_BATCH_ROWS rows multiplies by a transposed ([in, out]) copy: MKL runs x @ W_t ~30% faster
+# than x @ W.T for one or two rows. Larger steps run on oneDNN's packed ("reordered") layout where
+# torch has oneDNN, as vLLM's CPU build does. builtin:small, 1 thread, decode step time, packed
+# vs transposed/F.linear in one process: 10.2 vs 8.3 ms at 1 row, 11.8 vs 11.4 at 2, 10.3 vs 15.7
+# at 4, 17.1 vs 23.7 at 16; prefill-sized matmuls (64-256 rows) ~1.15x.
 SMALL_BATCH_ROWS = 2
-MAX_COPY_BYTES = 2**30  # the copy doubles the weights' memory: small models only
+MAX_COPY_BYTES = 2**30  # the copies triple the weights' memory: small models only
 PACK_ROWS_HINT = 16  # the batch size oneDNN's layout is chosen for (any batch size runs on it)
 # Decode attention reads a view of slots [0, highest live + 1); when it would span more than
 # this many times the decode rows (long rows left alone at high slots), copying the rows' K/V
@@ -108,23 +108,22 @@ class LlamaLayer(torch.nn.Module):
 
 
 class Linear(torch.nn.Module):
-    """y = x W^T + b, on a copy of W laid out for the CPU's matmul kernel where there is room
-    (see MAX_COPY_BYTES): oneDNN's packed layout, else a transposed copy for small batches."""
+    """y = x W^T + b, on copies of W laid out for the CPU's matmul kernels where there is room
+    (see MAX_COPY_BYTES): transposed for small batches, oneDNN's packed layout for the rest."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, has_copy: bool) -> None:
         super().__init__()
         self.weight, self.bias = weight, bias  # [out, in], [out]
+        self.weight_t = weight.detach().t().contiguous() if has_copy else None  # [in, out]
         self.packed = pack_weight(weight) if has_copy else None  # oneDNN layout, opaque
-        self.weight_t = (weight.detach().t().contiguous()  # [in, out]
-                         if has_copy and self.packed is None else None)
 
     def forward(self, x: torch.Tensor, is_small: bool) -> torch.Tensor:
+        if self.weight_t is not None and is_small:
+            y = x @ self.weight_t
+            return y if self.bias is None else y + self.bias
         if self.packed is not None and not torch.compiler.is_compiling():  # inductor: its own kernels
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        if self.weight_t is None or not is_small:
-            return F.linear(x, self.weight, self.bias)
-        y = x @ self.weight_t
-        return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight, self.bias)
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
