@@ -30,7 +30,7 @@ def mock_server(
                                           "batch-dependent decode cost, for calibration tests)"),
 ) -> None:
     """Serve fake completions whose timing is exactly known, to check a load generator."""
-    from engine.mock_server import MockConfigError, MockTiming, serve_mock
+    from mock.server import MockConfigError, MockTiming, serve_mock
 
     if not 0 < port < 65536:
         raise BadInput(f"--port must be in 1..65535, got {port}")

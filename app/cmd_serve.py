@@ -47,7 +47,7 @@ def serve(
     """Serve a model with the chosen batching config (OpenAI-compatible)."""
     from app.errors import BadInput
     from app.preflight import check_bind
-    from engine.server import serve as run_server
+    from server.api import serve as run_server
 
     if config is not None:
         model, policy, batch_size, max_wait_ms, budget = from_exported(config, model)

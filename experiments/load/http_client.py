@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from engine.pacer import Pacer
+from common.pacer import Pacer
 from experiments.load import sse
 from experiments.load.http_sessions import SessionJob, conversations
 

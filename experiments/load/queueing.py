@@ -1,4 +1,4 @@
-"""Queueing truth for the mock server (engine/mock_server.py): pure formulas, times in seconds.
+"""Queueing truth for the mock server (mock/server.py): pure formulas, times in seconds.
 
 A request in service takes S = T + (n - 1) I; at most K are in service, FIFO beyond.
 """

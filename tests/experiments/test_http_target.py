@@ -16,10 +16,10 @@ from engine.config import EngineConfig, SchedulerConfig
 from engine.engine import Engine
 from engine.factory import start_engine
 from engine.models import build_byte_tokenizer
-from engine.server import BackgroundServer, create_app
 from experiments.load.loadgen import run_closed_loop
 from experiments.load.workload import RequestSpec
 from experiments.targets.http_target import HttpTarget, api_base, server_root, wait_for_health
+from server.api import BackgroundServer, create_app
 
 pytestmark = pytest.mark.slow  # loads builtin:tiny once for the module
 

@@ -146,7 +146,7 @@ def test_bad_input_is_refused_and_nothing_is_written(
 
 
 def test_there_are_at_least_80_cases_plus_http() -> None:
-    assert len(CASES) >= 80  # HTTP bodies: tests/engine/test_server_bad_inputs.py
+    assert len(CASES) >= 80  # HTTP bodies: tests/server/test_server_bad_inputs.py
 
 
 def test_cases_fail_before_any_model_loads() -> None:

@@ -18,7 +18,7 @@ from common.records import TrialConfig
 from experiments.targets.server_cmd import render_server_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("app", "engine", "experiments", "db")
+PACKAGES = ("app", "engine", "server", "mock", "experiments", "db")
 SECRET = "sk-test-7f3a9c-never-store-me"
 
 
@@ -26,10 +26,10 @@ SECRET = "sk-test-7f3a9c-never-store-me"
 
 
 def test_serve_binds_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.server
+    import server.api
 
     bound: list[tuple[str, int]] = []
-    monkeypatch.setattr(engine.server, "serve",
+    monkeypatch.setattr(server.api, "serve",
                         lambda *a, sock, **k: bound.append(sock.getsockname()[:2]))
     assert main(["serve", "--port", "0"]) == 2  # port 0 is refused: a port must be chosen
     free = _free_port()
@@ -51,7 +51,7 @@ def test_ui_binds_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch
 def test_background_server_defaults_to_loopback() -> None:
     import inspect
 
-    from engine.server import BackgroundServer
+    from server.api import BackgroundServer
 
     assert inspect.signature(BackgroundServer).parameters["host"].default == "127.0.0.1"
 
@@ -117,7 +117,7 @@ def keyed_server() -> Iterator[tuple[str, list[str]]]:
     """`tradeoff serve`'s app on builtin:tiny, recording the Authorization headers it gets."""
     from engine.config import EngineConfig, SchedulerConfig
     from engine.factory import start_engine
-    from engine.server import BackgroundServer, create_app
+    from server.api import BackgroundServer, create_app
 
     seen: list[str] = []
     engine, loaded = start_engine(EngineConfig(model="builtin:tiny"), SchedulerConfig(max_batch_size=4))

@@ -4,6 +4,9 @@ asyncio's own timers wake up to 1 ms late (epoll's timeout is whole milliseconds
 libuv's clock is milliseconds too), which is half the inter-token gap the mock server must
 reproduce. On Linux a timerfd armed at an absolute CLOCK_MONOTONIC time wakes the loop within
 tens of microseconds; elsewhere the loop's own timers are used.
+
+Standard library only: the mock server (mock/server.py) and the HTTP load generator's workers
+(experiments/load/http_client.py) both pace with it, so it lives in common/.
 """
 
 from __future__ import annotations

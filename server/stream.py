@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from fastapi.responses import JSONResponse, Response
 
 from engine.engine import Engine
-from engine.openai_schema import error_body
 from engine.sequence import SamplingParams, SeqStatus, Sequence
-from engine.server_metrics import ServerMetrics
+from server.metrics import ServerMetrics
+from server.openai_schema import error_body
 
 DETOKENIZE_PROMPT_TAIL = 5  # prompt ids that seed incremental decoding (leading-space context)
 _FINISHED = None  # queue item: the engine finished (or failed) the sequence

@@ -15,7 +15,7 @@ import pytest
 
 from engine.config import EngineConfig, SchedulerConfig
 from engine.factory import start_engine
-from engine.server import BackgroundServer, create_app
+from server.api import BackgroundServer, create_app
 
 pytestmark = pytest.mark.slow  # loads builtin:tiny once for the module
 
@@ -183,8 +183,8 @@ class _Upload:
 def test_a_chunked_body_is_cut_off_at_the_limit_not_read_whole() -> None:
     import asyncio
 
-    from engine.openai_schema import RequestError
-    from engine.server_requests import read_body
+    from server.openai_schema import RequestError
+    from server.requests import read_body
 
     assert asyncio.run(read_body(_Upload([b"ab", b"cd"]), limit=4)) == b"abcd"
     with pytest.raises(RequestError) as exc:

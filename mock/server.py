@@ -6,7 +6,7 @@ uniformly by +-`jitter_ms` per gap. At most `capacity` requests are in service a
 rest wait in a FIFO queue. So closed-loop load with C > K users gives req/s = K / S and
 E2E = C S / K, and open-loop Poisson load with K = 1 is an M/D/1 queue (experiments/load/queueing.py).
 
-Tokens are emitted on an absolute schedule (no drift), by a timerfd-paced loop (engine/pacer.py);
+Tokens are emitted on an absolute schedule (no drift), by a timerfd-paced loop (common/pacer.py);
 tokens already due when the loop wakes go out in one write. Each token's text is one ASCII
 letter, so a byte-level tokenizer counts one token per chunk when `usage` is not sent.
 """
@@ -22,8 +22,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from engine.mock_http import LAST_CHUNK, HttpConnection, HttpRequest, chunk, response_head
-from engine.pacer import Pacer
+from common.pacer import Pacer
+from mock.protocol import LAST_CHUNK, HttpConnection, HttpRequest, chunk, response_head
 
 DEFAULT_MAX_TOKENS = 16
 SSE = "text/event-stream"

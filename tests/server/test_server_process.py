@@ -20,8 +20,8 @@ import httpx
 import psutil
 import pytest
 
-from engine.server import create_app, with_tcp_proto
-from engine.server_engine import EngineHealth, EngineWatch, engine_health
+from server.api import create_app, with_tcp_proto
+from server.backend import EngineHealth, EngineWatch, engine_health
 
 # -- health and the watch (no model) -------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """`tradeoff serve`: the engine behind an OpenAI-compatible HTTP API (FastAPI + uvicorn).
 
 This module wires the app: routes, error handlers, and running it. Request validation lives in
-`server_requests`, token streaming and response bodies in `server_stream`, /metrics in
-`server_metrics`, the engine's process and its health in `server_engine` (imports run downward:
-this module imports them, never the reverse).
+`requests`, token streaming and response bodies in `stream`, /metrics in `metrics`, the
+engine's process and its health in `backend` (imports run downward: this module imports them,
+never the reverse).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.config import EngineConfig, SchedulerConfig
 from engine.engine import Engine
-from engine.openai_schema import (
+from server.backend import EngineGoneError, EngineWatch, engine_health, start_served_engine
+from server.metrics import ServerMetrics
+from server.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
     RequestError,
@@ -32,10 +34,8 @@ from engine.openai_schema import (
     error_body,
     parse_request,
 )
-from engine.server_engine import EngineGoneError, EngineWatch, engine_health, start_served_engine
-from engine.server_metrics import ServerMetrics
-from engine.server_requests import RequestValidator, read_body
-from engine.server_stream import Chunks, Generation, LoopBridge, complete, stream_body
+from server.requests import RequestValidator, read_body
+from server.stream import Chunks, Generation, LoopBridge, complete, stream_body
 
 GRACEFUL_SHUTDOWN_S = 5
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.mock_server import MockConfigError, MockTiming, parse_ask, token_offsets_s
 from experiments.targets.external import free_port
 from experiments.targets.http_target import wait_for_health
+from mock.server import MockConfigError, MockTiming, parse_ask, token_offsets_s
 
 
 def test_token_schedule_is_t_then_every_i() -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.engine import Engine
-from engine.openai_schema import ChatCompletionRequest, ChatMessage, RequestError, SamplingRequest
 from engine.sequence import SamplingParams
+from server.openai_schema import ChatCompletionRequest, ChatMessage, RequestError, SamplingRequest
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 SAMPLING_EPS = 1e-5  # temperatures below this are greedy (as vLLM): 1/T would overflow

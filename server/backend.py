@@ -32,7 +32,7 @@ def start_served_engine(config: EngineConfig, sched_config: SchedulerConfig, rep
 
         return start_engine(config, sched_config)
     from engine.replicas import ReplicaSet
-    from engine.served_model import served_model
+    from server.served_model import served_model
 
     engine = ReplicaSet.start(config, sched_config, replicas, router, config.seed)
     try:

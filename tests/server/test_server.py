@@ -16,8 +16,8 @@ import pytest
 from engine.config import EngineConfig, SchedulerConfig
 from engine.engine import Engine
 from engine.factory import start_engine
-from engine.server import BackgroundServer, create_app
-from engine.server_stream import Detokenizer, StopFilter
+from server.api import BackgroundServer, create_app
+from server.stream import Detokenizer, StopFilter
 
 pytestmark = pytest.mark.slow  # loads builtin:tiny once for the module
 

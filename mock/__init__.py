@@ -1,0 +1,1 @@
+"""`tradeoff mock-server`: an OpenAI-compatible server whose timing is exactly known (no engine)."""

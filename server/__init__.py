@@ -1,0 +1,1 @@
+"""`tradeoff serve`: the OpenAI-compatible HTTP server over the engine (FastAPI + uvicorn)."""
