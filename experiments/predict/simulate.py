@@ -31,13 +31,16 @@ MIN_STEPS = 3  # fewer steps of a phase than this: keep the prior's coefficients
 MS = 1e-3
 # The cost model before anything is measured. Fitted to the lean engine's steps (engine/llama.py,
 # one engine thread, the engine's choice on 2 cores) on a 2-core CPU with one core busy
-# elsewhere: decode at batch 1/4/8/16 (builtin:small 8.6/16.3/19.2/26.2 ms, tiny 2.1/3.9/5.4/
-# 7.3 ms), prefill of 16 to 1,024 tokens (small 26/59/97/183/379/925 ms for 16/64/128/256/512/
-# 1,024). Matmuls dominate small's steps (compute-bound prefill, ~73 GFLOP/s), per-op overhead
-# tiny's. docs/benchmarks.md has the commands.
+# elsewhere (`taskset -c 1` spinner; steps on core 0): decode at batch 1/4/8/16/32 (builtin:small
+# 9.8/14.2/14.7/18.4/30.7 ms with its oneDNN-packed matmuls; tiny 2.1/3.9/5.4/7.3 ms, measured
+# before the packing and within noise of it since), prefill of 16 to 1,024 tokens (small
+# 15/43/79/159/367/902 ms for 16/64/128/256/512/1,024: a least-squares line through them has
+# no fixed part, so a chunk in a mixed step costs its tokens only, as the one packed forward
+# does). Matmuls dominate small's steps (compute-bound prefill, ~60-100 GFLOP/s), per-op
+# overhead tiny's. docs/benchmarks.md has the commands.
 PRIORS: dict[str, CostModel] = {
     "builtin:tiny": CostModel(2.0 * MS, 0.125 * MS, 2.2 * MS, 0.25 * MS),
-    "builtin:small": CostModel(15.0 * MS, 0.75 * MS, 9.7 * MS, 1.08 * MS),
+    "builtin:small": CostModel(0.0, 0.83 * MS, 11.7 * MS, 0.56 * MS),
 }
 GENERIC = CostModel(20 * MS, 0.2 * MS, 25 * MS, 0.5 * MS)
 # Wall seconds a trial costs beyond its simulated requests (reconfigure, store writes): the
