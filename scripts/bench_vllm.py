@@ -250,7 +250,8 @@ def _black_box_vs_steps(search_db: str, local_db: str, grid_db: str) -> None:
         steps = []
     fits = {"black box": cost_from_dict(probed["cost_model"]),
             "engine steps": fit_cost_model(steps, prior_cost("builtin:small"))}
-    print("fits:", {k: {n: round(v * 1e3, 3) for n, v in vars(c).items() if n.endswith("_s")}
+    print("fits:", {k: {n: round(v * 1e3, 3) for n, v in vars(c).items()
+                        if n.endswith("_s") and isinstance(v, float)}  # not the noise tuple
                     for k, c in fits.items()})
     grid = Store(grid_db, create=False)
     sweep = grid.get_sweep(1)
