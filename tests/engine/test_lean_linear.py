@@ -20,7 +20,7 @@ def test_packed_linear_equals_f_linear(num_rows: int, has_bias: bool) -> None:
     weight = torch.randn(96, 64, generator=gen)
     bias = torch.randn(96, generator=gen) if has_bias else None
     linear = Linear(weight, bias, has_copy=True)
-    assert linear.packed is not None and linear.weight_t is not None  # packed for most, transposed for <= 2 rows
+    assert linear.packed is not None and linear.weight_t is not None  # packed; transposed: <= 2 rows
     x = torch.randn(num_rows, 64, generator=gen)
     torch.testing.assert_close(linear(x, num_rows <= 2), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
