@@ -251,7 +251,7 @@ def run_one_trial(engine_config: EngineConfig, prof, trial_config: TrialConfig, 
     from experiments.run.trial import measure_baseline, run_trial
 
     target = remote or _local_target(engine_config, trial_config)
-    placement = target.placement() if hasattr(target, "placement") else None
+    placement = target.placement()
     try:
         kwargs = target.request_kwargs()
         baseline = None

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from experiments.targets.protocol import Target
 
 # The check: this many requests one at a time, outputs cut to CHECK_TOKENS (~0.2 s on
 # builtin:tiny, ~0.6 s on a server at 40 ms TTFT and 10 ms per token), medians of TTFT and of
@@ -125,7 +129,7 @@ class SpeedChecks:
         self.flagged: list[int] = []  # every trial flagged so far
         self.replaced: dict = {}  # config -> why its first run was deleted to run again
 
-    def measure(self, target) -> str | None:
+    def measure(self, target: Target) -> str | None:
         """Check the machine on `target` now (twice, for the reference, at the sweep's first);
         flag the trials since the last check if it drifted; return why it drifted, or None."""
         if self.watch.reference is None:
@@ -149,7 +153,7 @@ class SpeedChecks:
         self.flagged.extend(flagged)
         return why
 
-    def after_trial(self, target, trial_id: int | None, config=None) -> None:
+    def after_trial(self, target: Target, trial_id: int | None, config=None) -> None:
         """A trial was stored (None: it failed); check when one is due."""
         if trial_id is not None:
             self.note_rerun(trial_id, config)
@@ -157,7 +161,7 @@ class SpeedChecks:
         if self.watch.is_due(self.clock()):
             self.measure(target)
 
-    def at_end(self, target) -> None:
+    def at_end(self, target: Target) -> None:
         """A target closes: check the trials it ran since the last check."""
         if self.watch.since_check:
             self.measure(target)
@@ -188,7 +192,7 @@ class SpeedChecks:
                 self.store.set_trial_details(trial_id, {**trial.details, "rerun": {
                     "first_run": f"measured again: its first run was no evidence ({why})"}})
 
-def speed_check(target, profile, seed: int, salt: int = 0) -> dict[str, float]:
+def speed_check(target: Target, profile, seed: int, salt: int = 0) -> dict[str, float]:
     """Median TTFT and ITL (ms) of CHECK_REQUESTS requests sent one at a time at static batch 1
     (after one unmeasured), outputs cut to CHECK_TOKENS; an external server's own batching is
     what it is, and one request at a time leaves it nothing to batch. Every check sends prompts

@@ -20,6 +20,7 @@ from experiments.run.trial import TrialResult, run_trial
 from experiments.spec.profiles import Profile
 from experiments.targets.engines import preset
 from experiments.targets.http_target import server_root
+from experiments.targets.protocol import Target
 from experiments.targets.server_metrics import MetricsScraper, with_server_metrics
 from experiments.targets.servers import SweepServers
 
@@ -37,7 +38,7 @@ class Outcome:
         return [] if self.result is None else self.result.records
 
 
-def measure(target, config: TrialConfig, profile: Profile, num_requests: int, *, seed: int,
+def measure(target: Target, config: TrialConfig, profile: Profile, num_requests: int, *, seed: int,
             slos: list[SLO], servers: SweepServers, engine: str | None,
             max_duration_s: float | None = None, should_stop: StopCheck | None = None) -> Outcome:
     """Run `config` on `target` (a local engine or a server), with the engine's /metrics
@@ -63,7 +64,7 @@ def measure(target, config: TrialConfig, profile: Profile, num_requests: int, *,
     return Outcome(result, metrics)
 
 
-def scraper_for(target, engine: str | None) -> contextlib.AbstractContextManager:
+def scraper_for(target: Target, engine: str | None) -> contextlib.AbstractContextManager:
     """Scrapes a started engine's /metrics during a trial; a no-op for other targets."""
     if engine is None:
         return contextlib.nullcontext()
@@ -72,13 +73,13 @@ def scraper_for(target, engine: str | None) -> contextlib.AbstractContextManager
                           preset_.counters, preset_.scrape_interval_s)
 
 
-def with_provenance(metrics: TrialMetrics, target: object, **extra: object) -> TrialMetrics:
+def with_provenance(metrics: TrialMetrics, target: Target, **extra: object) -> TrialMetrics:
     """The trial's metrics with where it ran in details["provenance"] (node, device, replicas)."""
-    loaded = getattr(target, "loaded", None)
-    where = {"node": socket.gethostname(), "pid": os.getpid(),
-             "device": None if loaded is None else str(loaded.device),
-             "device_name": getattr(loaded, "device_name", None)}
-    if hasattr(target, "placement"):
-        where["replicas"] = target.placement()
+    loaded = target.loaded
+    where = {"node": socket.gethostname(), "pid": os.getpid(), "device": str(loaded.device),
+             "device_name": loaded.device_name}
+    placement = target.placement()
+    if placement is not None:  # replicas: where each ran and how requests were routed
+        where["replicas"] = placement
     where.update(extra)
     return replace(metrics, details={**metrics.details, "provenance": where})

@@ -10,15 +10,18 @@ with the reason. With no address it starts a local cluster on loopback for its o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlparse
 
 from common.records import TrialConfig
-from experiments.run.sweep import SweepRunner, utcnow
+from experiments.run.interfaces import Ran, Runner
+from experiments.run.placement import server_groups
 from experiments.spec.profiles import needs_baseline, resolve_slos
 
 MAX_ATTEMPTS = 2  # a trial whose worker is lost runs once more elsewhere, then fails
@@ -62,50 +65,64 @@ class _Worker:
     where: dict = field(default_factory=dict)
 
 
-class RaySweepRunner(SweepRunner):
-    """A SweepRunner whose trials run on Ray workers; progress, cancel and resume as the base."""
+class RayWorkers:
+    """Where trials run with `--executor ray`: on Ray workers, each batch spread over them; the
+    driver (this process) stores each result through the runner."""
 
-    def _run_all(self) -> str:
-        stored = self.store.done_configs(self.sweep_id)
-        todo = deque(c for c in self.spec.trial_configs() if c not in stored)
-        if not todo:
-            return "done"
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.ray: Any = None
+        self.next_index = 0
+        self.baseline: dict[str, float] | None = None
+        self.last_label: str | None = None
+
+    def groups(self, configs: list[TrialConfig]) -> list[list[TrialConfig]]:
+        return [configs] if configs else []  # all at once: the workers take them in parallel
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
         import ray
 
-        _connect(self.spec.ray_address)
+        _connect(self.runner.spec.ray_address)
+        self.ray = ray
         try:
-            if self.spec.starts_servers:
-                return self._run_servers(ray, todo)
-            return self._run_on(ray, todo)
+            yield
         finally:
             ray.shutdown()  # a local cluster started by _connect ends here too
 
-    def _run_servers(self, ray: Any, todo: deque[TrialConfig]) -> str:
+    def run(self, batch: list[TrialConfig], passes: bool) -> list[Ran] | None:
+        """The whole batch at once, over the workers (a pass either way: each stored outcome,
+        a failed start included, says what became of a config); None once cancelled."""
+        todo = deque(batch)
+        status = self._run_servers(todo) if self.runner.spec.starts_servers else self._run_on(todo)
+        return None if status == "cancelled" else [Ran(c, measured=True) for c in batch]
+
+    def _run_servers(self, todo: deque[TrialConfig]) -> str:
         """Each worker owns the servers of the server configs it is given (one at a time). With
         relative SLOs the first config runs alone, so every trial is judged by the SLOs resolved
         against its server's baseline; the rest then run in parallel."""
-        self._ray = ray
-        self._next_index = 0
-        groups = deque(self._groups(list(todo)))
+        ray, runner = self.ray, self.runner
+        self.next_index = 0
+        groups = deque(server_groups(list(todo)))
         workers = [self._spawn_server_worker()
-                   for _ in range(_num_slots(ray, len(groups), self.spec.ray_cpus_per_trial))]
-        self._report(None)
+                   for _ in range(_num_slots(ray, len(groups), runner.spec.ray_cpus_per_trial))]
+        runner.report(None)
         slos = None
-        if needs_baseline(self.profile) and groups:
+        if needs_baseline(runner.profile) and groups:
             first = groups.popleft()
-            self._report(f"w{workers[0].index}: {first[0].server_label} (and the baseline)")
+            runner.report(f"w{workers[0].index}: {first[0].server_label} (and the baseline)")
             slos = self._store_group(ray.get(workers[0].actor.run_group.remote(first, None)), workers[0])
         else:
-            slos = resolve_slos(self.profile, None)
+            slos = resolve_slos(runner.profile, None)
         idle, inflight = list(workers), {}
         while groups or inflight:
-            if self.should_stop():
+            if runner.should_stop():
                 ray.get([w.actor.stop.remote() for w, _ in inflight.values()])  # servers stopped
                 return "cancelled"
             while idle and groups:
                 w, group = idle.pop(0), groups.popleft()
                 inflight[w.actor.run_group.remote(group, slos)] = (w, group)
-            self._report(" | ".join(f"w{w.index}: {g[0].server_label}" for w, g in inflight.values()))
+            runner.report(" | ".join(f"w{w.index}: {g[0].server_label}" for w, g in inflight.values()))
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
             for ref in ready:
                 w, group = inflight.pop(ref)
@@ -114,49 +131,49 @@ class RaySweepRunner(SweepRunner):
                     idle.append(w)
                 except ray.exceptions.RayActorError as exc:  # its servers died with it
                     for config in group:
-                        self._fail(config, f"worker {w.index} lost: {_first_line(exc)}", None)
+                        runner.record_failure(config, f"worker {w.index} lost: {_first_line(exc)}")
                     idle.append(self._spawn_server_worker())
-        return "cancelled" if self.stop.is_set() else "done"
+        return "cancelled" if runner.stop.is_set() else "done"
 
     def _store_group(self, out: dict, worker: _Worker) -> list:
         """Store one server config's trials as its worker returned them; its resolved SLOs."""
+        runner = self.runner
         if not worker.where:
-            worker.where = self._ray.get(worker.actor.where.remote())
-        self.servers.failures.extend(f for f in out["start_failures"] if f not in self.servers.failures)
+            worker.where = self.ray.get(worker.actor.where.remote())
+        runner.servers.failures.extend(f for f in out["start_failures"] if f not in runner.servers.failures)
         for config, result in out["outcomes"]:
             if "error" in result:
-                self._fail(config, result["error"], result["started"], result["finished"])
+                runner.record_failure(config, result["error"], result["started"], result["finished"])
             elif "metrics" in result:
                 metrics = result["metrics"]
                 where = {**metrics.details.get("provenance", {}), **worker.where}
                 metrics = replace(metrics, details={**metrics.details, "provenance": where})
-                self.store.add_trial(self.sweep_id, config, metrics, result["records"],
-                                     result["started"], result["finished"])
-                self.num_done += 1
-                self._report(None)
+                runner.record_done(config, metrics, result["records"], result["started"],
+                                   result["finished"])
         return out["slos"]
 
     def _spawn_server_worker(self) -> _Worker:
         from experiments.run.ray_server_worker import ServerWorker
 
-        index, self._next_index = self._next_index, self._next_index + 1
-        gpus = _cluster_gpus(self._ray)
-        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": self.spec.ray_cpus_per_trial}
-        cls = self._ray.remote(**options, max_restarts=0, max_concurrency=2)(ServerWorker)
-        actor = cls.remote(self.spec.model_dump(mode="json"), self.profile.model_dump(mode="json"),
-                           index, self.sweep_id, str(self.servers.dir.parent))
+        spec = self.runner.spec
+        index, self.next_index = self.next_index, self.next_index + 1
+        gpus = _cluster_gpus(self.ray)
+        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": spec.ray_cpus_per_trial}
+        cls = self.ray.remote(**options, max_restarts=0, max_concurrency=2)(ServerWorker)
+        actor = cls.remote(spec.model_dump(mode="json"), self.runner.profile.model_dump(mode="json"),
+                           index, self.runner.sweep_id, str(self.runner.servers.dir.parent))
         return _Worker(index, actor)
 
-    def _run_on(self, ray: Any, todo: deque[TrialConfig]) -> str:
-        self._ray = ray
-        self._next_index = 0
-        workers = [self._spawn() for _ in range(_num_slots(ray, len(todo), self.spec.ray_cpus_per_trial))]
-        slos = self._ray_slos(workers[0])
+    def _run_on(self, todo: deque[TrialConfig]) -> str:
+        ray, runner = self.ray, self.runner
+        self.next_index = 0
+        workers = [self._spawn() for _ in range(_num_slots(ray, len(todo), runner.spec.ray_cpus_per_trial))]
+        slos = self._slos(workers[0])
         attempts: dict[TrialConfig, int] = {}
         idle, inflight = list(workers), {}
-        self._report(None)
+        runner.report(None)
         while todo or inflight:
-            if self.should_stop():
+            if runner.should_stop():
                 for w, _ in inflight.values():
                     ray.kill(w.actor)  # a partial trial is not a result: nothing is stored
                 return "cancelled"
@@ -172,29 +189,30 @@ class RaySweepRunner(SweepRunner):
                     idle.append(w)
                 else:
                     idle.append(self._spawn())  # a fresh worker takes the lost one's slot
-        return "cancelled" if self.stop.is_set() else "done"
+        return "cancelled" if runner.stop.is_set() else "done"
 
     def _spawn(self) -> _Worker:
-        index, self._next_index = self._next_index, self._next_index + 1
-        gpus = _cluster_gpus(self._ray)
-        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": self.spec.ray_cpus_per_trial}
-        cls = self._ray.remote(**options, max_restarts=0)(_worker_class())
-        threads = None if gpus else self.spec.ray_cpus_per_trial
-        actor = cls.remote(self.spec.model_dump(mode="json"), self.profile.model_dump(mode="json"),
+        spec = self.runner.spec
+        index, self.next_index = self.next_index, self.next_index + 1
+        gpus = _cluster_gpus(self.ray)
+        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": spec.ray_cpus_per_trial}
+        cls = self.ray.remote(**options, max_restarts=0)(_worker_class())
+        threads = None if gpus else spec.ray_cpus_per_trial
+        actor = cls.remote(spec.model_dump(mode="json"), self.runner.profile.model_dump(mode="json"),
                            index, threads)
         return _Worker(index, actor)
 
-    def _ray_slos(self, worker: _Worker) -> list:
-        ray = self._ray
+    def _slos(self, worker: _Worker) -> list:
+        ray, profile = self.ray, self.runner.profile
         worker.where = ray.get(worker.actor.where.remote())  # the model loaded: errors surface here
-        if self._baseline is None and needs_baseline(self.profile):
-            self._baseline = ray.get(worker.actor.baseline.remote())
-        return resolve_slos(self.profile, self._baseline)
+        if self.baseline is None and needs_baseline(profile):
+            self.baseline = ray.get(worker.actor.baseline.remote())
+        return resolve_slos(profile, self.baseline)
 
     def _collect(self, ref: Any, w: _Worker, config: TrialConfig, attempt: int,
                  todo: deque[TrialConfig]) -> bool:
         """Store one finished trial; False when its worker was lost (the trial is requeued once)."""
-        ray = self._ray
+        ray, runner = self.ray, self.runner
         try:
             out = ray.get(ref)
             if not w.where:
@@ -204,37 +222,28 @@ class RaySweepRunner(SweepRunner):
             if retry_or_fail(attempt) == "retry":
                 todo.appendleft(config)
             else:
-                self._fail(config, f"{reason}; retried once on another worker, lost again", None)
+                runner.record_failure(config, f"{reason}; retried once on another worker, lost again")
             return False
         if "error" in out:
-            self._fail(config, out["error"], out["started"], out["finished"])
+            runner.record_failure(config, out["error"], out["started"], out["finished"])
             return True
         metrics = out["metrics"]
         if metrics.requests_completed == 0:
             error = next((r.error for r in out["records"] if r.error), "no request completed")
-            self._fail(config, error, out["started"], out["finished"])
+            runner.record_failure(config, error, out["started"], out["finished"])
             return True
         where = {**w.where, "attempt": attempt}
         metrics = replace(metrics, details={**out["details"], "provenance": where})
-        self.store.add_trial(self.sweep_id, config, metrics, out["records"], out["started"],
-                             out["finished"])
-        self.num_done += 1
-        self._report(None)
+        runner.record_done(config, metrics, out["records"], out["started"], out["finished"])
         return True
-
-    def _fail(self, config: TrialConfig, error: str, started, finished=None) -> None:
-        self.store.add_failed_trial(self.sweep_id, config, error, started or utcnow(),
-                                    finished or utcnow())
-        self.num_failed += 1
-        self._report(None)
 
     def _report_inflight(self, inflight: dict) -> None:
         # Per-worker progress for the CLI bar and the Run page: who runs what, right now.
         label = " | ".join(f"w{w.index}: {c.label}" for w, c in
                            sorted(inflight.values(), key=lambda wc: wc[0].index))
-        if label != getattr(self, "_last_label", None):
-            self._last_label = label
-            self._report(label or None)
+        if label != self.last_label:
+            self.last_label = label
+            self.runner.report(label or None)
 
 
 def _worker_class() -> type:

@@ -30,7 +30,7 @@ class TrialWorker:
 
         if num_threads:  # a CPU slot: as many threads as cores it was given, no more
             torch.set_num_threads(num_threads)
-        from experiments.run.sweep import local_target_for
+        from experiments.run.placement import local_target_for
 
         self.spec = SweepSpec(**spec)
         self.profile = Profile(**profile)

@@ -1,31 +1,33 @@
-"""Runs a capacity-search sweep: each probe is an ordinary stored trial, under a time budget.
+"""A capacity search as the runner loop's strategy: each probe is an ordinary stored trial,
+under a time budget.
 
-The sweep runner's machinery is reused whole (target, warm-up, baseline, one trial, progress,
-cancel, per-trial predictions); only the choice of the next trial differs: `capacity.run_search`
-replays the stored trials and asks for the next load, and this runner measures it. With
-prediction on, the first trial calibrates: the cost model is fitted to its steps, every
-config's capacity predicted, and the plan (start loads, skipped configs) stored with it.
+The runner loop (experiments/run/sweep.py) and its placement do what every sweep does (target,
+warm-up, baseline, one trial, progress, cancel, per-trial predictions); only the choice of the
+next trial differs: `capacity.search_trials` replays the stored trials and yields the next load
+to measure, and `SearchStrategy` hands it to the loop, one trial per batch. With prediction on,
+the first trial calibrates: the cost model is fitted to its steps, every config's capacity
+predicted, and the plan (start loads, skipped configs) stored with it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
+from collections.abc import Generator
 from dataclasses import replace
 
 from common.records import SLO, TrialConfig, TrialMetrics
 from db.store import Store
 from experiments.predict.accuracy import error_band, knee_growth, predicted_before
 from experiments.predict.simulate import cost_to_dict
-from experiments.run.sweep import SweepRunner
-from experiments.run.trial import TrialResult
+from experiments.run.interfaces import Ran, Runner
+from experiments.run.placement import InProcess
 from experiments.search.capacity import (
     ConfigCapacity,
     knob_label,
     plan_of,
-    run_search,
     sample_of,
+    search_trials,
     uses_prediction,
 )
 from experiments.search.capacity_plan import (
@@ -52,129 +54,121 @@ def set_search_budget(store: Store, sweep_id: int, budget_s: float) -> None:
     store.set_sweep_grid(sweep_id, spec.model_copy(update={"search": search}).model_dump(mode="json"))
 
 
-class SearchRunner(SweepRunner):
-    """A SweepRunner whose trials are chosen by the capacity search instead of a grid."""
+class SearchStrategy:
+    """What runs next in a capacity search: the search's next probe, one trial per batch, while
+    the budget lasts; on a target kept up between probes (`InProcess.target`)."""
 
-    capacities: list[ConfigCapacity] | None = None
-    budget_spent = False
-    _calibrating: TrialConfig | None = None
-    _num_finished = 0  # searches finished at the last revision
-    _judged_by: list[SLO] | None = None  # the SLOs trials are judged against (for refitted predictions)
-    _server_key: tuple | None = None  # the server config running now
-    _probe_predicted: float | None = None  # the calibration config's capacity from the probes
+    passes = False
 
-    def _run_all(self) -> str:
-        search = self.spec.search
-        assert search is not None
-        knobs = self.spec.knob_configs()
-        if not knobs:
-            return "done"
-        self._report(None)
-        with _TargetPerServer(self) as targets:
-            # A local engine or one --target opens now (calibration needs its SLOs); a
-            # --server-cmd server starts when its config's first trial runs.
-            slos = [] if self.spec.starts_servers else targets.get(knobs[0])[1]
-            self._measure_started = time.monotonic()
-            self._num_measured = 0
+    def __init__(self, runner: Runner) -> None:
+        if not isinstance(runner.placement, InProcess):  # the spec refuses --executor ray
+            raise GridError("a capacity search runs one probe after another: use the local executor")
+        self.runner, self.targets = runner, runner.placement
+        self.knobs = runner.spec.knob_configs()
+        self.capacities: list[ConfigCapacity] | None = None
+        self.budget_spent = False
+        self.calibrating: TrialConfig | None = None
+        self.judged_by: list[SLO] | None = None  # the SLOs trials are judged against (refitted predictions)
+        self.server_key: tuple | None = None  # the server config running now
+        self.probe_predicted: float | None = None  # the calibration config's capacity from the probes
+        self.num_finished = 0  # searches finished at the last revision
+        self.steps: Generator[TrialConfig, Sample | None, list[ConfigCapacity]] | None = None
+        self.measure_started = 0.0
+        self.num_measured = 0
 
-            def measure(config: TrialConfig) -> Sample | None:
-                if self.should_stop() or not self._fits_budget(config):
-                    return None  # that config stops here, undecided; cheaper ones may go on
-                self._num_measured += 1
-                try:
-                    target, config_slos = targets.get(config)
-                except TargetSetupError as exc:
-                    if not self.spec.starts_servers:
-                        raise
-                    self.fail_start([config], str(exc))  # this config ends here; the others go on
-                    return None
-                self._server_key = server_key(config)
-                self._run_one(target, config, config_slos)
-                stored = [t for t in self.store.list_trials(self.sweep_id) if t.config == config]
-                return sample_of(stored[0]) if stored else None  # none: stopped mid-trial
+    def has_work(self) -> bool:
+        return bool(self.knobs)
 
-            if uses_prediction(self.spec) and plan_of(self.store.list_trials(self.sweep_id)) is None:
-                self._calibrate(measure, slos, targets)
-            self.capacities = run_search(self.spec, self.profile, self.store.list_trials(self.sweep_id),
-                                         measure, self._can_continue, revise=self._revise)
-        return "cancelled" if self.stop.is_set() else "done"
+    def next_batch(self, completed: list[Ran]) -> list[TrialConfig] | None:
+        for ran in completed:
+            if ran.measured:  # its target started: the server config running now
+                self.server_key = server_key(ran.config)
+        if self.steps is not None:  # the last probe's sample, and the search's next
+            return self._step(self._sample(completed))
+        if self.calibrating is not None:  # the calibration trial ran: the search starts
+            self.calibrating = None
+            return self._step(None)
+        # A local engine or one --target opens now (calibration needs its SLOs); a
+        # --server-cmd server starts when its config's first trial runs.
+        slos = [] if self.runner.spec.starts_servers else self.targets.target(self.knobs[0])[1]
+        self.measure_started = time.monotonic()
+        self.num_measured = 0
+        store, sweep_id = self.runner.store, self.runner.sweep_id
+        if uses_prediction(self.runner.spec) and plan_of(store.list_trials(sweep_id)) is None:
+            self.calibrating = self._calibration(slos)
+            if self.calibrating is not None and self._admits(self.calibrating):
+                return [self.calibrating]
+            self.calibrating = None
+        return self._step(None)
 
-    def _calibrate(self, measure, slos: list[SLO], targets: _TargetPerServer) -> None:
-        """Measure the calibration trial; `_with_prediction` stores the plan with it. On servers
-        tradeoff starts, the first config's server is probed first (experiments/predict/calibrate.py)
-        and the fit, not engine steps, predicts every config."""
-        if self.spec.starts_servers:
-            slos = self._probe_first_server(targets)
-            if self.calibration is None:
-                return  # the probes failed: the search goes on without a plan
-        self._calibrating = calibration_probe(self.spec, self.profile, slos, self.calibration)
-        if self.calibration is not None:  # its capacity as predicted from the probes alone
-            self._probe_predicted = calibration_capacity(self.spec, self.profile, slos, self.calibration)
+    def _step(self, sample: Sample | None) -> list[TrialConfig] | None:
+        """The search's next trial to run (sending it the last one's sample); None at its end."""
+        runner = self.runner
         try:
-            measure(self._calibrating)
-        finally:
-            self._calibrating = None
+            if self.steps is None:
+                self.steps = search_trials(runner.spec, runner.profile,
+                                           runner.store.list_trials(runner.sweep_id),
+                                           self._can_continue, revise=self._revise)
+                config = next(self.steps)
+            else:
+                config = self.steps.send(sample)
+            while not self._admits(config):  # that config stops here, undecided; cheaper ones may go on
+                config = self.steps.send(None)
+        except StopIteration as done:
+            self.capacities = done.value
+            return None
+        return [config]
 
-    def _probe_first_server(self, targets: _TargetPerServer) -> list[SLO]:
+    def _admits(self, config: TrialConfig) -> bool:
+        """Whether `config` runs now: not cancelled, and likely to end within the budget."""
+        if self.runner.should_stop() or not self._fits_budget(config):
+            return False
+        self.num_measured += 1
+        return True
+
+    def _sample(self, completed: list[Ran]) -> Sample | None:
+        """The probe's evidence: its stored trial; None when not measured (its server failed
+        to start, or it was stopped mid-trial and not stored)."""
+        (ran,) = completed
+        if not ran.measured:
+            return None
+        stored = [t for t in self.runner.store.list_trials(self.runner.sweep_id) if t.config == ran.config]
+        return sample_of(stored[0]) if stored else None
+
+    def _calibration(self, slos: list[SLO]) -> TrialConfig | None:
+        """The calibration trial (`annotate` stores the plan with it); None when there is none.
+        On servers tradeoff starts, the first config's server is probed first
+        (experiments/predict/calibrate.py) and the fit, not engine steps, predicts every config."""
+        runner = self.runner
+        if runner.spec.starts_servers:
+            slos = self._probe_first_server()
+            if runner.calibration is None:
+                return None  # the probes failed: the search goes on without a plan
+        config = calibration_probe(runner.spec, runner.profile, slos, runner.calibration)
+        if runner.calibration is not None:  # its capacity as predicted from the probes alone
+            self.probe_predicted = calibration_capacity(runner.spec, runner.profile, slos,
+                                                        runner.calibration)
+        return config
+
+    def _probe_first_server(self) -> list[SLO]:
         """Start the calibration config's server, probe it, keep the fit; its SLOs."""
-
-        knobs = calibration_config(self.spec)
+        runner = self.runner
+        knobs = calibration_config(runner.spec)
         try:
-            target, slos = targets.get(knobs)
+            target, slos = self.targets.target(knobs)
         except TargetSetupError as exc:
-            self.probe_failure = f"{type(exc).__name__}: {exc}"
+            runner.probe_failure = f"{type(exc).__name__}: {exc}"
             return []
-        self.probe_server(target, probe_running(self.spec, knobs.batch_size))
+        runner.probe_server(target, probe_running(runner.spec, knobs.batch_size))
         return slos
 
-    def _revise(self, config: TrialConfig, searches: dict[TrialConfig, CapacitySearch]) -> dict[str, str]:
-        """After a trial measured now: prune the configs that can no longer win, and note it
-        with that trial so a replay prunes at the same point. The refitted prediction (the cost
-        model fitted to every step so far) is consulted each time another search finishes."""
-        finished = sum(s.is_finished for s in searches.values())
-        refit = finished > self._num_finished and uses_prediction(self.spec) and self._judged_by is not None
-        self._num_finished = finished
-        black_box = self._is_black_box()
-        cost = self.fitted_cost() if refit or black_box else None
-        trials = self.store.list_trials(self.sweep_id)
-        try:
-            if black_box:  # refitted after every trial: re-plan the configs not started yet
-                revision = replan(self.spec, self.profile, cost, self._judged_by or [], searches,
-                                  self._growth(trials, searches))
-            else:
-                revision = {"pruned": revise_plan(self.spec, self.profile, cost, self._judged_by or [],
-                                                  searches)}
-        except Exception:  # noqa: BLE001 - a revision only saves trials; without it none are lost
-            return {}
-        stored = [t for t in trials if t.config == config]
-        if not stored or not any(revision.values()):
-            return {}  # not stored (stopped mid-trial): a replay could not revise here either
-        revision = {k: v for k, v in revision.items() if v}
-        if cost is not None:
-            revision["cost_model"] = cost_to_dict(cost)
-        self.store.set_trial_details(stored[0].trial_id, {**stored[0].details, "revision": revision})
-        return revision
-
-    def _is_black_box(self) -> bool:
-        """A search over servers it starts, calibrated from probes (refitted every trial)."""
-        return (self.spec.starts_servers and uses_prediction(self.spec)
-                and self._judged_by is not None and self.calibration is not None)
-
-    def _growth(self, trials: list, searches: dict[TrialConfig, CapacitySearch]) -> float:
-        """The bracketing factor around a predicted knee: the error band so far."""
-        predicted = predicted_before(trials)
-        errors = [math.log(s.result().capacity / predicted[knob_label(k)])
-                  for k, s in searches.items() if s.is_finished and s.result().is_decided
-                  and s.result().capacity > 0 and predicted.get(knob_label(k))]
-        return knee_growth(error_band(trials, errors))
-
-    def _with_prediction(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
-                         metrics: TrialMetrics) -> TrialMetrics:
-        self._judged_by = slos
-        metrics = super()._with_prediction(config, result, slos, metrics)
-        if config != self._calibrating:
+    def annotate(self, config: TrialConfig, slos: list[SLO], metrics: TrialMetrics) -> TrialMetrics:
+        """Note the SLOs trials are judged by; store the plan with the calibration trial."""
+        self.judged_by = slos
+        if config != self.calibrating:
             return metrics
-        cost = self.fitted_cost()
+        runner = self.runner
+        cost = runner.fitted_cost()
         load = config.concurrency if config.concurrency is not None else config.rate
         knobs = replace(config, concurrency=None, rate=None)
         # On started servers each config's search probes around its predicted knee, as far
@@ -184,46 +178,85 @@ class SearchRunner(SweepRunner):
             err = metrics.details.get("prediction", {}).get("error", {}).get("output_tokens_per_s")
             growth = knee_growth({} if err is None else error_band([], [-math.log1p(err)]))
         try:
-            plan = make_plan(self.spec, self.profile, cost, slos, knobs, float(load), growth=growth)
+            plan = make_plan(runner.spec, runner.profile, cost, slos, knobs, float(load), growth=growth)
         except Exception as exc:  # noqa: BLE001 - no plan: every config starts at the default
             plan = {"start": {}, "skipped": {}, "failed": f"{type(exc).__name__}: {exc}"}
-        if self._probe_predicted is not None:
-            plan["calibration_predicted"] = self._probe_predicted
+        if self.probe_predicted is not None:
+            plan["calibration_predicted"] = self.probe_predicted
         prediction = {**metrics.details.get("prediction", {}), "plan": plan}
-        return self._replace_details(metrics, prediction)
-
-    @staticmethod
-    def _replace_details(metrics: TrialMetrics, prediction: dict) -> TrialMetrics:
         return replace(metrics, details={**metrics.details, "prediction": prediction})
+
+    def _revise(self, config: TrialConfig, searches: dict[TrialConfig, CapacitySearch]) -> dict[str, str]:
+        """After a trial measured now: prune the configs that can no longer win, and note it
+        with that trial so a replay prunes at the same point. The refitted prediction (the cost
+        model fitted to every step so far) is consulted each time another search finishes."""
+        runner = self.runner
+        spec, profile, slos = runner.spec, runner.profile, self.judged_by or []
+        finished = sum(s.is_finished for s in searches.values())
+        refit = finished > self.num_finished and uses_prediction(spec) and self.judged_by is not None
+        self.num_finished = finished
+        black_box = self._is_black_box()
+        cost = runner.fitted_cost() if refit or black_box else None
+        trials = runner.store.list_trials(runner.sweep_id)
+        try:
+            if black_box:  # refitted after every trial: re-plan the configs not started yet
+                revision = replan(spec, profile, cost, slos, searches, self._growth(trials, searches))
+            else:
+                revision = {"pruned": revise_plan(spec, profile, cost, slos, searches)}
+        except Exception:  # noqa: BLE001 - a revision only saves trials; without it none are lost
+            return {}
+        stored = [t for t in trials if t.config == config]
+        if not stored or not any(revision.values()):
+            return {}  # not stored (stopped mid-trial): a replay could not revise here either
+        revision = {k: v for k, v in revision.items() if v}
+        if cost is not None:
+            revision["cost_model"] = cost_to_dict(cost)
+        runner.store.set_trial_details(stored[0].trial_id, {**stored[0].details, "revision": revision})
+        return revision
+
+    def _is_black_box(self) -> bool:
+        """A search over servers it starts, calibrated from probes (refitted every trial)."""
+        spec = self.runner.spec
+        return (spec.starts_servers and uses_prediction(spec)
+                and self.judged_by is not None and self.runner.calibration is not None)
+
+    def _growth(self, trials: list, searches: dict[TrialConfig, CapacitySearch]) -> float:
+        """The bracketing factor around a predicted knee: the error band so far."""
+        predicted = predicted_before(trials)
+        errors = [math.log(s.result().capacity / predicted[knob_label(k)])
+                  for k, s in searches.items() if s.is_finished and s.result().is_decided
+                  and s.result().capacity > 0 and predicted.get(knob_label(k))]
+        return knee_growth(error_band(trials, errors))
 
     def _fits_budget(self, config: TrialConfig) -> bool:
         """Whether this trial likely ends within the budget: an open-loop trial lasts at least
         its arrivals' span, a closed-loop one about as long as the trials so far."""
-        if not self._num_measured:
+        if not self.num_measured:
             return True
-        assert self.spec.search is not None
-        spent = time.monotonic() - self._measure_started
-        expected = spent / self._num_measured
+        spec = self.runner.spec
+        assert spec.search is not None
+        spent = time.monotonic() - self.measure_started
+        expected = spent / self.num_measured
         if config.rate is not None:
-            span = (self.spec.requests_for(config) + self.profile.warmup_requests) / config.rate
+            span = (spec.requests_for(config) + self.runner.profile.warmup_requests) / config.rate
             expected = max(expected, span)
-        if self.spec.starts_servers and server_key(config) != self._server_key:
-            expected += self.servers.mean_start_s()  # its server must start first
-        if spent + expected > self.spec.search.budget_s:
+        if spec.starts_servers and server_key(config) != self.server_key:
+            expected += self.runner.servers.mean_start_s()  # its server must start first
+        if spent + expected > spec.search.budget_s:
             self.budget_spent = True
             return False
         return True
 
     def _can_continue(self) -> bool:
         """Within the budget: stop before a trial that would likely end past it."""
-        if self.should_stop():
+        if self.runner.should_stop():
             return False
-        assert self.spec.search is not None
-        if not self._num_measured:
+        assert self.runner.spec.search is not None
+        if not self.num_measured:
             return True  # every session measures at least one trial, so a resume progresses
-        spent = time.monotonic() - self._measure_started
-        per_trial = spent / self._num_measured
-        if spent + per_trial > self.spec.search.budget_s:
+        spent = time.monotonic() - self.measure_started
+        per_trial = spent / self.num_measured
+        if spent + per_trial > self.runner.spec.search.budget_s:
             self.budget_spent = True
             return False
         return True
@@ -236,32 +269,3 @@ def probe_running(spec: SweepSpec, batch_size: int) -> int:
     if search is not None and search.load == "concurrency" and search.max_load:
         return max(1, min(batch_size, int(search.max_load)))
     return batch_size
-
-
-class _TargetPerServer:
-    """The target trials run on: one local engine or --target server for the whole search, or,
-    with a --server-cmd, a server per server config, the previous one stopped first (a search
-    with servers runs its configs one after another, so each server starts once)."""
-
-    def __init__(self, runner: SearchRunner) -> None:
-        self.runner = runner
-        self.stack = contextlib.ExitStack()
-        self.key: tuple | None = None
-        self.target = None
-        self.slos: list[SLO] = []
-
-    def get(self, config: TrialConfig) -> tuple:
-        """(target, resolved SLOs) for `config`, starting its server if another one runs."""
-        key = server_key(config) if self.runner.spec.starts_servers else None
-        if self.target is None or key != self.key or self.runner.servers.died():
-            self.stack.close()  # stops the previous config's server (its whole process group)
-            self.target = None
-            self.target = self.stack.enter_context(self.runner._open_target(config))
-            self.key, self.slos = key, self.runner._slos(self.target)
-        return self.target, self.slos
-
-    def __enter__(self) -> _TargetPerServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stack.close()

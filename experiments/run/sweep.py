@@ -1,29 +1,30 @@
-"""The sweep runner: one model load, then every trial of the grid, each committed atomically.
+"""The runner loop: one target load, then every trial the sweep asks for, each committed atomically.
 
 A crash loses at most the trial in flight; `resume` skips trials already stored (done or
 failed), so every trial lands exactly once. Cancellation (a flag in the db, or a local event)
 is checked between trials and, through `should_stop`, inside the trial in flight.
 
-This is the base runner: the capacity search's and Ray's runners build on it, and
-`runners.runner_for` (above all three) picks the one a stored sweep needs.
+`SweepRunner` is the one runner loop. It is given a strategy (what runs next: the grid by
+default, or the capacity search) and a placement (where it runs: this process's engine, replicas,
+started servers or a --target by default, or Ray workers); experiments/run/interfaces.py says
+what each offers, and `runners.runner_for` picks the pair a stored sweep needs. The runner keeps
+what every trial shares: storing it, progress, heartbeats, cancel, and per-trial predictions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from common.records import SLO, TrialConfig, TrialMetrics
+from common.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from db.store import Store
-from engine.config import EngineConfig
 from engine.core import StepRecord
 from engine.simulate import CostModel
 from experiments.predict.simulate import (
@@ -37,25 +38,23 @@ from experiments.predict.simulate import (
     stored_steps,
 )
 from experiments.run.drift import SpeedChecks
+from experiments.run.grid_strategy import GridStrategy
+from experiments.run.interfaces import PlacementFor, Ran, StrategyFor
 from experiments.run.measure import measure
+from experiments.run.placement import local_target_for as local_target_for  # re-exported: app/ uses it
+from experiments.run.placement import placement_for
 from experiments.run.progress import Progress
 from experiments.run.provenance import provenance
-from experiments.run.trial import (
-    TrialResult,
-    measure_baseline,
-    run_trial,
-    trace_deadline_s,
-    with_trace_window,
-)
-from experiments.spec.grid import GridError, SweepSpec, server_key
-from experiments.spec.profiles import Profile, TraceArrival, needs_baseline, resolve_slos
+from experiments.run.trial import TrialResult, trace_deadline_s, with_trace_window
+from experiments.spec.grid import GridError, SweepSpec
+from experiments.spec.profiles import Profile, TraceArrival
 from experiments.spec.traces import TraceError, prepare_replay
-from experiments.targets.external import ExternalTarget, TargetSetupError, api_key_from_env, load_tokenizer
 from experiments.targets.servers import SweepServers, log_root
 
-if TYPE_CHECKING:  # the engine (torch) loads only when a sweep runs, not when the UI queues one
-    from experiments.targets.local import LocalTarget
-    from experiments.targets.replica_target import ReplicaTarget
+if TYPE_CHECKING:
+    from experiments.search.capacity import ConfigCapacity
+    from experiments.targets.external import ExternalTarget
+    from experiments.targets.protocol import Target
 
 HEARTBEAT_S = 2.0
 
@@ -117,11 +116,12 @@ def utcnow() -> datetime:
 
 
 class SweepRunner:
-    """Runs (or resumes) one stored sweep on a local engine."""
+    """Runs (or resumes) one stored sweep: its strategy's batches, where its placement puts them."""
 
     def __init__(self, store: Store, sweep_id: int,
                  on_progress: Callable[[Progress], None] | None = None,
-                 stop: threading.Event | None = None, target: LocalTarget | None = None) -> None:
+                 stop: threading.Event | None = None, target: Target | None = None,
+                 strategy: StrategyFor | None = None, placement: PlacementFor | None = None) -> None:
         self.store = store
         self.sweep_id = sweep_id
         self.on_progress = on_progress
@@ -130,8 +130,6 @@ class SweepRunner:
         self.spec = SweepSpec(**sweep.grid)
         self.profile = Profile(**sweep.profile)
         self.target = target  # an already loaded model (the CLI loads it before writing to the db)
-        self._tok = None
-        self._baseline: dict[str, float] | None = None
         self._steps: list[StepRecord] | None = None  # measured steps, for the prediction fit
         self.calibration: CostModel | None = None  # a started server's, from black-box probes
         self.probed = None  # that calibration with its probes, until stored with a trial
@@ -146,6 +144,19 @@ class SweepRunner:
         stored = store.list_trials(sweep_id)
         self.num_done = sum(t.status == "done" for t in stored)
         self.num_failed = sum(t.status == "failed" for t in stored)
+        self.placement = (placement or placement_for)(self)  # where trials run
+        self.strategy = (strategy or GridStrategy)(self)  # what runs next
+        self._ran: list[Ran] = []
+
+    @property
+    def capacities(self) -> list[ConfigCapacity] | None:
+        """The strategy's answer (a capacity search's, once run), else None."""
+        return self.strategy.capacities
+
+    @property
+    def budget_spent(self) -> bool:
+        """Whether the strategy stopped early because its time budget was spent."""
+        return self.strategy.budget_spent
 
     def run(self) -> str:
         """Run every trial not yet stored; return the final status."""
@@ -169,39 +180,28 @@ class SweepRunner:
         return self.stop.is_set()
 
     def _run_all(self) -> str:
-        stored = self.store.done_configs(self.sweep_id)
-        todo = [c for c in self.spec.trial_configs() if c not in stored]
-        if not todo:
+        """The loop: the strategy's next batch, run by the placement, until none is left."""
+        if not self.strategy.has_work():
             return "done"
-        self._report(None)
-        for configs in self._groups(todo):
-            if not self._run_group(list(configs)):
-                return "cancelled"
-        reruns = self.speed.reruns() if self.speed else []  # once: the drifted trials again
-        self.num_done -= len(reruns)
-        for configs in self._groups(reruns):  # each on its own server config's server
-            if self.stop.is_set() or not self._run_group(list(configs)):
-                return "cancelled"
+        with self.placement.session():
+            completed: list[Ran] = []
+            while (batch := self.strategy.next_batch(completed)) is not None:
+                if not self._run_group(batch):
+                    return "cancelled"
+                completed = self._ran
         return "cancelled" if self.stop.is_set() else "done"
 
-    def _run_group(self, pending: list[TrialConfig]) -> bool:
-        """Run one target's trials; False once cancelled. A server that fails to start fails
-        its configs' trials (with its one-line reason) and the sweep goes on; one that dies
-        mid-trial fails that trial and is restarted for the rest."""
-        while pending:
-            try:
-                with self._open_target(pending[0]) as target:
-                    slos = self._slos(target)
-                    while pending and not self.servers.died():
-                        if self.should_stop():
-                            return False
-                        self._run_one(target, pending.pop(0), slos)
-            except TargetSetupError as exc:
-                if not self.spec.starts_servers:
-                    raise
-                self.fail_start(pending, str(exc))
-                return True
-        return True
+    def _run_group(self, batch: list[TrialConfig]) -> bool:
+        """Run one batch (a grid's: one target's trials) where the placement puts it; what became
+        of its configs in `_ran`; False once cancelled."""
+        ran = self.placement.run(batch, self.strategy.passes)
+        self._ran = ran or []
+        return ran is not None
+
+    def take_target(self) -> Target | None:
+        """The target the runner was given (already loaded), handed over once."""
+        target, self.target = self.target, None
+        return target
 
     def fail_start(self, configs: list[TrialConfig], reason: str) -> None:
         """Store each config's trial as failed because its server could not start."""
@@ -210,108 +210,50 @@ class SweepRunner:
             self.store.add_failed_trial(self.sweep_id, config, reason, utcnow(), utcnow())
             self.num_failed += 1
         configs.clear()
-        self._report(None)
+        self.report(None)
 
-    def _groups(self, todo: list[TrialConfig]) -> list[list[TrialConfig]]:
-        """Trials per target: all on one local engine, or one group per server config."""
-        if self.spec.uses_replica_processes:  # one replica set per replica count
-            by_count: dict[int, list[TrialConfig]] = {}
-            for config in todo:
-                by_count.setdefault(config.replicas, []).append(config)
-            return list(by_count.values())
-        if not self.spec.starts_servers:
-            return [todo]
-        groups: dict[tuple, list[TrialConfig]] = {}
-        for config in todo:
-            groups.setdefault(server_key(config), []).append(config)
-        return list(groups.values())
-
-    @contextlib.contextmanager
-    def _open_target(self, config: TrialConfig) -> Iterator[LocalTarget | ExternalTarget]:
-        if not self.spec.is_external:
-            target = self.target
-            if target is None or replica_count(target) != config.replicas:
-                if target is not None:
-                    target.close()
-                target = local_target_for(self.spec, config.replicas)
-            self.target = None  # closed below; a later group would load anew
-            self.store.set_sweep_device(self.sweep_id, str(target.loaded.device),
-                                        target.loaded.device_name, str(target.loaded.dtype))
-            self._warm_up(target)
-            with contextlib.closing(target):
-                yield from self._checked(target)
-            return
-        with contextlib.ExitStack() as stack:
-            url = self.spec.target
-            if self.spec.starts_servers:
-                url = stack.enter_context(self.servers.process(config)).base_url
-            target = stack.enter_context(contextlib.closing(ExternalTarget.connect(
-                url, self.spec.target_model, self._tokenizer(),
-                api_key_from_env(self.spec.api_key_env))))
-            if self.spec.starts_servers:
-                info = target.engine.describe()
-                self.servers.started(info.version, info.owned_by)
-            self._warm_up(target)
-            if self.spec.calibrate and self.calibration is None:
-                self.fitted_cost()  # a resumed sweep: the calibration its first trial stored
-                if self.calibration is None:  # else probe the first server, once per sweep
-                    self.probe_server(target, config.batch_size)
-            yield from self._checked(target)
-
-    def _checked(self, target: LocalTarget | ExternalTarget) -> Iterator:
-        """Yield `target` between speed checks (drift control): one now, one at its end."""
-        if self.speed is not None:
-            self.speed.measure(target)
-        yield target
-        if self.speed is not None:
-            self.speed.at_end(target)
-
-    def _tokenizer(self):
-        if self._tok is None:
-            self._tok = load_tokenizer(self.spec.tokenizer or self.spec.target_model or self.spec.model)
-        return self._tok
-
-    def _warm_up(self, target: LocalTarget | ExternalTarget) -> None:
-        # One short trial so first-call costs (allocator, kernels) stay out of the first trial.
-        n = replica_count(target)
-        config = TrialConfig("continuous", max(self.spec.batch_sizes), 0.0, concurrency=2 * n,
-                             replicas=n, router=None if n == 1 else "round_robin")
-        run_trial(target.engine, config, self.profile, 4 * n, seed=self.spec.seed, slos=[],
-                  **target.request_kwargs())
-
-    def _slos(self, target: LocalTarget | ExternalTarget) -> list[SLO]:
-        # The unloaded baseline is measured once per sweep, on the first target.
-        if self._baseline is None and needs_baseline(self.profile):
-            self._baseline = measure_baseline(target.engine, self.profile, seed=self.spec.seed,
-                                              **target.request_kwargs())
-        return resolve_slos(self.profile, self._baseline)
-
-    def _run_one(self, target: LocalTarget | ExternalTarget, config: TrialConfig, slos: list[SLO]) -> None:
-        self._report(config.label)
+    def run_one(self, target: Target, config: TrialConfig, slos: list[SLO]) -> None:
+        """Measure one trial on `target` and store it (a result or a failure; a trial stopped
+        mid-way is not stored), then a drift check when one is due."""
+        self.report(config.label)
         started = utcnow()
         out = measure(target, config, self.profile, self.spec.requests_for(config),
                       seed=self.spec.seed + config.repetition, slos=slos, servers=self.servers,
                       engine=self.spec.engine, max_duration_s=self._deadline_s(config),
                       should_stop=self.should_stop)
         if out.error is not None:
-            self._fail_trial(config, out.error, started)
+            self.record_failure(config, out.error, started)
             return
         if out.metrics is None or out.result is None:
             return  # cancelled mid-trial: a partial trial is not a result
         metrics = self._with_prediction(config, out.result, slos, out.metrics)
-        trial_id = self.store.add_trial(self.sweep_id, config, metrics, out.records, started, utcnow())
-        self.num_done += 1
-        self._report(None)
+        trial_id = self.record_done(config, metrics, out.records, started, utcnow())
         if self.speed is not None:
             self.speed.after_trial(target, trial_id, config)
 
-    def _fail_trial(self, config: TrialConfig, reason: str, started: datetime) -> None:
-        self.store.add_failed_trial(self.sweep_id, config, reason, started, utcnow())
+    def record_done(self, config: TrialConfig, metrics: TrialMetrics, records: list[RequestRecord],
+                    started: datetime, finished: datetime) -> int:
+        """Store a measured trial; its id."""
+        trial_id = self.store.add_trial(self.sweep_id, config, metrics, records, started, finished)
+        self.num_done += 1
+        self.report(None)
+        return trial_id
+
+    def record_failure(self, config: TrialConfig, reason: str, started: datetime | None = None,
+                       finished: datetime | None = None) -> None:
+        """Store a failed trial with its reason (its times: now where not given)."""
+        self.store.add_failed_trial(self.sweep_id, config, reason, started or utcnow(),
+                                    finished or utcnow())
         self.num_failed += 1
-        self._report(None)
+        self.report(None)
 
     def _with_prediction(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
                          metrics: TrialMetrics) -> TrialMetrics:
+        """The metrics as stored: with the prediction, then as the strategy annotates them."""
+        return self.strategy.annotate(config, slos, self._predicted(config, result, slos, metrics))
+
+    def _predicted(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
+                   metrics: TrialMetrics) -> TrialMetrics:
         """The metrics plus details["prediction"]: what the simulator, fitted to the steps of
         the trials before this one, predicted for it, and this trial's steps for later fits."""
         if config.speedup is not None or not (result.steps or self.calibration):
@@ -338,7 +280,7 @@ class SweepRunner:
         """Fit the cost model to black-box probes of a started server (experiments/predict/calibrate.py);
         the next stored trial keeps them. A failure only costs predictions."""
         from experiments.predict.calibrate import fit, probe_server
-        self._report(f"probing the server (calibration, up to {max_running} running)")
+        self.report(f"probing the server (calibration, up to {max_running} running)")
         try:
             self.probed = fit(probe_server(target.engine, max_running=max_running, seed=self.spec.seed,
                                            **target.request_kwargs()))
@@ -365,7 +307,8 @@ class SweepRunner:
         assert isinstance(self.profile.arrival, TraceArrival)
         return trace_deadline_s(self.profile.arrival.duration_s)
 
-    def _report(self, current_label: str | None) -> None:
+    def report(self, current_label: str | None) -> None:
+        """Progress for the store (the UI reads it) and the CLI bar: counts and what runs now."""
         self.store.update_progress(self.sweep_id, self.num_done, self.num_failed, current_label)
         if self.on_progress is not None:
             self.on_progress(Progress(self.sweep_id, self.spec.num_trials, self.num_done,
@@ -378,21 +321,3 @@ class SweepRunner:
             self.store.heartbeat(self.sweep_id, os.getpid())
             self._last_beat = now
 
-
-def local_target_for(spec: SweepSpec, replicas: int = 1) -> LocalTarget | ReplicaTarget:
-    """Load the sweep's model once and start its engine (or `replicas` replica processes)."""
-    config = EngineConfig(model=spec.model, device=spec.device, dtype=spec.dtype,
-                          kv_budget_tokens=spec.kv_budget_tokens, seed=spec.seed)
-    if spec.uses_replica_processes:
-        from experiments.targets.replica_target import ReplicaTarget
-
-        return ReplicaTarget.start(config, replicas, None)
-    from experiments.targets.local import LocalTarget
-
-    return LocalTarget.start(config)
-
-
-def replica_count(target: object) -> int:
-    """How many engine replicas a target runs (1 for one in-process engine)."""
-    replicas = getattr(getattr(target, "engine", None), "replicas", None)
-    return 1 if replicas is None else len(replicas)

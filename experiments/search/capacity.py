@@ -1,14 +1,14 @@
 """Capacity searches over stored trials: the plan of a search sweep, and its answer replayed.
 
 A search is deterministic given its measurements, so its answer is never stored: it is
-replayed from the sweep's stored trials (`replay`). The runner uses the same replay with a
-`measure` that runs the trials not stored yet, which is what makes a search resumable: a
+replayed from the sweep's stored trials (`run_search`). The runner steps the same replay
+(`search_trials`), running each trial not stored yet, which is what makes a search resumable: a
 resumed search reuses every stored trial and asks for the same next load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 
 from common.records import TrialConfig, TrialRecord, config_to_dict
@@ -22,7 +22,8 @@ from experiments.search.strategy import (
     Probe,
     Sample,
     SearchSettings,
-    search_all,
+    drive,
+    search_steps,
 )
 from experiments.spec.grid import SweepSpec
 from experiments.spec.profiles import Profile
@@ -168,7 +169,20 @@ def plan_of(trials: list[TrialRecord]) -> dict | None:
 def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], measure: Measure | None = None,
                can_continue: Callable[[], bool] = lambda: True,
                plan: dict | None = None, revise: Revise | None = None) -> list[ConfigCapacity]:
-    """Replay (and, with `measure`, continue) every config's search over the stored trials.
+    """Replay (and, with `measure`, continue) every config's search over the stored trials
+    (`search_trials`, each trial not stored measured by `measure`: none without one)."""
+    steps = search_trials(spec, profile, trials, can_continue, plan, revise)
+    return drive(steps, measure if measure is not None else lambda _config: None)
+
+
+def search_trials(
+    spec: SweepSpec, profile: Profile, trials: list[TrialRecord],
+    can_continue: Callable[[], bool] = lambda: True, plan: dict | None = None,
+    revise: Revise | None = None,
+) -> Generator[TrialConfig, Sample | None, list[ConfigCapacity]]:
+    """Every config's search replayed over the stored trials and continued: yields each trial
+    to measure that is not stored yet and takes its Sample back (None: not measured); returns
+    the answer. A runner that measures trials itself steps it (experiments/run/search_runner.py).
 
     `plan` (default: the stored one; `{}` when the search predicts nothing) gives each config's
     start load and the configs the prediction skipped; before it exists nothing has started.
@@ -194,16 +208,6 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
                                                growth.get(knob_label(k))))
                 for k in order if knob_label(k) not in skipped}
     max_probes = spec.search.max_probes
-
-    def one(key: TrialConfig, probe: Probe) -> Sample | None:
-        if max_probes is not None and searches[key].num_probes >= max_probes:
-            searches[key].stop(f"probe limit ({max_probes}) reached")
-            return None
-        config = trial_config(spec, key, probe)
-        if config in stored:
-            return sample_of(stored[config])
-        return measure(config) if measure is not None else None
-
     revisions = {t.config: t.details.get("revision", {}) for t in trials}
     by_label = {knob_label(k): k for k in searches}
 
@@ -214,8 +218,20 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
             revise(config, searches) if revise is not None else None)
         apply_revision(spec, profile, searches, by_label, as_revision(revision or {}))
 
-    results = search_all(searches, one, can_continue, interleave=not spec.starts_servers,
-                         after=after)
+    steps = search_steps(searches, can_continue, interleave=not spec.starts_servers, after=after)
+    try:
+        key, probe = next(steps)
+        while True:
+            sample: Sample | None = None
+            if max_probes is not None and searches[key].num_probes >= max_probes:
+                searches[key].stop(f"probe limit ({max_probes}) reached")
+            elif (config := trial_config(spec, key, probe)) in stored:
+                sample = sample_of(stored[config])
+            else:
+                sample = yield config
+            key, probe = steps.send(sample)
+    except StopIteration as done:
+        results = done.value
     key = objective_key(profile)
     out = []
     for k in knobs:
@@ -247,7 +263,7 @@ def apply_revision(spec: SweepSpec, profile: Profile, searches: dict[TrialConfig
         later = sorted(fresh, key=lambda k: rank.get(knob_label(k), len(rank)))
         reordered = {k: searches[k] for k in searches if k not in fresh}
         reordered.update({k: searches[k] for k in later})
-        searches.clear()  # in place: search_all reads the order anew each round
+        searches.clear()  # in place: search_steps reads the order anew each round
         searches.update(reordered)
 
 

@@ -20,8 +20,11 @@ seeds) rather than only more requests.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Generator, Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+Step, Answer, Result = TypeVar("Step"), TypeVar("Answer"), TypeVar("Result")
 
 # Statuses of a finished (or stopped) search; DECIDED_STATUSES count as an answer.
 DECIDED, WITHIN_NOISE, AT_LIMIT = "decided", "within_noise", "at_limit"
@@ -315,19 +318,30 @@ class CapacitySearch:
 
 Measure = Callable[[Hashable, Probe], "Sample | None"]
 After = Callable[[Hashable, Probe], None]
+# A search run as a generator: it yields what to measure next and is sent the answer back.
+Steps = Generator[tuple[Hashable, Probe], "Sample | None", dict[Hashable, Capacity]]
 
 
 def search_all(searches: Mapping[Hashable, CapacitySearch], measure: Measure,
                can_continue: Callable[[], bool] = lambda: True,
                interleave: bool = True, after: After | None = None) -> dict[Hashable, Capacity]:
-    """Run every search to its end, one probe at a time. With `interleave`: every config's first
-    probe in order, then always the config that could still carry the most (the highest failed
-    load, unbounded first; the fewest probes among equals), so the budget goes to the race's
-    leaders and a leader shown to carry more than another missed ends that other's search
+    """Run every search to its end, one probe at a time (`search_steps`, each probe measured by
+    `measure`)."""
+    return drive(search_steps(searches, can_continue, interleave, after), lambda step: measure(*step))
+
+
+def search_steps(searches: Mapping[Hashable, CapacitySearch],
+                 can_continue: Callable[[], bool] = lambda: True,
+                 interleave: bool = True, after: After | None = None) -> Steps:
+    """Every search to its end, one probe at a time: yields (key, probe) and takes the Sample
+    measured for it (None: not measured, that search stops). With `interleave`: every config's
+    first probe in order, then always the config that could still carry the most (the highest
+    failed load, unbounded first; the fewest probes among equals), so the budget goes to the
+    race's leaders and a leader shown to carry more than another missed ends that other's search
     (through `after`); else one config after another (one server start per config). Stops the
     rest, undecided, once `can_continue()` says no. `after` is called once each measurement is
     recorded (it may prune other searches, or reorder and replace those not started: the order
-    is read anew each step)."""
+    is read anew each step). Returns every search's result."""
     while True:
         active = [k for k in list(searches) if not searches[k].is_finished]
         if not active:
@@ -339,7 +353,7 @@ def search_all(searches: Mapping[Hashable, CapacitySearch], measure: Measure,
         probe = searches[key].next_probe()
         if probe is None:
             continue
-        sample = measure(key, probe)  # None: not measured (the measure says why, via stop)
+        sample = yield key, probe  # None: not measured (the measure says why, via stop)
         if sample is None:
             searches[key].stop("search stopped before its answer (budget spent, cancelled, "
                                "or still running)")
@@ -348,6 +362,20 @@ def search_all(searches: Mapping[Hashable, CapacitySearch], measure: Measure,
             if after is not None:
                 after(key, probe)
     return {k: s.result() for k, s in searches.items()}
+
+
+def drive(steps: Generator[Step, Answer, Result], answer: Callable[[Step], Answer]) -> Result:
+    """Run a generator of steps to its end, sending each step's `answer` back; its result."""
+    try:
+        step = next(steps)
+    except StopIteration as done:
+        return done.value
+    while True:
+        reply = answer(step)
+        try:
+            step = steps.send(reply)
+        except StopIteration as done:
+            return done.value
 
 
 def _leader(searches: Mapping[Hashable, CapacitySearch], active: list[Hashable]) -> Hashable:

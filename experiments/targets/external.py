@@ -107,6 +107,14 @@ class ExternalTarget:
         provenance (`measure.with_provenance`) then names this server, its model and version."""
         return ServedFacts(SERVER_DEVICE, self.engine.describe().label)
 
+    def num_replicas(self) -> int:
+        """A server scales itself: to the client it is one engine."""
+        return 1
+
+    def placement(self) -> None:
+        """A server's own replicas are not visible from the client."""
+        return None
+
     def close(self) -> None:
         self.engine.close()
 

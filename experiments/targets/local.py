@@ -56,5 +56,12 @@ class LocalTarget:
             return None
         return Roofline(*roofline_fractions(shape, peaks, steps))
 
+    def num_replicas(self) -> int:
+        return 1
+
+    def placement(self) -> None:
+        """One engine in this process: no replicas to place."""
+        return None
+
     def close(self) -> None:
         self.engine.close()

@@ -45,6 +45,9 @@ class ReplicaTarget:
         """Peak memory of the largest replica (per GPU, or per process RSS on CPU)."""
         return {"memory": self.engine.peak_memory_mb, "reset_memory": self.engine.reset_peak_memory}
 
+    def num_replicas(self) -> int:
+        return len(self.engine.replicas)
+
     def placement(self) -> dict[str, Any]:
         """JSON-ready: how many replicas, where each runs, how requests were routed."""
         return {"replicas": len(self.engine.replicas), "router": self.engine.router_name,
