@@ -179,7 +179,8 @@ def create_search(db: str | None, spec, prof) -> tuple[int, Any, Any]:
     even a new db file): (sweep id, target, store)."""
     from app.preflight import existing_store
     from experiments.predict.estimate import estimate_search_s
-    from experiments.run.sweep import create_sweep, local_target_for
+    from experiments.run.placement import local_target_for
+    from experiments.run.sweep import create_sweep
     from experiments.targets.servers import recorded_starts
 
     store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below

@@ -180,7 +180,8 @@ def _create(db: str | None, data: dict[str, Any]):
     """Validate everything, load the model, and only then write: (store, sweep id, target)."""
     from app.preflight import existing_store
     from experiments.predict.estimate import estimate_sweep_s
-    from experiments.run.sweep import create_sweep, local_target_for, sweep_profile
+    from experiments.run.placement import local_target_for
+    from experiments.run.sweep import create_sweep, sweep_profile
     from experiments.spec.grid import parse_spec
     from experiments.spec.profiles import load_profile
     from experiments.targets.servers import recorded_calibration, recorded_starts

@@ -168,7 +168,12 @@ def _grid_errors(search_db: str, search_id: int, grid_db: str) -> None:
     from db.store import Store
     from experiments.analysis.queries import stored_slos
     from experiments.predict.accuracy import TABLE_KEYS
-    from experiments.predict.simulate import cost_from_dict, simulate_trial, stored_calibration
+    from experiments.predict.simulate import (
+        cost_from_dict,
+        relative_errors,
+        simulate_trial,
+        stored_calibration,
+    )
     from experiments.spec.grid import SweepSpec
     from experiments.spec.profiles import Profile
 
@@ -187,9 +192,8 @@ def _grid_errors(search_db: str, search_id: int, grid_db: str) -> None:
             for t in measured:
                 p = simulate_trial(t.config, prof, spec.requests_for(t.config), cost, slos,
                                    spec.seed + t.config.repetition).flat()
-                for k in keys:
-                    if p.get(k) and t.metrics.get(k):
-                        errs[k].append(abs(p[k] / t.metrics[k] - 1))
+                for k, e in relative_errors(p, t.metrics, keys).items():
+                    errs[k].append(abs(e))
             print(f"grid sweep {sweep.id} under {name}: median |error| "
                   + ", ".join(f"{k} {statistics.median(v):.0%}" for k, v in errs.items() if v))
 
@@ -235,6 +239,7 @@ def _black_box_vs_steps(search_db: str, local_db: str, grid_db: str) -> None:
         cost_from_dict,
         fit_cost_model,
         prior_cost,
+        relative_errors,
         simulate_trial,
         stored_steps,
     )
@@ -264,12 +269,11 @@ def _black_box_vs_steps(search_db: str, local_db: str, grid_db: str) -> None:
     for t in measured:
         p = {n: simulate_trial(t.config, prof, spec.requests_for(t.config), c, slos,
                                spec.seed + t.config.repetition).flat() for n, c in fits.items()}
-        for k in keys:
-            if p["black box"].get(k) and p["engine steps"].get(k):
-                gaps[k].append(abs(p["black box"][k] / p["engine steps"][k] - 1))
-            for n in fits:
-                if p[n].get(k) and t.metrics.get(k):
-                    errs[n][k].append(abs(p[n][k] / t.metrics[k] - 1))
+        for k, e in relative_errors(p["black box"], p["engine steps"], keys).items():
+            gaps[k].append(abs(e))
+        for n in fits:
+            for k, e in relative_errors(p[n], t.metrics, keys).items():
+                errs[n][k].append(abs(e))
     med = lambda d: ", ".join(f"{k} {statistics.median(v):.0%}" for k, v in d.items() if v)  # noqa: E731
     print(f"black box vs engine steps, median |ratio - 1| over {len(measured)} trials: {med(gaps)}")
     for n in fits:

@@ -25,7 +25,7 @@ from db.store import Store  # noqa: E402
 from experiments.analysis.queries import stored_slos  # noqa: E402
 from experiments.predict import refit as refit_mod  # noqa: E402
 from experiments.predict.calibrate import observed_of, point_probes  # noqa: E402
-from experiments.predict.simulate import cost_from_dict, simulate_trial  # noqa: E402
+from experiments.predict.simulate import cost_from_dict, relative_errors, simulate_trial  # noqa: E402
 from experiments.spec.grid import SweepSpec  # noqa: E402
 from experiments.spec.profiles import Profile  # noqa: E402
 
@@ -38,9 +38,8 @@ def errors(cost, trials, spec: SweepSpec, profile: Profile, slos) -> dict[str, l
     for t in trials:
         p = simulate_trial(t.config, profile, spec.requests_for(t.config), cost, slos,
                            spec.seed + t.config.repetition).flat()
-        for k in KEYS:
-            if p.get(k) and t.metrics.get(k):
-                out[k].append(abs(p[k] / t.metrics[k] - 1))
+        for k, e in relative_errors(p, t.metrics, KEYS).items():
+            out[k].append(abs(e))
     return out
 
 

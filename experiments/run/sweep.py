@@ -41,7 +41,6 @@ from experiments.run.drift import SpeedChecks
 from experiments.run.grid_strategy import GridStrategy
 from experiments.run.interfaces import PlacementFor, Ran, StrategyFor
 from experiments.run.measure import measure
-from experiments.run.placement import local_target_for as local_target_for  # re-exported: app/ uses it
 from experiments.run.placement import placement_for
 from experiments.run.progress import Progress
 from experiments.run.provenance import provenance
