@@ -84,7 +84,8 @@ def _switch(option: str, text: str) -> bool:
 def _checked_router(replicas: int, router: str | None) -> str | None:
     """N >= 1, a known router, a router only with N > 1 (default least_outstanding)."""
     from app.errors import BadInput
-    from engine.routing import DEFAULT_ROUTER, check_replicas
+    from common.vocab import DEFAULT_ROUTER
+    from engine.routing import check_replicas
 
     check_replicas(replicas, router)
     if router is not None and replicas == 1:

@@ -13,8 +13,9 @@ from app.errors import BadInput
 from app.output import print_json, print_pairs
 from app.parsing import parse_budget, parse_switches
 from common.records import LATENCY_METRICS, SLO, TrialConfig, config_to_dict
+from common.vocab import DEFAULT_ROUTER, ROUTERS
 from engine.config import EngineConfig, SchedulerConfig
-from engine.routing import DEFAULT_ROUTER, ROUTERS, check_replicas
+from engine.routing import check_replicas
 from experiments.analysis.answer import SLORule, rules_for
 from experiments.spec.profiles import load_profile, needs_baseline, resolve_slos
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+from common.vocab import ROUTER_ABBREV
+
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 STATS: tuple[str, ...] = ("p50", "p90", "p95", "p99", "mean")
 # Latency metrics, all in milliseconds; every one is reported at every stat in STATS.
 LATENCY_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queue_wait_ms", "service_ms")
-# Short router names for labels (`x2lo` = 2 replicas behind least_outstanding).
-ROUTER_ABBREV: dict[str, str] = {"round_robin": "rr", "least_outstanding": "lo", "power_of_two": "p2",
-                                  "prefix_affinity": "pa"}
 THROUGHPUT_METRICS: tuple[str, ...] = (
     "requests_per_s", "output_tokens_per_s", "total_tokens_per_s", "goodput_rps",
 )

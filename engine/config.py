@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-Policy = Literal["static", "continuous", "adaptive"]
-POLICIES: tuple[str, ...] = ("static", "continuous", "adaptive")
+from common.vocab import POLICIES, Policy
 
 
 class ConfigError(ValueError):

@@ -13,10 +13,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
+from common.vocab import ROUTERS
 from engine.config import ConfigError
 from engine.prefix_cache import BLOCK_TOKENS, block_hashes
 
-ROUTERS: tuple[str, ...] = ("round_robin", "least_outstanding", "power_of_two", "prefix_affinity")
 # prefix_affinity: prompts are matched in the blocks the engines' prefix caches keep.
 AFFINITY_BLOCK_TOKENS = BLOCK_TOKENS
 # ... a match must cover at least this share of the prompt to count (SGLang's cache-aware
@@ -27,9 +27,6 @@ MIN_MATCH_SHARE = 0.5
 MAX_IMBALANCE = 8
 # ... block hashes remembered (least recently routed forgotten first).
 MAX_AFFINITY_BLOCKS = 1 << 16
-# When N > 1 replicas are asked for without a router: what vLLM's router and most LLM load
-# balancers do by default, and the one that keeps long requests from queueing short ones.
-DEFAULT_ROUTER = "least_outstanding"
 
 
 class Router(Protocol):

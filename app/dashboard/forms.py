@@ -6,8 +6,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from engine.routing import DEFAULT_ROUTER
-from engine.routing import ROUTERS as ENGINE_ROUTERS
+from common.vocab import DEFAULT_ROUTER
+from common.vocab import ROUTERS as ENGINE_ROUTERS
 from experiments.run.sweep import sweep_profile, with_slos
 from experiments.spec.grid import GridError, SweepSpec, parse_spec
 from experiments.spec.profiles import Profile, ProfileError, load_profile
@@ -18,8 +18,7 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 LOAD_MODES: dict[str, str] = {"concurrency": "closed loop: virtual users",
                               "rate": "open loop: requests/s",
                               "speedup": "trace replay: speed-ups"}
-POLICIES: tuple[str, ...] = ("static", "continuous", "adaptive")
-# engine.routing's vocabulary (pure, no torch), the default first as the form offers it.
+# The routers, the default first as the form offers it.
 ROUTERS: tuple[str, ...] = (DEFAULT_ROUTER, *(r for r in ENGINE_ROUTERS if r != DEFAULT_ROUTER))
 # Spec fields as parse_spec names them -> the Run page field that shows the error.
 _FIELD_OF = {"concurrency": "load", "rate": "load", "speedup": "load", "sweep": "load",

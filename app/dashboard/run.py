@@ -10,6 +10,7 @@ import streamlit as st
 from app import launcher
 from app.dashboard import capacity_view, charts, forms, state, widgets
 from app.dashboard.forms import RunInputs
+from common.vocab import POLICIES
 from db.errors import StoreError
 from db.store import SweepRecord
 from experiments.analysis.pareto import classify
@@ -174,7 +175,7 @@ def _slo_inputs() -> tuple[tuple[str, float], ...] | None:
 
 
 def _knob_inputs(slots: dict) -> tuple[list[str], str, str, str]:
-    policies = st.multiselect("Batching policies", list(forms.POLICIES),
+    policies = st.multiselect("Batching policies", list(POLICIES),
                               default=["static", "continuous"], key="run_policies",
                               help="adaptive: continuous batching whose cap and wait follow the "
                                    "SLOs at run time (up to the max batch size and wait below)")

@@ -9,8 +9,8 @@ import streamlit as st
 
 from app.dashboard import charts_scale, state, widgets
 from common.records import TrialConfig
+from common.vocab import DEFAULT_ROUTER, ROUTERS
 from db.store import SweepRecord
-from engine.routing import DEFAULT_ROUTER, ROUTERS
 from experiments.analysis.scaleout import REPLICA_COUNTS, ScalePoint, ScaleView, measured_routers
 
 ROUTER_NAMES = {"least_outstanding": "least outstanding", "round_robin": "round robin",

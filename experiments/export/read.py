@@ -8,7 +8,7 @@ import math
 
 import yaml
 
-from engine.config import POLICIES
+from common.vocab import POLICIES
 from experiments.export.scale import exported_scale
 
 

@@ -11,7 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.records import TrialConfig
-from engine.routing import DEFAULT_ROUTER, check_replicas
+from common.vocab import DEFAULT_ROUTER, EngineName, LoadAxis, Policy
+from engine.routing import check_replicas
 from experiments.targets.engines import check_launch, lacking_knobs
 from experiments.targets.server_cmd import ServerCmdError, check_server_cmd
 
@@ -36,7 +37,7 @@ class SearchSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    load: Literal["rate", "concurrency", "speedup"] = "rate"  # speedup: a trace profile's axis
+    load: LoadAxis = "rate"  # speedup: a trace profile's axis
     budget_s: float = Field(default=600.0, gt=0)  # measurement time; a clean stop when spent
     start_load: float | None = Field(default=None, gt=0)  # default: 1 req/s, or batch-size users
     max_load: float | None = Field(default=None, gt=0)
@@ -65,7 +66,7 @@ class SweepSpec(BaseModel):
     device: str = "auto"
     dtype: str = "auto"
     profile: str = "chat"
-    policies: list[Literal["static", "continuous", "adaptive"]] = Field(
+    policies: list[Policy] = Field(
         default=["static", "continuous"], min_length=1)
     batch_sizes: list[int] = Field(default=[1, 4, 16], min_length=1)
     max_wait_ms: list[float] = Field(default=[0.0, 10.0], min_length=1)
@@ -90,7 +91,7 @@ class SweepSpec(BaseModel):
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     tokenizer: str | None = None  # for external targets; default: the model's
     server_cmd: str | None = Field(default=None, max_length=2000)  # started per server config
-    engine: Literal["vllm", "sglang", "tgi", "llamacpp"] | None = None  # a preset server per config
+    engine: EngineName | None = None  # a preset server per config
     server_timeout_s: float = Field(default=120.0, gt=0)
     # How a started server is launched (engines.check_launch): extra arguments (--engine only),
     # its environment, and the Python of the environment the engine lives in (`PY -m module`).

@@ -19,8 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.records import TrialConfig
-
-ENGINES: tuple[str, ...] = ("vllm", "sglang", "tgi", "llamacpp")
+from common.vocab import ENGINES
 
 
 class EngineUnavailableError(RuntimeError):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from common.vocab import ROUTERS
 from engine.config import ConfigError, SchedulerConfig
-from engine.routing import ROUTERS, LeastOutstanding, PowerOfTwo, RoundRobin, check_replicas, make_router
+from engine.routing import LeastOutstanding, PowerOfTwo, RoundRobin, check_replicas, make_router
 from engine.sequence import Sequence
 from engine.simulate import CostModel, Simulator
 

@@ -8,8 +8,9 @@ import threading
 import pytest
 
 from common.records import TrialConfig
+from common.vocab import ENGINES
 from experiments.spec.grid import GridError, parse_spec
-from experiments.targets.engines import ENGINES, EngineUnavailableError, preset
+from experiments.targets.engines import EngineUnavailableError, preset
 from experiments.targets.server_metrics import MetricsScraper, parse_gauges
 
 PLAIN = TrialConfig("continuous", 16, 0.0, concurrency=4)
