@@ -10,9 +10,10 @@
   prediction's errors; with --db GRID, the grid's trials predicted from the search's probes.
 - servecmd (issue 22): the same space on tradeoff's own engine behind --server-cmd (`tradeoff
   serve` per config): grid, search, and the black-box prediction against the engine-step one.
-- relaunch: the grid's recommended config measured 3 more times by a sweep (its run-to-run
-  noise), then `tradeoff export --format vllm` relaunched by hand and measured 3 times with
-  `tradeoff trial --target`: are the relaunch's goodput and output tok/s within that noise?
+- relaunch: 3 interleaved rounds, each of two fresh servers: the grid's recommended config started
+  by a one-trial sweep (3 launches: the run-to-run noise), then `tradeoff export --format vllm`
+  relaunched by hand and measured with `tradeoff trial --target`: are the relaunch's goodput and
+  output tok/s within that noise?
 """
 
 from __future__ import annotations
@@ -79,51 +80,36 @@ def grid(work: Path, requests: int) -> str:
     return db
 
 
-def relaunch(db: str, work: Path, requests: int) -> None:
+def relaunch(db: str, work: Path, requests: int, rounds: int = 3) -> None:
     doc = json.loads(run("export", "--sweep", "1", "--format", "json", "--db", db).stdout)
     batch, budget = doc["engine"]["max_batch_size"], doc["engine"].get("max_num_batched_tokens")
     users = doc["load"]["concurrency"]
-    model = work / "small"
     print(f"recommended: batch {batch}, budget {budget}, {users} users")
-    reps_db = f"sqlite:///{work / 'reps.db'}"
-    out = run("sweep", "--model", str(model), "--profile", "chat", *ENGINE, "--policy", "continuous",
-              "--max-wait-ms", "0", "--batch-sizes", str(batch), "--max-num-batched-tokens",
-              str(budget or "none"), "--concurrency", str(users), "--repetitions", "3",
-              "--requests", str(requests), "--db", reps_db, "--json")
-    out.check_returncode()
-    swept = json.loads(run("trials", "1", "--format", "json", "--db", reps_db).stdout)
     command = run("export", "--sweep", "1", "--format", "vllm", "--db", db).stdout.strip().splitlines()[-1]
-    words = shlex.split(command)
-    env = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
-    argv = [w for w in words if not re.match(r"^[A-Z_]+=", w)]
     print("relaunching:", command)
-    # A server measured on --server-cpus is relaunched pinned (its command says taskset); the
-    # client then runs on the other CPUs, as in the sweep.
-    client = [] if argv[0] != "taskset" else [
-        "taskset", "-c", ",".join(str(c) for c in sorted(os.sched_getaffinity(0) - set(_cpus(argv[2]))))]
-    again = []
-    with open(work / "relaunch.log", "wb") as log:
-        server = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        try:
-            from experiments.targets.http_target import wait_for_health
+    # Interleaved rounds, each a fresh server: the sweep's own start of the config, then the
+    # exported command relaunched by hand. Back-to-back repetitions on one server understated
+    # this machine's run-to-run noise (the same config's mean moved 472 -> 412 tok/s between
+    # attempts minutes apart); alternating launches spreads both over the same stretch of time,
+    # so drift lands in the yardstick and in the comparison alike.
+    swept, again = [], []
+    for r in range(1, rounds + 1):
+        reps_db = f"sqlite:///{work / f'reps{r}.db'}"
+        out = run("sweep", "--model", str(work / "small"), "--profile", "chat", *ENGINE, "--policy",
+                  "continuous", "--max-wait-ms", "0", "--batch-sizes", str(batch),
+                  "--max-num-batched-tokens", str(budget or "none"), "--concurrency", str(users),
+                  "--requests", str(requests), "--seed", str(r), "--db", reps_db, "--json")
+        out.check_returncode()
+        from db.store import Store
 
-            wait_for_health("http://127.0.0.1:8000/v1", 600, is_alive=lambda: server.poll() is None)
-            for seed in (1, 2, 3):
-                trial = run(*client, "trial", "--target", "http://127.0.0.1:8000/v1", "--tokenizer",
-                            str(model), "--profile", "chat", "--concurrency", str(users),
-                            "--requests", str(requests), "--seed", str(seed), "--json")
-                trial.check_returncode()
-                again.append(json.loads(trial.stdout))
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(60)
-    from db.store import Store
-
-    for t in Store(reps_db, create=False).list_trials(1):
-        print("  sweep rep:", _trial_line(t.metrics, t.details))
+        swept += [{**t.metrics, "details": t.details} for t in Store(reps_db, create=False).list_trials(1)]
+        again.append(_relaunched_trial(command, work, users, requests, seed=r))
+        print(f"  round {r}: goodput sweep {swept[-1].get('goodput_rps')}, "
+              f"relaunch {_flat(again[-1], 'goodput_rps')} req/s")
+    for t in swept:
+        print("  sweep:   ", _trial_line(t, t.get("details") or {}))
     for t in again:
-        print("  relaunch: ", _trial_line({k: _flat(t, k) for k in METRICS}, t.get("details") or {}))
+        print("  relaunch:", _trial_line({k: _flat(t, k) for k in METRICS}, t.get("details") or {}))
     for key in METRICS:
         a = [t[key] for t in swept if t.get(key) is not None]
         b = [v for t in again if (v := _flat(t, key)) is not None]
@@ -132,8 +118,35 @@ def relaunch(db: str, work: Path, requests: int) -> None:
             continue
         mean_a, sd_a, mean_b = statistics.fmean(a), statistics.stdev(a), statistics.fmean(b)
         within = abs(mean_b - mean_a) <= 2 * sd_a
-        print(f"{key}: sweep {mean_a:.2f} +- {sd_a:.2f} (3 reps), relaunch {mean_b:.2f} "
+        print(f"{key}: sweep {mean_a:.2f} +- {sd_a:.2f} ({len(a)} launches: "
+              f"{', '.join(f'{v:.2f}' for v in a)}), relaunch {mean_b:.2f} "
               f"({', '.join(f'{v:.2f}' for v in b)}): {'within' if within else 'OUTSIDE'} 2 sd")
+
+
+def _relaunched_trial(command: str, work: Path, users: int, requests: int, seed: int) -> dict:
+    """The exported command started by hand, as a user would, and one `trial --target` on it."""
+    words = shlex.split(command)
+    env = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
+    argv = [w for w in words if not re.match(r"^[A-Z_]+=", w)]
+    # A server measured on --server-cpus is relaunched pinned (its command says taskset); the
+    # client then runs on the other CPUs, as in the sweep.
+    client = [] if argv[0] != "taskset" else [
+        "taskset", "-c", ",".join(str(c) for c in sorted(os.sched_getaffinity(0) - set(_cpus(argv[2]))))]
+    with open(work / f"relaunch{seed}.log", "wb") as log:
+        server = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            from experiments.targets.http_target import wait_for_health
+
+            wait_for_health("http://127.0.0.1:8000/v1", 600, is_alive=lambda: server.poll() is None)
+            trial = run(*client, "trial", "--target", "http://127.0.0.1:8000/v1", "--tokenizer",
+                        str(work / "small"), "--profile", "chat", "--concurrency", str(users),
+                        "--requests", str(requests), "--seed", str(seed), "--json")
+            trial.check_returncode()
+            return json.loads(trial.stdout)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(60)
 
 
 def search(work: Path, requests: int, grid_db: str | None) -> None:
