@@ -182,12 +182,14 @@ def calibration_probe(spec: SweepSpec, profile: Profile, slos: list[SLO],
 
 
 def revise_plan(spec: SweepSpec, profile: Profile, cost: CostModel | None, slos: list[SLO],
-                searches: dict[TrialConfig, CapacitySearch], memo: Memo | None = None) -> dict[str, str]:
+                searches: dict[TrialConfig, CapacitySearch], memo: Memo | None = None,
+                growth: float | None = None) -> dict[str, str]:
     """Configs still being searched that can no longer win: (a) measured: it missed the SLOs at
     a load below one another config was shown to carry, finished or not (or clearly at it), so
     its capacity is below that config's; (b) refitted: under `cost` (refitted to every step so
     far; None: no prediction) it is predicted, and has measured, below `keep_ratio` x the best
-    decided capacity C. label -> why."""
+    decided capacity C, or (black-box searches, `growth` given) even one error band above its
+    prediction (x growth, accuracy.knee_growth: within [1.25, 2]) below C. label -> why."""
     assert spec.search is not None
     active = {knob_label(k): s for k, s in searches.items() if not s.is_finished}
     # (a) needs no finished search: any load a config was shown to carry (its `lo`, finished or
@@ -209,12 +211,18 @@ def revise_plan(spec: SweepSpec, profile: Profile, cost: CostModel | None, slos:
         return pruned
     top_knobs, top = max(decided, key=lambda kc: kc[1].capacity)
     best_cap, best_label = top.capacity, knob_label(top_knobs)
+    # The band applies only where the user lets predictions prune at all (keep_ratio > 0): a
+    # config the errors so far say cannot reach C is not worth a server start. keep_ratio 0.5 is
+    # the same rule at the widest band (x 2).
+    ratio = spec.search.keep_ratio
+    banded = growth is not None and ratio > 0 and 1 / growth > ratio
     for label, capacity in _predicted_for(spec, profile, cost, slos, rest, memo).items():
         measured = active[label].lo or 0.0
-        if max(capacity, measured) < spec.search.keep_ratio * best_cap:
-            pruned[label] = (f"refitted prediction {capacity:.3g} (shown so far: "
-                             f"{measured:g}) is below {spec.search.keep_ratio:g} x the "
-                             f"{best_cap:g} {best_label} carries")
+        if max(capacity, measured) < (1 / growth if banded else ratio) * best_cap:
+            pruned[label] = (f"refitted prediction {capacity:.3g} (shown so far: {measured:g})"
+                             + (f" x {growth:.3g}, one error band of the predictions so far, is"
+                                if banded else f" is below {ratio:g} x the")
+                             + f"{' below the' if banded else ''} {best_cap:g} {best_label} carries")
     return pruned
 
 
@@ -235,7 +243,7 @@ def replan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
     load there (the predicted knee), the bracketing factor `growth`, and the order to measure
     them in (most promising first)."""
     memo: Memo = {}
-    pruned = revise_plan(spec, profile, cost, slos, searches, memo)
+    pruned = revise_plan(spec, profile, cost, slos, searches, memo, growth)
     fresh = [knob_label(k) for k, s in searches.items()
              if not s.num_probes and not s.is_finished and knob_label(k) not in pruned]
     predicted = _predicted_for(spec, profile, cost, slos, fresh, memo) if fresh else {}

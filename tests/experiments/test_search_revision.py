@@ -93,6 +93,25 @@ def test_a_config_predicted_far_below_the_best_measured_capacity_is_pruned():
     assert revise_plan(spec, PROFILE, COST, SLOS, {knobs(8): best, knobs(1): small}) == {}
 
 
+
+def test_a_black_box_band_prunes_a_config_one_band_above_its_prediction_still_below_the_best():
+    spec = users_spec([1, 8])
+    p1 = predicted_capacities(spec, PROFILE, COST, SLOS)["continuous b1 w0ms"]
+    shown = 2 * p1  # b8 carried 2x what b1 is predicted to: keep_ratio 0.5 keeps b1 (not below)
+    best = searched(shown, [PASS], max_load=shown)
+    fresh = CapacitySearch(SearchSettings(0.9, True, 1.0, 1.0, 64))
+    searches = {knobs(8): best, knobs(1): fresh}
+    assert revise_plan(spec, PROFILE, COST, SLOS, searches) == {}  # no band: 0.5 x 2 p1 is not above p1
+    # errors so far of +-25%: even 1.25 x its prediction b1 stays below what b8 carries
+    pruned = revise_plan(spec, PROFILE, COST, SLOS, searches, growth=1.25)
+    assert pruned["continuous b1 w0ms"] == (
+        f"refitted prediction {p1:.3g} (shown so far: 0) x 1.25, one error band of the predictions"
+        f" so far, is below the {shown:g} continuous b8 w0ms carries")
+    # a wider band (2x) could reach it: kept; so is everything when the user keeps all (ratio 0)
+    assert revise_plan(spec, PROFILE, COST, SLOS, searches, growth=2.0) == {}
+    keep_all = spec.model_copy(update={"search": spec.search.model_copy(update={"keep_ratio": 0.0})})
+    assert revise_plan(keep_all, PROFILE, COST, SLOS, searches, growth=1.25) == {}
+
 def test_a_replay_prunes_where_the_live_search_pruned():
     spec = parse_spec({"profile": "chat", "policies": ["static", "continuous"], "batch_sizes": [8],
                        "max_wait_ms": [0], "requests": 24,
