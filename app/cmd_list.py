@@ -12,6 +12,7 @@ from app.cli import app
 from app.cmd_sweep import DB_HELP, open_store
 from app.errors import BadInput
 from app.output import print_json, print_table
+from common.details import Provenance, TrialDetails
 
 
 @app.command()
@@ -59,7 +60,7 @@ def trial_rows(records, server_batches: bool = False) -> list[dict[str, Any]]:
              "load": t.config.load_label, "concurrency": t.config.concurrency,
              "rate": t.config.rate, "repetition": t.config.repetition, **t.metrics,
              "measured_on": _measured_on(t.details),
-             "server_start_s": _provenance(t.details).get("server_start_s"), "error": t.error}
+             "server_start_s": _provenance(t.details).server_start_s, "error": t.error}
             for t in records]
 
 
@@ -76,14 +77,14 @@ def _knobs(config, server_batches: bool) -> dict[str, Any]:
             "max_wait_ms": config.max_wait_ms, "max_num_batched_tokens": config.max_num_batched_tokens}
 
 
-def _provenance(details: dict) -> dict:
-    return (details or {}).get("provenance") or {}
+def _provenance(details: TrialDetails) -> Provenance:
+    return details.provenance or Provenance()
 
 
-def _measured_on(details: dict) -> str | None:
+def _measured_on(details: TrialDetails) -> str | None:
     """The trial's recorded device: a GPU or CPU, or `model at URL (engine version)`."""
     where = _provenance(details)
-    return where.get("device_name") or where.get("device")
+    return where.device_name or where.device
 
 
 @app.command()
@@ -99,7 +100,7 @@ def trials(
     sweep = store.get_sweep(sweep_id)
     rows = trial_rows(store.list_trials(sweep.id), _bare_target(sweep.grid))
     if format == "json":  # and where each trial ran: node, device, engine {name, version, command}
-        print_json([{**row, "provenance": _provenance(t.details)}
+        print_json([{**row, "provenance": t.details.provenance.to_dict() if t.details.provenance else {}}
                     for row, t in zip(rows, store.list_trials(sweep.id), strict=True)])
     elif format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else TRIAL_COLUMNS)

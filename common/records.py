@@ -6,9 +6,11 @@ the UI can exchange them without torch, ORM rows or clocks.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
+from common.details import TrialDetails
 from common.vocab import ROUTER_ABBREV
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
@@ -166,18 +168,21 @@ class TrialMetrics:
     # Cached / all prompt tokens of the measured requests whose target reported cached tokens;
     # None when none did (unknown, never 0 by default).
     prefix_cache_hit_rate: float | None = None
-    # JSON-ready extras stored whole, not as columns; keys by convention: "timeseries", "trace",
-    # "provenance", "client", "prediction", "attainment" (its design effect and effective n).
-    details: dict = field(default_factory=dict)
+    # Extras stored whole as JSON, not as columns (common/details.py: time series, trace,
+    # provenance, client check, prediction, ...).
+    details: TrialDetails = field(default_factory=TrialDetails)
+
+    def __post_init__(self) -> None:
+        _typed_details(self)
 
     def to_dict(self) -> dict:
         """JSON-ready nested dict (the `tradeoff trial --json` shape)."""
-        return asdict(self)
+        return {**asdict(replace(self, details=TrialDetails())), "details": self.details.to_dict()}
 
     def flat(self) -> dict[str, float | int | bool | str | None]:
         """Flat `metric_stat` keys (e.g. `ttft_ms_p99`) for tables, the store and the analysis."""
         out: dict[str, float | int | bool | str | None] = {}
-        for key, value in asdict(self).items():
+        for key, value in asdict(replace(self, details=TrialDetails())).items():
             if key in LATENCY_METRICS:
                 for stat in STATS:
                     out[f"{key}_{stat}"] = None if value is None else value[stat]
@@ -187,6 +192,15 @@ class TrialMetrics:
             elif key not in ("slos", "details"):
                 out[key] = value
         return out
+
+
+def _typed_details(record: TrialMetrics | TrialRecord) -> None:
+    """Hold details as a TrialDetails whatever a caller passed: records are also built from
+    stored or hand-written JSON (the store's rows, synthetic trials, tests), and a dict there
+    is read the tolerant way every stored version needs (TrialDetails.from_dict)."""
+    if not isinstance(record.details, TrialDetails):
+        details = record.details if isinstance(record.details, Mapping) else None
+        object.__setattr__(record, "details", TrialDetails.from_dict(details))
 
 
 # Nested metric fields and the flat keys (store columns) their parts become.
@@ -222,7 +236,10 @@ class TrialRecord:
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    details: dict = field(default_factory=dict)  # TrialMetrics.details
+    details: TrialDetails = field(default_factory=TrialDetails)  # TrialMetrics.details
+
+    def __post_init__(self) -> None:
+        _typed_details(self)
 
     @property
     def is_trusted(self) -> bool:

@@ -4,7 +4,8 @@ Every database, new or old, reaches the current schema the same way: the Store r
 migrations it lacks, in order, in one transaction (SQLite and PostgreSQL both have transactional
 DDL). A migration is frozen once released: it spells out the tables it creates itself and never
 reads db/models.py, which follows the newest schema (tests check the two agree). Only portable
-DDL: CREATE TABLE / INDEX and ALTER TABLE ADD COLUMN of nullable columns.
+DDL: CREATE TABLE / INDEX and ALTER TABLE ADD COLUMN of nullable columns. A migration of stored
+JSON (version 5) spells out its rewrite too, never through common/details.py, which moves on.
 
 To change the schema: append a migration, bump nothing else (SCHEMA_VERSION follows the list),
 update db/models.py, and commit an old-version fixture db (scripts/make_db_fixture.py).
@@ -12,6 +13,7 @@ update db/models.py, and commit an old-version fixture db (scripts/make_db_fixtu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -205,6 +207,34 @@ def _v4_sessions_and_prefix_cache(conn: Connection) -> None:
     add_column(conn, "trials", Column("prefix_caching", Boolean))
 
 
+def _v5_details_revision(conn: Connection) -> None:
+    """Version 5: trial details in the shape of their typed records (common/details.py). Of
+    every key details carried, one moved: searches of early December 2026 stored a revision
+    under the prediction (`prediction.revision`); it is `revision` since (a search over an
+    external server has no prediction). Rows are rewritten only where it is found; every other
+    change over time added keys, which the records read as unknown (None). No schema change."""
+    trials = Table("trials", MetaData(), Column("id", Integer, primary_key=True),
+                   Column("details_json", Text))
+    query = select(trials.c.id, trials.c.details_json).where(
+        trials.c.details_json.like('%"revision"%'))
+    for trial_id, stored in conn.execute(query).all():
+        moved = _v5_moved(json.loads(stored))
+        if moved is not None:
+            conn.execute(trials.update().where(trials.c.id == trial_id).values(
+                details_json=json.dumps(moved, sort_keys=True, default=str)))
+
+
+def _v5_moved(details: dict) -> dict | None:
+    """`details` with `prediction.revision` moved to `revision`; None when there is none."""
+    prediction = details.get("prediction")
+    if not isinstance(prediction, dict) or "revision" not in prediction:
+        return None
+    prediction = {k: v for k, v in prediction.items() if k != "revision"}
+    out = {**details, "prediction": prediction}
+    out.setdefault("revision", details["prediction"]["revision"])  # a newer one wins
+    return out
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: sweeps, trials, requests", _v1_initial),
     Migration(2, "worker liveness columns, sweep queue index, profiles", _v2_liveness_and_profiles),
@@ -212,6 +242,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _v3_knobs_and_self_check),
     Migration(4, "request session, turn and cached prompt tokens; trial prefix caching and hit rate",
               _v4_sessions_and_prefix_cache),
+    Migration(5, "trial details: a search revision moved from prediction.revision to revision",
+              _v5_details_revision),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
+from common.details import TrialDetails
 from common.records import RequestRecord, TrialConfig, TrialRecord
 from db.errors import StoreError
 from db.models import METRIC_COLUMNS, RequestModel, SweepModel, TrialModel
@@ -217,7 +218,7 @@ def trial_record(row: Sequence[Any]) -> TrialRecord:
         trial_id=trial_id, sweep_id=sweep_id, config=config_from_row(row[2:first]), status=status,
         metrics=metrics_from_row(status, nonfinite, row[first + 6:]), error=error,
         started_at=started_at, finished_at=finished_at,
-        details=json.loads(details) if details else {},
+        details=TrialDetails.from_dict(json.loads(details) if details else None),
     )
 
 
@@ -238,3 +239,9 @@ def sweep_record(row: SweepModel) -> SweepRecord:
 
 def to_json(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def details_json(details: TrialDetails | Mapping[str, Any]) -> str | None:
+    """A trial's details as stored (None when it has none); a dict is read as a stored one."""
+    record = TrialDetails.of(details)
+    return None if record.is_empty() else to_json(record.to_dict())

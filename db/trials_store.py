@@ -7,7 +7,7 @@ Store's `_session`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -16,6 +16,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from common.details import TrialDetails
 from common.records import RequestRecord, TrialConfig, TrialMetrics, TrialRecord
 from db.errors import DuplicateTrialError, UnknownSweepError
 from db.models import TrialModel
@@ -29,6 +30,7 @@ from db.rows import (
     StoredRequest,
     config_from_row,
     config_values,
+    details_json,
     is_violation,
     metric_values,
     naive_utc,
@@ -53,7 +55,7 @@ class TrialsMixin:
         # Request times are kept relative to trial_start_s, on the trial's own clock; without
         # it, the earliest scheduled time stands for the trial start.
         values = {**metric_values(metrics.flat()), "slos_json": to_json(metrics.slos),
-                  "details_json": to_json(metrics.details) if metrics.details else None}
+                  "details_json": details_json(metrics.details)}
         origin_s = trial_start_s if trial_start_s is not None else \
             min((r.scheduled_s for r in requests), default=0.0)
         with self._session(write=True) as s:
@@ -119,11 +121,11 @@ class TrialsMixin:
         with self._session() as s:
             return [StoredRequest(**row._mapping) for row in s.connection().execute(query).all()]
 
-    def set_trial_details(self, trial_id: int, details: dict[str, Any]) -> None:
+    def set_trial_details(self, trial_id: int, details: TrialDetails | Mapping[str, Any]) -> None:
         """Replace a stored trial's JSON details (e.g. a search's revision noted after it)."""
         with self._session(write=True) as s:
             s.execute(update(TrialModel).where(TrialModel.id == trial_id)
-                      .values(details_json=to_json(details) if details else None))
+                      .values(details_json=details_json(details)))
 
     def delete_trial(self, trial_id: int) -> None:
         """Delete one trial and its requests (a drifted trial about to be measured again)."""

@@ -69,11 +69,11 @@ def run_config(target: LocalTarget, profile, config: TrialConfig, slos, seed: in
                        max_duration_s=window_s * BENCH_DRAIN_FACTOR + 10.0, **target.request_kwargs())
     if steps is not None:
         steps.extend(result.steps)
-    m, trace = result.metrics, result.metrics.details["trace"]
+    m, trace = result.metrics, result.metrics.details.trace.to_dict()
     num_measured = trace["requests_replayed"] - min(profile.warmup_requests, trace["requests_replayed"] - 1)
     num_good = round(m.slo_attainment * len(result.records))
     lags = [(r.sent_s - r.scheduled_s) * 1000 for r in result.records]
-    series = m.details["timeseries"]
+    series = m.details.timeseries.to_dict()
     return {
         "config": config.label, "trial_config": config, "policy": config.policy, "batch": config.batch_size,
         "wait_ms": config.max_wait_ms, "was_cut": result.was_cut,

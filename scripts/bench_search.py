@@ -126,8 +126,8 @@ def _slos(store: Store, trials) -> list:
 
 
 def _median_abs_error(trials, key: str) -> float | None:
-    errs = [abs(t.details["prediction"]["error"][key]) for t in trials
-            if key in t.details.get("prediction", {}).get("error", {})]
+    errs = [abs(t.details.prediction.error[key]) for t in trials
+            if t.details.prediction and key in t.details.prediction.error]
     return median(errs) if errs else None
 
 

@@ -102,7 +102,8 @@ def relaunch(db: str, work: Path, requests: int, rounds: int = 3) -> None:
         out.check_returncode()
         from db.store import Store
 
-        swept += [{**t.metrics, "details": t.details} for t in Store(reps_db, create=False).list_trials(1)]
+        stored = Store(reps_db, create=False).list_trials(1)
+        swept += [{**t.metrics, "details": t.details.to_dict()} for t in stored]
         again.append(_relaunched_trial(command, work, users, requests, seed=r))
         print(f"  round {r}: goodput sweep {swept[-1].get('goodput_rps')}, "
               f"relaunch {_flat(again[-1], 'goodput_rps')} req/s")
@@ -191,8 +192,8 @@ def _grid_errors(search_db: str, search_id: int, grid_db: str) -> None:
     from experiments.spec.profiles import Profile
 
     trials = Store(search_db, create=False).list_trials(search_id)
-    probed = next(t.details["prediction"]["calibration"] for t in trials
-                  if t.details.get("prediction", {}).get("calibration"))
+    probed = next(t.details.prediction.calibration.to_dict() for t in trials
+                  if t.details.prediction and t.details.prediction.calibration)
     fits = {"probes of one server": cost_from_dict(probed["cost_model"]),
             "last refit": stored_calibration(t.details for t in trials)}
     grid = Store(grid_db, create=False)
@@ -260,8 +261,8 @@ def _black_box_vs_steps(search_db: str, local_db: str, grid_db: str) -> None:
     from experiments.spec.profiles import Profile
 
     search_trials = Store(search_db, create=False).list_trials(1)
-    probed = next(t.details["prediction"]["calibration"] for t in search_trials
-                  if t.details.get("prediction", {}).get("calibration"))
+    probed = next(t.details.prediction.calibration.to_dict() for t in search_trials
+                  if t.details.prediction and t.details.prediction.calibration)
     try:  # no local grid (not run): the built-in's prior, itself fitted to this engine's steps
         steps = stored_steps(t.details for t in Store(local_db, create=False).list_trials(1))
     except Exception:  # noqa: BLE001 - a missing db

@@ -53,8 +53,8 @@ def replay(way: str, anchor_weight: float, search: Store, sweep_id: int, grids: 
     spec, profile = SweepSpec(**sweep.grid), Profile(**sweep.profile)
     trials = [t for t in search.list_trials(sweep_id) if t.status == "done"]
     slos = stored_slos(trials, search)
-    calibration = next(t.details["prediction"]["calibration"] for t in trials
-                       if t.details.get("prediction", {}).get("calibration"))
+    calibration = next(t.details.prediction.calibration.to_dict() for t in trials
+                       if t.details.prediction and t.details.prediction.calibration)
     probes_fit = cost_from_dict(calibration["cost_model"])
     probes = point_probes(calibration["probes"])
     refit_mod.ANCHOR_WEIGHT = anchor_weight

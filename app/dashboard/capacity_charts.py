@@ -65,7 +65,7 @@ def predicted_pairs(trials: Sequence[TrialRecord], throughput_key: str,
     """(latency, throughput) each measured trial was *predicted* at before it ran."""
     out = []
     for t in trials:
-        pred = t.details.get("prediction", {}).get("predicted", {})
+        pred = t.details.prediction.predicted if t.details.prediction is not None else {}
         lat, thr = pred.get(latency_key), pred.get(throughput_key)
         if t.status == "done" and lat is not None and thr is not None:
             out.append((float(lat), float(thr)))

@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import launcher
 from app.dashboard import capacity_view, chart_reading, charts, charts_time, state, widgets
+from common.details import PrefixCache, ServerMetrics, TrialDetails
 from common.numbers import num, rounded
 from common.records import SLO, TrialRecord
 from db.store import SweepRecord
@@ -183,7 +184,7 @@ def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SL
         return
     samples = latency_samples([charts.as_request_record(r) for r in requests])
     names = ["Latency distributions", "Request timeline", "Batch size over time", "SLOs over time"]
-    extra = {"Server metrics": details.get("server_metrics"), "By turn": details.get("ttft_ms_by_turn")}
+    extra = {"Server metrics": details.server_metrics, "By turn": details.ttft_ms_by_turn}
     extra = {name: value for name, value in extra.items() if value}
     tabs = st.tabs(names + list(extra))
     dist, timeline, batch, over_time = tabs[:4]
@@ -192,7 +193,7 @@ def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SL
         if name == "Server metrics":
             _server_metrics(tab, value)
         else:
-            _by_turn(tab, value, details.get("prefix_cache") or {})
+            _by_turn(tab, value, details.prefix_cache or PrefixCache())
     dist.plotly_chart(charts.latency_figure(samples, slos), key="explore_dist")
     timeline.plotly_chart(charts.timeline_figure(requests), key="explore_timeline")
     batch.plotly_chart(charts.batch_figure(requests, point.config.batch_size), key="explore_batch")
@@ -201,46 +202,46 @@ def _details(url: str, sweep: SweepRecord, point: ConfigPoint, slos: Sequence[SL
                   "moment, up to step granularity.")
 
 
-def _trial_details(url: str, sweep: SweepRecord, trial_id: int) -> dict:
+def _trial_details(url: str, sweep: SweepRecord, trial_id: int) -> TrialDetails:
     trial = next((t for t in state.trials(url, state.version(sweep)) if t.trial_id == trial_id), None)
-    return trial.details if trial is not None else {}
+    return trial.details if trial is not None else TrialDetails()
 
 
-def _over_time(tab, details: dict) -> None:
-    series = details.get("timeseries")
-    if not series or not series.get("t_s"):
+def _over_time(tab, details: TrialDetails) -> None:
+    series = details.timeseries
+    if series is None or not series.t_s:
         tab.caption("This trial has no time series (it was measured before they were stored).")
         return
     tab.plotly_chart(charts_time.timeseries_figure(series), key="explore_over_time")
     tab.caption("Per window: the share of requests scheduled in it that met every SLO, the "
                 "time-averaged number waiting for admission (bars: arrivals/s), and the "
                 "time-averaged decode batch size.")
-    trace = details.get("trace")
-    if trace:
-        tab.caption(f"Replayed {trace['requests_replayed']} requests of {trace['trace']}, trace "
-                    f"window {trace['window_start_s']:g}-{trace['window_end_s']:g} s at "
-                    f"{trace['speedup']:g}x. {trace.get('attribution') or ''}")
+    trace = details.trace
+    if trace is not None:
+        tab.caption(f"Replayed {trace.requests_replayed} requests of {trace.trace}, trace "
+                    f"window {trace.window_start_s:g}-{trace.window_end_s:g} s at "
+                    f"{trace.speedup:g}x. {trace.attribution or ''}")
 
 
-def _by_turn(tab, by_turn: dict, cache: dict) -> None:
+def _by_turn(tab, by_turn: dict, cache: PrefixCache) -> None:
     tab.plotly_chart(charts_time.turns_figure(by_turn), key="explore_by_turn")
-    cached, prompt = cache.get("num_cached_tokens"), cache.get("num_prompt_tokens")
+    cached, prompt = cache.num_cached_tokens, cache.num_prompt_tokens
     hit = (f"{cached:,} of {prompt:,} prompt tokens came from the prefix cache ({cached / prompt:.1%})"
-           if cache.get("num_reporting") and prompt else
-           cache.get("reason") or "no request reported cached prompt tokens")
+           if cache.num_reporting and prompt and cached is not None else
+           cache.reason or "no request reported cached prompt tokens")
     tab.caption(f"Each turn re-sends the conversation so far: later turns have longer prompts, "
                 f"which a prefix cache makes cheap. {hit}.")
 
 
-def _server_metrics(tab, summary: dict) -> None:
+def _server_metrics(tab, summary: ServerMetrics) -> None:
     tab.plotly_chart(charts_time.server_metrics_figure(summary), key="explore_server_metrics")
-    counters = {k: v for k, v in (summary.get("counters") or {}).items() if v is not None}
+    counters = {k: v for k, v in (summary.counters or {}).items() if v is not None}
     said = [f"{k.replace('_', ' ')}: {v:g}" for k, v in counters.items()]
-    if summary.get("prefix_cache_hit_rate") is not None:
-        said.append(f"prefix-cache hit rate {summary['prefix_cache_hit_rate']:.1%}")
-    tab.caption(f"The engine's own /metrics ({summary.get('url')}), sampled during the trial"
+    if summary.prefix_cache_hit_rate is not None:
+        said.append(f"prefix-cache hit rate {summary.prefix_cache_hit_rate:.1%}")
+    tab.caption(f"The engine's own /metrics ({summary.url}), sampled during the trial"
                 + (f"; over the trial: {', '.join(said)}" if said else "")
-                + (f"; {summary['scrape_errors']} scrapes failed" if summary.get("scrape_errors") else "")
+                + (f"; {summary.scrape_errors} scrapes failed" if summary.scrape_errors else "")
                 + ".")
 
 

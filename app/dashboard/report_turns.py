@@ -1,6 +1,6 @@
 """The report's sessions section: TTFT by turn and the prefix-cache hit rate, per config.
 
-Reads what every trial already stores (`details["ttft_ms_by_turn"]`, the `prefix_cache_hit_rate`
+Reads what every trial already stores (`details.ttft_ms_by_turn`, the `prefix_cache_hit_rate`
 metric), so the report says for a whole sweep what Explore's "By turn" tab says for one trial.
 """
 
@@ -47,7 +47,7 @@ def _row(config: TrialConfig, trials: list[TrialRecord], turns: list[int], is_be
 
 
 def _by_turn(t: TrialRecord) -> dict:
-    return (t.details or {}).get("ttft_ms_by_turn") or {}
+    return t.details.ttft_ms_by_turn or {}
 
 
 def _base(config: TrialConfig) -> TrialConfig:

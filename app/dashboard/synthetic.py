@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from common.details import TimeSeries, TrialDetails
 from common.records import SLO, RequestRecord, TrialConfig
 from db.store import Store
 from engine.core import StepRecord
@@ -69,7 +70,7 @@ def add_synthetic_sweep(store: Store, spec: SweepSpec | dict, slos=DEFAULT_SLOS,
                                                               config.concurrency or 1), 1)]
         metrics = compute_trial_metrics(records, steps, list(slos), None, False)
         series = trial_timeseries(records, [], steps, list(slos))
-        metrics = replace(metrics, details={"timeseries": series})
+        metrics = replace(metrics, details=TrialDetails(timeseries=TimeSeries.from_dict(series)))
         store.add_trial(sweep_id, config, metrics, records, None, None)
     store.update_progress(sweep_id, spec.num_trials, 0, None)
     if status != "running":

@@ -4,12 +4,13 @@ and the live progress strip."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import streamlit as st
 
 from app import launcher
 from app.dashboard import charts, state
+from common.details import TrialDetails
 from common.records import LATENCY_METRICS, SLO, STATS, THROUGHPUT_METRICS
 from db.errors import StoreError
 from db.store import SweepRecord
@@ -155,26 +156,26 @@ def live_strip(url: str, sweep_id: int, shown: state.SweepVersion) -> None:
     status_line(sweep)
 
 
-def where_it_ran(details: dict) -> str | None:
+def where_it_ran(details: TrialDetails | Mapping) -> str | None:
     """`Ran on worker 1 (node gpu-3, cuda, GPUs 0), attempt 2` or the replicas it had; None if unknown."""
-    where = (details or {}).get("provenance") or {}
-    if not where:
+    where = TrialDetails.of(details).provenance
+    if where is None or where.is_empty():
         return None
-    parts = [f"node {where.get('node', '?')}", str(where.get("device_name") or where.get("device") or "?")]
-    if where.get("gpu_ids"):
-        parts.append(f"GPUs {', '.join(where['gpu_ids'])}")
-    runner = f"Ray worker {where['worker']}" if where.get("executor") == "ray" else "this engine"
-    started = where.get("engine")
+    parts = [f"node {where.node or '?'}", str(where.device_name or where.device or "?")]
+    if where.gpu_ids:
+        parts.append(f"GPUs {', '.join(where.gpu_ids)}")
+    runner = f"Ray worker {where.worker}" if where.executor == "ray" else "this engine"
+    started = where.engine
     if started:  # a server tradeoff started: its name, version, start-up and the exact command
         version = f" {started['version']}" if started.get("version") else ""
-        start = where.get("server_start_s")
+        start = where.server_start_s
         took = f", started in {start:.0f} s" if start is not None else ""
         return (f"Ran on {started.get('name') or 'a server'}{version} started by tradeoff{took}: "
-                f"`{started.get('command')}` (log: {where.get('server_log')}).")
+                f"`{started.get('command')}` (log: {where.server_log}).")
     text = f"Ran on {runner} ({', '.join(parts)})"
-    if where.get("attempt", 1) > 1:
-        text += f", attempt {where['attempt']} (its first worker was lost)"
-    replicas = where.get("replicas")
+    if (where.attempt or 1) > 1:
+        text += f", attempt {where.attempt} (its first worker was lost)"
+    replicas = where.replicas
     if replicas:
         text += f"; {replicas['replicas']} replicas on {', '.join(replicas['placements'])}"
         text += f" behind {replicas['router']}" if replicas.get("router") else ""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from common.details import Attainment, TrialDetails
 from common.records import PERCENTILES, SLO, Dist, RequestRecord, TrialMetrics
 from engine.core import StepRecord
 
@@ -153,7 +154,7 @@ def compute_trial_metrics(records: list[RequestRecord], steps: list[StepRecord],
         saturated=saturated,
         slos={s.metric: {"percentile": s.percentile, "max_ms": s.max_ms} for s in slos},
         prefix_cache_hit_rate=prefix_cache_hit_rate(records),
-        details={"attainment": attainment_evidence(good)},
+        details=TrialDetails(attainment=Attainment.from_dict(attainment_evidence(good))),
     )
 
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from statistics import fmean
 
 from common.records import TrialConfig, TrialRecord
-from experiments.run.drift import drift_reason
 
 Point = tuple[float, float]  # (latency, throughput)
 # `client_bound`: the load generator lagged, so the point's numbers are not the server's; it
@@ -62,7 +61,7 @@ def frontier(points: Sequence[Point]) -> list[int]:
 def _trial_point(trial: TrialRecord, throughput_key: str, latency_key: str) -> Point | None:
     lat, thr = trial.metrics.get(latency_key), trial.metrics.get(throughput_key)
     if trial.status != "done" or lat is None or thr is None or trial.metrics.get("client_bound") \
-            or drift_reason(trial.details):
+            or trial.details.drift_reason:
         return None
     return float(lat), float(thr)
 
@@ -140,9 +139,9 @@ def _is_number(value: object) -> bool:
 def _fold(config: TrialConfig, reps: list[TrialRecord], only: Sequence[str] | None = None) -> ConfigPoint:
     # A client-bound or drifted repetition is no evidence of the server (as in
     # capacity.sample_of): the point is the clean repetitions', untrusted only when none is clean.
-    drifted = [t for t in reps if drift_reason(t.details)]
+    drifted = [t for t in reps if t.details.drift_reason]
     if drifted and len(drifted) < len(reps):
-        reps, drifted = [t for t in reps if not drift_reason(t.details)], []
+        reps, drifted = [t for t in reps if not t.details.drift_reason], []
     lagged = [t for t in reps if t.metrics.get("client_bound")]
     reason = (lagged[0].metrics.get("client_bound_reason") or "the load generator lagged") if lagged else None
     if lagged and len(lagged) < len(reps):
@@ -163,7 +162,7 @@ def _fold(config: TrialConfig, reps: list[TrialRecord], only: Sequence[str] | No
     saturated = any(bool(t.metrics.get("saturated")) for t in reps)
     ids = tuple(t.trial_id for t in reps)
     return ConfigPoint(config, len(reps), mean, low, high, ids, saturated, counts, bool(lagged), reason,
-                       drift_reason(drifted[0].details) if drifted else None)
+                       drifted[0].details.drift_reason if drifted else None)
 
 
 def aggregate(trials: Sequence[TrialRecord], keys: Sequence[str] | None = None) -> list[ConfigPoint]:

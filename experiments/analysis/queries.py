@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from statistics import median
 
+from common.details import Attainment
 from common.records import SLO, RequestRecord, TrialConfig, TrialRecord
 from db.rows import StoredRequest
 from db.store import Store, SweepRecord
@@ -123,8 +124,8 @@ def rejudge(trials: list[TrialRecord], slos: list[SLO],
         rps = float(t.metrics.get("requests_per_s") or 0.0)
         metrics = {**t.metrics, "slo_attainment": good / len(reqs) if reqs else 0.0,
                    "goodput_rps": rps * good / ok if ok else 0.0}
-        details = {**t.details, "attainment": attainment_evidence(passed)}
-        out.append(replace(t, metrics=metrics, details=details))
+        attainment = Attainment.from_dict(attainment_evidence(passed))
+        out.append(replace(t, metrics=metrics, details=replace(t.details, attainment=attainment)))
     return out
 
 
@@ -160,7 +161,7 @@ def measured_server(trials: list[TrialRecord], config: TrialConfig | None) -> di
         return None
     key = server_key(config)
     for trial in trials:
-        engine = ((trial.details or {}).get("provenance") or {}).get("engine")
+        engine = trial.details.provenance.engine if trial.details.provenance else None
         if trial.status == "done" and engine and server_key(trial.config) == key:
             return engine
     return None
@@ -193,10 +194,11 @@ def coarse_note(analysis: SweepAnalysis) -> str:
 
 def prediction_errors(trials: list[TrialRecord]) -> dict[str, dict[str, float]]:
     """Per predicted metric: how many trials, and the median absolute relative error of the
-    prediction made before each trial ran (from details["prediction"])."""
+    prediction made before each trial ran (from details.prediction)."""
     errors: dict[str, list[float]] = {}
     for t in trials:
-        for key, err in t.details.get("prediction", {}).get("error", {}).items():
+        prediction = t.details.prediction
+        for key, err in (prediction.error if prediction is not None else {}).items():
             errors.setdefault(key, []).append(abs(err))
     return {k: {"n": len(v), "median_abs_error": median(v)} for k, v in errors.items()}
 
@@ -204,7 +206,7 @@ def prediction_errors(trials: list[TrialRecord]) -> dict[str, dict[str, float]]:
 def predicted_capacity(trials: list[TrialRecord]) -> dict[str, float]:
     """Each config's capacity as the search plan predicted it (empty before calibration)."""
     plan = plan_of(trials)
-    return dict(plan.get("predicted", {})) if plan else {}
+    return dict(plan.predicted) if plan else {}
 
 
 def predicted_grid(store: Store, sweep: SweepRecord) -> list[tuple[TrialConfig, dict]]:

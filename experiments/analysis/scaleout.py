@@ -105,11 +105,12 @@ def measured_points(trials: Iterable[TrialRecord]) -> list[ScalePoint]:
 
 
 def sweep_cost_model(trials: Iterable[TrialRecord], prior: CostModel) -> tuple[CostModel, int]:
-    """Step times of every trial that stored them (details["prediction"]["steps"]) fitted to the
+    """Step times of every trial that stored them (details.prediction.steps) fitted to the
     simulator's cost model, and how many trials they came from; `prior` when none did."""
     from experiments.predict.simulate import fit_cost_model, stored_steps
 
-    with_steps = [t.details for t in trials if (t.details or {}).get("prediction", {}).get("steps")]
+    with_steps = [t.details for t in trials
+                  if t.details.prediction is not None and t.details.prediction.steps]
     if not with_steps:
         return prior, 0
     return fit_cost_model(stored_steps(with_steps), prior), len(with_steps)

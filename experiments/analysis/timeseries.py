@@ -2,7 +2,7 @@
 
 Pure numpy over request timelines and the step log, so a user sees *where* a config falls
 over under time-varying load (a burst, a ramp), not only its average. Stored in
-`TrialMetrics.details["timeseries"]` as JSON-ready lists, one value per window.
+`TrialMetrics.details.timeseries` (common/details.TimeSeries) as JSON-ready lists, one value per window.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from common.details import ClientCheck
 from common.records import ClientLag, RequestRecord, TrialMetrics
 
 MIN_LIMIT_MS = 1.0
@@ -51,7 +52,7 @@ class ClientVerdict:
     is_client_bound: bool
     reason: str | None
     send_lag_ms: tuple[float, float, float] | None  # p50, p99, max of sent - scheduled
-    details: dict
+    details: ClientCheck
 
 
 def lag_summary_ms(values_s: list[float]) -> tuple[float, float, float, float] | None:
@@ -110,11 +111,11 @@ def check_client(everyone: list[RequestRecord], stats: ClientStats | None,
         reason = "; ".join(why) + f" (limit max({MIN_LIMIT_MS:g} ms, {TTFT_FRACTION:.0%} of p50 TTFT))"
         if cpu_share is not None:
             reason += f"; client CPU {cpu_share:.0%} of {max(1, stats.num_workers)} worker(s)"
-    details = {"send_lag_ms": _named(send), "loop_lag_ms": _named(loop), "limit_ms": limit,
-               "stalled_share": None if stalled is None else round(stalled, 4),
-               "send_lag_judged": stats.judge_send_lag,
-               "cpu_s": stats.cpu_s, "wall_s": stats.wall_s, "cpu_share": cpu_share,
-               "num_workers": stats.num_workers, **stats.info}
+    details = ClientCheck(send_lag_ms=_named(send), loop_lag_ms=_named(loop), limit_ms=limit,
+                          stalled_share=None if stalled is None else round(stalled, 4),
+                          send_lag_judged=stats.judge_send_lag, cpu_s=stats.cpu_s,
+                          wall_s=stats.wall_s, cpu_share=cpu_share, num_workers=stats.num_workers,
+                          extra=dict(stats.info))  # the client's own facts, e.g. uvloop
     return ClientVerdict(bool(why), reason, send[:3] if send else None, details)
 
 
@@ -134,7 +135,7 @@ def _named(lag: tuple[float, float, float, float] | None) -> dict | None:
 def with_client_check(metrics: TrialMetrics, records: list[RequestRecord],
                       background: list[RequestRecord], stats: ClientStats | None,
                       num_warmup: int, steps: list | None = None) -> TrialMetrics:
-    """`metrics` with the verdict: client_bound(+reason), client_lag_ms, details["client"]."""
+    """`metrics` with the verdict: client_bound(+reason), client_lag_ms, details.client."""
     # Warm-up requests pay connection set-up and first-call costs by design: not judged.
     judged = records + [r for r in background if r.request_id >= num_warmup]
     ttft_p50 = metrics.ttft_ms.p50 if metrics.ttft_ms is not None else None
@@ -143,4 +144,4 @@ def with_client_check(metrics: TrialMetrics, records: list[RequestRecord],
     lag = ClientLag(*verdict.send_lag_ms) if verdict.send_lag_ms is not None else None
     return replace(metrics, client_bound=verdict.is_client_bound,
                    client_bound_reason=verdict.reason, client_lag_ms=lag,
-                   details={**metrics.details, "client": verdict.details})
+                   details=replace(metrics.details, client=verdict.details))

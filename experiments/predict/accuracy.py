@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from common.details import Prediction, Revision, SearchPlan
 from common.records import TrialRecord
 from experiments.search.capacity import ConfigCapacity, knob_label
 
@@ -29,7 +30,7 @@ def log_errors(trials: Sequence[TrialRecord], key: str) -> list[float]:
     """log(measured / predicted) of `key` over the trials that stored a prediction of it."""
     out = []
     for t in trials:
-        err = (t.details or {}).get("prediction", {}).get("error", {}).get(key)
+        err = prediction_of(t).error.get(key)
         if t.status == "done" and err is not None and err > -1:
             out.append(-math.log1p(err))  # err = predicted / measured - 1
     return out
@@ -72,12 +73,11 @@ def predicted_before(trials: Sequence[TrialRecord]) -> dict[str, float]:
         label = knob_label(t.config)
         if label not in before and label in latest:
             before[label] = latest[label]
-        details = t.details or {}
-        plan = details.get("prediction", {}).get("plan") or {}
-        if label not in before and plan.get("calibration_predicted") is not None:
-            before[label] = float(plan["calibration_predicted"])  # predicted from the probes alone
-        latest.update(plan.get("predicted", {}))
-        latest.update((details.get("revision") or {}).get("predicted", {}))
+        plan = prediction_of(t).plan or SearchPlan()
+        if label not in before and plan.calibration_predicted is not None:
+            before[label] = float(plan.calibration_predicted)  # predicted from the probes alone
+        latest.update(plan.predicted)
+        latest.update((t.details.revision or Revision()).predicted)
     return {**latest, **before}
 
 
@@ -95,12 +95,12 @@ def trial_rows(trials: Sequence[TrialRecord]) -> list[dict]:
     """Predicted vs measured per measured trial (TABLE_KEYS), errors as predicted / measured - 1."""
     rows = []
     for t in sorted(trials, key=lambda t: t.trial_id):
-        pred = (t.details or {}).get("prediction", {})
-        if t.status != "done" or not pred.get("predicted"):
+        pred = prediction_of(t)
+        if t.status != "done" or not pred.predicted:
             continue
         row: dict = {"trial": t.trial_id, "config": t.config.label}
         for key, name in TABLE_KEYS:
-            p, m = pred["predicted"].get(key), t.metrics.get(key)
+            p, m = pred.predicted.get(key), t.metrics.get(key)
             row[f"{name} predicted"], row[f"{name} measured"] = p, m
             row[f"{name} error"] = _pct(p / m - 1 if p is not None and m else None)
         rows.append(row)
@@ -140,17 +140,24 @@ def calibration_summary(trials: Sequence[TrialRecord]) -> dict | None:
     the refit or the probes' fit predicts now, refit.HeldOut) and `held_out` (its score); None
     when nothing was calibrated."""
     ordered = sorted(trials, key=lambda t: t.trial_id)
-    predictions = [(t.details or {}).get("prediction", {}) for t in ordered]
-    probed = next((p["calibration"] for p in predictions if p.get("calibration")), None)
-    plan = next((p["plan"] for p in predictions if p.get("plan")), None)
+    predictions = [prediction_of(t) for t in ordered]
+    probed = next((p.calibration for p in predictions if p.calibration is not None), None)
+    plan = next((p.plan for p in predictions if p.plan is not None), None)
     if probed is None and plan is None:
         return None
-    initial = probed["cost_model"] if probed else plan.get("cost_model")
-    refits = [p["refit"] for p in predictions if p.get("refit")]
-    return {"probes": len(probed["probes"]) if probed else 1,
-            "model": refits[-1]["cost_model"] if refits else initial, "initial_model": initial,
-            "refits": len(refits), "uses_refit": bool(refits and refits[-1].get("uses_refit", True)),
-            "held_out": refits[-1].get("held_out") if refits else None}
+    initial = probed.cost_model if probed else plan.cost_model  # type: ignore[union-attr]
+    refits = [p.refit for p in predictions if p.refit is not None]
+    # A failed refit records no uses_refit: the refit chain still predicts (as before it).
+    uses_refit = bool(refits and refits[-1].uses_refit is not False)
+    return {"probes": len(probed.probes) if probed else 1,
+            "model": refits[-1].cost_model if refits else initial, "initial_model": initial,
+            "refits": len(refits), "uses_refit": uses_refit,
+            "held_out": refits[-1].held_out if refits else None}
+
+
+def prediction_of(trial: TrialRecord) -> Prediction:
+    """The trial's stored prediction (an empty one when it has none)."""
+    return trial.details.prediction or Prediction()
 
 
 def prediction_summary(trials: Sequence[TrialRecord], capacities: Sequence[ConfigCapacity]) -> dict:

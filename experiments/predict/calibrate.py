@@ -28,6 +28,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from common.details import Prediction, ProbeCalibration, Refit
 from common.records import SLO, TrialConfig, TrialRecord
 from engine.simulate import CostModel
 from experiments.analysis.metrics import latency_samples
@@ -152,36 +153,37 @@ def prediction_errors(predicted: dict, measured: dict) -> dict[str, float | None
             for k in PREDICTED_KEYS}
 
 
-def refit_details(trials: Sequence[TrialRecord], details: dict, spec: SweepSpec, profile: Profile,
-                  slos: Sequence[SLO], config: TrialConfig, measured: dict, cost: CostModel) -> dict:
+def refit_details(trials: Sequence[TrialRecord], prediction: Prediction, spec: SweepSpec,
+                  profile: Profile, slos: Sequence[SLO], config: TrialConfig, measured: dict,
+                  cost: CostModel) -> Refit:
     """`prediction.refit` of a trial just measured on a calibrated server: the refit chain
     (refit.refit, warm-started from the last one, anchored to the probes' fit) moved by this
     trial if it is clean evidence (not client-bound), and the fit that predicts next
     (`cost_model`, which simulate.stored_calibration reads back): the refit while it predicted
     the trials it had not seen better than the probes alone (refit.HeldOut), else the probes'."""
-    calibration = details.get("calibration") or _stored_probes(trials)
+    calibration = prediction.calibration or _stored_probes(trials)
     latest = _latest_refit(trials)
-    chain = cost_from_dict(latest.get("chain") or latest["cost_model"]) if latest else cost
-    held_out = HeldOut(**latest["held_out"]) if latest and latest.get("held_out") else HeldOut()
+    chain = cost_from_dict(latest.chain or latest.cost_model) if latest else cost
+    held_out = HeldOut(**latest.held_out) if latest and latest.held_out else HeldOut()
     new = Observed(config, measured, spec.requests_for(config), spec.seed + config.repetition)
     observed = [*observed_of(trials, spec), *([] if measured.get("client_bound") else [new])]
-    anchor = cost_from_dict(calibration["cost_model"]) if calibration else cost
+    anchor = cost_from_dict(calibration.cost_model) if calibration else cost
     try:
         if observed and observed[-1] is new:
             held_out = held_out.judged(new, chain, anchor, profile, list(slos))
-            probes = point_probes(calibration["probes"]) if calibration else []
+            probes = point_probes(calibration.probes) if calibration else []
             chain = refit(chain, anchor, probes, observed, profile, list(slos))
     except Exception as exc:  # noqa: BLE001 - a refit only sharpens predictions; keep the last fit
-        return {"cost_model": cost_to_dict(cost), "failed": f"{type(exc).__name__}: {exc}"}
-    return {"cost_model": cost_to_dict(chain if held_out.trusts_refit else anchor),
-            "chain": cost_to_dict(chain), "held_out": asdict(held_out),
-            "uses_refit": held_out.trusts_refit, "trials": min(len(observed), MAX_TRIALS)}
+        return Refit(cost_model=cost_to_dict(cost), failed=f"{type(exc).__name__}: {exc}")
+    return Refit(cost_model=cost_to_dict(chain if held_out.trusts_refit else anchor),
+                 chain=cost_to_dict(chain), held_out=asdict(held_out),
+                 uses_refit=held_out.trusts_refit, trials=min(len(observed), MAX_TRIALS))
 
 
-def _latest_refit(trials: Sequence[TrialRecord]) -> dict | None:
+def _latest_refit(trials: Sequence[TrialRecord]) -> Refit | None:
     """The refit stored last (by trial id), failed ones skipped."""
-    refits = [(t.trial_id, r) for t in trials
-              if (r := (t.details or {}).get("prediction", {}).get("refit")) and "failed" not in r]
+    refits = [(t.trial_id, r) for t in trials if t.details.prediction is not None
+              and (r := t.details.prediction.refit) is not None and r.failed is None]
     return max(refits, key=lambda ir: ir[0])[1] if refits else None
 
 
@@ -192,9 +194,9 @@ def observed_of(trials: Sequence[TrialRecord], spec: SweepSpec) -> list[Observed
             and t.config.speedup is None]
 
 
-def _stored_probes(trials: Sequence[TrialRecord]) -> dict | None:
+def _stored_probes(trials: Sequence[TrialRecord]) -> ProbeCalibration | None:
     for t in trials:
-        calibration = (t.details or {}).get("prediction", {}).get("calibration")
-        if calibration:
-            return calibration
+        prediction = t.details.prediction
+        if prediction is not None and prediction.calibration is not None:
+            return prediction.calibration
     return None

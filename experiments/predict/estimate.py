@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+from common.details import SearchPlan
 from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
 from experiments.analysis.metrics import latency_samples, summarize
@@ -130,7 +131,7 @@ def estimate_search_s(spec: SweepSpec, profile: Profile) -> tuple[float, int]:
     cost = prior_cost(spec.model)
     slos = predicted_slos(profile, cost, spec.seed)
     spent, memo = [0.0], {}
-    plan: dict = {}
+    plan = SearchPlan()
     if uses_prediction(spec):
         probe = calibration_probe(spec, profile, slos)
         load = probe.concurrency if probe.concurrency is not None else probe.rate

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from common.details import Prediction, ProbeCalibration, TrialDetails
 from common.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from engine.core import StepRecord
 from engine.export_marker import exported_builtin
@@ -237,9 +238,10 @@ def steps_of_summary(summary: dict) -> list[StepRecord]:
     return out
 
 
-def stored_steps(details_list: Iterable[dict]) -> list[StepRecord]:
+def stored_steps(details_list: Iterable[TrialDetails]) -> list[StepRecord]:
     """Every stored trial's summarised steps, for a fit."""
-    return [s for d in details_list for s in steps_of_summary(d.get("prediction", {}).get("steps", {}))]
+    return [s for d in details_list if d.prediction is not None
+            for s in steps_of_summary(d.prediction.steps)]
 
 
 def cost_to_dict(cost: CostModel) -> dict:
@@ -263,29 +265,31 @@ def cost_from_dict(d: dict) -> CostModel:
     return CostModel(*costs)
 
 
-def stored_calibration(details: Iterable[dict]) -> CostModel | None:
+def stored_calibration(details: Iterable[TrialDetails]) -> CostModel | None:
     """The black-box calibration a sweep stored (a server's probes, experiments/predict/calibrate.py,
     with its first trial), as last refitted to measured trials (`prediction.refit`, stored with
     the trial that refined it); None for a sweep calibrated from engine steps or not at all."""
     latest = None
     for d in details:
-        prediction = (d or {}).get("prediction", {})
-        fitted = (prediction.get("refit") or prediction.get("calibration") or {}).get("cost_model")
-        if fitted and (latest is None or "refit" in prediction):
+        prediction = d.prediction
+        if prediction is None:
+            continue
+        fitted = (prediction.refit or prediction.calibration or ProbeCalibration()).cost_model
+        if fitted and (latest is None or prediction.refit is not None):
             latest = cost_from_dict(fitted)
     return latest
 
 
 def prediction_details(config: TrialConfig, profile: Profile, num_requests: int, seed: int,
                        slos: list[SLO], cost: CostModel, measured: TrialMetrics,
-                       steps: list[StepRecord]) -> dict:
-    """`details["prediction"]` of a trial: what `cost` (fitted before this trial) predicted, the
+                       steps: list[StepRecord]) -> Prediction:
+    """`details.prediction` of a trial: what `cost` (fitted before this trial) predicted, the
     relative error against what was measured, and this trial's own steps for later fits."""
     predicted = simulate_trial(config, profile, num_requests, cost, slos, seed).flat()
     kept = {k: predicted.get(k) for k in PREDICTED_KEYS}
-    return {"cost_model": cost_to_dict(cost), "predicted": kept,
-            "error": relative_errors(kept, measured.flat(), PREDICTED_KEYS),
-            "steps": step_summary(steps)}
+    return Prediction(cost_model=cost_to_dict(cost), predicted=kept,
+                      error=relative_errors(kept, measured.flat(), PREDICTED_KEYS),
+                      steps=step_summary(steps))
 
 
 def predict_points(configs: Iterable[TrialConfig], profile: Profile, num_requests: int,

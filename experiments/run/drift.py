@@ -8,7 +8,7 @@ time to first token and between tokens, pooled over every token) at the start of
 then every CHECK_EVERY_S of trials and at the target's end; the reference is the mean of two
 checks at the sweep's start. When a check differs from the reference beyond DRIFT_TOLERANCE,
 every trial since the last clean check is
-flagged `details["drift"]`: it is no evidence (capacity.sample_of, pareto's fold), so a search
+flagged `details.drift`: it is no evidence (capacity.sample_of, pareto's fold), so a search
 measures that load again and a grid re-runs the trial as a new repetition once a check is clean
 again (docs/metrics.md, "Drift control"). `DriftWatch` is the pure bookkeeping; the runner
 measures.
@@ -17,8 +17,10 @@ measures.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
+
+from common.details import Drift, Rerun, SpeedCheck, TrialDetails
 
 if TYPE_CHECKING:
     from experiments.targets.protocol import Target
@@ -91,10 +93,10 @@ class DriftWatch:
                             "drift": why})
         return flagged, why
 
-    def flag(self, why: str) -> dict:
-        """The `details["drift"]` a flagged trial carries."""
-        return {"reason": f"the machine's speed drifted during this trial: {why} against the "
-                          f"sweep's reference check", "reference_p50_ms": self.reference}
+    def flag(self, why: str) -> Drift:
+        """The `details.drift` a flagged trial carries."""
+        return Drift(reason=f"the machine's speed drifted during this trial: {why} against the "
+                            f"sweep's reference check", reference_p50_ms=self.reference)
 
 
 def checks_enabled() -> bool:
@@ -102,10 +104,9 @@ def checks_enabled() -> bool:
     return os.environ.get("TRADEOFF_DRIFT_CHECK", "on").lower() not in ("off", "0", "no", "false")
 
 
-def drift_reason(details: dict | None) -> str | None:
+def drift_reason(details: TrialDetails | None) -> str | None:
     """Why a stored trial is no evidence because the machine drifted, or None."""
-    drift = (details or {}).get("drift")
-    return drift.get("reason") if drift else None
+    return details.drift_reason if details is not None else None
 
 
 class SpeedChecks:
@@ -143,13 +144,14 @@ class SpeedChecks:
             # trials ran on: the drift must show again in a second check to count.
             reading = speed_check(target, self.profile, self.seed, salt + 1)
         flagged, why = self.watch.checked(self.clock(), reading)
-        check = {**self.watch.checks[-1], "reference_p50_ms": self.watch.reference}
+        check = SpeedCheck.from_dict({**self.watch.checks[-1],
+                                      "reference_p50_ms": self.watch.reference})
         for trial in self.store.list_trials(self.sweep_id):
             # The check after a trial is stored with it (Explore shows it); flagged ones say why.
-            extra = {**({"speed_check": check} if trial.trial_id == last else {}),
+            noted = {**({"speed_check": check} if trial.trial_id == last else {}),
                      **({"drift": self.watch.flag(why)} if trial.trial_id in flagged else {})}
-            if extra:
-                self.store.set_trial_details(trial.trial_id, {**trial.details, **extra})
+            if noted:
+                self.store.set_trial_details(trial.trial_id, replace(trial.details, **noted))
         self.flagged.extend(flagged)
         return why
 
@@ -170,15 +172,13 @@ class SpeedChecks:
         """Configs to measure again, once, after a grid's pass: every flagged trial whose point
         (knobs x load) has no clean repetition is deleted and run again as the same repetition,
         so the grid keeps one trial per config; the new trial says what it replaced."""
-        from dataclasses import replace
-
         point = lambda config: replace(config, repetition=0)  # noqa: E731 - one-line key
         trials = [t for t in self.store.list_trials(self.sweep_id) if t.status == "done"]
-        clean = {point(t.config) for t in trials if not drift_reason(t.details)}
+        clean = {point(t.config) for t in trials if not t.details.drift_reason}
         todo = [t for t in trials if t.trial_id in self.flagged and point(t.config) not in clean]
         self.flagged = []
         for t in todo:
-            self.replaced[t.config] = drift_reason(t.details)
+            self.replaced[t.config] = t.details.drift_reason
             self.store.delete_trial(t.trial_id)
         return [t.config for t in todo]
 
@@ -189,8 +189,8 @@ class SpeedChecks:
             return
         for trial in self.store.list_trials(self.sweep_id):
             if trial.trial_id == trial_id:
-                self.store.set_trial_details(trial_id, {**trial.details, "rerun": {
-                    "first_run": f"measured again: its first run was no evidence ({why})"}})
+                self.store.set_trial_details(trial_id, replace(trial.details, rerun=Rerun(
+                    first_run=f"measured again: its first run was no evidence ({why})")))
 
 def speed_check(target: Target, profile, seed: int, salt: int = 0) -> dict[str, float]:
     """Median TTFT and ITL (ms) of CHECK_REQUESTS requests sent one at a time at static batch 1
@@ -198,8 +198,6 @@ def speed_check(target: Target, profile, seed: int, salt: int = 0) -> dict[str, 
     what it is, and one request at a time leaves it nothing to batch. Every check sends prompts
     of the same lengths; `salt` changes their tokens, so a server's prefix cache cannot make a
     later check look faster."""
-    from dataclasses import replace
-
     import numpy as np
 
     from experiments.analysis.metrics import itl_ms, ttft_ms

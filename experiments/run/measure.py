@@ -13,6 +13,7 @@ import os
 import socket
 from dataclasses import dataclass, replace
 
+from common.details import Provenance
 from common.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from experiments.analysis.metrics import window
 from experiments.load.loadgen import StopCheck
@@ -74,12 +75,10 @@ def scraper_for(target: Target, engine: str | None) -> contextlib.AbstractContex
 
 
 def with_provenance(metrics: TrialMetrics, target: Target, **extra: object) -> TrialMetrics:
-    """The trial's metrics with where it ran in details["provenance"] (node, device, replicas)."""
+    """The trial's metrics with where it ran in details.provenance (node, device, replicas)."""
     loaded = target.loaded
-    where = {"node": socket.gethostname(), "pid": os.getpid(), "device": str(loaded.device),
-             "device_name": loaded.device_name}
-    placement = target.placement()
-    if placement is not None:  # replicas: where each ran and how requests were routed
-        where["replicas"] = placement
-    where.update(extra)
-    return replace(metrics, details={**metrics.details, "provenance": where})
+    where = Provenance(node=socket.gethostname(), pid=os.getpid(), device=str(loaded.device),
+                       device_name=loaded.device_name,
+                       # replicas: where each ran and how requests were routed (None: one engine)
+                       replicas=target.placement()).merged(extra)
+    return replace(metrics, details=replace(metrics.details, provenance=where))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlparse
 
+from common.details import Provenance
 from common.records import TrialConfig
 from experiments.run.interfaces import Ran, Runner
 from experiments.run.placement import server_groups
@@ -146,8 +147,8 @@ class RayWorkers:
                 runner.record_failure(config, result["error"], result["started"], result["finished"])
             elif "metrics" in result:
                 metrics = result["metrics"]
-                where = {**metrics.details.get("provenance", {}), **worker.where}
-                metrics = replace(metrics, details={**metrics.details, "provenance": where})
+                where = (metrics.details.provenance or Provenance()).merged(worker.where)
+                metrics = replace(metrics, details=replace(metrics.details, provenance=where))
                 runner.record_done(config, metrics, result["records"], result["started"],
                                    result["finished"])
         return out["slos"]
@@ -232,8 +233,8 @@ class RayWorkers:
             error = next((r.error for r in out["records"] if r.error), "no request completed")
             runner.record_failure(config, error, out["started"], out["finished"])
             return True
-        where = {**w.where, "attempt": attempt}
-        metrics = replace(metrics, details={**out["details"], "provenance": where})
+        where = Provenance.from_dict({**w.where, "attempt": attempt})
+        metrics = replace(metrics, details=replace(out["details"], provenance=where))
         runner.record_done(config, metrics, out["records"], out["started"], out["finished"])
         return True
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
+from common.details import Prediction
 from common.records import SLO, TrialConfig
 from experiments.spec.grid import SweepSpec
 from experiments.spec.profiles import Profile
@@ -76,6 +78,6 @@ class TrialWorker:
                                **self.target.request_kwargs(), **self.target.memory_kwargs())
         except Exception as exc:  # the sweep goes on; the failure is stored with its reason
             return {"error": f"{type(exc).__name__}: {exc}", "started": started, "finished": _utcnow()}
-        details = {**result.metrics.details, "prediction": {"steps": step_summary(result.steps)}}
+        details = replace(result.metrics.details, prediction=Prediction(steps=step_summary(result.steps)))
         return {"metrics": result.metrics, "details": details, "records": result.records,
                 "started": started, "finished": _utcnow()}

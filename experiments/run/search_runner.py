@@ -16,6 +16,7 @@ import time
 from collections.abc import Generator
 from dataclasses import replace
 
+from common.details import Prediction, Revision, SearchPlan
 from common.records import SLO, TrialConfig, TrialMetrics
 from db.store import Store
 from experiments.predict.accuracy import error_band, knee_growth, predicted_before
@@ -175,18 +176,19 @@ class SearchStrategy:
         # apart as the calibration trial's own error says (accuracy.knee_growth).
         growth = None
         if self._is_black_box():
-            err = metrics.details.get("prediction", {}).get("error", {}).get("output_tokens_per_s")
+            prediction = metrics.details.prediction
+            err = prediction.error.get("output_tokens_per_s") if prediction is not None else None
             growth = knee_growth({} if err is None else error_band([], [-math.log1p(err)]))
         try:
             plan = make_plan(runner.spec, runner.profile, cost, slos, knobs, float(load), growth=growth)
         except Exception as exc:  # noqa: BLE001 - no plan: every config starts at the default
-            plan = {"start": {}, "skipped": {}, "failed": f"{type(exc).__name__}: {exc}"}
+            plan = SearchPlan(failed=f"{type(exc).__name__}: {exc}")
         if self.probe_predicted is not None:
-            plan["calibration_predicted"] = self.probe_predicted
-        prediction = {**metrics.details.get("prediction", {}), "plan": plan}
-        return replace(metrics, details={**metrics.details, "prediction": prediction})
+            plan = replace(plan, calibration_predicted=self.probe_predicted)
+        prediction = replace(metrics.details.prediction or Prediction(), plan=plan)
+        return replace(metrics, details=replace(metrics.details, prediction=prediction))
 
-    def _revise(self, config: TrialConfig, searches: dict[TrialConfig, CapacitySearch]) -> dict[str, str]:
+    def _revise(self, config: TrialConfig, searches: dict[TrialConfig, CapacitySearch]) -> Revision | dict:
         """After a trial measured now: prune the configs that can no longer win, and note it
         with that trial so a replay prunes at the same point. The refitted prediction (the cost
         model fitted to every step so far) is consulted each time another search finishes."""
@@ -202,16 +204,16 @@ class SearchStrategy:
             if black_box:  # refitted after every trial: re-plan the configs not started yet
                 revision = replan(spec, profile, cost, slos, searches, self._growth(trials, searches))
             else:
-                revision = {"pruned": revise_plan(spec, profile, cost, slos, searches)}
+                revision = Revision(pruned=revise_plan(spec, profile, cost, slos, searches))
         except Exception:  # noqa: BLE001 - a revision only saves trials; without it none are lost
             return {}
         stored = [t for t in trials if t.config == config]
-        if not stored or not any(revision.values()):
+        if not stored or not revision:
             return {}  # not stored (stopped mid-trial): a replay could not revise here either
-        revision = {k: v for k, v in revision.items() if v}
         if cost is not None:
-            revision["cost_model"] = cost_to_dict(cost)
-        runner.store.set_trial_details(stored[0].trial_id, {**stored[0].details, "revision": revision})
+            revision = replace(revision, cost_model=cost_to_dict(cost))
+        runner.store.set_trial_details(stored[0].trial_id,
+                                       replace(stored[0].details, revision=revision))
         return revision
 
     def _is_black_box(self) -> bool:

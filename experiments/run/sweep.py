@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from common.details import Prediction, ProbeCalibration
 from common.records import SLO, RequestRecord, TrialConfig, TrialMetrics
 from db.store import Store
 from engine.core import StepRecord
@@ -253,27 +254,31 @@ class SweepRunner:
 
     def _predicted(self, config: TrialConfig, result: TrialResult, slos: list[SLO],
                    metrics: TrialMetrics) -> TrialMetrics:
-        """The metrics plus details["prediction"]: what the simulator, fitted to the steps of
+        """The metrics plus details.prediction: what the simulator, fitted to the steps of
         the trials before this one, predicted for it, and this trial's steps for later fits."""
         if config.speedup is not None or not (result.steps or self.calibration):
             return metrics  # a trace (not simulated), or nothing to fit (a server not calibrated)
         cost = self.fitted_cost()
         try:
-            details = prediction_details(config, self.profile, self.spec.requests_for(config),
-                                         self.spec.seed + config.repetition, slos, cost,
-                                         result.metrics, result.steps)
+            prediction = prediction_details(config, self.profile, self.spec.requests_for(config),
+                                            self.spec.seed + config.repetition, slos, cost,
+                                            result.metrics, result.steps)
         except Exception as exc:  # noqa: BLE001 - a forecast must never cost a measured trial
-            details = {"failed": f"{type(exc).__name__}: {exc}", "steps": step_summary(result.steps)}
+            prediction = Prediction(failed=f"{type(exc).__name__}: {exc}",
+                                    steps=step_summary(result.steps))
         if self.probed is not None:  # stored once: a resume and the UI predict from it
-            details["calibration"] = {**self.probed.to_dict(), "cost_model": cost_to_dict(cost)}
+            calibration = ProbeCalibration.from_dict({**self.probed.to_dict(),
+                                                 "cost_model": cost_to_dict(cost)})
+            prediction = replace(prediction, calibration=calibration)
             self.probed = None
-        if self.calibration is not None and "predicted" in details:  # issue 22: refine the fit
+        if self.calibration is not None and prediction.predicted:  # issue 22: refine the fit
             from experiments.predict.calibrate import refit_details
-            details["refit"] = refit_details(self.store.list_trials(self.sweep_id), details, self.spec,
-                                             self.profile, slos, config, metrics.flat(), cost)
-            self.calibration = cost_from_dict(details["refit"]["cost_model"])
+            refit = refit_details(self.store.list_trials(self.sweep_id), prediction, self.spec,
+                                  self.profile, slos, config, metrics.flat(), cost)
+            prediction = replace(prediction, refit=refit)
+            self.calibration = cost_from_dict(refit.cost_model)
         self._steps.extend(result.steps)
-        return replace(metrics, details={**metrics.details, "prediction": details})
+        return replace(metrics, details=replace(metrics.details, prediction=prediction))
 
     def probe_server(self, target: ExternalTarget, max_running: int) -> None:
         """Fit the cost model to black-box probes of a started server (experiments/predict/calibrate.py);

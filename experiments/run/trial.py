@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from common.details import PrefixCache, TimeSeries, Trace
 from common.records import SLO, RequestRecord, Roofline, TrialConfig, TrialMetrics
 from engine.config import SchedulerConfig
 from engine.core import StepRecord
@@ -71,14 +72,14 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
     if reset_memory is not None:
         reset_memory()
     model = {"vocab_size": vocab_size, "max_context_tokens": max_context_tokens, "avoid_ids": avoid_ids}
-    details: dict = {}
+    trace: Trace | None = None
     if config.speedup is not None:
         replay = _replay_of(profile, config)
         specs = replay_requests(replay, block_tokens_of(profile.arrival), seed, **model)
         num_warmup = min(profile.warmup_requests, len(specs) - 1)
         load = run_open_loop(engine, specs, replay.arrival_s.tolist(), num_warmup,
                              config.batch_size, max_duration_s, should_stop)
-        details["trace"] = trace_details(profile, replay, config.speedup, load)
+        trace = trace_details(profile, replay, config.speedup, load)
     elif profile.session is not None:
         num_warmup = profile.warmup_requests
         sessions = session_load(profile, config.concurrency, config.rate, config.burstiness,
@@ -92,9 +93,10 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
     peak_mb = memory() if memory is not None else None
     metrics = compute_trial_metrics(load.records, steps, slos, peak_mb, load.saturated,
                                     load.background)
-    details["timeseries"] = trial_timeseries(load.records, load.background, steps, slos)
-    details.update(reuse_details(profile, load.records))
-    metrics = replace(metrics, details={**metrics.details, **details})
+    series = TimeSeries.from_dict(trial_timeseries(load.records, load.background, steps, slos))
+    by_turn, cache = reuse_details(profile, load.records)
+    metrics = replace(metrics, details=replace(metrics.details, trace=trace, timeseries=series,
+                                               ttft_ms_by_turn=by_turn, prefix_cache=cache))
     metrics = with_client_check(metrics, load.records, load.background, load.client, num_warmup,
                                 steps)
     if roofline is not None:  # the local engine's steps against its device's peaks
@@ -102,15 +104,15 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
     return TrialResult(config, metrics, load.records, steps, load.was_cut, load.was_stopped)
 
 
-def reuse_details(profile: Profile, records: list[RequestRecord]) -> dict:
-    """Session and prefix-cache extras: TTFT by turn, and the hit rate's inputs (or why unknown)."""
-    out: dict = {}
-    if profile.session is not None:
-        out["ttft_ms_by_turn"] = ttft_by_turn(records)
-    cache = prefix_cache_details(records)
-    if profile.session is not None or profile.shared_prefix is not None or cache["num_reporting"]:
-        out["prefix_cache"] = cache
-    return out
+def reuse_details(profile: Profile, records: list[RequestRecord]
+                  ) -> tuple[dict | None, PrefixCache | None]:
+    """Session and prefix-cache extras: TTFT by turn, and the hit rate's inputs (or why
+    unknown); None where the workload has no sessions / no prefix reuse to speak of."""
+    by_turn = ttft_by_turn(records) if profile.session is not None else None
+    cache = PrefixCache.from_dict(prefix_cache_details(records))
+    if profile.session is not None or profile.shared_prefix is not None or cache.num_reporting:
+        return by_turn, cache
+    return by_turn, None
 
 
 def trace_deadline_s(window_s: float) -> float:
@@ -134,23 +136,23 @@ def _replay_of(profile: Profile, config: TrialConfig) -> Replay:
     return prepare_replay(profile.arrival, config.speedup)
 
 
-def trace_details(profile: Profile, replay: Replay, speedup: float, load: LoadResult) -> dict:
+def trace_details(profile: Profile, replay: Replay, speedup: float, load: LoadResult) -> Trace:
     """What a trace trial replayed: the window, the count, the scaling, and how faithfully."""
     arrival = profile.arrival
     assert isinstance(arrival, TraceArrival)
     sent = load.records + load.background
     lag_ms = np.asarray([(r.sent_s - r.scheduled_s) * 1000.0 for r in sent])
-    return {
-        "trace": arrival.trace, "speedup": speedup,
-        "window_start_s": replay.start_s, "window_end_s": replay.end_s,
-        "duration_s": (replay.end_s - replay.start_s) / speedup,
-        "requests_in_window": replay.num_requests, "requests_replayed": len(sent),
-        "length_scale": arrival.length_scale, "max_prompt_tokens": arrival.max_prompt_tokens,
-        "max_output_tokens": arrival.max_output_tokens,
+    return Trace(
+        trace=arrival.trace, speedup=speedup,
+        window_start_s=replay.start_s, window_end_s=replay.end_s,
+        duration_s=(replay.end_s - replay.start_s) / speedup,
+        requests_in_window=replay.num_requests, requests_replayed=len(sent),
+        length_scale=arrival.length_scale, max_prompt_tokens=arrival.max_prompt_tokens,
+        max_output_tokens=arrival.max_output_tokens,
         # Replay fidelity: sent - scheduled (= the trace's scaled arrival time), per request.
-        "send_lag_ms": _lag_summary(lag_ms),
-        "attribution": ATTRIBUTION if arrival.trace in BUILTIN_TRACES else None,
-    }
+        send_lag_ms=_lag_summary(lag_ms),
+        attribution=ATTRIBUTION if arrival.trace in BUILTIN_TRACES else None,
+    )
 
 
 def _lag_summary(lag_ms: np.ndarray) -> dict | None:

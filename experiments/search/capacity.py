@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 
+from common.details import Revision, SearchPlan, part
 from common.records import TrialConfig, TrialRecord, config_to_dict
-from experiments.run.drift import drift_reason
 from experiments.search.strategy import (
     INVALID,
     PRUNED,
@@ -125,24 +125,23 @@ def sample_of(trial: TrialRecord) -> Sample:
     if trial.status != "done":
         return Sample(0, 0, False, f"trial failed: {trial.error or trial.status}")
     m = trial.metrics
-    if drift_reason(trial.details):
-        return Sample(0, 0, False, drift_reason(trial.details))
+    if trial.details.drift_reason:
+        return Sample(0, 0, False, trial.details.drift_reason)
     if m.get("client_bound"):
         why = m.get("client_bound_reason") or "the load generator lagged"
         return Sample(0, 0, False, f"client-bound ({why})")
     total = int(m.get("requests_completed") or 0) + int(m.get("requests_failed") or 0)
     return Sample(round(float(m.get("slo_attainment") or 0.0) * total), total,
                   saturated=bool(m.get("saturated")),
-                  effective_n=(trial.details.get("attainment") or {}).get("effective_n"))
+                  effective_n=trial.details.effective_n)
 
 
 Measure = Callable[[TrialConfig], Sample | None]  # None: not measured (stop that config)
 # Called after a trial measured now (not replayed) is recorded, with every config's search:
-# returns the configs to prune (label -> why), or a whole revision (REVISION_KEYS: also new
-# start loads, bracketing factors and order of configs not started yet, from a refitted
-# prediction), which it stores with that trial for replays.
-Revise = Callable[[TrialConfig, dict[TrialConfig, CapacitySearch]], dict]
-REVISION_KEYS = ("pruned", "start", "growth", "order", "predicted")
+# returns the configs to prune (label -> why), or a whole Revision (also new start loads,
+# bracketing factors and order of configs not started yet, from a refitted prediction), which
+# it stores with that trial for replays.
+Revise = Callable[[TrialConfig, dict[TrialConfig, CapacitySearch]], Revision | dict]
 SKIPPED, NOT_STARTED = "skipped", "not_started"
 NOT_ANSWERED = (UNDECIDED, INVALID, NOT_STARTED)  # the search has no answer for these yet
 RULED_OUT = (SKIPPED, PRUNED)  # not searched to the end: predicted, or shown, unable to win
@@ -157,18 +156,18 @@ def uses_prediction(spec: SweepSpec) -> bool:
             and spec.search.load != "speedup")
 
 
-def plan_of(trials: list[TrialRecord]) -> dict | None:
+def plan_of(trials: list[TrialRecord]) -> SearchPlan | None:
     """The search plan stored with the sweep's calibration trial (its first); None before it."""
     for t in sorted(trials, key=lambda t: t.trial_id):
-        plan = t.details.get("prediction", {}).get("plan")
-        if plan is not None:
-            return plan
+        if t.details.prediction is not None and t.details.prediction.plan is not None:
+            return t.details.prediction.plan
     return None
 
 
 def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], measure: Measure | None = None,
                can_continue: Callable[[], bool] = lambda: True,
-               plan: dict | None = None, revise: Revise | None = None) -> list[ConfigCapacity]:
+               plan: SearchPlan | dict | None = None,
+               revise: Revise | None = None) -> list[ConfigCapacity]:
     """Replay (and, with `measure`, continue) every config's search over the stored trials
     (`search_trials`, each trial not stored measured by `measure`: none without one)."""
     steps = search_trials(spec, profile, trials, can_continue, plan, revise)
@@ -177,38 +176,40 @@ def run_search(spec: SweepSpec, profile: Profile, trials: list[TrialRecord], mea
 
 def search_trials(
     spec: SweepSpec, profile: Profile, trials: list[TrialRecord],
-    can_continue: Callable[[], bool] = lambda: True, plan: dict | None = None,
+    can_continue: Callable[[], bool] = lambda: True, plan: SearchPlan | dict | None = None,
     revise: Revise | None = None,
 ) -> Generator[TrialConfig, Sample | None, list[ConfigCapacity]]:
     """Every config's search replayed over the stored trials and continued: yields each trial
     to measure that is not stored yet and takes its Sample back (None: not measured); returns
     the answer. A runner that measures trials itself steps it (experiments/run/search_runner.py).
 
-    `plan` (default: the stored one; `{}` when the search predicts nothing) gives each config's
+    `plan` (default: the stored one; empty when the search predicts nothing; a dict is read as a
+    stored one) gives each config's
     start load and the configs the prediction skipped; before it exists nothing has started.
     A stored trial's revision (`details.revision.pruned`) prunes those configs
     right after that trial, as when it was measured; `revise` makes new ones."""
     if spec.search is None:
         raise NotSearchError("this sweep is a load grid, not a capacity search")
     if plan is None:  # an external server has no engine steps to fit: no prediction
-        plan = plan_of(trials) if uses_prediction(spec) else {}
+        plan = plan_of(trials) if uses_prediction(spec) else SearchPlan()
+    plan = part(SearchPlan, plan)
     knobs, unit = spec.knob_configs(), unit_of(spec)
     if plan is None:
         return [ConfigCapacity(k, Capacity(0.0, None, NOT_STARTED, "no trial measured yet", 0), unit)
                 for k in knobs]
     stored = {t.config: t for t in trials}
-    starts, skipped, growth = plan.get("start", {}), plan.get("skipped", {}), plan.get("growth", {})
+    starts, skipped, growth = plan.start, plan.skipped, plan.growth
     # Most promising first (highest predicted capacity): under a budget they get measured first,
     # and at a rate their trials are the short ones.
-    predicted = plan.get("predicted", {})
+    predicted = plan.predicted
     # On servers tradeoff starts, the calibration config (its server already up) goes first.
-    first = plan.get("first") if spec.starts_servers else None
+    first = plan.first if spec.starts_servers else None
     order = sorted(knobs, key=lambda k: (knob_label(k) != first, -predicted.get(knob_label(k), 0.0)))
     searches = {k: CapacitySearch(settings_for(spec, profile, k, starts.get(knob_label(k)),
                                                growth.get(knob_label(k))))
                 for k in order if knob_label(k) not in skipped}
     max_probes = spec.search.max_probes
-    revisions = {t.config: t.details.get("revision", {}) for t in trials}
+    revisions = {t.config: t.details.revision for t in trials}
     by_label = {knob_label(k): k for k in searches}
 
     def after(key: TrialConfig, probe: Probe) -> None:
@@ -240,25 +241,25 @@ def search_trials(
     return out
 
 
-def as_revision(revision: dict) -> dict:
+def as_revision(revision: Revision | dict) -> Revision:
     """A stored or returned revision; a bare {label: why} (before issue 22) means pruned."""
-    return revision if set(revision) & set(REVISION_KEYS) else {"pruned": revision}
+    return Revision.of(revision)
 
 
 def apply_revision(spec: SweepSpec, profile: Profile, searches: dict[TrialConfig, CapacitySearch],
-                   by_label: dict[str, TrialConfig], revision: dict) -> None:
+                   by_label: dict[str, TrialConfig], revision: Revision) -> None:
     """Prune; give configs not started yet their new start load and bracketing factor; put them
     in the new order (after the configs already started, so no search is left half done)."""
-    for label, reason in revision.get("pruned", {}).items():
+    for label, reason in revision.pruned.items():
         if label in by_label:
             searches[by_label[label]].prune(reason)
     fresh = [k for k in searches if not searches[k].num_probes and not searches[k].is_finished]
     for k in fresh:
-        load = revision.get("start", {}).get(knob_label(k))
+        load = revision.start.get(knob_label(k))
         if load is not None:
-            growth = revision.get("growth", {}).get(knob_label(k))
+            growth = revision.growth.get(knob_label(k))
             searches[k] = CapacitySearch(settings_for(spec, profile, k, load, growth))
-    rank = {label: i for i, label in enumerate(revision.get("order", []))}
+    rank = {label: i for i, label in enumerate(revision.order)}
     if rank:
         later = sorted(fresh, key=lambda k: rank.get(knob_label(k), len(rank)))
         reordered = {k: searches[k] for k in searches if k not in fresh}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from common.details import Revision, SearchPlan
 from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
 from experiments.predict.simulate import PER_TRIAL_OVERHEAD_S, cost_to_dict, prior_cost, simulate_trial
@@ -64,7 +65,7 @@ def _predicted(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SL
     memo = {} if memo is None else memo
     measure = simulated_measure(spec, profile, cost, slos, memo=memo)
     out = {}
-    for r in run_search(spec, profile, [], measure, plan={}):
+    for r in run_search(spec, profile, [], measure, plan=SearchPlan()):
         at = trial_config(spec, r.config, Probe(r.capacity.capacity, 0))
         value = memo[at][2] if r.capacity.capacity > 0 and at in memo else 0.0
         out[knob_label(r.config)] = _Prediction(r.capacity.capacity, value,
@@ -98,7 +99,7 @@ SAME = 0.002
 
 def make_plan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
               calibration: TrialConfig, calibration_load: float, memo: Memo | None = None,
-              growth: float | None = None) -> dict:
+              growth: float | None = None) -> SearchPlan:
     """Start loads from predicted capacities; configs that cannot plausibly win are skipped.
 
     Kept: the calibration config, each policy's predicted best (one config, not every config
@@ -142,13 +143,13 @@ def make_plan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO
         else:
             start[label] = first_load(p.capacity, spec)
     start[knob_label(calibration)] = calibration_load  # what the calibration trial measured
-    return {"cost_model": cost_to_dict(cost),
-            "predicted": {label: p.capacity for label, p in ranked.items()},
-            "predicted_value": {label: p.value for label, p in ranked.items()},
-            "start": {label: start[label] for label in labels if label in start},
-            "skipped": {label: skipped[label] for label in labels if label in skipped},
-            "first": knob_label(calibration),
-            **({"growth": {label: growth for label in labels if label in start}} if growth else {})}
+    return SearchPlan(cost_model=cost_to_dict(cost),
+                      predicted={label: p.capacity for label, p in ranked.items()},
+                      predicted_value={label: p.value for label, p in ranked.items()},
+                      start={label: start[label] for label in labels if label in start},
+                      skipped={label: skipped[label] for label in labels if label in skipped},
+                      first=knob_label(calibration),
+                      growth={label: growth for label in labels if label in start} if growth else {})
 
 
 def _rank(p: _Prediction) -> tuple[float, float]:
@@ -232,12 +233,12 @@ def _predicted_for(spec: SweepSpec, profile: Profile, cost: CostModel, slos: lis
     others = {knob_label(k): "" for k in spec.knob_configs() if knob_label(k) not in labels}
     measure = simulated_measure(spec, profile, cost, slos, memo=memo)
     return {knob_label(r.config): r.capacity.capacity
-            for r in run_search(spec, profile, [], measure, plan={"skipped": others})
+            for r in run_search(spec, profile, [], measure, plan=SearchPlan(skipped=others))
             if knob_label(r.config) in labels}
 
 
 def replan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
-           searches: dict[TrialConfig, CapacitySearch], growth: float) -> dict:
+           searches: dict[TrialConfig, CapacitySearch], growth: float) -> Revision:
     """A revision after a trial on a refitted black-box fit (issue 22): `revise_plan`'s
     prunes, and, for every config not started yet, its capacity predicted under `cost`, a start
     load there (the predicted knee), the bracketing factor `growth`, and the order to measure
@@ -248,6 +249,7 @@ def replan(spec: SweepSpec, profile: Profile, cost: CostModel, slos: list[SLO],
              if not s.num_probes and not s.is_finished and knob_label(k) not in pruned]
     predicted = _predicted_for(spec, profile, cost, slos, fresh, memo) if fresh else {}
     order = sorted(fresh, key=lambda label: -predicted.get(label, 0.0))
-    return {"pruned": pruned, "predicted": predicted, "order": order,
-            "start": {label: first_load(predicted[label], spec) for label in order if label in predicted},
-            "growth": {label: growth for label in order}}
+    return Revision(pruned=pruned, predicted=predicted, order=order,
+                    start={label: first_load(predicted[label], spec)
+                           for label in order if label in predicted},
+                    growth={label: growth for label in order})

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.details import ServerMetrics, part
 from common.records import TrialMetrics
 
 DEFAULT_INTERVAL_S = 0.5
@@ -121,20 +122,22 @@ def hit_rate(increases: Mapping[str, float | None]) -> float | None:
     return hits / queries if queries and hits is not None else None
 
 
-def with_server_metrics(metrics: TrialMetrics, summary: dict) -> TrialMetrics:
-    """The trial's metrics with the engine's series in details["server_metrics"], and, where the
+def with_server_metrics(metrics: TrialMetrics, summary: dict | ServerMetrics) -> TrialMetrics:
+    """The trial's metrics with the engine's series in details.server_metrics, and, where the
     client saw no engine steps, the mean batch size as the engine reports it: the mean of its
-    running-requests gauge over the trial (details["mean_batch_size_from"] says so); where no
+    running-requests gauge over the trial (details.mean_batch_size_from says so); where no
     request reported cached tokens, the prefix-cache hit rate from its counters."""
-    details = {**metrics.details, "server_metrics": summary}
+    server = part(ServerMetrics, summary)
+    assert server is not None
     updates: dict = {}
-    running = (summary.get("stats") or {}).get("running")
+    noted: dict[str, str] = {}
+    running = server.stats.get("running")
     if metrics.mean_batch_size is None and running:
         updates["mean_batch_size"] = running["mean"]
-        details["mean_batch_size_from"] = "the server's running-requests gauge (/metrics), time-averaged"
-    hit_rate_now = summary.get("prefix_cache_hit_rate")
-    if metrics.prefix_cache_hit_rate is None and hit_rate_now is not None:
+        noted["mean_batch_size_from"] = "the server's running-requests gauge (/metrics), time-averaged"
+    if metrics.prefix_cache_hit_rate is None and server.prefix_cache_hit_rate is not None:
         # vLLM reports cached tokens per request only with --enable-prompt-tokens-details
-        updates["prefix_cache_hit_rate"] = hit_rate_now
-        details["prefix_cache_hit_rate_from"] = "the server's prefix-cache counters (/metrics)"
-    return replace(metrics, **updates, details=details)
+        updates["prefix_cache_hit_rate"] = server.prefix_cache_hit_rate
+        noted["prefix_cache_hit_rate_from"] = "the server's prefix-cache counters (/metrics)"
+    return replace(metrics, **updates,
+                   details=replace(metrics.details, server_metrics=server, **noted))

@@ -131,7 +131,7 @@ class SweepServers:
             cause, f"log: {server.log_path}") if p)
 
     def launch_facts(self) -> dict:
-        """What a trial records of the server it ran on (details["provenance"])."""
+        """What a trial records of the server it ran on (details.provenance)."""
         server = self.current
         if server is None:
             return {}
@@ -148,9 +148,9 @@ def recorded_starts(store: Store, spec: SweepSpec, max_sweeps: int = 5) -> list[
     starts: dict[str, float] = {}
     for sweep in _same_server(store, spec)[:max_sweeps]:
         for trial in store.list_trials(sweep.id):
-            where = (trial.details or {}).get("provenance") or {}
-            if where.get("server_start_s") is not None:
-                starts[str(where.get("server_log"))] = float(where["server_start_s"])
+            where = trial.details.provenance
+            if where is not None and where.server_start_s is not None:
+                starts[str(where.server_log)] = float(where.server_start_s)
     return list(starts.values())
 
 

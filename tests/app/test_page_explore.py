@@ -141,7 +141,7 @@ STARTED = {"node": "vm", "device": "server", "server_start_s": 31.4, "server_log
 
 def test_a_started_engines_trial_shows_its_command_and_its_own_metrics(db_url, results, store) -> None:
     for trial in store.list_trials(results["chat"]):
-        store.set_trial_details(trial.trial_id, {**trial.details, "server_metrics": SERVER_METRICS,
+        store.set_trial_details(trial.trial_id, {**trial.details.to_dict(), "server_metrics": SERVER_METRICS,
                                                  "provenance": STARTED})
     app = page_test("explore").run()
     app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
@@ -159,7 +159,7 @@ def test_a_multiturn_trial_shows_ttft_by_turn_and_its_cache_hits(db_url, results
     cache = {"num_cached_tokens": 300, "num_prompt_tokens": 1200, "num_reporting": 14,
              "num_requests": 14, "reason": None}
     for trial in store.list_trials(results["chat"]):
-        store.set_trial_details(trial.trial_id, {**trial.details, "ttft_ms_by_turn": by_turn,
+        store.set_trial_details(trial.trial_id, {**trial.details.to_dict(), "ttft_ms_by_turn": by_turn,
                                                  "prefix_cache": cache})
     app = page_test("explore").run()
     app.selectbox(key="explore_sweep").set_value(results["chat"]).run()
@@ -201,7 +201,7 @@ def test_caption_describes_only_the_lines_drawn(db_url, results, store) -> None:
     assert "predicted" not in caption and "dashed line" not in caption  # no prediction stored
     for t in store.list_trials(results["chat"]):  # each trial as predicted before it ran
         predicted = {k: t.metrics[k] for k in ("goodput_rps", "ttft_ms_p90")}
-        store.set_trial_details(t.trial_id, {**t.details, "prediction": {"predicted": predicted}})
+        store.set_trial_details(t.trial_id, {**t.details.to_dict(), "prediction": {"predicted": predicted}})
     state.trials.clear()  # details changed under the same sweep version
     app = page_test("explore").run()
     app.selectbox(key="explore_sweep").set_value(results["chat"]).run()

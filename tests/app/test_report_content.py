@@ -35,7 +35,7 @@ def test_report_numbers_have_three_digits_and_unknowns_a_dash(store, results) ->
 def test_report_shows_ttft_by_turn_and_the_prefix_cache_hit_rate(store, results) -> None:
     trials = store.list_trials(results["chat"])
     for t in trials:
-        store.set_trial_details(t.trial_id, {**t.details, "ttft_ms_by_turn": BY_TURN})
+        store.set_trial_details(t.trial_id, {**t.details.to_dict(), "ttft_ms_by_turn": BY_TURN})
     analysis = analyse(store, store.get_sweep(results["chat"]))
     html = report.build_report(analysis)
     table = _table_after(html, "<h2>Turns and prefix cache</h2>")

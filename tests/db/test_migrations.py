@@ -153,7 +153,7 @@ def test_upgrade_from_v2_fixture_keeps_the_data(tmp_path):
         assert done.config == TrialConfig("static", 4, 0.0, concurrency=2)
         assert (done.config.replicas, done.config.max_num_batched_tokens) == (1, None)
         assert done.metrics["client_bound"] is None and done.metrics["roofline_decode"] is None
-        assert done.details == {} and done.is_trusted
+        assert done.details.to_dict() == {} and done.is_trusted
         # The old key still names the same trial: re-adding it is a duplicate.
         with pytest.raises(StoreError, match="already has trial"):
             store.add_failed_trial(1, done.config, "again", T0, T0)

@@ -182,7 +182,7 @@ def test_self_check_roofline_and_details_round_trip(store, new_sweep, config, ma
     [trial] = store.list_trials(sweep_id)
     assert trial.metrics == metrics.flat()
     assert (trial.metrics["client_lag_ms_p99"], trial.metrics["roofline_decode"]) == (12.0, 0.41)
-    assert trial.details == {"trace": {"num_requests": 12, "window_s": [0.0, 20.0]}}
+    assert trial.details.to_dict() == {"trace": {"num_requests": 12, "window_s": [0.0, 20.0]}}
     assert not trial.is_trusted
 
 
@@ -192,7 +192,7 @@ def test_details_noted_after_a_trial_replace_its_details_only(store, new_sweep, 
     before = store.list_trials(sweep_id)[0]
     store.set_trial_details(trial_id, {"a": 1, "revision": {"pruned": {"static b8": "why"}}})
     after = store.list_trials(sweep_id)[0]
-    assert after.details == {"a": 1, "revision": {"pruned": {"static b8": "why"}}}
+    assert after.details.to_dict() == {"a": 1, "revision": {"pruned": {"static b8": "why"}}}
     assert (after.metrics, after.config, after.status) == (before.metrics, before.config, before.status)
 
 

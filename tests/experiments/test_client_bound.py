@@ -62,7 +62,7 @@ def test_a_loop_that_stalls_for_a_good_part_of_the_run_is_client_bound() -> None
     lags = [0.0001] * 400 + [0.3, 0.45, 1.0]
     stalled = check_client(records, ClientStats(loop_lag_s=lags, wall_s=5.0, num_workers=1), 40.0)
     assert stalled.is_client_bound and "event loop stalled 35% of the run" in stalled.reason
-    assert stalled.details["stalled_share"] == pytest.approx(0.35)
+    assert stalled.details.stalled_share == pytest.approx(0.35)
     # Two workers, one 60 ms hiccup in 5 s each: 1.2% of the run, the OS's ordinary noise.
     hiccups = ClientStats(loop_lag_s=[0.0001] * 800 + [0.06, 0.06], wall_s=5.0, num_workers=2)
     assert not check_client(records, hiccups, 40.0).is_client_bound
@@ -84,7 +84,7 @@ def test_the_verdict_lands_in_the_metrics_warmup_not_judged() -> None:
     metrics = compute_trial_metrics(measured, [], [], None, False, warmup)
     checked = with_client_check(metrics, measured, warmup, None, num_warmup=10)
     assert not checked.client_bound and checked.client_lag_ms == ClientLag(*[pytest.approx(0.3)] * 3)
-    assert checked.details["client"]["limit_ms"] == 1.0
+    assert checked.details.client.limit_ms == 1.0
     flat = checked.flat()
     assert flat["client_bound"] is False and flat["client_lag_ms_p99"] == pytest.approx(0.3)
     assert with_client_check(metrics, measured, warmup, None, num_warmup=0).client_bound
@@ -156,6 +156,6 @@ def test_in_process_trials_carry_the_check() -> None:
                            slos=[], vocab_size=100, max_context_tokens=64, avoid_ids=[0])
     m = result.metrics
     assert m.client_lag_ms is not None and m.client_lag_ms.max < 1000
-    assert m.details["client"]["process"].startswith("in-process")
+    assert m.details.client.extra["process"].startswith("in-process")
     # Closed loop in-process: sends come from the engine thread; nothing to judge.
-    assert not m.client_bound and m.details["client"]["send_lag_judged"] is False
+    assert not m.client_bound and m.details.client.send_lag_judged is False

@@ -35,7 +35,7 @@ def test_a_drifted_check_flags_every_trial_since_the_last_check_only():
     flagged, why = watch.checked(61.0, {"ttft_ms": 15.0, "itl_ms": 2.1})
     assert flagged == [3, 4] and why == "median TTFT 10 -> 15 ms (+50%)"
     assert watch.since_check == [] and [c["drift"] for c in watch.checks] == [None, None, why]
-    assert watch.flag(why)["reason"].startswith("the machine's speed drifted during this trial: "
+    assert watch.flag(why).reason.startswith("the machine's speed drifted during this trial: "
                                                 "median TTFT 10 -> 15 ms (+50%)")
 
 

@@ -185,7 +185,7 @@ def test_server_metrics_fill_what_the_client_could_not_see():
     summary = {"stats": {"running": {"mean": 3.5, "max": 4.0}}, "prefix_cache_hit_rate": 0.25}
     filled = with_server_metrics(base, summary)
     assert (filled.mean_batch_size, filled.prefix_cache_hit_rate) == (3.5, 0.25)
-    assert "running-requests gauge" in filled.details["mean_batch_size_from"]
+    assert "running-requests gauge" in filled.details.mean_batch_size_from
     seen = with_server_metrics(replace(base, mean_batch_size=2.0, prefix_cache_hit_rate=0.5), summary)
     assert (seen.mean_batch_size, seen.prefix_cache_hit_rate) == (2.0, 0.5)  # the client's own wins
 

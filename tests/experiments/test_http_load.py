@@ -212,15 +212,15 @@ def test_an_overloaded_client_is_flagged_client_bound(mock) -> None:
     # 512 users x 128 tokens against an instant server, on one client process (however many
     # cores the machine has): the client cannot keep up.
     m = http_trial(mock(0, 0), 512, 2048, 128, max_workers=1).metrics
-    assert m.client_bound and "lag" in m.client_bound_reason, m.details["client"]
-    assert m.client_lag_ms is not None and m.details["client"]["num_workers"] == 1
+    assert m.client_bound and "lag" in m.client_bound_reason, m.details.client
+    assert m.client_lag_ms is not None and m.details.client.num_workers == 1
 
 
 def test_a_light_load_is_not_flagged(mock) -> None:
     # TTFT 1 s: the limit is 20 ms of lag, far above what 4 users cost the client.
     m = http_trial(mock(1000, 1), 4, 8, 2).metrics
     assert not m.client_bound, m.client_bound_reason
-    assert m.client_lag_ms.p99 < 20 and m.details["client"]["loop_lag_ms"]["p50"] < 20
+    assert m.client_lag_ms.p99 < 20 and m.details.client.loop_lag_ms["p50"] < 20
 
 
 def test_cli_carries_the_verdict_in_trial_json_and_the_trials_table(mock, tmp_path, tiny_profile) -> None:

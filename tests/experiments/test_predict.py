@@ -65,8 +65,8 @@ def test_prediction_of_a_simulated_measurement_is_exact():
     config = TrialConfig("continuous", 8, 0.0, rate=20.0)
     measured = simulate_trial(config, PROFILE, 40, TRUE, SLOS)
     details = prediction_details(config, PROFILE, 40, 0, SLOS, TRUE, measured, true_steps())
-    assert details["error"] and all(abs(e) < 1e-9 for e in details["error"].values())
-    assert details["cost_model"]["decode_base_ms"] == pytest.approx(5.0)
+    assert details.error and all(abs(e) < 1e-9 for e in details.error.values())
+    assert details.cost_model["decode_base_ms"] == pytest.approx(5.0)
 
 
 def test_plan_starts_at_predictions_and_keeps_each_policys_best():
@@ -76,8 +76,8 @@ def test_plan_starts_at_predictions_and_keeps_each_policys_best():
     predicted = predicted_capacities(spec, PROFILE, TRUE, SLOS)
     calib = TrialConfig("continuous", 8, 0.0)
     plan = make_plan(spec, PROFILE, TRUE, SLOS, calib, 3.0)
-    assert plan["predicted"] == predicted and plan["start"][knob_label(calib)] == 3.0
-    values = plan["predicted_value"]
+    assert plan.predicted == predicted and plan.start[knob_label(calib)] == 3.0
+    values = plan.predicted_value
     for policy in ("static", "continuous"):
         mine = [k for k in predicted if k.startswith(policy)]
         best_cap = max(predicted[k] for k in mine)
@@ -85,13 +85,13 @@ def test_plan_starts_at_predictions_and_keeps_each_policys_best():
         # one config per policy is always kept: of those tied on capacity, the best value
         keeper = max(tied, key=lambda k: values[k])
         for label in mine:
-            kept = label in plan["start"]
+            kept = label in plan.start
             assert kept == (predicted[label] >= 0.9 * max(predicted.values()) or label == keeper
                             or label == knob_label(calib))
     # both static configs tie at the lower capacity: only one of them is measured
-    assert sum(k.startswith("static") for k in plan["start"]) == 1
+    assert sum(k.startswith("static") for k in plan.start) == 1
     replayed = run_search(spec, PROFILE, [], plan=plan)
-    assert {knob_label(r.config) for r in replayed if r.capacity.status == SKIPPED} == set(plan["skipped"])
+    assert {knob_label(r.config) for r in replayed if r.capacity.status == SKIPPED} == set(plan.skipped)
 
 
 def test_at_the_largest_load_only_configs_that_can_win_the_tie_are_measured():
@@ -103,18 +103,18 @@ def test_at_the_largest_load_only_configs_that_can_win_the_tie_are_measured():
     loose = [SLO("ttft_ms", "p90", 1e6), SLO("tpot_ms", "p90", 1e6)]
     calib = TrialConfig("continuous", 8, 0.0)
     plan = make_plan(spec, PROFILE, TRUE, loose, calib, 8.0)
-    assert set(plan["predicted"].values()) == {8.0}
-    values = plan["predicted_value"]
+    assert set(plan.predicted.values()) == {8.0}
+    values = plan.predicted_value
     top = max(values.values())
     assert values["continuous b1 w0ms"] < 0.85 * top <= values["continuous b8 w0ms"]
     for label, value in values.items():
         if value < 0.85 * top:
-            assert label not in plan["start"] and "largest load" in plan["skipped"][label]
+            assert label not in plan.start and "largest load" in plan.skipped[label]
     # closed loop at the limit: the queue is never empty, so the wait changes nothing; the
     # twin of the calibration config is not measured again
     assert values["continuous b8 w20ms"] == pytest.approx(values["continuous b8 w0ms"])
-    assert plan["start"] == {"continuous b8 w0ms": 8.0}
-    assert plan["skipped"]["continuous b8 w20ms"].startswith("predicted the same as continuous b8 w0ms")
+    assert plan.start == {"continuous b8 w0ms": 8.0}
+    assert plan.skipped["continuous b8 w20ms"].startswith("predicted the same as continuous b8 w0ms")
 
 
 def test_an_overloaded_open_loop_prediction_is_saturated_like_a_measured_one():

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from common.details import Prediction, Revision, SearchPlan, TrialDetails
 from common.records import SLO, TrialConfig, TrialRecord
 from engine.simulate import CostModel
 from experiments.predict import accuracy
@@ -137,7 +138,8 @@ def test_capacity_predicted_before_measuring_and_the_error_rows():
     plan = {"predicted": {"continuous b4 w0ms": 4.0, "continuous b8 w0ms": 10.0},
             "calibration_predicted": 12.0}
     t1 = trial(1, config(8, 12), {"output_tokens_per_s": 0.1}, {})
-    t1.details["prediction"]["plan"] = plan
+    t1 = replace(t1, details=replace(t1.details, prediction=replace(
+        t1.details.prediction, plan=SearchPlan.from_dict(plan))))
     t2 = trial(2, config(8, 16), {"output_tokens_per_s": 0.0},
                {"revision": {"predicted": {"continuous b4 w0ms": 6.0}}})
     t3 = trial(3, config(4, 6), {"output_tokens_per_s": -0.1})
@@ -166,18 +168,18 @@ def test_a_replan_starts_fresh_configs_at_their_knee_orders_them_and_skips_the_w
     assert best.next_probe() is None and best.result().is_decided
     searches[knobs[16]] = best
     revision = replan(spec, PROFILE, TRUTH, SLOS, searches, growth=1.3)
-    assert revision["order"] == sorted(revision["order"], key=lambda lb: -revision["predicted"][lb])
-    assert "continuous b1 w0ms" in revision["pruned"]  # predicted 1 user, below 0.5 x 4
-    assert set(revision["start"]) == set(revision["order"]) and "continuous b16 w0ms" not in revision["start"]
+    assert revision.order == sorted(revision.order, key=lambda lb: -revision.predicted[lb])
+    assert "continuous b1 w0ms" in revision.pruned  # predicted 1 user, below 0.5 x 4
+    assert set(revision.start) == set(revision.order) and "continuous b16 w0ms" not in revision.start
     by_label = {knob_label(k): k for k in searches}
     apply_revision(spec, PROFILE, searches, by_label, as_revision(revision))
-    first = revision["order"][0]
+    first = revision.order[0]
     assert searches[knobs[1]].result().status == "pruned"
     unfinished = [k for k, x in searches.items() if not x.is_finished]
-    assert unfinished == [by_label[label] for label in revision["order"]]  # most promising first
+    assert unfinished == [by_label[label] for label in revision.order]  # most promising first
     fresh = searches[by_label[first]]
-    assert fresh.next_probe().load == revision["start"][first] and fresh.s.growth >= 1.3
-    assert as_revision({"continuous b1 w0ms": "why"}) == {"pruned": {"continuous b1 w0ms": "why"}}
+    assert fresh.next_probe().load == revision.start[first] and fresh.s.growth >= 1.3
+    assert as_revision({"continuous b1 w0ms": "why"}).to_dict() == {"pruned": {"continuous b1 w0ms": "why"}}
 
 
 def test_a_replay_applies_stored_replans_at_the_same_point():
@@ -193,7 +195,7 @@ def test_a_replay_applies_stored_replans_at_the_same_point():
 
     def revise(c: TrialConfig, searches: dict) -> dict:
         revision = replan(spec, PROFILE, TRUTH, SLOS, searches, growth=1.25)
-        trials[-1].details["revision"] = revision
+        trials[-1] = replace(trials[-1], details=replace(trials[-1].details, revision=revision))
         return revision
 
     plan = {"start": {"continuous b8 w0ms": 8.0}, "predicted": {"continuous b8 w0ms": 8.0}}
@@ -208,7 +210,7 @@ def test_a_replay_applies_stored_replans_at_the_same_point():
     for t in trials:
         starts.setdefault(knob_label(t.config), t.config.concurrency)
     for t in trials:
-        for label, load in t.details.get("revision", {}).get("start", {}).items():
+        for label, load in (t.details.revision or Revision()).start.items():
             if label in starts and trials.index(t) < next(i for i, x in enumerate(trials)
                                                            if knob_label(x.config) == label):
                 assert starts[label] == int(load)
@@ -219,9 +221,10 @@ def test_stored_calibration_is_the_latest_refit():
     refit_1 = {"cost_model": cost_to_dict(TRUTH)}
     details = [{"prediction": {"calibration": probe_fit}}, {"prediction": {}},
                {"prediction": {"refit": refit_1}}]
+    details = [TrialDetails.from_dict(d) for d in details]
     assert stored_calibration(details) == TRUTH
     assert stored_calibration(details[:2]).ttft_noise_s == (0.001,)
-    assert stored_calibration([{}]) is None
+    assert stored_calibration([TrialDetails()]) is None
 
 
 def test_on_started_servers_the_calibration_config_is_searched_first():
@@ -257,14 +260,14 @@ def test_the_refit_predicts_only_while_it_beats_the_probes_on_trials_it_had_not_
         c = config(16, users)
         m = measured(TRUTH, c).metrics
         details = {"calibration": calibration} if i == 0 else {}
-        fit_now = refit_details(trials, details, spec, PROFILE, SLOS, c, m, wrong)
+        fit_now = refit_details(trials, Prediction.from_dict(details), spec, PROFILE, SLOS, c, m, wrong)
         fits.append(fit_now)
         trials.append(stored(i + 1, c, m, {**details, "refit": fit_now}))
-    assert not fits[0]["uses_refit"]  # nothing held out yet: the probes predict
-    assert fits[0]["cost_model"] == cost_to_dict(wrong) and fits[0]["chain"] != fits[0]["cost_model"]
-    assert fits[-1]["uses_refit"] and fits[-1]["held_out"]["num_trials"] == 4
-    assert fits[-1]["cost_model"] == fits[-1]["chain"]
-    assert stored_calibration(t.details for t in trials) == cost_from_dict(fits[-1]["chain"])
+    assert not fits[0].uses_refit  # nothing held out yet: the probes predict
+    assert fits[0].cost_model == cost_to_dict(wrong) and fits[0].chain != fits[0].cost_model
+    assert fits[-1].uses_refit and fits[-1].held_out["num_trials"] == 4
+    assert fits[-1].cost_model == fits[-1].chain
+    assert stored_calibration(t.details for t in trials) == cost_from_dict(fits[-1].chain)
 
 
 def test_the_refit_steps_aside_when_trials_mislead_it_and_skips_client_bound_ones():
@@ -278,12 +281,12 @@ def test_the_refit_steps_aside_when_trials_mislead_it_and_skips_client_bound_one
         c = config(16, users)
         m = measured(slow if i % 2 == 0 else TRUTH, c).metrics  # alternately busy and quiet
         details = {"calibration": calibration} if i == 0 else {}
-        fit_now = refit_details(trials, details, spec, PROFILE, SLOS, c, m, TRUTH)
+        fit_now = refit_details(trials, Prediction.from_dict(details), spec, PROFILE, SLOS, c, m, TRUTH)
         trials.append(stored(i + 1, c, m, {**details, "refit": fit_now}))
-    assert not fit_now["uses_refit"] and fit_now["cost_model"] == cost_to_dict(TRUTH)
+    assert not fit_now.uses_refit and fit_now.cost_model == cost_to_dict(TRUTH)
     lagged = {**measured(slow, config(16, 4)).metrics, "client_bound": True}
-    after = refit_details(trials, {}, spec, PROFILE, SLOS, config(16, 4), lagged, TRUTH)
-    assert after["chain"] == fit_now["chain"] and after["held_out"] == fit_now["held_out"]
+    after = refit_details(trials, Prediction(), spec, PROFILE, SLOS, config(16, 4), lagged, TRUTH)
+    assert after.chain == fit_now.chain and after.held_out == fit_now.held_out
 
 
 def test_probes_load_a_server_with_no_more_users_than_the_search_offers():

@@ -38,7 +38,7 @@ def test_trace_trial_replays_the_window_at_the_speedup(engine: Engine, tmp_path:
     profile = trace_profile(write_trace(tmp_path / "t.csv"), duration_s=0.3)
     result = run_trial(engine, TrialConfig("continuous", 4, 0.0, speedup=2.0), profile, 999,
                        seed=0, slos=SLOS, **MODEL)
-    trace = result.metrics.details["trace"]
+    trace = result.metrics.details.trace.to_dict()
     assert (trace["requests_in_window"], trace["requests_replayed"]) == (12, 12)
     assert (trace["window_start_s"], trace["window_end_s"], trace["duration_s"]) == (0.0, 0.6, 0.3)
     records = result.records  # the 2 warm-up requests are not measured
@@ -61,7 +61,7 @@ def test_builtin_trace_trial_carries_the_attribution(engine: Engine):  # noqa: F
     profile = with_trace_window(load_profile("azure-code"), duration_s=0.5)
     result = run_trial(engine, TrialConfig("continuous", 8, 0.0, speedup=20.0), profile, 1,
                        seed=0, slos=SLOS, **MODEL)
-    trace = result.metrics.details["trace"]
+    trace = result.metrics.details.trace.to_dict()
     assert "CC-BY 4.0" in trace["attribution"] and trace["requests_replayed"] > 4
 
 
@@ -84,6 +84,6 @@ def test_open_loop_follows_the_profiles_rate_schedule(engine: Engine):  # noqa: 
     t0 = result.records[0].scheduled_s
     got = [r.scheduled_s - t0 for r in result.records]
     assert got == pytest.approx(expected, abs=1e-9)
-    series = result.metrics.details["timeseries"]
+    series = result.metrics.details.timeseries.to_dict()
     assert len(series["t_s"]) == len(series["slo_attainment"]) == len(series["batch_size"])
     assert np.sum(series["arrivals_per_s"]) * series["window_s"] == 30

@@ -147,7 +147,7 @@ def test_a_search_over_started_servers_calibrates_from_probes_of_the_first(tmp_p
                           "--budget-min", "3", "--db", db, "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     first = min(Store(db, create=False).list_trials(1), key=lambda t: t.trial_id)
-    prediction = first.details["prediction"]
+    prediction = first.details.prediction.to_dict()
     assert first.config.batch_size == 8  # the calibration config: the largest batch
     cost = prediction["calibration"]["cost_model"]
     assert 20 <= cost["prefill_base_ms"] <= 35 and 4.5 <= cost["decode_base_ms"] <= 8  # the mock's timing
@@ -195,6 +195,6 @@ def test_a_grid_over_started_servers_calibrates_when_asked(tmp_path: Path, tiny_
                           "2", "--requests", "8", "--db", db], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     trials = sorted(Store(db, create=False).list_trials(1), key=lambda t: t.trial_id)
-    assert "calibration" in trials[0].details["prediction"]  # stored once, with the first trial
-    assert not any("calibration" in t.details["prediction"] for t in trials[1:])
-    assert all(t.details["prediction"]["predicted"]["ttft_ms_p50"] for t in trials)  # every trial
+    assert trials[0].details.prediction.calibration is not None  # stored once, with the first trial
+    assert not any(t.details.prediction.calibration for t in trials[1:])
+    assert all(t.details.prediction.predicted["ttft_ms_p50"] for t in trials)  # every trial

@@ -75,7 +75,7 @@ def test_sweep_over_replicas_and_routers_stores_each_with_its_placement(capsys, 
     assert sorted((t.config.replicas, t.config.router) for t in trials) == [
         (1, None), (2, "least_outstanding"), (2, "round_robin")]
     for t in trials:
-        where = t.details["provenance"]
+        where = t.details.provenance.to_dict()
         assert where["replicas"]["replicas"] == t.config.replicas
         assert where["replicas"]["router"] == t.config.router
         assert where["node"] and where["device"] == "cpu"

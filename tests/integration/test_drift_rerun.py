@@ -44,27 +44,27 @@ def test_drifted_trials_are_measured_again_as_the_same_repetitions(tmp_path, tin
     trials = store.list_trials(1)
     assert sorted(t.config.label for t in trials) == ["continuous/b1/w0ms/concurrent@2",
                                                       "continuous/b4/w0ms/concurrent@2"]
-    assert all(t.status == "done" and "drift" not in t.details for t in trials)
+    assert all(t.status == "done" and t.details.drift is None for t in trials)
     for t in trials:  # each re-run says what it replaced; the first runs' rows are gone
-        assert "median ITL 2 -> 3 ms (+50%)" in t.details["rerun"]["first_run"]
+        assert "median ITL 2 -> 3 ms (+50%)" in t.details.rerun.first_run
         assert len(store.get_requests(t.trial_id)) == 6
     sweep = store.get_sweep(1)
     assert (sweep.trials_done, sweep.trials_failed) == (2, 0)
-    checks = [t.details["speed_check"] for t in trials if "speed_check" in t.details]
+    checks = [t.details.speed_check.to_dict() for t in trials if t.details.speed_check is not None]
     assert checks and all(c["drift"] is None for c in checks)
 
 
 def test_one_slow_check_not_confirmed_by_the_next_flags_nothing(tmp_path, tiny_profile, monkeypatch):
     store = run_sweep(tmp_path, tiny_profile, [REF, REF, REF, SLOW, REF], monkeypatch)
     trials = store.list_trials(1)
-    assert len(trials) == 2 and not any("drift" in t.details or "rerun" in t.details for t in trials)
+    assert len(trials) == 2 and not any(t.details.drift or t.details.rerun for t in trials)
 
 
 def test_a_machine_that_stays_drifted_leaves_its_trials_flagged_and_out_of_the_answer(
         tmp_path, tiny_profile, monkeypatch):
     store = run_sweep(tmp_path, tiny_profile, [REF, REF, REF] + [SLOW] * 10, monkeypatch)
     trials = store.list_trials(1)
-    assert len(trials) == 2 and all("drift" in t.details and "rerun" in t.details for t in trials)
+    assert len(trials) == 2 and all(t.details.drift and t.details.rerun for t in trials)
     rec = analyse(store, store.get_sweep(1)).recommendation
     assert not rec.feasible and "drifted" in rec.explanation
 
@@ -87,8 +87,8 @@ def test_unscripted_checks_against_a_real_server_are_stored_with_its_trials(
     sweep_id = create_sweep(store, spec, load_profile(str(tiny_profile)))
     assert SweepRunner(store, sweep_id).run() == "done"
     [trial] = store.list_trials(sweep_id)
-    check = trial.details["speed_check"]
-    assert check["drift"] is None and "drift" not in trial.details
+    check = trial.details.speed_check.to_dict()
+    assert check["drift"] is None and trial.details.drift is None
     # The mock server's ITL is 2 ms; TTFT 20 ms plus loopback HTTP.
     assert 1.5 < check["p50_ms"]["itl_ms"] < 20 and 19 < check["p50_ms"]["ttft_ms"] < 200
     assert set(check["reference_p50_ms"]) == {"ttft_ms", "itl_ms"}

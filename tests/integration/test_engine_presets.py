@@ -74,7 +74,7 @@ def test_fake_vllm_gets_its_flags_per_config_and_is_scraped(capsys, tmp_path: Pa
     assert all(c[:2] == ["serve", "builtin:tiny"] for c in calls)
     store = Store(db, create=False)
     trials = store.list_trials(store.list_sweeps()[0].id)
-    scraped = [t.details["server_metrics"] for t in trials]
+    scraped = [t.details.server_metrics.to_dict() for t in trials]
     assert all(s["url"].endswith("/metrics") and s["t_s"] for s in scraped)  # sampled during the trial
 
 
@@ -115,7 +115,7 @@ def test_search_starts_the_engine_once_per_config_with_its_flags(capsys, tmp_pat
     assert [c[c.index("--max-num-seqs") + 1] for c in calls] == ["1", "2"]
     trials = Store(db, create=False).list_trials(result["sweep_id"])
     assert result["trials_run"] == len(trials) >= 2
-    assert all("prediction" not in t.details for t in trials)  # an external server: nothing to fit
+    assert all(t.details.prediction is None for t in trials)  # an external server: nothing to fit
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ def test_server_cpus_pin_the_server_and_keep_the_client_off_them(tmp_path: Path,
     out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     trial = Store(db, create=False).list_trials(1)[0]
-    where = trial.details["provenance"]
+    where = trial.details.provenance.to_dict()
     assert trial.status == "done" and where["engine"]["command"].startswith("taskset -c 0 vllm serve")
     others = sorted(os.sched_getaffinity(0) - {0})
     assert where.get("client_cpus") == (others or None)  # the client ran on the other CPUs

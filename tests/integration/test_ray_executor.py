@@ -135,7 +135,7 @@ def test_cancel_keeps_finished_trials_and_resume_runs_each_once(tmp_path, tiny_p
     assert runner_for(store, 1).run() == "done"
     trials = store.list_trials(1)
     assert len(trials) == 8 and len({t.config for t in trials}) == 8
-    where = [t.details["provenance"] for t in trials]
+    where = [t.details.provenance.to_dict() for t in trials]
     assert {w["executor"] for w in where} == {"ray"} and all(w["node"] and w["node_id"] for w in where)
     assert {w["device"] for w in where} == {"cpu"} and all(w["attempt"] == 1 for w in where)
     assert len({(w["node_id"], w["pid"]) for w in where}) >= 2  # both slots measured
@@ -174,7 +174,7 @@ def test_a_killed_worker_costs_one_retry_and_no_lost_trial(tmp_path, tiny_profil
     assert killed, "no worker was killed"
     trials = store.list_trials(sweep_id)
     assert len(trials) == 2 and all(t.status == "done" for t in trials)
-    attempts = sorted(t.details["provenance"]["attempt"] for t in trials)
+    attempts = sorted(t.details.provenance.attempt for t in trials)
     assert attempts == [1, 2]  # the killed worker's trial ran again, elsewhere
 
 

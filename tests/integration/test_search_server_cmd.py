@@ -85,6 +85,6 @@ def test_search_starts_one_server_per_config_and_finds_each_capacity(tmp_path: P
     in_order = [t.config.batch_size for t in sorted(trials, key=lambda t: t.trial_id)]
     runs = [b for i, b in enumerate(in_order) if i == 0 or in_order[i - 1] != b]
     assert runs == started  # each config's trials in one run, on the server started for it
-    assert all("prediction" not in t.details for t in trials)  # external: nothing to fit
+    assert all(t.details.prediction is None for t in trials)  # external: nothing to fit
     time.sleep(0.5)
     assert mock_servers(tag) == []

@@ -26,11 +26,11 @@ def test_trace_sweep_recommend_export(tmp_path: Path):
     trials = Store(db, create=False).list_trials(out["sweep_id"])
     assert {t.config.load_label for t in trials} == {"trace@0.5x", "trace@1x"}
     for t in trials:
-        trace = t.details["trace"]
+        trace = t.details.trace.to_dict()
         assert trace["duration_s"] == 4.0 and trace["requests_replayed"] == trace["requests_in_window"]
-        assert t.details["timeseries"]["t_s"]
+        assert t.details.timeseries.t_s
     # azure-conv from 600 s: 4 s of replay cover 2 s of trace at 0.5x, 4 s at 1x.
-    spans = {t.config.speedup: t.details["trace"]["window_end_s"] for t in trials}
+    spans = {t.config.speedup: t.details.trace.window_end_s for t in trials}
     assert spans == {0.5: 602.0, 1.0: 604.0}
 
     rec = tradeoff("recommend", "--sweep", str(out["sweep_id"]), "--profile", "azure-conv",

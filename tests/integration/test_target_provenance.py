@@ -194,7 +194,7 @@ def test_a_server_per_config_keeps_its_knobs_and_names_the_server(
         SERVED, "server", "server per config from --server-cmd")
     [trial] = Store(db, create=False).list_trials(sweep_id)
     assert trial.config.batch_size == 2  # a real setting: the template gave it to the server
-    where = trial.details["provenance"]["device_name"]
+    where = trial.details.provenance.device_name
     assert where.startswith(f"{SERVED} at http://127.0.0.1:") and where.endswith("(tradeoff)")
     code, out, err = cli(capsys, "export", "--sweep", str(sweep_id), "--format", "vllm", "--db", db)
     assert code == 0, err
