@@ -9,9 +9,10 @@ from pathlib import Path
 import typer
 
 from app.cli import app
-from app.cmd_sweep import DB_HELP, open_store
 from app.errors import BadInput
+from app.options import DB
 from app.output import print_json, print_pairs, print_table
+from app.runs import open_store
 
 PROFILE_HELP = ("workload profile whose sweep to use (default: chat; with --sweep, the sweep's "
                 "own, which is what decides: its SLOs and objective)")
@@ -58,7 +59,7 @@ def recommend(
     profile: str | None = typer.Option(None, help=PROFILE_HELP),
     sweep: int | None = typer.Option(None, "--sweep", help="sweep id (default: latest of this profile)"),
     format: str = typer.Option("table", "--format", help="table | json"),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = DB,
 ) -> None:
     """Recommend the config that best serves a workload profile."""
     if format not in ("table", "json"):
@@ -91,7 +92,7 @@ def export(
         "yaml", "--format", help="json | yaml | vllm | triton | ray-serve | torchserve"),
     sweep: int | None = typer.Option(None, "--sweep", help="sweep id (default: latest of this profile)"),
     output: Path | None = typer.Option(None, "--output", "-o", help="write here instead of stdout"),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = DB,
 ) -> None:
     """Export the recommended config for tradeoff serve or a real server."""
     from experiments.analysis.queries import export_analysis
@@ -124,7 +125,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 @app.command()
 def profiles(
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = DB,
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """List built-in and user workload profiles."""

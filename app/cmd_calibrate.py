@@ -9,15 +9,16 @@ import statistics
 import typer
 
 from app.cli import app
-from app.cmd_sweep import DB_HELP, lists, open_store
 from app.errors import BadInput
+from app.options import DB, TARGET_MODEL, lists
 from app.output import fmt, print_table
+from app.runs import open_store
 
 
 @app.command()
 def calibrate(
     target_url: str = typer.Option(..., "--target", help="OpenAI-compatible base URL of the running server"),
-    target_model: str | None = typer.Option(None, "--target-model", help="model name on the target"),
+    target_model: str | None = TARGET_MODEL,
     tokenizer: str | None = typer.Option(None, help="tokenizer (default: --target-model)"),
     max_running: int = typer.Option(
         16, "--max-running", help="the server's cap on running requests (vLLM --max-num-seqs): "
@@ -32,7 +33,7 @@ def calibrate(
     requests: int = typer.Option(64, help="requests per predicted trial"),
     sweep: int | None = typer.Option(
         None, "--sweep", help="a measured sweep of this server: predicted vs measured per trial"),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = DB,
     seed: int = typer.Option(0),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:

@@ -8,20 +8,20 @@ from typing import Any
 import typer
 
 from app.cli import app
-from app.cmd_sweep import DB_HELP, ctrl_c_cancels, open_store, progress_printer
+from app.options import DB, JSON_AT_END
 from app.output import print_json
+from app.runs import open_store, run_to_end
 
 
 @app.command()
 def demo(
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
+    db: str | None = DB,
+    json_out: bool = JSON_AT_END,
 ) -> None:
     """Run the demo (builtin:tiny, one grid under the chat and the batch profile) and print the
     recommendation for each: batching's throughput gain and latency cost, decided by evidence."""
     from app import launcher
     from experiments.analysis.queries import analyse, capacity_sentence
-    from experiments.run.runners import runner_for
     from experiments.run.sweep import create_sweep
     from experiments.spec.profiles import load_profile
 
@@ -31,9 +31,7 @@ def demo(
     for spec in specs:
         sweep_id = create_sweep(store, spec, load_profile(spec.profile))
         print(f"demo: sweep {sweep_id} ({spec.profile}): {spec.num_trials} trials", file=sys.stderr)
-        runner = runner_for(store, sweep_id, on_progress=progress_printer())
-        with ctrl_c_cancels(runner.stop):
-            status = runner.run()
+        _, status = run_to_end(store, sweep_id)
         if status != "done":
             raise typer.Exit(1)
         analysis = analyse(store, store.get_sweep(sweep_id))

@@ -9,15 +9,16 @@ from typing import Any
 import typer
 
 from app.cli import app
-from app.cmd_sweep import DB_HELP, open_store
 from app.errors import BadInput
+from app.options import DB
 from app.output import print_json, print_table
+from app.runs import open_store
 from common.details import Provenance, TrialDetails
 
 
 @app.command()
 def sweeps(
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = DB,
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """List the sweeps in the store, newest first."""
@@ -91,7 +92,7 @@ def _measured_on(details: TrialDetails) -> str | None:
 def trials(
     sweep_id: int = typer.Argument(..., help="sweep id (see `tradeoff sweeps`)"),
     format: str = typer.Option("table", "--format", help="table | csv | json"),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = DB,
 ) -> None:
     """One row per trial of a sweep, with its config and metrics."""
     if format not in ("table", "csv", "json"):

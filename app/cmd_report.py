@@ -9,8 +9,9 @@ import typer
 
 from app.cli import app
 from app.cmd_analysis import write_atomically
-from app.cmd_sweep import DB_HELP, open_store
 from app.errors import BadInput
+from app.options import DB
+from app.runs import open_store
 
 
 @app.command()
@@ -18,7 +19,7 @@ def report(
     sweep: int | None = typer.Option(None, "--sweep", help="sweep id (default: the latest sweep)"),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="HTML file to write (default: tradeoff-sweep-ID-PROFILE.html here)"),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = DB,
 ) -> None:
     """Write a sweep's HTML report (recommendation, capacity, Pareto frontier); it opens offline."""
     if output is not None:

@@ -7,17 +7,8 @@ from typing import Any
 
 import typer
 
+from app import options as opt
 from app.cli import app
-from app.cmd_sweep import (
-    DB_HELP,
-    check_external,
-    ctrl_c_cancels,
-    lists,
-    open_store,
-    progress_printer,
-    record_server,
-    starts_note,
-)
 from app.engine_options import (
     ENGINE_ARGS,
     ENGINE_ENV,
@@ -32,24 +23,17 @@ from app.engine_options import (
 )
 from app.errors import BadInput
 from app.output import print_json
+from app.runs import check_search, open_store, run_to_end, start_search, user_profiles
 
 
 @app.command()
 def search(
     model: str = typer.Option("builtin:tiny", help="builtin:tiny, builtin:small, a HF id or a path"),
     profile: str = typer.Option("chat", help="workload profile; it must have SLOs"),
-    # No defaults here: a bare --target refuses knobs it was given (its server batches by itself);
-    # otherwise the spec's defaults apply (static,continuous; 1,4,16; 0,10).
-    policy: str | None = typer.Option(
-        None, help="comma list: static,continuous,adaptive (default static,continuous)"),
-    batch_sizes: str | None = typer.Option(
-        None, "--batch-sizes", help="comma list, e.g. 1,4,16 (the default)"),
-    max_wait_ms: str | None = typer.Option(
-        None, "--max-wait-ms", help="comma list in ms, e.g. 0,10 (the default)"),
-    max_num_batched_tokens: str | None = typer.Option(
-        None, "--max-num-batched-tokens",
-        help="comma list of per-step token budgets (chunked prefill; `none` = no budget), "
-             "searched like the other knobs (vLLM's --max-num-batched-tokens)"),
+    policy: str | None = opt.POLICIES,
+    batch_sizes: str | None = opt.BATCH_SIZES,
+    max_wait_ms: str | None = opt.MAX_WAIT_MS,
+    max_num_batched_tokens: str | None = opt.BUDGETS,
     rate: bool = typer.Option(False, "--rate", help="search open-loop arrival rate (req/s; default)"),
     concurrency: bool = typer.Option(False, "--concurrency", help="search closed-loop users instead"),
     speedup: bool = typer.Option(
@@ -68,27 +52,25 @@ def search(
              "predicted far below the best"),
     keep_ratio: float | None = typer.Option(
         None, "--keep-ratio", help="measure configs predicted at >= this x the best (default 0.5)"),
-    burstiness: float | None = typer.Option(None, help="open loop gamma shape (1 = Poisson)"),
+    burstiness: float | None = opt.BURSTINESS,
     requests: int | None = typer.Option(
         None, help="measured requests per trial (default 48; a --rate search: 25, the fewest that "
                    "can decide a 0.9 target, and its trials send at least 10 s of arrivals)"),
-    seed: int | None = typer.Option(None),
-    device: str | None = typer.Option(None, help="auto | cuda | mps | cpu"),
-    dtype: str | None = typer.Option(None),
-    kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
+    seed: int | None = opt.SEED,
+    device: str | None = opt.DEVICE,
+    dtype: str | None = opt.DTYPE,
+    kv_budget: int | None = opt.KV_BUDGET,
     name: str | None = typer.Option(None, help="a name for this search"),
     target_url: str | None = typer.Option(
         None, "--target", help="OpenAI-compatible base URL to search instead of the local engine"),
-    target_model: str | None = typer.Option(None, "--target-model", help="model name on the target"),
-    api_key_env: str | None = typer.Option(
-        None, "--api-key-env", help="env var holding the target's API key (never stored)"),
-    tokenizer: str | None = typer.Option(None, help="tokenizer for external targets (default: --model)"),
+    target_model: str | None = opt.TARGET_MODEL,
+    api_key_env: str | None = opt.API_KEY_ENV,
+    tokenizer: str | None = opt.TOKENIZER,
     server_cmd: str | None = typer.Option(
         None, "--server-cmd",
         help="server command template with {batch_size} {max_wait_ms} {policy} {port}: one server "
              "per config, started for its search and stopped before the next"),
-    engine: str | None = typer.Option(
-        None, "--engine", help="start this engine's server per config: vllm | sglang | tgi | llamacpp"),
+    engine: str | None = opt.ENGINE,
     prefix_caching: str | None = PREFIX_CACHING,
     slo: list[str] | None = SLO,
     engine_args: str | None = ENGINE_ARGS,
@@ -97,8 +79,8 @@ def search(
     server_timeout: float | None = SERVER_TIMEOUT,
     server_cpus: str | None = SERVER_CPUS,
     resume: int | None = typer.Option(None, "--resume", help="continue search ID, reusing stored trials"),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
+    db: str | None = opt.DB,
+    json_out: bool = opt.JSON_AT_END,
 ) -> None:
     """Find each config's capacity (largest load meeting the SLOs) by bracketing and bisection.
 
@@ -106,7 +88,6 @@ def search(
     or met at --max-load, or missed at the lightest load worth trying), when --budget-min of
     measurement is spent (resume it with --resume), or on Ctrl-C. Nothing else stops it.
     """
-    from experiments.run.runners import runner_for
     from experiments.run.search_runner import set_search_budget
 
     if rate + concurrency + speedup > 1:
@@ -127,91 +108,26 @@ def search(
             from experiments.search.strategy import decisive_requests
 
             requests = decisive_requests()
-        data = {"model": model, "profile": profile, "burstiness": burstiness, "requests": requests,
-                "seed": seed, "device": device, "dtype": dtype, "kv_budget_tokens": kv_budget,
-                "name": name or f"capacity search: {profile} on {target_url or model}",
-                "target": target_url, "target_model": target_model, "api_key_env": api_key_env,
-                "tokenizer": tokenizer, "server_cmd": server_cmd, "engine": engine,
+        data = {**opt.spec_fields(model=model, profile=profile, burstiness=burstiness,
+                                  requests=requests, seed=seed, device=device, dtype=dtype,
+                                  kv_budget=kv_budget,
+                                  name=name or f"capacity search: {profile} on {target_url or model}",
+                                  target_url=target_url, target_model=target_model,
+                                  api_key_env=api_key_env, tokenizer=tokenizer,
+                                  server_cmd=server_cmd, engine=engine),
                 **launch_flags(engine_args, engine_env, engine_python, server_timeout, server_cpus),
                 **knob_flags(prefix_caching, slo),
-                **lists(policy, batch_sizes, max_wait_ms, None, None, budgets=max_num_batched_tokens),
+                **opt.lists(policy, batch_sizes, max_wait_ms, None, None,
+                            budgets=max_num_batched_tokens),
                 "search": {"load": "concurrency" if concurrency else "speedup" if speedup else "rate",
                            "budget_s": (budget_min or 10.0) * 60, "start_load": start_load,
                            "max_load": max_load, "max_repeats": max_repeats,
                            "predict": predict, "keep_ratio": keep_ratio}}
-        spec, prof = validate_search(data, lambda: _user_profiles(db))
-        sweep_id, target, store = create_search(db, spec, prof)
-    runner = runner_for(store, sweep_id, on_progress=progress_printer(), target=target)
-    with ctrl_c_cancels(runner.stop):
-        status = runner.run()
+        checked = check_search(db, data, lambda: user_profiles(db))  # nothing written before this
+        (store, sweep_id), target = start_search(db, checked), checked.target
+    runner, status = run_to_end(store, sweep_id, target)
     _print_outcome(store, runner, status, json_out)
     report_start_failures(runner)
-
-
-def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in data.items() if v is not None}
-    if isinstance(out.get("search"), dict):
-        out["search"] = _drop_none(out["search"])
-    return out
-
-
-def validate_search(data: dict[str, Any], user_profiles) -> tuple[Any, Any]:
-    """The validated spec and its profile; the store is opened only for a user profile's name."""
-    from experiments.run.sweep import sweep_profile
-    from experiments.spec.grid import parse_spec
-    from experiments.spec.profiles import ProfileError, load_profile
-
-    spec = parse_spec(_drop_none(data))
-    try:
-        prof = load_profile(spec.profile)
-    except ProfileError:
-        if spec.profile.endswith((".yaml", ".yml")) or "/" in spec.profile:
-            raise
-        prof = load_profile(spec.profile, user_profiles())
-    prof = sweep_profile(spec, prof)  # GridError: a trace profile, or one without SLOs
-    if not spec.knob_configs():
-        raise BadInput("the search space is empty: give at least one policy, batch size and wait")
-    return spec, prof
-
-
-def create_search(db: str | None, spec, prof) -> tuple[int, Any, Any]:
-    """Load the model, estimate, then store the sweep (nothing is written before this, not
-    even a new db file): (sweep id, target, store)."""
-    from app.preflight import existing_store
-    from experiments.predict.estimate import estimate_search_s
-    from experiments.run.placement import local_target_for
-    from experiments.run.sweep import create_sweep
-    from experiments.targets.servers import recorded_starts
-
-    store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
-    budget = f"budget {spec.search.budget_s / 60:g} min"
-    if spec.is_external:  # the target answers (or the template is sound), the tokenizer loads
-        spec = check_external(spec)  # a bare --target's spec names the model it serves
-        starts = recorded_starts(store, spec) if store is not None and spec.starts_servers else []
-        target, estimate = None, ("no estimate of its trials (an external server's speed is unknown "
-                                  f"until measured){starts_note(spec, starts)}")
-    else:
-        # The model first: a bad name is one line of stderr (exit 2), before any progress output.
-        target = local_target_for(spec)  # ModelLoadError (bad input) before any row is written
-        print("estimating the search on simulated trials...", file=sys.stderr)
-        est_s, est_trials = estimate_search_s(spec, prof)
-        estimate = f"~{est_trials} trials, estimated {est_s / 60:.1f} min"
-    store = store or open_store(db)
-    sweep_id = create_sweep(store, spec, prof)
-    record_server(store, sweep_id, spec)  # an external server, as the sweep's device
-    print(f"search {sweep_id}: {len(spec.knob_configs())} configs, {estimate} ({budget}; "
-          f"db: {store.display_url})", file=sys.stderr)
-    return sweep_id, target, store
-
-
-def _user_profiles(db: str | None) -> dict[str, str]:
-    """Profiles saved in an existing store; none when there is no store yet (none is created)."""
-    from db.errors import StoreError
-
-    try:
-        return open_store(db, create=False).list_profiles()
-    except StoreError:
-        return {}
 
 
 def _check_resume(store, sweep_id: int) -> int:

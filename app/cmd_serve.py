@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from app.cli import app
-from app.cmd_trial import exported_caching, exported_scale, from_exported
+from app.exported import exported_caching, exported_scale, from_exported
+from app.options import KV_BUDGET
 from app.parsing import parse_budget
 from engine.config import EngineConfig, SchedulerConfig
 
@@ -25,7 +26,7 @@ def serve(
     port: int = typer.Option(8000, help="TCP port"),
     device: str = typer.Option("auto", help="auto | cuda | mps | cpu"),
     dtype: str = typer.Option("auto"),
-    kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
+    kv_budget: int | None = KV_BUDGET,
     ttft_slo_ms: float | None = typer.Option(
         None, "--ttft-slo-ms", help="adaptive policy: the per-request TTFT target it steers by (ms)"),
     tpot_slo_ms: float | None = typer.Option(

@@ -1,17 +1,16 @@
-"""`tradeoff sweep`, `sweeps`, `trials` and `worker`: grids of trials into the store."""
+"""`tradeoff sweep` and `worker`: grids of trials into the store."""
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import typer
 import yaml
 
+from app import options as opt
 from app.cli import app
 from app.engine_options import (
     ENGINE_ARGS,
@@ -27,16 +26,7 @@ from app.engine_options import (
 )
 from app.errors import BadInput
 from app.output import fmt, print_json
-from app.parsing import parse_budgets, parse_list
-
-DB_HELP = "SQLAlchemy URL of the result store (default: $TRADEOFF_DB or sqlite:///tradeoff.db)"
-
-
-def open_store(db: str | None, create: bool = True):
-    """Open the result store (StoreError on a bad or unreachable URL)."""
-    from db.store import Store
-
-    return Store(db, create=create)
+from app.runs import check_sweep, open_store, run_to_end, start_sweep
 
 
 def spec_from_flags(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
@@ -67,37 +57,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup=None,
-          budgets=None) -> dict[str, Any]:
-    return {
-        "max_num_batched_tokens":
-            None if budgets is None else parse_budgets("--max-num-batched-tokens", budgets),
-        "policies": None if policy is None else parse_list("--policy", policy, str),
-        "batch_sizes": None if batch_sizes is None else parse_list("--batch-sizes", batch_sizes, int),
-        "max_wait_ms": None if max_wait_ms is None else parse_list("--max-wait-ms", max_wait_ms, float),
-        "concurrency": None if concurrency is None else parse_list("--concurrency", concurrency, int),
-        "rate": None if rate is None else parse_list("--rate", rate, float),
-        "speedup": None if speedup is None else parse_list("--speedup", speedup, float),
-    }
-
-
-def _scale_lists(replicas: str | None, router: str | None) -> dict[str, Any]:
-    return {
-        "replicas": None if replicas is None else parse_list("--replicas", replicas, int),
-        "routers": None if router is None else parse_list("--router", router, str),
-    }
-
-
 @app.command()
 def sweep(
     model: str | None = typer.Option(None, help="builtin:tiny (default), builtin:small, a HF id or a path"),
     profile: str | None = typer.Option(None, help="workload profile (default chat)"),
-    policy: str | None = typer.Option(None, help="comma list: static,continuous,adaptive"),
-    batch_sizes: str | None = typer.Option(None, "--batch-sizes", help="comma list, e.g. 1,4,16"),
-    max_wait_ms: str | None = typer.Option(None, "--max-wait-ms", help="comma list in ms, e.g. 0,10"),
-    max_num_batched_tokens: str | None = typer.Option(
-        None, "--max-num-batched-tokens",
-        help="comma list of prefill token budgets (chunked prefill, continuous only), e.g. 64,256,none"),
+    policy: str | None = opt.POLICIES,
+    batch_sizes: str | None = opt.BATCH_SIZES,
+    max_wait_ms: str | None = opt.MAX_WAIT_MS,
+    max_num_batched_tokens: str | None = opt.BUDGETS,
     concurrency: str | None = typer.Option(None, help="closed loop: comma list of virtual users"),
     rate: str | None = typer.Option(None, help="open loop: comma list of requests/s"),
     speedup: str | None = typer.Option(
@@ -106,23 +73,21 @@ def sweep(
         None, "--trace-duration", help="trace profiles: seconds of replay per trial (default the profile's)"),
     trace_start: float | None = typer.Option(
         None, "--trace-start", help="trace profiles: start this many seconds into the trace"),
-    burstiness: float | None = typer.Option(None, help="open loop gamma shape (1 = Poisson)"),
+    burstiness: float | None = opt.BURSTINESS,
     requests: int | None = typer.Option(None, help="measured requests per trial (default 48)"),
     repetitions: int | None = typer.Option(None, help="repetitions of each config (default 1)"),
-    seed: int | None = typer.Option(None),
-    device: str | None = typer.Option(None, help="auto | cuda | mps | cpu"),
-    dtype: str | None = typer.Option(None),
-    kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
+    seed: int | None = opt.SEED,
+    device: str | None = opt.DEVICE,
+    dtype: str | None = opt.DTYPE,
+    kv_budget: int | None = opt.KV_BUDGET,
     name: str | None = typer.Option(None, help="a name for this sweep"),
     target_url: str | None = typer.Option(
         None, "--target", help="OpenAI-compatible base URL to drive instead of the local engine "
         "(it batches by its own settings: no knob flags unless --server-cmd starts it)"),
-    target_model: str | None = typer.Option(None, "--target-model", help="model name on the target"),
-    api_key_env: str | None = typer.Option(
-        None, "--api-key-env", help="env var holding the target's API key (never stored)"),
-    tokenizer: str | None = typer.Option(None, help="tokenizer for external targets (default: --model)"),
-    engine: str | None = typer.Option(
-        None, "--engine", help="start this engine's server per config: vllm | sglang | tgi | llamacpp"),
+    target_model: str | None = opt.TARGET_MODEL,
+    api_key_env: str | None = opt.API_KEY_ENV,
+    tokenizer: str | None = opt.TOKENIZER,
+    engine: str | None = opt.ENGINE,
     server_cmd: str | None = typer.Option(
         None, "--server-cmd",
         help="server command template with {batch_size} {max_wait_ms} {policy} {port}, started per config"),
@@ -138,8 +103,8 @@ def sweep(
     server_cpus: str | None = SERVER_CPUS,
     config: Path | None = typer.Option(None, "--config", help="sweep.yaml with the same fields"),
     resume: int | None = typer.Option(None, "--resume", help="finish sweep ID, skipping stored trials"),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    json_out: bool = typer.Option(False, "--json", help="print one JSON object at the end"),
+    db: str | None = opt.DB,
+    json_out: bool = opt.JSON_AT_END,
     replicas: str | None = typer.Option(
         None, "--replicas", help="comma list of engine replica counts, e.g. 1,2 (processes behind a router)"),
     router: str | None = typer.Option(
@@ -150,181 +115,28 @@ def sweep(
         None, "--ray-address", help="Ray head HOST:PORT (default: a local cluster for this command)"),
 ) -> None:
     """Run a grid of trials (policy x batch size x max wait x load x repetitions) into the store."""
-    from experiments.run.runners import runner_for
-
     if resume is not None:
         store = open_store(db)
         sweep_id, target = store.get_sweep(resume).id, None
     else:
-        flags = {"model": model, "profile": profile, "burstiness": burstiness, "requests": requests,
-                 "repetitions": repetitions, "seed": seed, "device": device, "dtype": dtype,
-                 "kv_budget_tokens": kv_budget, "name": name, "target": target_url,
-                 "target_model": target_model, "api_key_env": api_key_env, "tokenizer": tokenizer,
-                 "server_cmd": server_cmd, "engine": engine, "trace_duration_s": trace_duration,
+        flags = {**opt.spec_fields(model=model, profile=profile, burstiness=burstiness,
+                                   requests=requests, seed=seed, device=device, dtype=dtype,
+                                   kv_budget=kv_budget, name=name, target_url=target_url,
+                                   target_model=target_model, api_key_env=api_key_env,
+                                   tokenizer=tokenizer, server_cmd=server_cmd, engine=engine),
+                 "repetitions": repetitions, "trace_duration_s": trace_duration,
                  "trace_start_s": trace_start,
                  **launch_flags(engine_args, engine_env, engine_python, server_timeout, server_cpus),
                  "calibrate": calibrate, **knob_flags(prefix_caching, slo),
-                 **lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
-                        max_num_batched_tokens),
-                 **_scale_lists(replicas, router),
+                 **opt.lists(policy, batch_sizes, max_wait_ms, concurrency, rate, speedup,
+                             max_num_batched_tokens),
+                 **opt.scale_lists(replicas, router),
                  "executor": executor, "ray_address": ray_address}
-        store, sweep_id, target = _create(db, spec_from_flags(config, flags))
-    runner = runner_for(store, sweep_id, on_progress=progress_printer(), target=target)
-    with ctrl_c_cancels(runner.stop):
-        status = runner.run()
+        checked = check_sweep(db, spec_from_flags(config, flags))  # nothing written before this
+        (store, sweep_id), target = start_sweep(db, checked), checked.target
+    runner, status = run_to_end(store, sweep_id, target)
     _print_outcome(store, sweep_id, status, json_out)
     report_start_failures(runner)
-
-
-def _create(db: str | None, data: dict[str, Any]):
-    """Validate everything, load the model, and only then write: (store, sweep id, target)."""
-    from app.preflight import existing_store
-    from experiments.predict.estimate import estimate_sweep_s
-    from experiments.run.placement import local_target_for
-    from experiments.run.sweep import create_sweep, sweep_profile
-    from experiments.spec.grid import parse_spec
-    from experiments.spec.profiles import load_profile
-    from experiments.targets.servers import recorded_calibration, recorded_starts
-
-    spec = parse_spec(data)
-    store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
-    prof = sweep_profile(spec, load_profile(spec.profile,
-                                            store.list_profiles() if store is not None else {}))
-    target = None
-    if spec.is_external:  # the target answers and the tokenizer loads before any row is written
-        spec = check_external(spec)
-    if spec.executor == "ray":  # Ray installed, its head answering, the model known
-        _check_ray(spec)
-    elif not spec.is_external:
-        # ModelLoadError (bad input) before any row is written; the first group's replica count
-        target = local_target_for(spec, spec.trial_configs()[0].replicas)
-    store = store or open_store(db)
-    sweep_id = create_sweep(store, spec, prof)
-    record_server(store, sweep_id, spec)
-    starts = recorded_starts(store, spec) if spec.starts_servers else []
-    cost = recorded_calibration(store, spec) if spec.starts_servers else None
-    est = estimate_sweep_s(spec, prof, starts, cost)
-    steps = "; trials at the step costs an earlier sweep calibrated" if cost else prior_note(spec.model)
-    print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min"
-          f"{starts_note(spec, starts)}{steps} (db: {store.display_url})", file=sys.stderr)
-    return store, sweep_id, target
-
-
-def prior_note(model: str) -> str:
-    """`; trials at builtin:small's step costs on tradeoff's engine (a prior)` for a directory
-    exported from a built-in (another engine serving it may be faster or slower), else ""."""
-    from engine.export_marker import exported_builtin
-
-    name = exported_builtin(model)
-    return f"; trials at {name}'s step costs on tradeoff's engine (a prior)" if name else ""
-
-
-def starts_note(spec, measured: list[float]) -> str:
-    """`, of which 6 server starts of ~75 s (a prior for vllm)`, or "" when none start."""
-    from experiments.predict.estimate import server_starts, start_s_of
-
-    n = server_starts(spec)
-    if not n:
-        return ""
-    source = f"the mean of {len(measured)} measured before" if measured else \
-        f"a prior for {spec.engine or '--server-cmd'}, until one is measured"
-    each = start_s_of(spec, measured)
-    return f", of which {n} server start{'s' if n > 1 else ''} of ~{each:.0f} s ({source})"
-
-
-def _check_ray(spec) -> None:
-    from experiments.run.ray_executor import RayUnavailable, check_address
-    from experiments.targets.external import load_tokenizer
-
-    try:
-        check_address(spec.ray_address)
-    except RayUnavailable as exc:
-        raise BadInput(str(exc)) from None
-    load_tokenizer(spec.model)  # an unknown model fails here, not on every worker
-
-
-def check_external(spec):
-    """Check an external run before anything is written; return the spec to store. For a bare
-    --target that is the spec naming the model the server serves (as `model` and `target_model`,
-    the tokenizer pinned to the one checked here), so the sweep is listed and exported by what
-    was measured, never by the tokenizer's default (builtin:tiny)."""
-    from app.preflight import check_target_answers
-    from experiments.targets.external import api_key_from_env, load_tokenizer
-
-    key = api_key_from_env(spec.api_key_env)  # set now, or the first trial would fail
-    if spec.engine is not None:  # its server starts per config, later; it must be installed now
-        from experiments.targets.engines import EngineUnavailableError, preset
-
-        try:
-            preset(spec.engine).check_available(spec.engine_python)
-        except EngineUnavailableError as exc:
-            raise BadInput(str(exc)) from None
-    elif spec.server_cmd is None:  # a --server-cmd server starts per config, later
-        check_target_answers(spec.target)
-    tokenizer = spec.tokenizer or spec.target_model or spec.model
-    load_tokenizer(tokenizer)
-    if not spec.is_bare_target:
-        return spec
-    from experiments.targets.http_target import HttpTarget
-
-    try:  # the model its requests name: --target-model as given, else the first /v1/models lists
-        served = HttpTarget(spec.target, model=spec.target_model, api_key=key).model
-    except Exception as exc:  # an HTTP error, or a body that is not a model list: the wrong URL
-        raise BadInput(f"cannot use --target {spec.target}: {type(exc).__name__}: {exc}") from None
-    return spec.model_copy(update={"model": served, "target_model": served, "tokenizer": tokenizer})
-
-
-def record_server(store, sweep_id: int, spec) -> None:
-    """An external run records the server it measured as its sweep's device (`server at URL
-    (vllm 0.6.3)`, or `server per config from --engine vllm`), which `sweeps` and the exports
-    name; a local run records its device when its worker loads the model."""
-    from experiments.run.provenance import SERVER_DEVICE, server_at, server_per_config
-    from experiments.targets.external import api_key_from_env
-    from experiments.targets.http_target import describe_server
-
-    if not spec.is_external:
-        return
-    if spec.is_bare_target:
-        key = api_key_from_env(spec.api_key_env)
-        auth = {"Authorization": f"Bearer {key}"} if key else {}
-        where = server_at(describe_server(spec.target, spec.target_model, auth))
-    else:
-        where = server_per_config(f"--engine {spec.engine}" if spec.engine else "--server-cmd")
-    store.set_sweep_device(sweep_id, SERVER_DEVICE, where, spec.dtype)
-
-
-class ctrl_c_cancels:
-    """First Ctrl-C cancels the sweep gracefully (it keeps what finished); a second one aborts."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-
-    def __enter__(self) -> None:
-        self.previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, self._handle)
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self.previous)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        print("\ncancelling: finishing the current step (Ctrl-C again to abort)", file=sys.stderr)
-        self.stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def progress_printer():
-    is_tty = sys.stderr.isatty()
-
-    def show(p) -> None:
-        finished = p.trials_done + p.trials_failed
-        width = 30
-        bar = "#" * (width * finished // max(p.trials_total, 1))
-        eta = "?" if p.eta_s is None else f"{p.eta_s:.0f}s"
-        line = (f"[{bar:<{width}}] {finished}/{p.trials_total} failed {p.trials_failed} "
-                f"ETA {eta} {p.current_label or ''}")
-        print(("\r" + line.ljust(110)) if is_tty else line, end="" if is_tty else "\n",
-              file=sys.stderr, flush=True)
-    return show
 
 
 def _print_outcome(store, sweep_id: int, status: str, json_out: bool) -> None:
@@ -345,7 +157,7 @@ def _print_outcome(store, sweep_id: int, status: str, json_out: bool) -> None:
 
 @app.command()
 def worker(
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = opt.DB,
 ) -> None:
     """Run queued sweeps one after another until none is left (the dashboard starts this)."""
     from experiments.run.runners import run_queued

@@ -10,6 +10,8 @@ import typer
 
 from app.cli import app
 from app.errors import BadInput
+from app.exported import exported_caching, exported_scale, from_exported
+from app.options import API_KEY_ENV, KV_BUDGET, TARGET_MODEL
 from app.output import print_json, print_pairs
 from app.parsing import parse_budget, parse_switches
 from common.records import LATENCY_METRICS, SLO, TrialConfig, config_to_dict
@@ -131,7 +133,7 @@ def trial(
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cuda | mps | cpu"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
-    kv_budget: int | None = typer.Option(None, "--kv-budget", help="KV-cache budget in tokens"),
+    kv_budget: int | None = KV_BUDGET,
     duration: float | None = typer.Option(
         None, help="stop the trial after this many seconds (trace profiles: replay this many "
         "seconds of the trace, then let the requests finish)"),
@@ -139,9 +141,8 @@ def trial(
     target: str | None = typer.Option(
         None, "--target", help="OpenAI-compatible base URL to drive instead of the local engine "
         "(it batches by its own settings: no knob flags)"),
-    target_model: str | None = typer.Option(None, "--target-model", help="model name on the target"),
-    api_key_env: str | None = typer.Option(
-        None, "--api-key-env", help="env var holding the target's API key (never stored)"),
+    target_model: str | None = TARGET_MODEL,
+    api_key_env: str | None = API_KEY_ENV,
     tokenizer: str | None = typer.Option(None, help="tokenizer for --target (default: --model)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     replicas: int = typer.Option(1, "--replicas", help="engine replicas (processes) behind a router"),
@@ -288,35 +289,3 @@ def _local_target(engine_config: EngineConfig, trial_config: TrialConfig):
     from experiments.targets.replica_target import ReplicaTarget
 
     return ReplicaTarget.start(engine_config, trial_config.replicas, trial_config.router)
-
-
-def from_exported(path: Path, model: str) -> tuple[str, str, int, float, int | None]:
-    from experiments.export.render import load_exported_config
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise BadInput(f"--config: cannot read {path}: {exc.strerror}") from None
-    try:
-        cfg = load_exported_config(text)
-    except ValueError as exc:
-        raise BadInput(f"--config {path}: {exc}") from None
-    return (cfg.get("model") or model, cfg["policy"], cfg["batch_size"], cfg["max_wait_ms"],
-            cfg.get("max_num_batched_tokens"))
-
-
-def exported_caching(path: Path, given: bool | None) -> bool | None:
-    """The exported config's prefix caching, unless given as a flag."""
-    from experiments.export.render import load_exported_config
-
-    return given if given is not None else load_exported_config(path.read_text())["prefix_caching"]
-
-
-def exported_scale(path: Path, replicas: int, router: str | None) -> tuple[int, str | None]:
-    """The replica count and router of an exported config, unless given as flags."""
-    from experiments.export.render import load_exported_config
-
-    if replicas != 1 or router is not None:
-        return replicas, router
-    cfg = load_exported_config(path.read_text())  # already validated by from_exported
-    return cfg["replicas"], cfg["router"]

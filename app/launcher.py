@@ -22,7 +22,6 @@ from sqlalchemy.engine import make_url
 from db.errors import StoreError
 from db.store import Store, SweepRecord, utcnow
 from experiments.spec.grid import SweepSpec, parse_spec
-from experiments.spec.profiles import load_profile
 
 # A worker on this host is declared dead at once when its pid is gone (Store.mark_dead_workers);
 # the heartbeat timeout only matters for workers elsewhere (a shared PostgreSQL store), and must
@@ -107,10 +106,9 @@ def watch(store: Store, url: str, force: bool = False) -> bool:
 
 def start_sweep(store: Store, url: str, spec: SweepSpec) -> int:
     """Queue a sweep and make sure a worker will run it; return its id."""
-    # experiments.run.sweep imports torch (the engine); only pay for it when a sweep starts.
-    from experiments.run.sweep import create_sweep
+    from app.runs import queue_sweep  # it imports the runner (torch) only when a sweep starts
 
-    sweep_id = create_sweep(store, spec, load_profile(spec.profile, store.list_profiles()))
+    sweep_id = queue_sweep(store, spec)
     watch(store, url, force=True)
     return sweep_id
 

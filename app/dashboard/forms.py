@@ -6,11 +6,12 @@ import math
 import re
 from dataclasses import dataclass
 
+from app import runs
+from app.errors import BadInput
 from common.vocab import DEFAULT_ROUTER
 from common.vocab import ROUTERS as ENGINE_ROUTERS
-from experiments.run.sweep import sweep_profile, with_slos
-from experiments.spec.grid import GridError, SweepSpec, parse_spec
-from experiments.spec.profiles import Profile, ProfileError, load_profile
+from experiments.spec.grid import GridError, SweepSpec
+from experiments.spec.profiles import ProfileError
 
 # engine.models.builtin_names() has these, but importing it loads torch into the UI process.
 BUILTIN_MODELS: tuple[str, ...] = ("builtin:tiny", "builtin:small", "builtin:0.5b")
@@ -20,9 +21,11 @@ LOAD_MODES: dict[str, str] = {"concurrency": "closed loop: virtual users",
                               "speedup": "trace replay: speed-ups"}
 # The routers, the default first as the form offers it.
 ROUTERS: tuple[str, ...] = (DEFAULT_ROUTER, *(r for r in ENGINE_ROUTERS if r != DEFAULT_ROUTER))
-# Spec fields as parse_spec names them -> the Run page field that shows the error.
-_FIELD_OF = {"concurrency": "load", "rate": "load", "speedup": "load", "sweep": "load",
-             "ray_address": "executor"}
+# Spec fields (GridError.field) -> the Run page field that shows the error; an error about no
+# one field (None) is shown under the load, where the grid's size is decided.
+_FIELD_OF = {"concurrency": "load", "rate": "load", "speedup": "load", None: "load",
+             "ray_address": "executor", "engine": "executor", "engine_args": "executor",
+             "engine_env": "executor", "engine_python": "executor"}
 EXECUTORS: dict[str, str] = {"local": "this machine, one trial at a time",
                              "ray": "Ray workers, one trial per GPU or CPU slot",
                              "engine": "a deployed engine's own server, started per config"}
@@ -105,31 +108,17 @@ def build_spec(inputs: RunInputs, user_profiles: dict[str, str]) -> tuple[SweepS
         errors["model"] = f"unknown built-in model; use one of: {', '.join(BUILTIN_MODELS)}"
     if errors:
         return None, errors
-    try:
-        spec = parse_spec(data)
-        sweep_profile(spec, load_profile(spec.profile, user_profiles))
+    try:  # the checks the CLI runs before writing, but those that load a model or a tokenizer
+        spec, _ = runs.check_spec(data, lambda: user_profiles)
     except GridError as exc:
-        return None, _grid_error(str(exc))
+        return None, {_FIELD_OF.get(exc.field, exc.field): exc.reason}
     except ProfileError as exc:
         return None, {"profile": str(exc)}
-    error = _ray_error(spec.ray_address) if spec.executor == "ray" else \
-        _engine_error(spec.engine, spec.engine_python)
-    if error is not None:
-        return None, {"executor": error}
+    try:  # said on the page: the worker would otherwise fail its first trial on it
+        runs.check_placement(spec)
+    except BadInput as exc:  # the engine's name is the field's own value: not repeated
+        return None, {"executor": str(exc).removeprefix(f"--engine {spec.engine}: ")}
     return spec, {}
-
-
-def _engine_error(engine: str | None, python: str | None = None) -> str | None:
-    # Said on the page: the worker would otherwise fail its first trial on a missing binary.
-    from experiments.targets.engines import EngineUnavailableError, preset
-
-    if engine is None:
-        return None
-    try:
-        preset(engine).check_available(python)
-    except EngineUnavailableError as exc:
-        return str(exc).removeprefix(f"--engine {engine}: ")
-    return None
 
 
 def _launch_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
@@ -147,17 +136,6 @@ def _launch_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
         errors["executor"] = f"server environment {bad!r}: give NAME=VALUE, e.g. VLLM_CPU_KVCACHE_SPACE=2"
     data["engine_env"] = dict(p.split("=", 1) for p in pairs if bad is None)
     return data
-
-
-def _ray_error(address: str | None) -> str | None:
-    # A TCP connect to the head (seconds at most), so a wrong address is said here, not later.
-    from experiments.run.ray_executor import RayUnavailable, check_address
-
-    try:
-        check_address(address)
-    except RayUnavailable as exc:
-        return str(exc)
-    return None
 
 
 def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
@@ -200,19 +178,3 @@ def _spec_data(inputs: RunInputs, errors: dict[str, str]) -> dict:
     if inputs.load_mode == "rate":
         data["burstiness"] = inputs.burstiness
     return data
-
-
-def _grid_error(message: str) -> dict[str, str]:
-    where, _, what = message.partition(": ")
-    field = where.split(".")[0]
-    if field == "sweep" and "max_num_batched_tokens" in what:  # a check across fields names it
-        field = "max_num_batched_tokens"
-    elif field == "sweep" and ("has no setting for" in what  # an engine lacking a knob
-                               or what.startswith(("engine_args", "engine_env", "engine_python"))):
-        field = "executor"
-    return {_FIELD_OF.get(field, field): what or message}
-
-
-def profile_for(spec: SweepSpec, user_profiles: dict[str, str]) -> Profile:
-    """The profile a validated spec names, judged by the spec's SLOs where it sets them."""
-    return with_slos(load_profile(spec.profile, user_profiles), spec.slos)

@@ -7,7 +7,7 @@ import json
 
 import streamlit as st
 
-from app import launcher
+from app import launcher, runs
 from app.dashboard import capacity_view, charts, forms, state, widgets
 from app.dashboard.forms import RunInputs
 from common.vocab import POLICIES
@@ -262,7 +262,7 @@ def _estimate(url: str, spec: SweepSpec) -> None:
 def _estimate_s(spec_json: str, profile_yaml: str) -> float:
     spec = SweepSpec(**json.loads(spec_json))
     user = {spec.profile: profile_yaml} if profile_yaml else {}
-    return estimate_sweep_s(spec, forms.profile_for(spec, user))
+    return estimate_sweep_s(spec, runs.profile_of(spec, lambda: user))
 
 
 def _search_estimate(url: str, spec: SweepSpec) -> None:
@@ -281,7 +281,7 @@ def _search_estimate(url: str, spec: SweepSpec) -> None:
 def _search_estimate_s(spec_json: str, profile_yaml: str) -> tuple[float, int]:
     spec = SweepSpec(**json.loads(spec_json))
     user = {spec.profile: profile_yaml} if profile_yaml else {}
-    return estimate_search_s(spec, forms.profile_for(spec, user))
+    return estimate_search_s(spec, runs.profile_of(spec, lambda: user))
 
 
 def _sweeps_panel(url: str) -> None:

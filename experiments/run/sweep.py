@@ -66,16 +66,17 @@ def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
     is_trace = isinstance(profile.arrival, TraceArrival)
     searches_speedup = spec.search is not None and spec.search.load == "speedup"
     if spec.search is not None and is_trace and not searches_speedup:
-        raise GridError(f"profile: '{profile.name}' replays a trace, whose load is its speed-up; "
-                        "search it with --speedup (search.load: speedup)")
+        raise _spec_error("profile", f"'{profile.name}' replays a trace, whose load is its "
+                          "speed-up; search it with --speedup (search.load: speedup)")
     if spec.search is not None and not profile.slos:
-        raise GridError(f"profile: '{profile.name}' has no SLOs: a capacity search needs at least "
-                        "one (add slos to the profile, or run a grid sweep)")
+        raise _spec_error("profile", f"'{profile.name}' has no SLOs: a capacity search needs at "
+                          "least one (add slos to the profile, or run a grid sweep)")
     if (spec.speedup is not None or searches_speedup) and not is_trace:
-        raise GridError(f"speedup: profile '{profile.name}' replays no trace; use a trace profile "
-                        "(azure-conv, azure-code, a .csv or .jsonl) or sweep rate / concurrency")
+        raise _spec_error("speedup", f"profile '{profile.name}' replays no trace; use a trace "
+                          "profile (azure-conv, azure-code, a .csv or .jsonl) or sweep rate / concurrency")
     if (spec.trace_duration_s, spec.trace_start_s) != (None, None) and not is_trace:
-        raise GridError(f"trace_duration_s / trace_start_s: profile '{profile.name}' replays no trace")
+        raise _spec_error("trace_duration_s", f"profile '{profile.name}' replays no trace",
+                          where="trace_duration_s / trace_start_s")
     if not is_trace:
         return profile
     profile = with_trace_window(profile, spec.trace_duration_s, spec.trace_start_s)
@@ -83,7 +84,7 @@ def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
         try:
             prepare_replay(profile.arrival, min(spec.speedup))
         except TraceError as exc:
-            raise GridError(f"speedup: {exc}") from None
+            raise _spec_error("speedup", str(exc)) from None
     return profile
 
 
@@ -96,7 +97,12 @@ def with_slos(profile: Profile, slos: dict[str, dict] | None) -> Profile:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"][1:])
-        raise GridError(f"slos: {where}: {first['msg']}") from None
+        raise _spec_error("slos", f"{where}: {first['msg']}") from None
+
+
+def _spec_error(field: str, reason: str, where: str | None = None) -> GridError:
+    """`field: reason`, naming the spec field it is about (the Run page shows it there)."""
+    return GridError(f"{where or field}: {reason}", field=field, reason=reason)
 
 
 def create_sweep(store: Store, spec: SweepSpec, profile: Profile) -> int:

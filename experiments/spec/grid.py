@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.records import TrialConfig
 from common.vocab import DEFAULT_ROUTER, EngineName, LoadAxis, Policy
 from engine.routing import check_replicas
+from experiments.spec.grid_errors import GridError, grid_error
 from experiments.targets.engines import check_launch, lacking_knobs
 from experiments.targets.server_cmd import ServerCmdError, check_server_cmd
 
@@ -23,10 +24,6 @@ from experiments.targets.server_cmd import ServerCmdError, check_server_cmd
 SERVER_OWN_KNOBS: dict[str, list] = {"policies": ["continuous"], "batch_sizes": [1], "max_wait_ms": [0.0]}
 _KNOB_FLAGS = {"policies": "--policy", "batch_sizes": "--batch-sizes", "max_wait_ms": "--max-wait-ms",
                "max_num_batched_tokens": "--max-num-batched-tokens", "prefix_caching": "--prefix-caching"}
-
-
-class GridError(ValueError):
-    """An invalid sweep spec; one line naming the field."""
 
 
 TYPICAL_PROBES = 12  # trials one config's search takes on the built-in engine, bracket and bisect
@@ -376,10 +373,7 @@ def parse_spec(data: dict) -> SweepSpec:
     try:
         return SweepSpec(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "sweep"
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise GridError(f"{where}: {msg}") from None
+        raise grid_error(exc, SweepSpec.model_fields) from None
 
 
 def _server_own_knobs(data: dict) -> dict:
