@@ -163,11 +163,11 @@ def validate_search(data: dict[str, Any], user_profiles) -> tuple[Any, Any]:
 
     spec = parse_spec(_drop_none(data))
     try:
-        prof = load_profile(spec.profile)
+        prof = load_profile(spec.load.profile)
     except ProfileError:
-        if spec.profile.endswith((".yaml", ".yml")) or "/" in spec.profile:
+        if spec.load.profile.endswith((".yaml", ".yml")) or "/" in spec.load.profile:
             raise
-        prof = load_profile(spec.profile, user_profiles())
+        prof = load_profile(spec.load.profile, user_profiles())
     prof = sweep_profile(spec, prof)  # GridError: a trace profile, or one without SLOs
     if not spec.knob_configs():
         raise BadInput("the search space is empty: give at least one policy, batch size and wait")

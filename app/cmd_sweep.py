@@ -41,9 +41,11 @@ def open_store(db: str | None, create: bool = True):
 
 def spec_from_flags(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
     """Merge `--config sweep.yaml` with flags given on the command line (flags win)."""
+    from experiments.spec.sections import flat_keys
+
     data: dict[str, Any] = {}
-    if config is not None:
-        data = _read_yaml(config)
+    if config is not None:  # flat or in sections; flat keys merge with the flags' (`target`)
+        data = flat_keys(_read_yaml(config))
     data.update({k: v for k, v in flags.items() if v is not None})
     return data
 
@@ -188,12 +190,12 @@ def _create(db: str | None, data: dict[str, Any]):
 
     spec = parse_spec(data)
     store = existing_store(db)  # URL, reachability, schema; None: a new SQLite file, made below
-    prof = sweep_profile(spec, load_profile(spec.profile,
+    prof = sweep_profile(spec, load_profile(spec.load.profile,
                                             store.list_profiles() if store is not None else {}))
     target = None
     if spec.is_external:  # the target answers and the tokenizer loads before any row is written
         spec = check_external(spec)
-    if spec.executor == "ray":  # Ray installed, its head answering, the model known
+    if spec.execution.executor == "ray":  # Ray installed, its head answering, the model known
         _check_ray(spec)
     elif not spec.is_external:
         # ModelLoadError (bad input) before any row is written; the first group's replica count
@@ -204,7 +206,8 @@ def _create(db: str | None, data: dict[str, Any]):
     starts = recorded_starts(store, spec) if spec.starts_servers else []
     cost = recorded_calibration(store, spec) if spec.starts_servers else None
     est = estimate_sweep_s(spec, prof, starts, cost)
-    steps = "; trials at the step costs an earlier sweep calibrated" if cost else prior_note(spec.model)
+    steps = ("; trials at the step costs an earlier sweep calibrated" if cost
+             else prior_note(spec.target.model))
     print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min"
           f"{starts_note(spec, starts)}{steps} (db: {store.display_url})", file=sys.stderr)
     return store, sweep_id, target
@@ -227,7 +230,7 @@ def starts_note(spec, measured: list[float]) -> str:
     if not n:
         return ""
     source = f"the mean of {len(measured)} measured before" if measured else \
-        f"a prior for {spec.engine or '--server-cmd'}, until one is measured"
+        f"a prior for {spec.target.engine or '--server-cmd'}, until one is measured"
     each = start_s_of(spec, measured)
     return f", of which {n} server start{'s' if n > 1 else ''} of ~{each:.0f} s ({source})"
 
@@ -237,10 +240,10 @@ def _check_ray(spec) -> None:
     from experiments.targets.external import load_tokenizer
 
     try:
-        check_address(spec.ray_address)
+        check_address(spec.execution.ray_address)
     except RayUnavailable as exc:
         raise BadInput(str(exc)) from None
-    load_tokenizer(spec.model)  # an unknown model fails here, not on every worker
+    load_tokenizer(spec.target.model)  # an unknown model fails here, not on every worker
 
 
 def check_external(spec):
@@ -251,27 +254,28 @@ def check_external(spec):
     from app.preflight import check_target_answers
     from experiments.targets.external import api_key_from_env, load_tokenizer
 
-    key = api_key_from_env(spec.api_key_env)  # set now, or the first trial would fail
-    if spec.engine is not None:  # its server starts per config, later; it must be installed now
+    target = spec.target
+    key = api_key_from_env(target.api_key_env)  # set now, or the first trial would fail
+    if target.engine is not None:  # its server starts per config, later; it must be installed now
         from experiments.targets.engines import EngineUnavailableError, preset
 
         try:
-            preset(spec.engine).check_available(spec.engine_python)
+            preset(target.engine).check_available(target.engine_python)
         except EngineUnavailableError as exc:
             raise BadInput(str(exc)) from None
-    elif spec.server_cmd is None:  # a --server-cmd server starts per config, later
-        check_target_answers(spec.target)
-    tokenizer = spec.tokenizer or spec.target_model or spec.model
+    elif target.server_cmd is None:  # a --server-cmd server starts per config, later
+        check_target_answers(target.url)
+    tokenizer = target.tokenizer or target.target_model or target.model
     load_tokenizer(tokenizer)
     if not spec.is_bare_target:
         return spec
     from experiments.targets.http_target import HttpTarget
 
     try:  # the model its requests name: --target-model as given, else the first /v1/models lists
-        served = HttpTarget(spec.target, model=spec.target_model, api_key=key).model
+        served = HttpTarget(target.url, model=target.target_model, api_key=key).model
     except Exception as exc:  # an HTTP error, or a body that is not a model list: the wrong URL
-        raise BadInput(f"cannot use --target {spec.target}: {type(exc).__name__}: {exc}") from None
-    return spec.model_copy(update={"model": served, "target_model": served, "tokenizer": tokenizer})
+        raise BadInput(f"cannot use --target {target.url}: {type(exc).__name__}: {exc}") from None
+    return spec.copy_with(model=served, target_model=served, tokenizer=tokenizer)
 
 
 def record_server(store, sweep_id: int, spec) -> None:
@@ -284,13 +288,14 @@ def record_server(store, sweep_id: int, spec) -> None:
 
     if not spec.is_external:
         return
+    target = spec.target
     if spec.is_bare_target:
-        key = api_key_from_env(spec.api_key_env)
+        key = api_key_from_env(target.api_key_env)
         auth = {"Authorization": f"Bearer {key}"} if key else {}
-        where = server_at(describe_server(spec.target, spec.target_model, auth))
+        where = server_at(describe_server(target.url, target.target_model, auth))
     else:
-        where = server_per_config(f"--engine {spec.engine}" if spec.engine else "--server-cmd")
-    store.set_sweep_device(sweep_id, SERVER_DEVICE, where, spec.dtype)
+        where = server_per_config(f"--engine {target.engine}" if target.engine else "--server-cmd")
+    store.set_sweep_device(sweep_id, SERVER_DEVICE, where, target.dtype)
 
 
 class ctrl_c_cancels:

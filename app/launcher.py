@@ -110,7 +110,7 @@ def start_sweep(store: Store, url: str, spec: SweepSpec) -> int:
     # experiments.run.sweep imports torch (the engine); only pay for it when a sweep starts.
     from experiments.run.sweep import create_sweep
 
-    sweep_id = create_sweep(store, spec, load_profile(spec.profile, store.list_profiles()))
+    sweep_id = create_sweep(store, spec, load_profile(spec.load.profile, store.list_profiles()))
     watch(store, url, force=True)
     return sweep_id
 

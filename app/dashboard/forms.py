@@ -108,13 +108,13 @@ def build_spec(inputs: RunInputs, user_profiles: dict[str, str]) -> tuple[SweepS
         return None, errors
     try:
         spec = parse_spec(data)
-        sweep_profile(spec, load_profile(spec.profile, user_profiles))
+        sweep_profile(spec, load_profile(spec.load.profile, user_profiles))
     except GridError as exc:
         return None, _grid_error(str(exc))
     except ProfileError as exc:
         return None, {"profile": str(exc)}
-    error = _ray_error(spec.ray_address) if spec.executor == "ray" else \
-        _engine_error(spec.engine, spec.engine_python)
+    error = _ray_error(spec.execution.ray_address) if spec.execution.executor == "ray" else \
+        _engine_error(spec.target.engine, spec.target.engine_python)
     if error is not None:
         return None, {"executor": error}
     return spec, {}
@@ -216,4 +216,4 @@ def _grid_error(message: str) -> dict[str, str]:
 
 def profile_for(spec: SweepSpec, user_profiles: dict[str, str]) -> Profile:
     """The profile a validated spec names, judged by the spec's SLOs where it sets them."""
-    return with_slos(load_profile(spec.profile, user_profiles), spec.slos)
+    return with_slos(load_profile(spec.load.profile, user_profiles), spec.load.slos)
