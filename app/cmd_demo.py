@@ -29,13 +29,13 @@ def demo(
     specs = launcher.demo_specs()
     out: dict[str, Any] = {}
     for spec in specs:
-        sweep_id = create_sweep(store, spec, load_profile(spec.profile))
-        print(f"demo: sweep {sweep_id} ({spec.profile}): {spec.num_trials} trials", file=sys.stderr)
+        sweep_id = create_sweep(store, spec, load_profile(spec.load.profile))
+        print(f"demo: sweep {sweep_id} ({spec.load.profile}): {spec.num_trials} trials", file=sys.stderr)
         _, status = run_to_end(store, sweep_id)
         if status != "done":
             raise typer.Exit(1)
         analysis = analyse(store, store.get_sweep(sweep_id))
-        out[spec.profile] = {"sweep_id": sweep_id, **answer(analysis.recommendation.to_dict()),
+        out[spec.load.profile] = {"sweep_id": sweep_id, **answer(analysis.recommendation.to_dict()),
                              "sentence": capacity_sentence(analysis)}
     if sys.stderr.isatty():
         print(file=sys.stderr)

@@ -37,12 +37,14 @@ def _sweep_row(s) -> dict[str, Any]:
 def _measured(s) -> dict[str, Any]:
     """The model and device columns: for an external server, the model names the server."""
     from experiments.run.provenance import SERVER_DEVICE
+    from experiments.spec.sections import flat_keys
 
     if s.device == SERVER_DEVICE and s.device_name:  # `mock on server at http://h/v1 (vllm 0.6.3)`
         return {"model": f"{s.model} on {s.device_name}", "device": s.device}
-    if _bare_target(s.grid):  # stored before the server was recorded
-        served = s.grid.get("target_model") or "the served model"
-        return {"model": f"{served} on server at {s.grid['target']}", "device": SERVER_DEVICE}
+    grid = flat_keys(s.grid)  # flat or in sections, as stored
+    if _bare_target(grid):  # stored before the server was recorded
+        served = grid.get("target_model") or "the served model"
+        return {"model": f"{served} on server at {grid['target']}", "device": SERVER_DEVICE}
     return {"model": s.model, "device": s.device_name or s.device}
 
 
@@ -66,7 +68,11 @@ def trial_rows(records, server_batches: bool = False) -> list[dict[str, Any]]:
 
 
 def _bare_target(grid: dict) -> bool:
-    """SweepSpec.is_bare_target read off a stored grid (no parse: any stored grid lists)."""
+    """SweepSpec.is_bare_target read off a stored grid (no parse: any stored grid lists),
+    flat or in sections."""
+    from experiments.spec.sections import flat_keys
+
+    grid = flat_keys(grid)
     return bool(grid.get("target")) and not grid.get("server_cmd") and not grid.get("engine")
 
 

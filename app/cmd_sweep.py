@@ -31,9 +31,11 @@ from app.runs import check_sweep, open_store, run_to_end, start_sweep
 
 def spec_from_flags(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
     """Merge `--config sweep.yaml` with flags given on the command line (flags win)."""
+    from experiments.spec.sections import flat_keys
+
     data: dict[str, Any] = {}
-    if config is not None:
-        data = _read_yaml(config)
+    if config is not None:  # flat or in sections; flat keys merge with the flags' (`target`)
+        data = flat_keys(_read_yaml(config))
     data.update({k: v for k, v in flags.items() if v is not None})
     return data
 

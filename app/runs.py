@@ -55,11 +55,11 @@ def profile_of(spec, saved: UserProfiles):
     from experiments.spec.profiles import ProfileError, load_profile
 
     try:
-        prof = load_profile(spec.profile)
+        prof = load_profile(spec.load.profile)
     except ProfileError:
-        if spec.profile.endswith((".yaml", ".yml")) or "/" in spec.profile:
+        if spec.load.profile.endswith((".yaml", ".yml")) or "/" in spec.load.profile:
             raise
-        prof = load_profile(spec.profile, saved())
+        prof = load_profile(spec.load.profile, saved())
     return sweep_profile(spec, prof)  # GridError: e.g. a search of a profile without SLOs
 
 
@@ -73,10 +73,10 @@ def check_spec(data: dict[str, Any], saved: UserProfiles) -> tuple[Any, Any]:
 
 def check_placement(spec) -> None:
     """Where its trials run, checked in seconds: the Ray head answers, the engine is installed."""
-    if spec.executor == "ray":
-        check_ray_address(spec.ray_address)
+    if spec.execution.executor == "ray":
+        check_ray_address(spec.execution.ray_address)
     else:
-        check_engine(spec.engine, spec.engine_python)
+        check_engine(spec.target.engine, spec.target.engine_python)
 
 
 def check_ray_address(address: str | None) -> None:
@@ -113,7 +113,7 @@ def check_sweep(db: str | None, data: dict[str, Any]) -> Checked:
     target = None
     if spec.is_external:  # the target answers and the tokenizer loads before any row is written
         spec = check_external(spec)
-    if spec.executor == "ray":  # Ray installed, its head answering, the model known
+    if spec.execution.executor == "ray":  # Ray installed, its head answering, the model known
         check_ray(spec)
     elif not spec.is_external:
         # ModelLoadError (bad input) before any row is written; the first group's replica count
@@ -148,8 +148,8 @@ def check_ray(spec) -> None:
     """Ray installed, its head answering, and the model known here, not on every worker."""
     from experiments.targets.external import load_tokenizer
 
-    check_ray_address(spec.ray_address)
-    load_tokenizer(spec.model)
+    check_ray_address(spec.execution.ray_address)
+    load_tokenizer(spec.target.model)
 
 
 def check_external(spec):
@@ -160,22 +160,22 @@ def check_external(spec):
     from app.preflight import check_target_answers
     from experiments.targets.external import api_key_from_env, load_tokenizer
 
-    key = api_key_from_env(spec.api_key_env)  # set now, or the first trial would fail
-    if spec.engine is not None:
-        check_engine(spec.engine, spec.engine_python)
-    elif spec.server_cmd is None:  # a --server-cmd server starts per config, later
-        check_target_answers(spec.target)
-    tokenizer = spec.tokenizer or spec.target_model or spec.model
+    key = api_key_from_env(spec.target.api_key_env)  # set now, or the first trial would fail
+    if spec.target.engine is not None:
+        check_engine(spec.target.engine, spec.target.engine_python)
+    elif spec.target.server_cmd is None:  # a --server-cmd server starts per config, later
+        check_target_answers(spec.target.url)
+    tokenizer = spec.target.tokenizer or spec.target.target_model or spec.target.model
     load_tokenizer(tokenizer)
     if not spec.is_bare_target:
         return spec
     from experiments.targets.http_target import HttpTarget
 
     try:  # the model its requests name: --target-model as given, else the first /v1/models lists
-        served = HttpTarget(spec.target, model=spec.target_model, api_key=key).model
+        served = HttpTarget(spec.target.url, model=spec.target.target_model, api_key=key).model
     except Exception as exc:  # an HTTP error, or a body that is not a model list: the wrong URL
-        raise BadInput(f"cannot use --target {spec.target}: {type(exc).__name__}: {exc}") from None
-    return spec.model_copy(update={"model": served, "target_model": served, "tokenizer": tokenizer})
+        raise BadInput(f"cannot use --target {spec.target.url}: {type(exc).__name__}: {exc}") from None
+    return spec.copy_with(model=served, target_model=served, tokenizer=tokenizer)
 
 
 def start_sweep(db: str | None, checked: Checked) -> tuple[Any, int]:
@@ -188,7 +188,8 @@ def start_sweep(db: str | None, checked: Checked) -> tuple[Any, int]:
     starts = recorded_starts(store, spec) if spec.starts_servers else []
     cost = recorded_calibration(store, spec) if spec.starts_servers else None
     est = estimate_sweep_s(spec, prof, starts, cost)
-    steps = "; trials at the step costs an earlier sweep calibrated" if cost else prior_note(spec.model)
+    steps = ("; trials at the step costs an earlier sweep calibrated" if cost
+             else prior_note(spec.target.model))
     print(f"sweep {sweep_id}: {spec.num_trials} trials, estimated {est / 60:.1f} min"
           f"{starts_note(spec, starts)}{steps} (db: {store.display_url})", file=sys.stderr)
     return store, sweep_id
@@ -248,7 +249,7 @@ def starts_note(spec, measured: list[float]) -> str:
     if not n:
         return ""
     source = f"the mean of {len(measured)} measured before" if measured else \
-        f"a prior for {spec.engine or '--server-cmd'}, until one is measured"
+        f"a prior for {spec.target.engine or '--server-cmd'}, until one is measured"
     each = start_s_of(spec, measured)
     return f", of which {n} server start{'s' if n > 1 else ''} of ~{each:.0f} s ({source})"
 
@@ -264,12 +265,12 @@ def record_server(store, sweep_id: int, spec) -> None:
     if not spec.is_external:
         return
     if spec.is_bare_target:
-        key = api_key_from_env(spec.api_key_env)
+        key = api_key_from_env(spec.target.api_key_env)
         auth = {"Authorization": f"Bearer {key}"} if key else {}
-        where = server_at(describe_server(spec.target, spec.target_model, auth))
+        where = server_at(describe_server(spec.target.url, spec.target.target_model, auth))
     else:
-        where = server_per_config(f"--engine {spec.engine}" if spec.engine else "--server-cmd")
-    store.set_sweep_device(sweep_id, SERVER_DEVICE, where, spec.dtype)
+        where = server_per_config(f"--engine {spec.target.engine}" if spec.target.engine else "--server-cmd")
+    store.set_sweep_device(sweep_id, SERVER_DEVICE, where, spec.target.dtype)
 
 
 def run_to_end(store, sweep_id: int, target=None) -> tuple[Any, str]:

@@ -34,6 +34,7 @@ from experiments.run.sweep import create_sweep  # noqa: E402
 from experiments.search.capacity import knob_label  # noqa: E402
 from experiments.spec.grid import parse_spec  # noqa: E402
 from experiments.spec.profiles import load_profile  # noqa: E402
+from experiments.spec.sections import flat_keys  # noqa: E402
 
 FULL = {"batch_sizes": [1, 4, 8, 16], "max_wait_ms": [0, 5, 20], "loads": [1, 2, 4, 8, 16, 32],
         "requests": 48}
@@ -53,7 +54,7 @@ def run(store: Store, model: str, profile: str, data: dict) -> int:
                        **{"policies": ["static", "continuous"], **data}})
     if REUSE and spec.search is None:
         same = [s.id for s in store.list_sweeps()
-                if s.status == "done" and s.grid == spec.model_dump(mode="json")]
+                if s.status == "done" and flat_keys(s.grid) == flat_keys(spec.model_dump(mode="json"))]
         if same:
             print(f"reusing grid sweep {same[-1]} ({profile})")
             return same[-1]

@@ -205,7 +205,7 @@ def _grid_errors(search_db: str, search_id: int, grid_db: str) -> None:
             errs: dict[str, list[float]] = {k: [] for k in keys}
             for t in measured:
                 p = simulate_trial(t.config, prof, spec.requests_for(t.config), cost, slos,
-                                   spec.seed + t.config.repetition).flat()
+                                   spec.load.seed + t.config.repetition).flat()
                 for k, e in relative_errors(p, t.metrics, keys).items():
                     errs[k].append(abs(e))
             print(f"grid sweep {sweep.id} under {name}: median |error| "
@@ -282,7 +282,7 @@ def _black_box_vs_steps(search_db: str, local_db: str, grid_db: str) -> None:
     errs: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in fits}
     for t in measured:
         p = {n: simulate_trial(t.config, prof, spec.requests_for(t.config), c, slos,
-                               spec.seed + t.config.repetition).flat() for n, c in fits.items()}
+                               spec.load.seed + t.config.repetition).flat() for n, c in fits.items()}
         for k, e in relative_errors(p["black box"], p["engine steps"], keys).items():
             gaps[k].append(abs(e))
         for n in fits:

@@ -37,7 +37,7 @@ def errors(cost, trials, spec: SweepSpec, profile: Profile, slos) -> dict[str, l
     out: dict[str, list[float]] = {k: [] for k in KEYS}
     for t in trials:
         p = simulate_trial(t.config, profile, spec.requests_for(t.config), cost, slos,
-                           spec.seed + t.config.repetition).flat()
+                           spec.load.seed + t.config.repetition).flat()
         for k, e in relative_errors(p, t.metrics, KEYS).items():
             out[k].append(abs(e))
     return out

@@ -117,7 +117,7 @@ def build_spec(inputs: RunInputs, user_profiles: dict[str, str]) -> tuple[SweepS
     try:  # said on the page: the worker would otherwise fail its first trial on it
         runs.check_placement(spec)
     except BadInput as exc:  # the engine's name is the field's own value: not repeated
-        return None, {"executor": str(exc).removeprefix(f"--engine {spec.engine}: ")}
+        return None, {"executor": str(exc).removeprefix(f"--engine {spec.target.engine}: ")}
     return spec, {}
 
 

@@ -223,9 +223,9 @@ def _start_row(url: str, spec: SweepSpec | None) -> None:
     if spec is None:
         left.metric("Trials", "-")
         mid.caption("Fix the fields marked above to see the grid size and duration.")
-    elif spec.engine is not None:
+    elif spec.target.engine is not None:
         left.metric("Trials" if spec.search is None else "Trials (at most)", spec.num_trials)
-        mid.caption(f"No duration estimate: {forms.ENGINE_NAMES[spec.engine]} runs at its own "
+        mid.caption(f"No duration estimate: {forms.ENGINE_NAMES[spec.target.engine]} runs at its own "
                     f"speed, and its server starts once per config ({len(spec.knob_configs())}).")
     elif spec.search is not None:
         left.metric("Trials (at most)", spec.num_trials,
@@ -246,12 +246,12 @@ def _start_row(url: str, spec: SweepSpec | None) -> None:
 
 
 def _estimate(url: str, spec: SweepSpec) -> None:
-    num_configs = spec.num_trials // spec.repetitions
+    num_configs = spec.num_trials // spec.load.repetitions
     if num_configs > AUTO_ESTIMATE_MAX_CONFIGS and not st.button(
             "Estimate duration", help=f"simulates all {num_configs} configs: a few seconds"):
-        st.caption(f"{num_configs} configs x {spec.repetitions} repetitions")
+        st.caption(f"{num_configs} configs x {spec.load.repetitions} repetitions")
         return
-    profile_yaml = state.user_profiles(url).get(spec.profile, "")
+    profile_yaml = state.user_profiles(url).get(spec.load.profile, "")
     seconds = _estimate_s(spec.model_dump_json(), profile_yaml)
     st.metric("Estimated duration", widgets.duration(seconds),
               help="simulated with a rough cost model of this model and a 2-core CPU; "
@@ -261,7 +261,7 @@ def _estimate(url: str, spec: SweepSpec) -> None:
 @st.cache_data(show_spinner="Estimating the duration...", max_entries=64)
 def _estimate_s(spec_json: str, profile_yaml: str) -> float:
     spec = SweepSpec(**json.loads(spec_json))
-    user = {spec.profile: profile_yaml} if profile_yaml else {}
+    user = {spec.load.profile: profile_yaml} if profile_yaml else {}
     return estimate_sweep_s(spec, runs.profile_of(spec, lambda: user))
 
 
@@ -270,7 +270,7 @@ def _search_estimate(url: str, spec: SweepSpec) -> None:
             "Estimate duration", help="runs the search on simulated trials: a few seconds"):
         st.caption(f"{len(spec.knob_configs())} configs, budget {spec.search.budget_s / 60:g} min")
         return
-    profile_yaml = state.user_profiles(url).get(spec.profile, "")
+    profile_yaml = state.user_profiles(url).get(spec.load.profile, "")
     seconds, trials = _search_estimate_s(spec.model_dump_json(), profile_yaml)
     st.metric("Estimated duration", widgets.duration(seconds),
               help=f"about {trials} trials: the search run on simulated trials with a rough cost "
@@ -280,7 +280,7 @@ def _search_estimate(url: str, spec: SweepSpec) -> None:
 @st.cache_data(show_spinner="Estimating the search...", max_entries=32)
 def _search_estimate_s(spec_json: str, profile_yaml: str) -> tuple[float, int]:
     spec = SweepSpec(**json.loads(spec_json))
-    user = {spec.profile: profile_yaml} if profile_yaml else {}
+    user = {spec.load.profile: profile_yaml} if profile_yaml else {}
     return estimate_search_s(spec, runs.profile_of(spec, lambda: user))
 
 

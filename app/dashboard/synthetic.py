@@ -56,15 +56,15 @@ def add_synthetic_sweep(store: Store, spec: SweepSpec | dict, slos=DEFAULT_SLOS,
                         status: str = "done") -> int:
     """Store a sweep with every trial of `spec` measured on the toy server; return its id."""
     spec = spec if isinstance(spec, SweepSpec) else parse_spec(spec)
-    profile = load_profile(spec.profile).model_dump(mode="json")
+    profile = load_profile(spec.load.profile).model_dump(mode="json")
     sweep_id = store.create_sweep(
-        name=spec.name or f"synthetic {spec.profile}", model=spec.model, device="cpu",
+        name=spec.name or f"synthetic {spec.load.profile}", model=spec.target.model, device="cpu",
         device_name="synthetic", dtype="float32", profile=profile,
-        grid=spec.model_dump(mode="json"), seed=spec.seed,
+        grid=spec.model_dump(mode="json"), seed=spec.load.seed,
         provenance={"tradeoff": "synthetic"}, trials_total=spec.num_trials)
     store.start_sweep(sweep_id, pid=0)
     for config in spec.trial_configs():
-        records = synthetic_requests(config, spec.requests)
+        records = synthetic_requests(config, spec.load.requests)
         start, end = records[0].scheduled_s, max(r.done_s for r in records)
         steps = [StepRecord(start, end - start, "decode", min(config.batch_size,
                                                               config.concurrency or 1), 1)]

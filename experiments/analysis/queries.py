@@ -28,6 +28,7 @@ from experiments.run.provenance import batches_by_itself
 from experiments.search.capacity import ConfigCapacity, plan_of, run_search
 from experiments.spec.grid import SweepSpec, server_key
 from experiments.spec.profiles import SLO_METRICS, Profile
+from experiments.spec.sections import flat_keys
 
 
 class NoSweepError(LookupError):
@@ -169,7 +170,7 @@ def measured_server(trials: list[TrialRecord], config: TrialConfig | None) -> di
 
 def is_search(sweep: SweepRecord) -> bool:
     """Whether `sweep` is a capacity search (its grid names a search) rather than a load grid."""
-    return bool(sweep.grid.get("search"))
+    return bool(flat_keys(sweep.grid).get("search"))  # no parse: any stored grid, either shape
 
 
 def sweep_capacities(store: Store, sweep_id: int) -> tuple[list[ConfigCapacity], list[TrialRecord]]:
@@ -215,7 +216,8 @@ def predicted_grid(store: Store, sweep: SweepRecord) -> list[tuple[TrialConfig, 
     trials = store.list_trials(sweep.id)
     spec, profile = SweepSpec(**sweep.grid), Profile(**sweep.profile)
     cost = stored_calibration(t.details for t in trials) or \
-        fit_cost_model(stored_steps(t.details for t in trials), prior_cost(spec.model))
+        fit_cost_model(stored_steps(t.details for t in trials), prior_cost(spec.target.model))
     configs = ([c for c in spec.trial_configs() if c.repetition == 0] if spec.search is None
                else sorted({replace(t.config, repetition=0) for t in trials}, key=lambda c: c.label))
-    return predict_points(configs, profile, spec.requests, cost, stored_slos(trials, store), spec.seed)
+    return predict_points(configs, profile, spec.load.requests, cost, stored_slos(trials, store),
+                          spec.load.seed)

@@ -165,7 +165,7 @@ def refit_details(trials: Sequence[TrialRecord], prediction: Prediction, spec: S
     latest = _latest_refit(trials)
     chain = cost_from_dict(latest.chain or latest.cost_model) if latest else cost
     held_out = HeldOut(**latest.held_out) if latest and latest.held_out else HeldOut()
-    new = Observed(config, measured, spec.requests_for(config), spec.seed + config.repetition)
+    new = Observed(config, measured, spec.requests_for(config), spec.load.seed + config.repetition)
     observed = [*observed_of(trials, spec), *([] if measured.get("client_bound") else [new])]
     anchor = cost_from_dict(calibration.cost_model) if calibration else cost
     try:
@@ -189,7 +189,7 @@ def _latest_refit(trials: Sequence[TrialRecord]) -> Refit | None:
 
 def observed_of(trials: Sequence[TrialRecord], spec: SweepSpec) -> list[Observed]:
     """Stored trials that are fit evidence: done, not client-bound, not a trace replay."""
-    return [Observed(t.config, t.metrics, spec.requests_for(t.config), spec.seed + t.config.repetition)
+    return [Observed(t.config, t.metrics, spec.requests_for(t.config), spec.load.seed + t.config.repetition)
             for t in trials if t.status == "done" and t.metrics and not t.metrics.get("client_bound")
             and t.config.speedup is None]
 

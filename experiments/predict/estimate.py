@@ -49,27 +49,30 @@ def server_starts(spec: SweepSpec) -> int:
 def start_s_of(spec: SweepSpec, measured: list[float]) -> float:
     """Seconds per server start: the mean of starts measured before (same engine and model),
     else the engine's prior."""
-    return sum(measured) / len(measured) if measured else start_prior_s(spec.engine, spec.engine_args)
+    if measured:
+        return sum(measured) / len(measured)
+    return start_prior_s(spec.target.engine, spec.target.engine_args)
 
 
 def estimate_sweep_s(spec: SweepSpec, profile: Profile, measured_starts: list[float] = (),
                      cost: CostModel | None = None) -> float:
     """Estimated seconds for the whole sweep: model load or server starts, plus every trial
     simulated under `cost` (a server's recorded calibration) or the model's prior."""
-    cost = cost or prior_cost(spec.model)
+    cost = cost or prior_cost(spec.target.model)
     # Repetitions differ only in seed: simulate each config once and multiply.
     configs = [c for c in spec.trial_configs() if c.repetition == 0]
-    slos = _adaptive_targets(configs, profile, cost, spec.seed)
-    trial_s = sum(simulate_trial_s(c, profile, spec.requests, cost, spec.seed, slos) for c in configs)
+    slos = _adaptive_targets(configs, profile, cost, spec.load.seed)
+    load = spec.load
+    trial_s = sum(simulate_trial_s(c, profile, load.requests, cost, load.seed, slos) for c in configs)
     # One model load per replica count (each starts its own replica set), or per Ray worker, in
     # parallel; a local Ray cluster runs one trial per core at a time (a remote one: unknown,
     # so its estimate stays sequential, an upper bound).
-    loads = len(spec.replicas) if spec.uses_replica_processes else 1
+    loads = len(spec.knobs.replicas) if spec.uses_replica_processes else 1
     workers = 1
-    if spec.executor == "ray" and spec.ray_address is None:
-        workers = max(1, len(os.sched_getaffinity(0)) // spec.ray_cpus_per_trial)
+    if spec.execution.executor == "ray" and spec.execution.ray_address is None:
+        workers = max(1, len(os.sched_getaffinity(0)) // spec.execution.ray_cpus_per_trial)
     starts = server_starts(spec)  # on Ray, each worker starts its own servers, in parallel
-    trial_s = (trial_s + PER_TRIAL_OVERHEAD_S * len(configs)) * spec.repetitions
+    trial_s = (trial_s + PER_TRIAL_OVERHEAD_S * len(configs)) * spec.load.repetitions
     if not starts:
         return MODEL_LOAD_S * loads + trial_s / workers
     start_s = starts * start_s_of(spec, list(measured_starts))
@@ -82,14 +85,14 @@ def server_overhead_s(spec: SweepSpec, profile: Profile, cost: CostModel, starts
     each server's warm-up trial and its speed checks (one as it opens, one as it closes), the
     sweep's two reference checks and one every CHECK_EVERY_S of trials, and the unloaded
     baseline when an SLO is relative; all simulated under `cost`."""
-    warm_up = TrialConfig("continuous", max(spec.batch_sizes), 0.0, concurrency=2)
-    per_server = simulate_trial_s(warm_up, profile, 4, cost, spec.seed)
+    warm_up = TrialConfig("continuous", max(spec.knobs.batch_sizes), 0.0, concurrency=2)
+    per_server = simulate_trial_s(warm_up, profile, 4, cost, spec.load.seed)
     once = 0.0
     if needs_baseline(profile):
         baseline = TrialConfig(BASELINE_SCHED.policy, 1, 0.0, concurrency=1)
-        once += simulate_trial_s(baseline, profile, 8, cost, spec.seed)
-    if checks_enabled() and spec.executor != "ray":  # a Ray worker runs no speed checks
-        check = speed_check_s(profile, cost, spec.seed)
+        once += simulate_trial_s(baseline, profile, 8, cost, spec.load.seed)
+    if checks_enabled() and spec.execution.executor != "ray":  # a Ray worker runs no speed checks
+        check = speed_check_s(profile, cost, spec.load.seed)
         per_server += 2 * check
         once += (2 + int(trial_s // CHECK_EVERY_S)) * check
     return starts * per_server + once
@@ -128,8 +131,8 @@ def estimate_search_s(spec: SweepSpec, profile: Profile) -> tuple[float, int]:
     bisection) run against simulated trials under the model's prior cost model, capped by the
     budget."""
     assert spec.search is not None
-    cost = prior_cost(spec.model)
-    slos = predicted_slos(profile, cost, spec.seed)
+    cost = prior_cost(spec.target.model)
+    slos = predicted_slos(profile, cost, spec.load.seed)
     spent, memo = [0.0], {}
     plan = SearchPlan()
     if uses_prediction(spec):

@@ -118,16 +118,16 @@ class InProcess:
         sweep, on its first target."""
         runner = self.runner
         if self.baseline is None and needs_baseline(runner.profile):
-            self.baseline = measure_baseline(target.engine, runner.profile, seed=runner.spec.seed,
+            self.baseline = measure_baseline(target.engine, runner.profile, seed=runner.spec.load.seed,
                                              **target.request_kwargs())
         return resolve_slos(runner.profile, self.baseline)
 
     def warm_up(self, target: Target) -> None:
         """One short trial so first-call costs (allocator, kernels) stay out of the first trial."""
         n, spec = target.num_replicas(), self.runner.spec
-        config = TrialConfig("continuous", max(spec.batch_sizes), 0.0, concurrency=2 * n,
+        config = TrialConfig("continuous", max(spec.knobs.batch_sizes), 0.0, concurrency=2 * n,
                              replicas=n, router=None if n == 1 else "round_robin")
-        run_trial(target.engine, config, self.runner.profile, 4 * n, seed=spec.seed, slos=[],
+        run_trial(target.engine, config, self.runner.profile, 4 * n, seed=spec.load.seed, slos=[],
                   **target.request_kwargs())
 
     def checked(self, target: Target) -> Iterator[Target]:
@@ -178,18 +178,18 @@ class RemoteTarget(InProcess):
     def tokenizer(self) -> Any:
         """The tokenizer prompts are built with, loaded once per sweep."""
         if self.tok is None:
-            spec = self.runner.spec
-            self.tok = load_tokenizer(spec.tokenizer or spec.target_model or spec.model)
+            target = self.runner.spec.target
+            self.tok = load_tokenizer(target.tokenizer or target.target_model or target.model)
         return self.tok
 
     def connect(self, url: str) -> ExternalTarget:
-        spec = self.runner.spec
-        return ExternalTarget.connect(url, spec.target_model, self.tokenizer(),
-                                      api_key_from_env(spec.api_key_env))
+        target = self.runner.spec.target
+        return ExternalTarget.connect(url, target.target_model, self.tokenizer(),
+                                      api_key_from_env(target.api_key_env))
 
     @contextlib.contextmanager
     def open(self, config: TrialConfig) -> Iterator[Target]:
-        with contextlib.closing(self.connect(self.runner.spec.target)) as target:
+        with contextlib.closing(self.connect(self.runner.spec.target.url)) as target:
             self.warm_up(target)
             yield from self.checked(target)
 
@@ -213,7 +213,7 @@ class StartedServers(RemoteTarget):
             info = target.engine.describe()
             runner.servers.started(info.version, info.owned_by)
             self.warm_up(target)
-            if runner.spec.calibrate and runner.calibration is None:
+            if runner.spec.execution.calibrate and runner.calibration is None:
                 runner.fitted_cost()  # a resumed sweep: the calibration its first trial stored
                 if runner.calibration is None:  # else probe the first server, once per sweep
                     runner.probe_server(target, config.batch_size)
@@ -242,8 +242,9 @@ def placement_for(runner: Runner) -> Placement:
 
 def local_target_for(spec: SweepSpec, replicas: int = 1) -> LocalTarget | ReplicaTarget:
     """Load the sweep's model once and start its engine (or `replicas` replica processes)."""
-    config = EngineConfig(model=spec.model, device=spec.device, dtype=spec.dtype,
-                          kv_budget_tokens=spec.kv_budget_tokens, seed=spec.seed)
+    target = spec.target
+    config = EngineConfig(model=target.model, device=target.device, dtype=target.dtype,
+                          kv_budget_tokens=target.kv_budget_tokens, seed=spec.load.seed)
     if spec.uses_replica_processes:
         from experiments.targets.replica_target import ReplicaTarget
 

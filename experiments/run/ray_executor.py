@@ -84,7 +84,7 @@ class RayWorkers:
     def session(self) -> Iterator[None]:
         import ray
 
-        _connect(self.runner.spec.ray_address)
+        _connect(self.runner.spec.execution.ray_address)
         self.ray = ray
         try:
             yield
@@ -106,7 +106,7 @@ class RayWorkers:
         self.next_index = 0
         groups = deque(server_groups(list(todo)))
         workers = [self._spawn_server_worker()
-                   for _ in range(_num_slots(ray, len(groups), runner.spec.ray_cpus_per_trial))]
+                   for _ in range(_num_slots(ray, len(groups), runner.spec.execution.ray_cpus_per_trial))]
         runner.report(None)
         slos = None
         if needs_baseline(runner.profile) and groups:
@@ -159,7 +159,7 @@ class RayWorkers:
         spec = self.runner.spec
         index, self.next_index = self.next_index, self.next_index + 1
         gpus = _cluster_gpus(self.ray)
-        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": spec.ray_cpus_per_trial}
+        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": spec.execution.ray_cpus_per_trial}
         cls = self.ray.remote(**options, max_restarts=0, max_concurrency=2)(ServerWorker)
         actor = cls.remote(spec.model_dump(mode="json"), self.runner.profile.model_dump(mode="json"),
                            index, self.runner.sweep_id, str(self.runner.servers.dir.parent))
@@ -168,7 +168,8 @@ class RayWorkers:
     def _run_on(self, todo: deque[TrialConfig]) -> str:
         ray, runner = self.ray, self.runner
         self.next_index = 0
-        workers = [self._spawn() for _ in range(_num_slots(ray, len(todo), runner.spec.ray_cpus_per_trial))]
+        slots = _num_slots(ray, len(todo), runner.spec.execution.ray_cpus_per_trial)
+        workers = [self._spawn() for _ in range(slots)]
         slos = self._slos(workers[0])
         attempts: dict[TrialConfig, int] = {}
         idle, inflight = list(workers), {}
@@ -196,9 +197,9 @@ class RayWorkers:
         spec = self.runner.spec
         index, self.next_index = self.next_index, self.next_index + 1
         gpus = _cluster_gpus(self.ray)
-        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": spec.ray_cpus_per_trial}
+        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": spec.execution.ray_cpus_per_trial}
         cls = self.ray.remote(**options, max_restarts=0)(_worker_class())
-        threads = None if gpus else spec.ray_cpus_per_trial
+        threads = None if gpus else spec.execution.ray_cpus_per_trial
         actor = cls.remote(spec.model_dump(mode="json"), self.runner.profile.model_dump(mode="json"),
                            index, threads)
         return _Worker(index, actor)

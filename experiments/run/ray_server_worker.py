@@ -39,7 +39,8 @@ class ServerWorker:
         self.profile = Profile(**profile)
         self.index = index
         self.servers = SweepServers(self.spec, sweep_id, Path(log_dir))
-        self.tokenizer = load_tokenizer(self.spec.tokenizer or self.spec.target_model or self.spec.model)
+        target = self.spec.target
+        self.tokenizer = load_tokenizer(target.tokenizer or target.target_model or target.model)
         self._stop = threading.Event()
 
     def where(self) -> dict[str, Any]:
@@ -64,7 +65,8 @@ class ServerWorker:
         while pending and not self._stop.is_set():
             try:
                 with self.servers.process(pending[0]) as server:
-                    target = ExternalTarget.connect(server.base_url, self.spec.target_model, self.tokenizer)
+                    target = ExternalTarget.connect(server.base_url, self.spec.target.target_model,
+                                                    self.tokenizer)
                     info = target.engine.describe()
                     self.servers.started(info.version, info.owned_by)
                     self._warm_up(target)
@@ -84,8 +86,8 @@ class ServerWorker:
     def _trial(self, target: ExternalTarget, config: TrialConfig, slos: list[SLO]) -> dict[str, Any]:
         started = _utcnow()
         out = measure(target, config, self.profile, self.spec.requests_for(config),
-                      seed=self.spec.seed + config.repetition, slos=slos, servers=self.servers,
-                      engine=self.spec.engine, max_duration_s=self.spec.max_trial_s,
+                      seed=self.spec.load.seed + config.repetition, slos=slos, servers=self.servers,
+                      engine=self.spec.target.engine, max_duration_s=self.spec.execution.max_trial_s,
                       should_stop=self._stop.is_set)
         done = {"started": started, "finished": _utcnow()}
         if out.error is not None:
@@ -96,13 +98,13 @@ class ServerWorker:
 
     def _warm_up(self, target: ExternalTarget) -> None:
         # One short trial so first-call costs (allocator, kernels) stay out of the first trial.
-        config = TrialConfig("continuous", max(self.spec.batch_sizes), 0.0, concurrency=2)
-        run_trial(target.engine, config, self.profile, 4, seed=self.spec.seed, slos=[],
+        config = TrialConfig("continuous", max(self.spec.knobs.batch_sizes), 0.0, concurrency=2)
+        run_trial(target.engine, config, self.profile, 4, seed=self.spec.load.seed, slos=[],
                   **target.request_kwargs())
 
     def _resolve_slos(self, target: ExternalTarget) -> list[SLO]:
         baseline = None
         if needs_baseline(self.profile):
-            baseline = measure_baseline(target.engine, self.profile, seed=self.spec.seed,
+            baseline = measure_baseline(target.engine, self.profile, seed=self.spec.load.seed,
                                         **target.request_kwargs())
         return resolve_slos(self.profile, baseline)

@@ -43,8 +43,8 @@ class TrialWorker:
     def _warm_up(self) -> None:
         from experiments.run.trial import run_trial
 
-        config = TrialConfig("continuous", max(self.spec.batch_sizes), 0.0, concurrency=2)
-        run_trial(self.target.engine, config, self.profile, 4, seed=self.spec.seed, slos=[],
+        config = TrialConfig("continuous", max(self.spec.knobs.batch_sizes), 0.0, concurrency=2)
+        run_trial(self.target.engine, config, self.profile, 4, seed=self.spec.load.seed, slos=[],
                   **self.target.request_kwargs())
 
     def where(self) -> dict[str, Any]:
@@ -62,7 +62,7 @@ class TrialWorker:
         """The unloaded baseline (for SLOs relative to it), measured on this worker."""
         from experiments.run.trial import measure_baseline
 
-        return measure_baseline(self.target.engine, self.profile, seed=self.spec.seed,
+        return measure_baseline(self.target.engine, self.profile, seed=self.spec.load.seed,
                                 **self.target.request_kwargs())
 
     def run(self, config: TrialConfig, slos: list[SLO]) -> dict[str, Any]:
@@ -73,8 +73,8 @@ class TrialWorker:
         started = _utcnow()
         try:
             result = run_trial(self.target.engine, config, self.profile, self.spec.requests_for(config),
-                               seed=self.spec.seed + config.repetition, slos=slos,
-                               max_duration_s=self.spec.max_trial_s,
+                               seed=self.spec.load.seed + config.repetition, slos=slos,
+                               max_duration_s=self.spec.execution.max_trial_s,
                                **self.target.request_kwargs(), **self.target.memory_kwargs())
         except Exception as exc:  # the sweep goes on; the failure is stored with its reason
             return {"error": f"{type(exc).__name__}: {exc}", "started": started, "finished": _utcnow()}

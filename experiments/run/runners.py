@@ -20,7 +20,7 @@ def runner_for(store: Store, sweep_id: int, **kwargs) -> SweepRunner:
     """The runner a stored sweep needs: a load grid or a capacity search, in this process or
     (a grid) on Ray workers."""
     spec = SweepSpec(**store.get_sweep(sweep_id).grid)
-    if spec.executor == "ray":
+    if spec.execution.executor == "ray":
         return SweepRunner(store, sweep_id, placement=RayWorkers, **kwargs)
     if spec.search is None:
         return SweepRunner(store, sweep_id, **kwargs)

@@ -62,7 +62,7 @@ HEARTBEAT_S = 2.0
 def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
     """The profile as the sweep runs it: the spec's SLOs in place of its own, a trace profile
     with the spec's replay window."""
-    profile = with_slos(profile, spec.slos)
+    profile = with_slos(profile, spec.load.slos)
     is_trace = isinstance(profile.arrival, TraceArrival)
     searches_speedup = spec.search is not None and spec.search.load == "speedup"
     if spec.search is not None and is_trace and not searches_speedup:
@@ -71,18 +71,18 @@ def sweep_profile(spec: SweepSpec, profile: Profile) -> Profile:
     if spec.search is not None and not profile.slos:
         raise _spec_error("profile", f"'{profile.name}' has no SLOs: a capacity search needs at "
                           "least one (add slos to the profile, or run a grid sweep)")
-    if (spec.speedup is not None or searches_speedup) and not is_trace:
+    if (spec.load.speedup is not None or searches_speedup) and not is_trace:
         raise _spec_error("speedup", f"profile '{profile.name}' replays no trace; use a trace "
                           "profile (azure-conv, azure-code, a .csv or .jsonl) or sweep rate / concurrency")
-    if (spec.trace_duration_s, spec.trace_start_s) != (None, None) and not is_trace:
+    if (spec.load.trace_duration_s, spec.load.trace_start_s) != (None, None) and not is_trace:
         raise _spec_error("trace_duration_s", f"profile '{profile.name}' replays no trace",
                           where="trace_duration_s / trace_start_s")
     if not is_trace:
         return profile
-    profile = with_trace_window(profile, spec.trace_duration_s, spec.trace_start_s)
-    if spec.speedup:  # the slowest replay covers the least trace: it must hold a request
+    profile = with_trace_window(profile, spec.load.trace_duration_s, spec.load.trace_start_s)
+    if spec.load.speedup:  # the slowest replay covers the least trace: it must hold a request
         try:
-            prepare_replay(profile.arrival, min(spec.speedup))
+            prepare_replay(profile.arrival, min(spec.load.speedup))
         except TraceError as exc:
             raise _spec_error("speedup", str(exc)) from None
     return profile
@@ -108,11 +108,12 @@ def _spec_error(field: str, reason: str, where: str | None = None) -> GridError:
 def create_sweep(store: Store, spec: SweepSpec, profile: Profile) -> int:
     """Store a queued sweep (nothing runs yet) and return its id."""
     profile = sweep_profile(spec, profile)
-    name = spec.name or f"{spec.profile} on {spec.model}"
+    name = spec.name or f"{spec.load.profile} on {spec.target.model}"
+    target = spec.target
     return store.create_sweep(
-        name=name, model=spec.model, device=spec.device, device_name=None, dtype=spec.dtype,
+        name=name, model=target.model, device=target.device, device_name=None, dtype=target.dtype,
         profile=profile.model_dump(mode="json"), grid=spec.model_dump(mode="json"),
-        seed=spec.seed, provenance=provenance(), trials_total=spec.num_trials,
+        seed=spec.load.seed, provenance=provenance(), trials_total=spec.num_trials,
     )
 
 
@@ -144,7 +145,7 @@ class SweepRunner:
         self._started = time.monotonic()
         self.servers = SweepServers(self.spec, sweep_id, log_root(store.sqlite_path))
         # Drift control (experiments/run/drift.py); a trace replays no generated requests to check.
-        self.speed = SpeedChecks.for_sweep(store, sweep_id, self.profile, self.spec.seed,
+        self.speed = SpeedChecks.for_sweep(store, sweep_id, self.profile, self.spec.load.seed,
                                            self.spec.search is not None, time.monotonic) \
             if not isinstance(self.profile.arrival, TraceArrival) else None
         stored = store.list_trials(sweep_id)
@@ -224,8 +225,8 @@ class SweepRunner:
         self.report(config.label)
         started = utcnow()
         out = measure(target, config, self.profile, self.spec.requests_for(config),
-                      seed=self.spec.seed + config.repetition, slos=slos, servers=self.servers,
-                      engine=self.spec.engine, max_duration_s=self._deadline_s(config),
+                      seed=self.spec.load.seed + config.repetition, slos=slos, servers=self.servers,
+                      engine=self.spec.target.engine, max_duration_s=self._deadline_s(config),
                       should_stop=self.should_stop)
         if out.error is not None:
             self.record_failure(config, out.error, started)
@@ -267,7 +268,7 @@ class SweepRunner:
         cost = self.fitted_cost()
         try:
             prediction = prediction_details(config, self.profile, self.spec.requests_for(config),
-                                            self.spec.seed + config.repetition, slos, cost,
+                                            self.spec.load.seed + config.repetition, slos, cost,
                                             result.metrics, result.steps)
         except Exception as exc:  # noqa: BLE001 - a forecast must never cost a measured trial
             prediction = Prediction(failed=f"{type(exc).__name__}: {exc}",
@@ -292,7 +293,7 @@ class SweepRunner:
         from experiments.predict.calibrate import fit, probe_server
         self.report(f"probing the server (calibration, up to {max_running} running)")
         try:
-            self.probed = fit(probe_server(target.engine, max_running=max_running, seed=self.spec.seed,
+            self.probed = fit(probe_server(target.engine, max_running=max_running, seed=self.spec.load.seed,
                                            **target.request_kwargs()))
         except (ValueError, RuntimeError, OSError) as exc:
             self.probe_failure = f"{type(exc).__name__}: {exc}"
@@ -308,12 +309,12 @@ class SweepRunner:
             self.calibration = self.calibration or stored_calibration(stored)
         if self.calibration is not None:
             return self.calibration
-        return fit_cost_model(self._steps, prior_cost(self.spec.model))
+        return fit_cost_model(self._steps, prior_cost(self.spec.target.model))
 
     def _deadline_s(self, config: TrialConfig) -> float | None:
         # A trace trial replays its whole window and drains (bounded) unless max_trial_s says less.
-        if config.speedup is None or self.spec.max_trial_s is not None:
-            return self.spec.max_trial_s
+        if config.speedup is None or self.spec.execution.max_trial_s is not None:
+            return self.spec.execution.max_trial_s
         assert isinstance(self.profile.arrival, TraceArrival)
         return trace_deadline_s(self.profile.arrival.duration_s)
 

@@ -101,7 +101,7 @@ def settings_for(spec: SweepSpec, profile: Profile, config: TrialConfig,
                               search.max_repeats, unit="users")
     # Below this rate one trial's arrivals span more than MAX_ARRIVAL_SPAN_S: not worth it.
     # (A trace's window, not the request count, sets a speed-up trial's length.)
-    floor = 0.05 if _is_speedup(spec) else float(f"{spec.requests / MAX_ARRIVAL_SPAN_S:.3g}")
+    floor = 0.05 if _is_speedup(spec) else float(f"{spec.load.requests / MAX_ARRIVAL_SPAN_S:.3g}")
     start = max(start or 1.0, floor)
     return SearchSettings(profile.min_slo_attainment, False, start, floor,
                           max(search.max_load or MAX_RATE, start), search.rel_tol, growth,
@@ -115,7 +115,7 @@ def trial_config(spec: SweepSpec, knobs: TrialConfig, probe: Probe) -> TrialConf
     if _is_speedup(spec):  # a trace replayed faster, searched like a rate
         return replace(knobs, speedup=probe.load, rate=None, concurrency=None,
                        repetition=probe.repetition)
-    return replace(knobs, rate=probe.load, concurrency=None, burstiness=spec.burstiness,
+    return replace(knobs, rate=probe.load, concurrency=None, burstiness=spec.load.burstiness,
                    repetition=probe.repetition)
 
 

@@ -35,7 +35,7 @@ def simulated_measure(spec: SweepSpec, profile: Profile, cost: CostModel, slos: 
     def measure(config: TrialConfig) -> Sample:
         if config not in memo:
             m = simulate_trial(config, profile, spec.requests_for(config), cost, slos,
-                               spec.seed + config.repetition)
+                               spec.load.seed + config.repetition)
             total = m.requests_completed + m.requests_failed
             sample = Sample(round(m.slo_attainment * total), total, saturated=m.saturated)
             memo[config] = (sample, m.duration_s, float(m.flat().get(key) or 0.0))
@@ -164,10 +164,9 @@ def calibration_capacity(spec: SweepSpec, profile: Profile, slos: list[SLO],
                          cost: CostModel | None = None) -> float:
     """The calibration config's capacity predicted under `cost` (else the model's prior)."""
     knobs = calibration_config(spec)
-    return predicted_capacities(spec.model_copy(update={"policies": [knobs.policy],
-                                                        "batch_sizes": [knobs.batch_size],
-                                                        "max_wait_ms": [knobs.max_wait_ms]}),
-                                profile, cost or prior_cost(spec.model), slos)[knob_label(knobs)]
+    return predicted_capacities(spec.copy_with(policies=[knobs.policy], batch_sizes=[knobs.batch_size],
+                                               max_wait_ms=[knobs.max_wait_ms]),
+                                profile, cost or prior_cost(spec.target.model), slos)[knob_label(knobs)]
 
 
 def calibration_probe(spec: SweepSpec, profile: Profile, slos: list[SLO],
@@ -179,7 +178,7 @@ def calibration_probe(spec: SweepSpec, profile: Profile, slos: list[SLO],
     load = first_load(calibration_capacity(spec, profile, slos, cost), spec)
     if spec.search.load == "concurrency":
         return replace(knobs, concurrency=int(load), rate=None)
-    return replace(knobs, rate=load, burstiness=spec.burstiness)
+    return replace(knobs, rate=load, burstiness=spec.load.burstiness)
 
 
 def revise_plan(spec: SweepSpec, profile: Profile, cost: CostModel | None, slos: list[SLO],

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Container
 
-from pydantic import ValidationError
-
 
 class GridError(ValueError):
     """An invalid sweep spec; one line naming the field. `field`: the spec field it is about (None:
@@ -18,13 +16,13 @@ class GridError(ValueError):
         self.field, self.reason = field, message if reason is None else reason
 
 
-def grid_error(exc: ValidationError, fields: Container[str]) -> GridError:
-    """The first error of a spec's validation: `batch_sizes: every batch size must be >= 1`, or
-    `sweep: ...` for a check across fields; `fields`: the spec's field names."""
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "sweep"
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return GridError(f"{where}: {msg}", _field_of(err["loc"], msg, fields), msg)
+def grid_error(loc: tuple, msg: str, fields: Container[str]) -> GridError:
+    """A spec's validation error at `loc` (its flat name, sections.flat_name) as one line:
+    `batch_sizes: every batch size must be >= 1`, or `sweep: ...` for a check across fields;
+    `fields`: the spec's flat field names."""
+    where = ".".join(str(p) for p in loc) or "sweep"
+    msg = str(msg).removeprefix("Value error, ")
+    return GridError(f"{where}: {msg}", _field_of(loc, msg, fields), msg)
 
 
 def _field_of(loc: tuple, msg: str, fields: Container[str]) -> str | None:

@@ -18,6 +18,7 @@ from db.store import Store
 from engine.simulate import CostModel
 from experiments.predict.simulate import stored_calibration
 from experiments.spec.grid import SweepSpec
+from experiments.spec.sections import flat_keys
 from experiments.targets.engine_logs import root_cause
 from experiments.targets.engines import preset, start_prior_s
 from experiments.targets.external import ServerProcess
@@ -54,7 +55,7 @@ class SweepServers:
 
     @property
     def name(self) -> str:
-        return self.spec.engine or "--server-cmd"
+        return self.spec.target.engine or "--server-cmd"
 
     def process(self, config: TrialConfig) -> ServerProcess:
         """A (not yet started) server for `config`, logging to a new file of its own."""
@@ -62,17 +63,18 @@ class SweepServers:
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", config.server_label)
         log = self.dir / f"{stamp}-{slug}-{os.getpid()}.log"
         argv_for = None
-        if self.spec.engine is not None:
-            engine = preset(self.spec.engine)
-            engine.check_available(self.spec.engine_python)  # a resumed sweep may run elsewhere
-            model, python, args = self.spec.model, self.spec.engine_python, self.spec.engine_args
+        target = self.spec.target
+        if target.engine is not None:
+            engine = preset(target.engine)
+            engine.check_available(target.engine_python)  # a resumed sweep may run elsewhere
+            model, python, args = target.model, target.engine_python, target.engine_args
 
             def argv_for(port: int) -> list[str]:
                 return engine.command(model, config, port, python, args)
-        self.current = ServerProcess(self.spec.server_cmd, config, self.spec.server_timeout_s,
-                                     argv_for=argv_for, env=self.spec.engine_env, log_path=log,
+        self.current = ServerProcess(target.server_cmd, config, target.server_timeout_s,
+                                     argv_for=argv_for, env=target.engine_env, log_path=log,
                                      label=f"{self.name} server for {config.server_label}",
-                                     cpus=self.spec.server_cpus)
+                                     cpus=target.server_cpus)
         self.version, self.owned_by, self.broken = None, None, False
         return self.current
 
@@ -80,9 +82,9 @@ class SweepServers:
         """With `server_cpus`, move this process (and so the client workers it starts) to the
         other CPUs it may use, so the load generator never waits for the server's threads; the
         CPUs it now runs on, or None (no server CPUs, or none left over)."""
-        if not self.spec.server_cpus:
+        if not self.spec.target.server_cpus:
             return None
-        rest = os.sched_getaffinity(0) - set(self.spec.server_cpus)
+        rest = os.sched_getaffinity(0) - set(self.spec.target.server_cpus)
         if not rest:
             return None
         os.sched_setaffinity(0, rest)
@@ -98,7 +100,7 @@ class SweepServers:
     def mean_start_s(self) -> float:
         """Seconds a start took on average this run (the engine's prior before the first)."""
         if not self.start_times:
-            return start_prior_s(self.spec.engine, self.spec.engine_args)
+            return start_prior_s(self.spec.target.engine, self.spec.target.engine_args)
         return sum(self.start_times) / len(self.start_times)
 
     def died(self) -> bool:
@@ -135,7 +137,7 @@ class SweepServers:
         server = self.current
         if server is None:
             return {}
-        name = self.spec.engine or self.owned_by  # a --server-cmd server: what it says it is
+        name = self.spec.target.engine or self.owned_by  # a --server-cmd server: what it says it is
         return {"engine": {"name": name, "version": self.version, "command": server.command},
                 "server_start_s": None if server.start_s is None else round(server.start_s, 3),
                 "server_log": str(server.log_path),
@@ -167,7 +169,9 @@ def recorded_calibration(store: Store, spec: SweepSpec) -> CostModel | None:
 def _same_server(store: Store, spec: SweepSpec) -> list:
     """Earlier sweeps that started the same server (engine or template, model, extra arguments:
     e.g. --enforce-eager halves a vLLM start), newest first."""
-    server = (spec.engine, spec.server_cmd, spec.model, list(spec.engine_args))
-    return [s for s in store.list_sweeps()
-            if (s.grid.get("engine"), s.grid.get("server_cmd"), s.model,
-                list(s.grid.get("engine_args") or ())) == server]
+    t = spec.target
+    server = (t.engine, t.server_cmd, t.model, list(t.engine_args))
+    stored = [(s, flat_keys(s.grid)) for s in store.list_sweeps()]  # no parse: any stored grid
+    return [s for s, grid in stored
+            if (grid.get("engine"), grid.get("server_cmd"), s.model,
+                list(grid.get("engine_args") or ())) == server]

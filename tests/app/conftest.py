@@ -75,10 +75,10 @@ def launches(monkeypatch: pytest.MonkeyPatch) -> Iterator[Launches]:
     def start_sweep(store: Store, url: str, spec: SweepSpec) -> int:
         seen.specs.append(spec)
         sweep_id = store.create_sweep(
-            name=spec.name or "test", model=spec.model, device=spec.device, device_name=None,
-            dtype=spec.dtype, profile=load_profile(spec.profile).model_dump(mode="json"),
+            name=spec.name or "test", model=spec.target.model, device=spec.target.device, device_name=None,
+            dtype=spec.target.dtype, profile=load_profile(spec.load.profile).model_dump(mode="json"),
             grid=spec.model_dump(mode="json"),
-            seed=spec.seed, provenance={}, trials_total=spec.num_trials)
+            seed=spec.load.seed, provenance={}, trials_total=spec.num_trials)
         launcher.watch(store, url, force=True)
         return sweep_id
 

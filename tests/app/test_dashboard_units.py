@@ -41,7 +41,7 @@ def test_build_spec_maps_errors_to_fields() -> None:
     _, errors = forms.build_spec(RunInputs(profile="mine"), {"mine": "name: [broken"})
     assert "invalid YAML" in errors["profile"]
     spec, _ = forms.build_spec(RunInputs(load_mode="rate", loads="2, 0.5", burstiness=0.5), {})
-    assert spec.rate == [0.5, 2.0] and spec.burstiness == 0.5 and spec.concurrency is None
+    assert spec.load.rate == [0.5, 2.0] and spec.load.burstiness == 0.5 and spec.load.concurrency is None
 
 
 def test_md_shows_markup_literally() -> None:
@@ -118,7 +118,7 @@ def test_colour_by_roofline_is_a_fraction_with_unknowns_blank() -> None:
 def test_token_budgets_on_the_run_page() -> None:
     assert forms.parse_budgets("64, 256 none") == [None, 64, 256]
     spec, errors = forms.build_spec(RunInputs(policies=("continuous",), token_budgets="none, 64"), {})
-    assert errors == {} and spec.max_num_batched_tokens == [None, 64]
+    assert errors == {} and spec.knobs.max_num_batched_tokens == [None, 64]
     _, errors = forms.build_spec(RunInputs(token_budgets="lots"), {})
     assert "not a number" in errors["max_num_batched_tokens"]
     _, errors = forms.build_spec(RunInputs(policies=("continuous",), token_budgets="8"), {})

@@ -9,9 +9,9 @@ from app.dashboard.forms import RunInputs
 def test_trace_speedups_build_a_trace_sweep():
     spec, errors = forms.build_spec(RunInputs(profile="azure-conv", policies=("continuous", "adaptive"),
                                               load_mode="speedup", loads="1, 2, 4"), {})
-    assert errors == {} and spec.speedup == [1.0, 2.0, 4.0] and spec.rate is None
+    assert errors == {} and spec.load.speedup == [1.0, 2.0, 4.0] and spec.load.rate is None
     assert [c.load_label for c in spec.trial_configs()][:1] == ["trace@1x"]
-    assert "adaptive" in spec.policies
+    assert "adaptive" in spec.knobs.policies
 
 
 def test_speedups_on_a_synthetic_profile_are_a_load_error():

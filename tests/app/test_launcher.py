@@ -12,6 +12,7 @@ import pytest
 from app import launcher
 from db.errors import StoreError
 from db.store import DEAD_WORKER_ERROR, Store, utcnow
+from experiments.spec.sections import flat_keys
 
 
 def _queued(store: Store, **overrides) -> int:
@@ -103,18 +104,18 @@ def test_eta(store) -> None:
 
 def test_demo_is_one_grid_under_chat_and_batch_with_repetitions() -> None:
     chat, batch = launcher.demo_specs()
-    assert (chat.profile, batch.profile) == ("chat", "batch")
-    grid = {k: v for k, v in chat.model_dump().items() if k not in ("profile", "name")}
-    assert grid == {k: v for k, v in batch.model_dump().items() if k not in ("profile", "name")}
-    assert chat.model == "builtin:tiny" and chat.repetitions >= 2  # ties and noise can be told
-    assert set(chat.policies) == {"static", "continuous"} and len(chat.batch_sizes) == 2
+    assert (chat.load.profile, batch.load.profile) == ("chat", "batch")
+    grid = {k: v for k, v in flat_keys(chat.model_dump()).items() if k not in ("profile", "name")}
+    assert grid == {k: v for k, v in flat_keys(batch.model_dump()).items() if k not in ("profile", "name")}
+    assert chat.target.model == "builtin:tiny" and chat.load.repetitions >= 2  # ties and noise can be told
+    assert set(chat.knobs.policies) == {"static", "continuous"} and len(chat.knobs.batch_sizes) == 2
     # The loads bracket both answers: chat's SLOs are met only at light load, batch's loose
     # E2E SLO at the heaviest, where the larger batch cap can act. The light load is 2 users,
     # not 1: at 1 user no knob can act, at 2 static batching already queues a turn.
-    assert min(chat.concurrency) == 2 and max(chat.concurrency) == max(chat.batch_sizes)
+    assert min(chat.load.concurrency) == 2 and max(chat.load.concurrency) == max(chat.knobs.batch_sizes)
     assert chat.num_trials + batch.num_trials == 32
     # All passing, the pooled requests of a point clear the 0.9 target's 90% Wilson interval.
     from experiments.search.strategy import wilson, z_for
 
-    n = chat.requests * chat.repetitions
+    n = chat.load.requests * chat.load.repetitions
     assert wilson(n, n, z_for(0.9))[0] >= 0.9

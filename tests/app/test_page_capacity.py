@@ -30,7 +30,7 @@ def test_find_capacity_mode_queues_a_search(db_url, store: Store, launches) -> N
     app.button(key="run_start").click().run()
     (spec,) = launches.specs
     assert spec.search is not None and spec.search.load == "concurrency"
-    assert spec.search.budget_s == 180 and spec.concurrency is None and spec.rate is None
+    assert spec.search.budget_s == 180 and spec.load.concurrency is None and spec.load.rate is None
     assert store.list_sweeps()[0].grid["search"]["load"] == "concurrency"
 
 
@@ -40,7 +40,7 @@ def add_search_sweep(store: Store) -> int:
                        "max_wait_ms": [0], "requests": N,
                        "search": {"load": "rate", "predict": False, "start_load": 1.0}})
     sweep_id = store.create_sweep(
-        name="search", model=spec.model, device="cpu", device_name="synthetic", dtype="float32",
+        name="search", model=spec.target.model, device="cpu", device_name="synthetic", dtype="float32",
         profile=load_profile("chat").model_dump(mode="json"), grid=spec.model_dump(mode="json"),
         seed=0, provenance={}, trials_total=spec.num_trials)
     capacity = {"continuous": 4.0, "static": 1.0}
@@ -160,7 +160,7 @@ def add_stopped_search(store: Store) -> int:
                        "search": {"load": "rate", "predict": False, "start_load": 1.0,
                                   "budget_s": 60}})
     sweep_id = store.create_sweep(
-        name="stopped search", model=spec.model, device="cpu", device_name="synthetic",
+        name="stopped search", model=spec.target.model, device="cpu", device_name="synthetic",
         dtype="float32", profile=load_profile("chat").model_dump(mode="json"),
         grid=spec.model_dump(mode="json"), seed=0, provenance={}, trials_total=spec.num_trials)
     for policy, rate, passes in [("continuous", 1.0, True), ("continuous", 2.0, True),

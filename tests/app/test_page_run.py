@@ -63,8 +63,8 @@ def test_start_queues_a_sweep_and_launches_one_worker(db_url, store: Store, laun
 def test_demo_button_queues_the_demo_sweep(db_url, launches) -> None:
     page_test("run").run().button(key="run_demo").click().run()
     chat, batch = launches.specs  # one grid, two workloads
-    assert (chat.profile, batch.profile) == ("chat", "batch")
-    assert chat.model == "builtin:tiny" and chat.policies == ["static", "continuous"]
+    assert (chat.load.profile, batch.load.profile) == ("chat", "batch")
+    assert chat.target.model == "builtin:tiny" and chat.knobs.policies == ["static", "continuous"]
 
 
 def test_results_show_status_escaped_and_frontier(db_url, results) -> None:
@@ -100,4 +100,4 @@ def test_absolute_slos_replace_the_profiles_in_the_queued_sweep(db_url: str, lau
     app.button(key="run_start").click().run()
     assert not app.exception
     (spec,) = launches.specs
-    assert spec.slos == {"ttft_ms": {"percentile": "p90", "max_ms": 250.0}}
+    assert spec.load.slos == {"ttft_ms": {"percentile": "p90", "max_ms": 250.0}}

@@ -29,7 +29,7 @@ def test_ray_executor_is_queued_with_its_address(db_url, store: Store, launches)
         app.button(key="run_start").click().run()
     assert not app.exception
     (spec,) = launches.specs
-    assert spec.executor == "ray" and spec.ray_address == address
+    assert spec.execution.executor == "ray" and spec.execution.ray_address == address
 
 
 def test_where_a_trial_ran_in_words() -> None:
@@ -55,7 +55,7 @@ def test_replicas_and_routers_are_sweep_axes(db_url, store: Store, launches) -> 
     app.button(key="run_start").click().run()
     assert not app.exception
     (spec,) = launches.specs
-    assert spec.replicas == [1, 2] and spec.routers == ["round_robin", "least_outstanding"]
+    assert spec.knobs.replicas == [1, 2] and spec.knobs.routers == ["round_robin", "least_outstanding"]
 
 
 def test_bad_replica_count_is_shown_under_its_field(db_url: str) -> None:
@@ -104,10 +104,10 @@ def test_an_installed_engine_is_queued_as_a_server_per_config(db_url: str, store
     app.button(key="run_start").click().run()
     assert not app.exception
     (spec,) = launches.specs
-    assert (spec.engine, spec.executor, spec.policies, spec.batch_sizes) == (
+    assert (spec.target.engine, spec.execution.executor, spec.knobs.policies, spec.knobs.batch_sizes) == (
         "vllm", "local", ["continuous"], [1, 4, 16])
-    assert spec.engine_args == ["--max-model-len", "2048", "--dtype", "float32"]
-    assert spec.engine_env == {"VLLM_CPU_KVCACHE_SPACE": "2", "A": "b=c"}
+    assert spec.target.engine_args == ["--max-model-len", "2048", "--dtype", "float32"]
+    assert spec.target.engine_env == {"VLLM_CPU_KVCACHE_SPACE": "2", "A": "b=c"}
 
 
 def test_a_search_offers_engines_but_not_ray(db_url: str) -> None:

@@ -64,7 +64,7 @@ def test_saved_profiles_are_read_only_for_a_name_not_built_in() -> None:
 
     spec, prof = runs.check_spec({**ONE_LOAD, "slos": {"ttft_ms": {"percentile": "p90", "max_ms": 150}}},
                                  unreachable)
-    assert (spec.profile, prof.name) == ("chat", "chat")
+    assert (spec.load.profile, prof.name) == ("chat", "chat")
     assert prof.slos["ttft_ms"].max_ms == 150.0  # as the sweep runs it: the spec's SLOs
     calls: list[int] = []
     mine = (CHAT_YAML.read_text("utf-8")).replace("name: chat", "name: mine")

@@ -63,7 +63,7 @@ def test_the_spec_refuses_bad_launch_settings_in_one_line():
     with pytest.raises(GridError, match="--max-num-seqs is set by tradeoff"):
         parse_spec({**base, "engine_args": ["--max-num-seqs", "2"]})
     spec = parse_spec({**base, "engine_env": {"VLLM_CPU_KVCACHE_SPACE": "1"}, "engine_python": "/py"})
-    assert spec.engine_env == {"VLLM_CPU_KVCACHE_SPACE": "1"} and spec.engine_python == "/py"
+    assert spec.target.engine_env == {"VLLM_CPU_KVCACHE_SPACE": "1"} and spec.target.engine_python == "/py"
 
 
 def test_engine_python_must_exist_and_import_the_engine(tmp_path: Path):

@@ -12,7 +12,7 @@ BASE = {"policies": ["static", "continuous"], "batch_sizes": [1, 4], "max_wait_m
 
 def test_budgets_pair_with_the_continuous_policy_only():
     spec = parse_spec({**BASE, "max_num_batched_tokens": [256, None, 64]})
-    assert spec.max_num_batched_tokens == [None, 64, 256]
+    assert spec.knobs.max_num_batched_tokens == [None, 64, 256]
     configs = spec.trial_configs()
     assert spec.num_trials == len(configs) == 2 + 2 * 3  # static x 2 batches; continuous x 2 x 3
     assert {c.max_num_batched_tokens for c in configs if c.policy == "static"} == {None}

@@ -22,6 +22,7 @@ import pytest
 from app.cli import main
 from common.records import TrialConfig
 from db.store import Store
+from experiments.spec.grid import SweepSpec
 from experiments.targets.external import ServerProcess
 from experiments.targets.http_target import describe_server
 
@@ -126,7 +127,8 @@ def test_a_target_sweep_is_listed_and_exported_as_the_server(
     assert sweep.device_name == f"server at {mock_url} (tradeoff)"
     assert sweep.name == f"{tiny_profile} on {SERVED}"
     # A resumed sweep drives the same model with the same tokenizer as the one checked.
-    assert (sweep.grid["target_model"], sweep.grid["tokenizer"]) == (SERVED, "builtin:tiny")
+    target = SweepSpec(**sweep.grid).target
+    assert (target.target_model, target.tokenizer) == (SERVED, "builtin:tiny")
 
     code, out, _ = cli(capsys, "sweeps", "--db", db, "--json")
     [row] = json.loads(out)
