@@ -12,6 +12,7 @@ from app.output import print_json, print_pairs
 from app.parsing import parse_list
 
 COMPILE_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+VS_DTYPES = ("auto", "float32", "bfloat16")  # both servers take these names
 
 
 @app.command()
@@ -34,6 +35,9 @@ def bench(
     engine_python: str | None = typer.Option(
         None, "--engine-python", help="with --vs vllm: the Python vLLM is installed in "
         "(default .venv-vllm/bin/python if present)"),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="with --vs: both servers' dtype, float32 or bfloat16 (auto: tradeoff "
+        "serve's own: bfloat16 on CUDA, float32 elsewhere)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Measure engine overhead and batching gains on a fixed offline workload."""
@@ -42,8 +46,10 @@ def bench(
     if repeats < 1:
         raise BadInput(f"--repeats must be >= 1, got {repeats}")
     if vs is not None or engine_python is not None:
-        _bench_vs(model, vs, device, repeats, engine_python, json_out)
+        _bench_vs(model, vs, device, repeats, engine_python, json_out, dtype)
         return
+    if dtype != "auto":
+        raise BadInput("--dtype goes with --vs (the in-process bench runs the engine's own dtype)")
     batches = parse_list("--decode-batches", decode_batches, int) if decode_batches else None
     if batches is not None and min(batches) < 1:
         raise BadInput(f"--decode-batches must be >= 1, got {decode_batches}")
@@ -67,19 +73,21 @@ def bench(
 
 
 def _bench_vs(model: str, vs: str | None, device: str, repeats: int, engine_python: str | None,
-              json_out: bool) -> None:
+              json_out: bool, dtype: str = "auto") -> None:
     """`--vs`: tradeoff serve against another server (experiments/bench_vs.py)."""
     from experiments.bench_vs import check_vs, run_bench_vs
     from experiments.targets.engines import EngineUnavailableError
 
     if vs is None:
         raise BadInput("--engine-python goes with --vs vllm")
+    if dtype not in VS_DTYPES:
+        raise BadInput(f"--dtype must be one of {', '.join(VS_DTYPES)}, got {dtype!r}")
     try:
         check_vs(vs, engine_python)
     except (ValueError, EngineUnavailableError) as exc:
         raise BadInput(str(exc)) from None
     result = run_bench_vs(model, vs, device, repeats, engine_python,
-                          log=lambda line: print(line, file=sys.stderr, flush=True))
+                          log=lambda line: print(line, file=sys.stderr, flush=True), dtype=dtype)
     if json_out:
         print_json(result)
         return

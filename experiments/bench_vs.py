@@ -85,23 +85,26 @@ def check_vs(vs: str, engine_python: str | None) -> None:
 
 
 def run_bench_vs(model: str, vs: str, device: str = "auto", repeats: int = 3,
-                 engine_python: str | None = None, log: Log | None = None) -> dict[str, Any]:
-    """Start `tradeoff serve` (and vLLM for `vs="vllm"`), measure both, stop what was started."""
+                 engine_python: str | None = None, log: Log | None = None,
+                 dtype: str = "auto") -> dict[str, Any]:
+    """Start `tradeoff serve` (and vLLM for `vs="vllm"`), measure both, stop what was started.
+    `dtype`: both servers' (auto: `tradeoff serve`'s own, which vLLM is then given too)."""
     log = log or (lambda _line: None)
     tokenizer = load_tokenizer(model)
     started: list[ServerProcess] = []
     contenders: list[Contender] = []
     # A built-in is written as a Hugging Face directory for vLLM; an id or a path it loads itself.
     export_dir = tempfile.mkdtemp(prefix="tradeoff-vs-") if vs == "vllm" and is_builtin(model) else None
+    dtype = served_dtype(device) if dtype == "auto" else dtype
     try:
-        contenders.append(_start(_serve_process(model, device), tokenizer, started, log))
+        contenders.append(_start(_serve_process(model, device, dtype), tokenizer, started, log))
         if vs == "vllm":
-            vllm = _vllm_process(model, export_dir, engine_python, device)
+            vllm = _vllm_process(model, export_dir, engine_python, dtype)
             contenders.append(_start(vllm, tokenizer, started, log))
         else:
             contenders.append(Contender("other", _connect(vs, tokenizer), None))
         rounds = measure_rounds(contenders, repeats, log)
-        return summary(model, contenders, rounds, repeats)
+        return {**summary(model, contenders, rounds, repeats), "dtype": dtype}
     finally:
         for c in contenders:
             c.target.close()  # its client worker processes
@@ -111,9 +114,10 @@ def run_bench_vs(model: str, vs: str, device: str = "auto", repeats: int = 3,
             shutil.rmtree(export_dir, ignore_errors=True)
 
 
-def _serve_process(model: str, device: str) -> ServerProcess:
+def _serve_process(model: str, device: str, dtype: str) -> ServerProcess:
     def argv(port: int) -> list[str]:
         return [sys.executable, "-m", "app.cli", "serve", "--model", model, "--device", device,
+                "--dtype", dtype,
                 "--policy", "continuous", "--batch-size", str(BATCH_SIZE),
                 "--max-num-batched-tokens", str(TOKEN_BUDGET), "--prefix-caching", "off",
                 "--port", str(port)]
@@ -127,7 +131,7 @@ def is_builtin(model: str) -> bool:
 
 
 def _vllm_process(model: str, export_dir: str | None, engine_python: str | None,
-                  device: str) -> ServerProcess:
+                  dtype: str) -> ServerProcess:
     if export_dir is not None:
         from engine.export_model import export_builtin  # torch: only when a built-in is exported
 
@@ -136,14 +140,14 @@ def _vllm_process(model: str, export_dir: str | None, engine_python: str | None,
     python = vllm_python(engine_python)
     # The dtype tradeoff serve runs at: vLLM's `auto` would load a float32 model (a built-in on a
     # CPU) in its platform's preferred 16-bit dtype, and the two would do different arithmetic.
-    args = ("--dtype", _served_dtype(device))
+    args = ("--dtype", dtype)
     env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", VLLM_KV_CACHE_GIB)}
     return ServerProcess(None, _config(BATCH_SIZE), VLLM_START_TIMEOUT_S, env=env, label="vllm",
                          argv_for=lambda port: preset("vllm").command(model, _config(BATCH_SIZE),
                                                                       port, python, args))
 
 
-def _served_dtype(device: str) -> str:
+def served_dtype(device: str) -> str:
     """`tradeoff serve --dtype auto`'s dtype: bfloat16 on CUDA, float32 elsewhere."""
     import torch
 

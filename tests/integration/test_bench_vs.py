@@ -50,7 +50,7 @@ def test_vs_url_measures_both_servers_per_load_and_stops_its_own(capsys, monkeyp
     monkeypatch.setattr(experiments.bench_vs, "LOADS", ((1, 4), (4, 8)))
     before = {p.pid for p in _serve_processes()}
     code = main(["bench", "--model", "builtin:tiny", "--device", "cpu", "--vs", mock_url,
-                 "--repeats", "1", "--json"])
+                 "--repeats", "1", "--dtype", "bfloat16", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(out)
@@ -67,6 +67,7 @@ def test_vs_url_measures_both_servers_per_load_and_stops_its_own(capsys, monkeyp
     # Both servers schedule alike: tradeoff serve runs vLLM's CPU token budget, prefix caching off.
     assert "--max-num-batched-tokens 2048 --prefix-caching off" in result["servers"]["tradeoff"]["command"]
     assert (result["max_num_batched_tokens"], result["prefix_caching"]) == (2048, False)
+    assert "--dtype bfloat16" in result["servers"]["tradeoff"]["command"] and result["dtype"] == "bfloat16"
     assert "round 1/1, 4 users: other" in err
     time.sleep(0.5)
     assert {p.pid for p in _serve_processes()} <= before, "the bench's tradeoff serve outlived it"
@@ -77,6 +78,8 @@ def test_vs_url_measures_both_servers_per_load_and_stops_its_own(capsys, monkeyp
     (["--vs", "sglang"], "--vs takes `vllm` or the URL"),
     (["--engine-python", sys.executable], "--engine-python goes with --vs vllm"),
     (["--vs", "http://127.0.0.1:9/v1", "--engine-python", sys.executable], "a --vs URL is already running"),
+    (["--vs", "vllm", "--dtype", "fp8"], "--dtype must be one of auto, float32, bfloat16"),
+    (["--dtype", "bfloat16"], "--dtype goes with --vs"),
 ])
 def test_vs_bad_input_exits_2_with_one_line_before_starting_anything(capsys, args: list[str],
                                                                        needle: str):
