@@ -140,9 +140,12 @@ def _relaunched_trial(command: str, work: Path, users: int, requests: int, seed:
             from experiments.targets.http_target import wait_for_health
 
             wait_for_health("http://127.0.0.1:8000/v1", 600, is_alive=lambda: server.poll() is None)
-            trial = run(*client, "trial", "--target", "http://127.0.0.1:8000/v1", "--tokenizer",
-                        str(work / "small"), "--profile", "chat", "--concurrency", str(users),
-                        "--requests", str(requests), "--seed", str(seed), "--json")
+            # Unmeasured first, as the sweep warms each server it starts (a warm-up trial and
+            # speed checks): a cold vLLM's first requests pay one-time costs.
+            trial_args = [*client, "trial", "--target", "http://127.0.0.1:8000/v1", "--tokenizer",
+                          str(work / "small"), "--profile", "chat", "--concurrency", str(users)]
+            run(*trial_args, "--requests", "24", "--seed", str(1000 + seed), "--json").check_returncode()
+            trial = run(*trial_args, "--requests", str(requests), "--seed", str(seed), "--json")
             trial.check_returncode()
             return json.loads(trial.stdout)
         finally:

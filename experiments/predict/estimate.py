@@ -83,7 +83,7 @@ def server_overhead_s(spec: SweepSpec, profile: Profile, cost: CostModel, starts
                       trial_s: float) -> float:
     """What a sweep over started servers spends besides starts and trials (sweep.py, drift.py):
     each server's warm-up trial and its speed checks (one as it opens, one as it closes), the
-    sweep's two reference checks and one every CHECK_EVERY_S of trials, and the unloaded
+    sweep's reference checks (a warm-up and two) and one every CHECK_EVERY_S of trials, and the unloaded
     baseline when an SLO is relative; all simulated under `cost`."""
     warm_up = TrialConfig("continuous", max(spec.knobs.batch_sizes), 0.0, concurrency=2)
     per_server = simulate_trial_s(warm_up, profile, 4, cost, spec.load.seed)
@@ -94,7 +94,7 @@ def server_overhead_s(spec: SweepSpec, profile: Profile, cost: CostModel, starts
     if checks_enabled() and spec.execution.executor != "ray":  # a Ray worker runs no speed checks
         check = speed_check_s(profile, cost, spec.load.seed)
         per_server += 2 * check
-        once += (2 + int(trial_s // CHECK_EVERY_S)) * check
+        once += (3 + int(trial_s // CHECK_EVERY_S)) * check
     return starts * per_server + once
 
 

@@ -6,7 +6,7 @@ machine it does not (another job starts, a core gets busy, clocks throttle). So 
 re-measures a quick speed check (a few requests at batch 1, outputs cut short: the median
 time to first token and between tokens, pooled over every token) at the start of every target,
 then every CHECK_EVERY_S of trials and at the target's end; the reference is the mean of two
-checks at the sweep's start. When a check differs from the reference beyond DRIFT_TOLERANCE,
+checks at the sweep's start, after one unmeasured check that warms the server. When a check differs from the reference beyond DRIFT_TOLERANCE,
 every trial since the last clean check is
 flagged `details.drift`: it is no evidence (capacity.sample_of, pareto's fold), so a search
 measures that load again and a grid re-runs the trial as a new repetition once a check is clean
@@ -37,6 +37,7 @@ CHECK_EVERY_S = 30.0
 # drifts go unseen; the evidence rule's repetitions and intervals carry them.
 DRIFT_TOLERANCE = 0.35
 CHECKED = ("ttft_ms", "itl_ms")
+WARM_UP_SALT = -1  # the unmeasured check before the reference: tokens no measured check sends
 
 
 def drift_between(reference: dict[str, float], now: dict[str, float],
@@ -134,6 +135,12 @@ class SpeedChecks:
         """Check the machine on `target` now (twice, for the reference, at the sweep's first);
         flag the trials since the last check if it drifted; return why it drifted, or None."""
         if self.watch.reference is None:
+            # A cold server's first requests pay one-time costs (kernels built for new shapes,
+            # caches filled): a reference taken cold made every later, warm check look like
+            # drift (vLLM's CPU build: 47 ms median TTFT cold, 26-40 ms in every check after,
+            # 7 of 16 search trials flagged "faster" and measured again). One check, unmeasured,
+            # warms exactly the shapes the checks send.
+            check_records(target, self.profile, self.seed, WARM_UP_SALT)
             self.watch.reference_from([speed_check(target, self.profile, self.seed, k)
                                        for k in (0, 1)])
         salt = 2 + 2 * len(self.watch.checks)
@@ -201,6 +208,16 @@ def speed_check(target: Target, profile, seed: int, salt: int = 0) -> dict[str, 
     import numpy as np
 
     from experiments.analysis.metrics import itl_ms, ttft_ms
+
+    records = check_records(target, profile, seed, salt)
+    itls = [x for r in records for x in itl_ms(r)]
+    ttfts = [t for r in records if (t := ttft_ms(r)) is not None]
+    return {**({"ttft_ms": float(np.median(ttfts))} if ttfts else {}),
+            **({"itl_ms": float(np.median(itls))} if itls else {})}
+
+
+def check_records(target: Target, profile, seed: int, salt: int) -> list:
+    """The requests of one check, sent as `speed_check` says; their records."""
     from experiments.load.loadgen import run_closed_loop
     from experiments.load.workload import make_requests
     from experiments.run.trial import BASELINE_SCHED
@@ -222,7 +239,4 @@ def speed_check(target: Target, profile, seed: int, salt: int = 0) -> dict[str, 
         if previous is not None:
             engine.reconfigure(previous)
     engine.take_steps()  # a check's steps belong to no trial
-    itls = [x for r in records for x in itl_ms(r)]
-    ttfts = [t for r in records if (t := ttft_ms(r)) is not None]
-    return {**({"ttft_ms": float(np.median(ttfts))} if ttfts else {}),
-            **({"itl_ms": float(np.median(itls))} if itls else {})}
+    return records
