@@ -6,8 +6,8 @@ machine it does not (another job starts, a core gets busy, clocks throttle). So 
 re-measures a quick speed check (a few requests at batch 1, outputs cut short: the median
 time to first token and between tokens, pooled over every token) at the start of every target,
 then every CHECK_EVERY_S of trials and at the target's end; the reference is the mean of two
-checks at the sweep's start, after one unmeasured check that warms the server. When a check differs from the reference beyond DRIFT_TOLERANCE,
-every trial since the last clean check is
+checks at the sweep's start, after one unmeasured check that warms the server. When a check
+differs from the reference beyond DRIFT_TOLERANCE, every trial since the last clean check is
 flagged `details.drift`: it is no evidence (capacity.sample_of, pareto's fold), so a search
 measures that load again and a grid re-runs the trial as a new repetition once a check is clean
 again (docs/metrics.md, "Drift control"). `DriftWatch` is the pure bookkeeping; the runner
