@@ -226,10 +226,13 @@ def _store_run(db: str | None, checked: Checked) -> tuple[Any, int]:
 
 
 def queue_sweep(store, spec) -> int:
-    """Store a sweep checked on the Run page, queued for a worker; its id."""
+    """Store a sweep checked on the Run page, queued for a worker; its id. An external run
+    records the server it measures now, as the CLI's does (a worker never does)."""
     from experiments.run.sweep import create_sweep
 
-    return create_sweep(store, spec, profile_of(spec, store.list_profiles))
+    sweep_id = create_sweep(store, spec, profile_of(spec, store.list_profiles))
+    record_server(store, sweep_id, spec)
+    return sweep_id
 
 
 def prior_note(model: str) -> str:

@@ -125,3 +125,13 @@ def test_the_cli_checks_before_it_writes(argv, line, tmp_path: Path, capsys) -> 
     assert cli.main([*argv, "--db", f"sqlite:///{db}"]) == 2
     assert capsys.readouterr().err.startswith(line)
     assert not db.exists()  # not even a new store file
+
+
+def test_a_queued_engine_sweep_names_its_server_as_the_cli_does(tmp_path: Path) -> None:
+    from db.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'q.db'}")
+    spec = parse_spec({**ONE_LOAD, "engine": "vllm", "model": "/m", "policies": ["continuous"],
+                       "max_wait_ms": [0], "batch_sizes": [4]})
+    sweep = store.get_sweep(runs.queue_sweep(store, spec))
+    assert (sweep.device, sweep.device_name) == ("server", "server per config from --engine vllm")
