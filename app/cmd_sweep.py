@@ -56,7 +56,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not all(isinstance(k, str) for k in data):
         bad = next(k for k in data if not isinstance(k, str))
         raise BadInput(f"--config {path}: field name {bad!r} is not text; use names like batch_sizes")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return _underscored(data)
+
+
+def _underscored(data: dict) -> dict:
+    """`batch-sizes` as `batch_sizes`, in a section's mapping too (`knobs: {batch-sizes: ...}`);
+    values that are data (engine_env's variable names, slos' metrics) are left as written."""
+    from experiments.spec.sections import SECTIONS
+
+    out = {}
+    for k, v in data.items():
+        key = k.replace("-", "_") if isinstance(k, str) else k
+        out[key] = _underscored(v) if key in SECTIONS and isinstance(v, dict) else v
+    return out
 
 
 @app.command()

@@ -32,6 +32,15 @@ def test_a_nested_sweep_yaml_reads_as_the_flat_one(tmp_path: Path):
     assert nested.knobs.batch_sizes == [1, 4] and nested.target.dtype == "float32"
 
 
+
+def test_dashed_names_read_inside_sections_too_but_not_inside_data(tmp_path: Path):
+    dashed = NESTED_YAML.replace("batch_sizes", "batch-sizes")
+    (tmp_path / "d.yaml").write_text(dashed.replace("dtype: float32", "engine-env: {MY-VAR: x}"))
+    raw = spec_from_flags(tmp_path / "d.yaml", {})
+    assert raw["batch_sizes"] == [1, 4]  # a section's field, dashed as on the command line
+    assert raw["engine_env"] == {"MY-VAR": "x"}  # a variable's name is data: as written
+
+
 def test_flags_win_over_a_nested_sweep_yaml(tmp_path: Path):
     (tmp_path / "nested.yaml").write_text(NESTED_YAML)
     flags = {"requests": 16, "target": None, "batch_sizes": [8], "dtype": None}
