@@ -143,6 +143,11 @@ class InProcess:
 class LocalEngine(InProcess):
     """The sweep's model loaded in this process (the one the CLI loaded first, if any)."""
 
+    def target_key(self, config: TrialConfig) -> Hashable:
+        # A search over replica counts (the Run page offers one) needs a target per count: keyed
+        # by nothing, every config ran on the first target's count.
+        return config.replicas
+
     @contextlib.contextmanager
     def open(self, config: TrialConfig) -> Iterator[Target]:
         runner = self.runner
