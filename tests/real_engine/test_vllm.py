@@ -61,10 +61,10 @@ def test_a_sweep_runs_each_server_config_once_and_records_what_ran(sweep_db):
 def test_the_engines_own_metrics_are_sampled_and_obey_its_batch_cap(sweep_db):
     db, _ = sweep_db
     for trial in Store(db, create=False).list_trials(1):
-        summary = trial.details["server_metrics"]
-        running = summary["stats"]["running"]  # read at the trial's ends: Little's law, no max
+        summary = trial.details.server_metrics
+        running = summary.stats["running"]  # read at the trial's ends: Little's law, no max
         assert running is not None and running["mean"] <= 1.2 * trial.config.batch_size  # vLLM's own cap
-        assert summary["counters"]["prefix_cache_queries"] > 0  # vLLM counts prompt tokens looked up
+        assert summary.counters["prefix_cache_queries"] > 0  # vLLM counts prompt tokens looked up
         mean_batch = trial.metrics["mean_batch_size"]
         assert mean_batch is not None and 0 <= mean_batch <= trial.config.batch_size
 
