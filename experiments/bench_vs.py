@@ -95,7 +95,7 @@ def run_bench_vs(model: str, vs: str, device: str = "auto", repeats: int = 3,
     contenders: list[Contender] = []
     # A built-in is written as a Hugging Face directory for vLLM; an id or a path it loads itself.
     export_dir = tempfile.mkdtemp(prefix="tradeoff-vs-") if vs == "vllm" and is_builtin(model) else None
-    dtype = served_dtype(device) if dtype == "auto" else dtype
+    dtype = _served_dtype(device) if dtype == "auto" else dtype
     try:
         contenders.append(_start(_serve_process(model, device, dtype), tokenizer, started, log))
         if vs == "vllm":
@@ -147,7 +147,7 @@ def _vllm_process(model: str, export_dir: str | None, engine_python: str | None,
                                                                       port, python, args))
 
 
-def served_dtype(device: str) -> str:
+def _served_dtype(device: str) -> str:
     """`tradeoff serve --dtype auto`'s dtype: bfloat16 on CUDA, float32 elsewhere."""
     import torch
 

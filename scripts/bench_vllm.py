@@ -81,6 +81,8 @@ def grid(work: Path, requests: int) -> str:
 
 
 def relaunch(db: str, work: Path, requests: int, rounds: int = 3) -> None:
+    from db.store import Store
+
     doc = json.loads(run("export", "--sweep", "1", "--format", "json", "--db", db).stdout)
     batch, budget = doc["engine"]["max_batch_size"], doc["engine"].get("max_num_batched_tokens")
     users = doc["load"]["concurrency"]
@@ -100,8 +102,6 @@ def relaunch(db: str, work: Path, requests: int, rounds: int = 3) -> None:
                   "--max-num-batched-tokens", str(budget or "none"), "--concurrency", str(users),
                   "--requests", str(requests), "--seed", str(r), "--db", reps_db, "--json")
         out.check_returncode()
-        from db.store import Store
-
         stored = Store(reps_db, create=False).list_trials(1)
         swept += [{**t.metrics, "details": t.details.to_dict()} for t in stored]
         again.append(_relaunched_trial(command, work, users, requests, seed=r))

@@ -216,13 +216,13 @@ def revise_plan(spec: SweepSpec, profile: Profile, cost: CostModel | None, slos:
     # the same rule at the widest band (x 2).
     ratio = spec.search.keep_ratio
     banded = growth is not None and ratio > 0 and 1 / growth > ratio
+    floor, why = ((1 / growth, f"x {growth:.3g}, one error band of the predictions so far, is below the")
+                  if banded else (ratio, f"is below {ratio:g} x the"))
     for label, capacity in _predicted_for(spec, profile, cost, slos, rest, memo).items():
         measured = active[label].lo or 0.0
-        if max(capacity, measured) < (1 / growth if banded else ratio) * best_cap:
-            pruned[label] = (f"refitted prediction {capacity:.3g} (shown so far: {measured:g})"
-                             + (f" x {growth:.3g}, one error band of the predictions so far, is"
-                                if banded else f" is below {ratio:g} x the")
-                             + f"{' below the' if banded else ''} {best_cap:g} {best_label} carries")
+        if max(capacity, measured) < floor * best_cap:
+            pruned[label] = (f"refitted prediction {capacity:.3g} (shown so far: {measured:g}) "
+                             f"{why} {best_cap:g} {best_label} carries")
     return pruned
 
 
