@@ -105,7 +105,7 @@ def search(
             # A rate trial is sized by time (search.min_span_s) and evidence: at light loads 48
             # requests took 48 s at 1 req/s, a fifth of a 4-minute budget, to pass a load far
             # below capacity.
-            from experiments.search.strategy import decisive_requests
+            from experiments.search.evidence import decisive_requests
 
             requests = decisive_requests()
         data = {**opt.spec_fields(model=model, profile=profile, burstiness=burstiness,

@@ -235,6 +235,23 @@ def _v5_moved(details: dict) -> dict | None:
     return out
 
 
+def _v6_search_repeats(conn: Connection) -> None:
+    """Version 6: a capacity search stops repeating a load that its repetitions left are unlikely
+    to decide (`search.skip_futile_repeats`, new searches: true). Searches stored before spent
+    every repetition; their grids get `false`, so a replay of their trials walks the same loads
+    and reaches the same answer. Grids without a search, or with the key, are left alone."""
+    sweeps = Table("sweeps", MetaData(), Column("id", Integer, primary_key=True),
+                   Column("grid_json", Text))
+    query = select(sweeps.c.id, sweeps.c.grid_json).where(sweeps.c.grid_json.like('%"search"%'))
+    for sweep_id, stored in conn.execute(query).all():
+        grid = json.loads(stored)
+        search = grid.get("search") if isinstance(grid, dict) else None
+        if isinstance(search, dict) and "skip_futile_repeats" not in search:
+            grid["search"] = {**search, "skip_futile_repeats": False}
+            conn.execute(sweeps.update().where(sweeps.c.id == sweep_id).values(
+                grid_json=json.dumps(grid, sort_keys=True, default=str)))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: sweeps, trials, requests", _v1_initial),
     Migration(2, "worker liveness columns, sweep queue index, profiles", _v2_liveness_and_profiles),
@@ -244,6 +261,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _v4_sessions_and_prefix_cache),
     Migration(5, "trial details: a search revision moved from prediction.revision to revision",
               _v5_details_revision),
+    Migration(6, "searches stored before the futility stop keep spending every repetition",
+              _v6_search_repeats),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 

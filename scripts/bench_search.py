@@ -155,7 +155,7 @@ def dense_readings(trials, target: float) -> dict:
     the target (noise lets a lucky high load pass), the load before the first point miss, and
     the search's own rule (below the first load whose 90% Wilson interval does not lie wholly
     above the target: a bisection that measured every load once; it repeats undecided ones)."""
-    from experiments.search.strategy import wilson, z_for
+    from experiments.search.evidence import wilson, z_for
 
     z = z_for(0.9)
     rows = sorted((t.config.concurrency, t) for t in trials if t.status == "done")

@@ -14,7 +14,8 @@ from common.numbers import num
 from common.records import SLO, TrialRecord
 from experiments.analysis.choice import Choice, choose
 from experiments.search.capacity import NOT_ANSWERED, PRUNED, RULED_OUT, ConfigCapacity, knob_label
-from experiments.search.strategy import AT_LIMIT, INVALID, UNDECIDED, WITHIN_NOISE, Attainment, fmt_amount
+from experiments.search.evidence import Attainment
+from experiments.search.strategy import AT_LIMIT, INVALID, UNDECIDED, WITHIN_NOISE, fmt_amount
 
 METRIC_NAMES = {
     "ttft_ms": "TTFT", "tpot_ms": "TPOT", "itl_ms": "ITL", "e2e_ms": "E2E",

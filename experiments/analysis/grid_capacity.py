@@ -19,17 +19,15 @@ from dataclasses import replace
 
 from common.records import TrialConfig, TrialRecord
 from experiments.search.capacity import ConfigCapacity, objective_key, sample_of
+from experiments.search.evidence import Attainment, pooled_attainment, z_for
 from experiments.search.strategy import (
     AT_LIMIT,
     DECIDED,
     INVALID,
     UNDECIDED,
     WITHIN_NOISE,
-    Attainment,
     Capacity,
     fmt_amount,
-    pooled_attainment,
-    z_for,
 )
 from experiments.spec.profiles import Profile
 

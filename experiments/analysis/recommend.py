@@ -38,7 +38,7 @@ from experiments.analysis.choice import at_capacity, choose, deployed
 from experiments.analysis.grid_capacity import read_levels
 from experiments.analysis.pareto import ConfigPoint, aggregate, knee
 from experiments.search.capacity import ConfigCapacity, knob_label
-from experiments.search.strategy import Attainment
+from experiments.search.evidence import Attainment
 
 OBJECTIVES: dict[str, str] = {"max_goodput": "goodput_rps", "max_throughput": "output_tokens_per_s"}
 KNEE_LATENCY_KEY = "e2e_ms_p90"

@@ -35,6 +35,8 @@ MAX_TRIALS = 8  # the latest trials fitted: each costs one simulation per Jacobi
 ANCHOR_WEIGHT = 0.3  # per log-unit away from the probes' fit, as one metric's log error
 STEP = 0.05  # finite-difference step, log units
 MAX_MOVE = 1.5  # at most e^1.5 per iteration: a bad linearisation cannot overshoot far
+TOL = 1e-3  # a step under 0.1% in every cost: converged (no prediction moves by that much)
+CHORD_MOVE = 0.1  # after an accepted step under ~10% in every cost the Jacobian is kept
 
 
 @dataclass(frozen=True)
@@ -127,27 +129,42 @@ class _Fitter:
         return np.asarray(out, dtype=float)
 
     def solve(self, iterations: int) -> np.ndarray:
+        """Levenberg-Marquardt. The Jacobian (a simulation of every trial per cost) is kept
+        after a short accepted step (a chord step: over moves of a few % the log metrics are
+        near linear in the log costs) and recomputed after a long one or where a step failed on
+        a stale one; a step below TOL ends it. Refits warm-started from the last one move a few
+        % and take one Jacobian, not one per iteration."""
         theta, lam = self.theta0.copy(), 1e-2
         r = self.residuals(theta)
         if not r.size or not self.free:
             return theta
-        loss = float(r @ r)
+        loss, jac, fresh = float(r @ r), None, False
         for _ in range(iterations):
-            jac = np.zeros((r.size, len(self.free)))
-            for col, i in enumerate(self.free):
-                moved = theta.copy()
-                moved[i] += STEP
-                jac[:, col] = (self.residuals(moved) - r) / STEP
+            if jac is None:
+                jac, fresh = self._jacobian(theta, r), True
             a = jac.T @ jac
             step = np.linalg.solve(a + lam * np.diag(np.diag(a) + 1e-9), -jac.T @ r)
+            if np.abs(step).max() < TOL:
+                break
             trial = theta.copy()
             trial[list(self.free)] += np.clip(step, -MAX_MOVE, MAX_MOVE)
             r2 = self.residuals(trial)
             if float(r2 @ r2) < loss:
-                theta, r, loss, lam = trial, r2, float(r2 @ r2), lam / 3
+                theta, r, loss, lam, fresh = trial, r2, float(r2 @ r2), lam / 3, False
+                if np.abs(step).max() > CHORD_MOVE:  # a long move: linearise again where it landed
+                    jac = None
             else:
                 lam *= 5
+                jac = jac if fresh else None  # stale: take it again here before giving up on it
         return theta
+
+    def _jacobian(self, theta: np.ndarray, r: np.ndarray) -> np.ndarray:
+        jac = np.zeros((r.size, len(self.free)))
+        for col, i in enumerate(self.free):
+            moved = theta.copy()
+            moved[i] += STEP
+            jac[:, col] = (self.residuals(moved) - r) / STEP
+        return jac
 
 
 def _theta(cost: CostModel) -> np.ndarray:

@@ -39,7 +39,8 @@ from experiments.search.capacity_plan import (
     replan,
     revise_plan,
 )
-from experiments.search.strategy import CapacitySearch, Sample
+from experiments.search.evidence import Sample
+from experiments.search.strategy import CapacitySearch
 from experiments.spec.grid import GridError, SweepSpec, server_key
 from experiments.targets.external import TargetSetupError
 

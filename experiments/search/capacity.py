@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from common.details import Revision, SearchPlan, part
 from common.records import TrialConfig, TrialRecord, config_to_dict
+from experiments.search.evidence import Sample
 from experiments.search.strategy import (
     INVALID,
     PRUNED,
@@ -20,7 +21,6 @@ from experiments.search.strategy import (
     Capacity,
     CapacitySearch,
     Probe,
-    Sample,
     SearchSettings,
     drive,
     search_steps,
@@ -98,14 +98,14 @@ def settings_for(spec: SweepSpec, profile: Profile, config: TrialConfig,
         # > lo for every lo >= first), else a passing load would be measured again and again.
         growth = max(growth, (first + 1) / first)
         return SearchSettings(profile.min_slo_attainment, True, first, 1.0, top, 0.1, growth,
-                              search.max_repeats, unit="users")
+                              search.max_repeats, search.skip_futile_repeats, unit="users")
     # Below this rate one trial's arrivals span more than MAX_ARRIVAL_SPAN_S: not worth it.
     # (A trace's window, not the request count, sets a speed-up trial's length.)
     floor = 0.05 if _is_speedup(spec) else float(f"{spec.load.requests / MAX_ARRIVAL_SPAN_S:.3g}")
     start = max(start or 1.0, floor)
     return SearchSettings(profile.min_slo_attainment, False, start, floor,
                           max(search.max_load or MAX_RATE, start), search.rel_tol, growth,
-                          search.max_repeats, unit=unit_of(spec))
+                          search.max_repeats, search.skip_futile_repeats, unit=unit_of(spec))
 
 
 def trial_config(spec: SweepSpec, knobs: TrialConfig, probe: Probe) -> TrialConfig:

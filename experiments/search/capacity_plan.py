@@ -16,7 +16,8 @@ from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
 from experiments.predict.simulate import PER_TRIAL_OVERHEAD_S, cost_to_dict, prior_cost, simulate_trial
 from experiments.search.capacity import knob_label, objective_key, run_search, trial_config
-from experiments.search.strategy import AT_LIMIT, CapacitySearch, Probe, Sample
+from experiments.search.evidence import Sample
+from experiments.search.strategy import AT_LIMIT, CapacitySearch, Probe
 from experiments.spec.grid import SweepSpec
 from experiments.spec.profiles import Profile
 

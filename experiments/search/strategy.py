@@ -8,8 +8,11 @@ clock and runs nothing, so the virtual clock and injected noise test it exactly.
 
 Noise: a load passes when the attainment's confidence interval lies wholly at or above the
 target, fails when it lies below; in between it is measured again (another repetition, another
-seed) until the interval decides or `max_repeats` is spent. A load still undecided then is
-judged by the evidence rule every view uses: the pooled share against the target (so n = 1
+seed) until the interval decides or `max_repeats` is spent, and only while more repetitions
+could decide it: when even `max_repeats` repetitions' worth of requests at the pooled share so
+far would leave the target inside the interval, repeating is futile (`skip_futile_repeats`; a
+group-sequential test's futility stop) and the load is judged at once. A load still undecided
+then is judged by the evidence rule every view uses: the pooled share against the target (so n = 1
 and n >= 2 are judged alike and more evidence never makes a load look worse); if the final
 bracket ends on such a load, the answer says the boundary is within noise. The interval
 is Wilson's over the pooled requests; requests in one trial share a queue and are not
@@ -24,6 +27,15 @@ from collections.abc import Callable, Generator, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from experiments.search.evidence import (
+    FUTILITY_POWER,
+    Attainment,
+    Sample,
+    decide_chance,
+    pooled_attainment,
+    z_for,
+)
+
 Step, Answer, Result = TypeVar("Step"), TypeVar("Answer"), TypeVar("Result")
 
 # Statuses of a finished (or stopped) search; DECIDED_STATUSES count as an answer.
@@ -31,80 +43,6 @@ DECIDED, WITHIN_NOISE, AT_LIMIT = "decided", "within_noise", "at_limit"
 UNDECIDED, INVALID = "undecided", "invalid"
 PRUNED = "pruned"  # stopped: shown unable to beat the best config so far (not undecided)
 DECIDED_STATUSES = (DECIDED, WITHIN_NOISE, AT_LIMIT)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One repetition at one load: how many measured requests met every SLO, of how many."""
-
-    num_good: int
-    num_total: int
-    is_valid: bool = True  # False: not capacity evidence (client-bound, failed trial)
-    reason: str | None = None  # why it is not valid
-    # Open loop, the queue kept growing: the load is beyond what the config serves, whatever
-    # this short trial's attainment says (it would fall the longer the trial ran).
-    saturated: bool = False
-    # Requests of one trial share a queue: what they are worth as independent requests
-    # (metrics.design_effect); None: num_total.
-    effective_n: float | None = None
-
-    @property
-    def weight(self) -> float:
-        """The sample's worth in independent requests."""
-        return self.num_total if self.effective_n is None else min(self.effective_n, self.num_total)
-
-
-@dataclass(frozen=True)
-class Attainment:
-    """Pooled SLO attainment at one load and its confidence interval."""
-
-    mean: float
-    lo: float
-    hi: float
-    num_total: int
-    effective_n: float | None = None  # the interval's n: num_total discounted for clustering
-
-
-def wilson(num_good: float, num_total: float, z: float) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (sensible at 0 and 1, unlike Wald's);
-    `num_total` may be an effective (fractional) sample size."""
-    if num_total <= 0:
-        return 0.0, 1.0
-    p, n = num_good / num_total, num_total
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - margin), min(1.0, center + margin)
-
-
-def pooled_attainment(samples: list[Sample], z: float) -> Attainment:
-    """Attainment over every valid sample at one load: the pooled share of requests, its
-    interval over the samples' effective sizes (clustered misses count for fewer requests)."""
-    valid = [s for s in samples if s.is_valid]
-    good = sum(s.num_good for s in valid)
-    total = sum(s.num_total for s in valid)
-    mean = good / total if total else 0.0
-    weight = sum(s.weight for s in valid)
-    lo, hi = wilson(mean * weight, weight, z)
-    return Attainment(mean, lo, hi, total, None if weight == total else round(weight, 2))
-
-
-def decisive_requests(target: float = 0.9, confidence: float = 0.9) -> int:
-    """The fewest requests whose Wilson interval clears `target` when every one passes (25 at
-    0.9 and 90% confidence): fewer can never decide a pass on their own."""
-    z, n = z_for(confidence), 1
-    while wilson(n, n, z)[0] < target:
-        n += 1
-    return n
-
-
-def z_for(confidence: float) -> float:
-    """Two-sided normal quantile, e.g. 1.645 for 0.90."""
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
-
-
 def fmt_amount(load: float, unit: str) -> str:
     """A load as users read it: `1 user`, `4 users`, `2.5 req/s`, `2x speed-up`."""
     if unit == "x speed-up":
@@ -126,6 +64,9 @@ class SearchSettings:
     rel_tol: float = 0.1  # rate: stop bisecting when (hi - lo) <= rel_tol x hi
     growth: float = 2.0  # bracketing factor
     max_repeats: int = 3  # measurements of one load before calling it within noise
+    # Stop repeating a load when even max_repeats repetitions at its pooled share so far could
+    # not decide it (searches stored before this spent every repetition: False replays them).
+    skip_futile_repeats: bool = True
     confidence: float = 0.9
     unit: str = ""  # how loads read: "users" | "req/s" | "x speed-up"; "" = by is_integer
 
@@ -221,7 +162,7 @@ class CapacitySearch:
             self.lo, self.current = probe.load, None
         elif att.hi < self.s.target:
             self.hi, self.current = probe.load, None
-        elif self._num_tries(probe.load) >= self.s.max_repeats:
+        elif (spent := self._num_tries(probe.load) >= self.s.max_repeats) or self._is_futile(samples, att):
             # The evidence rule (docs/metrics.md): the pooled share decides, as it does for one
             # repetition and for a grid, so more evidence never makes a load look worse; the
             # interval only says the verdict is within noise.
@@ -230,10 +171,23 @@ class CapacitySearch:
             else:
                 self.hi, self.current = probe.load, None
             verdict = "met" if att.mean >= self.s.target else "missed"
+            runs = f"{len(samples)} repetition{'s' if len(samples) != 1 else ''}"
+            if not spent:
+                runs += f" ({self.s.max_repeats} could not decide it at this share)"
             self.noisy[probe.load] = (f"attainment at {self.fmt_load(probe.load)} is {att.mean:.1%} "
-                                      f"[{att.lo:.1%}, {att.hi:.1%}] after {len(samples)} "
-                                      f"repetitions: {verdict}, within noise of the "
-                                      f"{self.s.target:.0%} target")
+                                      f"[{att.lo:.1%}, {att.hi:.1%}] after {runs}: {verdict}, "
+                                      f"within noise of the {self.s.target:.0%} target")
+
+    def _is_futile(self, samples: list[Sample], att: Attainment) -> bool:
+        """Whether the repetitions left are unlikely to decide this load: if its true share were
+        the pooled one so far, the chance that the interval after max_repeats repetitions (each
+        worth the mean so far) clears the target either way is below FUTILITY_POWER."""
+        valid = [s for s in samples if s.is_valid]
+        if not self.s.skip_futile_repeats or not valid or len(valid) >= self.s.max_repeats:
+            return False
+        per_run = sum(s.weight for s in valid) / len(valid)
+        done, left = per_run * len(valid), per_run * (self.s.max_repeats - len(valid))
+        return decide_chance(att.mean, done, left, self.s.target, self.z) < FUTILITY_POWER
 
     def _num_tries(self, load: float) -> int:
         """Measurements of `load` so far, valid or not: the next one's repetition index."""

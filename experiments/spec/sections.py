@@ -175,6 +175,9 @@ class SearchSpec(BaseModel):
     max_load: float | None = Field(default=None, gt=0)
     rel_tol: float = Field(default=0.1, gt=0, lt=1)  # rate resolution, relative
     max_repeats: int = Field(default=3, ge=1, le=20)  # repetitions of an undecided load
+    # Repeat a load only while max_repeats repetitions could still decide it (strategy.py).
+    # Searches stored before this spent every repetition; the store's version 6 says so.
+    skip_futile_repeats: bool = True
     # An open-loop trial sends at least this many seconds of arrivals: above capacity the queue
     # needs time to grow, and a short burst looks carried (48 requests at 22 req/s "met" the
     # SLOs of a mock server that serves 18.6 req/s at most; its steady-state capacity is 13.9).

@@ -115,7 +115,7 @@ def test_demo_is_one_grid_under_chat_and_batch_with_repetitions() -> None:
     assert min(chat.load.concurrency) == 2 and max(chat.load.concurrency) == max(chat.knobs.batch_sizes)
     assert chat.num_trials + batch.num_trials == 32
     # All passing, the pooled requests of a point clear the 0.9 target's 90% Wilson interval.
-    from experiments.search.strategy import wilson, z_for
+    from experiments.search.evidence import wilson, z_for
 
     n = chat.load.requests * chat.load.repetitions
     assert wilson(n, n, z_for(0.9))[0] >= 0.9

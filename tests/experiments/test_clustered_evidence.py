@@ -4,15 +4,8 @@
 import pytest
 
 from experiments.analysis.metrics import attainment_evidence, design_effect
-from experiments.search.strategy import (
-    CapacitySearch,
-    Probe,
-    Sample,
-    SearchSettings,
-    pooled_attainment,
-    wilson,
-    z_for,
-)
+from experiments.search.evidence import Sample, pooled_attainment, wilson, z_for
+from experiments.search.strategy import CapacitySearch, Probe, SearchSettings
 
 Z = z_for(0.9)
 

@@ -34,7 +34,8 @@ from experiments.search.capacity import (
     trial_config,
 )
 from experiments.search.capacity_plan import replan, simulated_measure
-from experiments.search.strategy import Capacity, CapacitySearch, Probe, Sample, SearchSettings
+from experiments.search.evidence import Sample
+from experiments.search.strategy import Capacity, CapacitySearch, Probe, SearchSettings
 from experiments.spec.grid import parse_spec
 from experiments.spec.profiles import Profile
 

@@ -8,6 +8,7 @@ import pytest
 from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
 from experiments.predict.simulate import simulate_trial
+from experiments.search.evidence import Sample, decide_chance, wilson, z_for
 from experiments.search.strategy import (
     AT_LIMIT,
     DECIDED,
@@ -16,10 +17,8 @@ from experiments.search.strategy import (
     WITHIN_NOISE,
     CapacitySearch,
     Probe,
-    Sample,
     SearchSettings,
     search_all,
-    wilson,
 )
 from experiments.spec.profiles import Profile
 
@@ -118,7 +117,9 @@ def test_a_load_that_never_decides_is_judged_by_its_pooled_share_and_says_within
             return Sample(N, N)
         # 91.7%: the interval straddles 90% forever, the pooled share passes; 62.5% misses.
         return Sample(44, N) if probe.load < 8 else Sample(30, N)
-    result, probes = run_one(SearchSettings(start_load=1.0, max_repeats=3), measure)
+    # Every repetition spent (searches stored before the futility stop replay this way).
+    result, probes = run_one(SearchSettings(start_load=1.0, max_repeats=3, skip_futile_repeats=False),
+                             measure)
     # 4 req/s is measured three times, never decides, and passes by its pooled share (as one
     # repetition at 91.7% would on a grid); 8 misses; bisection: 6 and 7 pass the same way,
     # 7.5 too, and 8 - 7.5 <= 10% of 8.
@@ -127,6 +128,36 @@ def test_a_load_that_never_decides_is_judged_by_its_pooled_share_and_says_within
         (7, 2), (7.5, 0), (7.5, 1), (7.5, 2)]
     assert result.status == WITHIN_NOISE and result.capacity == 7.5 and result.upper == 8.0
     assert "met, within noise" in result.reason and result.is_decided
+
+
+def test_a_load_more_repetitions_could_not_decide_is_judged_at_once():
+    # The same server with the futility stop: at 91.7% of 48 even three repetitions' worth of
+    # requests would straddle 90% (the chance that two more decide it is ~10%), so each edge load
+    # is measured once; the answer is the same, in 7 probes instead of 15.
+    def measure(_key, probe):
+        return Sample(N, N) if probe.load < 4 else Sample(44, N) if probe.load < 8 else Sample(30, N)
+    result, probes = run_one(SearchSettings(start_load=1.0, max_repeats=3), measure)
+    assert [(p.load, p.repetition) for p in probes] == [
+        (1, 0), (2, 0), (4, 0), (8, 0), (6, 0), (7, 0), (7.5, 0)]
+    assert result.status == WITHIN_NOISE and result.capacity == 7.5 and result.upper == 8.0
+    assert "after 1 repetition (3 could not decide it at this share): met" in result.reason
+
+
+def test_decide_chance_matches_a_hand_computation():
+    z = z_for(0.9)
+    # 0.9375 over 15 effective requests, 30 more to come (45 in all). The pooled interval over 45
+    # clears 90% from a share of ~0.974 up, which the new 30 reach at a share of
+    # (0.974 x 45 - 0.9375 x 15) / 30 = 0.992: 1.24 sd above 0.9375 (sd sqrt(0.9375 x 0.0625 / 30)
+    # = 0.0442), a chance of ~0.108; failing needs ~0.73, 4.7 sd below: ~0.
+    assert decide_chance(0.9375, 15, 30, 0.9, z) == pytest.approx(0.108, abs=0.005)
+    # 45 of 48 with 96 more: the share needed is 0.944, 0.26 sd above: ~0.40 (the test above
+    # with 48 of 48 next: repeated, and it decided).
+    assert decide_chance(45 / 48, 48, 96, 0.9, z) == pytest.approx(0.40, abs=0.02)
+    assert decide_chance(1.0, 15, 30, 0.9, z) == 1.0  # all pass: the 45 clear 90%
+    assert decide_chance(0.5, 15, 30, 0.9, z) > 0.999  # far below: a fail is all but sure
+    # The chance grows with the requests left, at one share.
+    assert decide_chance(0.95, 15, 15, 0.9, z) < decide_chance(0.95, 15, 30, 0.9, z) < \
+        decide_chance(0.95, 15, 300, 0.9, z)
 
 
 def test_first_load_within_noise_still_searches_below_it():
@@ -255,7 +286,7 @@ def test_after_the_first_round_the_config_that_could_carry_most_is_probed():
 
 
 def test_decisive_requests_is_the_fewest_whose_all_pass_interval_clears_the_target():
-    from experiments.search.strategy import decisive_requests, z_for
+    from experiments.search.evidence import decisive_requests, z_for
 
     n = decisive_requests(0.9, 0.9)
     assert n == 25  # by hand: n / (n + z^2) >= 0.9 with z = 1.645 first holds at n = 25

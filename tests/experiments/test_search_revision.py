@@ -8,7 +8,8 @@ from engine.simulate import CostModel
 from experiments.analysis.answer import sentence
 from experiments.search.capacity import knob_label, run_search, trial_config
 from experiments.search.capacity_plan import predicted_capacities, revise_plan
-from experiments.search.strategy import AT_LIMIT, PRUNED, CapacitySearch, Probe, Sample, SearchSettings
+from experiments.search.evidence import Sample
+from experiments.search.strategy import AT_LIMIT, PRUNED, CapacitySearch, Probe, SearchSettings
 from experiments.spec.grid import parse_spec
 from experiments.spec.profiles import Profile
 
@@ -33,7 +34,8 @@ def users_spec(batch_sizes: list[int], max_load: float = 64) -> object:
 
 def searched(start: float, samples: list[Sample], max_load: float = 64) -> CapacitySearch:
     """A users search that starts at `start` and got `samples`, in order."""
-    search = CapacitySearch(SearchSettings(0.9, True, start, 1.0, max_load))
+    # Every repetition spent: `samples` are measured as listed (no futility stop).
+    search = CapacitySearch(SearchSettings(0.9, True, start, 1.0, max_load, skip_futile_repeats=False))
     for sample in samples:
         search.record(search.next_probe(), sample)
     search.next_probe()  # as the search loop does next: a search whose answer is in finishes
