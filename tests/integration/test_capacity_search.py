@@ -79,7 +79,8 @@ def test_search_json_contract(tmp_path: Path, tiny_profile: Path):
         lists = (c["decided"], c["label"] in out["undecided"], c["label"] in out["ruled_out"])
         assert sum(lists) == 1 and lists[2] == (c["status"] in ("skipped", "pruned")), c
     trials = Store(db, create=False).list_trials(out["sweep_id"])
-    assert out["trials_run"] == len(trials) == len({t.config for t in trials}) >= 4
+    measured = [c for c in out["capacities"] if c["status"] not in ("skipped", "pruned")]
+    assert out["trials_run"] == len(trials) == len({t.config for t in trials}) >= len(measured) >= 1
     decided = [c for c in out["capacities"] if c["decided"] and c["capacity"] > 0]
     if decided:
         top = max(decided, key=lambda c: c["capacity"])
