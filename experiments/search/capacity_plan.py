@@ -188,9 +188,10 @@ def revise_plan(spec: SweepSpec, profile: Profile, cost: CostModel | None, slos:
     """Configs still being searched that can no longer win: (a) measured: it missed the SLOs at
     a load below one another config was shown to carry, finished or not (or clearly at it), so
     its capacity is below that config's; (b) refitted: under `cost` (refitted to every step so
-    far; None: no prediction) it is predicted, and has measured, below `keep_ratio` x the best
-    decided capacity C, or (black-box searches, `growth` given) even one error band above its
-    prediction (x growth, accuracy.knee_growth: within [1.25, 2]) below C. label -> why."""
+    far; None: no prediction) it is predicted, and has measured, below `keep_ratio` x C, the
+    most any config was shown to carry, or (black-box searches, `growth` given) even one error
+    band above its prediction (x growth, accuracy.knee_growth: within [1.25, 2]) below C.
+    label -> why."""
     assert spec.search is not None
     active = {knob_label(k): s for k, s in searches.items() if not s.is_finished}
     # (a) needs no finished search: any load a config was shown to carry (its `lo`, finished or
@@ -205,13 +206,13 @@ def revise_plan(spec: SweepSpec, profile: Profile, cost: CostModel | None, slos:
                     hi < best_lo or (hi == best_lo and hi not in s.noisy and hi not in s.unmeasurable)):
                 pruned[label] = (f"missed the SLOs at {s.fmt_load(hi)}, a load {best_label} carries "
                                  f"({best_lo:g}): it cannot carry more")
-    decided = [(k, s.result()) for k, s in searches.items() if s.is_finished]
-    decided = [(k, c) for k, c in decided if c.is_decided and c.capacity > 0]
     rest = [label for label in active if label not in pruned]
-    if cost is None or not rest or not decided:
+    if cost is None or not rest or not shown:
         return pruned
-    top_knobs, top = max(decided, key=lambda kc: kc[1].capacity)
-    best_cap, best_label = top.capacity, knob_label(top_knobs)
+    # C: the most any config was shown to carry, finished or not, decided or not (a search
+    # that ended unmeasurable or on the budget still carried its `lo`): a lower bound of that
+    # config's capacity, so a config that cannot reach C cannot win.
+    best_label, best_cap = max(shown, key=lambda kl: kl[1])
     # The band applies only where the user lets predictions prune at all (keep_ratio > 0): a
     # config the errors so far say cannot reach C is not worth a server start. keep_ratio 0.5 is
     # the same rule at the widest band (x 2).

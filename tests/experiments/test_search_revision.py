@@ -114,6 +114,22 @@ def test_a_black_box_band_prunes_a_config_one_band_above_its_prediction_still_be
     keep_all = spec.model_copy(update={"search": spec.search.model_copy(update={"keep_ratio": 0.0})})
     assert revise_plan(keep_all, PROFILE, COST, SLOS, searches, growth=1.25) == {}
 
+def test_a_load_shown_carried_by_an_unfinished_or_unmeasurable_search_sets_the_bar_too():
+    # The best config's search has not decided (still bisecting, or a load above it could not
+    # be measured: client-bound three times): what it was shown to carry is still a lower bound
+    # of its capacity, so a config that cannot reach it cannot win.
+    spec = users_spec([1, 8])
+    p1 = predicted_capacities(spec, PROFILE, COST, SLOS)["continuous b1 w0ms"]
+    shown = 2 * p1
+    bisecting = searched(shown, [PASS, FAIL])  # passed at `shown`, missed at 2x: not finished
+    unmeasurable = searched(shown, [PASS, *[Sample(0, 48, is_valid=False, reason="client")] * 3])
+    assert not bisecting.is_finished and unmeasurable.lo == shown
+    for best in (bisecting, unmeasurable):
+        fresh = CapacitySearch(SearchSettings(0.9, True, 1.0, 1.0, 64))
+        pruned = revise_plan(spec, PROFILE, COST, SLOS, {knobs(8): best, knobs(1): fresh}, growth=1.25)
+        assert pruned["continuous b1 w0ms"].endswith(f"is below the {shown:g} continuous b8 w0ms carries")
+
+
 def test_a_replay_prunes_where_the_live_search_pruned():
     spec = parse_spec({"profile": "chat", "policies": ["static", "continuous"], "batch_sizes": [8],
                        "max_wait_ms": [0], "requests": 24,
