@@ -1,5 +1,5 @@
 """Evidence at one load: a repetition's sample, the pooled attainment and its Wilson interval,
-and the chance that more repetitions decide it (the futility stop). Pure functions; the
+and the chance that more repetitions decide it or reverse its verdict (the futility stop). Pure functions; the
 capacity search (strategy.py) and every view judge loads with them."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 # Repeat an undecided load only while the repetitions left have at least this chance of deciding
-# it (conditional power at its pooled share so far); group-sequential tests stop for futility at
-# 10-20%. At 0.9375 over 15 effective requests (a 32-request trial, misses in runs), two more
-# repetitions decide with ~11%: the load is judged now.
+# it (conditional power at its pooled share so far; group-sequential tests stop for futility at
+# 10-20%) or of reversing its verdict (a share near the target: more evidence steadies it). At
+# 0.9375 over 15 effective requests (a 32-request trial, misses in runs) two more repetitions
+# decide with ~11% and reverse with ~10%: the load is judged now. At 0.896 they reverse with ~45%.
 FUTILITY_POWER = 0.2
 
 
@@ -72,6 +73,14 @@ def pooled_attainment(samples: list[Sample], z: float) -> Attainment:
     return Attainment(mean, lo, hi, total, None if weight == total else round(weight, 2))
 
 
+def is_futile(share: float, done: float, left: float, target: float, z: float) -> bool:
+    """Whether `left` more requests (effective) are not worth measuring at a load whose pooled
+    share is `share` over `done`: they would likely neither decide it nor reverse its verdict
+    (each chance below FUTILITY_POWER, the true share taken to be `share`)."""
+    return (decide_chance(share, done, left, target, z) < FUTILITY_POWER
+            and flip_chance(share, done, left, target) < FUTILITY_POWER)
+
+
 def decide_chance(share: float, done: float, left: float, target: float, z: float) -> float:
     """Conditional power: the chance that `left` more requests (effective), drawn at `share`,
     leave the pooled interval over done + left wholly on one side of `target` (normal
@@ -79,18 +88,27 @@ def decide_chance(share: float, done: float, left: float, target: float, z: floa
     total = done + left
     to_pass = _edge_share(total, z, lambda p: wilson(p * total, total, z)[0] >= target, rising=True)
     to_fail = _edge_share(total, z, lambda p: wilson(p * total, total, z)[1] < target, rising=False)
-    sd = math.sqrt(share * (1 - share) / left) if left > 0 else 0.0
+    return (_reach_chance(share, done, left, to_pass, above=True)
+            + _reach_chance(share, done, left, to_fail, above=False))
 
-    def chance(edge: float | None, above: bool) -> float:
-        if edge is None:
-            return 0.0
-        needed = (edge * total - share * done) / left  # the new requests' share that reaches it
-        if sd == 0:
-            return float(share >= needed if above else share <= needed)
-        cdf = NormalDist(share, sd).cdf(needed)
-        return 1 - cdf if above else cdf
 
-    return chance(to_pass, True) + chance(to_fail, False)
+def flip_chance(share: float, done: float, left: float, target: float) -> float:
+    """The chance that `left` more requests drawn at `share` move the pooled share to the other
+    side of `target`, reversing the evidence rule's verdict (met <-> missed)."""
+    return _reach_chance(share, done, left, target, above=share < target)
+
+
+def _reach_chance(share: float, done: float, left: float, edge: float | None, above: bool) -> float:
+    """The chance that the pooled share over done + left ends at or above `edge` (above) or at
+    or below it, the new requests' share ~ Normal(share, share (1 - share) / left)."""
+    if edge is None or left <= 0:
+        return 0.0
+    needed = (edge * (done + left) - share * done) / left  # the new requests' share that reaches it
+    sd = math.sqrt(share * (1 - share) / left)
+    if sd == 0:
+        return float(share >= needed if above else share <= needed)
+    cdf = NormalDist(share, sd).cdf(needed)
+    return 1 - cdf if above else cdf
 
 
 def _edge_share(total: float, z: float, holds: Callable[[float], bool], rising: bool) -> float | None:

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from experiments.search.evidence import (
-    FUTILITY_POWER,
     Attainment,
     Sample,
-    decide_chance,
+    is_futile,
     pooled_attainment,
     z_for,
 )
@@ -173,21 +172,20 @@ class CapacitySearch:
             verdict = "met" if att.mean >= self.s.target else "missed"
             runs = f"{len(samples)} repetition{'s' if len(samples) != 1 else ''}"
             if not spent:
-                runs += f" ({self.s.max_repeats} could not decide it at this share)"
+                runs += f" ({self.s.max_repeats} would likely neither decide nor reverse it)"
             self.noisy[probe.load] = (f"attainment at {self.fmt_load(probe.load)} is {att.mean:.1%} "
                                       f"[{att.lo:.1%}, {att.hi:.1%}] after {runs}: {verdict}, "
                                       f"within noise of the {self.s.target:.0%} target")
 
     def _is_futile(self, samples: list[Sample], att: Attainment) -> bool:
-        """Whether the repetitions left are unlikely to decide this load: if its true share were
-        the pooled one so far, the chance that the interval after max_repeats repetitions (each
-        worth the mean so far) clears the target either way is below FUTILITY_POWER."""
+        """Whether the repetitions left (each worth the mean so far) would likely neither decide
+        this load nor reverse its verdict (evidence.is_futile)."""
         valid = [s for s in samples if s.is_valid]
         if not self.s.skip_futile_repeats or not valid or len(valid) >= self.s.max_repeats:
             return False
         per_run = sum(s.weight for s in valid) / len(valid)
         done, left = per_run * len(valid), per_run * (self.s.max_repeats - len(valid))
-        return decide_chance(att.mean, done, left, self.s.target, self.z) < FUTILITY_POWER
+        return is_futile(att.mean, done, left, self.s.target, self.z)
 
     def _num_tries(self, load: float) -> int:
         """Measurements of `load` so far, valid or not: the next one's repetition index."""

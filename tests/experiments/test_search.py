@@ -8,7 +8,7 @@ import pytest
 from common.records import SLO, TrialConfig
 from engine.simulate import CostModel
 from experiments.predict.simulate import simulate_trial
-from experiments.search.evidence import Sample, decide_chance, wilson, z_for
+from experiments.search.evidence import Sample, decide_chance, flip_chance, is_futile, wilson, z_for
 from experiments.search.strategy import (
     AT_LIMIT,
     DECIDED,
@@ -131,16 +131,16 @@ def test_a_load_that_never_decides_is_judged_by_its_pooled_share_and_says_within
 
 
 def test_a_load_more_repetitions_could_not_decide_is_judged_at_once():
-    # The same server with the futility stop: at 91.7% of 48 even three repetitions' worth of
-    # requests would straddle 90% (the chance that two more decide it is ~10%), so each edge load
-    # is measured once; the answer is the same, in 7 probes instead of 15.
+    # The same server with the futility stop: at 91.7% of 48, two more repetitions would decide
+    # it with ~10% and reverse its verdict with ~19% (both under 20%), so each edge load is
+    # measured once; the answer is the same, in 7 probes instead of 15.
     def measure(_key, probe):
         return Sample(N, N) if probe.load < 4 else Sample(44, N) if probe.load < 8 else Sample(30, N)
     result, probes = run_one(SearchSettings(start_load=1.0, max_repeats=3), measure)
     assert [(p.load, p.repetition) for p in probes] == [
         (1, 0), (2, 0), (4, 0), (8, 0), (6, 0), (7, 0), (7.5, 0)]
     assert result.status == WITHIN_NOISE and result.capacity == 7.5 and result.upper == 8.0
-    assert "after 1 repetition (3 could not decide it at this share): met" in result.reason
+    assert "after 1 repetition (3 would likely neither decide nor reverse it): met" in result.reason
 
 
 def test_decide_chance_matches_a_hand_computation():
@@ -155,6 +155,14 @@ def test_decide_chance_matches_a_hand_computation():
     assert decide_chance(45 / 48, 48, 96, 0.9, z) == pytest.approx(0.40, abs=0.02)
     assert decide_chance(1.0, 15, 30, 0.9, z) == 1.0  # all pass: the 45 clear 90%
     assert decide_chance(0.5, 15, 30, 0.9, z) > 0.999  # far below: a fail is all but sure
+    # Reversing the verdict: the pooled share over 45 falls below 90% when the new 30 read under
+    # (0.9 x 45 - 0.9375 x 15) / 30 = 0.881, 1.27 sd below 0.9375: ~0.102.
+    assert flip_chance(0.9375, 15, 30, 0.9) == pytest.approx(0.102, abs=0.005)
+    assert flip_chance(0.9, 15, 30, 0.9) == pytest.approx(0.5, abs=0.01)  # at the target: a coin
+    # Futile only when both are unlikely: 0.9375 of 15 is; 0.906 of 9.7 (reversed with ~45%) and
+    # 0.95 of 27.5 (decided with ~41%) are not.
+    assert is_futile(0.9375, 15, 30, 0.9, z)
+    assert not is_futile(0.906, 9.67, 19.33, 0.9, z) and not is_futile(0.95, 27.5, 55, 0.9, z)
     # The chance grows with the requests left, at one share.
     assert decide_chance(0.95, 15, 15, 0.9, z) < decide_chance(0.95, 15, 30, 0.9, z) < \
         decide_chance(0.95, 15, 300, 0.9, z)
