@@ -236,10 +236,11 @@ def _v5_moved(details: dict) -> dict | None:
 
 
 def _v6_search_repeats(conn: Connection) -> None:
-    """Version 6: a capacity search stops repeating a load that its repetitions left are unlikely
-    to decide (`search.skip_futile_repeats`, new searches: true). Searches stored before spent
-    every repetition; their grids get `false`, so a replay of their trials walks the same loads
-    and reaches the same answer. Grids without a search, or with the key, are left alone."""
+    """Version 6: a capacity search stops repeating a load that its repetitions left would likely
+    neither decide nor reverse (`search.skip_futile_repeats`, new searches: true). Searches
+    stored before spent every repetition; their grids get `false`, so a replay of their trials
+    walks the same loads and reaches the same answer. Grids without a search, or with the key,
+    are left alone."""
     sweeps = Table("sweeps", MetaData(), Column("id", Integer, primary_key=True),
                    Column("grid_json", Text))
     query = select(sweeps.c.id, sweeps.c.grid_json).where(sweeps.c.grid_json.like('%"search"%'))

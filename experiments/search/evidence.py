@@ -86,8 +86,8 @@ def decide_chance(share: float, done: float, left: float, target: float, z: floa
     leave the pooled interval over done + left wholly on one side of `target` (normal
     approximation of the new requests' share)."""
     total = done + left
-    to_pass = _edge_share(total, z, lambda p: wilson(p * total, total, z)[0] >= target, rising=True)
-    to_fail = _edge_share(total, z, lambda p: wilson(p * total, total, z)[1] < target, rising=False)
+    to_pass = _edge_share(lambda p: wilson(p * total, total, z)[0] >= target, rising=True)
+    to_fail = _edge_share(lambda p: wilson(p * total, total, z)[1] < target, rising=False)
     return (_reach_chance(share, done, left, to_pass, above=True)
             + _reach_chance(share, done, left, to_fail, above=False))
 
@@ -111,12 +111,12 @@ def _reach_chance(share: float, done: float, left: float, edge: float | None, ab
     return 1 - cdf if above else cdf
 
 
-def _edge_share(total: float, z: float, holds: Callable[[float], bool], rising: bool) -> float | None:
+def _edge_share(holds: Callable[[float], bool], rising: bool) -> float | None:
     """The pooled share where `holds` starts (rising: the least share from which it holds up to
     1; else the greatest up to which it holds from 0); None when it holds nowhere."""
     if not holds(1.0 if rising else 0.0):
         return None
-    lo, hi = (0.0, 1.0)
+    lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
         if holds(mid) == rising:

@@ -9,15 +9,14 @@ clock and runs nothing, so the virtual clock and injected noise test it exactly.
 Noise: a load passes when the attainment's confidence interval lies wholly at or above the
 target, fails when it lies below; in between it is measured again (another repetition, another
 seed) until the interval decides or `max_repeats` is spent, and only while more repetitions
-could decide it: when even `max_repeats` repetitions' worth of requests at the pooled share so
-far would leave the target inside the interval, repeating is futile (`skip_futile_repeats`; a
-group-sequential test's futility stop) and the load is judged at once. A load still undecided
-then is judged by the evidence rule every view uses: the pooled share against the target (so n = 1
-and n >= 2 are judged alike and more evidence never makes a load look worse); if the final
-bracket ends on such a load, the answer says the boundary is within noise. The interval
-is Wilson's over the pooled requests; requests in one trial share a queue and are not
-independent, so it is optimistic, which is why undecided loads get fresh repetitions (new
-seeds) rather than only more requests.
+could matter: when the repetitions left would likely neither decide it nor reverse its verdict
+(evidence.is_futile; `skip_futile_repeats`, a group-sequential test's futility stop) the load
+is judged at once. A load still undecided then is judged by the evidence rule every view uses:
+the pooled share against the target (so n = 1 and n >= 2 are judged alike and more evidence
+never makes a load look worse); if the final bracket ends on such a load, the answer says the
+boundary is within noise. The interval is Wilson's over the pooled requests; requests in one
+trial share a queue and are not independent, so it is optimistic, which is why undecided loads
+get fresh repetitions (new seeds) rather than only more requests.
 """
 
 from __future__ import annotations
@@ -42,6 +41,8 @@ DECIDED, WITHIN_NOISE, AT_LIMIT = "decided", "within_noise", "at_limit"
 UNDECIDED, INVALID = "undecided", "invalid"
 PRUNED = "pruned"  # stopped: shown unable to beat the best config so far (not undecided)
 DECIDED_STATUSES = (DECIDED, WITHIN_NOISE, AT_LIMIT)
+
+
 def fmt_amount(load: float, unit: str) -> str:
     """A load as users read it: `1 user`, `4 users`, `2.5 req/s`, `2x speed-up`."""
     if unit == "x speed-up":
@@ -63,8 +64,8 @@ class SearchSettings:
     rel_tol: float = 0.1  # rate: stop bisecting when (hi - lo) <= rel_tol x hi
     growth: float = 2.0  # bracketing factor
     max_repeats: int = 3  # measurements of one load before calling it within noise
-    # Stop repeating a load when even max_repeats repetitions at its pooled share so far could
-    # not decide it (searches stored before this spent every repetition: False replays them).
+    # Stop repeating a load the repetitions left would likely neither decide nor reverse
+    # (evidence.is_futile; searches stored before this spent every repetition: False replays them).
     skip_futile_repeats: bool = True
     confidence: float = 0.9
     unit: str = ""  # how loads read: "users" | "req/s" | "x speed-up"; "" = by is_integer
@@ -181,7 +182,7 @@ class CapacitySearch:
         """Whether the repetitions left (each worth the mean so far) would likely neither decide
         this load nor reverse its verdict (evidence.is_futile)."""
         valid = [s for s in samples if s.is_valid]
-        if not self.s.skip_futile_repeats or not valid or len(valid) >= self.s.max_repeats:
+        if not self.s.skip_futile_repeats or not valid:
             return False
         per_run = sum(s.weight for s in valid) / len(valid)
         done, left = per_run * len(valid), per_run * (self.s.max_repeats - len(valid))

@@ -175,7 +175,8 @@ class SearchSpec(BaseModel):
     max_load: float | None = Field(default=None, gt=0)
     rel_tol: float = Field(default=0.1, gt=0, lt=1)  # rate resolution, relative
     max_repeats: int = Field(default=3, ge=1, le=20)  # repetitions of an undecided load
-    # Repeat a load only while max_repeats repetitions could still decide it (strategy.py).
+    # Repeat a load only while the repetitions left could decide it or reverse its verdict
+    # (experiments/search/evidence.py, is_futile).
     # Searches stored before this spent every repetition; the store's version 6 says so.
     skip_futile_repeats: bool = True
     # An open-loop trial sends at least this many seconds of arrivals: above capacity the queue
