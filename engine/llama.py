@@ -45,6 +45,16 @@ class ChunkSpan:
 
 
 @dataclass(frozen=True)
+class LongRow:
+    """A decode row whose context outruns the batch's (see engine/attention_split.py): the
+    batched attention sees only its first `decode_len` columns; it is attended alone over all."""
+
+    index: int  # its place among the step's decode rows
+    slot: int
+    length: int  # its context, its new token included
+
+
+@dataclass(frozen=True)
 class StepInputs:
     """One packed forward: decode rows first, then prompt chunks (see the module doc)."""
 
@@ -62,6 +72,7 @@ class StepInputs:
     # test, so a compiled step holds no guard on its batch size)
     is_gathered: bool = False  # decode attention over the rows' K/V copied out (few rows, many
     # free slots below the highest: see GATHER_FACTOR), not over the view of every slot
+    long_rows: tuple[LongRow, ...] = ()  # decode rows longer than decode_len: attended alone
 
 
 def lean_unsupported_reason(model: torch.nn.Module) -> str | None:
@@ -229,14 +240,26 @@ class LeanLlama(torch.nn.Module):
             values = v_cache.narrow(2, 0, step.decode_len).index_select(0, step.decode_rows)
             mask = None if step.decode_mask is None else step.decode_mask.index_select(0, step.decode_rows)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, Hkv, G, D]
-            return out.reshape(-1, self.num_heads * self.head_dim)
+            return self.attend_long_rows(out, q, k_cache, v_cache, step)
+        view_q = q
         if step.decode_rows is not None:  # free slots below the highest: zero queries, dropped after
-            q = q.new_zeros(num_rows, *q.shape[1:]).index_copy_(0, step.decode_rows, q)
+            view_q = q.new_zeros(num_rows, *q.shape[1:]).index_copy_(0, step.decode_rows, q)
         keys = k_cache.narrow(0, 0, num_rows).narrow(2, 0, step.decode_len)  # [rows, Hkv, S, D]
         values = v_cache.narrow(0, 0, num_rows).narrow(2, 0, step.decode_len)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.decode_mask)
+        out = F.scaled_dot_product_attention(view_q, keys, values, attn_mask=step.decode_mask)
         if step.decode_rows is not None:
             out = out.index_select(0, step.decode_rows)
+        return self.attend_long_rows(out, q, k_cache, v_cache, step)
+
+    def attend_long_rows(self, out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor, step: StepInputs) -> torch.Tensor:
+        """`out` [B, Hkv, G, D] with each long row's attention redone over its whole context (q:
+        [B, Hkv, G, D] in decode order; a view of its slot, no mask), as [B, H * D]."""
+        for row in step.long_rows:
+            keys = k_cache[row.slot : row.slot + 1, :, : row.length]  # [1, Hkv, length, D]
+            values = v_cache[row.slot : row.slot + 1, :, : row.length]
+            out[row.index : row.index + 1] = F.scaled_dot_product_attention(
+                q[row.index : row.index + 1], keys, values)
         return out.reshape(-1, self.num_heads * self.head_dim)
 
     def grouped(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

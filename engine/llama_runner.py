@@ -17,8 +17,17 @@ from collections.abc import Callable
 
 import torch
 
+from engine.attention_split import split_long_rows
 from engine.compiled_decode import CompiledDecode
-from engine.llama import GATHER_FACTOR, SMALL_BATCH_ROWS, ChunkSpan, StepInputs, chunk_mask, lean_model
+from engine.llama import (
+    GATHER_FACTOR,
+    SMALL_BATCH_ROWS,
+    ChunkSpan,
+    LongRow,
+    StepInputs,
+    chunk_mask,
+    lean_model,
+)
 from engine.models import LoadedModel
 from engine.sampling import RowSampling, sample
 from engine.scheduler import PrefillChunk
@@ -172,28 +181,33 @@ class LlamaRunner:
                 logit_index.append(len(ids) - 1)
         tensor = self._long
         num_view_rows = slots[-1] + 1 if slots else 0
-        decode_len = max(positions[: len(rows)], default=-1) + 1
+        lengths = [p + 1 for p in positions[: len(rows)]]  # each row's context, its new token included
+        # A compiled decode step attends over one batch: only eager steps split long rows off.
+        decode_len, long = split_long_rows(lengths) if self.decode_fn is self.model or chunks else (
+            max(lengths, default=0), [])
         return StepInputs(
             tensor(ids), tensor(positions), tensor(token_slots), len(rows), num_view_rows,
             None if slots == list(range(len(slots))) else tensor(slots),
-            self._decode_mask(slots, positions[: len(rows)], num_view_rows, decode_len),
+            self._decode_mask(slots, [min(n, decode_len) for n in lengths], num_view_rows, decode_len),
             decode_len, tuple(spans), None if not chunks else tensor(logit_index),
             is_small=len(ids) <= SMALL_BATCH_ROWS,
             is_gathered=num_view_rows > GATHER_FACTOR * len(rows) and bool(rows),
+            long_rows=tuple(LongRow(i, slots[i], lengths[i]) for i in long),
         )
 
     def _long(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
 
-    def _decode_mask(self, slots: list[int], positions: list[int], num_view_rows: int,
+    def _decode_mask(self, slots: list[int], visible: list[int], num_view_rows: int,
                      decode_len: int) -> torch.Tensor | None:
-        """[rows, 1, 1, S] additive: each decode row sees its own context (a float mask: SDPA on
-        CPU converts a bool one on every call); None when every row sees all S columns."""
-        if len(slots) == num_view_rows and min(positions, default=0) + 1 == decode_len:
+        """[rows, 1, 1, S] additive: each decode row sees its `visible` columns (its context, or
+        all S for a long row attended alone after; a float mask: SDPA on CPU converts a bool one
+        on every call); None when every row sees all S columns."""
+        if len(slots) == num_view_rows and min(visible, default=decode_len) == decode_len:
             return None
         lengths = [1] * num_view_rows  # a free slot's row: one visible column, never all masked
-        for slot, pos in zip(slots, positions, strict=True):
-            lengths[slot] = pos + 1
+        for slot, num in zip(slots, visible, strict=True):
+            lengths[slot] = num
         columns = torch.arange(decode_len, device=self.device)
         valid = torch.tensor(lengths, device=self.device)
         mask = torch.zeros(num_view_rows, 1, 1, decode_len, dtype=self.loaded.dtype, device=self.device)

@@ -144,6 +144,28 @@ def test_rows_left_alone_at_high_slots_equal_the_hf_forward(tiny: LoadedModel) -
     driver.check(tiny, seqs)
 
 
+def test_long_rows_attended_alone_equal_the_hf_forward(tiny: LoadedModel) -> None:
+    # One row of 300 tokens among rows of 4-9: the batch attends over the short rows' width and
+    # the long row alone over its own (engine/attention_split.py); then a free slot below the
+    # highest live row, then few rows left at high slots (the gathered path), the long row still
+    # among them.
+    driver = Driver(LlamaRunner(tiny))
+    short = [seq(150 + i, 4 + i) for i in range(6)]
+    long = seq(160, 300, max_new_tokens=16)
+    driver.join(short[0], long, *short[1:])
+    step = driver.runner._inputs(list(driver.runner.rows), [])
+    assert [(r.slot, r.length) for r in step.long_rows] == [(1, 301)] and step.decode_len < 20
+    driver.decode(3)
+    driver.leave(short[0])  # slot 0 free below the long row's
+    assert driver.runner._inputs(list(driver.runner.rows), []).decode_rows is not None
+    driver.decode(3)
+    driver.leave(*short[1:4])
+    step = driver.runner._inputs(list(driver.runner.rows), [])
+    assert step.is_gathered and step.long_rows
+    driver.decode(3)
+    driver.check(tiny, [long, *short])
+
+
 def test_a_decode_step_writes_in_place_and_a_leave_moves_no_cache(tiny: LoadedModel) -> None:
     runner = LlamaRunner(tiny)
     a, b, c = seq(40, 9), seq(41, 5), seq(42, 6)
