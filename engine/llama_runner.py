@@ -182,9 +182,10 @@ class LlamaRunner:
         tensor = self._long
         num_view_rows = slots[-1] + 1 if slots else 0
         lengths = [p + 1 for p in positions[: len(rows)]]  # each row's context, its new token included
-        # A compiled decode step attends over one batch: only eager steps split long rows off.
-        decode_len, long = split_long_rows(lengths) if self.decode_fn is self.model or chunks else (
-            max(lengths, default=0), [])
+        if self.decode_fn is self.model or chunks:  # eager: long rows attend alone
+            decode_len, long = split_long_rows(lengths)
+        else:  # a compiled decode step attends over one batch
+            decode_len, long = max(lengths, default=0), []
         return StepInputs(
             tensor(ids), tensor(positions), tensor(token_slots), len(rows), num_view_rows,
             None if slots == list(range(len(slots))) else tensor(slots),

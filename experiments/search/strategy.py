@@ -184,8 +184,8 @@ class CapacitySearch:
         valid = [s for s in samples if s.is_valid]
         if not self.s.skip_futile_repeats or not valid:
             return False
-        per_run = sum(s.weight for s in valid) / len(valid)
-        done, left = per_run * len(valid), per_run * (self.s.max_repeats - len(valid))
+        done = sum(s.weight for s in valid)
+        left = done / len(valid) * (self.s.max_repeats - len(valid))
         return is_futile(att.mean, done, left, self.s.target, self.z)
 
     def _num_tries(self, load: float) -> int:
