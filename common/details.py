@@ -65,6 +65,7 @@ class ServerMetrics(Record):
     stats: dict[str, dict | None] = field(default_factory=dict)  # gauge -> {mean, max} | None
     stats_samples: int | None = None
     window_t_s: list[float] | None = None  # the measurement window on t_s's clock
+    busy_t_s: list[float] | None = None  # first request sent to last ended (warm-up included)
     counters: dict[str, float | None] = field(default_factory=dict)  # counter -> increase
     prefix_cache_hit_rate: float | None = None
     scrape_errors: int | None = None

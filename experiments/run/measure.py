@@ -61,7 +61,8 @@ def measure(target: Target, config: TrialConfig, profile: Profile, num_requests:
                                           "no request completed"))
     metrics = with_provenance(result.metrics, target, **servers.launch_facts())
     if scraper is not None:  # the engine's own series over the trial, next to ours
-        metrics = with_server_metrics(metrics, scraper.summary(window(result.records)))
+        busy = window(result.records + result.background)  # every request the counters saw
+        metrics = with_server_metrics(metrics, scraper.summary(window(result.records), busy))
     return Outcome(result, metrics)
 
 

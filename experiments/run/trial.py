@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -45,6 +45,9 @@ class TrialResult:
     steps: list[StepRecord]
     was_cut: bool  # max_duration_s ended it early; metrics cover the requests that ended in time
     was_stopped: bool = False  # should_stop ended it: a partial trial, not a result to store
+    # Warm-up and cooldown requests (cancelled ones included): not measured, but a server's
+    # counters count them too, so a rate over the counters needs their span as well.
+    background: list[RequestRecord] = field(default_factory=list)
 
 
 def sched_config_of(config: TrialConfig, slos: Seq[SLO] = ()) -> SchedulerConfig:
@@ -101,7 +104,8 @@ def run_trial(engine: LoadTarget, config: TrialConfig, profile: Profile, num_req
                                 steps)
     if roofline is not None:  # the local engine's steps against its device's peaks
         metrics = replace(metrics, roofline_fraction=roofline(steps))
-    return TrialResult(config, metrics, load.records, steps, load.was_cut, load.was_stopped)
+    return TrialResult(config, metrics, load.records, steps, load.was_cut, load.was_stopped,
+                       load.background)
 
 
 def reuse_details(profile: Profile, records: list[RequestRecord]

@@ -78,11 +78,14 @@ class MetricsScraper:
         except (OSError, ValueError):  # a missed scrape is counted, not fatal to the trial
             self.errors += 1
 
-    def summary(self, window_s: tuple[float, float] | None = None) -> dict:
+    def summary(self, window_s: tuple[float, float] | None = None,
+                busy_s: tuple[float, float] | None = None) -> dict:
         """JSON-ready: the series per gauge and its mean and max (None where never exported).
         With `window_s` (monotonic seconds: the trial's measurement window) the stats are of the
         samples inside it: the scraper runs from before the load starts (client start-up, the
-        start margin) to after it ends, and idle samples there would pull a gauge's mean down."""
+        start margin) to after it ends, and idle samples there would pull a gauge's mean down.
+        `busy_s`: from the first request sent to the last ended, warm-up and cooldown included
+        (the span of everything a counter counted; `window_s` where not given)."""
         series = {name: [s[1][name] for s in self.samples] for name in self.gauges}
         inside = list(range(len(self.samples)))
         if window_s is not None:
@@ -92,15 +95,20 @@ class MetricsScraper:
         increases = {name: _increase([s[1][name] for s in self.samples]) for name in self.counters}
         if self.interval_s is None:  # no gauge was sampled under load: their two idle ends say nothing
             stats = {name: None for name in stats}
-            running_s = increases.get("running_s")
-            if running_s is not None and window_s is not None and window_s[1] > window_s[0]:
-                # Little's law on the server: seconds requests spent running, over the window.
-                stats["running"] = {"mean": running_s / (window_s[1] - window_s[0]), "max": None}
+            running_s, span = increases.get("running_s"), busy_s or window_s
+            if running_s is not None and span is not None and span[1] > span[0]:
+                # Little's law on the server: seconds requests spent running, over the span in
+                # which they ran. The counter holds the warm-up and cooldown requests too: over
+                # the measurement window alone, the mean exceeded the engine's own batch cap.
+                stats["running"] = {"mean": running_s / (span[1] - span[0]), "max": None}
         return {"url": self.url, "interval_s": self.interval_s, "t_s": [round(s[0], 3) for s in self.samples],
                 "series": series, "stats": stats, "stats_samples": len(inside),
-                "window_t_s": None if window_s is None else [round(t - self.start_s, 3) for t in window_s],
+                "window_t_s": self._on_clock(window_s), "busy_t_s": self._on_clock(busy_s),
                 "counters": increases, "prefix_cache_hit_rate": hit_rate(increases),
                 "scrape_errors": self.errors}
+
+    def _on_clock(self, span_s: tuple[float, float] | None) -> list[float] | None:
+        return None if span_s is None else [round(t - self.start_s, 3) for t in span_s]
 
 
 def _stats(values: list[float | None]) -> dict[str, float] | None:

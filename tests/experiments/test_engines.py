@@ -204,6 +204,10 @@ def test_vllm_is_read_at_the_trials_ends_and_its_running_mean_is_littles_law():
     assert len(reads) == 2 and summary["counters"]["running_s"] == 6.0
     assert summary["stats"]["running"] == {"mean": pytest.approx(3.0), "max": None}
     assert summary["stats"]["waiting"] is None  # not sampled under load: unknown, not 0
+    # The counter also holds warm-up and cooldown requests: the mean is over the span they ran in.
+    busy = scraper.summary((start + 0.5, start + 2.5), (start + 0.0, start + 4.0))
+    assert busy["stats"]["running"]["mean"] == pytest.approx(1.5)
+    assert busy["busy_t_s"] == [0.0, 4.0] and busy["window_t_s"] == [0.5, 2.5]
 
 
 def test_server_cmd_template_gets_the_budget_placeholder():
