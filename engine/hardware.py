@@ -4,12 +4,12 @@ on CPUs, and a loaded model's shape."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from common import paths
 from engine.models import LoadedModel, device_name
 from engine.roofline import DevicePeaks, ModelShape
 
@@ -60,7 +60,7 @@ def cpu_peaks(dtype: torch.dtype, cache_dir: Path | None = None) -> DevicePeaks:
     """Measured copy bandwidth and matmul rate of this CPU, probed once (<1 s) and cached."""
     name = device_name(torch.device("cpu"))
     key = f"{name}|threads={torch.get_num_threads()}|{dtype}"
-    path = (cache_dir or _cache_dir()) / "cpu_peaks.json"
+    path = (cache_dir or paths.cache_dir()) / "cpu_peaks.json"
     cached = _read_json(path)
     if key not in cached:
         cached[key] = {"bandwidth_bytes_s": probe_bandwidth(), "flops_s": probe_matmul(dtype)}
@@ -110,10 +110,6 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return max(time.perf_counter() - start, 1e-9)
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tradeoff"
 
 
 def _read_json(path: Path) -> dict:

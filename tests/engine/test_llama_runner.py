@@ -10,7 +10,8 @@ import torch
 
 from engine.config import EngineConfig, SchedulerConfig
 from engine.core import EngineCore
-from engine.llama import lean_unsupported_reason
+from engine.cpu_kernels import decode_attention_kernel
+from engine.llama import lean_model, lean_unsupported_reason
 from engine.llama_runner import LlamaRunner, lean_decode_loop
 from engine.models import LoadedModel, init_random_weights, load_model
 from engine.runner import HFRunner, ModelRunner
@@ -31,6 +32,19 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny() -> LoadedModel:
     return load_model(EngineConfig(model="builtin:tiny", device="cpu"))
+
+
+@pytest.fixture(autouse=True, params=["c-kernel", "sdpa"])
+def attention(request, tiny: LoadedModel):
+    """Every test here runs with both decode attentions: the C kernel (engine/cpu_kernels.py)
+    and torch's SDPA (with more threads, other dtypes and devices, and the compiled step)."""
+    model = lean_model(tiny.model)
+    kernel = decode_attention_kernel()
+    if request.param == "c-kernel" and kernel is None:
+        pytest.skip("no C compiler here: the decode attention kernel cannot be built")
+    model.decode_kernel = kernel if request.param == "c-kernel" else None
+    yield request.param
+    model.decode_kernel = kernel
 
 
 def seq(seq_id: int, length: int, max_new_tokens: int = 64, **params) -> Sequence:
@@ -129,39 +143,48 @@ def test_joins_and_leaves_mid_stream_equal_the_hf_forward(tiny: LoadedModel) -> 
     driver.check(tiny, [a, b, c, d, e, f, seq(36, 9)])
 
 
-def test_rows_left_alone_at_high_slots_equal_the_hf_forward(tiny: LoadedModel) -> None:
-    # Two rows at slots 3 and 4 of 5: attention copies their K/V out instead of spanning 5 rows.
+def test_rows_left_alone_at_high_slots_equal_the_hf_forward(tiny: LoadedModel, attention: str) -> None:
+    # Two rows at slots 3 and 4 of 5: SDPA copies their K/V out instead of spanning 5 rows; the
+    # kernel reads each row in its own slot, over its own length, with no mask.
     driver = Driver(LlamaRunner(tiny))
     seqs = [seq(140 + i, 4 + 3 * i) for i in range(5)]
     driver.join(*seqs)
     driver.decode(2)
     driver.leave(*seqs[:3])
     step = driver.runner._inputs(list(driver.runner.rows), [])
-    assert step.is_gathered and step.num_view_rows == 5 and step.decode_mask is not None
+    assert step.is_gathered and step.num_view_rows == 5
+    if attention == "sdpa":
+        assert step.decode_mask is not None and step.decode_lengths is None
+    else:
+        # each row's prompt, its 2 decoded tokens and the new one
+        assert step.decode_mask is None and step.decode_lengths.tolist() == [13 + 3, 16 + 3]
     driver.decode(6)
     driver.leave(seqs[3])  # one row at slot 4
     driver.decode(3)
     driver.check(tiny, seqs)
 
 
-def test_long_rows_attended_alone_equal_the_hf_forward(tiny: LoadedModel) -> None:
-    # One row of 300 tokens among rows of 4-9: the batch attends over the short rows' width and
-    # the long row alone over its own (engine/attention_split.py); then a free slot below the
-    # highest live row, then few rows left at high slots (the gathered path), the long row still
-    # among them.
+def test_long_rows_attended_alone_equal_the_hf_forward(tiny: LoadedModel, attention: str) -> None:
+    # One row of 300 tokens among rows of 4-9: with SDPA the batch attends over the short rows'
+    # width and the long row alone over its own (engine/attention_split.py), the kernel each row
+    # over its own length; then a free slot below the highest live row, then few rows left at
+    # high slots (the gathered path), the long row still among them.
     driver = Driver(LlamaRunner(tiny))
     short = [seq(150 + i, 4 + i) for i in range(6)]
     long = seq(160, 300, max_new_tokens=16)
     driver.join(short[0], long, *short[1:])
     step = driver.runner._inputs(list(driver.runner.rows), [])
-    assert [(r.slot, r.length) for r in step.long_rows] == [(1, 301)] and step.decode_len < 20
+    if attention == "sdpa":
+        assert [(r.slot, r.length) for r in step.long_rows] == [(1, 301)] and step.decode_len < 20
+    else:
+        assert not step.long_rows and step.decode_lengths.tolist()[:2] == [5, 301]
     driver.decode(3)
     driver.leave(short[0])  # slot 0 free below the long row's
     assert driver.runner._inputs(list(driver.runner.rows), []).decode_rows is not None
     driver.decode(3)
     driver.leave(*short[1:4])
     step = driver.runner._inputs(list(driver.runner.rows), [])
-    assert step.is_gathered and step.long_rows
+    assert step.is_gathered and (bool(step.long_rows) == (attention == "sdpa"))
     driver.decode(3)
     driver.check(tiny, [long, *short])
 

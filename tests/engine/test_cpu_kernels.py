@@ -1,0 +1,87 @@
+"""The C decode-attention kernel against torch's SDPA, and how it is built, cached and refused."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.cpu_kernels import ENV_SWITCH, build_decode_attention, decode_attention_kernel
+
+kernel = decode_attention_kernel()
+needs_kernel = pytest.mark.skipif(kernel is None, reason="no C compiler here: the kernel cannot be built")
+
+
+def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int],
+              lengths: list[int]) -> torch.Tensor:
+    """Each row alone through SDPA over its slot's first `length` tokens, GQA by repeated heads."""
+    group = q.shape[1] // keys.shape[1]
+    outs = []
+    for row, (slot, length) in enumerate(zip(slots, lengths, strict=True)):
+        k = keys[slot, :, :length].repeat_interleave(group, dim=0)  # [H, L, D]
+        v = values[slot, :, :length].repeat_interleave(group, dim=0)
+        outs.append(F.scaled_dot_product_attention(q[row][:, None], k, v)[:, 0].reshape(-1))
+    return torch.stack(outs)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("num_kv_heads", "group", "head_dim"),
+                         [(2, 4, 64), (4, 3, 128), (1, 1, 32), (3, 2, 80)])  # 64, 128: unrolled
+def test_each_row_attends_over_exactly_its_own_slot_and_length(num_kv_heads, group, head_dim) -> None:
+    gen = torch.Generator().manual_seed(head_dim)
+    num_slots, capacity = 7, 96
+    keys = torch.randn(num_slots, num_kv_heads, capacity, head_dim, generator=gen)
+    values = torch.randn(num_slots, num_kv_heads, capacity, head_dim, generator=gen)
+    slots, lengths = [5, 0, 3, 6], [1, 96, 17, 40]  # any slots, in any order; a 1-token context
+    heads = num_kv_heads * group
+    # The forward's q: rows of a wider [T, H + Hkv, D] tensor (rows strided, heads contiguous).
+    qk = torch.randn(len(slots), heads + num_kv_heads, head_dim, generator=gen)
+    q = qk[:, :heads]
+    got = kernel(q, keys, values, torch.tensor(slots), torch.tensor(lengths), max(lengths))
+    want = reference(q, keys, values, slots, lengths)
+    assert got.shape == (len(slots), heads * head_dim)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_tokens_past_a_rows_length_are_never_read() -> None:
+    keys, values = torch.randn(2, 1, 16, 64), torch.randn(2, 1, 16, 64)
+    q = torch.randn(2, 4, 64)
+    before = kernel(q, keys, values, torch.tensor([1, 0]), torch.tensor([5, 9]), 9)
+    keys[1, :, 5:], values[0, :, 9:] = float("nan"), float("inf")  # beyond each row's context
+    after = kernel(q, keys, values, torch.tensor([1, 0]), torch.tensor([5, 9]), 9)
+    assert torch.equal(before, after)
+    assert math.isfinite(after.abs().max().item())
+
+
+@needs_kernel
+def test_a_build_is_cached_per_source_and_reused(tmp_path) -> None:
+    first = build_decode_attention(tmp_path)
+    built = list((tmp_path / "kernels").glob("decode_attention-*.so"))
+    assert first is not None and len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert build_decode_attention(tmp_path) is not None
+    assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [built[0].name]  # no temp files left
+    # Built with -ffast-math, linked without: loading it must not flush denormals process-wide.
+    tiny = 1e-310
+    assert tiny * 1.0 != 0.0 and torch.tensor([1e-39]).mul(1.0).item() != 0.0
+
+
+def test_without_a_working_compiler_sdpa_stays(tmp_path, monkeypatch, caplog) -> None:
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: broken' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    with caplog.at_level(logging.WARNING, logger="engine.cpu_kernels"):
+        assert build_decode_attention(tmp_path) is None
+    assert "torch's SDPA runs instead" in caplog.text
+    assert not list((tmp_path / "kernels").glob("*.so"))
+
+
+def test_the_switch_turns_the_kernels_off(monkeypatch) -> None:
+    monkeypatch.setenv(ENV_SWITCH, "0")
+    assert decode_attention_kernel() is None
