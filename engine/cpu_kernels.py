@@ -1,7 +1,8 @@
 """CPU kernels in C, built on first use with the system's C compiler and loaded with ctypes.
 
-One kernel so far: decode attention (engine/kernels/decode_attention.c), about twice as fast as
-torch's SDPA for decode's short queries (docs/benchmarks.md). A build is ~0.3 s and is cached
+One kernel so far: attention with one query token per row (engine/kernels/attention.c), for a
+step's decode rows and prompt tokens alike, about twice as fast as torch's SDPA for decode's
+short queries and 1.5-5x for prompt chunks (docs/benchmarks.md). A build is ~0.3 s and is cached
 per source, compiler flags and CPU in ~/.cache/tradeoff/kernels/; without a compiler, or with
 TRADEOFF_CPU_KERNELS=0, nothing is built and the lean forward keeps torch's SDPA (the
 reference these kernels are tested against). No torch headers: the kernel reads raw float
@@ -27,7 +28,7 @@ from common import paths
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "kernels" / "decode_attention.c"
+SOURCE = Path(__file__).parent / "kernels" / "attention.c"
 # -ffast-math only compiles (reassociated sums, vector expf); the link leaves it out, since
 # linking it into a shared library sets flush-to-zero for the whole process on load.
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-c")
@@ -36,61 +37,62 @@ ENV_SWITCH = "TRADEOFF_CPU_KERNELS"  # "0": build nothing, use torch's kernels
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
-class DecodeAttention:
-    """The decode-attention kernel: float32 on CPU, one torch thread (it runs on one core)."""
+class TokenAttention:
+    """The attention kernel: float32 on CPU, one token per row; it runs on one core."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        self.fn = library.decode_attention
+        self.fn = library.token_attention
         self.fn.argtypes = [_P, _I, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P]
         self.fn.restype = None
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                 slots: torch.Tensor, lengths: torch.Tensor, max_length: int) -> torch.Tensor:
-        """q [B, H, D] (rows may be strided, heads contiguous); caches [slots, Hkv, capacity,
-        D] contiguous; slots, lengths [B] int64: row b attends to the first lengths[b] tokens
-        of its slot. Returns [B, H * D]."""
+                 slots: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """q [T, H, D] (rows may be strided, heads contiguous); caches [slots, Hkv, capacity,
+        D] contiguous; slots, lengths [T] int64: token t attends to the first lengths[t] tokens
+        of its slot (a decode row: its whole context; a prompt token: causally, up to itself).
+        Returns [T, H * D]."""
         num_rows, num_heads, head_dim = q.shape
         num_kv_heads = k_cache.shape[1]
         assert q.stride(2) == 1 and q.stride(1) == head_dim and k_cache.is_contiguous()
         assert v_cache.is_contiguous() and slots.dtype == lengths.dtype == torch.int64
         out = q.new_empty(num_rows, num_heads * head_dim)
         group = num_heads // num_kv_heads
-        scratch = q.new_empty(group * max_length)
+        scratch = q.new_empty(group * k_cache.shape[2])  # a row's scores, at most capacity
         self.fn(q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(),
                 slots.data_ptr(), lengths.data_ptr(), num_rows, num_kv_heads, group, head_dim,
                 k_cache.stride(0), k_cache.stride(1), 1 / math.sqrt(head_dim), scratch.data_ptr())
         return out
 
 
-_LOADED: dict[str, DecodeAttention | None] = {}
+_LOADED: dict[str, TokenAttention | None] = {}
 
 
-def decode_attention_kernel(cache_dir: Path | None = None) -> DecodeAttention | None:
+def attention_kernel(cache_dir: Path | None = None) -> TokenAttention | None:
     """The kernel, built once per process (and cached on disk); None where it cannot be."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return None
-    if "decode" not in _LOADED:
-        _LOADED["decode"] = build_decode_attention(cache_dir or paths.cache_dir())
-    return _LOADED["decode"]
+    if "attention" not in _LOADED:
+        _LOADED["attention"] = build_attention(cache_dir or paths.cache_dir())
+    return _LOADED["attention"]
 
 
-def build_decode_attention(cache_dir: Path) -> DecodeAttention | None:
+def build_attention(cache_dir: Path) -> TokenAttention | None:
     """Build (or reuse from `cache_dir`) and load the kernel; None, with the reason logged, where
     it cannot be built here."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or platform.system() != "Linux":
-        log.info("no C compiler (or not Linux): decode attention runs on torch's SDPA")
+        log.info("no C compiler (or not Linux): attention runs on torch's SDPA")
         return None
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"|".join([source, " ".join(COMPILE_FLAGS + LINK_FLAGS).encode(),
                                     compiler.encode(), _cpu_signature().encode()])).hexdigest()[:16]
-    library = cache_dir / "kernels" / f"decode_attention-{key}.so"
+    library = cache_dir / "kernels" / f"attention-{key}.so"
     try:
         if not library.exists():
             _compile(compiler, library)
-        return DecodeAttention(ctypes.CDLL(str(library)))
+        return TokenAttention(ctypes.CDLL(str(library)))
     except (OSError, subprocess.CalledProcessError) as exc:
-        log.warning("decode attention kernel not built (%s): torch's SDPA runs instead", exc)
+        log.warning("attention kernel not built (%s): torch's SDPA runs instead", exc)
         return None
 
 

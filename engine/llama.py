@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.cpu_kernels import decode_attention_kernel
+from engine.cpu_kernels import attention_kernel
 
 LEAN_MODEL_TYPES = ("llama", "qwen2", "mistral")
 # On CPU each weight gets copies laid out for the matmul kernels. A step of at most
@@ -75,9 +75,10 @@ class StepInputs:
     is_gathered: bool = False  # decode attention over the rows' K/V copied out (few rows, many
     # free slots below the highest: see GATHER_FACTOR), not over the view of every slot
     long_rows: tuple[LongRow, ...] = ()  # decode rows longer than decode_len: attended alone
-    # [B] each decode row's context (its new token included): set when the C kernel attends
-    # (engine/cpu_kernels.py), each row over exactly its own tokens; mask and split then unused
-    decode_lengths: torch.Tensor | None = None
+    # [T] each token's context, itself included: set when the C kernel attends the whole step
+    # (engine/cpu_kernels.py), every token over exactly its own slot's tokens: decode rows and
+    # prompt chunks alike, so masks, the long-row split and the gathered path go unused
+    token_lengths: torch.Tensor | None = None
 
 
 def lean_unsupported_reason(model: torch.nn.Module) -> str | None:
@@ -186,16 +187,16 @@ class LeanLlama(torch.nn.Module):
         self.inv_freq = inner.rotary_emb.inv_freq  # [D / 2] float32
         self.rope_scaling = float(inner.rotary_emb.attention_scaling)
         is_cpu_fp32 = self.embed.device.type == "cpu" and self.embed.dtype == torch.float32
-        self.decode_kernel = decode_attention_kernel() if is_cpu_fp32 else None
+        self.attention_kernel = attention_kernel() if is_cpu_fp32 else None
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def uses_decode_kernel(self) -> bool:
-        """Whether an eager step's decode rows attend with the C kernel: it runs on one core,
-        so with more torch threads SDPA (which spreads rows over them) attends instead."""
-        return self.decode_kernel is not None and torch.get_num_threads() == 1
+    def uses_attention_kernel(self) -> bool:
+        """Whether an eager step attends with the C kernel: it runs on one core, so with more
+        torch threads SDPA (which spreads rows and heads over them) attends instead."""
+        return self.attention_kernel is not None and torch.get_num_threads() == 1
 
     def forward(self, step: StepInputs, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
         """Logits of the wanted tokens [R, V]; writes every token's K/V into its slot, in place."""
@@ -228,6 +229,8 @@ class LeanLlama(torch.nn.Module):
     def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                step: StepInputs) -> torch.Tensor:
         """Attention output [T, H * D] for the step's decode rows and chunks."""
+        if step.token_lengths is not None:  # the C kernel: each token over its own context
+            return self.attention_kernel(q, k_cache, v_cache, step.slots, step.token_lengths)
         outs = []
         if step.num_decode:
             outs.append(self.decode_attention(q[: step.num_decode], k_cache, v_cache, step))
@@ -245,9 +248,6 @@ class LeanLlama(torch.nn.Module):
         # One query per row, so a KV head's G query heads are its G "query positions": GQA with
         # no K/V expansion, and the same padding mask for all of them. Rows are cache slots, so
         # the keys are a view of the cache: no gather.
-        if step.decode_lengths is not None:  # the C kernel: each row over its own slot's context
-            return self.decode_kernel(q, k_cache, v_cache, step.slots[: step.num_decode],
-                                      step.decode_lengths, step.decode_len)
         num_rows, group = step.num_view_rows, self.num_heads // self.num_kv_heads
         q = q.view(-1, self.num_kv_heads, group, self.head_dim)  # [B, Hkv, G, D]
         if step.is_gathered:

@@ -170,27 +170,27 @@ class LlamaRunner:
         token_slots = list(slots)
         spans, logit_index = [], list(range(len(rows)))
         group = self.model.num_heads // self.model.num_kv_heads
+        is_eager = self.decode_fn is self.model or bool(chunks)
+        uses_kernel = is_eager and self.model.uses_attention_kernel()  # no masks to build
         for chunk in chunks:
             slot, end = slot_of[id(chunk.seq)], chunk.start + chunk.num_tokens
             ids += chunk.seq.prompt_ids[chunk.start : end]
             positions += range(chunk.start, end)
             token_slots += [slot] * chunk.num_tokens
-            spans.append(ChunkSpan(slot, chunk.start, chunk.num_tokens,
+            spans.append(ChunkSpan(slot, chunk.start, chunk.num_tokens, None if uses_kernel else
                                    chunk_mask(chunk.start, chunk.num_tokens, group, self.device)))
             if chunk.is_last:
                 logit_index.append(len(ids) - 1)
         tensor = self._long
         num_view_rows = slots[-1] + 1 if slots else 0
         lengths = [p + 1 for p in positions[: len(rows)]]  # each row's context, its new token included
-        is_eager = self.decode_fn is self.model or bool(chunks)
-        row_lengths = None
-        if is_eager and rows and self.model.uses_decode_kernel():  # each row over its own tokens
-            decode_len, long, row_lengths = max(lengths), [], tensor(lengths)
+        if uses_kernel:  # each token over its own context
+            decode_len, long = max(lengths, default=0), []
         elif is_eager:  # SDPA: long rows attend alone
             decode_len, long = split_long_rows(lengths)
         else:  # a compiled decode step attends over one batch
             decode_len, long = max(lengths, default=0), []
-        mask = None if row_lengths is not None else self._decode_mask(
+        mask = None if uses_kernel else self._decode_mask(
             slots, [min(n, decode_len) for n in lengths], num_view_rows, decode_len)
         return StepInputs(
             tensor(ids), tensor(positions), tensor(token_slots), len(rows), num_view_rows,
@@ -199,7 +199,7 @@ class LlamaRunner:
             is_small=len(ids) <= SMALL_BATCH_ROWS,
             is_gathered=num_view_rows > GATHER_FACTOR * len(rows) and bool(rows),
             long_rows=tuple(LongRow(i, slots[i], lengths[i]) for i in long),
-            decode_lengths=row_lengths,
+            token_lengths=tensor([p + 1 for p in positions]) if uses_kernel else None,
         )
 
     def _long(self, values: list[int]) -> torch.Tensor:
@@ -263,11 +263,11 @@ def lean_decode_loop(loaded: LoadedModel, prompt_ids: list[list[int]],
     tokens = runner._long(runner.prefill(seqs))  # [B]; a fresh runner: rows are slots 0..B-1
     keys, values = runner.cache.keys, runner.cache.values  # allocated by the prefill
     slots = torch.arange(num_rows, device=loaded.device)
-    uses_kernel = runner.model.uses_decode_kernel()  # the engine's decode attention, as its steps
+    uses_kernel = runner.model.uses_attention_kernel()  # the engine's attention, as in its steps
     for length in range(len(prompt_ids[0]), len(prompt_ids[0]) + num_new_tokens - 1):
         step = StepInputs(tokens, torch.full_like(tokens, length), slots, num_rows, num_rows,
                           None, None, length + 1, (), None, num_rows <= SMALL_BATCH_ROWS,
-                          decode_lengths=torch.full_like(tokens, length + 1) if uses_kernel else None)
+                          token_lengths=torch.full_like(tokens, length + 1) if uses_kernel else None)
         tokens = runner.model(step, keys, values).argmax(dim=-1)
     _sync(loaded.device)
     return num_rows * num_new_tokens, time.perf_counter() - start_s

@@ -1,4 +1,4 @@
-"""The C decode-attention kernel against torch's SDPA, and how it is built, cached and refused."""
+"""The C attention kernel against torch's SDPA, and how it is built, cached and refused."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.cpu_kernels import ENV_SWITCH, build_decode_attention, decode_attention_kernel
+from engine.cpu_kernels import ENV_SWITCH, attention_kernel, build_attention
+from engine.llama import chunk_mask
 
-kernel = decode_attention_kernel()
+kernel = attention_kernel()
 needs_kernel = pytest.mark.skipif(kernel is None, reason="no C compiler here: the kernel cannot be built")
 
 
@@ -40,9 +41,29 @@ def test_each_row_attends_over_exactly_its_own_slot_and_length(num_kv_heads, gro
     # The forward's q: rows of a wider [T, H + Hkv, D] tensor (rows strided, heads contiguous).
     qk = torch.randn(len(slots), heads + num_kv_heads, head_dim, generator=gen)
     q = qk[:, :heads]
-    got = kernel(q, keys, values, torch.tensor(slots), torch.tensor(lengths), max(lengths))
+    got = kernel(q, keys, values, torch.tensor(slots), torch.tensor(lengths))
     want = reference(q, keys, values, slots, lengths)
     assert got.shape == (len(slots), heads * head_dim)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("start", [0, 37])  # a first chunk, and one after cached or earlier tokens
+def test_a_prompt_chunk_attends_causally_as_sdpa_with_its_mask(start: int) -> None:
+    gen = torch.Generator().manual_seed(start)
+    num_kv_heads, group, head_dim, num_tokens = 2, 4, 64, 50
+    keys = torch.randn(3, num_kv_heads, 128, head_dim, generator=gen)
+    values = torch.randn(3, num_kv_heads, 128, head_dim, generator=gen)
+    q = torch.randn(num_tokens, num_kv_heads * group, head_dim, generator=gen)
+    positions = torch.arange(start, start + num_tokens)
+    got = kernel(q, keys, values, torch.full((num_tokens,), 2), positions + 1)
+    # The SDPA path's way (LeanLlama.grouped): G heads as extra query rows, a causal mask.
+    stacked = q.view(num_tokens, num_kv_heads, group, head_dim).transpose(0, 1)
+    stacked = stacked.reshape(1, num_kv_heads, num_tokens * group, head_dim)
+    end = start + num_tokens
+    want = F.scaled_dot_product_attention(stacked, keys[2:3, :, :end], values[2:3, :, :end],
+                                          attn_mask=chunk_mask(start, num_tokens, group, q.device))
+    want = want.view(num_kv_heads, num_tokens, group, head_dim).transpose(0, 1).reshape(num_tokens, -1)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -50,20 +71,20 @@ def test_each_row_attends_over_exactly_its_own_slot_and_length(num_kv_heads, gro
 def test_tokens_past_a_rows_length_are_never_read() -> None:
     keys, values = torch.randn(2, 1, 16, 64), torch.randn(2, 1, 16, 64)
     q = torch.randn(2, 4, 64)
-    before = kernel(q, keys, values, torch.tensor([1, 0]), torch.tensor([5, 9]), 9)
+    before = kernel(q, keys, values, torch.tensor([1, 0]), torch.tensor([5, 9]))
     keys[1, :, 5:], values[0, :, 9:] = float("nan"), float("inf")  # beyond each row's context
-    after = kernel(q, keys, values, torch.tensor([1, 0]), torch.tensor([5, 9]), 9)
+    after = kernel(q, keys, values, torch.tensor([1, 0]), torch.tensor([5, 9]))
     assert torch.equal(before, after)
     assert math.isfinite(after.abs().max().item())
 
 
 @needs_kernel
 def test_a_build_is_cached_per_source_and_reused(tmp_path) -> None:
-    first = build_decode_attention(tmp_path)
-    built = list((tmp_path / "kernels").glob("decode_attention-*.so"))
+    first = build_attention(tmp_path)
+    built = list((tmp_path / "kernels").glob("attention-*.so"))
     assert first is not None and len(built) == 1
     stamp = built[0].stat().st_mtime_ns
-    assert build_decode_attention(tmp_path) is not None
+    assert build_attention(tmp_path) is not None
     assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [built[0].name]  # no temp files left
     # Built with -ffast-math, linked without: loading it must not flush denormals process-wide.
@@ -77,11 +98,11 @@ def test_without_a_working_compiler_sdpa_stays(tmp_path, monkeypatch, caplog) ->
     broken.chmod(0o755)
     monkeypatch.setenv("CC", str(broken))
     with caplog.at_level(logging.WARNING, logger="engine.cpu_kernels"):
-        assert build_decode_attention(tmp_path) is None
+        assert build_attention(tmp_path) is None
     assert "torch's SDPA runs instead" in caplog.text
     assert not list((tmp_path / "kernels").glob("*.so"))
 
 
 def test_the_switch_turns_the_kernels_off(monkeypatch) -> None:
     monkeypatch.setenv(ENV_SWITCH, "0")
-    assert decode_attention_kernel() is None
+    assert attention_kernel() is None

@@ -10,7 +10,7 @@ import torch
 
 from engine.config import EngineConfig, SchedulerConfig
 from engine.core import EngineCore
-from engine.cpu_kernels import decode_attention_kernel
+from engine.cpu_kernels import attention_kernel
 from engine.llama import lean_model, lean_unsupported_reason
 from engine.llama_runner import LlamaRunner, lean_decode_loop
 from engine.models import LoadedModel, init_random_weights, load_model
@@ -36,15 +36,15 @@ def tiny() -> LoadedModel:
 
 @pytest.fixture(autouse=True, params=["c-kernel", "sdpa"])
 def attention(request, tiny: LoadedModel):
-    """Every test here runs with both decode attentions: the C kernel (engine/cpu_kernels.py)
-    and torch's SDPA (with more threads, other dtypes and devices, and the compiled step)."""
+    """Every test here runs with both attentions: the C kernel (engine/cpu_kernels.py) and
+    torch's SDPA (with more threads, other dtypes and devices, and the compiled step)."""
     model = lean_model(tiny.model)
-    kernel = decode_attention_kernel()
+    kernel = attention_kernel()
     if request.param == "c-kernel" and kernel is None:
         pytest.skip("no C compiler here: the decode attention kernel cannot be built")
-    model.decode_kernel = kernel if request.param == "c-kernel" else None
+    model.attention_kernel = kernel if request.param == "c-kernel" else None
     yield request.param
-    model.decode_kernel = kernel
+    model.attention_kernel = kernel
 
 
 def seq(seq_id: int, length: int, max_new_tokens: int = 64, **params) -> Sequence:
@@ -154,10 +154,10 @@ def test_rows_left_alone_at_high_slots_equal_the_hf_forward(tiny: LoadedModel, a
     step = driver.runner._inputs(list(driver.runner.rows), [])
     assert step.is_gathered and step.num_view_rows == 5
     if attention == "sdpa":
-        assert step.decode_mask is not None and step.decode_lengths is None
+        assert step.decode_mask is not None and step.token_lengths is None
     else:
         # each row's prompt, its 2 decoded tokens and the new one
-        assert step.decode_mask is None and step.decode_lengths.tolist() == [13 + 3, 16 + 3]
+        assert step.decode_mask is None and step.token_lengths.tolist() == [13 + 3, 16 + 3]
     driver.decode(6)
     driver.leave(seqs[3])  # one row at slot 4
     driver.decode(3)
@@ -177,7 +177,7 @@ def test_long_rows_attended_alone_equal_the_hf_forward(tiny: LoadedModel, attent
     if attention == "sdpa":
         assert [(r.slot, r.length) for r in step.long_rows] == [(1, 301)] and step.decode_len < 20
     else:
-        assert not step.long_rows and step.decode_lengths.tolist()[:2] == [5, 301]
+        assert not step.long_rows and step.token_lengths.tolist()[:2] == [5, 301]
     driver.decode(3)
     driver.leave(short[0])  # slot 0 free below the long row's
     assert driver.runner._inputs(list(driver.runner.rows), []).decode_rows is not None

@@ -1,10 +1,12 @@
-/* Decode attention on a CPU: one new token per row, G query heads per KV head (GQA), each row
-   over exactly its own context in its cache slot: no padding, no mask, no copy. Built and
-   loaded by engine/cpu_kernels.py; the reference is torch's scaled_dot_product_attention.
+/* Attention on a CPU, one query token per row: a decode row's new token over its whole
+   context, or a prompt token over the tokens up to itself (causal), each in its own cache slot:
+   no padding, no mask, no copy; G query heads per KV head (GQA) with no K/V expansion. Built
+   and loaded by engine/cpu_kernels.py; the reference is torch's scaled_dot_product_attention.
 
    Why: torch's SDPA on CPU runs a per-(row, head) blocked kernel built for long queries; for
    decode's G-row queries its per-block work dominates (builtin:small, 16 rows of ~170 tokens,
-   8 layers: ~5 ms a step against ~2.5 ms here, docs/benchmarks.md). */
+   8 layers: ~5 ms a step against ~2.5 ms here), and a prompt chunk needs a mask built and
+   converted each call, all of its keys read for every query (docs/benchmarks.md). */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -70,11 +72,11 @@ static void head_any(const float *restrict q, const float *restrict k,
   }
 }
 
-/* q: row b's query head (h * G + g) at q + b * q_row_stride + (h * G + g) * D.
+/* q: token b's query head (h * G + g) at q + b * q_row_stride + (h * G + g) * D.
    k, v: the cache; row b's KV head h, token j at base + slots[b] * slot_stride + h * head_stride + j * D.
    out: [B, Hkv * G, D] contiguous. lengths[b] >= 1: the tokens row b attends to.
    scratch: at least G * max(lengths) floats. */
-void decode_attention(const float *q, int64_t q_row_stride, const float *k, const float *v,
+void token_attention(const float *q, int64_t q_row_stride, const float *k, const float *v,
                       float *out, const int64_t *slots, const int64_t *lengths, int64_t B,
                       int64_t Hkv, int64_t G, int64_t D, int64_t slot_stride,
                       int64_t head_stride, float scale, float *scratch) {
