@@ -1,12 +1,13 @@
 """CPU kernels in C, built on first use with the system's C compiler and loaded with ctypes.
 
-One kernel so far: attention with one query token per row (engine/kernels/attention.c), for a
-step's decode rows and prompt tokens alike, about twice as fast as torch's SDPA for decode's
-short queries and 1.5-5x for prompt chunks (docs/benchmarks.md). A build is ~0.3 s and is cached
-per source, compiler flags and CPU in ~/.cache/tradeoff/kernels/; without a compiler, or with
-TRADEOFF_CPU_KERNELS=0, nothing is built and the lean forward keeps torch's SDPA (the
-reference these kernels are tested against). No torch headers: the kernel reads raw float
-pointers, so it builds in well under a second and needs no matching torch build.
+For a float32 step on one CPU thread (engine/llama.py): attention with one query token per row
+(engine/kernels/attention.c), for a step's decode rows and prompt tokens alike, about twice as
+fast as torch's SDPA for decode's short queries and 1.5-5x for prompt chunks; RMSNorm and
+SiLU-and-multiply in one pass each (engine/kernels/elementwise.c). A build is ~0.5 s and is
+cached per source, compiler flags and CPU in ~/.cache/tradeoff/kernels/; without a compiler, or
+with TRADEOFF_CPU_KERNELS=0, nothing is built and the lean forward keeps torch's ops (the
+reference these kernels are tested against). No torch headers: the kernels read raw float
+pointers, so they build in well under a second and need no matching torch build.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from common import paths
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "kernels" / "attention.c"
+SOURCES = tuple(Path(__file__).parent / "kernels" / name for name in ("attention.c", "elementwise.c"))
 # -ffast-math only compiles (reassociated sums, vector expf); the link leaves it out, since
 # linking it into a shared library sets flush-to-zero for the whole process on load.
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-c")
@@ -37,20 +38,23 @@ ENV_SWITCH = "TRADEOFF_CPU_KERNELS"  # "0": build nothing, use torch's kernels
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
-class TokenAttention:
-    """The attention kernel: float32 on CPU, one token per row; it runs on one core."""
+class CpuKernels:
+    """The kernels, float32 on CPU; each runs on one core."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        self.fn = library.token_attention
-        self.fn.argtypes = [_P, _I, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P]
-        self.fn.restype = None
+        self.attention_fn = _declare(library.token_attention, [_P, _I, _P, _P, _P, _P, _P, _I, _I, _I,
+                                                               _I, _I, _I, ctypes.c_float, _P])
+        self.rms_norm_fn = _declare(library.rms_norm, [_P, _I, _P, _P, _I, _I, ctypes.c_float])
+        self.silu_mul_fn = _declare(library.silu_mul, [_P, _P, _I, _I])
+        self.rope_write_fn = _declare(library.rope_write, [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I,
+                                                           _I, _I, _I])
 
-    def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                 slots: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  slots: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """q [T, H, D] (rows may be strided, heads contiguous); caches [slots, Hkv, capacity,
         D] contiguous; slots, lengths [T] int64: token t attends to the first lengths[t] tokens
-        of its slot (a decode row: its whole context; a prompt token: causally, up to itself).
-        Returns [T, H * D]."""
+        of its slot (a decode row: its whole context; a prompt token: causally, up to itself;
+        the caller keeps each within the capacity). Returns [T, H * D]."""
         num_rows, num_heads, head_dim = q.shape
         num_kv_heads = k_cache.shape[1]
         assert q.stride(2) == 1 and q.stride(1) == head_dim and k_cache.is_contiguous()
@@ -58,52 +62,95 @@ class TokenAttention:
         out = q.new_empty(num_rows, num_heads * head_dim)
         group = num_heads // num_kv_heads
         scratch = q.new_empty(group * k_cache.shape[2])  # a row's scores, at most capacity
-        self.fn(q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(),
-                slots.data_ptr(), lengths.data_ptr(), num_rows, num_kv_heads, group, head_dim,
-                k_cache.stride(0), k_cache.stride(1), 1 / math.sqrt(head_dim), scratch.data_ptr())
+        self.attention_fn(q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
+                          out.data_ptr(), slots.data_ptr(), lengths.data_ptr(), num_rows,
+                          num_kv_heads, group, head_dim, k_cache.stride(0), k_cache.stride(1),
+                          1 / math.sqrt(head_dim), scratch.data_ptr())
+        return out
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """HF's RMSNorm of x [T, N] (rows may be strided) by weight [N]: [T, N]."""
+        assert x.stride(1) == 1 and weight.is_contiguous() and x.dtype == weight.dtype == torch.float32
+        out = x.new_empty(x.shape)
+        self.rms_norm_fn(x.data_ptr(), x.stride(0), weight.data_ptr(), out.data_ptr(), x.shape[0],
+                         x.shape[1], eps)
+        return out
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up from the fused [T, 2I] gate/up output: [T, I]."""
+        assert gate_up.is_contiguous() and gate_up.dtype == torch.float32
+        num_rows, width = gate_up.shape
+        out = gate_up.new_empty(num_rows, width // 2)
+        self.silu_mul_fn(gate_up.data_ptr(), out.data_ptr(), num_rows, width // 2)
         return out
 
 
-_LOADED: dict[str, TokenAttention | None] = {}
+    def rope_write(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+                   num_heads: int) -> torch.Tensor:
+        """Rope on qkv [T, (H + 2 Hkv) D]'s q and k (cos, sin [T, 1, D]); k and v written into the
+        caches at each token's slot and position (the caller keeps them in range). Returns q
+        [T, H, D], rotated."""
+        num_tokens, head_dim = qkv.shape[0], cos.shape[-1]
+        num_kv_heads = k_cache.shape[1]
+        assert qkv.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
+        assert k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.stride() == v_cache.stride()
+        assert qkv.shape[1] == (num_heads + 2 * num_kv_heads) * head_dim and slots.dtype == torch.int64
+        q = qkv.new_empty(num_tokens, num_heads, head_dim)
+        self.rope_write_fn(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
+                           k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), positions.data_ptr(),
+                           num_tokens, num_heads, num_kv_heads, head_dim, k_cache.stride(0),
+                           k_cache.stride(1))
+        return q
 
 
-def attention_kernel(cache_dir: Path | None = None) -> TokenAttention | None:
-    """The kernel, built once per process (and cached on disk); None where it cannot be."""
+def _declare(fn, argtypes: list) -> object:
+    fn.argtypes, fn.restype = argtypes, None
+    return fn
+
+
+_LOADED: dict[str, CpuKernels | None] = {}
+
+
+def cpu_kernels(cache_dir: Path | None = None) -> CpuKernels | None:
+    """The kernels, built once per process (and cached on disk); None where they cannot be."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return None
-    if "attention" not in _LOADED:
-        _LOADED["attention"] = build_attention(cache_dir or paths.cache_dir())
-    return _LOADED["attention"]
+    if "kernels" not in _LOADED:
+        _LOADED["kernels"] = build_kernels(cache_dir or paths.cache_dir())
+    return _LOADED["kernels"]
 
 
-def build_attention(cache_dir: Path) -> TokenAttention | None:
-    """Build (or reuse from `cache_dir`) and load the kernel; None, with the reason logged, where
-    it cannot be built here."""
+def build_kernels(cache_dir: Path) -> CpuKernels | None:
+    """Build (or reuse from `cache_dir`) and load the kernels; None, with the reason logged,
+    where they cannot be built here."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or platform.system() != "Linux":
-        log.info("no C compiler (or not Linux): attention runs on torch's SDPA")
+        log.info("no C compiler (or not Linux): the lean forward runs on torch's ops only")
         return None
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(b"|".join([source, " ".join(COMPILE_FLAGS + LINK_FLAGS).encode(),
                                     compiler.encode(), _cpu_signature().encode()])).hexdigest()[:16]
-    library = cache_dir / "kernels" / f"attention-{key}.so"
+    library = cache_dir / "kernels" / f"kernels-{key}.so"
     try:
         if not library.exists():
             _compile(compiler, library)
-        return TokenAttention(ctypes.CDLL(str(library)))
+        return CpuKernels(ctypes.CDLL(str(library)))
     except (OSError, subprocess.CalledProcessError) as exc:
-        log.warning("attention kernel not built (%s): torch's SDPA runs instead", exc)
+        log.warning("CPU kernels not built (%s): torch's ops run instead", exc)
         return None
 
 
 def _compile(compiler: str, library: Path) -> None:
     library.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        obj, built = Path(tmp) / "kernel.o", Path(tmp) / library.name
-        subprocess.run([compiler, *COMPILE_FLAGS, str(SOURCE), "-o", str(obj)], check=True,
-                       capture_output=True, timeout=120)
-        subprocess.run([compiler, *LINK_FLAGS, str(obj), "-o", str(built), "-lm"], check=True,
-                       capture_output=True, timeout=120)
+        objects = [Path(tmp) / f"{source.stem}.o" for source in SOURCES]
+        for source, obj in zip(SOURCES, objects, strict=True):
+            subprocess.run([compiler, *COMPILE_FLAGS, str(source), "-o", str(obj)], check=True,
+                           capture_output=True, timeout=120)
+        built = Path(tmp) / library.name
+        subprocess.run([compiler, *LINK_FLAGS, *map(str, objects), "-o", str(built), "-lm"],
+                       check=True, capture_output=True, timeout=120)
         built.replace(library)  # atomic: a concurrent process sees the whole file or none
 
 

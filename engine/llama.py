@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.cpu_kernels import attention_kernel
+from engine.cpu_kernels import cpu_kernels
 
 LEAN_MODEL_TYPES = ("llama", "qwen2", "mistral")
 # On CPU each weight gets copies laid out for the matmul kernels. A step of at most
@@ -75,9 +75,10 @@ class StepInputs:
     is_gathered: bool = False  # decode attention over the rows' K/V copied out (few rows, many
     # free slots below the highest: see GATHER_FACTOR), not over the view of every slot
     long_rows: tuple[LongRow, ...] = ()  # decode rows longer than decode_len: attended alone
-    # [T] each token's context, itself included: set when the C kernel attends the whole step
-    # (engine/cpu_kernels.py), every token over exactly its own slot's tokens: decode rows and
-    # prompt chunks alike, so masks, the long-row split and the gathered path go unused
+    # [T] each token's context, itself included: set when the C kernels run the step
+    # (engine/cpu_kernels.py): attention takes every token over exactly its own slot's tokens,
+    # decode rows and prompt chunks alike, so masks, the long-row split and the gathered path
+    # go unused; RMSNorm and SiLU-and-multiply run in one pass each
     token_lengths: torch.Tensor | None = None
 
 
@@ -187,38 +188,33 @@ class LeanLlama(torch.nn.Module):
         self.inv_freq = inner.rotary_emb.inv_freq  # [D / 2] float32
         self.rope_scaling = float(inner.rotary_emb.attention_scaling)
         is_cpu_fp32 = self.embed.device.type == "cpu" and self.embed.dtype == torch.float32
-        self.attention_kernel = attention_kernel() if is_cpu_fp32 else None
+        self.kernels = cpu_kernels() if is_cpu_fp32 else None
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def uses_attention_kernel(self) -> bool:
-        """Whether an eager step attends with the C kernel: it runs on one core, so with more
-        torch threads SDPA (which spreads rows and heads over them) attends instead."""
-        return self.attention_kernel is not None and torch.get_num_threads() == 1
+    def uses_kernels(self) -> bool:
+        """Whether an eager step runs on the C kernels: they run on one core, so with more torch
+        threads torch's ops (which spread rows and heads over them) run instead."""
+        return self.kernels is not None and torch.get_num_threads() == 1
 
     def forward(self, step: StepInputs, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
         """Logits of the wanted tokens [R, V]; writes every token's K/V into its slot, in place."""
+        ops = self.kernels if step.token_lengths is not None else TORCH_OPS
         x = F.embedding(step.ids, self.embed)  # [T, hidden]
         cos, sin = self.rope(step.positions, x.dtype)  # [T, 1, D]
-        num_qk = (self.num_heads + self.num_kv_heads) * self.head_dim
         for layer, k_cache, v_cache in zip(self.layers, keys, values, strict=True):
             # k_cache, v_cache: [num_slots, Hkv, capacity, D]
-            h = rms_norm(x, layer.input_norm, self.eps)
+            h = ops.rms_norm(x, layer.input_norm, self.eps)
             qkv = layer.qkv(h, step.is_small)  # [T, (H + 2 Hkv) D]
-            qk = rotate(qkv[:, :num_qk].view(len(x), -1, self.head_dim), cos, sin)
-            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [T, H, D], [T, Hkv, D]
-            v = qkv[:, num_qk:].view(len(x), self.num_kv_heads, self.head_dim)
-            k_cache[step.slots, :, step.positions] = k  # the step's K/V, written in place
-            v_cache[step.slots, :, step.positions] = v
+            q = ops.rope_write(qkv, cos, sin, k_cache, v_cache, step.slots, step.positions, self.num_heads)
             x = x + layer.o(self.attend(q, k_cache, v_cache, step), step.is_small)
-            h = rms_norm(x, layer.post_norm, self.eps)
-            gate, up = layer.gate_up(h, step.is_small).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(gate) * up, step.is_small)
+            h = ops.rms_norm(x, layer.post_norm, self.eps)
+            x = x + layer.down(ops.silu_mul(layer.gate_up(h, step.is_small)), step.is_small)
         if step.logit_index is not None:
             x = x.index_select(0, step.logit_index)
-        return self.lm_head(rms_norm(x, self.norm, self.eps), len(x) <= SMALL_BATCH_ROWS)
+        return self.lm_head(ops.rms_norm(x, self.norm, self.eps), len(x) <= SMALL_BATCH_ROWS)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [T, 1, D] as the HF rotary embedding computes them (fp32, then the model dtype)."""
@@ -230,7 +226,7 @@ class LeanLlama(torch.nn.Module):
                step: StepInputs) -> torch.Tensor:
         """Attention output [T, H * D] for the step's decode rows and chunks."""
         if step.token_lengths is not None:  # the C kernel: each token over its own context
-            return self.attention_kernel(q, k_cache, v_cache, step.slots, step.token_lengths)
+            return self.kernels.attention(q, k_cache, v_cache, step.slots, step.token_lengths)
         outs = []
         if step.num_decode:
             outs.append(self.decode_attention(q[: step.num_decode], k_cache, v_cache, step))
@@ -294,6 +290,37 @@ def chunk_mask(start: int, num_tokens: int, group: int, device: torch.device) ->
     keys = torch.arange(start + num_tokens, device=device)
     queries = torch.arange(start, start + num_tokens, device=device).repeat_interleave(group)
     return keys[None, :] <= queries[:, None]
+
+
+class TorchOps:
+    """The forward's elementwise ops in torch: the reference for engine/cpu_kernels.py's, and
+    what runs without them (and under torch.compile)."""
+
+    @staticmethod
+    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return rms_norm(x, weight, eps)
+
+    @staticmethod
+    def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+                   num_heads: int) -> torch.Tensor:
+        """q [T, H, D] rotated; the step's rotated k and its v written into their slots in place."""
+        num_tokens, head_dim, num_kv_heads = len(qkv), cos.shape[-1], k_cache.shape[1]
+        num_qk = (num_heads + num_kv_heads) * head_dim
+        qk = rotate(qkv[:, :num_qk].view(num_tokens, -1, head_dim), cos, sin)
+        q, k = qk.split([num_heads, num_kv_heads], dim=1)  # [T, H, D], [T, Hkv, D]
+        k_cache[slots, :, positions] = k
+        v_cache[slots, :, positions] = qkv[:, num_qk:].view(num_tokens, num_kv_heads, head_dim)
+        return q
+
+    @staticmethod
+    def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+        """SwiGLU's hidden from the fused gate/up output [T, 2I]: silu(gate) * up, [T, I]."""
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+
+TORCH_OPS = TorchOps()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

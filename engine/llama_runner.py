@@ -171,7 +171,7 @@ class LlamaRunner:
         spans, logit_index = [], list(range(len(rows)))
         group = self.model.num_heads // self.model.num_kv_heads
         is_eager = self.decode_fn is self.model or bool(chunks)
-        uses_kernel = is_eager and self.model.uses_attention_kernel()  # no masks to build
+        uses_kernel = is_eager and self.model.uses_kernels()  # no masks to build
         for chunk in chunks:
             slot, end = slot_of[id(chunk.seq)], chunk.start + chunk.num_tokens
             ids += chunk.seq.prompt_ids[chunk.start : end]
@@ -263,7 +263,7 @@ def lean_decode_loop(loaded: LoadedModel, prompt_ids: list[list[int]],
     tokens = runner._long(runner.prefill(seqs))  # [B]; a fresh runner: rows are slots 0..B-1
     keys, values = runner.cache.keys, runner.cache.values  # allocated by the prefill
     slots = torch.arange(num_rows, device=loaded.device)
-    uses_kernel = runner.model.uses_attention_kernel()  # the engine's attention, as in its steps
+    uses_kernel = runner.model.uses_kernels()  # the engine's kernels, as in its steps
     for length in range(len(prompt_ids[0]), len(prompt_ids[0]) + num_new_tokens - 1):
         step = StepInputs(tokens, torch.full_like(tokens, length), slots, num_rows, num_rows,
                           None, None, length + 1, (), None, num_rows <= SMALL_BATCH_ROWS,

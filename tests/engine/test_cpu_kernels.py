@@ -1,4 +1,4 @@
-"""The C attention kernel against torch's SDPA, and how it is built, cached and refused."""
+"""The C kernels against torch's ops, and how they are built, cached and refused."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.cpu_kernels import ENV_SWITCH, attention_kernel, build_attention
-from engine.llama import chunk_mask
+from engine.cpu_kernels import ENV_SWITCH, build_kernels, cpu_kernels
+from engine.llama import TORCH_OPS, chunk_mask
 
-kernel = attention_kernel()
-needs_kernel = pytest.mark.skipif(kernel is None, reason="no C compiler here: the kernel cannot be built")
+kernels = cpu_kernels()
+needs_kernels = pytest.mark.skipif(kernels is None, reason="no C compiler here: the kernels cannot be built")
 
 
 def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int],
@@ -28,7 +28,7 @@ def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: 
     return torch.stack(outs)
 
 
-@needs_kernel
+@needs_kernels
 @pytest.mark.parametrize(("num_kv_heads", "group", "head_dim"),
                          [(2, 4, 64), (4, 3, 128), (1, 1, 32), (3, 2, 80)])  # 64, 128: unrolled
 def test_each_row_attends_over_exactly_its_own_slot_and_length(num_kv_heads, group, head_dim) -> None:
@@ -41,13 +41,13 @@ def test_each_row_attends_over_exactly_its_own_slot_and_length(num_kv_heads, gro
     # The forward's q: rows of a wider [T, H + Hkv, D] tensor (rows strided, heads contiguous).
     qk = torch.randn(len(slots), heads + num_kv_heads, head_dim, generator=gen)
     q = qk[:, :heads]
-    got = kernel(q, keys, values, torch.tensor(slots), torch.tensor(lengths))
+    got = kernels.attention(q, keys, values, torch.tensor(slots), torch.tensor(lengths))
     want = reference(q, keys, values, slots, lengths)
     assert got.shape == (len(slots), heads * head_dim)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@needs_kernel
+@needs_kernels
 @pytest.mark.parametrize("start", [0, 37])  # a first chunk, and one after cached or earlier tokens
 def test_a_prompt_chunk_attends_causally_as_sdpa_with_its_mask(start: int) -> None:
     gen = torch.Generator().manual_seed(start)
@@ -56,7 +56,7 @@ def test_a_prompt_chunk_attends_causally_as_sdpa_with_its_mask(start: int) -> No
     values = torch.randn(3, num_kv_heads, 128, head_dim, generator=gen)
     q = torch.randn(num_tokens, num_kv_heads * group, head_dim, generator=gen)
     positions = torch.arange(start, start + num_tokens)
-    got = kernel(q, keys, values, torch.full((num_tokens,), 2), positions + 1)
+    got = kernels.attention(q, keys, values, torch.full((num_tokens,), 2), positions + 1)
     # The SDPA path's way (LeanLlama.grouped): G heads as extra query rows, a causal mask.
     stacked = q.view(num_tokens, num_kv_heads, group, head_dim).transpose(0, 1)
     stacked = stacked.reshape(1, num_kv_heads, num_tokens * group, head_dim)
@@ -67,24 +67,24 @@ def test_a_prompt_chunk_attends_causally_as_sdpa_with_its_mask(start: int) -> No
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@needs_kernel
+@needs_kernels
 def test_tokens_past_a_rows_length_are_never_read() -> None:
     keys, values = torch.randn(2, 1, 16, 64), torch.randn(2, 1, 16, 64)
     q = torch.randn(2, 4, 64)
-    before = kernel(q, keys, values, torch.tensor([1, 0]), torch.tensor([5, 9]))
+    before = kernels.attention(q, keys, values, torch.tensor([1, 0]), torch.tensor([5, 9]))
     keys[1, :, 5:], values[0, :, 9:] = float("nan"), float("inf")  # beyond each row's context
-    after = kernel(q, keys, values, torch.tensor([1, 0]), torch.tensor([5, 9]))
+    after = kernels.attention(q, keys, values, torch.tensor([1, 0]), torch.tensor([5, 9]))
     assert torch.equal(before, after)
     assert math.isfinite(after.abs().max().item())
 
 
-@needs_kernel
+@needs_kernels
 def test_a_build_is_cached_per_source_and_reused(tmp_path) -> None:
-    first = build_attention(tmp_path)
-    built = list((tmp_path / "kernels").glob("attention-*.so"))
+    first = build_kernels(tmp_path)
+    built = list((tmp_path / "kernels").glob("kernels-*.so"))
     assert first is not None and len(built) == 1
     stamp = built[0].stat().st_mtime_ns
-    assert build_attention(tmp_path) is not None
+    assert build_kernels(tmp_path) is not None
     assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [built[0].name]  # no temp files left
     # Built with -ffast-math, linked without: loading it must not flush denormals process-wide.
@@ -98,11 +98,40 @@ def test_without_a_working_compiler_sdpa_stays(tmp_path, monkeypatch, caplog) ->
     broken.chmod(0o755)
     monkeypatch.setenv("CC", str(broken))
     with caplog.at_level(logging.WARNING, logger="engine.cpu_kernels"):
-        assert build_attention(tmp_path) is None
-    assert "torch's SDPA runs instead" in caplog.text
+        assert build_kernels(tmp_path) is None
+    assert "torch's ops run instead" in caplog.text
     assert not list((tmp_path / "kernels").glob("*.so"))
 
 
 def test_the_switch_turns_the_kernels_off(monkeypatch) -> None:
     monkeypatch.setenv(ENV_SWITCH, "0")
-    assert attention_kernel() is None
+    assert cpu_kernels() is None
+
+
+@needs_kernels
+def test_rms_norm_and_silu_mul_equal_torchs() -> None:
+    gen = torch.Generator().manual_seed(3)
+    wide = torch.randn(9, 700, generator=gen) * 3
+    x, weight = wide[:, :512], torch.randn(512, generator=gen)  # rows strided, as after a select
+    torch.testing.assert_close(kernels.rms_norm(x, weight, 1e-6), TORCH_OPS.rms_norm(x, weight, 1e-6),
+                               rtol=1e-5, atol=1e-5)
+    gate_up = torch.randn(9, 2 * 384, generator=gen) * 8  # large gates: exp over- and underflows
+    gate_up[0, :3] = torch.tensor([-100.0, 100.0, 0.0])
+    torch.testing.assert_close(kernels.silu_mul(gate_up), TORCH_OPS.silu_mul(gate_up), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_rope_write_rotates_q_and_k_and_writes_k_and_v_where_torchs_does() -> None:
+    gen = torch.Generator().manual_seed(5)
+    heads, kv_heads, head_dim, num_tokens = 6, 2, 64, 7
+    qkv = torch.randn(num_tokens, (heads + 2 * kv_heads) * head_dim, generator=gen)
+    angles = torch.randn(num_tokens, 1, head_dim, generator=gen)
+    cos, sin = angles.cos(), angles.sin()
+    slots, positions = torch.tensor([3, 0, 0, 0, 2, 2, 1]), torch.tensor([9, 0, 1, 2, 40, 41, 5])
+    caches = [torch.randn(4, kv_heads, 48, head_dim, generator=gen) for _ in range(2)]
+    want_caches = [c.clone() for c in caches]
+    got = kernels.rope_write(qkv, cos, sin, *caches, slots, positions, heads)
+    want = TORCH_OPS.rope_write(qkv, cos, sin, *want_caches, slots, positions, heads)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for cache, want_cache in zip(caches, want_caches, strict=True):  # written there, nowhere else
+        torch.testing.assert_close(cache, want_cache, rtol=1e-6, atol=1e-6)

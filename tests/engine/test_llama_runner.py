@@ -10,7 +10,7 @@ import torch
 
 from engine.config import EngineConfig, SchedulerConfig
 from engine.core import EngineCore
-from engine.cpu_kernels import attention_kernel
+from engine.cpu_kernels import cpu_kernels
 from engine.llama import lean_model, lean_unsupported_reason
 from engine.llama_runner import LlamaRunner, lean_decode_loop
 from engine.models import LoadedModel, init_random_weights, load_model
@@ -34,17 +34,17 @@ def tiny() -> LoadedModel:
     return load_model(EngineConfig(model="builtin:tiny", device="cpu"))
 
 
-@pytest.fixture(autouse=True, params=["c-kernel", "sdpa"])
-def attention(request, tiny: LoadedModel):
-    """Every test here runs with both attentions: the C kernel (engine/cpu_kernels.py) and
-    torch's SDPA (with more threads, other dtypes and devices, and the compiled step)."""
+@pytest.fixture(autouse=True, params=["c-kernels", "torch"])
+def ops(request, tiny: LoadedModel):
+    """Every test here runs both ways: on the C kernels (engine/cpu_kernels.py) and on torch's
+    ops alone (with more threads, other dtypes and devices, and the compiled step)."""
     model = lean_model(tiny.model)
-    kernel = attention_kernel()
-    if request.param == "c-kernel" and kernel is None:
-        pytest.skip("no C compiler here: the decode attention kernel cannot be built")
-    model.attention_kernel = kernel if request.param == "c-kernel" else None
+    kernel = cpu_kernels()
+    if request.param == "c-kernels" and kernel is None:
+        pytest.skip("no C compiler here: the CPU kernels cannot be built")
+    model.kernels = kernel if request.param == "c-kernels" else None
     yield request.param
-    model.attention_kernel = kernel
+    model.kernels = kernel
 
 
 def seq(seq_id: int, length: int, max_new_tokens: int = 64, **params) -> Sequence:
@@ -143,7 +143,7 @@ def test_joins_and_leaves_mid_stream_equal_the_hf_forward(tiny: LoadedModel) -> 
     driver.check(tiny, [a, b, c, d, e, f, seq(36, 9)])
 
 
-def test_rows_left_alone_at_high_slots_equal_the_hf_forward(tiny: LoadedModel, attention: str) -> None:
+def test_rows_left_alone_at_high_slots_equal_the_hf_forward(tiny: LoadedModel, ops: str) -> None:
     # Two rows at slots 3 and 4 of 5: SDPA copies their K/V out instead of spanning 5 rows; the
     # kernel reads each row in its own slot, over its own length, with no mask.
     driver = Driver(LlamaRunner(tiny))
@@ -153,7 +153,7 @@ def test_rows_left_alone_at_high_slots_equal_the_hf_forward(tiny: LoadedModel, a
     driver.leave(*seqs[:3])
     step = driver.runner._inputs(list(driver.runner.rows), [])
     assert step.is_gathered and step.num_view_rows == 5
-    if attention == "sdpa":
+    if ops == "torch":
         assert step.decode_mask is not None and step.token_lengths is None
     else:
         # each row's prompt, its 2 decoded tokens and the new one
@@ -164,7 +164,7 @@ def test_rows_left_alone_at_high_slots_equal_the_hf_forward(tiny: LoadedModel, a
     driver.check(tiny, seqs)
 
 
-def test_long_rows_attended_alone_equal_the_hf_forward(tiny: LoadedModel, attention: str) -> None:
+def test_long_rows_attended_alone_equal_the_hf_forward(tiny: LoadedModel, ops: str) -> None:
     # One row of 300 tokens among rows of 4-9: with SDPA the batch attends over the short rows'
     # width and the long row alone over its own (engine/attention_split.py), the kernel each row
     # over its own length; then a free slot below the highest live row, then few rows left at
@@ -174,7 +174,7 @@ def test_long_rows_attended_alone_equal_the_hf_forward(tiny: LoadedModel, attent
     long = seq(160, 300, max_new_tokens=16)
     driver.join(short[0], long, *short[1:])
     step = driver.runner._inputs(list(driver.runner.rows), [])
-    if attention == "sdpa":
+    if ops == "torch":
         assert [(r.slot, r.length) for r in step.long_rows] == [(1, 301)] and step.decode_len < 20
     else:
         assert not step.long_rows and step.token_lengths.tolist()[:2] == [5, 301]
@@ -184,7 +184,7 @@ def test_long_rows_attended_alone_equal_the_hf_forward(tiny: LoadedModel, attent
     driver.decode(3)
     driver.leave(*short[1:4])
     step = driver.runner._inputs(list(driver.runner.rows), [])
-    assert step.is_gathered and (bool(step.long_rows) == (attention == "sdpa"))
+    assert step.is_gathered and (bool(step.long_rows) == (ops == "torch"))
     driver.decode(3)
     driver.check(tiny, [long, *short])
 
