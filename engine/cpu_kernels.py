@@ -2,8 +2,9 @@
 
 For a float32 step on one CPU thread (engine/llama.py): attention with one query token per row
 (engine/kernels/attention.c), for a step's decode rows and prompt tokens alike, about twice as
-fast as torch's SDPA for decode's short queries and 1.5-5x for prompt chunks; RMSNorm and
-SiLU-and-multiply in one pass each (engine/kernels/elementwise.c). A build is ~0.5 s and is
+fast as torch's SDPA for decode's short queries and 1.5-5x for prompt chunks; RMSNorm,
+SiLU-and-multiply, and rope with the K/V cache write, in one pass each
+(engine/kernels/elementwise.c). A build is ~0.5 s and is
 cached per source, compiler flags and CPU in ~/.cache/tradeoff/kernels/; without a compiler, or
 with TRADEOFF_CPU_KERNELS=0, nothing is built and the lean forward keeps torch's ops (the
 reference these kernels are tested against). No torch headers: the kernels read raw float

@@ -4,7 +4,8 @@ The Hugging Face module stays the reference and keeps its weights: this forward 
 tensors (q/k/v and gate/up fused into one matmul each, the HF parameters re-pointed at views
 of the fused tensors, so no weight is held twice). One forward runs one packed step: the
 decode rows' tokens first (one each), then each prompt chunk's tokens, T in all; matmuls run
-over all T tokens at once, attention per kind (decode rows batched, each chunk on its own).
+over all T tokens at once, attention per kind (decode rows batched, each chunk on its own) or,
+on the C kernels (engine/cpu_kernels.py), every token over its own context in one call.
 """
 
 from __future__ import annotations

@@ -38,7 +38,9 @@ MS = 1e-3
 # 15/43/79/159/367/902 ms for 16/64/128/256/512/1,024: a least-squares line through them has
 # no fixed part, so a chunk in a mixed step costs its tokens only, as the one packed forward
 # does). Matmuls dominate small's steps (compute-bound prefill, ~60-100 GFLOP/s), per-op
-# overhead tiny's. docs/benchmarks.md has the commands.
+# overhead tiny's. docs/benchmarks.md has the commands. Fitted before the C kernels
+# (engine/cpu_kernels.py), which cut a decode step by about a fifth there: an overestimate
+# until a calibration or refit replaces it, not re-fitted on a machine too noisy to fit on.
 PRIORS: dict[str, CostModel] = {
     "builtin:tiny": CostModel(2.0 * MS, 0.125 * MS, 2.2 * MS, 0.25 * MS),
     "builtin:small": CostModel(0.0, 0.83 * MS, 11.7 * MS, 0.56 * MS),
