@@ -79,7 +79,7 @@ class StepInputs:
     # [T] each token's context, itself included: set when the C kernels run the step
     # (engine/cpu_kernels.py): attention takes every token over exactly its own slot's tokens,
     # decode rows and prompt chunks alike, so masks, the long-row split and the gathered path
-    # go unused; RMSNorm and SiLU-and-multiply run in one pass each
+    # go unused; RMSNorm, SiLU-and-multiply, and rope with the K/V write run in one pass each
     token_lengths: torch.Tensor | None = None
 
 

@@ -184,11 +184,9 @@ class LlamaRunner:
         tensor = self._long
         num_view_rows = slots[-1] + 1 if slots else 0
         lengths = [p + 1 for p in positions[: len(rows)]]  # each row's context, its new token included
-        if uses_kernel:  # each token over its own context
-            decode_len, long = max(lengths, default=0), []
-        elif is_eager:  # SDPA: long rows attend alone
+        if is_eager and not uses_kernel:  # SDPA: long rows attend alone
             decode_len, long = split_long_rows(lengths)
-        else:  # a compiled decode step attends over one batch
+        else:  # the kernel reads each row's own length; a compiled decode step, one batch's
             decode_len, long = max(lengths, default=0), []
         mask = None if uses_kernel else self._decode_mask(
             slots, [min(n, decode_len) for n in lengths], num_view_rows, decode_len)
