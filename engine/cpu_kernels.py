@@ -137,8 +137,10 @@ def build_kernels(cache_dir: Path) -> CpuKernels | None:
         if not library.exists():
             _compile(compiler, library)
         return CpuKernels(ctypes.CDLL(str(library)))
-    except (OSError, subprocess.CalledProcessError) as exc:
-        log.warning("CPU kernels not built (%s): torch's ops run instead", exc)
+    except (OSError, subprocess.SubprocessError) as exc:  # failed, timed out, or not loadable
+        said = getattr(exc, "stderr", None) or b""
+        log.warning("CPU kernels not built (%s%s): torch's ops run instead", exc,
+                    f": {said.decode(errors='replace').strip()[:300]}" if said else "")
         return None
 
 
