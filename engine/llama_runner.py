@@ -190,14 +190,15 @@ class LlamaRunner:
             decode_len, long = max(lengths, default=0), []
         mask = None if uses_kernel else self._decode_mask(
             slots, [min(n, decode_len) for n in lengths], num_view_rows, decode_len)
+        position_ids = tensor(positions)
         return StepInputs(
-            tensor(ids), tensor(positions), tensor(token_slots), len(rows), num_view_rows,
+            tensor(ids), position_ids, tensor(token_slots), len(rows), num_view_rows,
             None if slots == list(range(len(slots))) else tensor(slots),
             mask, decode_len, tuple(spans), None if not chunks else tensor(logit_index),
             is_small=len(ids) <= SMALL_BATCH_ROWS,
             is_gathered=num_view_rows > GATHER_FACTOR * len(rows) and bool(rows),
             long_rows=tuple(LongRow(i, slots[i], lengths[i]) for i in long),
-            token_lengths=tensor([p + 1 for p in positions]) if uses_kernel else None,
+            token_lengths=position_ids + 1 if uses_kernel else None,  # each token's context
         )
 
     def _long(self, values: list[int]) -> torch.Tensor:
