@@ -160,10 +160,12 @@ def why_empty(trials: Sequence[TrialRecord]) -> str:
             f"{len(trials) - failed} still running or without metrics).")
 
 
-def why_client_bound(num_points: int) -> str:
+def why_client_bound(num_points: int, example: str | None = None) -> str:
+    seen = f" (one: {example})" if example else ""
     return (f"nothing qualifies: all {num_points} measured configs are client-bound (the load "
-            "generator lagged, so their numbers are not the server's); rerun with fewer users or "
-            "on a machine with more cores for the client.")
+            f"generator lagged, so their numbers are not the server's){seen}; rerun with fewer "
+            "users, with a started server pinned away from the client (--server-cpus), or on a "
+            "machine with more cores for the client.")
 
 
 def why_drifted(num_points: int) -> str:

@@ -227,8 +227,9 @@ def recommend(
     if not measured:
         return _empty(objective, why_empty(trials))
     if not trusted:
-        why = why_client_bound if any(p.client_bound for p in measured) else why_drifted
-        return _empty(objective, why(len(measured)))
+        lagged = [p for p in measured if p.client_bound]
+        return _empty(objective, why_client_bound(len(measured), lagged[0].untrusted_reason) if lagged
+                      else why_drifted(len(measured)))
     if not pool:
         return _empty(objective, why_saturated(len(trusted)))
     if not slos and not capacities:  # no SLOs and no search's answer: the knee

@@ -117,6 +117,8 @@ def test_client_bound_points_are_never_recommended() -> None:
         assert recommend(trials, "max_throughput", slos).config.batch_size == 4
     rec = recommend([trial(3, 8, 900, 60, client_bound=True)], "max_throughput", [])
     assert rec.config is None and "client-bound" in rec.explanation
+    # the answer names one trial's reason and the remedy a started server has
+    assert "(one: p99 send lag 9.00 ms > 1.00 ms)" in rec.explanation and "--server-cpus" in rec.explanation
 
 
 def test_the_dashboard_draws_them_hollow_with_the_reason() -> None:

@@ -27,13 +27,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 @pytest.fixture(scope="module")
 def sweep_db(tmp_path_factory, vllm_python: str, tiny_dir: Path, profile_file: Path) -> tuple[str, Path]:
-    """One sweep: two server configs (max-num-seqs 2 and 8) x two loads, on real vLLM."""
+    """One sweep: two server configs (max-num-seqs 2 and 8) x two loads, on real vLLM, each
+    server pinned to core 0 and the client to the rest: on a shared 2-core CI machine an unpinned
+    API server took the client's core and all four trials read client-bound (export refused)."""
     where = tmp_path_factory.mktemp("sweep")
     db = f"sqlite:///{where / 't.db'}"
     result = tradeoff("sweep", "--model", str(tiny_dir), "--profile", str(profile_file),
                       *engine_flags(vllm_python), "--policy", "continuous", "--batch-sizes", "2,8",
                       "--max-wait-ms", "0", "--concurrency", "1,4", "--requests", "12",
-                      "--db", db, "--json")
+                      "--server-cpus", "0", "--db", db, "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["trials_done"] == 4
     assert "of which 2 server starts" in result.stderr  # start-up is in the estimate
@@ -50,6 +52,8 @@ def test_a_sweep_runs_each_server_config_once_and_records_what_ran(sweep_db):
         argv = shlex.split(engine["command"])
         assert argv[argv.index("--max-num-seqs") + 1] == str(t["batch_size"])
         assert "VLLM_CPU_KVCACHE_SPACE=1" in argv and "--enforce-eager" in argv
+        assert argv[argv.index("taskset"):][:3] == ["taskset", "-c", "0"]
+        assert 0 not in t["provenance"]["client_cpus"]
         assert t["server_start_s"] > 1
         log = Path(t["provenance"]["server_log"])
         assert log.parent.parent == where / "tradeoff-logs" and log.stat().st_size > 0
