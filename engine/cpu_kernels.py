@@ -4,7 +4,8 @@ For a float32 step on one CPU thread (engine/llama.py): attention with one query
 (engine/kernels/attention.c), for a step's decode rows and prompt tokens alike, about twice as
 fast as torch's SDPA for decode's short queries and 1.5-5x for prompt chunks; RMSNorm,
 SiLU-and-multiply, and rope with the K/V cache write, in one pass each
-(engine/kernels/elementwise.c). A build is ~0.5 s and is
+(engine/kernels/elementwise.c); the linear layers, on weights packed in panels at load
+(engine/kernels/matmul.c), 1.1-1.4x oneDNN's sgemm at 1-1,024 rows. A build is ~0.5 s and is
 cached per source, compiler flags and CPU in ~/.cache/tradeoff/kernels/; without a compiler, or
 with TRADEOFF_CPU_KERNELS=0, nothing is built and the lean forward keeps torch's ops (the
 reference these kernels are tested against). No torch headers: the kernels read raw float
@@ -30,7 +31,8 @@ from common import paths
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).parent / "kernels" / name for name in ("attention.c", "elementwise.c"))
+SOURCES = tuple(Path(__file__).parent / "kernels" / name
+                for name in ("attention.c", "elementwise.c", "matmul.c"))
 # -ffast-math only compiles (reassociated sums, vector expf); the link leaves it out, since
 # linking it into a shared library sets flush-to-zero for the whole process on load.
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-c")
@@ -49,6 +51,29 @@ class CpuKernels:
         self.silu_mul_fn = _declare(library.silu_mul, [_P, _P, _I, _I])
         self.rope_write_fn = _declare(library.rope_write, [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I,
                                                            _I, _I, _I])
+        self.pack_fn = _declare(library.pack_panels, [_P, _P, _I, _I])
+        self.matmul_fn = _declare(library.panel_matmul, [_P, _I, _P, _P, _P, _I, _I, _I])
+
+    def pack(self, weight: torch.Tensor) -> torch.Tensor:
+        """W [N, K] float32 in `linear`'s layout: panels of 16 output columns, [ceil(N / 16) * K * 16]."""
+        assert weight.dtype == torch.float32 and weight.dim() == 2
+        weight = weight.detach().contiguous()
+        num_out, num_in = weight.shape
+        panels = weight.new_empty(-(-num_out // 16) * 16 * num_in)
+        self.pack_fn(weight.data_ptr(), panels.data_ptr(), num_out, num_in)
+        return panels
+
+    def linear(self, x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None,
+               num_out: int) -> torch.Tensor:
+        """x [T, K] (rows may be strided) W^T + bias, W packed by `pack` with `num_out` rows: [T, N]."""
+        assert x.stride(1) == 1 and x.dtype == torch.float32 and (bias is None or bias.is_contiguous())
+        num_in = x.shape[1]
+        assert panels.numel() == -(-num_out // 16) * 16 * num_in
+        out = x.new_empty(x.shape[0], num_out)
+        bias_ptr = None if bias is None else bias.data_ptr()
+        self.matmul_fn(x.data_ptr(), x.stride(0), panels.data_ptr(), bias_ptr, out.data_ptr(), x.shape[0],
+                       num_out, num_in)
+        return out
 
     def attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   slots: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.cpu_kernels import cpu_kernels
+from engine.cpu_kernels import CpuKernels, cpu_kernels
 
 LEAN_MODEL_TYPES = ("llama", "qwen2", "mistral")
 # On CPU each weight gets copies laid out for the matmul kernels. A step of at most
@@ -26,7 +26,7 @@ LEAN_MODEL_TYPES = ("llama", "qwen2", "mistral")
 # vs transposed/F.linear in one process: 10.2 vs 8.3 ms at 1 row, 11.8 vs 11.4 at 2, 10.3 vs 15.7
 # at 4, 17.1 vs 23.7 at 16; prefill-sized matmuls (64-256 rows) ~1.15x.
 SMALL_BATCH_ROWS = 2
-MAX_COPY_BYTES = 2**30  # the copies triple the weights' memory: small models only
+MAX_COPY_BYTES = 2**30  # the copies (up to three) quadruple the weights' memory: small models only
 PACK_ROWS_HINT = 16  # the batch size oneDNN's layout is chosen for (any batch size runs on it)
 # Decode attention reads a view of slots [0, highest live + 1); when it would span more than
 # this many times the decode rows (long rows left alone at high slots), copying the rows' K/V
@@ -113,24 +113,27 @@ def lean_model(hf_model: torch.nn.Module) -> LeanLlama:
 class LlamaLayer(torch.nn.Module):
     """One decoder layer's weights; the forward is `LeanLlama.forward` (no per-layer call overhead)."""
 
-    def __init__(self, hf_layer: torch.nn.Module, has_copy: bool) -> None:
+    def __init__(self, hf_layer: torch.nn.Module, has_copy: bool, kernels: CpuKernels | None) -> None:
         super().__init__()
         attn, mlp = hf_layer.self_attn, hf_layer.mlp
         self.qkv = Linear(fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj),
-                          fuse_biases(attn.q_proj, attn.k_proj, attn.v_proj), has_copy)
-        self.o = Linear(attn.o_proj.weight, attn.o_proj.bias, has_copy)
+                          fuse_biases(attn.q_proj, attn.k_proj, attn.v_proj), has_copy, kernels)
+        self.o = Linear(attn.o_proj.weight, attn.o_proj.bias, has_copy, kernels)
         self.gate_up = Linear(fuse_linears(mlp.gate_proj, mlp.up_proj),
-                              fuse_biases(mlp.gate_proj, mlp.up_proj), has_copy)
-        self.down = Linear(mlp.down_proj.weight, mlp.down_proj.bias, has_copy)
+                              fuse_biases(mlp.gate_proj, mlp.up_proj), has_copy, kernels)
+        self.down = Linear(mlp.down_proj.weight, mlp.down_proj.bias, has_copy, kernels)
         self.input_norm = hf_layer.input_layernorm.weight
         self.post_norm = hf_layer.post_attention_layernorm.weight
 
 
 class Linear(torch.nn.Module):
     """y = x W^T + b, on copies of W laid out for the CPU's matmul kernels where there is room
-    (see MAX_COPY_BYTES): transposed for small batches, oneDNN's packed layout for the rest."""
+    (see MAX_COPY_BYTES): panels for the C kernel (engine/kernels/matmul.c), which a step on
+    the C kernels takes at any row count; for torch's ops, transposed for small batches and
+    oneDNN's packed layout for the rest."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, has_copy: bool) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, has_copy: bool,
+                 kernels: CpuKernels | None = None) -> None:
         super().__init__()
         self.weight, self.bias = weight, bias  # [out, in], [out]
         # The transposed copy wins only in float32 (MKL's sgemm); in bfloat16 oneDNN's packed
@@ -139,8 +142,12 @@ class Linear(torch.nn.Module):
         small_copy = has_copy and weight.dtype == torch.float32
         self.weight_t = weight.detach().t().contiguous() if small_copy else None  # [in, out]
         self.packed = pack_weight(weight) if has_copy else None  # oneDNN layout, opaque
+        self.panels = kernels.pack(weight) if small_copy and kernels is not None else None
 
-    def forward(self, x: torch.Tensor, is_small: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, is_small: bool, kernels: CpuKernels | None = None) -> torch.Tensor:
+        """`kernels`: the step runs on the C kernels (then so does this matmul, where packed)."""
+        if kernels is not None and self.panels is not None:
+            return kernels.linear(x, self.panels, self.bias, self.weight.shape[0])
         if self.weight_t is not None and is_small:
             y = x @ self.weight_t
             return y if self.bias is None else y + self.bias
@@ -183,13 +190,13 @@ class LeanLlama(torch.nn.Module):
         self.embed = inner.embed_tokens.weight
         weight_bytes = sum(p.numel() * p.element_size() for p in inner.layers.parameters())
         has_copy = self.embed.device.type == "cpu" and weight_bytes <= MAX_COPY_BYTES
-        self.layers = torch.nn.ModuleList(LlamaLayer(layer, has_copy) for layer in inner.layers)
-        self.norm = inner.norm.weight
-        self.lm_head = Linear(hf_model.lm_head.weight, None, has_copy)
-        self.inv_freq = inner.rotary_emb.inv_freq  # [D / 2] float32
-        self.rope_scaling = float(inner.rotary_emb.attention_scaling)
         is_cpu_fp32 = self.embed.device.type == "cpu" and self.embed.dtype == torch.float32
         self.kernels = cpu_kernels() if is_cpu_fp32 else None
+        self.layers = torch.nn.ModuleList(LlamaLayer(layer, has_copy, self.kernels) for layer in inner.layers)
+        self.norm = inner.norm.weight
+        self.lm_head = Linear(hf_model.lm_head.weight, None, has_copy, self.kernels)
+        self.inv_freq = inner.rotary_emb.inv_freq  # [D / 2] float32
+        self.rope_scaling = float(inner.rotary_emb.attention_scaling)
 
     @property
     def num_layers(self) -> int:
@@ -202,20 +209,21 @@ class LeanLlama(torch.nn.Module):
 
     def forward(self, step: StepInputs, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
         """Logits of the wanted tokens [R, V]; writes every token's K/V into its slot, in place."""
-        ops = self.kernels if step.token_lengths is not None else TORCH_OPS
+        kernels = self.kernels if step.token_lengths is not None else None
+        ops, small = kernels or TORCH_OPS, step.is_small
         x = F.embedding(step.ids, self.embed)  # [T, hidden]
         cos, sin = self.rope(step.positions, x.dtype)  # [T, 1, D]
         for layer, k_cache, v_cache in zip(self.layers, keys, values, strict=True):
             # k_cache, v_cache: [num_slots, Hkv, capacity, D]
             h = ops.rms_norm(x, layer.input_norm, self.eps)
-            qkv = layer.qkv(h, step.is_small)  # [T, (H + 2 Hkv) D]
+            qkv = layer.qkv(h, small, kernels)  # [T, (H + 2 Hkv) D]
             q = ops.rope_write(qkv, cos, sin, k_cache, v_cache, step.slots, step.positions, self.num_heads)
-            x = x + layer.o(self.attend(q, k_cache, v_cache, step), step.is_small)
+            x = x + layer.o(self.attend(q, k_cache, v_cache, step), small, kernels)
             h = ops.rms_norm(x, layer.post_norm, self.eps)
-            x = x + layer.down(ops.silu_mul(layer.gate_up(h, step.is_small)), step.is_small)
+            x = x + layer.down(ops.silu_mul(layer.gate_up(h, small, kernels)), small, kernels)
         if step.logit_index is not None:
             x = x.index_select(0, step.logit_index)
-        return self.lm_head(ops.rms_norm(x, self.norm, self.eps), len(x) <= SMALL_BATCH_ROWS)
+        return self.lm_head(ops.rms_norm(x, self.norm, self.eps), len(x) <= SMALL_BATCH_ROWS, kernels)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [T, 1, D] as the HF rotary embedding computes them (fp32, then the model dtype)."""

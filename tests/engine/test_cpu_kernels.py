@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.cpu_kernels import ENV_SWITCH, build_kernels, cpu_kernels
-from engine.llama import TORCH_OPS, chunk_mask
+from engine.llama import TORCH_OPS, Linear, chunk_mask
 
 kernels = cpu_kernels()
 needs_kernels = pytest.mark.skipif(kernels is None, reason="no C compiler here: the kernels cannot be built")
@@ -135,3 +135,33 @@ def test_rope_write_rotates_q_and_k_and_writes_k_and_v_where_torchs_does() -> No
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     for cache, want_cache in zip(caches, want_caches, strict=True):  # written there, nowhere else
         torch.testing.assert_close(cache, want_cache, rtol=1e-6, atol=1e-6)
+
+
+@needs_kernels
+@pytest.mark.parametrize("num_rows", [1, 2, 3, 5, 6, 7, 16, 97, 200])  # blocks of 1-6; past a 96-row chunk
+@pytest.mark.parametrize(("num_out", "num_in", "has_bias"),
+                         [(768, 512, False), (259, 37, True), (16, 1, True)])
+def test_linear_on_packed_panels_equals_f_linear(num_rows, num_out, num_in, has_bias) -> None:
+    gen = torch.Generator().manual_seed(num_rows * num_out + num_in)
+    weight = torch.randn(num_out, num_in, generator=gen)
+    bias = torch.randn(num_out, generator=gen) if has_bias else None
+    wide = torch.randn(num_rows, num_in + 5, generator=gen)
+    x = wide[:, 2 : 2 + num_in]  # rows strided, as a slice of a wider tensor
+    panels = kernels.pack(weight)
+    assert panels.numel() == -(-num_out // 16) * 16 * num_in  # the last panel zero-padded
+    got = kernels.linear(x, panels, bias, num_out)
+    assert got.shape == (num_rows, num_out)
+    torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernels
+def test_a_lean_linear_on_the_kernels_reads_its_panels_not_its_other_copies() -> None:
+    gen = torch.Generator().manual_seed(11)
+    layer = Linear(torch.randn(48, 32, generator=gen), torch.randn(48, generator=gen), True, kernels)
+    x = torch.randn(4, 32, generator=gen)
+    want = F.linear(x, layer.weight, layer.bias)
+    layer.weight_t, layer.packed = None, None  # the torch path's copies gone: F.linear on weight
+    torch.testing.assert_close(layer(x, False, kernels), want, rtol=1e-5, atol=1e-5)
+    layer.panels.zero_()  # the kernel path reads the panels: now only the bias is left
+    torch.testing.assert_close(layer(x, False, kernels), layer.bias.expand(4, -1))
+    torch.testing.assert_close(layer(x, False), want, rtol=1e-5, atol=1e-5)  # torch's ops: untouched
