@@ -30,20 +30,19 @@ from experiments.spec.traces import prepare_replay
 
 MIN_STEPS = 3  # fewer steps of a phase than this: keep the prior's coefficients for it
 MS = 1e-3
-# The cost model before anything is measured. Fitted to the lean engine's steps (engine/llama.py,
-# one engine thread, the engine's choice on 2 cores) on a 2-core CPU with one core busy
-# elsewhere (`taskset -c 1` spinner; steps on core 0): decode at batch 1/4/8/16/32 (builtin:small
-# 9.8/14.2/14.7/18.4/30.7 ms with its oneDNN-packed matmuls; tiny 2.1/3.9/5.4/7.3 ms, measured
-# before the packing and within noise of it since), prefill of 16 to 1,024 tokens (small
-# 15/43/79/159/367/902 ms for 16/64/128/256/512/1,024: a least-squares line through them has
-# no fixed part, so a chunk in a mixed step costs its tokens only, as the one packed forward
-# does). Matmuls dominate small's steps (compute-bound prefill, ~60-100 GFLOP/s), per-op
-# overhead tiny's. docs/benchmarks.md has the commands. Fitted before the C kernels
-# (engine/cpu_kernels.py), which cut a decode step by about a fifth there: an overestimate
-# until a calibration or refit replaces it, not re-fitted on a machine too noisy to fit on.
+# The cost model before anything is measured. Fitted to the lean engine's steps on the C kernels
+# (engine/llama.py, one engine thread, the engine's choice on 2 cores) on a 2-core CPU with one
+# core busy elsewhere, as the load generator keeps it: `scripts/fit_priors.py --spin` (decode at
+# 1/2/4/8/16/32 rows, contexts of 64-192 tokens; prefill of 16 to 1,024 tokens), through the
+# fitter a calibration runs. builtin:small: decode 6.0/6.8/8.3/12.1/15.6/25.7 ms, prefill
+# 14/39/77/155/332/784 ms for 16/64/128/256/512/1,024 tokens (a least-squares line through them
+# has no fixed part, so a chunk in a mixed step costs its tokens only, as the one packed forward
+# does); its matmuls dominate (weights streamed at 1 row, compute-bound from ~8). builtin:tiny
+# was fitted on torch's ops, before the kernels, where per-op overhead dominates its steps.
+# docs/benchmarks.md has the figures.
 PRIORS: dict[str, CostModel] = {
-    "builtin:tiny": CostModel(2.0 * MS, 0.125 * MS, 2.2 * MS, 0.25 * MS),
-    "builtin:small": CostModel(0.0, 0.83 * MS, 11.7 * MS, 0.56 * MS),
+    "builtin:tiny": CostModel(0.0, 0.137 * MS, 0.86 * MS, 0.118 * MS),
+    "builtin:small": CostModel(0.0, 0.77 * MS, 5.93 * MS, 0.636 * MS),
 }
 GENERIC = CostModel(20 * MS, 0.2 * MS, 25 * MS, 0.5 * MS)
 # Wall seconds a trial costs beyond its simulated requests (reconfigure, store writes): the
