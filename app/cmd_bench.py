@@ -66,7 +66,7 @@ def bench(
         print_json(result)
         return
     keys = ("model", "device", "forward", "num_threads", "engine_vs_raw", "continuous_vs_static",
-            "continuous_vs_hf_generate")
+            "continuous_vs_static_steps", "continuous_vs_hf_generate")
     print_pairs([(k, result[k]) for k in keys if k in result]
                 + [(f"{k} tok/s", v) for k, v in result.get("tok_s", {}).items()]
                 + [(f"decode batch {k} tok/s", v) for k, v in result.get("decode_tok_s", {}).items()])

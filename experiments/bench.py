@@ -3,7 +3,9 @@
 One fixed offline workload (all requests submitted at t=0, ignore EOS, fixed seed):
 - engine_vs_raw: the engine (static policy, equal-length requests) over a bare loop of the
   same forward calls and greedy picks at the same shapes: the bookkeeping tax.
-- continuous_vs_static: continuous over static on long-tailed outputs.
+- continuous_vs_static: continuous over static on long-tailed outputs; beside it, how many
+  fewer engine steps continuous took (`continuous_vs_static_steps`): the scheduling gain, which
+  the time ratio reaches only where a step's cost does not grow with its rows.
 - continuous_vs_hf_generate: continuous over HF `generate` on padded batches of the same
   requests, counting only the tokens each request asked for.
 """
@@ -131,12 +133,20 @@ def _measure(target: LocalTarget, w: BenchWorkload, repeats: int) -> dict:
     prompts, outputs = w.mixed(vocab)
     equal = w.equal(vocab)
     engine_tok_s(target, "continuous", w.batch_size, equal[:w.batch_size], [8] * w.batch_size)  # warm-up
+    num_steps: dict[str, list[int]] = {"static": [], "continuous": []}
+
+    def counted(policy: str) -> float:
+        before = len(target.engine.core.steps)
+        tok_s = engine_tok_s(target, policy, w.batch_size, prompts, outputs)
+        num_steps[policy].append(len(target.engine.core.steps) - before)
+        return tok_s
+
     runs = {
         "raw_loop": lambda: raw_tok_s(target, equal, w.equal_output, w.batch_size),
         "engine_static_equal": lambda: engine_tok_s(target, "static", w.batch_size, equal,
                                                     [w.equal_output] * len(equal)),
-        "static": lambda: engine_tok_s(target, "static", w.batch_size, prompts, outputs),
-        "continuous": lambda: engine_tok_s(target, "continuous", w.batch_size, prompts, outputs),
+        "static": lambda: counted("static"),
+        "continuous": lambda: counted("continuous"),
         "hf_generate": lambda: _ratio(*hf_generate(target.loaded, prompts, outputs, w.batch_size)),
     }
     started = time.perf_counter()
@@ -146,11 +156,14 @@ def _measure(target: LocalTarget, w: BenchWorkload, repeats: int) -> dict:
         for name, run in runs.items():
             samples[name].append(run())
     tok_s = {name: float(np.median(values)) for name, values in samples.items()}
+    steps = {policy: float(np.median(counts)) for policy, counts in num_steps.items()}
     return {
         "model": target.loaded.name, "device": str(target.loaded.device),
         "device_name": target.loaded.device_name,
         "engine_vs_raw": tok_s["engine_static_equal"] / tok_s["raw_loop"],
         "continuous_vs_static": tok_s["continuous"] / tok_s["static"],
+        "continuous_vs_static_steps": steps["static"] / steps["continuous"],
+        "steps": steps,
         "continuous_vs_hf_generate": tok_s["continuous"] / tok_s["hf_generate"],
         "tok_s": tok_s, "samples_tok_s": samples, "repeats": repeats,
         "workload": w.__dict__, "bench_s": time.perf_counter() - started,

@@ -24,6 +24,11 @@ def test_bench_reports_the_forward_and_the_threads_it_ran_with(keep_threads) -> 
     result = run_bench("builtin:tiny", "cpu", w, repeats=1, decode_batches=[1, 2], num_threads=1)
     assert result["forward"] == "lean" and result["num_threads"] == 1 == torch.get_num_threads()
     assert result["engine_vs_raw"] > 0 and result["continuous_vs_static"] > 0
+    # outputs 2, 2, 2 and 6 tokens at batch 2: static runs each batch to its longest, continuous
+    # refills a freed slot at once, so it never takes more engine steps
+    steps = result["steps"]
+    assert steps["continuous"] <= steps["static"]
+    assert result["continuous_vs_static_steps"] == steps["static"] / steps["continuous"]
     assert set(result["decode_tok_s"]) == {"1", "2"}
 
 
