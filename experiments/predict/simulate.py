@@ -37,8 +37,9 @@ MS = 1e-3
 # fitter a calibration runs. builtin:small: decode 6.0/6.8/8.3/12.1/15.6/25.7 ms, prefill
 # 14/39/77/155/332/784 ms for 16/64/128/256/512/1,024 tokens (a least-squares line through them
 # has no fixed part, so a chunk in a mixed step costs its tokens only, as the one packed forward
-# does); its matmuls dominate (weights streamed at 1 row, compute-bound from ~8). builtin:tiny
-# was fitted on torch's ops, before the kernels, where per-op overhead dominates its steps.
+# does); its matmuls dominate (weights streamed at 1 row, compute-bound from ~8). builtin:tiny:
+# decode 1.0/1.0/1.2/1.9/2.6/4.6 ms, prefill 2.3/5.8/11/23/51/137 ms. Both measured before
+# matmul.c fetched the next panel ahead (within this machine's noise of it since).
 # docs/benchmarks.md has the figures.
 PRIORS: dict[str, CostModel] = {
     "builtin:tiny": CostModel(0.0, 0.137 * MS, 0.86 * MS, 0.118 * MS),
