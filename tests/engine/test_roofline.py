@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from engine import hardware
 from engine.config import EngineConfig
 from engine.core import StepRecord
+from engine.cpu_kernels import cpu_kernels
 from engine.hardware import gpu_peaks, model_shape
 from engine.models import load_model
 from engine.roofline import DevicePeaks, ModelShape, roofline_fractions, step_bound_s, step_bytes, step_flops
@@ -74,19 +77,41 @@ def test_unknown_gpu_has_no_peaks():
     assert gpu_peaks("Some Future Accelerator", torch.bfloat16) is None
 
 
-def test_cpu_probe_runs_once_and_is_cached(tmp_path, monkeypatch):
+@pytest.fixture()
+def two_threads():
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(num_threads)
+
+
+def test_cpu_probe_runs_once_and_is_cached(tmp_path, monkeypatch, two_threads):
     calls = []
     monkeypatch.setattr(hardware, "probe_bandwidth", lambda: calls.append("bw") or 20e9)
     monkeypatch.setattr(hardware, "probe_matmul", lambda dtype: calls.append("mm") or 100e9)
     first = hardware.cpu_peaks(torch.float32, cache_dir=tmp_path)
     second = hardware.cpu_peaks(torch.float32, cache_dir=tmp_path)
-    assert calls == ["bw", "mm"] and first == second
+    assert calls == ["bw", "mm"] and first == second  # 2 threads: torch's matmul, not the kernels
     assert (first.bandwidth_bytes_s, first.flops_s, first.source) == (20e9, 100e9, "measured")
     assert (tmp_path / "cpu_peaks.json").exists()
 
 
+@pytest.mark.skipif(cpu_kernels() is None, reason="no C compiler here: the kernels cannot be built")
+def test_on_the_c_kernels_the_peak_is_the_faster_matmul(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the kernels' condition
+    monkeypatch.setattr(hardware, "probe_bandwidth", lambda: 20e9)
+    monkeypatch.setattr(hardware, "probe_matmul", lambda dtype: 100e9)
+    monkeypatch.setattr(hardware, "probe_kernel_matmul", lambda kernels: 120e9)
+    assert hardware.cpu_peaks(torch.float32, cache_dir=tmp_path).flops_s == 120e9
+    monkeypatch.setattr(hardware, "probe_kernel_matmul", lambda kernels: 80e9)  # a fresh cache
+    assert hardware.cpu_peaks(torch.float32, cache_dir=tmp_path / "b").flops_s == 100e9
+    assert "|c-kernels" in next(iter(json.loads((tmp_path / "cpu_peaks.json").read_text())))
+
+
 def test_cpu_probes_measure_something_positive():
     assert hardware.probe_bandwidth(1 << 20) > 0 and hardware.probe_matmul(torch.float32, 64) > 0
+    if cpu_kernels() is not None:
+        assert hardware.probe_kernel_matmul(cpu_kernels(), 64) > 0
 
 
 @pytest.mark.slow
