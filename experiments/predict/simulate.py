@@ -34,16 +34,15 @@ MS = 1e-3
 # (engine/llama.py, one engine thread, the engine's choice on 2 cores) on a 2-core CPU with one
 # core busy elsewhere, as the load generator keeps it: `scripts/fit_priors.py --spin` (decode at
 # 1/2/4/8/16/32 rows, contexts of 64-192 tokens; prefill of 16 to 1,024 tokens), through the
-# fitter a calibration runs. builtin:small: decode 6.0/6.8/8.3/12.1/15.6/25.7 ms, prefill
-# 14/39/77/155/332/784 ms for 16/64/128/256/512/1,024 tokens (a least-squares line through them
+# fitter a calibration runs. builtin:small: decode 6.1/7.0/7.2/10.3/13.2/24.0 ms, prefill
+# 12/38/75/153/333/794 ms for 16/64/128/256/512/1,024 tokens (a least-squares line through them
 # has no fixed part, so a chunk in a mixed step costs its tokens only, as the one packed forward
 # does); its matmuls dominate (weights streamed at 1 row, compute-bound from ~8). builtin:tiny:
-# decode 1.0/1.0/1.2/1.9/2.6/4.6 ms, prefill 2.3/5.8/11/23/51/137 ms. Both measured before
-# matmul.c fetched the next panel ahead (within this machine's noise of it since).
-# docs/benchmarks.md has the figures.
+# decode 1.0/1.0/1.3/1.9/2.5/4.6 ms, prefill 2.2/5.9/11/23/53/142 ms (its line from an
+# earlier 8-round fit; these 12 rounds gave 0.89 + 0.117 ms/row). docs/benchmarks.md has them.
 PRIORS: dict[str, CostModel] = {
     "builtin:tiny": CostModel(0.0, 0.137 * MS, 0.86 * MS, 0.118 * MS),
-    "builtin:small": CostModel(0.0, 0.77 * MS, 5.93 * MS, 0.636 * MS),
+    "builtin:small": CostModel(0.0, 0.754 * MS, 5.49 * MS, 0.572 * MS),
 }
 GENERIC = CostModel(20 * MS, 0.2 * MS, 25 * MS, 0.5 * MS)
 # Wall seconds a trial costs beyond its simulated requests (reconfigure, store writes): the
