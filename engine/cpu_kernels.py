@@ -38,6 +38,7 @@ SOURCES = tuple(Path(__file__).parent / "kernels" / name
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-c")
 LINK_FLAGS = ("-shared",)
 ENV_SWITCH = "TRADEOFF_CPU_KERNELS"  # "0": build nothing, use torch's kernels
+PANEL_COLUMNS = 16  # matmul.c's NR: output columns per packed panel
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -55,11 +56,11 @@ class CpuKernels:
         self.matmul_fn = _declare(library.panel_matmul, [_P, _I, _P, _P, _P, _I, _I, _I])
 
     def pack(self, weight: torch.Tensor) -> torch.Tensor:
-        """W [N, K] float32 in `linear`'s layout: panels of 16 output columns, [ceil(N / 16) * K * 16]."""
+        """W [N, K] float32 in `linear`'s layout: panels of PANEL_COLUMNS output columns."""
         assert weight.dtype == torch.float32 and weight.dim() == 2
         weight = weight.detach().contiguous()
         num_out, num_in = weight.shape
-        panels = weight.new_empty(-(-num_out // 16) * 16 * num_in)
+        panels = weight.new_empty(panels_size(num_out, num_in))
         self.pack_fn(weight.data_ptr(), panels.data_ptr(), num_out, num_in)
         return panels
 
@@ -68,7 +69,7 @@ class CpuKernels:
         """x [T, K] (rows may be strided) W^T + bias, W packed by `pack` with `num_out` rows: [T, N]."""
         assert x.stride(1) == 1 and x.dtype == torch.float32 and (bias is None or bias.is_contiguous())
         num_in = x.shape[1]
-        assert panels.numel() == -(-num_out // 16) * 16 * num_in
+        assert panels.numel() == panels_size(num_out, num_in)
         out = x.new_empty(x.shape[0], num_out)
         bias_ptr = None if bias is None else bias.data_ptr()
         self.matmul_fn(x.data_ptr(), x.stride(0), panels.data_ptr(), bias_ptr, out.data_ptr(), x.shape[0],
@@ -110,7 +111,6 @@ class CpuKernels:
         self.silu_mul_fn(gate_up.data_ptr(), out.data_ptr(), num_rows, width // 2)
         return out
 
-
     def rope_write(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
                    v_cache: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
                    num_heads: int) -> torch.Tensor:
@@ -128,6 +128,11 @@ class CpuKernels:
                            num_tokens, num_heads, num_kv_heads, head_dim, k_cache.stride(0),
                            k_cache.stride(1))
         return q
+
+
+def panels_size(num_out: int, num_in: int) -> int:
+    """Floats in W [num_out, num_in]'s packed panels: the last panel zero-padded to full width."""
+    return -(-num_out // PANEL_COLUMNS) * PANEL_COLUMNS * num_in
 
 
 def _declare(fn, argtypes: list) -> object:

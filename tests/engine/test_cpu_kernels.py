@@ -148,7 +148,7 @@ def test_linear_on_packed_panels_equals_f_linear(num_rows, num_out, num_in, has_
     wide = torch.randn(num_rows, num_in + 5, generator=gen)
     x = wide[:, 2 : 2 + num_in]  # rows strided, as a slice of a wider tensor
     panels = kernels.pack(weight)
-    assert panels.numel() == -(-num_out // 16) * 16 * num_in  # the last panel zero-padded
+    assert panels.numel() == -(-num_out // 16) * 16 * num_in  # 16-column panels, the last zero-padded
     got = kernels.linear(x, panels, bias, num_out)
     assert got.shape == (num_rows, num_out)
     torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-4)
